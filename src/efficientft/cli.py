@@ -1,0 +1,250 @@
+"""The ``eft`` command line: thin — it parses, builds a config, and calls the library.
+
+Exit codes: 0 success; 1 a run failed or diverged; 2 bad input (one clear message, no traceback); 130 cancelled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from .config import PRECISIONS, SCHEDULES, RunConfig, load_yaml
+from .errors import ConfigError
+from .store import DEFAULT_STORE, ENV_STORE, Store
+
+# command-line flag -> RunConfig field, for flags that map one to one
+_FIELDS = ("task", "method", "model", "targets", "lr_ratio", "lr", "weight_decay", "schedule", "warmup_ratio",
+           "epochs", "steps", "batch_size", "grad_accum", "max_grad_norm", "precision", "max_length", "seed",
+           "data_source", "max_train", "max_eval", "data_seed", "selection_size", "eval_every", "eval_batch_size",
+           "data_dir", "device", "export_dir")
+# flags that become method arguments
+_METHOD_ARGS = ("rank", "alpha", "dropout")
+
+
+def _store_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--store", help=f"results store (SQLite file); default ${ENV_STORE} or {DEFAULT_STORE}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="eft", description="EfficientFT: efficient fine-tuning benchmark.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    r = sub.add_parser("run", help="fine-tune one model on one task with one method, and store the result")
+    g = r.add_argument_group("what to train")
+    g.add_argument("--task", help="GLUE task (rte, sst2, ...; see `eft tasks`) or a name for --train-file data")
+    g.add_argument("--method", help="fine-tuning method (see `eft methods`)")
+    g.add_argument("--model", help="hub id or local model folder (default: the bundled all-MiniLM-L6-v2)")
+    g.add_argument("--targets", help="roles (qv, qkv, qkvo, all-linear, q,v,ffn_up) or module-name patterns")
+    g.add_argument("--lr-ratio", type=float, help="λ: W_v's trainable parameters learn at λ × --lr")
+    g.add_argument("--role-lr", help="per-role learning-rate ratios, e.g. v=4,o=2 (generalises --lr-ratio)")
+    g.add_argument("--rank", type=int, help="adapter rank r (LoRA family)")
+    g.add_argument("--alpha", type=float, help="LoRA alpha (default: equal to the rank)")
+    g.add_argument("--dropout", type=float, help="adapter dropout")
+    g.add_argument("--method-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other method argument (repeatable)")
+    g = r.add_argument_group("optimisation")
+    g.add_argument("--lr", type=float, help="base learning rate")
+    g.add_argument("--epochs", type=float)
+    g.add_argument("--steps", type=int, help="optimizer steps (instead of --epochs)")
+    g.add_argument("--batch-size", type=int)
+    g.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step")
+    g.add_argument("--weight-decay", type=float)
+    g.add_argument("--schedule", choices=SCHEDULES)
+    g.add_argument("--warmup-ratio", type=float)
+    g.add_argument("--max-grad-norm", type=float, help="clip gradients to this norm (0: no clipping)")
+    g.add_argument("--precision", choices=PRECISIONS)
+    g.add_argument("--max-length", type=int, help="truncate inputs to this many tokens")
+    g.add_argument("--seed", type=int)
+    g = r.add_argument_group("data and evaluation")
+    g.add_argument("--data-dir", help="glue_data folder (default: $EFT_DATA_DIR)")
+    g.add_argument("--data-source", choices=("local", "hub"))
+    g.add_argument("--max-train", type=int, help="seeded subsample of the training split")
+    g.add_argument("--max-eval", type=int, help="seeded subsample of each evaluation split")
+    g.add_argument("--data-seed", type=int, help="seed of the subsamples and of the selection split")
+    g.add_argument("--selection-size", type=float, help="carve a selection split from train (count or fraction)")
+    g.add_argument("--eval-every", type=int, help="evaluate every N steps (and always at the end)")
+    g.add_argument("--eval-batch-size", type=int)
+    g.add_argument("--train-file", help="your own training data (CSV, TSV or JSONL)")
+    g.add_argument("--eval-file", help="your own evaluation data")
+    g.add_argument("--text-columns", help="text column(s) of your data, comma-separated (one or two)")
+    g.add_argument("--label-column", help="label column of your data (default: label)")
+    g.add_argument("--regression", action="store_true", help="your labels are numbers to regress")
+    g = r.add_argument_group("environment and output")
+    g.add_argument("--config", help="YAML file of run settings; flags override it")
+    g.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    g.add_argument("--export-dir", "--export", dest="export_dir", help="save the trained adapter / weights here")
+    g.add_argument("--trust-remote-code", action="store_true", help="allow a hub model's own code to run")
+    g.add_argument("--force", action="store_true", help="run again even if the store has this run done")
+    g.add_argument("--json", action="store_true", help="print the stored run record as one JSON object")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _store_arg(r)
+
+    sub.add_parser("methods", help="list the registered methods")
+    sub.add_parser("tasks", help="list the registered tasks")
+    s = sub.add_parser("runs", help="list stored runs")
+    _store_arg(s)
+    s.add_argument("--status", help="only runs with this status")
+    s.add_argument("--json", action="store_true", help="records as JSON lines")
+    s = sub.add_parser("show", help="one stored run record as JSON")
+    s.add_argument("run", help="run key (or a unique prefix)")
+    _store_arg(s)
+    return parser
+
+
+def _parse_pairs(items: list[str], what: str) -> dict[str, str]:
+    out = {}
+    for item in items:
+        for part in item.split(","):
+            if not part.strip():
+                continue
+            if "=" not in part:
+                raise ConfigError(f"{what} wants KEY=VALUE, got {part!r}.")
+            k, v = part.split("=", 1)
+            out[k.strip()] = v.strip()
+    return out
+
+
+def config_from_args(a: argparse.Namespace) -> RunConfig:
+    base: dict[str, Any] = {}
+    if a.config:
+        loaded = load_yaml(a.config)
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{a.config}: a run config is a mapping of field: value.")
+        base.update(loaded)
+    for f in _FIELDS:
+        v = getattr(a, f, None)
+        if v is not None:
+            base[f] = v
+    if a.max_grad_norm == 0:
+        base["max_grad_norm"] = None
+    margs = dict(base.get("method_args") or {})
+    margs.update({k: getattr(a, k) for k in _METHOD_ARGS if getattr(a, k) is not None})
+    margs.update(_parse_pairs(a.method_arg, "--method-arg"))
+    if margs:
+        base["method_args"] = margs
+    if a.role_lr:
+        base["role_lr"] = {k: _float(v, f"--role-lr {k}") for k, v in _parse_pairs([a.role_lr], "--role-lr").items()}
+    if a.train_file or a.eval_file:
+        custom = dict(base.get("custom") or {})
+        custom.update({k: v for k, v in (("train", a.train_file), ("dev", a.eval_file),
+                                         ("text_columns", a.text_columns), ("label_column", a.label_column))
+                       if v is not None})
+        if a.regression:
+            custom["type"] = "regression"
+        base["custom"] = custom
+        base.setdefault("task", "custom")
+    if a.no_progress or not sys.stderr.isatty():
+        base["progress"] = False
+    if a.trust_remote_code:
+        base["trust_remote_code"] = True
+    return RunConfig.from_dict(base, where=a.config or "command line")
+
+
+def _float(v: str, what: str) -> float:
+    try:
+        return float(v)
+    except ValueError:
+        raise ConfigError(f"{what} must be a number, got {v!r}.") from None
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    from .report.text import runs_table
+    from .train import run
+
+    cfg = config_from_args(a)
+    store = Store(a.store)
+    existing = store.get(cfg.key())
+    if existing is not None and existing["status"] == "done" and not a.force:
+        print(f"run {cfg.key()} is already done in {store.path}; showing it (use --force to run it again).",
+              file=sys.stderr)
+        record = existing
+    else:
+        record = run(cfg, store)
+    if a.json:
+        print(json.dumps(record, sort_keys=True, default=str))
+    else:
+        print(runs_table([record]))
+        scores = record.get("scores") or {}
+        if scores:
+            print("scores: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(scores.items()) if isinstance(v, float)))
+        print(f"stored in {store.path} as {record['run_key']}")
+    return 0 if record["status"] == "done" else 1
+
+
+def cmd_methods(a: argparse.Namespace) -> int:
+    from .methods import METHODS
+
+    width = max(len(n) for n in METHODS)
+    for name, cls in METHODS.items():
+        print(f"{name.ljust(width)}  {cls.summary}")
+    return 0
+
+
+def cmd_tasks(a: argparse.Namespace) -> int:
+    from .tasks import TASKS
+
+    width = max(len(n) for n in TASKS)
+    for name, task in TASKS.items():
+        print(f"{name.ljust(width)}  {task.description}")
+    return 0
+
+
+def cmd_runs(a: argparse.Namespace) -> int:
+    from .report.text import runs_table
+
+    store = _existing_store(a.store)
+    records = store.runs(a.status)
+    if a.json:
+        for r in records:
+            print(json.dumps(r, sort_keys=True, default=str))
+    elif not records:
+        print(f"no runs in {store.path}")
+    else:
+        print(runs_table(records))
+    return 0
+
+
+def cmd_show(a: argparse.Namespace) -> int:
+    store = _existing_store(a.store)
+    rec = store.find(a.run)
+    if rec is None:
+        raise ConfigError(f"no single run matches {a.run!r} in {store.path}; see `eft runs`.")
+    print(json.dumps(rec, indent=2, sort_keys=True, default=str))
+    return 0
+
+
+def _existing_store(path: str | None) -> Store:
+    p = Path(path or os.environ.get(ENV_STORE) or DEFAULT_STORE)
+    if not p.is_file():
+        raise ConfigError(f"no results store at {p}; run something first or pass --store PATH.")
+    return Store(p)
+
+
+COMMANDS = {"run": cmd_run, "methods": cmd_methods, "tasks": cmd_tasks, "runs": cmd_runs, "show": cmd_show}
+
+
+def _sigterm(signum, frame):  # a SIGTERM ends a run like Ctrl-C: stored as cancelled
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _sigterm)
+    try:
+        return COMMANDS[a.command](a)
+    except ConfigError as e:
+        print(f"eft {a.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"eft {a.command}: cancelled", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

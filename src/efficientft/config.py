@@ -1,0 +1,219 @@
+"""The resolved configuration of one run: a typed dataclass, validated on construction, YAML in and out.
+
+Every field that changes a result is part of the run's identity (:meth:`RunConfig.key`); fields that only say
+where things live or how to show progress (``ENVIRONMENT_FIELDS``) are not, so the same experiment has the same key
+on every machine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError, did_you_mean
+
+DEFAULT_MODEL = "minilm"
+SCHEDULES = ("linear", "cosine", "constant")
+PRECISIONS = ("fp32", "bf16", "fp16")
+DEVICES = ("auto", "cpu", "cuda")
+DATA_SOURCES = ("local", "hub")
+
+# Fields that say where things are or how to display them; they do not change a result and are not in the key.
+ENVIRONMENT_FIELDS = frozenset({"data_dir", "device", "progress", "export_dir", "trust_remote_code"})
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines one fine-tuning run.
+
+    ``lr_ratio`` is λ of arXiv 2410.02247: the learning rate of W_v's trainable parameters is ``lr_ratio * lr``
+    while W_q/W_k keep ``lr``. ``role_lr`` generalises it to any role (``{"v": 4, "o": 2}``); when both are
+    given they must agree on ``v``.
+    """
+
+    # what is trained
+    task: str = "sst2"
+    method: str = "lora"
+    model: str = DEFAULT_MODEL
+    targets: str = "qv"
+    lr_ratio: float = 1.0
+    role_lr: dict[str, float] = field(default_factory=dict)
+    method_args: dict[str, Any] = field(default_factory=dict)
+    # optimisation
+    lr: float = 5e-4
+    weight_decay: float = 0.0
+    schedule: str = "linear"
+    warmup_ratio: float = 0.06
+    epochs: float | None = None
+    steps: int | None = None
+    batch_size: int = 16
+    grad_accum: int = 1
+    max_grad_norm: float | None = 1.0
+    precision: str = "fp32"
+    max_length: int = 128
+    seed: int = 0
+    # data and evaluation
+    data_source: str = "local"
+    custom: dict[str, Any] | None = None
+    max_train: int | None = None
+    max_eval: int | None = None
+    data_seed: int = 0
+    selection_size: float = 0.0
+    eval_every: int = 0
+    eval_batch_size: int = 64
+    # environment (not part of the run's identity)
+    data_dir: str | None = None
+    device: str = "auto"
+    progress: bool = True
+    export_dir: str | None = None
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        for name in _FLOATS | _INTS:  # 4 and 4.0 must give the same key
+            setattr(self, name, _coerce(name, getattr(self, name), "config"))
+        self.validate()
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> None:
+        def positive(name: str, allow_none: bool = False, integer: bool = False) -> None:
+            v = getattr(self, name)
+            if v is None and allow_none:
+                return
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+            if integer:
+                ok = ok and float(v).is_integer()
+            if not ok:
+                kind = "a positive integer" if integer else "a positive number"
+                raise ConfigError(f"{name} must be {kind}, got {v!r}.")
+
+        for name in ("lr", "lr_ratio"):
+            positive(name)
+        for name in ("batch_size", "grad_accum", "max_length", "eval_batch_size"):
+            positive(name, integer=True)
+        positive("epochs", allow_none=True)
+        for name in ("steps", "max_train", "max_eval"):
+            positive(name, allow_none=True, integer=True)
+        positive("max_grad_norm", allow_none=True)
+        if self.epochs is not None and self.steps is not None:
+            raise ConfigError("give either epochs or steps, not both.")
+        for name, choices in (("schedule", SCHEDULES), ("precision", PRECISIONS), ("device", DEVICES),
+                              ("data_source", DATA_SOURCES)):
+            if getattr(self, name) not in choices:
+                raise ConfigError(
+                    f"{name} {getattr(self, name)!r} is not known.{did_you_mean(getattr(self, name), choices)} "
+                    f"Accepted: {', '.join(choices)}."
+                )
+        if not (0 <= self.warmup_ratio < 1):
+            raise ConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}.")
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay!r}.")
+        if self.eval_every < 0:
+            raise ConfigError(f"eval_every must be >= 0 (0: evaluate at the end only), got {self.eval_every!r}.")
+        if self.selection_size < 0:
+            raise ConfigError(f"selection_size must be >= 0, got {self.selection_size!r}.")
+        if not isinstance(self.role_lr, dict):
+            raise ConfigError(f"role_lr must be a mapping of role to ratio, e.g. {{v: 4}}; got {self.role_lr!r}.")
+        for role, ratio in self.role_lr.items():
+            if not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or not ratio > 0 or not math.isfinite(ratio):
+                raise ConfigError(f"role_lr[{role!r}] must be a positive number, got {ratio!r}.")
+        if "v" in self.role_lr and self.lr_ratio != 1.0 and float(self.role_lr["v"]) != float(self.lr_ratio):
+            raise ConfigError(f"lr_ratio={self.lr_ratio} and role_lr.v={self.role_lr['v']} disagree; give one of them.")
+        if not isinstance(self.method_args, dict):
+            raise ConfigError(f"method_args must be a mapping, got {self.method_args!r}.")
+        if self.custom is not None and not isinstance(self.custom, dict):
+            raise ConfigError(f"custom must be a mapping (train, dev, text_columns, label_column, type), got {self.custom!r}.")
+
+    # ------------------------------------------------------------------ derived values
+    @property
+    def role_ratios(self) -> dict[str, float]:
+        """Per-role learning-rate multipliers: ``role_lr`` with ``v`` set to λ."""
+        ratios = {str(k): float(v) for k, v in self.role_lr.items()}
+        if self.lr_ratio != 1.0 or "v" not in ratios:
+            ratios["v"] = float(self.lr_ratio)
+        return ratios
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that define the experiment (everything but where things live and how they are shown)."""
+        d = self.to_dict()
+        for name in ENVIRONMENT_FIELDS:
+            d.pop(name, None)
+        return d
+
+    def key(self) -> str:
+        """A stable hash of :meth:`identity`: the run's key in the results store."""
+        blob = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    # ------------------------------------------------------------------ (de)serialisation
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def replace(self, **changes: Any) -> RunConfig:
+        return RunConfig.from_dict({**self.to_dict(), **changes})
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "config") -> RunConfig:
+        if not isinstance(d, dict):
+            raise ConfigError(f"{where} must be a mapping of field: value, got {type(d).__name__}.")
+        names = cls.field_names()
+        unknown = [k for k in d if k not in names]
+        if unknown:
+            k = unknown[0]
+            raise ConfigError(
+                f"{where}: unknown field {k!r}.{did_you_mean(k, names)} Known fields: {', '.join(names)}."
+            )
+        return cls(**{k: _coerce(k, v, where) for k, v in d.items()})  # a type error names the file
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> RunConfig:
+        return cls.from_dict(load_yaml(path), where=str(path))
+
+
+_FLOATS = {"lr", "lr_ratio", "weight_decay", "warmup_ratio", "epochs", "max_grad_norm", "selection_size"}
+_INTS = {"steps", "batch_size", "grad_accum", "max_length", "seed", "max_train", "max_eval", "data_seed",
+         "eval_every", "eval_batch_size"}
+
+
+def _coerce(name: str, value: Any, where: str) -> Any:
+    """YAML and the command line give strings and ints where floats are meant; convert with a clear error."""
+    if value is None:
+        return None
+    try:
+        if name in _FLOATS and not isinstance(value, bool):
+            return float(value)
+        if name in _INTS and not isinstance(value, bool):
+            f = float(value)
+            if not f.is_integer():
+                raise ValueError
+            return int(f)
+    except (TypeError, ValueError):
+        kind = "a number" if name in _FLOATS else "an integer"
+        raise ConfigError(f"{where}: {name} must be {kind}, got {value!r}.") from None
+    return value
+
+
+def load_yaml(path: str | Path) -> Any:
+    """Read a YAML file; a syntax error names the file, line and column."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} does not exist.")
+    try:
+        return yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{p}: not valid YAML{at}: {getattr(e, 'problem', e)}.") from None

@@ -1,0 +1,176 @@
+"""Tokenise once, pad per batch.
+
+Splits are tokenised once per (texts, tokenizer, max length) and cached in memory and on disk (``EFT_CACHE_DIR``,
+default ``~/.cache/efficientft``; NumPy ``.npz`` read without pickle). Batches are padded to their own longest
+example (dynamic padding), optionally drawn from length buckets so that padding is small, and evaluation runs
+over length-sorted batches with predictions put back in order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .tasks import Examples
+
+_MEMORY: dict[str, Encoded] = {}
+
+
+@dataclass
+class Encoded:
+    """Token ids of one split, unpadded: ``ids[i]`` is example i; ``types`` are BERT's segment ids."""
+
+    ids: list[np.ndarray]
+    types: list[np.ndarray] | None
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.fromiter((len(x) for x in self.ids), dtype=np.int64, count=len(self.ids))
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("EFT_CACHE_DIR", Path.home() / ".cache" / "efficientft"))
+
+
+def _tokenizer_id(tokenizer) -> str:
+    vocab = tokenizer.get_vocab()
+    h = hashlib.sha256(type(tokenizer).__name__.encode())
+    for tok in sorted(vocab)[:: max(1, len(vocab) // 2000)]:  # a sample of the vocabulary: cheap and specific
+        h.update(f"{tok}\x00{vocab[tok]}\x01".encode())
+    h.update(repr((len(vocab), tokenizer.padding_side, tokenizer.truncation_side,
+                   getattr(tokenizer, "do_lower_case", None))).encode())
+    return h.hexdigest()[:16]
+
+
+def _cache_key(examples: Examples, tokenizer, max_length: int, with_types: bool) -> str:
+    h = hashlib.sha256()
+    h.update(f"{_tokenizer_id(tokenizer)}|{max_length}|{with_types}|{len(examples)}".encode())
+    h.update("\x1f".join(examples.text_a).encode())
+    if examples.text_b is not None:
+        h.update(b"\x1e" + "\x1f".join(examples.text_b).encode())
+    h.update(np.asarray(examples.labels).tobytes())
+    return h.hexdigest()[:32]
+
+
+def encode(examples: Examples, tokenizer, max_length: int, with_types: bool, disk_cache: bool = True) -> Encoded:
+    """Token ids of ``examples`` (cached); pairs are truncated longest-first to ``max_length``."""
+    key = _cache_key(examples, tokenizer, max_length, with_types)
+    if key in _MEMORY:
+        return _MEMORY[key]
+    path = cache_dir() / "tokens" / f"{key}.npz"
+    enc = _load(path) if disk_cache else None
+    if enc is None:
+        out = tokenizer(examples.text_a, examples.text_b, truncation=True, max_length=max_length, padding=False,
+                        return_token_type_ids=with_types, return_attention_mask=False)
+        ids = [np.asarray(x, dtype=np.int32) for x in out["input_ids"]]
+        types = [np.asarray(x, dtype=np.int8) for x in out["token_type_ids"]] if with_types else None
+        dtype = np.float32 if examples.labels and isinstance(examples.labels[0], float) else np.int64
+        enc = Encoded(ids, types, np.asarray(examples.labels, dtype=dtype))
+        if disk_cache:
+            _save(path, enc)
+    _MEMORY[key] = enc
+    return enc
+
+
+def _save(path: Path, enc: Encoded) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        offsets = np.concatenate([[0], np.cumsum([len(x) for x in enc.ids])]).astype(np.int64)
+        arrays = {"ids": np.concatenate(enc.ids) if enc.ids else np.zeros(0, np.int32), "offsets": offsets,
+                  "labels": enc.labels}
+        if enc.types is not None:
+            arrays["types"] = np.concatenate(enc.types) if enc.types else np.zeros(0, np.int8)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)  # atomic: a reader never sees half a file
+    except OSError:
+        pass  # the cache is an optimisation; a read-only disk must not fail a run
+
+
+def _load(path: Path) -> Encoded | None:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            off, ids = z["offsets"], z["ids"]
+            types = z["types"] if "types" in z else None
+            return Encoded(
+                [ids[off[i]: off[i + 1]] for i in range(len(off) - 1)],
+                None if types is None else [types[off[i]: off[i + 1]] for i in range(len(off) - 1)],
+                z["labels"],
+            )
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def collate(enc: Encoded, idx: list[int] | np.ndarray, pad_id: int) -> dict[str, torch.Tensor]:
+    """Pad the chosen examples to their longest (right padding) and build the model's inputs."""
+    longest = max(len(enc.ids[i]) for i in idx)
+    ids = np.full((len(idx), longest), pad_id, dtype=np.int64)
+    mask = np.zeros((len(idx), longest), dtype=np.int64)
+    types = np.zeros((len(idx), longest), dtype=np.int64) if enc.types is not None else None
+    for row, i in enumerate(idx):
+        n = len(enc.ids[i])
+        ids[row, :n] = enc.ids[i]
+        mask[row, :n] = 1
+        if types is not None:
+            types[row, :n] = enc.types[i]
+    batch = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask),
+             "labels": torch.from_numpy(enc.labels[np.asarray(idx)])}
+    if types is not None:
+        batch["token_type_ids"] = torch.from_numpy(types)
+    return batch
+
+
+class TrainBatches:
+    """Shuffled training batches, epoch after epoch, reproducible from the seed.
+
+    With ``bucket`` the shuffled examples are cut into windows of 50 batches, each window sorted by length and
+    cut into batches, and the batches shuffled again: batches hold examples of similar length, so little padding.
+    """
+
+    WINDOW = 50
+
+    def __init__(self, enc: Encoded, batch_size: int, pad_id: int, seed: int, bucket: bool = False) -> None:
+        self.enc, self.batch_size, self.pad_id, self.seed, self.bucket = enc, batch_size, pad_id, seed, bucket
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.enc) / self.batch_size)
+
+    def epoch_order(self, epoch: int) -> list[np.ndarray]:
+        rng = np.random.default_rng([self.seed, epoch])
+        perm = rng.permutation(len(self.enc))
+        bs = self.batch_size
+        if not self.bucket:
+            return [perm[i: i + bs] for i in range(0, len(perm), bs)]
+        lengths = self.enc.lengths
+        batches = []
+        for w in range(0, len(perm), bs * self.WINDOW):
+            window = perm[w: w + bs * self.WINDOW]
+            window = window[np.argsort(lengths[window], kind="stable")]
+            batches += [window[i: i + bs] for i in range(0, len(window), bs)]
+        return [batches[i] for i in rng.permutation(len(batches))]
+
+    def forever(self) -> Iterator[dict[str, torch.Tensor]]:
+        epoch = 0
+        while True:
+            for idx in self.epoch_order(epoch):
+                yield collate(self.enc, idx, self.pad_id)
+            epoch += 1
+
+
+def eval_batches(enc: Encoded, batch_size: int, pad_id: int) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
+    """(indices, batch) over length-sorted examples: similar lengths share a batch, so padding is small."""
+    order = np.argsort(-enc.lengths, kind="stable")
+    for i in range(0, len(order), batch_size):
+        idx = order[i: i + batch_size]
+        yield idx, collate(enc, idx, pad_id)

@@ -1,0 +1,26 @@
+"""User-facing errors.
+
+Anything the user can fix (a typo, a missing file, a value out of range) raises :class:`ConfigError`; the command
+line prints its message without a traceback and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class ConfigError(ValueError):
+    """Bad input from the user: the message says what was wrong and what is accepted."""
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """A " Did you mean 'x'?" suffix for the closest choice, or an empty string."""
+    close = difflib.get_close_matches(str(name), list(choices), n=1, cutoff=0.5)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
+
+def unknown(kind: str, name: str, choices: Iterable[str]) -> ConfigError:
+    """The standard error for an unknown name: what was asked, the closest match, everything accepted."""
+    choices = sorted(choices)
+    return ConfigError(f"unknown {kind} {name!r}.{did_you_mean(name, choices)} Known {kind}s: {', '.join(choices)}.")

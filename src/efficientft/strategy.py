@@ -1,0 +1,125 @@
+"""The attention strategy of arXiv 2410.02247 ("Theoretical Insights into Fine-Tuning Attention Mechanism").
+
+Two findings become options of every method here:
+
+1. *Which projections to adapt*: adapting W_q and W_v only matches or beats W_q, W_k, W_v at the same rank
+   (the ``targets`` option, resolved by :mod:`efficientft.models.roles`).
+2. *How fast each learns*: W_v should learn λ times faster than W_q and W_k (the paper's Theorem on learning
+   efficiency). ``lr_ratio`` = λ multiplies the learning rate of W_v's trainable parameters only: its adapter
+   factors, or W_v itself in full fine-tuning. Biases and normalisation weights stay at the base rate, unlike the
+   reference implementation, which put every 1-D parameter in the λ group (DESIGN.md, pitfalls).
+
+``role_lr`` generalises λ to any role (``{"v": 4, "o": 2}``), and methods with their own ratios (LoRA+ for B/A)
+compose with it by multiplying.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch.nn as nn
+
+from .models.roles import Target
+
+HEAD = "head"
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """Per-role learning-rate multipliers (``{"v": λ}``); every role not named learns at the base rate."""
+
+    ratios: Mapping[str, float] = field(default_factory=dict)
+
+    def multiplier(self, role: str | None) -> float:
+        return float(self.ratios.get(role, 1.0)) if role else 1.0
+
+
+def is_norm(module: nn.Module) -> bool:
+    name = type(module).__name__.lower()
+    return isinstance(module, (nn.LayerNorm, nn.GroupNorm)) or "layernorm" in name or "rmsnorm" in name
+
+
+def no_decay(param_name: str, owner: nn.Module | None) -> bool:
+    """Biases and normalisation weights get no weight decay (the usual convention, as in BERT's optimiser)."""
+    return param_name.endswith("bias") or (owner is not None and is_norm(owner))
+
+
+def roles_by_name(model: nn.Module, targets: list[Target], heads: list[str]) -> dict[str, str | None]:
+    """The role of every trainable parameter, from the targeted module that owns it.
+
+    A parameter belongs to a role when the name of a targeted module appears in its name at dot boundaries (PEFT
+    wraps modules as ``<module>.lora_A.default.weight``, and prefixes ``base_model.model.``); the parameters of
+    one role's slice of a fused projection live under a submodule named by the role (``c_attn.slices.v.weight``).
+    Biases and
+    normalisation weights get no role, so λ never reaches them; the task head gets ``"head"`` (base rate).
+    """
+    modules = dict(model.named_modules())
+    plain = [t for t in targets if t.out_slice is None]
+    sliced = [t for t in targets if t.out_slice is not None]
+    out: dict[str, str | None] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        owner = modules.get(name.rpartition(".")[0])
+        dotted = "." + name
+        role: str | None = None
+        if any(dotted.startswith(f".{h}.") or f".model.{h}." in dotted for h in heads) and not _inside_target(
+            dotted, plain
+        ):
+            role = HEAD
+        elif not no_decay(name, owner):
+            for t in plain:
+                if f".{t.name}." in dotted:
+                    role = t.role
+                    break
+            for t in sliced:  # a slice's parameters live under a submodule named by its role
+                at = dotted.find(f".{t.name}.")
+                if at >= 0 and t.role in dotted[at + len(t.name) + 2 :].split(".")[:-1]:
+                    role = t.role
+                    break
+        out[name] = role
+    return out
+
+
+def _inside_target(dotted: str, targets: list[Target]) -> bool:
+    return any(f".{t.name}." in dotted for t in targets)
+
+
+def build_param_groups(
+    model: nn.Module, roles: Mapping[str, str | None], strategy: Strategy, lr: float, weight_decay: float,
+    extra_scale: Mapping[str, float] | None = None,
+) -> list[dict]:
+    """Optimizer groups: one per (learning-rate multiplier, weight decay) pair, each listing its parameter names.
+
+    ``extra_scale`` multiplies the rate of single parameters further (LoRA+ gives B ``ratio`` × A's rate).
+    Groups carry ``names``, ``roles`` and ``lr_scale`` for inspection; torch keeps extra keys in param groups.
+    """
+    modules = dict(model.named_modules())
+    groups: dict[tuple[float, float], dict] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        role = roles.get(name)
+        scale = strategy.multiplier(role) * float((extra_scale or {}).get(name, 1.0))
+        decay = 0.0 if no_decay(name, modules.get(name.rpartition(".")[0])) else weight_decay
+        g = groups.setdefault((scale, decay), {"params": [], "names": [], "roles": set(), "lr_scale": scale,
+                                               "lr": lr * scale, "weight_decay": decay})
+        g["params"].append(p)
+        g["names"].append(name)
+        g["roles"].add(role or "-")
+    out = []
+    for key in sorted(groups):
+        g = groups[key]
+        g["roles"] = sorted(g["roles"])
+        out.append(g)
+    return out
+
+
+def describe_groups(groups: list[dict]) -> list[dict]:
+    """A JSON-friendly summary of optimizer groups (stored with every run)."""
+    return [
+        {"lr": g["lr"], "lr_scale": g["lr_scale"], "weight_decay": g["weight_decay"], "roles": g["roles"],
+         "params": len(g["names"]), "numel": sum(p.numel() for p in g["params"])}
+        for g in groups
+    ]

@@ -1,0 +1,25 @@
+"""Tasks: GLUE (local ``glue_data`` files or the hub), sampled GLUE for offline machines, and the user's own files."""
+
+from __future__ import annotations
+
+from ..registry import Registry
+from .base import ENV_DATA_DIR, DataOptions, Examples, Task
+from .custom import CustomTask
+from .glue import GLUE_TASKS, SAMPLE_TASKS
+
+TASKS: Registry[Task] = Registry("task")
+for _t in [*GLUE_TASKS, *SAMPLE_TASKS]:
+    TASKS.add(_t.name, _t)
+
+# Common spellings of the GLUE names.
+ALIASES = {"sst-2": "sst2", "sts-b": "stsb", "mnli-m": "mnli"}
+
+
+def get_task(name: str, custom: dict | None = None) -> Task:
+    """The task called ``name``; ``custom`` (train/dev files, columns) builds the user's own task."""
+    if custom:
+        return CustomTask.from_spec({"name": name if name not in TASKS else "custom", **custom})
+    return TASKS.get(ALIASES.get(name.lower(), name))
+
+
+__all__ = ["TASKS", "ENV_DATA_DIR", "DataOptions", "Examples", "Task", "CustomTask", "get_task"]

@@ -1,0 +1,137 @@
+"""What a task is: how to read its splits, how many labels it has, and which metrics score it."""
+
+from __future__ import annotations
+
+import csv
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ConfigError
+
+csv.field_size_limit(sys.maxsize)
+
+ENV_DATA_DIR = "EFT_DATA_DIR"
+
+
+@dataclass
+class Examples:
+    """One split as columns: one or two texts per example and a label (class id, or a float for regression)."""
+
+    text_a: list[str]
+    text_b: list[str] | None
+    labels: list
+    files: tuple[str, ...] = ()
+    skipped_rows: int = 0  # malformed rows left out by the reader (wrong number of columns)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, indices: Sequence[int]) -> Examples:
+        idx = list(indices)
+        return Examples(
+            [self.text_a[i] for i in idx],
+            None if self.text_b is None else [self.text_b[i] for i in idx],
+            [self.labels[i] for i in idx],
+            self.files,
+            self.skipped_rows,
+        )
+
+    def sample(self, n: int | None, seed: int) -> Examples:
+        """A seeded random subset of ``n`` examples (all of them when n is None or not smaller)."""
+        if n is None or n >= len(self):
+            return self
+        rng = np.random.default_rng(seed)
+        return self.subset(sorted(rng.choice(len(self), size=n, replace=False).tolist()))
+
+    def split_off(self, size: int | float, seed: int) -> tuple[Examples, Examples]:
+        """(rest, held_out): a seeded held-out part (a count, or a fraction when < 1) carved from this split."""
+        n = int(round(size * len(self))) if isinstance(size, float) and size < 1 else int(size)
+        if n <= 0 or n >= len(self):
+            raise ConfigError(
+                f"selection_size={size} leaves nothing to {'hold out' if n <= 0 else 'train on'}: "
+                f"the training split has {len(self)} examples; give a count below that or a fraction in (0, 1)."
+            )
+        perm = np.random.default_rng(seed).permutation(len(self)).tolist()
+        return self.subset(sorted(perm[n:])), self.subset(sorted(perm[:n]))
+
+
+@dataclass
+class DataOptions:
+    """Where data comes from: a local folder in the ``glue_data`` layout, or the Hugging Face hub."""
+
+    data_dir: str | None = None
+    source: str = "local"  # local | hub
+
+    def glue_dir(self) -> Path:
+        d = self.data_dir or os.environ.get(ENV_DATA_DIR)
+        if not d:
+            raise ConfigError(
+                "no GLUE data directory: pass --data-dir DIR or set EFT_DATA_DIR to a folder in the standard "
+                "glue_data layout (RTE/train.tsv, RTE/dev.tsv, ...), or use --data-source hub when online."
+            )
+        p = Path(d).expanduser()
+        if not p.is_dir():
+            raise ConfigError(f"data directory {str(p)!r} does not exist (from --data-dir or {ENV_DATA_DIR}).")
+        return p
+
+
+@dataclass
+class Task:
+    """A task: its label space, its metrics and how to read each split.
+
+    ``num_labels == 1`` means regression. ``eval_splits`` are the official evaluation splits (``dev``, and
+    ``dev_mm`` for MNLI mismatched); scores are stored as ``<split>/<metric>``.
+    """
+
+    name: str
+    description: str
+    num_labels: int
+    metrics: tuple[str, ...]
+    main_metric: str
+    label_names: tuple[str, ...] = ()
+    eval_splits: tuple[str, ...] = ("dev",)
+    comparable: bool = True  # False when the evaluation split is not the official one (sampled data)
+    splits: tuple[str, ...] = field(default=("train", "dev"))
+
+    @property
+    def is_regression(self) -> bool:
+        return self.num_labels == 1
+
+    def load(self, split: str, data: DataOptions) -> Examples:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def read_table(path: Path, delimiter: str = "\t", quoting: int = csv.QUOTE_NONE) -> list[list[str]]:
+    """Rows of a delimited file. GLUE files are read with quoting off: quotes there are ordinary text."""
+    if not path.is_file():
+        raise ConfigError(f"data file {str(path)!r} does not exist.")
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        return [row for row in csv.reader(f, delimiter=delimiter, quoting=quoting) if row]
+
+
+def label_ids(raw: list[str], values: tuple[str, ...], where: list[str]) -> list[int]:
+    """Map raw label strings to class ids; an unknown label is an error naming the file, line and accepted set."""
+    index = {v: i for i, v in enumerate(values)}
+    out = []
+    for r, w in zip(raw, where, strict=True):
+        if r not in index:
+            raise ConfigError(
+                f"label {r!r} at {w} is not in the task's label set; accepted labels: {', '.join(values)}."
+            )
+        out.append(index[r])
+    return out
+
+
+def float_labels(raw: list[str], where: list[str]) -> list[float]:
+    out = []
+    for r, w in zip(raw, where, strict=True):
+        try:
+            out.append(float(r))
+        except ValueError:
+            raise ConfigError(f"label {r!r} at {w} is not a number; this is a regression task.") from None
+    return out

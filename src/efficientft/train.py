@@ -1,0 +1,360 @@
+"""The one training loop, for every method: set-up → train → evaluate → record.
+
+Read top to bottom: :func:`run` resolves everything that can fail on bad input *before* the first step (task,
+method, data, model, targets), then trains with AdamW (or the method's optimizer), a warm-up + decay schedule,
+gradient accumulation, clipping and autocast, evaluating every ``eval_every`` steps and at the end. Methods act
+only through the hooks of :class:`~efficientft.methods.base.Method`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import random
+import sys
+import time
+import traceback
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from . import provenance
+from .config import RunConfig
+from .data import Encoded, TrainBatches, encode, eval_batches
+from .errors import ConfigError
+from .meters import PeakMemory, StepTimer
+from .methods import get_method
+from .methods.base import Context, Method
+from .models import ALL, ROLES, describe, fingerprint, head_modules, load_model, resolve_targets
+from .store import Store
+from .strategy import Strategy, describe_groups
+from .tasks import DataOptions, Examples, Task, get_task
+from .tasks.metrics import compute
+
+DEFAULT_EPOCHS = 3.0
+
+
+class Diverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+    def __init__(self, step: int, loss: float) -> None:
+        super().__init__(f"loss became {loss} at step {step}")
+        self.step, self.loss = step, loss
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' was asked for but no CUDA GPU is available; use --device cpu or auto.")
+    return torch.device(name)
+
+
+def autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        return nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def schedule_fn(kind: str, warmup: int, total: int):
+    """Learning-rate factor per step: linear warm-up, then linear / cosine decay to 0, or constant."""
+
+    def f(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if kind == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total - warmup)
+        if kind == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return max(0.0, 1 - progress)
+
+    return f
+
+
+@dataclass
+class Prepared:
+    """Everything set up for training, before the first step."""
+
+    cfg: RunConfig
+    task: Task
+    method: Method
+    model: nn.Module
+    tokenizer: Any
+    device: torch.device
+    train: Encoded
+    evals: dict[str, Encoded]
+    total_steps: int
+    groups: list[dict]
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    base_params: int
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def load_data(task: Task, cfg: RunConfig) -> tuple[Examples, dict[str, Examples]]:
+    """The training split (seeded subsample, minus a carved selection split) and the evaluation splits."""
+    opts = DataOptions(cfg.data_dir, cfg.data_source)
+    train = task.load("train", opts)
+    evals: dict[str, Examples] = {}
+    if cfg.selection_size:
+        train, selection = train.split_off(cfg.selection_size, cfg.data_seed)
+        evals["selection"] = selection.sample(cfg.max_eval, cfg.data_seed)
+    train = train.sample(cfg.max_train, cfg.data_seed)
+    for split in task.eval_splits:
+        evals[split] = task.load(split, opts).sample(cfg.max_eval, cfg.data_seed)
+    for name, ex in [("train", train), *evals.items()]:
+        if len(ex) == 0:
+            raise ConfigError(f"the {name} split of task {task.name!r} is empty after reading and filtering.")
+    return train, evals
+
+
+def _accepts(model: nn.Module, arg: str) -> bool:
+    return arg in inspect.signature(model.forward).parameters
+
+
+def prepare(cfg: RunConfig) -> Prepared:
+    """Validate and set up a run; every bad-input error is raised here, before any training."""
+    t0 = time.perf_counter()
+    device = pick_device(cfg.device)
+    task = get_task(cfg.task, cfg.custom)
+    method_cls = get_method(cfg.method)
+    method: Method = method_cls.from_config(cfg.method_args)
+    for role in cfg.role_lr:
+        if role not in ROLES:
+            raise ConfigError(f"role_lr names an unknown role {role!r}; roles are: {', '.join(ROLES)}.")
+    if cfg.targets == ALL and not method.accepts_all:
+        raise ConfigError(f"targets 'all' (every weight) is for full fine-tuning only, not {cfg.method!r}.")
+    train_ex, eval_ex = load_data(task, cfg)
+
+    seed_everything(cfg.seed)  # the head's random init depends on the seed only
+    loaded = load_model(cfg.model, task.num_labels, cfg.trust_remote_code)
+    model = loaded.model
+    base_params = sum(p.numel() for p in model.parameters())
+    targets = [] if cfg.targets == ALL else resolve_targets(model, cfg.targets)
+    with_types = _accepts(model, "token_type_ids") and "token_type_ids" in loaded.tokenizer.model_input_names
+    train = encode(train_ex, loaded.tokenizer, cfg.max_length, with_types)
+    evals = {k: encode(v, loaded.tokenizer, cfg.max_length, with_types) for k, v in eval_ex.items()}
+
+    per_epoch = math.ceil(len(train) / cfg.batch_size)
+    epochs = cfg.epochs if cfg.epochs is not None else (None if cfg.steps else DEFAULT_EPOCHS)
+    total = cfg.steps or max(1, math.ceil(epochs * per_epoch / cfg.grad_accum))
+    ctx = Context(heads=head_modules(model), total_steps=total, num_labels=task.num_labels, seed=cfg.seed,
+                  base_model=loaded.path)
+    torch.manual_seed(cfg.seed)  # adapter initialisation depends on the seed only
+    model = method.prepare(model, targets, ctx).to(device)
+    pad_id = loaded.tokenizer.pad_token_id
+    method.init_from_data(model, _device_batches(TrainBatches(train, cfg.batch_size, pad_id, cfg.seed), device))
+    groups = method.param_groups(model, Strategy(cfg.role_ratios), cfg.lr, cfg.weight_decay)
+    if not groups:
+        raise ConfigError(f"method {cfg.method!r} with targets {cfg.targets!r} left no parameter to train.")
+    optimizer = method.optimizer(groups, cfg.lr, cfg.weight_decay)
+    warmup = int(round(cfg.warmup_ratio * total))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule_fn(cfg.schedule, warmup, total))
+    info = {
+        "setup_s": time.perf_counter() - t0, "model_path": loaded.path, "is_decoder": loaded.is_decoder,
+        "pad_id": pad_id, "warmup_steps": warmup, "epochs": total * cfg.grad_accum / per_epoch,
+        "targets": [{"module": t.name, "role": t.role, "rows": t.out_slice} for t in targets],
+        "train_examples": len(train), "eval_examples": {k: len(v) for k, v in evals.items()},
+        "data_files": sorted({f for ex in [train_ex, *eval_ex.values()] for f in ex.files}),
+        "skipped_rows": sum(ex.skipped_rows for ex in [train_ex, *eval_ex.values()]),
+        "model": describe(model),
+    }
+    return Prepared(cfg, task, method, model, loaded.tokenizer, device, train, evals, total, groups, optimizer,
+                    scheduler, base_params, info)
+
+
+def _device_batches(batches: TrainBatches, device: torch.device):
+    for b in batches.forever():
+        yield {k: v.to(device) for k, v in b.items()}
+
+
+@torch.no_grad()
+def evaluate(p: Prepared, split: str) -> dict[str, float]:
+    """Scores of the current model on one evaluation split."""
+    model, enc = p.model, p.evals[split]
+    was_training = model.training
+    model.eval()
+    preds = np.zeros(len(enc), dtype=np.float64)
+    for idx, batch in eval_batches(enc, p.cfg.eval_batch_size, p.info["pad_id"]):
+        batch = {k: v.to(p.device) for k, v in batch.items() if k != "labels"}
+        with autocast(p.device, p.cfg.precision):
+            logits = model(**batch).logits.float()
+        out = logits[:, 0] if p.task.is_regression else logits.argmax(-1)
+        preds[idx] = out.cpu().numpy()
+    model.train(was_training)
+    gold = enc.labels
+    pred = preds if p.task.is_regression else preds.astype(np.int64)
+    return compute(p.task.metrics, pred, gold)
+
+
+def evaluate_all(p: Prepared) -> dict[str, float]:
+    return {f"{split}/{m}": v for split in p.evals for m, v in evaluate(p, split).items()}
+
+
+def train(p: Prepared, store: Store | None = None, key: str = "", progress: bool = True) -> dict[str, Any]:
+    """The loop. Returns scores, curves and timings; raises :class:`Diverged` on a non-finite loss."""
+    cfg, model, method, device = p.cfg, p.model, p.method, p.device
+    params = [q for g in p.groups for q in g["params"]]
+    scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None
+    timer = StepTimer(device)
+    batches = _device_batches(TrainBatches(p.train, cfg.batch_size, p.info["pad_id"], cfg.seed), device)
+    curve: list[tuple[str, int, str, float]] = []
+    evals: list[tuple[int, dict[str, float]]] = []
+    eval_s = 0.0
+    bar = _progress(p, progress)
+    ema = None
+    model.train()
+    t_train = time.perf_counter()
+    for step in range(1, p.total_steps + 1):
+        timer.start()
+        loss_sum = 0.0
+        for _ in range(cfg.grad_accum):
+            batch = next(batches)
+            timer.tokens += int(batch["attention_mask"].sum())
+            timer.padded_tokens += batch["attention_mask"].numel()
+            timer.examples += len(batch["labels"])
+            with autocast(device, cfg.precision):
+                loss = model(**batch).loss
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise Diverged(step, value)
+            loss_sum += value / cfg.grad_accum
+            loss = loss / cfg.grad_accum
+            (scaler.scale(loss) if scaler else loss).backward()
+        method.after_backward(model, step)
+        if scaler:
+            scaler.unscale_(p.optimizer)
+        grad_norm = (torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm) if cfg.max_grad_norm
+                     else None)
+        if scaler:
+            scaler.step(p.optimizer)
+            scaler.update()
+        else:
+            p.optimizer.step()
+        p.scheduler.step()
+        method.after_step(model, step)
+        p.optimizer.zero_grad(set_to_none=True)
+        timer.stop()
+        ema = loss_sum if ema is None else 0.9 * ema + 0.1 * loss_sum
+        curve.append(("train", step, "loss", loss_sum))
+        curve.append(("train", step, "lr", p.optimizer.param_groups[0]["lr"]))
+        if grad_norm is not None:
+            curve.append(("train", step, "grad_norm", float(grad_norm)))
+        if bar is not None:
+            bar.set_postfix(loss=f"{ema:.4f}", refresh=False)
+            bar.update(1)
+        if cfg.eval_every and step % cfg.eval_every == 0 and step != p.total_steps:
+            t = time.perf_counter()
+            scores = evaluate_all(p)
+            eval_s += time.perf_counter() - t
+            evals.append((step, scores))
+            curve += [("eval", step, k, v) for k, v in scores.items()]
+            if store is not None:  # flush so a long run's curve is visible (and kept) while it trains
+                store.add_curves(key, curve)
+                curve = []
+    train_s = time.perf_counter() - t_train - eval_s
+    if bar is not None:
+        bar.close()
+    t = time.perf_counter()
+    final = evaluate_all(p)
+    eval_s += time.perf_counter() - t
+    evals.append((p.total_steps, final))
+    curve += [("eval", p.total_steps, k, v) for k, v in final.items()]
+    return {"scores": final, "evals": evals, "curve": curve, "timer": timer, "train_s": train_s, "eval_s": eval_s}
+
+
+def _progress(p: Prepared, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=p.total_steps, desc=f"{p.task.name} {p.cfg.method} {p.cfg.targets}", unit="step",
+                file=sys.stderr, dynamic_ncols=True, mininterval=0.5, leave=False)
+
+
+def best_dev(task: Task, evals: list[tuple[int, dict[str, float]]]) -> dict[str, float]:
+    """The "best dev score" convention (max over evaluation points), labelled ``best_dev/...`` in the store."""
+    main = f"dev/{task.main_metric}"
+    points = [(s, sc) for s, sc in evals if main in sc and sc[main] is not None and math.isfinite(sc[main])]
+    if not points:
+        return {}
+    step, scores = max(points, key=lambda x: x[1][main])
+    out = {k.replace("dev/", "best_dev/", 1): v for k, v in scores.items() if k.startswith("dev/")}
+    out["best_dev/step"] = step
+    return out
+
+
+def run(cfg: RunConfig, store: Store | None = None, progress: bool | None = None,
+        tags: dict | None = None) -> dict[str, Any]:
+    """One run end to end: set up (all validation first), train, evaluate, store. Returns the stored record.
+
+    Bad input raises :class:`ConfigError` before anything is stored. A non-finite loss stores the run as
+    ``diverged``; any other exception as ``failed`` (and is re-raised); Ctrl-C as ``cancelled``.
+    """
+    progress = cfg.progress if progress is None else progress
+    key = cfg.key()
+    device = pick_device(cfg.device)
+    memory = PeakMemory(device)
+    memory.reset()
+    t0 = time.perf_counter()
+    p = prepare(cfg)
+    prov = {
+        "code": provenance.code_version(), "packages": provenance.package_versions(),
+        "hardware": provenance.hardware(device), "command": provenance.command_line(), "seed": cfg.seed,
+        "data_seed": cfg.data_seed, "data_files": {f: provenance.file_sha256(f) for f in p.info["data_files"]},
+        "model": {"name": cfg.model, "path": p.info["model_path"], "sha256": fingerprint(p.info["model_path"])},
+        "comparable": p.task.comparable,
+    }
+    main_metric = f"dev/{p.task.main_metric}"
+    if store is not None:
+        store.start(key, cfg.to_dict(), prov, tags, main_metric)
+    cost: dict[str, Any] = {
+        "trainable_params": p.method.trainable_parameters(p.model), "base_params": p.base_params,
+        "total_params": sum(q.numel() for q in {id(q): q for q in p.model.parameters()}.values()),
+        "setup_s": p.info["setup_s"], "total_steps": p.total_steps, "epochs": p.info["epochs"],
+    }
+    cost["trainable_fraction"] = cost["trainable_params"] / max(1, p.base_params)
+    details = {"groups": describe_groups(p.groups), "info": p.info, "method_args": p.method.args_dict()}
+    status, error, scores = "done", None, {}
+    try:
+        out = train(p, store, key, progress)
+        scores = {**out["scores"], **best_dev(p.task, out["evals"])}
+        cost.update(out["timer"].summary())
+        cost.update(train_s=out["train_s"], eval_s=out["eval_s"])
+        if store is not None:
+            store.add_curves(key, out["curve"])
+        if cfg.export_dir:
+            details["export"] = {"dir": cfg.export_dir, **p.method.export(p.model, Path(cfg.export_dir))}
+    except Diverged as e:
+        status, error = "diverged", str(e)
+        details["diverged_at_step"] = e.step
+    except KeyboardInterrupt:
+        status, error = "cancelled", "interrupted (Ctrl-C or SIGTERM)"
+        raise
+    except Exception as e:  # noqa: BLE001 - recorded, then re-raised
+        status, error = "failed", f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=8)}"
+        raise
+    finally:
+        cost.update(memory.read())
+        cost["wall_s"] = time.perf_counter() - t0
+        main = scores.get(main_metric)
+        if store is not None:
+            store.finish(key, status, scores, cost, details, error, main)
+    record = store.get(key) if store is not None else None
+    if record is None:
+        record = {"run_key": key, "status": status, "config": cfg.to_dict(), "scores": scores, "cost": cost,
+                  "provenance": prov, "details": details, "error": error, "main_metric": main_metric,
+                  "main_score": scores.get(main_metric)}
+    return record

@@ -1,0 +1,86 @@
+"""Shared fixtures: tiny randomly initialised models built from configs, the real GLUE folder, a results store."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+GLUE = Path(os.environ.get("EFT_DATA_DIR") or ROOT.parent / "shared" / "data" / "glue")
+os.environ.setdefault("EFT_DATA_DIR", str(GLUE))
+os.environ.setdefault("EFT_CACHE_DIR", tempfile.mkdtemp(prefix="eft-cache-"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+warnings.filterwarnings("ignore", message=".*kernels.*")
+
+
+@pytest.fixture(scope="session")
+def glue_dir() -> Path:
+    if not (GLUE / "RTE" / "train.tsv").is_file():
+        raise RuntimeError(f"the GLUE folder is expected at {GLUE} (set EFT_DATA_DIR)")
+    return GLUE
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    from efficientft.models import bundled_minilm
+
+    return bundled_minilm()
+
+
+def _save_tiny(path: Path, model, minilm: Path) -> Path:
+    from transformers import AutoTokenizer
+
+    model.save_pretrained(str(path))
+    AutoTokenizer.from_pretrained(str(minilm)).save_pretrained(str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory, minilm_dir) -> Path:
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=64, max_position_embeddings=128)
+    return _save_tiny(tmp_path_factory.mktemp("tiny-bert"), BertForSequenceClassification(cfg), minilm_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory, minilm_dir) -> Path:
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=30522, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, pad_token_id=0)
+    return _save_tiny(tmp_path_factory.mktemp("tiny-llama"), LlamaForSequenceClassification(cfg), minilm_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tmp_path_factory, minilm_dir) -> Path:
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=30522, n_embd=32, n_layer=2, n_head=4, n_positions=128, pad_token_id=0)
+    return _save_tiny(tmp_path_factory.mktemp("tiny-gpt2"), GPT2ForSequenceClassification(cfg), minilm_dir)
+
+
+@pytest.fixture
+def store(tmp_path):
+    from efficientft.store import Store
+
+    return Store(tmp_path / "runs.sqlite")
+
+
+def tiny_config(model: Path, **kw):
+    """A run of a few steps on a small RTE subset: seconds on a CPU."""
+    from efficientft.config import RunConfig
+
+    base = dict(task="rte", model=str(model), steps=4, batch_size=8, max_train=32, max_eval=32, max_length=48,
+                lr=1e-3, progress=False, method_args={"rank": 4} if kw.get("method", "lora") != "full" else {})
+    base.update(kw)
+    return RunConfig(**base)

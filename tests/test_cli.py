@@ -1,0 +1,104 @@
+"""The command line end to end, as a user runs it."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from efficientft.cli import main
+from efficientft.store import Store
+
+
+def eft(*args, cwd=None):
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, "-m", "efficientft", *args], capture_output=True, text=True, env=env,
+                          cwd=cwd, timeout=600)
+
+
+@pytest.mark.slow
+def test_minilm_on_rte_through_the_cli(tmp_path, glue_dir):
+    db = tmp_path / "runs.sqlite"
+    p = eft("run", "--task", "rte", "--method", "lora", "--targets", "qv", "--lr-ratio", "4", "--rank", "8",
+            "--steps", "3", "--max-train", "48", "--max-eval", "32", "--max-length", "64", "--batch-size", "8",
+            "--data-dir", str(glue_dir), "--store", str(db), "--json")
+    assert p.returncode == 0, p.stderr
+    rec = json.loads(p.stdout)
+    assert rec["status"] == "done"
+    # MiniLM: 6 layers, hidden 384; LoRA r=8 on Q and V = 6*2*(8*384*2) = 73,728, plus the 2-way head (770)
+    assert rec["cost"]["trainable_params"] == 73_728 + 770
+    assert rec["cost"]["base_params"] == 22_713_986
+    assert rec["config"]["method_args"] == {"rank": 8} and rec["config"]["lr_ratio"] == 4.0
+    assert rec["provenance"]["model"]["name"] == "minilm"
+    assert 0.0 <= rec["main_score"] <= 1.0 and rec["scores"]["dev/accuracy"] == rec["main_score"]
+    stored = Store(db).get(rec["run_key"])
+    assert stored["scores"] == rec["scores"]
+    assert len([c for c in Store(db).curves(rec["run_key"]) if c[2] == "loss"]) == 3
+    # the same command again is skipped, not re-run
+    again = eft("run", "--task", "rte", "--method", "lora", "--targets", "qv", "--lr-ratio", "4", "--rank", "8",
+                "--steps", "3", "--max-train", "48", "--max-eval", "32", "--max-length", "64", "--batch-size", "8",
+                "--data-dir", str(glue_dir), "--store", str(db))
+    assert again.returncode == 0 and "already done" in again.stderr
+    listing = eft("runs", "--store", str(db))
+    assert rec["run_key"][:10] in listing.stdout and "lora" in listing.stdout
+
+
+def test_listing_commands(capsys):
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].startswith("full") and "lora" in out
+    assert main(["tasks"]) == 0
+    names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert names[:9] == ["cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli"]
+
+
+@pytest.mark.parametrize(
+    "args,msg",
+    [
+        (["--method", "lorra"], "unknown method 'lorra'. Did you mean 'lora'?"),
+        (["--task", "rtee"], "unknown task 'rtee'. Did you mean 'rte'?"),
+        (["--lr-ratio", "0"], "lr_ratio must be a positive number, got 0.0"),
+        (["--lr", "-1"], "lr must be a positive number"),
+        (["--rank", "0"], "rank must be a positive integer, got 0"),
+        (["--method", "full", "--rank", "8"], "method 'full' takes no argument 'rank'"),
+        (["--targets", "q_proj"], "target 'q_proj' matches no linear module"),
+        (["--rank", "4096"], "rank 4096 is larger than"),
+        (["--data-dir", "/nonexistent"], "data directory '/nonexistent' does not exist"),
+        (["--model", "/nonexistent/model"], "model directory '/nonexistent/model' does not exist"),
+    ],
+)
+def test_bad_input_is_one_clear_error_with_exit_code_2(args, msg, tmp_path, capsys, tiny_bert):
+    model = [] if "--model" in args else ["--model", str(tiny_bert)]
+    code = main(["run", "--steps", "1", "--max-train", "8", "--store", str(tmp_path / "s.sqlite"), *model, *args])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert msg in err and "Traceback" not in err
+    assert not (tmp_path / "s.sqlite").exists() or Store(tmp_path / "s.sqlite").runs() == []
+
+
+def test_model_dir_without_weights(tmp_path, capsys):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text("{}")
+    assert main(["run", "--model", str(tmp_path / "m"), "--store", str(tmp_path / "s.sqlite")]) == 2
+    assert "has no weights" in capsys.readouterr().err
+
+
+def test_config_file_and_flags(tmp_path, tiny_bert, capsys):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"task: rte\nmethod: full\ntargets: qkv\nlr_ratio: 2\nsteps: 2\nmax_train: 16\nmax_eval: 16\n"
+                   f"model: {tiny_bert}\nbatch_size: 8\n")
+    assert main(["run", "--config", str(cfg), "--seed", "5", "--store", str(tmp_path / "s.sqlite"), "--json"]) == 0
+    rec = json.loads(capsys.readouterr().out)
+    assert rec["config"]["method"] == "full" and rec["config"]["seed"] == 5 and rec["config"]["lr_ratio"] == 2.0
+
+
+def test_custom_data_through_the_cli(tmp_path, tiny_bert, capsys):
+    rows = "text,label\n" + "".join(f"sample {i},{'pos' if i % 2 else 'neg'}\n" for i in range(20))
+    (tmp_path / "train.csv").write_text(rows)
+    code = main(["run", "--train-file", str(tmp_path / "train.csv"), "--eval-file", str(tmp_path / "train.csv"),
+                 "--model", str(tiny_bert), "--steps", "2", "--method", "lora", "--rank", "2",
+                 "--store", str(tmp_path / "s.sqlite"), "--json"])
+    assert code == 0
+    rec = json.loads(capsys.readouterr().out)
+    assert rec["config"]["task"] == "custom" and "dev/accuracy" in rec["scores"]

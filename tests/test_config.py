@@ -1,0 +1,56 @@
+import pytest
+
+from efficientft.config import RunConfig
+from efficientft.errors import ConfigError
+
+
+def test_key_is_stable_and_ignores_environment():
+    a = RunConfig(task="rte", seed=1)
+    assert a.key() == RunConfig(task="rte", seed=1).key()
+    assert a.key() == a.replace(data_dir="/elsewhere", device="cpu", progress=False).key()
+    assert a.key() != a.replace(seed=2).key()
+    assert a.key() != a.replace(lr_ratio=4).key()
+
+
+def test_yaml_round_trip(tmp_path):
+    cfg = RunConfig(task="mrpc", method="full", targets="qkv", lr_ratio=2, steps=10)
+    p = tmp_path / "run.yaml"
+    p.write_text(cfg.to_yaml())
+    assert RunConfig.from_yaml(p) == cfg
+
+
+def test_role_ratios():
+    assert RunConfig(lr_ratio=4).role_ratios == {"v": 4.0}
+    assert RunConfig(role_lr={"v": 2, "o": 3}).role_ratios == {"v": 2.0, "o": 3.0}
+    with pytest.raises(ConfigError, match="disagree"):
+        RunConfig(lr_ratio=4, role_lr={"v": 2})
+
+
+@pytest.mark.parametrize(
+    "kw,msg",
+    [
+        ({"lr": 0}, "lr must be a positive number, got 0"),
+        ({"lr_ratio": -1}, "lr_ratio must be a positive number"),
+        ({"lr_ratio": float("nan")}, "lr_ratio must be a positive number"),
+        ({"batch_size": 0}, "batch_size must be a positive integer"),
+        ({"epochs": 1, "steps": 5}, "either epochs or steps"),
+        ({"precision": "fp8"}, "precision 'fp8' is not known"),
+        ({"schedule": "cosin"}, "Did you mean 'cosine'"),
+        ({"role_lr": {"v": 0}}, r"role_lr\['v'\] must be a positive number"),
+        ({"warmup_ratio": 1.5}, r"warmup_ratio must be in \[0, 1\)"),
+    ],
+)
+def test_validation(kw, msg):
+    with pytest.raises(ConfigError, match=msg):
+        RunConfig(**kw)
+
+
+def test_unknown_field_and_bad_types(tmp_path):
+    with pytest.raises(ConfigError, match="unknown field 'lr_ration'. Did you mean 'lr_ratio'"):
+        RunConfig.from_dict({"lr_ration": 4})
+    with pytest.raises(ConfigError, match="steps must be an integer, got 'ten'"):
+        RunConfig.from_dict({"steps": "ten"})
+    p = tmp_path / "bad.yaml"
+    p.write_text("task: rte\nlr: [1\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: not valid YAML at line \d+, column \d+"):
+        RunConfig.from_yaml(p)

@@ -1,0 +1,32 @@
+import pytest
+
+from efficientft.store import Store
+
+
+def test_lifecycle_and_history(store):
+    cfg = {"task": "rte", "method": "lora", "seed": 0}
+    assert store.start("k1", cfg, {"seed": 0}) == 1
+    assert store.status("k1") == "running"
+    store.add_curves("k1", [("train", 1, "loss", 0.7), ("train", 2, "loss", float("nan"))])
+    store.finish("k1", "done", {"dev/accuracy": 0.6}, {"trainable_params": 10}, main_score=0.6)
+    rec = store.get("k1")
+    assert rec["status"] == "done" and rec["scores"] == {"dev/accuracy": 0.6} and rec["main_score"] == 0.6
+    assert store.curves("k1") == [("train", 1, "loss", 0.7), ("train", 2, "loss", None)]
+    # running it again keeps the finished record in history
+    assert store.start("k1", cfg) == 2
+    assert store.get("k1")["status"] == "running" and store.curves("k1") == []
+    assert store.history("k1")[0]["scores"] == {"dev/accuracy": 0.6}
+    assert store.find("k") is not None and store.find("zz") is None
+    assert [r["run_key"] for r in store.runs("running")] == ["k1"]
+
+
+def test_unknown_status(store):
+    store.start("k", {})
+    with pytest.raises(ValueError):
+        store.finish("k", "great")
+
+
+def test_reopen(tmp_path):
+    s = Store(tmp_path / "a" / "b.sqlite")
+    s.start("x", {"task": "t"})
+    assert Store(tmp_path / "a" / "b.sqlite").status("x") == "running"
