@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -232,7 +234,18 @@ def _sigterm(signum, frame):  # a SIGTERM ends a run like Ctrl-C: stored as canc
     raise KeyboardInterrupt
 
 
+def _quiet() -> None:
+    """Library chatter that says nothing about the user's run (deprecations, optional kernels not installed)."""
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", message=".*gemm_4bit.*")
+    warnings.filterwarnings("ignore", message=".*kernels.*")
+    for name in ("bitsandbytes", "transformers", "peft", "accelerate", "datasets"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def main(argv: list[str] | None = None) -> int:
+    _quiet()
     parser = build_parser()
     a = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _sigterm)
