@@ -54,3 +54,10 @@ def test_unknown_field_and_bad_types(tmp_path):
     p.write_text("task: rte\nlr: [1\n")
     with pytest.raises(ConfigError, match=r"bad.yaml: not valid YAML at line \d+, column \d+"):
         RunConfig.from_yaml(p)
+
+
+def test_defaults_resolve_to_the_same_key():
+    # the method's default arguments and the default length are made explicit before hashing
+    assert RunConfig().key() == RunConfig(method_args={"rank": 8}).key() == RunConfig(epochs=3).key()
+    assert RunConfig().resolved().method_args == {"rank": 8, "alpha": None, "dropout": 0.0}
+    assert RunConfig().key() != RunConfig(method_args={"rank": 16}).key()

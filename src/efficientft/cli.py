@@ -158,7 +158,7 @@ def cmd_run(a: argparse.Namespace) -> int:
     from .report.text import runs_table
     from .train import run
 
-    cfg = config_from_args(a)
+    cfg = config_from_args(a).resolved()
     store = Store(a.store)
     existing = store.get(cfg.key())
     if existing is not None and existing["status"] == "done" and not a.force:

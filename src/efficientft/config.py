@@ -20,6 +20,7 @@ import yaml
 from .errors import ConfigError, did_you_mean
 
 DEFAULT_MODEL = "minilm"
+DEFAULT_EPOCHS = 3.0
 SCHEDULES = ("linear", "cosine", "constant")
 PRECISIONS = ("fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
@@ -139,6 +140,19 @@ class RunConfig:
             ratios["v"] = float(self.lr_ratio)
         return ratios
 
+    def resolved(self) -> RunConfig:
+        """The config with every default made explicit (the method's arguments, the training length).
+
+        Two configs that mean the same experiment resolve to the same thing, and so get the same key.
+        """
+        from .methods import get_method
+
+        method = get_method(self.method).from_config(self.method_args)
+        changes: dict[str, Any] = {"method": method.name, "method_args": method.args_dict()}
+        if self.epochs is None and self.steps is None:
+            changes["epochs"] = DEFAULT_EPOCHS
+        return self.replace(**changes)
+
     def identity(self) -> dict[str, Any]:
         """The fields that define the experiment (everything but where things live and how they are shown)."""
         d = self.to_dict()
@@ -147,8 +161,8 @@ class RunConfig:
         return d
 
     def key(self) -> str:
-        """A stable hash of :meth:`identity`: the run's key in the results store."""
-        blob = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"), default=str)
+        """A stable hash of the resolved :meth:`identity`: the run's key in the results store."""
+        blob = json.dumps(self.resolved().identity(), sort_keys=True, separators=(",", ":"), default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     # ------------------------------------------------------------------ (de)serialisation

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 
 from . import provenance
-from .config import RunConfig
+from .config import DEFAULT_EPOCHS, RunConfig
 from .data import Encoded, TrainBatches, encode, eval_batches
 from .errors import ConfigError
 from .meters import PeakMemory, StepTimer
@@ -35,8 +35,6 @@ from .store import Store
 from .strategy import Strategy, describe_groups
 from .tasks import DataOptions, Examples, Task, get_task
 from .tasks.metrics import compute
-
-DEFAULT_EPOCHS = 3.0
 
 
 class Diverged(RuntimeError):
@@ -148,8 +146,7 @@ def prepare(cfg: RunConfig) -> Prepared:
     evals = {k: encode(v, loaded.tokenizer, cfg.max_length, with_types) for k, v in eval_ex.items()}
 
     per_epoch = math.ceil(len(train) / cfg.batch_size)
-    epochs = cfg.epochs if cfg.epochs is not None else (None if cfg.steps else DEFAULT_EPOCHS)
-    total = cfg.steps or max(1, math.ceil(epochs * per_epoch / cfg.grad_accum))
+    total = cfg.steps or max(1, math.ceil((cfg.epochs or DEFAULT_EPOCHS) * per_epoch / cfg.grad_accum))
     ctx = Context(heads=head_modules(model), total_steps=total, num_labels=task.num_labels, seed=cfg.seed,
                   base_model=loaded.path)
     torch.manual_seed(cfg.seed)  # adapter initialisation depends on the seed only
@@ -303,6 +300,7 @@ def run(cfg: RunConfig, store: Store | None = None, progress: bool | None = None
     Bad input raises :class:`ConfigError` before anything is stored. A non-finite loss stores the run as
     ``diverged``; any other exception as ``failed`` (and is re-raised); Ctrl-C as ``cancelled``.
     """
+    cfg = cfg.resolved()
     progress = cfg.progress if progress is None else progress
     key = cfg.key()
     device = pick_device(cfg.device)
