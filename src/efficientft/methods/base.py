@@ -27,6 +27,8 @@ from ..errors import ConfigError, did_you_mean
 from ..models.roles import Target
 from ..strategy import Strategy, build_param_groups, roles_by_name
 
+TRAINABLE_FILE = "trainable.safetensors"
+
 
 @dataclass
 class NoArgs:
@@ -117,14 +119,37 @@ class Method:
         """The number of parameters the method trains (exact; methods that train part of a tensor override)."""
         return sum(p.numel() for p in _unique(model.parameters()) if p.requires_grad)
 
+    def merge(self, model: nn.Module) -> nn.Module:
+        """The model with what was learned folded into plain weights (same outputs, no adapter modules)."""
+        raise ConfigError(f"method {self.name!r} defines no merge; export its trained parameters instead.")
+
     def export(self, model: nn.Module, out_dir: Path) -> dict[str, Any]:
-        """Save what was learned so it can be used later; returns a description of the files."""
+        """Save what was learned so it can be used later; returns a description of the files.
+
+        The default is our own format: the trained tensors in ``trainable.safetensors`` (no pickle), reloaded by
+        :meth:`reload` on top of the same base model prepared the same way.
+        """
         from safetensors.torch import save_file
 
         out_dir.mkdir(parents=True, exist_ok=True)
         tensors = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
-        save_file(tensors, str(out_dir / "trainable.safetensors"), metadata={"method": self.name})
-        return {"format": "efficientft-trainable", "files": ["trainable.safetensors"]}
+        save_file(tensors, str(out_dir / TRAINABLE_FILE), metadata={"method": self.name})
+        return {"format": "efficientft-trainable", "files": [TRAINABLE_FILE]}
+
+    def reload(self, base: nn.Module, out_dir: Path, targets: list[Target], ctx: Context) -> nn.Module:
+        """Rebuild the trained model from :meth:`export`'s files on top of a freshly loaded base model."""
+        from safetensors.torch import load_file
+
+        model = self.prepare(base, targets, ctx)
+        tensors = load_file(str(out_dir / TRAINABLE_FILE))
+        params = dict(model.named_parameters())
+        missing = [n for n in tensors if n not in params]
+        if missing:
+            raise ConfigError(f"{out_dir}: the export has tensors this model lacks: {missing[:3]}.")
+        with torch.no_grad():
+            for n, t in tensors.items():
+                params[n].copy_(t)
+        return model
 
 
 def _unique(params: typing.Iterable[nn.Parameter]) -> list[nn.Parameter]:

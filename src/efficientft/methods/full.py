@@ -49,5 +49,10 @@ class FullFineTuning(Method):
     def export(self, model: nn.Module, out_dir: Path) -> dict[str, Any]:
         """A complete Hugging Face model folder (``save_pretrained``), loadable with ``from_pretrained``."""
         out_dir.mkdir(parents=True, exist_ok=True)
-        self.merge(model).save_pretrained(str(out_dir), safe_serialization=True)
+        self.merge(model).save_pretrained(str(out_dir))
         return {"format": "huggingface-model", "files": sorted(p.name for p in out_dir.iterdir())}
+
+    def reload(self, base: nn.Module, out_dir: Path, targets: list[Target], ctx: Context) -> nn.Module:
+        from transformers import AutoModelForSequenceClassification
+
+        return AutoModelForSequenceClassification.from_pretrained(str(out_dir))

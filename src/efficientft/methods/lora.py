@@ -85,3 +85,8 @@ class LoRA(Method):
         out_dir.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(str(out_dir))
         return {"format": "peft-adapter", "files": sorted(p.name for p in out_dir.iterdir())}
+
+    def reload(self, base: nn.Module, out_dir: Path, targets: list[Target], ctx: Context) -> nn.Module:
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(base, str(out_dir))
