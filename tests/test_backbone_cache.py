@@ -1,0 +1,78 @@
+"""Backbone reuse across runs: a warm load equals a disk load, head initialisation included, and is private."""
+
+import pytest
+import torch
+from transformers import BertConfig, BertModel
+
+from efficientft.models import loading
+from efficientft.models.loading import clear_backbone_cache, load_model
+from efficientft.train import run
+from tests.conftest import tiny_config
+
+
+def _load(path, num_labels, seed, cold):
+    if cold:
+        clear_backbone_cache()
+    torch.manual_seed(seed)
+    return load_model(str(path), num_labels).model.state_dict()
+
+
+def _equal(a, b):
+    assert list(a) == list(b)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.fixture
+def headless_bert(tmp_path, tiny_bert):
+    """A checkpoint without a classification head (as the bundled MiniLM): the head is initialised at load."""
+    from transformers import AutoTokenizer
+
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                         intermediate_size=64, max_position_embeddings=128)).save_pretrained(str(tmp_path))
+    AutoTokenizer.from_pretrained(str(tiny_bert)).save_pretrained(str(tmp_path))
+    return tmp_path
+
+
+@pytest.mark.parametrize("which,num_labels", [("headless", 2), ("bert", 3), ("llama", 2), ("gpt2", 2)])
+def test_warm_load_equals_cold_load_for_every_seed(which, num_labels, headless_bert, tiny_bert, tiny_llama,
+                                                   tiny_gpt2):
+    path = {"headless": headless_bert, "bert": tiny_bert, "llama": tiny_llama, "gpt2": tiny_gpt2}[which]
+    heads = {}
+    for seed in (0, 1):
+        cold = _load(path, num_labels, seed, cold=True)
+        assert len(loading._BACKBONES) == 1
+        warm = _load(path, num_labels, seed, cold=False)
+        _equal(warm, cold)
+        heads[seed] = [v for k, v in cold.items() if k.startswith(("classifier", "score"))][0]
+    if which in ("headless", "bert"):  # the head is new (missing, or 2 -> 3 labels): it depends on the seed
+        assert not torch.equal(heads[0], heads[1])
+
+
+def test_warm_models_own_their_tensors(tiny_bert):
+    clear_backbone_cache()
+    first = load_model(str(tiny_bert), 2).model
+    second = load_model(str(tiny_bert), 2).model
+    with torch.no_grad():
+        for p in second.parameters():
+            p.add_(1.0)  # as full fine-tuning would
+    third = load_model(str(tiny_bert), 2).model
+    _equal(third.state_dict(), first.state_dict())
+
+
+def test_cache_keeps_one_backbone(tiny_bert, tiny_llama):
+    clear_backbone_cache()
+    load_model(str(tiny_bert), 2)
+    load_model(str(tiny_llama), 2)
+    assert [k[0] for k in loading._BACKBONES] == [str(tiny_llama)]
+
+
+def test_run_after_warm_load_gives_the_same_scores_as_a_cold_one(headless_bert, store):
+    cfg = tiny_config(headless_bert, method="lora", targets="qv", seed=2, eval_every=2)
+    clear_backbone_cache()
+    cold = run(cfg, store)
+    curve = store.curves(cold["run_key"])
+    warm = run(cfg, store)
+    assert warm["scores"] == cold["scores"]
+    assert store.curves(warm["run_key"]) == curve
