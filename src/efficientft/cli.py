@@ -23,7 +23,7 @@ from .store import DEFAULT_STORE, ENV_STORE, Store
 _FIELDS = ("task", "method", "model", "targets", "lr_ratio", "lr", "weight_decay", "schedule", "warmup_ratio",
            "epochs", "steps", "batch_size", "grad_accum", "max_grad_norm", "precision", "max_length", "seed",
            "data_source", "max_train", "max_eval", "data_seed", "selection_size", "eval_every", "eval_batch_size",
-           "data_dir", "device", "export_dir")
+           "data_dir", "device", "export_dir", "bucket", "feature_cache")
 # flags that become method arguments
 _METHOD_ARGS = ("rank", "alpha", "dropout")
 
@@ -60,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--warmup-ratio", type=float)
     g.add_argument("--max-grad-norm", type=float, help="clip gradients to this norm (0: no clipping)")
     g.add_argument("--precision", choices=PRECISIONS)
+    g.add_argument("--bucket", action="store_true", default=None,
+                   help="draw training batches from length buckets (less padding)")
+    g.add_argument("--feature-cache", action="store_true", default=None,
+                   help="cache the hidden states of frozen lower layers and skip them (they run without dropout)")
     g.add_argument("--max-length", type=int, help="truncate inputs to this many tokens")
     g.add_argument("--seed", type=int)
     g = r.add_argument_group("data and evaluation")

@@ -69,6 +69,9 @@ class RunConfig:
     selection_size: float = 0.0
     eval_every: int = 0
     eval_batch_size: int = 64
+    # speed options that change what is computed (so they are part of the key)
+    bucket: bool = False  # draw training batches from length buckets (less padding; batches differ)
+    feature_cache: bool = False  # skip frozen lower layers via cached features (they then run without dropout)
     # environment (not part of the run's identity)
     data_dir: str | None = None
     device: str = "auto"
@@ -126,6 +129,9 @@ class RunConfig:
                 raise ConfigError(f"role_lr[{role!r}] must be a positive number, got {ratio!r}.")
         if "v" in self.role_lr and self.lr_ratio != 1.0 and float(self.role_lr["v"]) != float(self.lr_ratio):
             raise ConfigError(f"lr_ratio={self.lr_ratio} and role_lr.v={self.role_lr['v']} disagree; give one of them.")
+        for name in ("bucket", "feature_cache"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}.")
         if not isinstance(self.method_args, dict):
             raise ConfigError(f"method_args must be a mapping, got {self.method_args!r}.")
         if self.custom is not None and not isinstance(self.custom, dict):
@@ -198,6 +204,7 @@ class RunConfig:
 
 
 _FLOATS = {"lr", "lr_ratio", "weight_decay", "warmup_ratio", "epochs", "max_grad_norm", "selection_size"}
+_BOOLS = {"bucket", "feature_cache"}
 _INTS = {"steps", "batch_size", "grad_accum", "max_length", "seed", "max_train", "max_eval", "data_seed",
          "eval_every", "eval_batch_size"}
 
@@ -206,6 +213,8 @@ def _coerce(name: str, value: Any, where: str) -> Any:
     """YAML and the command line give strings and ints where floats are meant; convert with a clear error."""
     if value is None:
         return None
+    if name in _BOOLS and isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+        return value.lower() in ("true", "1", "yes")
     try:
         if name in _FLOATS and not isinstance(value, bool):
             return float(value)

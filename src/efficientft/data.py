@@ -160,12 +160,17 @@ class TrainBatches:
             batches += [window[i: i + bs] for i in range(0, len(window), bs)]
         return [batches[i] for i in rng.permutation(len(batches))]
 
-    def forever(self) -> Iterator[dict[str, torch.Tensor]]:
+    def indexed(self) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
+        """(example indices, batch), epoch after epoch."""
         epoch = 0
         while True:
             for idx in self.epoch_order(epoch):
-                yield collate(self.enc, idx, self.pad_id)
+                yield idx, collate(self.enc, idx, self.pad_id)
             epoch += 1
+
+    def forever(self) -> Iterator[dict[str, torch.Tensor]]:
+        for _, batch in self.indexed():
+            yield batch
 
 
 def eval_batches(enc: Encoded, batch_size: int, pad_id: int) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:

@@ -27,6 +27,7 @@ from . import provenance
 from .config import DEFAULT_EPOCHS, RunConfig
 from .data import Encoded, TrainBatches, encode, eval_batches
 from .errors import ConfigError
+from .features import FeatureCache
 from .meters import PeakMemory, StepTimer
 from .methods import get_method
 from .methods.base import Context, Method
@@ -99,6 +100,10 @@ class Prepared:
     scheduler: Any
     base_params: int
     info: dict[str, Any] = field(default_factory=dict)
+    features: FeatureCache | None = None
+
+    def batches(self) -> TrainBatches:
+        return TrainBatches(self.train, self.cfg.batch_size, self.info["pad_id"], self.cfg.seed, self.cfg.bucket)
 
 
 def load_data(task: Task, cfg: RunConfig) -> tuple[Examples, dict[str, Examples]]:
@@ -152,7 +157,8 @@ def prepare(cfg: RunConfig) -> Prepared:
     torch.manual_seed(cfg.seed)  # adapter initialisation depends on the seed only
     model = method.prepare(model, targets, ctx).to(device)
     pad_id = loaded.tokenizer.pad_token_id
-    method.init_from_data(model, _device_batches(TrainBatches(train, cfg.batch_size, pad_id, cfg.seed), device))
+    batches = TrainBatches(train, cfg.batch_size, pad_id, cfg.seed, cfg.bucket)
+    method.init_from_data(model, ({k: v.to(device) for k, v in b.items()} for b in batches.forever()))
     groups = method.param_groups(model, Strategy(cfg.role_ratios), cfg.lr, cfg.weight_decay)
     if not groups:
         raise ConfigError(f"method {cfg.method!r} with targets {cfg.targets!r} left no parameter to train.")
@@ -160,7 +166,7 @@ def prepare(cfg: RunConfig) -> Prepared:
     warmup = int(round(cfg.warmup_ratio * total))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule_fn(cfg.schedule, warmup, total))
     info = {
-        "setup_s": time.perf_counter() - t0, "model_path": loaded.path, "is_decoder": loaded.is_decoder,
+        "model_path": loaded.path, "is_decoder": loaded.is_decoder,
         "pad_id": pad_id, "warmup_steps": warmup, "epochs": total * cfg.grad_accum / per_epoch,
         "targets": [{"module": t.name, "role": t.role, "rows": t.out_slice} for t in targets],
         "train_examples": len(train), "eval_examples": {k: len(v) for k, v in evals.items()},
@@ -168,13 +174,61 @@ def prepare(cfg: RunConfig) -> Prepared:
         "skipped_rows": sum(ex.skipped_rows for ex in [train_ex, *eval_ex.values()]),
         "model": describe(model),
     }
+    features = None
+    if cfg.feature_cache:
+        features = FeatureCache(model, lambda: autocast(device, cfg.precision))
+        for name, enc in [("train", train), *evals.items()]:
+            features.add_split(name, enc, pad_id)
+        features.check("train")  # a model or method the cache cannot serve fails here, before training
+        info["feature_cache"] = {"layers": features.list_name, "first_trained_layer": features.k}
+    info["setup_s"] = time.perf_counter() - t0
     return Prepared(cfg, task, method, model, loaded.tokenizer, device, train, evals, total, groups, optimizer,
-                    scheduler, base_params, info)
+                    scheduler, base_params, info, features)
 
 
-def _device_batches(batches: TrainBatches, device: torch.device):
-    for b in batches.forever():
-        yield {k: v.to(device) for k, v in b.items()}
+def forward(p: Prepared, split: str, idx, batch: dict[str, torch.Tensor]):
+    """The model's forward on a batch of examples ``idx`` of ``split`` (from cached features where enabled)."""
+    ctx = p.features.serving(split, idx, batch) if p.features is not None else nullcontext()
+    with ctx, autocast(p.device, p.cfg.precision):
+        return p.model(**batch)
+
+
+def optimizer_step(p: Prepared, micro: list[tuple[Any, dict[str, torch.Tensor]]], step: int,
+                   scaler: torch.amp.GradScaler | None = None) -> tuple[float, torch.Tensor | None]:
+    """One optimizer step over ``grad_accum`` micro-batches: forward, backward, method hooks, clipping, update.
+
+    Returns the mean loss and the gradient norm before clipping (None without clipping).
+    """
+    cfg, model, method = p.cfg, p.model, p.method
+    loss_sum = 0.0
+    for idx, batch in micro:
+        loss = forward(p, "train", idx, batch).loss
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise Diverged(step, value)
+        loss_sum += value / len(micro)
+        loss = loss / len(micro)
+        (scaler.scale(loss) if scaler else loss).backward()
+    method.after_backward(model, step)
+    if scaler:
+        scaler.unscale_(p.optimizer)
+    params = [q for g in p.groups for q in g["params"]]
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm) if cfg.max_grad_norm else None
+    if scaler:
+        scaler.step(p.optimizer)
+        scaler.update()
+    else:
+        p.optimizer.step()
+    p.scheduler.step()
+    method.after_step(model, step)
+    p.optimizer.zero_grad(set_to_none=True)
+    return loss_sum, grad_norm
+
+
+def device_batches(p: Prepared):
+    """(indices, batch on the device), epoch after epoch."""
+    for idx, b in p.batches().indexed():
+        yield idx, {k: v.to(p.device) for k, v in b.items()}
 
 
 @torch.no_grad()
@@ -186,8 +240,7 @@ def evaluate(p: Prepared, split: str) -> dict[str, float]:
     preds = np.zeros(len(enc), dtype=np.float64)
     for idx, batch in eval_batches(enc, p.cfg.eval_batch_size, p.info["pad_id"]):
         batch = {k: v.to(p.device) for k, v in batch.items() if k != "labels"}
-        with autocast(p.device, p.cfg.precision):
-            logits = model(**batch).logits.float()
+        logits = forward(p, split, idx, batch).logits.float()
         out = logits[:, 0] if p.task.is_regression else logits.argmax(-1)
         preds[idx] = out.cpu().numpy()
     model.train(was_training)
@@ -202,11 +255,10 @@ def evaluate_all(p: Prepared) -> dict[str, float]:
 
 def train(p: Prepared, store: Store | None = None, key: str = "", progress: bool = True) -> dict[str, Any]:
     """The loop. Returns scores, curves and timings; raises :class:`Diverged` on a non-finite loss."""
-    cfg, model, method, device = p.cfg, p.model, p.method, p.device
-    params = [q for g in p.groups for q in g["params"]]
+    cfg, model, device = p.cfg, p.model, p.device
     scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None
     timer = StepTimer(device)
-    batches = _device_batches(TrainBatches(p.train, cfg.batch_size, p.info["pad_id"], cfg.seed), device)
+    batches = device_batches(p)
     curve: list[tuple[str, int, str, float]] = []
     evals: list[tuple[int, dict[str, float]]] = []
     eval_s = 0.0
@@ -216,33 +268,12 @@ def train(p: Prepared, store: Store | None = None, key: str = "", progress: bool
     t_train = time.perf_counter()
     for step in range(1, p.total_steps + 1):
         timer.start()
-        loss_sum = 0.0
-        for _ in range(cfg.grad_accum):
-            batch = next(batches)
+        micro = [next(batches) for _ in range(cfg.grad_accum)]
+        for _, batch in micro:
             timer.tokens += int(batch["attention_mask"].sum())
             timer.padded_tokens += batch["attention_mask"].numel()
             timer.examples += len(batch["labels"])
-            with autocast(device, cfg.precision):
-                loss = model(**batch).loss
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise Diverged(step, value)
-            loss_sum += value / cfg.grad_accum
-            loss = loss / cfg.grad_accum
-            (scaler.scale(loss) if scaler else loss).backward()
-        method.after_backward(model, step)
-        if scaler:
-            scaler.unscale_(p.optimizer)
-        grad_norm = (torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm) if cfg.max_grad_norm
-                     else None)
-        if scaler:
-            scaler.step(p.optimizer)
-            scaler.update()
-        else:
-            p.optimizer.step()
-        p.scheduler.step()
-        method.after_step(model, step)
-        p.optimizer.zero_grad(set_to_none=True)
+        loss_sum, grad_norm = optimizer_step(p, micro, step, scaler)
         timer.stop()
         ema = loss_sum if ema is None else 0.9 * ema + 0.1 * loss_sum
         curve.append(("train", step, "loss", loss_sum))
@@ -331,6 +362,8 @@ def run(cfg: RunConfig, store: Store | None = None, progress: bool | None = None
         scores = {**out["scores"], **best_dev(p.task, out["evals"])}
         cost.update(out["timer"].summary())
         cost.update(train_s=out["train_s"], eval_s=out["eval_s"])
+        if p.features is not None:
+            cost["feature_cache_mb"] = p.features.nbytes / 2**20
         if store is not None:
             store.add_curves(key, out["curve"])
         if cfg.export_dir:
