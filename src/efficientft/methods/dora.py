@@ -14,7 +14,8 @@ of DoRA over LoRA. Here the squared norm of each row i is expanded instead (``W_
 
 which needs only W Aᵀ (out × r) and A Aᵀ (r × r); ||W_i||² is cached (W is frozen), and in evaluation mode the
 whole norm is cached (A and B do not move), so an evaluation pass computes it once per layer. The output is
-then ``g ⊙ (x Wᵀ + s (x Aᵀ) Bᵀ) + b`` with g = m / ||·||_c.
+then ``g ⊙ (x Wᵀ + s (x Aᵀ) Bᵀ) + b`` with g = m / ||·||_c, the low-rank product computed by
+:func:`efficientft.lowrank.lowrank_add` (thin-matrix layouts, added to x Wᵀ in the same GEMM).
 ``tests/test_dora.py`` proves forward, loss and gradients equal to PEFT's DoRA, and export loads into stock
 ``peft.PeftModel.from_pretrained`` (the magnitude is PEFT's ``lora_magnitude_vector``) to identical logits.
 """
@@ -31,6 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import ConfigError
+from ..lowrank import lowrank_add
 from ..models.fused import out_major_weight, replace_module
 from ..models.roles import Target
 from . import register
@@ -101,17 +103,17 @@ class DoraLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w, bias = self.weight(), self.base_layer.bias
         g = self.lora_magnitude_vector / self.weight_norm().to(self.lora_magnitude_vector.dtype)
+        a, b = self.lora_A.weight, self.lora_B.weight
         if self.lora_dropout is None or not self.training:
-            y = F.linear(x, w.to(x.dtype))
-            y = y + self.scaling * F.linear(F.linear(x, self.lora_A.weight.to(x.dtype)), self.lora_B.weight.to(x.dtype))
+            y = lowrank_add(F.linear(x, w.to(x.dtype)), x, a, b, self.scaling)  # W x + s·BA x
             y = g.to(y.dtype) * y
             return y if bias is None else y + bias.to(y.dtype)
-        # With dropout, as PEFT: the base output sees x, the DoRA correction sees dropout(x).
+        # With dropout, as PEFT: W x + b + (g - 1) ⊙ W x' + g ⊙ s·BA x', with x' = dropout(x).
         xd = self.lora_dropout(x)
         base = F.linear(x, w.to(x.dtype), None if bias is None else bias.to(x.dtype))
-        lora = F.linear(F.linear(xd, self.lora_A.weight.to(x.dtype)), self.lora_B.weight.to(x.dtype))
-        gd = g.to(base.dtype)
-        return base + (gd - 1) * F.linear(xd, w.to(x.dtype)) + gd * self.scaling * lora
+        wxd = F.linear(xd, w.to(x.dtype))
+        y = lowrank_add(wxd, xd, a, b, self.scaling)
+        return base - wxd + g.to(y.dtype) * y
 
     @torch.no_grad()
     def merged_weight(self) -> torch.Tensor:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch.nn as nn
 
 from ..errors import ConfigError
+from ..lowrank import use_fast_lora
 from ..models.fused import out_major_weight
 from ..models.roles import Target
 from . import register
@@ -38,6 +39,7 @@ class LoraArgs:
 class LoRA(Method):
     summary = "LoRA (Hu et al. 2021): W + (alpha/r)·BA on the targets, via PEFT"
     Args = LoraArgs
+    fast_forward: ClassVar[bool] = True  # PEFT's layers with our plain-LoRA forward (see efficientft.lowrank)
 
     @property
     def alpha(self) -> float:
@@ -75,6 +77,8 @@ class LoRA(Method):
             fan_in_fan_out=any(type(model.get_submodule(t.name)).__name__ == "Conv1D" for t in targets),
             **self.peft_kwargs(),
         )
+        if self.fast_forward:
+            use_fast_lora(config)  # same function, faster backward: efficientft.lowrank
         return get_peft_model(model, config)
 
     def merge(self, model: nn.Module) -> nn.Module:
