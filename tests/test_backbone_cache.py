@@ -11,8 +11,15 @@ from tests.conftest import tiny_config
 
 
 def _load(path, num_labels, seed, cold):
+    """A disk load (``cold``: the cache emptied first), or a load from memory (the model loaded twice before)."""
+    clear_backbone_cache()
+    torch.manual_seed(seed)
+    first = load_model(str(path), num_labels).model.state_dict()
     if cold:
-        clear_backbone_cache()
+        assert not loading._BACKBONES  # one load keeps nothing: a single job pays no memory for the cache
+        return first
+    load_model(str(path), num_labels)  # the second load keeps the checkpoint's weights
+    assert len(loading._BACKBONES) == 1
     torch.manual_seed(seed)
     return load_model(str(path), num_labels).model.state_dict()
 
@@ -42,7 +49,6 @@ def test_warm_load_equals_cold_load_for_every_seed(which, num_labels, headless_b
     heads = {}
     for seed in (0, 1):
         cold = _load(path, num_labels, seed, cold=True)
-        assert len(loading._BACKBONES) == 1
         warm = _load(path, num_labels, seed, cold=False)
         _equal(warm, cold)
         heads[seed] = [v for k, v in cold.items() if k.startswith(("classifier", "score"))][0]
@@ -53,7 +59,8 @@ def test_warm_load_equals_cold_load_for_every_seed(which, num_labels, headless_b
 def test_warm_models_own_their_tensors(tiny_bert):
     clear_backbone_cache()
     first = load_model(str(tiny_bert), 2).model
-    second = load_model(str(tiny_bert), 2).model
+    load_model(str(tiny_bert), 2)
+    second = load_model(str(tiny_bert), 2).model  # from memory
     with torch.no_grad():
         for p in second.parameters():
             p.add_(1.0)  # as full fine-tuning would
@@ -63,8 +70,8 @@ def test_warm_models_own_their_tensors(tiny_bert):
 
 def test_cache_keeps_one_backbone(tiny_bert, tiny_llama):
     clear_backbone_cache()
-    load_model(str(tiny_bert), 2)
-    load_model(str(tiny_llama), 2)
+    for path in (tiny_bert, tiny_bert, tiny_llama, tiny_llama):
+        load_model(str(path), 2)
     assert [k[0] for k in loading._BACKBONES] == [str(tiny_llama)]
 
 
@@ -73,6 +80,7 @@ def test_run_after_warm_load_gives_the_same_scores_as_a_cold_one(headless_bert, 
     clear_backbone_cache()
     cold = run(cfg, store)
     curve = store.curves(cold["run_key"])
+    run(cfg, store)  # keeps the backbone
     warm = run(cfg, store)
     assert warm["scores"] == cold["scores"]
     assert store.curves(warm["run_key"]) == curve

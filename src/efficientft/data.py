@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,8 @@ import torch
 
 from .tasks import Examples
 
-_MEMORY: dict[str, Encoded] = {}
+_MEMORY: OrderedDict[str, Encoded] = OrderedDict()  # the most recently used splits of this process
+MEMORY_SPLITS = 16  # a sweep over a few tasks keeps all its splits; a long-lived worker does not grow forever
 
 
 @dataclass
@@ -67,6 +69,7 @@ def encode(examples: Examples, tokenizer, max_length: int, with_types: bool, dis
     """Token ids of ``examples`` (cached); pairs are truncated longest-first to ``max_length``."""
     key = _cache_key(examples, tokenizer, max_length, with_types)
     if key in _MEMORY:
+        _MEMORY.move_to_end(key)
         return _MEMORY[key]
     path = cache_dir() / "tokens" / f"{key}.npz"
     enc = _load(path) if disk_cache else None
@@ -80,6 +83,8 @@ def encode(examples: Examples, tokenizer, max_length: int, with_types: bool, dis
         if disk_cache:
             _save(path, enc)
     _MEMORY[key] = enc
+    while len(_MEMORY) > MEMORY_SPLITS:
+        _MEMORY.popitem(last=False)
     return enc
 
 

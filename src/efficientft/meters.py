@@ -2,11 +2,18 @@
 
 Peak memory on the CPU is the process's resident-set high-water mark (``VmHWM``), reset at the start of each run
 by writing 5 to ``/proc/self/clear_refs`` (Linux), so that runs sharing one worker process are measured apart.
+Before the reset, garbage is collected and glibc's ``malloc_trim(0)`` hands freed heap memory back to the system:
+without it the memory a previous run freed but glibc kept (activations live in its arenas) stays resident and is
+counted in the next run's peak. ``rss_start_mb`` (the resident set when the run started: libraries, and whatever
+the worker keeps between runs) is recorded beside the peak, so that the run's own increment can be read.
 On CUDA it is ``torch.cuda.max_memory_allocated`` and ``max_memory_reserved`` since a reset.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 import resource
 import statistics
 import sys
@@ -32,14 +39,27 @@ def rss_bytes() -> int:
     return now if now is not None else 0
 
 
+def release_freed_memory() -> bool:
+    """Collect garbage and return freed heap memory to the system (glibc ``malloc_trim``); False where unavailable."""
+    gc.collect()
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+        return True
+    except (OSError, AttributeError):
+        return False
+
+
 class PeakMemory:
     """Peak memory since :meth:`reset`: process RSS high-water, plus CUDA figures when a GPU is used."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.resettable = False
+        self.start = 0
 
     def reset(self) -> None:
+        release_freed_memory()
+        self.start = rss_bytes()
         try:
             with open("/proc/self/clear_refs", "w") as f:
                 f.write("5")
@@ -55,7 +75,8 @@ class PeakMemory:
         if hwm is None:  # not Linux: ru_maxrss is the lifetime peak (kB on Linux, bytes on macOS)
             ru = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
             hwm = ru if sys.platform == "darwin" else ru * 1024
-        out: dict[str, float | bool] = {"peak_rss_mb": hwm / 2**20, "peak_rss_since_run_start": self.resettable}
+        out: dict[str, float | bool] = {"peak_rss_mb": hwm / 2**20, "peak_rss_since_run_start": self.resettable,
+                                        "rss_start_mb": self.start / 2**20}
         if self.device.type == "cuda":
             out["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
             out["cuda_max_reserved_mb"] = torch.cuda.max_memory_reserved(self.device) / 2**20

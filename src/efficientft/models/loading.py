@@ -8,7 +8,9 @@ Backbones are reused across runs in one process (a sweep worker): the first load
 later loads of the same (model, number of labels) rebuild the model from an in-memory copy of the checkpoint's
 weights through the same ``from_pretrained`` code path (``state_dict=``), so the weights are identical to a disk
 load and the weights the checkpoint lacks (the task head) are initialised exactly as a disk load would, from the
-run's seed. At most :data:`MAX_CACHED` backbones are kept (least recently used goes first).
+run's seed. The in-memory copy costs the model's size in memory, so it is made at the *second* load of a model
+(a single job never pays for it; a sweep pays from its second run on), and at most :data:`MAX_CACHED` backbones
+are kept (least recently used goes first).
 """
 
 from __future__ import annotations
@@ -92,6 +94,7 @@ class _Cached:
 
 MAX_CACHED = int(os.environ.get("EFT_BACKBONE_CACHE", "1"))  # 0 turns the cache off
 _BACKBONES: OrderedDict[tuple, _Cached] = OrderedDict()
+_SEEN: set[tuple] = set()  # loaded once from disk, not yet kept
 
 
 def _stamp(path: str) -> tuple:
@@ -104,6 +107,7 @@ def _stamp(path: str) -> tuple:
 
 def clear_backbone_cache() -> None:
     _BACKBONES.clear()
+    _SEEN.clear()
 
 
 def load_model(name: str, num_labels: int, trust_remote_code: bool = False) -> Loaded:
@@ -117,7 +121,9 @@ def load_model(name: str, num_labels: int, trust_remote_code: bool = False) -> L
     key = (path, num_labels, trust_remote_code, _stamp(path))
     cached = _BACKBONES.get(key)
     if cached is None:
-        loaded, cached = _load_from_disk(name, path, num_labels, trust_remote_code, keep=MAX_CACHED > 0)
+        keep = MAX_CACHED > 0 and key in _SEEN
+        _SEEN.add(key)
+        loaded, cached = _load_from_disk(name, path, num_labels, trust_remote_code, keep)
         if cached is not None:
             _BACKBONES[key] = cached
             while len(_BACKBONES) > MAX_CACHED:
