@@ -61,3 +61,20 @@ def test_defaults_resolve_to_the_same_key():
     assert RunConfig().key() == RunConfig(method_args={"rank": 8}).key() == RunConfig(epochs=3).key()
     assert RunConfig().resolved().method_args == {"rank": 8, "alpha": None, "dropout": 0.0}
     assert RunConfig().key() != RunConfig(method_args={"rank": 16}).key()
+
+
+def test_precision_auto_is_resolved_before_hashing(monkeypatch):
+    from efficientft import config as config_module
+
+    monkeypatch.setattr(config_module, "best_precision", lambda device="auto": "bf16")
+    auto = RunConfig(precision="auto")
+    assert auto.resolved().precision == "bf16"
+    assert auto.key() == RunConfig(precision="bf16").key() != RunConfig().key()
+
+
+@pytest.mark.parametrize("flags,want", [({"avx2", "avx512_bf16"}, "bf16"), ({"amx_bf16"}, "bf16"), ({"avx2"}, "fp32")])
+def test_best_precision_on_cpu_follows_native_bf16(monkeypatch, flags, want):
+    from efficientft import config as config_module
+
+    monkeypatch.setattr(config_module, "cpu_flags", lambda: flags)
+    assert config_module.best_precision("cpu") == want

@@ -22,7 +22,7 @@ from .errors import ConfigError, did_you_mean
 DEFAULT_MODEL = "minilm"
 DEFAULT_EPOCHS = 3.0
 SCHEDULES = ("linear", "cosine", "constant")
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")  # auto: bf16 where the hardware computes it natively, else fp32
 DEVICES = ("auto", "cpu", "cuda")
 DATA_SOURCES = ("local", "hub")
 
@@ -157,6 +157,8 @@ class RunConfig:
         changes: dict[str, Any] = {"method": method.name, "method_args": method.args_dict()}
         if self.epochs is None and self.steps is None:
             changes["epochs"] = DEFAULT_EPOCHS
+        if self.precision == "auto":  # resolved before hashing: the key names the precision that ran
+            changes["precision"] = best_precision(self.device)
         return self.replace(**changes)
 
     def identity(self) -> dict[str, Any]:
@@ -227,6 +229,26 @@ def _coerce(name: str, value: Any, where: str) -> Any:
         kind = "a number" if name in _FLOATS else "an integer"
         raise ConfigError(f"{where}: {name} must be {kind}, got {value!r}.") from None
     return value
+
+
+def best_precision(device: str = "auto") -> str:
+    """``bf16`` where the device computes in bf16 natively (a CUDA GPU that supports it, or a CPU with AVX-512
+    BF16 or AMX instructions), else ``fp32``."""
+    import torch
+
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if use_cuda:
+        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if {"avx512_bf16", "amx_bf16"} & cpu_flags() else "fp32"
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (Linux ``/proc/cpuinfo``; empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return set(next((line for line in f if line.startswith("flags")), "").split())
+    except OSError:
+        return set()
 
 
 def load_yaml(path: str | Path) -> Any:
