@@ -102,3 +102,14 @@ def test_custom_data_through_the_cli(tmp_path, tiny_bert, capsys):
     assert code == 0
     rec = json.loads(capsys.readouterr().out)
     assert rec["config"]["task"] == "custom" and "dev/accuracy" in rec["scores"]
+
+
+def test_speed_flags_reach_the_config(tmp_path):
+    from efficientft.cli import build_parser, config_from_args
+
+    yaml = tmp_path / "run.yaml"
+    yaml.write_text("task: rte\nbucket: true\n")
+    cfg = config_from_args(build_parser().parse_args(["run", "--feature-cache", "--precision", "auto"]))
+    assert cfg.feature_cache is True and cfg.bucket is False and cfg.precision == "auto"
+    cfg = config_from_args(build_parser().parse_args(["run", "--config", str(yaml)]))
+    assert cfg.bucket is True and cfg.feature_cache is False  # an absent flag does not override the file
