@@ -1,0 +1,46 @@
+"""The benchmarks' own pieces: the floor trains nothing of the backbone yet back-propagates through all of it."""
+
+import argparse
+import sys
+
+import torch
+
+from efficientft.train import forward, prepare
+from tests.conftest import ROOT, tiny_config
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+def test_floor_freezes_the_backbone_but_gradients_reach_layer_0(tiny_bert):
+    from _common import make_floor
+
+    p = make_floor(prepare(tiny_config(tiny_bert, method="full", targets="all", method_args={})))
+    trainable = [n for n, q in p.model.named_parameters() if q.requires_grad]
+    assert trainable == ["classifier.weight", "classifier.bias"]
+    assert [n for g in p.groups for n in g["names"]] == trainable
+    seen = {}
+
+    def keep(module, args, output):  # the embeddings' output, which enters layer 0
+        output.retain_grad()
+        seen["embeddings"] = output
+
+    p.model.bert.embeddings.register_forward_hook(keep)
+    idx, batch = next(p.batches().indexed())
+    forward(p, "train", idx, batch).loss.backward()
+    assert seen["embeddings"].grad is not None and torch.count_nonzero(seen["embeddings"].grad) > 0
+    assert all(q.grad is None for n, q in p.model.named_parameters() if n not in trainable)
+
+
+def test_step_time_benchmark_runs_and_reports_ratios(tiny_bert, capsys):
+    import step_time
+    from _common import register_references
+
+    register_references()
+    a = argparse.Namespace(model=str(tiny_bert), batch_size=4, max_length=32, steps=3, repeats=2,
+                           precision="fp32", variants="floor,lora,dora,dora-peft")
+    out = step_time.bench_task("rte", a)
+    assert set(out) == {"floor", "lora", "dora", "dora-peft"}
+    assert out["floor"]["x_floor"] == 1.0 and out["lora"]["x_lora"] == 1.0
+    assert all(o["steps"] == 2 * 2 and o["median_s"] > 0 for o in out.values())  # 2 timed steps x 2 repeats
+    assert out["dora"]["trainable"] == out["dora-peft"]["trainable"] > out["lora"]["trainable"]
+    assert "| floor |" in capsys.readouterr().out
