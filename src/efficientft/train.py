@@ -40,9 +40,9 @@ from .tasks.metrics import compute
 class Diverged(RuntimeError):
     """The loss became NaN or infinite."""
 
-    def __init__(self, step: int, loss: float) -> None:
+    def __init__(self, step: int, loss: float, curve: list | None = None) -> None:
         super().__init__(f"loss became {loss} at step {step}")
-        self.step, self.loss = step, loss
+        self.step, self.loss, self.curve = step, loss, curve or []
 
 
 def seed_everything(seed: int) -> None:
@@ -226,7 +226,7 @@ def train(p: Prepared, store: Store | None = None, key: str = "", progress: bool
                 loss = model(**batch).loss
             value = float(loss.detach())
             if not math.isfinite(value):
-                raise Diverged(step, value)
+                raise Diverged(step, value, curve)  # the curve so far is kept for diagnosis
             loss_sum += value / cfg.grad_accum
             loss = loss / cfg.grad_accum
             (scaler.scale(loss) if scaler else loss).backward()
@@ -338,6 +338,8 @@ def run(cfg: RunConfig, store: Store | None = None, progress: bool | None = None
     except Diverged as e:
         status, error = "diverged", str(e)
         details["diverged_at_step"] = e.step
+        if store is not None:
+            store.add_curves(key, e.curve)
     except KeyboardInterrupt:
         status, error = "cancelled", "interrupted (Ctrl-C or SIGTERM)"
         raise
