@@ -331,6 +331,9 @@ def run(cfg: RunConfig, store: Store | None = None, progress: bool | None = None
         scores = {**out["scores"], **best_dev(p.task, out["evals"])}
         cost.update(out["timer"].summary())
         cost.update(train_s=out["train_s"], eval_s=out["eval_s"])
+        state = p.method.optimizer_state(p.optimizer)
+        cost.update(optimizer_state_numel=sum(t.numel() for t in state),
+                    optimizer_state_bytes=sum(t.numel() * t.element_size() for t in state))
         if store is not None:
             store.add_curves(key, out["curve"])
         if cfg.export_dir:
