@@ -47,6 +47,11 @@ class LoRA(Method):
         """Extra ``LoraConfig`` fields of a variant (``use_rslora``, ``use_dora``, ``init_lora_weights`` ...)."""
         return {}
 
+    @property
+    def max_rank(self) -> int:
+        """The largest rank any adapted module may get (AdaLoRA starts above its target rank, EVA redistributes)."""
+        return self.args.rank
+
     def check_targets(self, model: nn.Module, targets: list[Target]) -> None:
         if any(t.out_slice is not None for t in targets):
             raise ConfigError(
@@ -55,27 +60,24 @@ class LoRA(Method):
             )
         for t in targets:
             w = out_major_weight(model.get_submodule(t.name))
-            if self.args.rank > min(w.shape):
+            if self.max_rank > min(w.shape):
                 raise ConfigError(
-                    f"rank {self.args.rank} is larger than {t.name} allows ({tuple(w.shape)}: at most {min(w.shape)})."
+                    f"rank {self.max_rank} is larger than {t.name} allows ({tuple(w.shape)}: at most {min(w.shape)})."
                 )
 
+    def peft_config(self, model: nn.Module, targets: list[Target], ctx: Context) -> Any:
+        """The PEFT config to inject; variants with their own PEFT config class (AdaLoRA, (IA)³) override this."""
+        from peft import LoraConfig
+
+        return LoraConfig(r=self.args.rank, lora_alpha=self.alpha, lora_dropout=self.args.dropout,
+                          **adapter_kwargs(model, targets, ctx), **self.peft_kwargs())
+
     def prepare(self, model: nn.Module, targets: list[Target], ctx: Context) -> nn.Module:
-        from peft import LoraConfig, get_peft_model
+        from peft import get_peft_model
 
         self.check_targets(model, targets)
         self.targets, self.ctx = targets, ctx
-        config = LoraConfig(
-            task_type="SEQ_CLS",
-            r=self.args.rank,
-            lora_alpha=self.alpha,
-            lora_dropout=self.args.dropout,
-            target_modules=[t.name for t in targets],
-            modules_to_save=list(ctx.heads),
-            fan_in_fan_out=any(type(model.get_submodule(t.name)).__name__ == "Conv1D" for t in targets),
-            **self.peft_kwargs(),
-        )
-        return get_peft_model(model, config)
+        return get_peft_model(model, self.peft_config(model, targets, ctx))
 
     def merge(self, model: nn.Module) -> nn.Module:
         return model.merge_and_unload()
@@ -90,3 +92,13 @@ class LoRA(Method):
         from peft import PeftModel
 
         return PeftModel.from_pretrained(base, str(out_dir))
+
+
+def adapter_kwargs(model: nn.Module, targets: list[Target], ctx: Context) -> dict[str, Any]:
+    """The PEFT config fields every adapter shares: the task, the targeted modules and the trained head."""
+    return {
+        "task_type": "SEQ_CLS",
+        "target_modules": [t.name for t in targets],
+        "modules_to_save": list(ctx.heads),
+        "fan_in_fan_out": any(type(model.get_submodule(t.name)).__name__ == "Conv1D" for t in targets),
+    }
