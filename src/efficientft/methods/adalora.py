@@ -3,11 +3,12 @@ arXiv 2303.10512).
 
 Each adapted weight gets an SVD-shaped update ΔW = B·diag(E)·A (``lora_B``, ``lora_E``, ``lora_A``) that starts at
 rank ``init_r``. Every ``delta_t`` steps the singular values E of the least important triplets (importance: the
-smoothed sensitivity |θ·∇θ| times its uncertainty, EMAs with ``beta1``/``beta2``, paper Eq. 8–11) are masked to
-zero, until the total budget falls from n·init_r to n·rank along the paper's cubic schedule (Eq. 12): constant for
-the first ``tinit`` steps, then decreasing, then fixed for the last ``tfinal`` steps. An orthogonality regulariser
-γ(‖AAᵀ−I‖_F + ‖BᵀB−I‖_F) (Eq. 4, ``orth_reg_weight``) keeps A and B near-orthogonal; PEFT adds it to the loss in
-the forward pass whenever labels are given (so only during training).
+smoothed sensitivity |θ·∇θ| times its uncertainty, exponential moving averages with ``beta1``/``beta2``) are masked
+to zero, until the total budget falls from n·init_r to n·rank along the paper's cubic schedule: constant for the
+first ``tinit`` steps, then b(t) = b(T) + (b(0) − b(T))·(1 − (t − tinit)/(T − tinit − tfinal))³, then fixed for the
+last ``tfinal`` steps. An orthogonality regulariser on A and B (weight ``orth_reg_weight``; PEFT computes it as the
+mean of ‖AAᵀ−I‖_F and ‖BᵀB−I‖_F over all factors) keeps the update close to an SVD; PEFT adds it to the loss in
+the forward pass whenever labels are given, so during training only (checked by a test).
 
 ``rank`` is the *target* average rank (PEFT's ``target_r``), so ``--rank`` means the same final size as for LoRA;
 ``init_r`` defaults to ⌈1.5·rank⌉, the paper's initial budget b(0) = 1.5·b(T). ``tinit``/``tfinal`` are fractions
@@ -89,6 +90,15 @@ class AdaLoRA(LoRA):
     @property
     def alpha(self) -> float:
         return float(self.args.alpha if self.args.alpha is not None else self.init_r)
+
+    def check_targets(self, model: nn.Module, targets: list[Target]) -> None:
+        try:
+            super().check_targets(model, targets)
+        except ConfigError as e:
+            if "is larger than" not in str(e):
+                raise
+            raise ConfigError(f"{e} AdaLoRA starts at init_r = {self.init_r} (default ceil(1.5·rank)); lower rank "
+                              "or init_r.") from None
 
     def phases(self, total: int) -> tuple[int, int]:
         """(tinit, tfinal) in steps for a run of ``total`` steps; an error when no budgeting phase is left."""

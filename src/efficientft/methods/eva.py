@@ -24,6 +24,7 @@ from typing import Any
 import torch.nn as nn
 
 from ..errors import ConfigError
+from ..models.roles import Target
 from . import register
 from .base import positive_int
 from .lora import LoRA, LoraArgs
@@ -57,6 +58,15 @@ class EVA(LoRA):
     @property
     def max_rank(self) -> int:
         return round(self.args.rank * self.args.rho)
+
+    def check_targets(self, model: nn.Module, targets: list[Target]) -> None:
+        try:
+            super().check_targets(model, targets)
+        except ConfigError as e:
+            if "is larger than" not in str(e):
+                raise
+            raise ConfigError(f"{e} EVA may give one layer up to round(rho·rank) = round({self.args.rho}·"
+                              f"{self.args.rank}) components; lower rank or rho.") from None
 
     def peft_kwargs(self) -> dict[str, Any]:
         from peft import EvaConfig
