@@ -2,9 +2,9 @@
 
 Each method must (1) train 3 steps on a batch it can overfit with a finite, falling loss; (2) build exact λ groups:
 every trainable parameter learns at the strategy's factor (λ for W_v's trainable parameters and nothing else: no
-bias, no norm, no head) times the method's own per-parameter factor (LoRA+), and W_v has trainable parameters; (3) count its
-trainable parameters; (4) export, reload on a fresh base model, and give identical logits; (5) merge, where it
-defines merging, to identical logits.
+bias, no norm, no head) times the method's own per-parameter factor (LoRA+ gives B a ratio), and W_v has trainable
+parameters; (3) count its trainable parameters; (4) export, reload on a fresh base model, and give identical logits;
+(5) merge, where it defines merging, to identical logits.
 """
 
 import dataclasses
