@@ -3,9 +3,10 @@ arXiv 2410.07170).
 
 A data-driven LoRA initialisation: A of each adapted layer is set to the top right-singular vectors of that layer's
 inputs on training data (the directions of largest activation variance), B = 0, so the model still computes W at
-init. PEFT computes them with an incremental PCA over batches until the components settle (cosine similarity ≥
-``tau`` between successive estimates), and redistributes the rank budget across layers by explained variance: each
-layer may get up to ``round(rho·r)`` components (``rho = 1``: every layer keeps rank r), the total staying n·r.
+init. PEFT computes them with an incremental PCA (so of the mean-centred inputs, padding excluded) over batches
+until the components settle (cosine similarity ≥ ``tau`` between successive estimates), and redistributes the rank
+budget across layers by explained variance: each layer may get up to ``round(rho·r)`` components (``rho = 1``:
+every layer keeps rank r), the total staying n·r.
 
 PEFT's ``init_lora_weights="eva"`` alone only zeroes B (and leaves A random): the SVD happens in
 :meth:`init_from_data`, which the loop calls once before the optimizer exists (DESIGN.md, pitfalls). It takes
