@@ -1,10 +1,11 @@
 """The conformance matrix: every registered method, on a tiny BERT, LLaMA and GPT-2, through the same checks.
 
 Each method must (1) train 3 steps on a batch it can overfit with a finite, falling loss; (2) build exact λ groups:
-the fast group holds W_v's trainable parameters and nothing else (no bias, no norm, no head); (3) count its
-trainable parameters; (4) export, reload on a fresh base model, and give identical logits; (5) merge, where it
-defines merging, to identical logits. On GPT-2, "qv" means the Q and V row slices of the fused ``c_attn``: a
-method either adapts exactly those (its W_v parameters under a submodule named ``v``) or refuses with a
+every trainable parameter learns at the strategy's factor (λ for W_v's trainable parameters and nothing else: no
+bias, no norm, no head) times the method's own per-parameter factor (LoRA+ gives B a ratio), and W_v has trainable
+parameters; (3) count its trainable parameters; (4) export, reload on a fresh base model, and give identical logits;
+(5) merge, where it defines merging, to identical logits. On GPT-2, "qv" means the Q and V row slices of the fused
+``c_attn``: a method either adapts exactly those (its W_v parameters under a submodule named ``v``) or refuses with a
 ConfigError, and is then skipped.
 """
 
@@ -53,15 +54,22 @@ def test_method_conforms(name, model_dir, tmp_path):
             raise
         pytest.skip(f"{name} does not adapt slices of a fused projection: {e}")
 
-    # (2) exact λ groups
-    fast = [g for g in p.groups if g["lr_scale"] == LAMBDA]
-    assert len(fast) == 1, f"{name}: expected one λ group, got {[g['lr_scale'] for g in p.groups]}"
-    for n in fast[0]["names"]:
-        assert is_v(n), f"{name}: {n} is in the λ group but is not W_v's"
-        assert not n.endswith("bias") and "norm" not in n.lower()
-    slow_names = [n for g in p.groups if g["lr_scale"] != LAMBDA for n in g["names"]]
-    assert not [n for n in slow_names if is_v(n) and not n.endswith("bias")
-                and p.method.name != "full"], f"{name}: some of W_v's adapter parameters are not in the λ group"
+    # (2) exact λ groups: every parameter's factor is the strategy's (λ for W_v's, 1 otherwise) times the method's
+    # own (LoRA+ gives B a ratio); biases, norms and the head never get λ
+    own = p.method.lr_scales(p.model)
+    trainable = {n for n, q in p.model.named_parameters() if q.requires_grad}
+    assert set(own) <= trainable, f"{name}: lr_scales names parameters that do not train"
+    seen_v = 0
+    for g in p.groups:
+        assert g["lr"] == pytest.approx(cfg.lr * g["lr_scale"])
+        for n in g["names"]:
+            v = is_v(n) and not n.endswith("bias") and "norm" not in n.lower()
+            seen_v += v
+            want = (LAMBDA if v else 1.0) * own.get(n, 1.0)
+            assert g["lr_scale"] == pytest.approx(want, rel=1e-12), (
+                f"{name}: {n} learns at {g['lr_scale']} x lr, expected {want} (W_v's: {v})")
+    assert seen_v > 0, f"{name}: no trainable parameter of W_v, so λ was never exercised"
+    assert sum(len(g["names"]) for g in p.groups) == len(trainable), f"{name}: a trainable parameter has no group"
 
     # (3) trainable parameters: positive, and no more than the parameters the optimizer holds
     n_train = p.method.trainable_parameters(p.model)

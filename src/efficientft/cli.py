@@ -182,7 +182,7 @@ def cmd_methods(a: argparse.Namespace) -> int:
     from .methods import METHODS
 
     width = max(len(n) for n in METHODS)
-    for name, cls in METHODS.items():
+    for name, cls in sorted(METHODS.items()):  # registration order depends on which file imports which
         print(f"{name.ljust(width)}  {cls.summary}")
     return 0
 

@@ -63,6 +63,11 @@ class LoRA(Method):
         """The factor of ``B A`` in :class:`FusedLoRA` (α/r; a variant that opts in may change it)."""
         return self.alpha / self.args.rank
 
+    @property
+    def max_rank(self) -> int:
+        """The largest rank any adapted module may get (AdaLoRA starts above its target rank, EVA redistributes)."""
+        return self.args.rank
+
     def check_targets(self, model: nn.Module, targets: list[Target]) -> None:
         sliced = [t for t in targets if t.out_slice is not None]
         if sliced and not self.sliced:
@@ -75,29 +80,26 @@ class LoRA(Method):
         for t in targets:
             w = out_major_weight(model.get_submodule(t.name))
             rows = (t.out_slice[1] - t.out_slice[0]) if t.out_slice else w.shape[0]
-            if self.args.rank > min(rows, w.shape[1]):
+            if self.max_rank > min(rows, w.shape[1]):
                 what = f"the {t.role!r} rows of {t.name}" if t.out_slice else t.name
                 shape = (rows, w.shape[1])
-                raise ConfigError(f"rank {self.args.rank} is larger than {what} allows ({shape}: at most {min(shape)}).")
+                raise ConfigError(f"rank {self.max_rank} is larger than {what} allows ({shape}: at most {min(shape)}).")
+
+    def peft_config(self, model: nn.Module, targets: list[Target], ctx: Context) -> Any:
+        """The PEFT config to inject; variants with their own PEFT config class (AdaLoRA, (IA)³) override this."""
+        from peft import LoraConfig
+
+        return LoraConfig(r=self.args.rank, lora_alpha=self.alpha, lora_dropout=self.args.dropout,
+                          **adapter_kwargs(model, targets, ctx), **self.peft_kwargs())
 
     def prepare(self, model: nn.Module, targets: list[Target], ctx: Context) -> nn.Module:
-        from peft import LoraConfig, get_peft_model
+        from peft import get_peft_model
 
         self.check_targets(model, targets)
         self.targets, self.ctx = targets, ctx
         if _fused(targets):
             return self._prepare_fused(model, targets, ctx)
-        config = LoraConfig(
-            task_type="SEQ_CLS",
-            r=self.args.rank,
-            lora_alpha=self.alpha,
-            lora_dropout=self.args.dropout,
-            target_modules=[t.name for t in targets],
-            modules_to_save=list(ctx.heads),
-            fan_in_fan_out=any(type(model.get_submodule(t.name)).__name__ == "Conv1D" for t in targets),
-            **self.peft_kwargs(),
-        )
-        return get_peft_model(model, config)
+        return get_peft_model(model, self.peft_config(model, targets, ctx))
 
     def _prepare_fused(self, model: nn.Module, targets: list[Target], ctx: Context) -> nn.Module:
         """Our own LoRA on every target (some are slices of a fused projection); the task head trains fully."""
@@ -152,3 +154,13 @@ def _is_peft(model: nn.Module) -> bool:
     from peft import PeftModel
 
     return isinstance(model, PeftModel)
+
+
+def adapter_kwargs(model: nn.Module, targets: list[Target], ctx: Context) -> dict[str, Any]:
+    """The PEFT config fields every adapter shares: the task, the targeted modules and the trained head."""
+    return {
+        "task_type": "SEQ_CLS",
+        "target_modules": [t.name for t in targets],
+        "modules_to_save": list(ctx.heads),
+        "fan_in_fan_out": any(type(model.get_submodule(t.name)).__name__ == "Conv1D" for t in targets),
+    }
