@@ -210,3 +210,29 @@ def test_decoder_without_pad_token_trains(llama_without_pad):
     loss = [v for _, _, n, v in out["curve"] if n == "loss"]
     assert loss[-1] < loss[0]
     assert 0.0 <= out["scores"]["dev/accuracy"] <= 1.0
+
+
+def test_rslora_and_loraplus_on_fused_slices(tiny_gpt2):
+    """The LoRA variants that only rescale (rsLoRA) or re-rate (LoRA+) work on GPT-2's Q/V slices too."""
+    import math
+
+    from transformers import AutoModelForSequenceClassification
+
+    from efficientft.methods import get_method
+    from efficientft.methods.base import Context
+    from efficientft.models import head_modules, resolve_targets
+    from efficientft.models.fused import FusedLoRA
+    from efficientft.strategy import Strategy
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_gpt2, num_labels=2)
+    rs = get_method("rslora").from_config({"rank": 4, "alpha": 8})
+    model = rs.prepare(model, resolve_targets(model, "qv"), Context(heads=head_modules(model)))
+    fused = [m for m in model.modules() if isinstance(m, FusedLoRA)]
+    assert len(fused) == 2 and all(m.scale == pytest.approx(8 / math.sqrt(4)) for m in fused)
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_gpt2, num_labels=2)
+    lp = get_method("loraplus").from_config({"rank": 4, "ratio": 16})
+    model = lp.prepare(model, resolve_targets(model, "qv"), Context(heads=head_modules(model)))
+    rates = {n: g["lr_scale"] for g in lp.param_groups(model, Strategy({"v": 2.0}), 1.0, 0.0) for n in g["names"]}
+    assert rates["transformer.h.0.attn.c_attn.lora.v.B"] == 32.0 and rates["transformer.h.0.attn.c_attn.lora.v.A"] == 2.0
+    assert rates["transformer.h.0.attn.c_attn.lora.q.B"] == 16.0 and rates["transformer.h.0.attn.c_attn.lora.q.A"] == 1.0

@@ -12,6 +12,7 @@ W_q's B at η·ratio and its A at η. (PEFT's ``create_loraplus_optimizer`` woul
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 import torch.nn as nn
@@ -35,6 +36,11 @@ class LoraPlus(LoRA):
     summary = "LoRA+ (Hayou et al. 2024): LoRA with B learning ratio x faster than A (default 16)"
     Args = LoraPlusArgs
 
+    sliced = True  # GPT-2's fused c_attn: our FusedLoRA, whose B factors are ``lora.<role>.B``
+
     def lr_scales(self, model: nn.Module) -> dict[str, float]:
         return {n: float(self.args.ratio) for n, p in model.named_parameters()
-                if p.requires_grad and ".lora_B." in n}
+                if p.requires_grad and (".lora_B." in n or _FUSED_B.search(n))}
+
+
+_FUSED_B = re.compile(r"\.lora\.\w+\.B$")

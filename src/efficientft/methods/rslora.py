@@ -10,6 +10,7 @@ grows with r and defeats the point). The default α = 8 is PEFT's ``LoraConfig``
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,5 +28,10 @@ class RsLoRA(LoRA):
     summary = "rsLoRA (Kalajdzievski 2023): LoRA scaled by alpha/sqrt(r), stable across ranks, via PEFT"
     Args = RsLoraArgs
 
+    sliced = True  # GPT-2's fused c_attn: our FusedLoRA with the rank-stabilised scale
+
     def peft_kwargs(self) -> dict[str, Any]:
         return {"use_rslora": True}
+
+    def fused_scale(self) -> float:
+        return self.alpha / math.sqrt(self.args.rank)
