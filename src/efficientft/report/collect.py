@@ -194,7 +194,7 @@ def _sort_key(fields: dict[str, Any]) -> tuple:
 
 def collect(store: Store, split: str = "dev", tasks: Iterable[str] | None = None,
             methods: Iterable[str] | None = None, tags: dict[str, str] | None = None,
-            metrics: dict[str, str] | None = None, select_lr_: bool = False) -> Collection:
+            metrics: dict[str, str] | None = None, choose_lr: bool = False) -> Collection:
     """Read ``store`` and group its runs into rows and cells (see the module docstring)."""
     if split not in SPLITS:
         raise ConfigError(f"unknown split {split!r}.{did_you_mean(split, SPLITS)} Accepted: {', '.join(SPLITS)}.")
@@ -250,7 +250,7 @@ def collect(store: Store, split: str = "dev", tasks: Iterable[str] | None = None
     common: dict[str, Any] = {}
     row_names: list[str] = []
     for k in names:
-        if select_lr_ and k == "lr":
+        if choose_lr and k == "lr":
             continue
         by_task: dict[str, set] = defaultdict(set)
         for r in scored:
@@ -272,7 +272,7 @@ def collect(store: Store, split: str = "dev", tasks: Iterable[str] | None = None
     row_fields: dict[str, dict[str, Any]] = {}
     for r in scored:
         f = flats[r["run_key"]]
-        ident = {k: f.get(k) for k in names if k not in per_task and not (select_lr_ and k == "lr")}
+        ident = {k: f.get(k) for k in names if k not in per_task and not (choose_lr and k == "lr")}
         rk = _freeze(ident)
         row_fields[rk] = ident
         groups[rk][r["config"]["task"]].append(r)
@@ -285,13 +285,13 @@ def collect(store: Store, split: str = "dev", tasks: Iterable[str] | None = None
         fields_ = row_fields[rk]
         row = Row(fields_, row_label(fields_, shown))
         for task, recs in by_task.items():
-            row.cells[task] = _cell(task, recs, split, metric_of[task], select_lr_)
+            row.cells[task] = _cell(task, recs, split, metric_of[task], choose_lr)
         rows.append(row)
     rows.sort(key=lambda r: _sort_key(r.fields))
     comparable = {t: all((r.get("provenance") or {}).get("comparable", True) for r in scored
                          if r["config"]["task"] == t) for t in task_order}
     return Collection(str(store.path), split, task_order, {t: metric_of[t] for t in task_order}, rows, shown,
-                      common, per_task, not_done, unscored, comparable, select_lr_)
+                      common, per_task, not_done, unscored, comparable, choose_lr)
 
 
 def _cell(task: str, recs: list[dict], split: str, metric: str, select: bool) -> Cell:

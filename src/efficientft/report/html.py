@@ -47,6 +47,7 @@ figcaption{color:#444;font-size:.9em}
 details{margin:.3em 0;border:1px solid #e4e4e4;padding:.3em .6em}details[open]{background:#fcfcfc}
 pre{white-space:pre-wrap;word-break:break-all;font-size:12px}
 a{color:#0645ad}
+td a.cell{color:inherit;text-decoration:none}td a.cell:hover{background:#eef3ff}
 """
 
 _JS = """
@@ -79,7 +80,7 @@ def _score_td(s: Score | None, digits: int, anchor: str = "") -> str:
             if s.few else "")
     title = esc(f"n={s.n}; 95% CI [{_num(s.ci_low, digits)}, {_num(s.ci_high, digits)}]"
                 + (f"; lr={s.lr:g} (selected on {s.basis})" if s.basis and s.lr is not None else ""))
-    body = f'<a href="#{anchor}">{m}</a>' if anchor else m
+    body = f'<a class="cell" href="#{anchor}">{m}</a>' if anchor else m
     return f'<td data-sort="{s.mean!r}" title="{title}">{body}{sd}{warn}</td>'
 
 
