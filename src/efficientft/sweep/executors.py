@@ -68,7 +68,7 @@ class InProcess:
             outs.append(out)
         return outs
 
-    def close(self) -> None:
+    def close(self, abort: bool = False) -> None:
         pass
 
 
@@ -152,9 +152,11 @@ class LocalPool:
             outs.append(out)
         return outs
 
-    def close(self) -> None:
+    def close(self, abort: bool = False) -> None:
+        """Wait for the workers to exit; on ``abort`` (Ctrl-C, SIGTERM) do not wait: queued runs are dropped and
+        the workers die with this process, leaving their runs to be taken over by the next sweep."""
         if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool.shutdown(wait=not abort, cancel_futures=True)
             self._pool = None
 
 

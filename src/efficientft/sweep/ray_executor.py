@@ -88,7 +88,7 @@ class RayExecutor:
         ray.init(**kwargs)
         self._started = True
 
-    def close(self) -> None:
+    def close(self, abort: bool = False) -> None:
         """Shut down the Ray this executor started (a Ray the caller started is left running)."""
         if self._started:
             import ray

@@ -222,15 +222,18 @@ def sweep(suite: Suite, store: Store, opts: SweepOptions, log: Callable[[str], N
             summary["early_stopping"] = _successive_halving(suite, runs, store, executor, on_result)
         else:
             executor.run([item(r) for r in runs], on_result)
-    finally:
-        executor.close()
+    except BaseException:
+        executor.close(abort=True)
+        raise
+    executor.close()
     summary["wall_s"] = time.perf_counter() - t0
     summary["outcomes"] = _count(o["status"] if o["status"] != "skipped" else f"skipped ({o['reason']})"
                                  for o in outcomes)
     summary["steps_trained"] = sum(o.get("steps") or 0 for o in outcomes if o["status"] != "skipped")
     summary["failed"] = [{"key": o["key"], "run": o.get("describe"), "error": (o.get("error") or "")[:500]}
                          for o in outcomes if o["status"] in ("failed", "diverged")]
-    if suite.selection:
+    if suite.selection:  # over every full-budget run of the suite in the store (with early stopping: survivors,
+        # plus the rest of the full grid if it was run too)
         records = [r for r in (store.get(x.key) for x in runs) if r is not None]
         summary["selection"] = {conv: select(records, suite.selection.select_by, suite.selection.over, conv)
                                 for conv in ("selection", "best_dev")}
