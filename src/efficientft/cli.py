@@ -86,6 +86,24 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     _store_arg(r)
 
+    w = sub.add_parser("sweep", help="run a suite (YAML grid of runs); finished runs are skipped, killed ones resumed")
+    w.add_argument("suite", help="suite file, e.g. configs/quick.yaml")
+    w.add_argument("--workers", type=int, default=1,
+                   help="local worker processes (1: in this process); they share the CPU or take one GPU each")
+    w.add_argument("--executor", choices=("local", "ray"), default="local", help="local processes or a Ray cluster")
+    w.add_argument("--dry-run", action="store_true", help="list the runs, what would happen to each, and the cost")
+    w.add_argument("--retry-failed", action="store_true", help="run failed and diverged runs again")
+    w.add_argument("--reclaim", action="store_true",
+                   help="take over runs marked running by another host (a sweep that died elsewhere)")
+    w.add_argument("--no-early-stopping", action="store_true",
+                   help="ignore the suite's early_stopping block: run the full grid")
+    w.add_argument("--ray-address", help="join this Ray cluster (e.g. auto); default: start a local Ray")
+    w.add_argument("--ray-num-cpus", type=int, help="CPUs of the local Ray (default: all)")
+    w.add_argument("--data-dir", help="glue_data folder (default: $EFT_DATA_DIR)")
+    w.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    w.add_argument("--json", action="store_true", help="print the plan or the summary as JSON")
+    _store_arg(w)
+
     sub.add_parser("methods", help="list the registered methods")
     sub.add_parser("tasks", help="list the registered tasks")
     s = sub.add_parser("runs", help="list stored runs")
@@ -201,6 +219,12 @@ def cmd_run(a: argparse.Namespace) -> int:
     return 0 if record["status"] == "done" else 1
 
 
+def cmd_sweep(a: argparse.Namespace) -> int:
+    from .sweep.cli import dry_run, run_sweep
+
+    return dry_run(a) if a.dry_run else run_sweep(a)
+
+
 def cmd_methods(a: argparse.Namespace) -> int:
     from .methods import METHODS
 
@@ -268,8 +292,8 @@ def _existing_store(path: str | None) -> Store:
     return Store(p)
 
 
-COMMANDS = {"run": cmd_run, "methods": cmd_methods, "tasks": cmd_tasks, "runs": cmd_runs, "show": cmd_show}
-COMMANDS["report"] = cmd_report
+COMMANDS = {"run": cmd_run, "sweep": cmd_sweep, "methods": cmd_methods, "tasks": cmd_tasks, "runs": cmd_runs,
+            "show": cmd_show, "report": cmd_report}
 
 
 def _sigterm(signum, frame):  # a SIGTERM ends a run like Ctrl-C: stored as cancelled
