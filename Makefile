@@ -9,9 +9,14 @@ EFT_DATA_DIR ?= $(abspath ../shared/data/glue)
 export EFT_DATA_DIR
 STORE ?= results/demo.sqlite
 
-.PHONY: setup demo test lint clean
+.PHONY: setup browser demo test lint clean
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed browser
+
+# Debian's Chromium, for the test that opens the HTML report in a headless browser (CI runs as root).
+browser:
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -q && apt-get install -y -q chromium) || \
+		echo "note: could not install chromium (not root?); the HTML report test needs it: apt-get install chromium"
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)

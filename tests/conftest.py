@@ -84,3 +84,22 @@ def tiny_config(model: Path, **kw):
                 lr=1e-3, progress=False, method_args={"rank": 4} if kw.get("method", "lora") != "full" else {})
     base.update(kw)
     return RunConfig(**base)
+
+
+@pytest.fixture(scope="session")
+def report_store(tmp_path_factory, tiny_bert, glue_dir):
+    """A store of ~30 real tiny runs (2 tasks, several methods / targets / λ / lr, 3 seeds) for the report tests."""
+    from tests.report_runs import fill
+
+    return fill(tmp_path_factory.mktemp("report") / "runs.sqlite", tiny_bert)
+
+
+@pytest.fixture(scope="session")
+def report_written(report_store, tmp_path_factory):
+    """(Report, folder) of ``eft report`` in every format, plots included, from :func:`report_store`."""
+    from efficientft.report.build import build, write
+
+    out = tmp_path_factory.mktemp("report-out")
+    rep = build(report_store)
+    write(rep, report_store, out)
+    return rep, out

@@ -47,7 +47,13 @@ def test_minilm_on_rte_through_the_cli(tmp_path, glue_dir):
 def test_listing_commands(capsys):
     assert main(["methods"]) == 0
     out = capsys.readouterr().out
-    assert {"full", "lora", "dora"} <= {line.split()[0] for line in out.splitlines()}
+    names = [line.split()[0] for line in out.splitlines()]
+    assert names == sorted(names) and {"full", "lora", "dora"} <= set(names)
+    listed = {line.split()[0]: line for line in out.splitlines()}
+    for name, paper in [("rslora", "Kalajdzievski 2023"), ("pissa", "Meng et al. 2024"), ("olora", "2024"),
+                        ("eva", "Paischer et al. 2024"), ("adalora", "Zhang et al. 2023"), ("ia3", "Liu et al. 2022"),
+                        ("loraplus", "Hayou et al. 2024"), ("dora", "Liu et al. 2024")]:
+        assert name in listed and paper in listed[name], name
     assert main(["tasks"]) == 0
     names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
     assert names[:9] == ["cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli"]

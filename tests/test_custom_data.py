@@ -54,3 +54,15 @@ def test_errors(tmp_path):
         get_task("custom", {"train": bad, "dev": bad})
     with pytest.raises(ConfigError, match="unknown data format '.xlsx'"):
         get_task("custom", {"train": _write(tmp_path, "d.xlsx", "x"), "dev": train})
+
+
+def test_empty_split_is_an_error_before_training(tmp_path, tiny_bert):
+    from efficientft.config import RunConfig
+    from efficientft.train import prepare
+
+    train = _write(tmp_path, "train.csv", "text,label\na,x\nb,y\n")
+    dev = _write(tmp_path, "dev.csv", "text,label\n")
+    cfg = RunConfig(task="custom", custom={"train": train, "dev": dev}, model=str(tiny_bert), steps=1,
+                    progress=False)
+    with pytest.raises(ConfigError, match="the dev split of task 'custom' is empty"):
+        prepare(cfg)

@@ -113,3 +113,20 @@ def test_seeded_subsample_and_selection_split(data):
     assert len(held) == 249 and len(rest) == len(ex) - 249
     assert ex.split_off(0.1, seed=0)[1].text_b == held.text_b
     assert ex.split_off(0.1, seed=1)[1].text_b != held.text_b
+
+
+def test_hub_reader_maps_fields_and_splits(monkeypatch):
+    """The hub path (used when online) with ``datasets.load_dataset`` replaced by an in-memory copy."""
+    import datasets
+
+    calls = []
+
+    def fake_load(path, name, split):
+        calls.append((path, name, split))
+        return datasets.Dataset.from_dict({"premise": ["p1", "p2"], "hypothesis": ["h1", "h2"], "label": [2, 0],
+                                           "idx": [0, 1]})
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    ex = TASKS.get("mnli").load("dev_mm", DataOptions(source="hub"))
+    assert calls == [("nyu-mll/glue", "mnli", "validation_mismatched")]
+    assert (ex.text_a, ex.text_b, ex.labels) == (["p1", "p2"], ["h1", "h2"], [2, 0])

@@ -90,6 +90,24 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     _store_arg(r)
 
+    w = sub.add_parser("sweep", help="run a suite (YAML grid of runs); finished runs are skipped, killed ones resumed")
+    w.add_argument("suite", help="suite file, e.g. configs/quick.yaml")
+    w.add_argument("--workers", type=int, default=1,
+                   help="local worker processes (1: in this process); they share the CPU or take one GPU each")
+    w.add_argument("--executor", choices=("local", "ray"), default="local", help="local processes or a Ray cluster")
+    w.add_argument("--dry-run", action="store_true", help="list the runs, what would happen to each, and the cost")
+    w.add_argument("--retry-failed", action="store_true", help="run failed and diverged runs again")
+    w.add_argument("--reclaim", action="store_true",
+                   help="take over runs marked running by another host (a sweep that died elsewhere)")
+    w.add_argument("--no-early-stopping", action="store_true",
+                   help="ignore the suite's early_stopping block: run the full grid")
+    w.add_argument("--ray-address", help="join this Ray cluster (e.g. auto); default: start a local Ray")
+    w.add_argument("--ray-num-cpus", type=int, help="CPUs of the local Ray (default: all)")
+    w.add_argument("--data-dir", help="glue_data folder (default: $EFT_DATA_DIR)")
+    w.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    w.add_argument("--json", action="store_true", help="print the plan or the summary as JSON")
+    _store_arg(w)
+
     sub.add_parser("methods", help="list the registered methods")
     sub.add_parser("tasks", help="list the registered tasks")
     s = sub.add_parser("runs", help="list stored runs")
@@ -99,7 +117,30 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("show", help="one stored run record as JSON")
     s.add_argument("run", help="run key (or a unique prefix)")
     _store_arg(s)
+    _report_parser(sub)
     return parser
+
+
+def _report_parser(sub) -> None:
+    p = sub.add_parser("report", help="tables (Markdown, LaTeX, CSV), plots and one HTML report from a store")
+    _store_arg(p)
+    p.add_argument("--out", default="results/report", help="output folder (default: results/report)")
+    p.add_argument("--format", default="md,html,latex,csv", help="comma-separated: md, html, latex, csv (default: all)")
+    p.add_argument("--split", default="dev", choices=("dev", "selection", "best_dev"),
+                   help="which score is reported: dev, selection, or best_dev (the 'best dev score' convention)")
+    p.add_argument("--tasks", help="only these tasks, in this column order (comma-separated)")
+    p.add_argument("--methods", help="only these methods (comma-separated)")
+    p.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE", help="only runs with this tag")
+    p.add_argument("--metric", action="append", default=[], metavar="TASK=METRIC",
+                   help="report another metric of a task, e.g. mrpc=f1 (default: the task's main metric)")
+    p.add_argument("--select-lr", action="store_true",
+                   help="per configuration and task, keep the lr with the best mean selection score")
+    p.add_argument("--compare", nargs=2, action="append", metavar=("A", "B"),
+                   help="paired comparison of two rows (a row label or key=value pairs like "
+                        "method=lora,targets=qv,lambda=4); repeatable; default: λ≠1 rows vs their λ=1 / qkv twins")
+    p.add_argument("--test", default="t", choices=("t", "wilcoxon"), help="paired test (default: t)")
+    p.add_argument("--digits", type=int, default=1, help="decimals of the ×100 scores (default: 1)")
+    p.add_argument("--no-plots", action="store_true", help="tables only")
 
 
 def _parse_pairs(items: list[str], what: str) -> dict[str, str]:
@@ -182,11 +223,17 @@ def cmd_run(a: argparse.Namespace) -> int:
     return 0 if record["status"] == "done" else 1
 
 
+def cmd_sweep(a: argparse.Namespace) -> int:
+    from .sweep.cli import dry_run, run_sweep
+
+    return dry_run(a) if a.dry_run else run_sweep(a)
+
+
 def cmd_methods(a: argparse.Namespace) -> int:
     from .methods import METHODS
 
     width = max(len(n) for n in METHODS)
-    for name, cls in METHODS.items():
+    for name, cls in sorted(METHODS.items()):  # registration order depends on which file imports which
         print(f"{name.ljust(width)}  {cls.summary}")
     return 0
 
@@ -224,6 +271,24 @@ def cmd_show(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(a: argparse.Namespace) -> int:
+    from .report.build import build, parse_formats, write
+
+    formats = parse_formats(a.format)
+    store = _existing_store(a.store)
+    split_list = lambda v: [x.strip() for x in v.split(",") if x.strip()] if v else None  # noqa: E731
+    rep = build(store, a.split, split_list(a.tasks), split_list(a.methods), _parse_pairs(a.tag, "--tag"),
+                _parse_pairs(a.metric, "--metric"), a.select_lr, [tuple(c) for c in a.compare or []], a.test,
+                a.digits)
+    files = write(rep, store, Path(a.out), formats, plots=not a.no_plots)
+    print(rep.markdown_table())
+    for note in rep.table.notes:
+        print(note)
+    print(f"wrote {len(files)} files to {a.out}: " + ", ".join(sorted({f.name for f in files if f.parent == Path(a.out)})),
+          file=sys.stderr)
+    return 0
+
+
 def _existing_store(path: str | None) -> Store:
     p = Path(path or os.environ.get(ENV_STORE) or DEFAULT_STORE)
     if not p.is_file():
@@ -231,7 +296,8 @@ def _existing_store(path: str | None) -> Store:
     return Store(p)
 
 
-COMMANDS = {"run": cmd_run, "methods": cmd_methods, "tasks": cmd_tasks, "runs": cmd_runs, "show": cmd_show}
+COMMANDS = {"run": cmd_run, "sweep": cmd_sweep, "methods": cmd_methods, "tasks": cmd_tasks, "runs": cmd_runs,
+            "show": cmd_show, "report": cmd_report}
 
 
 def _sigterm(signum, frame):  # a SIGTERM ends a run like Ctrl-C: stored as cancelled

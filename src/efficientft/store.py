@@ -3,6 +3,8 @@
 Writes are single short transactions (``BEGIN IMMEDIATE``), so several worker processes may write one store at
 once. A run's row goes ``running`` → ``done`` / ``failed`` / ``diverged`` / ``cancelled``; running it again keeps
 the earlier finished record in ``history``, so no completed result is ever lost. Per-step curves live in ``curves``.
+Sweeps take runs with :meth:`Store.claim` (atomic: skip-if-done, one worker per key, take-over of runs left
+``running`` by a dead process) and record what each sweep did in ``sweeps``.
 """
 
 from __future__ import annotations
@@ -44,6 +46,10 @@ CREATE TABLE IF NOT EXISTS curves (
     PRIMARY KEY (run_key, kind, step, name)
 );
 CREATE INDEX IF NOT EXISTS runs_status ON runs (status);
+CREATE TABLE IF NOT EXISTS sweeps (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, suite TEXT NOT NULL, started_at TEXT NOT NULL, finished_at TEXT,
+    summary TEXT
+);
 """
 
 _JSON_COLUMNS = ("config", "scores", "cost", "provenance", "details", "tags")
@@ -55,6 +61,26 @@ def now() -> str:
 
 def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def worker_alive(worker: str | None) -> bool | None:
+    """Is the process ``host:pid`` still running? None when it lives on another host (we cannot tell)."""
+    host, _, pid = (worker or "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return None
+    try:
+        with open(f"/proc/{pid}/stat") as f:  # a zombie (killed, not yet reaped) is dead
+            if f.read().rsplit(")", 1)[-1].split()[0] == "Z":
+                return False
+    except OSError:
+        pass
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _json(value: Any) -> str:
@@ -126,13 +152,16 @@ class Store:
     # ------------------------------------------------------------------ writing
     def start(self, key: str, config: dict, provenance: dict | None = None, tags: dict | None = None,
               main_metric: str | None = None) -> int:
-        """Mark a run ``running`` (a new row, or the next attempt of an existing one); returns the attempt number."""
+        """Mark a run ``running`` (a new row, or the next attempt of an existing one); returns the attempt number.
+
+        A row this process has :meth:`claim`-ed is that attempt already (the claim counted it)."""
         with self.transaction() as db:
             old = db.execute("SELECT * FROM runs WHERE run_key=?", (key,)).fetchone()
             if old is not None and old["status"] != "running":
                 db.execute("INSERT INTO history (run_key, replaced_at, record) VALUES (?,?,?)",
                            (key, now(), _json(self._record(old))))
-            attempts = (old["attempts"] + 1) if old is not None else 1
+            claimed = old is not None and old["status"] == "running" and old["worker"] == worker_id()
+            attempts = old["attempts"] if claimed else (old["attempts"] + 1) if old is not None else 1
             values = dict(
                 run_key=key, status="running", task=config.get("task"), method=config.get("method"),
                 targets=config.get("targets"), lr_ratio=config.get("lr_ratio"), lr=config.get("lr"),
@@ -160,6 +189,87 @@ class Store:
                 sets["provenance"] = _json(_clean(provenance))
             db.execute(f"UPDATE runs SET {', '.join(f'{k}=?' for k in sets)} WHERE run_key=?",
                        (*sets.values(), key))
+
+    def claim(self, key: str, config: dict, tags: dict | None = None, retry_failed: bool = False,
+              reclaim: bool = False) -> tuple[bool, str]:
+        """Atomically take a run for this process, so that two workers never train the same key.
+
+        Returns ``(True, previous_status)`` (``"new"`` for a new key) or ``(False, reason)``:
+
+        - ``done``: never run again (skip-if-done);
+        - ``running``: another live process has it; a ``running`` row whose ``host:pid`` is dead on this host
+          (a killed sweep) is taken over, and so is any ``running`` row with ``reclaim`` (another host's dead
+          sweep: we cannot see its processes);
+        - ``failed`` / ``diverged``: kept as results unless ``retry_failed`` (the same config fails the same way);
+        - ``cancelled`` (Ctrl-C / SIGTERM) is always taken again.
+
+        The claimed row is ``running`` with this worker, and ``attempts`` counts it (the :meth:`start` that
+        follows in the same process does not count it again). A finished record taken again goes to ``history``.
+        """
+        me = worker_id()
+        with self.transaction() as db:
+            old = db.execute("SELECT * FROM runs WHERE run_key=?", (key,)).fetchone()
+            status = old["status"] if old is not None else "new"
+            if status == "done":
+                return False, "done"
+            if status == "running" and old["worker"] != me and not reclaim and worker_alive(old["worker"]) is not False:
+                return False, "running"
+            if status in ("failed", "diverged") and not retry_failed:
+                return False, status
+            if old is not None and status != "running":
+                db.execute("INSERT INTO history (run_key, replaced_at, record) VALUES (?,?,?)",
+                           (key, now(), _json(self._record(old))))
+            values = dict(
+                run_key=key, status="running", task=config.get("task"), method=config.get("method"),
+                targets=config.get("targets"), lr_ratio=config.get("lr_ratio"), lr=config.get("lr"),
+                seed=config.get("seed"), model=config.get("model"), config=_json(config), tags=_json(tags or {}),
+                attempts=(old["attempts"] if old is not None else 0) + (old is None or old["worker"] != me
+                                                                       or status != "running"), worker=me,
+                created_at=old["created_at"] if old is not None else now(), started_at=now(),
+            )
+            db.execute(f"INSERT OR REPLACE INTO runs ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
+                       tuple(values.values()))
+            return True, status
+
+    def import_run(self, record: dict, curves: Iterable[tuple[str, int, str, float]] = ()) -> None:
+        """Write a record produced elsewhere (a Ray worker's own store) as this store's row for its key."""
+        key = record["run_key"]
+        with self.transaction() as db:
+            old = db.execute("SELECT attempts, created_at, status, worker FROM runs WHERE run_key=?",
+                             (key,)).fetchone()
+            claimed = old is not None and old["status"] == "running" and old["worker"] == worker_id()
+            values = {c: record.get(c) for c in ("run_key", "status", "task", "method", "targets", "lr_ratio", "lr",
+                                                 "seed", "model", "main_metric", "main_score", "error", "worker",
+                                                 "started_at", "finished_at")}
+            values.update({c: _json(_clean(record.get(c) or {})) for c in _JSON_COLUMNS})
+            values["attempts"] = old["attempts"] if claimed else (old["attempts"] if old is not None else 0) + 1
+            values["created_at"] = old["created_at"] if old is not None else record.get("created_at") or now()
+            db.execute(f"INSERT OR REPLACE INTO runs ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
+                       tuple(values.values()))
+            db.execute("DELETE FROM curves WHERE run_key=?", (key,))
+            db.executemany("INSERT OR REPLACE INTO curves VALUES (?,?,?,?,?)",
+                           [(key, k, int(st), n, v if v is None or math.isfinite(v) else None)
+                            for k, st, n, v in curves])
+
+    def add_sweep(self, suite: str, summary: dict) -> int:
+        """Record a sweep (what it planned, ran and skipped; its selection results); returns its id."""
+        with self.transaction() as db:
+            cur = db.execute("INSERT INTO sweeps (suite, started_at, summary) VALUES (?,?,?)",
+                             (suite, now(), _json(_clean(summary))))
+            return int(cur.lastrowid)
+
+    def update_sweep(self, sweep_id: int, summary: dict, finished: bool = True) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE sweeps SET summary=?, finished_at=? WHERE id=?",
+                       (_json(_clean(summary)), now() if finished else None, sweep_id))
+
+    def sweeps(self, suite: str | None = None) -> list[dict]:
+        q, args = "SELECT * FROM sweeps", ()
+        if suite is not None:
+            q, args = q + " WHERE suite=?", (suite,)
+        with self._connect() as db:
+            rows = db.execute(q + " ORDER BY id", args).fetchall()
+        return [{**dict(r), "summary": json.loads(r["summary"]) if r["summary"] else {}} for r in rows]
 
     def add_curves(self, key: str, rows: Iterable[tuple[str, int, str, float]]) -> None:
         """Rows of (kind, step, name, value), e.g. ("train", 10, "loss", 0.69)."""

@@ -50,9 +50,9 @@ def roles_by_name(model: nn.Module, targets: list[Target], heads: list[str]) -> 
 
     A parameter belongs to a role when the name of a targeted module appears in its name at dot boundaries (PEFT
     wraps modules as ``<module>.lora_A.default.weight``, and prefixes ``base_model.model.``); the parameters of
-    one role's slice of a fused projection live under a submodule named by the role (``c_attn.slices.v.weight``).
-    Biases and
-    normalisation weights get no role, so λ never reaches them; the task head gets ``"head"`` (base rate).
+    one role's slice of a fused projection live under a submodule named by the role (``c_attn.slices.v.weight``,
+    ``c_attn.lora.v.A``). Biases and normalisation weights get no role, so λ never reaches them; the task head
+    gets ``"head"`` (base rate).
     """
     modules = dict(model.named_modules())
     plain = [t for t in targets if t.out_slice is None]

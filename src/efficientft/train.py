@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 import random
 import sys
 import time
@@ -41,9 +42,9 @@ from .tasks.metrics import compute
 class Diverged(RuntimeError):
     """The loss became NaN or infinite."""
 
-    def __init__(self, step: int, loss: float) -> None:
+    def __init__(self, step: int, loss: float, curve: list | None = None) -> None:
         super().__init__(f"loss became {loss} at step {step}")
-        self.step, self.loss = step, loss
+        self.step, self.loss, self.curve = step, loss, curve or []
 
 
 def seed_everything(seed: int) -> None:
@@ -58,6 +59,48 @@ def pick_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device 'cuda' was asked for but no CUDA GPU is available; use --device cpu or auto.")
     return torch.device(name)
+
+
+_ACCELERATOR: Any = None
+
+
+def data_parallel(device: torch.device) -> Any:
+    """The ``accelerate.Accelerator`` of a data-parallel launch (``WORLD_SIZE`` > 1), else None.
+
+    Launch one run on N processes with ``torchrun --nproc_per_node N -m efficientft.cli run ...`` (CPU, gloo) or
+    ``accelerate launch --multi_gpu --num_processes N -m efficientft.cli run ...`` (GPUs). Every process builds
+    the same model from the same seed and trains on its 1/N slice of every global batch; DDP averages the
+    gradients, so each optimizer step is the step on the whole batch (``batch_size`` is the global batch).
+    Only the main process evaluates and writes the store. The run's key is the single-process key.
+    """
+    global _ACCELERATOR
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    if _ACCELERATOR is None:
+        from accelerate import Accelerator
+
+        _ACCELERATOR = Accelerator(cpu=device.type == "cpu")
+    return _ACCELERATOR
+
+
+def run_device(cfg: RunConfig) -> torch.device:
+    """The device of this process: the configured one, or this rank's device in a data-parallel launch."""
+    device = pick_device(cfg.device)
+    accel = data_parallel(device)
+    return accel.device if accel is not None else device
+
+
+def _shard(batch: dict[str, torch.Tensor], accel: Any) -> dict[str, torch.Tensor]:
+    if accel is None:
+        return batch
+    return {k: v.tensor_split(accel.num_processes)[accel.process_index] for k, v in batch.items()}
+
+
+def _shard_indexed(idx: np.ndarray, batch: dict[str, torch.Tensor], accel: Any) -> tuple[np.ndarray, dict]:
+    """This process's slice of a global batch and of its example indices (the same split as ``tensor_split``)."""
+    if accel is None:
+        return idx, batch
+    return np.array_split(np.asarray(idx), accel.num_processes)[accel.process_index], _shard(batch, accel)
 
 
 def autocast(device: torch.device, precision: str):
@@ -130,7 +173,11 @@ def _accepts(model: nn.Module, arg: str) -> bool:
 def prepare(cfg: RunConfig) -> Prepared:
     """Validate and set up a run; every bad-input error is raised here, before any training."""
     t0 = time.perf_counter()
-    device = pick_device(cfg.device)
+    device = run_device(cfg)
+    accel = data_parallel(device)
+    if accel is not None and cfg.batch_size % accel.num_processes:
+        raise ConfigError(f"batch_size {cfg.batch_size} must be divisible by the {accel.num_processes} data-parallel "
+                          f"processes (it is the global batch, split evenly between them).")
     task = get_task(cfg.task, cfg.custom)
     method_cls = get_method(cfg.method)
     method: Method = method_cls.from_config(cfg.method_args)
@@ -186,24 +233,28 @@ def prepare(cfg: RunConfig) -> Prepared:
                     scheduler, base_params, info, features)
 
 
-def forward(p: Prepared, split: str, idx, batch: dict[str, torch.Tensor]):
-    """The model's forward on a batch of examples ``idx`` of ``split`` (from cached features where enabled)."""
+def forward(p: Prepared, split: str, idx, batch: dict[str, torch.Tensor], runner: nn.Module | None = None):
+    """The model's forward on a batch of examples ``idx`` of ``split`` (from cached features where enabled).
+
+    ``runner`` is what is called (the DDP-wrapped model in a data-parallel run); default ``p.model``.
+    """
     ctx = p.features.serving(split, idx, batch) if p.features is not None else nullcontext()
     with ctx, autocast(p.device, p.cfg.precision):
-        return p.model(**batch)
+        return (runner or p.model)(**batch)
 
 
 def optimizer_step(p: Prepared, micro: list[tuple[Any, dict[str, torch.Tensor]]], step: int,
-                   scaler: torch.amp.GradScaler | None = None) -> tuple[float, torch.Tensor | None]:
-    """One optimizer step over ``grad_accum`` micro-batches: forward, backward, method hooks, clipping, update.
-
-    Returns the mean loss and the gradient norm before clipping (None without clipping).
+                   scaler: torch.amp.GradScaler | None = None, runner: nn.Module | None = None,
+                   accel: Any = None) -> tuple[float, torch.Tensor | None]:
+    """One optimizer step over the micro-batches ``[(indices, batch), ...]``: forward, backward, method hooks,
+    clipping, update. Returns the mean loss (over processes too) and the gradient norm before clipping (None
+    without clipping). The training loop and the benchmarks both step through here.
     """
     cfg, model, method = p.cfg, p.model, p.method
     loss_sum = 0.0
     for idx, batch in micro:
-        loss = forward(p, "train", idx, batch).loss
-        value = float(loss.detach())
+        loss = forward(p, "train", idx, batch, runner).loss
+        value = float(loss.detach() if accel is None else accel.reduce(loss.detach(), "mean"))
         if not math.isfinite(value):
             raise Diverged(step, value)
         loss_sum += value / len(micro)
@@ -226,7 +277,7 @@ def optimizer_step(p: Prepared, micro: list[tuple[Any, dict[str, torch.Tensor]]]
 
 
 def device_batches(p: Prepared):
-    """(indices, batch on the device), epoch after epoch."""
+    """(example indices, batch on the device), epoch after epoch."""
     for idx, b in p.batches().indexed():
         yield idx, {k: v.to(p.device) for k, v in b.items()}
 
@@ -262,18 +313,24 @@ def train(p: Prepared, store: Store | None = None, key: str = "", progress: bool
     curve: list[tuple[str, int, str, float]] = []
     evals: list[tuple[int, dict[str, float]]] = []
     eval_s = 0.0
-    bar = _progress(p, progress)
+    accel = data_parallel(device)
+    main = accel is None or accel.is_main_process
+    runner = accel.prepare_model(model) if accel is not None else model  # DDP: gradients averaged in backward
+    bar = _progress(p, progress and main)
     ema = None
     model.train()
     t_train = time.perf_counter()
     for step in range(1, p.total_steps + 1):
         timer.start()
-        micro = [next(batches) for _ in range(cfg.grad_accum)]
+        micro = [_shard_indexed(*next(batches), accel) for _ in range(cfg.grad_accum)]
         for _, batch in micro:
             timer.tokens += int(batch["attention_mask"].sum())
             timer.padded_tokens += batch["attention_mask"].numel()
             timer.examples += len(batch["labels"])
-        loss_sum, grad_norm = optimizer_step(p, micro, step, scaler)
+        try:
+            loss_sum, grad_norm = optimizer_step(p, micro, step, scaler, runner, accel)
+        except Diverged as e:
+            raise Diverged(e.step, e.loss, curve) from None  # the curve so far is kept for diagnosis
         timer.stop()
         ema = loss_sum if ema is None else 0.9 * ema + 0.1 * loss_sum
         curve.append(("train", step, "loss", loss_sum))
@@ -283,7 +340,7 @@ def train(p: Prepared, store: Store | None = None, key: str = "", progress: bool
         if bar is not None:
             bar.set_postfix(loss=f"{ema:.4f}", refresh=False)
             bar.update(1)
-        if cfg.eval_every and step % cfg.eval_every == 0 and step != p.total_steps:
+        if main and cfg.eval_every and step % cfg.eval_every == 0 and step != p.total_steps:
             t = time.perf_counter()
             scores = evaluate_all(p)
             eval_s += time.perf_counter() - t
@@ -296,8 +353,10 @@ def train(p: Prepared, store: Store | None = None, key: str = "", progress: bool
     if bar is not None:
         bar.close()
     t = time.perf_counter()
-    final = evaluate_all(p)
+    final = evaluate_all(p) if main else {}
     eval_s += time.perf_counter() - t
+    if accel is not None:
+        accel.wait_for_everyone()
     evals.append((p.total_steps, final))
     curve += [("eval", p.total_steps, k, v) for k, v in final.items()]
     return {"scores": final, "evals": evals, "curve": curve, "timer": timer, "train_s": train_s, "eval_s": eval_s}
@@ -334,7 +393,10 @@ def run(cfg: RunConfig, store: Store | None = None, progress: bool | None = None
     cfg = cfg.resolved()
     progress = cfg.progress if progress is None else progress
     key = cfg.key()
-    device = pick_device(cfg.device)
+    device = run_device(cfg)
+    accel = data_parallel(device)
+    if accel is not None and not accel.is_main_process:
+        store = None  # one process of a data-parallel run writes the record
     memory = PeakMemory(device)
     memory.reset()
     t0 = time.perf_counter()
@@ -353,6 +415,7 @@ def run(cfg: RunConfig, store: Store | None = None, progress: bool | None = None
         "trainable_params": p.method.trainable_parameters(p.model), "base_params": p.base_params,
         "total_params": sum(q.numel() for q in {id(q): q for q in p.model.parameters()}.values()),
         "setup_s": p.info["setup_s"], "total_steps": p.total_steps, "epochs": p.info["epochs"],
+        "processes": accel.num_processes if accel is not None else 1,
     }
     cost["trainable_fraction"] = cost["trainable_params"] / max(1, p.base_params)
     details = {"groups": describe_groups(p.groups), "info": p.info, "method_args": p.method.args_dict()}
@@ -364,13 +427,18 @@ def run(cfg: RunConfig, store: Store | None = None, progress: bool | None = None
         cost.update(train_s=out["train_s"], eval_s=out["eval_s"])
         if p.features is not None:
             cost["feature_cache_mb"] = p.features.nbytes / 2**20
+        state = p.method.optimizer_state(p.optimizer)
+        cost.update(optimizer_state_numel=sum(t.numel() for t in state),
+                    optimizer_state_bytes=sum(t.numel() * t.element_size() for t in state))
         if store is not None:
             store.add_curves(key, out["curve"])
-        if cfg.export_dir:
+        if cfg.export_dir and (accel is None or accel.is_main_process):
             details["export"] = {"dir": cfg.export_dir, **p.method.export(p.model, Path(cfg.export_dir))}
     except Diverged as e:
         status, error = "diverged", str(e)
         details["diverged_at_step"] = e.step
+        if store is not None:
+            store.add_curves(key, e.curve)
     except KeyboardInterrupt:
         status, error = "cancelled", "interrupted (Ctrl-C or SIGTERM)"
         raise

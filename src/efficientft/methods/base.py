@@ -7,6 +7,7 @@ A method is one file with one ``@METHODS.register`` line. The loop calls, in ord
     groups = method.param_groups(model, strategy, lr, weight_decay)
     opt = method.optimizer(groups, cfg)          # AdamW unless the method needs its own (GaLore)
     for each step:  loss.backward(); method.after_backward(model, step); clip; opt.step(); method.after_step(model, step)
+    method.optimizer_state(opt)                  # the tensors the optimizer keeps (its size is a cost figure)
     method.export(model, out_dir)                # PEFT-format adapter or our own safetensors
 
 and never branches on a method's name.
@@ -103,6 +104,11 @@ class Method:
 
     def optimizer(self, groups: list[dict], lr: float, weight_decay: float) -> torch.optim.Optimizer:
         return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+
+    def optimizer_state(self, optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+        """The tensors the optimizer keeps between steps (Adam: two moments per parameter), for the cost record."""
+        return [t for state in optimizer.state.values() for t in state.values()
+                if isinstance(t, torch.Tensor) and t.dim() > 0]
 
     # ------------------------------------------------------------------ optional hooks
     def init_from_data(self, model: nn.Module, batches: typing.Iterable[dict]) -> None:

@@ -3,6 +3,11 @@
 A thin wrapper over PEFT's implementation. The variants that PEFT also implements (rsLoRA, DoRA, PiSSA, OLoRA, EVA,
 LoRA+) subclass :class:`LoRA` and change only :meth:`LoRA.peft_kwargs` or a hook. With the attention strategy, W_v's
 A and B learn at λ × the base rate (see :mod:`efficientft.strategy`).
+
+PEFT cannot adapt part of a fused projection (GPT-2's ``c_attn`` = [W_q | W_k | W_v]). When a target is such a
+slice, every target is adapted by our own :class:`~efficientft.models.fused.FusedLoRA` instead (one adapter per
+role, added into that role's rows, as the original LoRA's ``MergedLinear``), exported as our own safetensors.
+Only variants that set ``sliced = True`` in their class body take that path; the others refuse sliced targets.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import torch.nn as nn
 
 from ..errors import ConfigError
 from ..lowrank import use_fast_lora
-from ..models.fused import out_major_weight
+from ..models.fused import FusedLoRA, out_major_weight, replace_module
 from ..models.roles import Target
 from . import register
 from .base import Context, Method, positive_int
@@ -37,9 +42,17 @@ class LoraArgs:
 
 @register("lora")
 class LoRA(Method):
-    summary = "LoRA (Hu et al. 2021): W + (alpha/r)·BA on the targets, via PEFT"
+    summary = "LoRA (Hu et al. 2021): W + (alpha/r)·BA on the targets, via PEFT (fused GPT-2 slices: our own)"
     Args = LoraArgs
-    fast_forward: ClassVar[bool] = True  # PEFT's layers with our plain-LoRA forward (see efficientft.lowrank)
+    # Does our FusedLoRA implement this variant on slices of fused projections? Subclasses must opt in.
+    sliced: ClassVar[bool] = True
+    # PEFT's LoRA layers with our plain-LoRA forward (efficientft.lowrank: the same function, a faster backward).
+    fast_forward: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "sliced" not in cls.__dict__:
+            cls.sliced = False
 
     @property
     def alpha(self) -> float:
@@ -49,48 +62,111 @@ class LoRA(Method):
         """Extra ``LoraConfig`` fields of a variant (``use_rslora``, ``use_dora``, ``init_lora_weights`` ...)."""
         return {}
 
+    def fused_scale(self) -> float:
+        """The factor of ``B A`` in :class:`FusedLoRA` (α/r; a variant that opts in may change it)."""
+        return self.alpha / self.args.rank
+
+    @property
+    def max_rank(self) -> int:
+        """The largest rank any adapted module may get (AdaLoRA starts above its target rank, EVA redistributes)."""
+        return self.args.rank
+
     def check_targets(self, model: nn.Module, targets: list[Target]) -> None:
-        if any(t.out_slice is not None for t in targets):
+        sliced = [t for t in targets if t.out_slice is not None]
+        if sliced and not self.sliced:
+            t = sliced[0]
             raise ConfigError(
-                f"method {self.name!r} wraps PEFT, which cannot adapt part of a fused projection "
-                f"({targets[0].name}); use module-name patterns that select whole modules."
+                f"method {self.name!r} wraps PEFT, which cannot adapt part of a fused projection ({t.name}, role "
+                f"{t.role!r}), and has no fused implementation here; use method 'lora', or module-name patterns "
+                f"that select whole modules."
             )
         for t in targets:
             w = out_major_weight(model.get_submodule(t.name))
-            if self.args.rank > min(w.shape):
-                raise ConfigError(
-                    f"rank {self.args.rank} is larger than {t.name} allows ({tuple(w.shape)}: at most {min(w.shape)})."
-                )
+            rows = (t.out_slice[1] - t.out_slice[0]) if t.out_slice else w.shape[0]
+            if self.max_rank > min(rows, w.shape[1]):
+                what = f"the {t.role!r} rows of {t.name}" if t.out_slice else t.name
+                shape = (rows, w.shape[1])
+                raise ConfigError(f"rank {self.max_rank} is larger than {what} allows ({shape}: at most {min(shape)}).")
+
+    def peft_config(self, model: nn.Module, targets: list[Target], ctx: Context) -> Any:
+        """The PEFT config to inject; variants with their own PEFT config class (AdaLoRA, (IA)³) override this."""
+        from peft import LoraConfig
+
+        return LoraConfig(r=self.args.rank, lora_alpha=self.alpha, lora_dropout=self.args.dropout,
+                          **adapter_kwargs(model, targets, ctx), **self.peft_kwargs())
 
     def prepare(self, model: nn.Module, targets: list[Target], ctx: Context) -> nn.Module:
-        from peft import LoraConfig, get_peft_model
+        from peft import get_peft_model
 
         self.check_targets(model, targets)
         self.targets, self.ctx = targets, ctx
-        config = LoraConfig(
-            task_type="SEQ_CLS",
-            r=self.args.rank,
-            lora_alpha=self.alpha,
-            lora_dropout=self.args.dropout,
-            target_modules=[t.name for t in targets],
-            modules_to_save=list(ctx.heads),
-            fan_in_fan_out=any(type(model.get_submodule(t.name)).__name__ == "Conv1D" for t in targets),
-            **self.peft_kwargs(),
-        )
-        if self.fast_forward:
-            use_fast_lora(config)  # same function, faster backward: efficientft.lowrank
+        if _fused(targets):
+            return self._prepare_fused(model, targets, ctx)
+        config = self.peft_config(model, targets, ctx)
+        if self.fast_forward and type(config).__name__ == "LoraConfig":  # not AdaLoRA's or (IA)³'s own configs
+            use_fast_lora(config)
         return get_peft_model(model, config)
 
+    def _prepare_fused(self, model: nn.Module, targets: list[Target], ctx: Context) -> nn.Module:
+        """Our own LoRA on every target (some are slices of a fused projection); the task head trains fully."""
+        for p in model.parameters():
+            p.requires_grad = False
+        by_module: dict[str, dict[str, tuple[int, int]]] = {}
+        for t in targets:
+            rows = t.out_slice or (0, out_major_weight(model.get_submodule(t.name)).shape[0])
+            by_module.setdefault(t.name, {})[t.role or "all"] = rows
+        for name, slices in by_module.items():
+            module = FusedLoRA(model.get_submodule(name), slices, self.args.rank, self.fused_scale(),
+                               self.args.dropout)
+            replace_module(model, name, module)
+        for head in ctx.heads:
+            for p in model.get_submodule(head).parameters():
+                p.requires_grad = True
+        return model
+
     def merge(self, model: nn.Module) -> nn.Module:
+        if not _is_peft(model):  # our fused LoRA: fold each B A into its rows, give back the plain modules
+            for name, m in list(model.named_modules()):
+                if isinstance(m, FusedLoRA):
+                    replace_module(model, name, m.merged())
+            return model
         return model.merge_and_unload()
 
     def export(self, model: nn.Module, out_dir: Path) -> dict[str, Any]:
-        """A PEFT adapter folder, loadable with ``peft.PeftModel.from_pretrained(base_model, out_dir)``."""
+        """A PEFT adapter folder, loadable with ``peft.PeftModel.from_pretrained(base_model, out_dir)``.
+
+        PEFT cannot describe adapters on fused slices; those models are saved in our own format (the trained
+        tensors as safetensors, :meth:`Method.export`) and rebuilt by :meth:`reload`.
+        """
+        if not _is_peft(model):
+            return super().export(model, out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(str(out_dir))
         return {"format": "peft-adapter", "files": sorted(p.name for p in out_dir.iterdir())}
 
     def reload(self, base: nn.Module, out_dir: Path, targets: list[Target], ctx: Context) -> nn.Module:
+        if _fused(targets):
+            return super().reload(base, out_dir, targets, ctx)
         from peft import PeftModel
 
         return PeftModel.from_pretrained(base, str(out_dir))
+
+
+def _fused(targets: list[Target]) -> bool:
+    return any(t.out_slice is not None for t in targets)
+
+
+def _is_peft(model: nn.Module) -> bool:
+    from peft import PeftModel
+
+    return isinstance(model, PeftModel)
+
+
+def adapter_kwargs(model: nn.Module, targets: list[Target], ctx: Context) -> dict[str, Any]:
+    """The PEFT config fields every adapter shares: the task, the targeted modules and the trained head."""
+    return {
+        "task_type": "SEQ_CLS",
+        "target_modules": [t.name for t in targets],
+        "modules_to_save": list(ctx.heads),
+        "fan_in_fan_out": any(type(model.get_submodule(t.name)).__name__ == "Conv1D" for t in targets),
+    }

@@ -1,0 +1,97 @@
+"""EVA (Paischer et al. 2024, "One Initialization to Rule them All: Fine-tuning via Explained Variance Adaptation",
+arXiv 2410.07170).
+
+A data-driven LoRA initialisation: A of each adapted layer is set to the top right-singular vectors of that layer's
+inputs on training data (the directions of largest activation variance), B = 0, so the model still computes W at
+init. PEFT computes them with an incremental PCA (so of the mean-centred inputs, padding excluded) over batches
+until the components settle (cosine similarity ≥ ``tau`` between successive estimates), and redistributes the rank
+budget across layers by explained variance: each layer may get up to ``round(rho·r)`` components (``rho = 1``:
+every layer keeps rank r), the total staying n·r.
+
+PEFT's ``init_lora_weights="eva"`` alone only zeroes B (and leaves A random): the SVD happens in
+:meth:`init_from_data`, which the loop calls once before the optimizer exists (DESIGN.md, pitfalls). It takes
+``init_batches`` training batches. Labels are dropped from them: PEFT's EVA masks tokens with the labels of a
+language model (``labels == -100``), which is meaningless for (and breaks on) a classifier's one label per sequence;
+padding is still excluded through the attention mask.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch.nn as nn
+
+from ..errors import ConfigError
+from ..models.roles import Target
+from . import register
+from .base import positive_int
+from .lora import LoRA, LoraArgs
+
+MAX_PASSES = 100  # forward passes over the init batches before EVA is declared not to converge
+
+
+@dataclass
+class EvaArgs(LoraArgs):
+    init_batches: int = 8  # training batches whose layer inputs are decomposed
+    rho: float = 2.0  # a layer may receive up to rho·r components (1: no redistribution)
+    tau: float = 0.99  # convergence: cosine similarity of successive component estimates
+    whiten: bool = False  # scale A's rows by 1/√(singular value)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        positive_int("init_batches", self.init_batches)
+        if isinstance(self.rho, bool) or not isinstance(self.rho, (int, float)) or not 1 <= self.rho < 1e3:
+            raise ValueError(f"rho must be a number in [1, 1000), got {self.rho!r}.")
+        if isinstance(self.tau, bool) or not isinstance(self.tau, (int, float)) or not 0 < self.tau <= 1:
+            raise ValueError(f"tau must be in (0, 1], got {self.tau!r}.")
+        if not isinstance(self.whiten, bool):
+            raise ValueError(f"whiten must be true or false, got {self.whiten!r}.")
+
+
+@register("eva")
+class EVA(LoRA):
+    summary = "EVA (Paischer et al. 2024): LoRA with A from the SVD of each layer's input activations, via PEFT"
+    Args = EvaArgs
+
+    @property
+    def max_rank(self) -> int:
+        return round(self.args.rank * self.args.rho)
+
+    def check_targets(self, model: nn.Module, targets: list[Target]) -> None:
+        try:
+            super().check_targets(model, targets)
+        except ConfigError as e:
+            if "is larger than" not in str(e):
+                raise
+            raise ConfigError(f"{e} EVA may give one layer up to round(rho·rank) = round({self.args.rho}·"
+                              f"{self.args.rank}) components; lower rank or rho.") from None
+
+    def peft_kwargs(self) -> dict[str, Any]:
+        from peft import EvaConfig
+
+        config = EvaConfig(rho=float(self.args.rho), tau=float(self.args.tau), whiten=self.args.whiten,
+                           use_label_mask=False)
+        return {"init_lora_weights": "eva", "eva_config": config}
+
+    def init_from_data(self, model: nn.Module, batches: Iterable[dict]) -> None:
+        from peft import initialize_lora_eva_weights
+
+        data = [{k: v for k, v in b.items() if k != "labels"} for b in itertools.islice(batches, self.args.init_batches)]
+        if not data:
+            raise ConfigError("method 'eva' needs training batches for its initialisation; none came.")
+        calls = 0
+
+        def forward(m: nn.Module, inputs: dict) -> Any:
+            nonlocal calls
+            calls += 1
+            if calls > MAX_PASSES * len(data):
+                raise ConfigError(
+                    f"EVA's SVD did not converge in {MAX_PASSES} passes over {len(data)} batch(es) (tau "
+                    f"{self.args.tau}); give more init_batches (more tokens than rho·rank per batch) or a lower tau."
+                )
+            return m(**inputs)
+
+        initialize_lora_eva_weights(model, dataloader=data, forward_fn=forward, show_progress_bar=False)

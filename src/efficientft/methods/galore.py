@@ -1,0 +1,111 @@
+"""GaLore, Gradient Low-Rank Projection (Zhao et al., ICML 2024, arXiv 2403.03507).
+
+Full-rank training of the targeted weights with a low-rank optimizer state: the gradient G (m × n) of each
+targeted weight is projected to rank r, R = Pᵀ G (or G Q when m ≥ n), Adam runs on R, and its update is projected
+back, ΔW = α · P N(R) (the paper's Algorithm 1, with scale α). P is refreshed every ``update_proj_gap`` steps
+from the SVD of the current gradient. The weights themselves train (their parameter count is the full targeted
+weights); the saving is in the optimizer state: Adam's two moments are r × n or m × r instead of m × n. Every
+run records the optimizer-state size (``optimizer_state_numel`` / ``_bytes``) next to its memory figures.
+
+This is a thin use of ``galore_torch.GaLoreAdamW`` (the authors' package): our parameter groups (the λ strategy:
+W_v's weights at λ × lr, biases and the head at the base rate; weight decay per group) are split into the
+projected 2-D weights of the targets and the rest, and only the former carry GaLore's ``rank`` keys. The
+defaults follow the authors' GLUE setting (rank 4–8, α = 4, gap 500). Like ``torch.optim.AdamW`` elsewhere in
+this benchmark, ε = 1e-8 (``galore_torch`` defaults to 1e-6); its weight decay is applied after the Adam update
+rather than before, as in its source. Everything else (targets, GPT-2 fused slices, export, merge) is full
+fine-tuning's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from ..errors import ConfigError
+from ..models.fused import SlicedProjection, out_major_weight
+from ..models.roles import Target
+from ..strategy import Strategy
+from . import register
+from .base import Context, positive_int
+from .full import FullFineTuning
+
+PROJ_TYPES = ("std", "reverse_std", "left", "right", "full")
+
+
+@dataclass
+class GaloreArgs:
+    rank: int = 8
+    update_proj_gap: int = 500  # T: steps between refreshes of the projector (SVD of the current gradient)
+    scale: float = 4.0  # α: the projected-back update is multiplied by it
+    proj_type: str = "std"  # which side is projected; "std": the smaller dimension (galore_torch's names)
+
+    def __post_init__(self) -> None:
+        positive_int("rank", self.rank)
+        positive_int("update_proj_gap", self.update_proj_gap)
+        if not isinstance(self.scale, (int, float)) or not self.scale > 0:
+            raise ValueError(f"scale must be > 0, got {self.scale!r}.")
+        if self.proj_type not in PROJ_TYPES:
+            raise ValueError(f"proj_type must be one of {', '.join(PROJ_TYPES)}, got {self.proj_type!r}.")
+
+
+@register("galore")
+class GaLore(FullFineTuning):
+    summary = "GaLore (Zhao et al. 2024): full-rank weights, Adam state in a rank-r gradient projection"
+    Args = GaloreArgs
+    accepts_all = False
+
+    def prepare(self, model: nn.Module, targets: list[Target], ctx: Context) -> nn.Module:
+        for t in targets:
+            w = out_major_weight(model.get_submodule(t.name))
+            rows = (t.out_slice[1] - t.out_slice[0]) if t.out_slice else w.shape[0]
+            if self.args.rank > min(rows, w.shape[1]):
+                shape = (rows, w.shape[1])
+                raise ConfigError(f"rank {self.args.rank} is larger than {t.name} allows ({shape}: at most "
+                                  f"{min(shape)}).")
+        return super().prepare(model, targets, ctx)
+
+    def projected(self, model: nn.Module) -> set[str]:
+        """Names of the weights whose gradients are projected: the 2-D weights of the targets (or their slices)."""
+        modules = dict(model.named_modules())
+        out = set()
+        for t in self.targets:
+            m = modules[t.name]
+            name = f"{t.name}.slices.{t.role}.weight" if isinstance(m, SlicedProjection) else f"{t.name}.weight"
+            out.add(name)
+        return out
+
+    def param_groups(self, model: nn.Module, strategy: Strategy, lr: float, weight_decay: float) -> list[dict]:
+        """The strategy's groups, each split into its projected weights (with GaLore's keys) and the rest."""
+        projected = self.projected(model)
+        roles = self.param_roles(model)
+        out = []
+        for g in super().param_groups(model, strategy, lr, weight_decay):
+            for low_rank in (True, False):
+                pairs = [(n, p) for n, p in zip(g["names"], g["params"], strict=True) if (n in projected) == low_rank]
+                if not pairs:
+                    continue
+                part = {k: v for k, v in g.items() if k not in ("params", "names", "roles")}
+                part.update(params=[p for _, p in pairs], names=[n for n, _ in pairs],
+                            roles=sorted({roles.get(n) or "-" for n, _ in pairs}))
+                if low_rank:
+                    part.update(rank=self.args.rank, update_proj_gap=self.args.update_proj_gap,
+                                scale=float(self.args.scale), proj_type=self.args.proj_type)
+                out.append(part)
+        return out
+
+    def optimizer(self, groups: list[dict], lr: float, weight_decay: float) -> torch.optim.Optimizer:
+        from galore_torch import GaLoreAdamW
+
+        return GaLoreAdamW(groups, lr=lr, weight_decay=weight_decay, eps=1e-8, no_deprecation_warning=True)
+
+    def optimizer_state(self, optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+        """Adam's moments (rank-r for projected weights) and each projector's orthogonal matrix."""
+        out = super().optimizer_state(optimizer)
+        for state in optimizer.state.values():
+            projector = state.get("projector")
+            if projector is not None and projector.ortho_matrix is not None:
+                m = projector.ortho_matrix
+                out += list(m) if isinstance(m, (list, tuple)) else [m]
+        return out

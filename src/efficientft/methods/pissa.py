@@ -1,0 +1,45 @@
+"""PiSSA (Meng, Wang & Zhang 2024, "PiSSA: Principal Singular Values and Singular Vectors Adaptation of Large
+Language Models", arXiv 2404.02948).
+
+LoRA starts from ΔW = 0 with a random A; PiSSA instead puts W's principal part into the adapter: with the SVD
+W = U S Vᵀ, A = diag(√(S_r/s)) V_rᵀ and B = U_r diag(√(S_r/s)) (s = α/r, so s·BA = U_r S_r V_rᵀ), and the frozen
+base becomes the residual W_res = W − s·BA. The model computes exactly W at init, but training moves the principal
+directions. ``svd: exact`` is the full SVD (PEFT ``init_lora_weights="pissa"``); ``svd: randomized`` is the paper's
+fast variant with ``niter`` subspace iterations (``"pissa_niter_K"``, via ``torch.svd_lowrank``).
+
+Export converts to a plain LoRA delta for the original W (see :mod:`efficientft.methods._residual`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from . import register
+from ._residual import ResidualLoRA
+from .lora import LoraArgs
+
+SVD_KINDS = ("exact", "randomized")
+
+
+@dataclass
+class PissaArgs(LoraArgs):
+    svd: str = "exact"  # exact | randomized
+    niter: int = 4  # subspace iterations of the randomized SVD
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.svd not in SVD_KINDS:
+            raise ValueError(f"svd must be one of {', '.join(SVD_KINDS)}, got {self.svd!r}.")
+        if not isinstance(self.niter, int) or isinstance(self.niter, bool) or self.niter < 0:
+            raise ValueError(f"niter must be a non-negative integer, got {self.niter!r}.")
+
+
+@register("pissa")
+class PiSSA(ResidualLoRA):
+    summary = "PiSSA (Meng et al. 2024): LoRA initialised from W's top-r singular triplets, base = residual"
+    Args = PissaArgs
+
+    def peft_kwargs(self) -> dict[str, Any]:
+        init = "pissa" if self.args.svd == "exact" else f"pissa_niter_{self.args.niter}"
+        return {"init_lora_weights": init}

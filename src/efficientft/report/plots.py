@@ -1,0 +1,203 @@
+"""Figures of a report, each written as PNG and SVG with matplotlib's object API (no pyplot, no global state).
+
+- score vs trainable parameters, peak memory and wall time, one panel per task (and the average), with the Pareto
+  frontier (lowest cost for the best score; :func:`~.stats.pareto_front`) — the cost/benefit view of PEFT papers
+  (e.g. PEFT's ``method_comparison``);
+- score vs λ per task, one line per configuration family (everything but λ equal), as in arXiv 2410.02247 Fig. 3;
+- training loss and evaluation score per step, mean over seeds, one figure per task.
+
+Error bars are one standard deviation over seeds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from matplotlib.figure import Figure
+from matplotlib.ticker import EngFormatter, FixedLocator, NullFormatter, NullLocator
+
+from ..store import Store
+from ..tasks.metrics import METRIC_TITLES
+from .collect import Collection, Row, row_label, task_title
+from .stats import pareto_front
+
+COSTS = {  # stem: (cost field, axis label, log scale)
+    "score_vs_params": ("trainable_params", "trainable parameters", True),
+    "score_vs_memory": ("peak_memory_mb", "peak memory (MB)", False),
+    "score_vs_time": ("wall_s", "wall time per run (s)", True),
+}
+_MARKERS = "osD^vP*Xph<>"
+
+
+def _style(i: int) -> dict:
+    return {"color": f"C{i % 10}", "marker": _MARKERS[(i // 10) % len(_MARKERS)]}
+
+
+def _save(fig: Figure, out: Path, stem: str) -> list[Path]:
+    paths = [out / f"{stem}.png", out / f"{stem}.svg"]
+    fig.savefig(paths[0], dpi=110, bbox_inches="tight", metadata={"Software": None})
+    fig.savefig(paths[1], bbox_inches="tight", metadata={"Date": None})
+    return paths
+
+
+def _panels(n: int, width: float = 4.2, height: float = 3.4) -> tuple[Figure, list]:
+    ncols = min(n, 3)
+    nrows = math.ceil(n / ncols)
+    fig = Figure(figsize=(width * ncols, height * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel().tolist()
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return fig, axes[:n]
+
+
+def _legend(fig: Figure, rows: Sequence[Row]) -> None:
+    handles = [fig.axes[0].plot([], [], linestyle="none", **_style(i))[0] for i in range(len(rows))]
+    fig.legend(handles, [r.label for r in rows], loc="outside lower center", ncols=min(3, max(1, len(rows))),
+               fontsize="small", frameon=False)
+
+
+def _targets(col: Collection) -> list[tuple[str, str, Callable[[Row], tuple[float, float]]]]:
+    """(key, title, row → (mean, std) ×100) per task, plus the average over tasks when there are several."""
+    out = []
+    for t in col.tasks:
+        def f(r: Row, t: str = t) -> tuple[float, float]:
+            c = r.cells.get(t)
+            return (100 * c.summary.mean, 100 * c.summary.std) if c else (math.nan, math.nan)
+
+        m = col.metrics[t]
+        out.append((t, f"{task_title(t)} ({METRIC_TITLES.get(m, m)}, {col.split})", f))
+    if len(col.tasks) > 1:
+        def avg(r: Row) -> tuple[float, float]:
+            if not all(t in r.cells for t in col.tasks):
+                return (math.nan, math.nan)
+            return (100 * sum(r.cells[t].summary.mean for t in col.tasks) / len(col.tasks), math.nan)
+
+        out.append(("avg", "Average over tasks", avg))
+    return out
+
+
+def score_vs_cost(col: Collection, out: Path, stem: str) -> list[Path]:
+    cost, xlabel, log = COSTS[stem]
+    targets = _targets(col)
+    fig, axes = _panels(len(targets))
+    for ax, (key, title, score) in zip(axes, targets, strict=True):
+        pts = []
+        for i, r in enumerate(col.rows):
+            x = r.cost(cost, col.tasks) if key == "avg" else (r.cells[key].cost(cost) if key in r.cells else math.nan)
+            y, e = score(r)
+            pts.append((x, y))
+            if math.isfinite(x) and math.isfinite(y):
+                ax.errorbar([x], [y], yerr=[e] if math.isfinite(e) else None, linestyle="none", capsize=3,
+                            markersize=6, **_style(i))
+        front = pareto_front(pts)
+        if front:
+            xs, ys = [pts[i][0] for i in front], [pts[i][1] for i in front]
+            ax.step(xs, ys, where="post", color="0.4", linestyle="--", linewidth=1, marker="o", markersize=12,
+                    markerfacecolor="none", markeredgecolor="0.4", label="Pareto frontier", zorder=0)
+            ax.legend(fontsize="x-small", loc="lower right")
+        xs_ok = [p[0] for p in pts if math.isfinite(p[0]) and p[0] > 0]
+        if log and xs_ok:
+            ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+            ax.xaxis.set_minor_formatter(EngFormatter(sep="") if max(xs_ok) < 10 * min(xs_ok) else NullFormatter())
+        ax.set_title(title, fontsize="medium")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("score ×100")
+        ax.grid(alpha=0.3)
+    _legend(fig, col.rows)
+    return _save(fig, out, stem)
+
+
+def score_vs_lambda(col: Collection, out: Path) -> list[Path]:
+    """One line per family of rows that differ only in λ; families with a single λ are drawn as points."""
+    families: dict[str, list[Row]] = defaultdict(list)
+    for r in col.rows:
+        families[" ".join(f"{k}={v}" for k, v in sorted(r.fields.items()) if k != "lr_ratio")].append(r)
+    targets = [t for t in _targets(col)]
+    fig, axes = _panels(len(targets))
+    for ax, (_key, title, score) in zip(axes, targets, strict=True):
+        for i, rows in enumerate(families.values()):
+            rows = sorted(rows, key=lambda r: float(r.fields.get("lr_ratio") or 1))
+            xs = [float(r.fields.get("lr_ratio") or 1) for r in rows]
+            ys, es = zip(*(score(r) for r in rows), strict=True)
+            ok = [j for j in range(len(xs)) if math.isfinite(ys[j])]
+            if ok:
+                ax.errorbar([xs[j] for j in ok], [ys[j] for j in ok],
+                            yerr=[es[j] if math.isfinite(es[j]) else 0 for j in ok], capsize=3, **_style(i))
+        ax.set_xscale("log", base=2)
+        lams = sorted({float(r.fields.get("lr_ratio") or 1) for r in col.rows})
+        ax.xaxis.set_major_locator(FixedLocator(lams))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+        ax.set_title(title, fontsize="medium")
+        ax.set_xlabel("λ (learning-rate ratio of W_v)")
+        ax.set_ylabel("score ×100")
+        ax.grid(alpha=0.3)
+    shown = [k for k in col.label_fields if k != "lr_ratio"]
+    labels = [row_label(rows[0].fields, shown) for rows in families.values()]
+    handles = [axes[0].plot([], [], **_style(i))[0] for i in range(len(families))]
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(3, max(1, len(labels))), fontsize="small",
+               frameon=False)
+    return _save(fig, out, "score_vs_lambda")
+
+
+def _mean_curve(store: Store, keys: Sequence[str], kind: str, name: str) -> tuple[list[int], list[float]]:
+    by_step: dict[int, list[float]] = defaultdict(list)
+    for k in keys:
+        for kd, step, n, v in store.curves(k):
+            if kd == kind and n == name and v is not None and math.isfinite(v):
+                by_step[step].append(v)
+    steps = sorted(by_step)
+    return steps, [sum(by_step[s]) / len(by_step[s]) for s in steps]
+
+
+def curves(col: Collection, store: Store, out: Path) -> list[Path]:
+    """Per task: training loss and the evaluation score (dev, main metric) per step, mean over each cell's seeds."""
+    paths: list[Path] = []
+    for t in col.tasks:
+        rows = [r for r in col.rows if t in r.cells]
+        fig, (ax_l, ax_e) = _panels(2, width=5.0)
+        metric = col.metrics[t]
+        for i, r in enumerate(col.rows):
+            if t not in r.cells:
+                continue
+            keys = [x["run_key"] for x in r.cells[t].runs]
+            xs, ys = _mean_curve(store, keys, "train", "loss")
+            if xs:
+                ax_l.plot(xs, ys, color=_style(i)["color"], linewidth=1)
+            xs, ys = _mean_curve(store, keys, "eval", f"dev/{metric}")
+            if xs:
+                ax_e.plot(xs, [100 * y for y in ys], **_style(i), markersize=4)
+        ax_l.set_title(f"{task_title(t)}: training loss (mean over seeds)", fontsize="medium")
+        ax_l.set_xlabel("step")
+        ax_l.set_ylabel("loss")
+        ax_e.set_title(f"{task_title(t)}: dev {metric} ×100", fontsize="medium")
+        ax_e.set_xlabel("step")
+        ax_e.set_ylabel("score ×100")
+        for ax in (ax_l, ax_e):
+            ax.grid(alpha=0.3)
+        idx = [i for i, r in enumerate(col.rows) if t in r.cells]
+        handles = [ax_e.plot([], [], **_style(i))[0] for i in idx]
+        fig.legend(handles, [r.label for r in rows], loc="outside lower center", ncols=min(3, max(1, len(rows))),
+                   fontsize="small", frameon=False)
+        paths += _save(fig, out, f"curves_{_safe(t)}")
+    return paths
+
+
+def _safe(name: str) -> str:
+    """A file-name-safe version of a task name (names come from data: never trust them as paths)."""
+    s = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)
+    return s or "task"
+
+
+def all_plots(col: Collection, store: Store, out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths: list[Path] = []
+    for stem in COSTS:
+        paths += score_vs_cost(col, out, stem)
+    paths += score_vs_lambda(col, out)
+    paths += curves(col, store, out)
+    return paths

@@ -1,0 +1,132 @@
+"""The statistics behind a table cell and a comparison: what lets a reader trust a difference.
+
+- A cell aggregates seeds: mean, sample standard deviation (ddof=1) and a 95% confidence interval of the mean from
+  Student's t distribution, ``mean ± t(0.975, n-1) · s / √n``.
+- A comparison of two configurations pairs their runs by seed (same seed = same data order and head init) and
+  tests the differences: the paired t-test (``scipy.stats.ttest_rel``) or the Wilcoxon signed-rank test, with the
+  effect size Cohen's d_z = mean(d) / sd(d) (Cohen 1988, §2.3.5; Lakens 2013, "Calculating and reporting effect
+  sizes", eq. 6).
+
+Fewer than 3 seeds gives no usable spread; callers flag such cells (``FEW_SEEDS``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import stats as sps
+
+FEW_SEEDS = 3  # a cell with fewer seeds than this is flagged
+TESTS = ("t", "wilcoxon")
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Mean, standard deviation (ddof=1) and 95% t confidence interval of ``n`` values."""
+
+    n: int
+    mean: float
+    std: float
+    ci_low: float
+    ci_high: float
+
+    @property
+    def few(self) -> bool:
+        return self.n < FEW_SEEDS
+
+
+def summarize(values: Sequence[float], confidence: float = 0.95) -> Summary:
+    x = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=np.float64)
+    n = len(x)
+    if n == 0:
+        nan = float("nan")
+        return Summary(0, nan, nan, nan, nan)
+    mean = float(x.mean())
+    if n == 1:
+        return Summary(1, mean, float("nan"), float("nan"), float("nan"))
+    std = float(x.std(ddof=1))
+    half = float(sps.t.ppf(0.5 + confidence / 2, n - 1)) * std / math.sqrt(n)
+    return Summary(n, mean, std, mean - half, mean + half)
+
+
+@dataclass(frozen=True)
+class Paired:
+    """A paired comparison of A against B over matched seeds: the difference is A − B."""
+
+    n: int
+    seeds: tuple = field(default=())
+    mean_diff: float = float("nan")
+    std_diff: float = float("nan")
+    p_value: float = float("nan")
+    d_z: float = float("nan")
+    test: str = "t"
+
+    @property
+    def few(self) -> bool:
+        return self.n < FEW_SEEDS
+
+
+def cohens_dz(diffs: Sequence[float]) -> float:
+    """Cohen's d_z: the mean paired difference in units of the differences' standard deviation (ddof=1)."""
+    d = np.asarray(diffs, dtype=np.float64)
+    if len(d) < 2:
+        return float("nan")
+    sd = float(d.std(ddof=1))
+    if sd == 0.0:
+        m = float(d.mean())
+        return 0.0 if m == 0.0 else math.copysign(math.inf, m)
+    return float(d.mean()) / sd
+
+
+def paired(a: dict, b: dict, test: str = "t") -> Paired:
+    """Compare ``a`` and ``b`` (seed → score) on the seeds they share.
+
+    ``test`` is ``"t"`` (paired t-test) or ``"wilcoxon"`` (signed-rank, two-sided). Identical differences
+    (zero spread) give a p-value of 1 when they are all zero and NaN otherwise, as no test applies.
+    """
+    if test not in TESTS:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"unknown test {test!r}; accepted: {', '.join(TESTS)}.")
+    seeds = tuple(sorted(set(a) & set(b), key=lambda s: (str(type(s)), s)))
+    xa = np.asarray([a[s] for s in seeds], dtype=np.float64)
+    xb = np.asarray([b[s] for s in seeds], dtype=np.float64)
+    n = len(seeds)
+    if n == 0:
+        return Paired(0, seeds, test=test)
+    d = xa - xb
+    mean_diff = float(d.mean())
+    std_diff = float(d.std(ddof=1)) if n > 1 else float("nan")
+    p = float("nan")
+    if n > 1:
+        if np.all(d == 0):
+            p = 1.0
+        elif std_diff > 0:
+            if test == "t":
+                p = float(sps.ttest_rel(xa, xb).pvalue)
+            else:
+                p = float(sps.wilcoxon(xa, xb).pvalue)
+    return Paired(n, seeds, mean_diff, std_diff, p, cohens_dz(d), test)
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point dominates, for *lower* cost (x) and *higher* score (y).
+
+    A point dominates another when its cost is no higher and its score no lower, and one of the two is strictly
+    better. Returned in order of increasing cost. Points with a non-finite coordinate are never on the front.
+    """
+    ok = [i for i, (x, y) in enumerate(points) if math.isfinite(x) and math.isfinite(y)]
+    order = sorted(ok, key=lambda i: (points[i][0], -points[i][1]))
+    front: list[int] = []
+    best = -math.inf
+    for i in order:
+        x, y = points[i]
+        if y > best:
+            front.append(i)
+            best = y
+        elif y == best and front and points[front[-1]][0] == x:
+            front.append(i)  # an exact duplicate of a front point is not dominated either
+    return front

@@ -1,0 +1,305 @@
+"""One table model, rendered as Markdown, LaTeX (booktabs) and CSV (HTML lives in :mod:`.html`).
+
+The layout follows Table 2 of arXiv 2410.02247 and most PEFT papers: a row per configuration, a column per task
+(named with its metric), the average over tasks and the trainable parameters; each cell is the mean ± standard
+deviation over seeds, scores ×100; the best value of a column is bold and the second underlined (ranked on the
+displayed, rounded values so that what looks tied is marked tied). A cell with fewer than three seeds carries a
+visible dagger in every format.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from ..tasks.metrics import METRIC_TITLES
+from .collect import SPLIT_TITLES, Collection, Row, task_title
+from .compare import Comparison
+from .stats import FEW_SEEDS
+
+FIELD_TITLES = {"model": "Model", "method": "Method", "targets": "Targets", "rank": "Rank", "lr_ratio": "λ",
+                "role_lr": "Role ratios", "lr": "LR"}
+FEW = "†"
+NOT_COMPARABLE = "‡"
+
+
+@dataclass
+class Score:
+    """A displayed cell: statistics ×100 and its rank in the column (1 best, 2 second, 0 other)."""
+
+    mean: float
+    std: float = math.nan
+    n: int = 0
+    ci_low: float = math.nan
+    ci_high: float = math.nan
+    rank: int = 0
+    lr: float | None = None
+    basis: str = ""
+    run_keys: tuple[str, ...] = ()
+    seeds: tuple = ()
+
+    @property
+    def few(self) -> bool:
+        return 0 < self.n < FEW_SEEDS
+
+
+@dataclass
+class TableRow:
+    row: Row
+    labels: list[str]
+    scores: list[Score | None]
+    avg: Score | None
+    params: tuple[float, float]
+
+
+@dataclass
+class Table:
+    label_fields: list[str]
+    label_headers: list[str]
+    tasks: list[str]
+    task_headers: list[str]
+    rows: list[TableRow]
+    caption: str
+    notes: list[str] = field(default_factory=list)
+    digits: int = 1
+
+
+def fmt_value(v: object) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v)
+
+
+def fmt_params(lo: float, hi: float) -> str:
+    def one(n: float) -> str:
+        if not math.isfinite(n):
+            return "–"
+        for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+            if n >= div:
+                return f"{n / div:.3g}{unit}"
+        return f"{n:.0f}"
+
+    return one(lo) if one(lo) == one(hi) else f"{one(lo)}–{one(hi)}"
+
+
+def _rank(scores: Sequence[Score | None], digits: int) -> None:
+    """Mark the best (1) and second-best (2) displayed values of a column; ties share the mark."""
+    vals = sorted({round(s.mean, digits) for s in scores if s is not None and math.isfinite(s.mean)}, reverse=True)
+    for s in scores:
+        if s is not None and math.isfinite(s.mean):
+            v = round(s.mean, digits)
+            s.rank = 1 if v == vals[0] else 2 if len(vals) > 1 and v == vals[1] else 0
+
+
+def build_table(col: Collection, digits: int = 1) -> Table:
+    tasks = col.tasks
+    headers = []
+    for t in tasks:
+        m = col.metrics[t]
+        headers.append(f"{task_title(t)} ({METRIC_TITLES.get(m, m)})" + ("" if col.comparable[t] else NOT_COMPARABLE))
+    rows = []
+    for r in col.rows:
+        scores: list[Score | None] = []
+        for t in tasks:
+            c = r.cells.get(t)
+            if c is None:
+                scores.append(None)
+                continue
+            s = c.summary
+            scores.append(Score(100 * s.mean, 100 * s.std, s.n, 100 * s.ci_low, 100 * s.ci_high, lr=c.lr,
+                                basis=c.basis, run_keys=tuple(x["run_key"] for x in c.runs),
+                                seeds=tuple(k[0] for k in c.scores)))
+        full = all(s is not None for s in scores)
+        avg = Score(sum(s.mean for s in scores) / len(scores), n=min(s.n for s in scores)) if full and scores else None
+        costs = [r.cells[t].cost("trainable_params") for t in tasks if t in r.cells]
+        costs = [c for c in costs if math.isfinite(c)] or [math.nan]
+        rows.append(TableRow(r, [fmt_value(r.fields.get(k)) for k in col.label_fields], scores, avg,
+                             (min(costs), max(costs))))
+    for j in range(len(tasks)):
+        _rank([tr.scores[j] for tr in rows], digits)
+    _rank([tr.avg for tr in rows], digits)
+    caption = (f"Scores ×100 on the {SPLIT_TITLES[col.split]}, mean ± standard deviation over seeds; best per column in "
+               f"bold, second underlined; Avg. is the mean over tasks of the cell means; Params are trainable "
+               f"parameters (adapters and classification head).")
+    notes = []
+    if any(s is not None and s.few for tr in rows for s in [*tr.scores]):
+        notes.append(f"{FEW} fewer than {FEW_SEEDS} seeds in this cell: its spread is not reliable.")
+    if not all(col.comparable.values()):
+        notes.append(f"{NOT_COMPARABLE} not evaluated on the official dev split (a sample); not comparable to "
+                     f"published numbers.")
+    if col.select_lr:
+        bases = sorted({s.basis for tr in rows for s in tr.scores if s is not None})
+        notes.append("Learning rate selected per cell by the best mean score on: " + ", ".join(bases) + ".")
+    if col.common:
+        notes.append("Shared settings: " + ", ".join(f"{k}={fmt_value(v)}" for k, v in sorted(col.common.items())
+                                                      if v is not None and v != {}) + ".")
+    for k, by_task in sorted(col.per_task.items()):
+        notes.append(f"Per-task {k}: " + ", ".join(f"{task_title(t)}={fmt_value(v)}" for t, v in by_task.items()) + ".")
+    return Table(list(col.label_fields), [FIELD_TITLES.get(k, k) for k in col.label_fields], list(tasks), headers,
+                 rows, caption, notes, digits)
+
+
+# ---------------------------------------------------------------------------------------------------- Markdown
+_MD_SPECIAL = set("\\`*_{}[]<>|~&")
+
+
+def md_escape(s: object) -> str:
+    """Backslash-escape Markdown punctuation so config strings cannot format or inject HTML."""
+    return "".join("\\" + ch if ch in _MD_SPECIAL else ch for ch in str(s)).replace("\n", " ")
+
+
+def _num(v: float, digits: int) -> str:
+    return f"{v:.{digits}f}" if math.isfinite(v) else "–"
+
+
+def md_score(s: Score | None, digits: int) -> str:
+    if s is None:
+        return "–"
+    m = _num(s.mean, digits)
+    m = f"**{m}**" if s.rank == 1 else f"<u>{m}</u>" if s.rank == 2 else m
+    std = f" ± {_num(s.std, digits)}" if math.isfinite(s.std) else ""
+    return m + std + (f" {FEW}" if s.few else "")
+
+
+def markdown(t: Table) -> str:
+    head = [*map(md_escape, t.label_headers), *map(md_escape, t.task_headers), "Avg.", "Params"]
+    align = ["---"] * len(t.label_headers) + ["---:"] * (len(t.tasks) + 2)
+    lines = ["| " + " | ".join(head) + " |", "| " + " | ".join(align) + " |"]
+    for tr in t.rows:
+        cells = [*map(md_escape, tr.labels), *(md_score(s, t.digits) for s in tr.scores),
+                 md_score(tr.avg, t.digits), fmt_params(*tr.params)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def md_comparisons(comps: Sequence[Comparison], digits: int = 2) -> str:
+    if not comps:
+        return "_No pairs to compare (no λ ≠ 1 row with a λ = 1 or qkv twin; name pairs with --compare A B)._"
+    test = "paired t-test" if comps[0].result.test == "t" else "Wilcoxon signed-rank"
+    lines = [f"| A | B | Task | n | mean A−B (×100) | p ({test}) | d_z | |", "|---|---|---|---:|---:|---:|---:|---|"]
+    for c in comps:
+        r = c.result
+        warn = f"⚠ n < {FEW_SEEDS}" if r.few else ""
+        lines.append(f"| {md_escape(c.a.label)} | {md_escape(c.b.label)} | {md_escape(task_title(c.task))} | {r.n} | "
+                     f"{_num(100 * r.mean_diff, digits)} | {_p(r.p_value)} | {_num(r.d_z, 2)} | {warn} |")
+    return "\n".join(lines)
+
+
+def _p(p: float) -> str:
+    if not math.isfinite(p):
+        return "–"
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+# ---------------------------------------------------------------------------------------------------- LaTeX
+_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
+        "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "<": r"\textless{}",
+        ">": r"\textgreater{}", "|": r"\textbar{}", "λ": r"$\lambda$", "ρ": r"$\rho$", "±": r"$\pm$",
+        "†": r"$^\dagger$", "‡": r"$^\ddagger$", "–": "--", "×": r"$\times$", "−": "-", "⚠": "(!)"}
+
+
+def tex_escape(s: object) -> str:
+    """Escape LaTeX's special characters (and the few Unicode symbols this report uses) in a config string."""
+    return "".join(_TEX.get(ch, ch) for ch in str(s)).replace("\n", " ")
+
+
+def tex_score(s: Score | None, digits: int) -> str:
+    if s is None:
+        return "--"
+    m = _num(s.mean, digits)
+    m = rf"\textbf{{{m}}}" if s.rank == 1 else rf"\underline{{{m}}}" if s.rank == 2 else m
+    std = rf"{{\scriptsize $\pm${_num(s.std, digits)}}}" if math.isfinite(s.std) else ""
+    return m + std + (r"$^\dagger$" if s.few else "")
+
+
+def latex(t: Table, comps: Sequence[Comparison] = (), label: str = "tab:efficientft") -> str:
+    cols = "l" * len(t.label_headers) + "r" * (len(t.tasks) + 2)
+    head = [*map(tex_escape, t.label_headers), *map(tex_escape, t.task_headers), "Avg.", "Params"]
+    out = [r"% Generated by `eft report`; needs \usepackage{booktabs,graphicx}.", r"\begin{table}[t]", r"\centering",
+           r"\caption{" + tex_escape(t.caption) + "}", r"\label{" + label + "}", r"\resizebox{\linewidth}{!}{%",
+           r"\begin{tabular}{" + cols + "}", r"\toprule", " & ".join(head) + r" \\", r"\midrule"]
+    for tr in t.rows:
+        cells = [*map(tex_escape, tr.labels), *(tex_score(s, t.digits) for s in tr.scores), tex_score(tr.avg, t.digits),
+                 tex_escape(fmt_params(*tr.params))]
+        out.append(" & ".join(cells) + r" \\")
+    out += [r"\bottomrule", r"\end{tabular}}"]
+    if t.notes:
+        out.append(r"\par\smallskip{\footnotesize " + r" \\ ".join(tex_escape(n) for n in t.notes) + "}")
+    out.append(r"\end{table}")
+    if comps:
+        out += ["", r"\begin{table}[t]", r"\centering",
+                r"\caption{Paired comparisons over matched seeds (A$-$B, scores $\times$100).}",
+                r"\begin{tabular}{lllrrrr}", r"\toprule", r"A & B & Task & $n$ & $\Delta$ & $p$ & $d_z$ \\", r"\midrule"]
+        for c in comps:
+            r = c.result
+            few = r"$^\dagger$" if r.few else ""
+            out.append(" & ".join([tex_escape(c.a.label), tex_escape(c.b.label), tex_escape(task_title(c.task)),
+                                   f"{r.n}{few}", _num(100 * r.mean_diff, 2), tex_escape(_p(r.p_value)),
+                                   tex_escape(_num(r.d_z, 2))]) + r" \\")
+        out += [r"\bottomrule", r"\end{tabular}"]
+        if any(c.result.few for c in comps):
+            out.append(r"\par\smallskip{\footnotesize $^\dagger$ fewer than " + str(FEW_SEEDS) +
+                       r" matched seeds: the test has little power.}")
+        out.append(r"\end{table}")
+    return "\n".join(out) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------------- CSV
+def _cell_text(v: object) -> object:
+    """Strings that a spreadsheet would run as a formula get a leading apostrophe (OWASP CSV injection)."""
+    if isinstance(v, str) and v[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        try:
+            float(v)
+        except ValueError:
+            return "'" + v
+    return v
+
+
+def csv_table(t: Table, col: Collection) -> str:
+    """The table as numbers: per task mean, std, n and 95% CI (×100), plus costs; one line per row."""
+    head = list(t.label_fields)
+    for task in t.tasks:
+        base = f"{task}_{col.metrics[task]}_x100"
+        head += [f"{base}_mean", f"{base}_std", f"{task}_n", f"{base}_ci95_low", f"{base}_ci95_high"]
+        if col.select_lr:
+            head += [f"{task}_lr", f"{task}_lr_selected_on"]
+    head += ["avg_x100", "trainable_params", "peak_memory_mb", "wall_s", "seeds_min"]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(head)
+    for tr in t.rows:
+        line: list[object] = [_cell_text("" if tr.row.fields.get(k) is None else fmt_value(tr.row.fields.get(k)))
+                              for k in t.label_fields]
+        for s in tr.scores:
+            if s is None:
+                line += [""] * (5 + 2 * col.select_lr)
+                continue
+            line += [_g(s.mean), _g(s.std), s.n, _g(s.ci_low), _g(s.ci_high)]
+            if col.select_lr:
+                line += [_g(s.lr), s.basis]
+        ns = [s.n for s in tr.scores if s is not None]
+        line += [_g(tr.avg.mean) if tr.avg else "", _g(tr.row.cost("trainable_params", t.tasks)),
+                 _g(tr.row.cost("peak_memory_mb", t.tasks)), _g(tr.row.cost("wall_s", t.tasks)), min(ns) if ns else 0]
+        w.writerow(line)
+    return buf.getvalue()
+
+
+def csv_comparisons(comps: Sequence[Comparison]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["a", "b", "task", "n", "seeds", "mean_diff_x100", "std_diff_x100", "p_value", "test", "d_z", "warning"])
+    for c in comps:
+        r = c.result
+        w.writerow([_cell_text(c.a.label), _cell_text(c.b.label), _cell_text(c.task), r.n,
+                    " ".join(map(str, r.seeds)), _g(100 * r.mean_diff), _g(100 * r.std_diff), _g(r.p_value), r.test,
+                    _g(r.d_z), f"n < {FEW_SEEDS}" if r.few else ""])
+    return buf.getvalue()
+
+
+def _g(v: float | None) -> str:
+    return "" if v is None or not math.isfinite(v) else repr(float(v))

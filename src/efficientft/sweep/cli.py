@@ -1,0 +1,112 @@
+"""What ``eft sweep`` prints: the plan (``--dry-run``), one line per finished run, and the summary."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from ..report.text import fmt, table
+from ..store import Store
+from .runner import SweepOptions, environment, plan, sweep
+from .suite import load_suite
+
+
+def _options(a: argparse.Namespace) -> SweepOptions:
+    return SweepOptions(executor=a.executor, workers=a.workers, retry_failed=a.retry_failed, reclaim=a.reclaim,
+                        early_stopping=not a.no_early_stopping, ray_address=a.ray_address,
+                        ray_num_cpus=a.ray_num_cpus, env=environment(a.data_dir, a.device))
+
+
+def _duration(s: float | None) -> str:
+    if s is None:
+        return "?"
+    if s < 120:
+        return f"{s:.0f} s"
+    if s < 7200:
+        return f"{s / 60:.1f} min"
+    return f"{s / 3600:.1f} h"
+
+
+def dry_run(a: argparse.Namespace) -> int:
+    suite = load_suite(a.suite)
+    opts = _options(a)
+    p = plan(suite, Store(a.store), opts)
+    if a.json:
+        rows = [{"key": x["run"].key, "run": x["run"].describe(), "state": x["state"], "steps": x["steps"],
+                 "est_s": x["est_s"], "basis": x["basis"], "tags": x["run"].tags} for x in p["runs"]]
+        print(json.dumps({**{k: v for k, v in p.items() if k != "runs"}, "runs": rows}, default=str))
+        return 0
+    rows = [[i + 1, x["run"].key[:10], x["state"], x["run"].tags["label"], x["run"].describe(),
+             x["steps"] if x["steps"] is not None else "?", _duration(x["est_s"])] for i, x in enumerate(p["runs"])]
+    print(table(("#", "run", "state", "label", "config", "steps", "est."), rows, align="rllllrr"))
+    states = ", ".join(f"{n} {s}" for s, n in sorted(p["states"].items()))
+    bases = sorted({x["basis"] for x in p["runs"] if x["state"] in ("new", "rerun")})
+    print(f"\nsuite {suite.name}: {p['planned']} runs ({states}); {p['to_run']} to run.")
+    steps = f"{p['steps_to_run']:,} optimizer steps" + (f" (+{p['unknown_steps']} runs of unknown length: data "
+                                                          f"not found)" if p["unknown_steps"] else "")
+    if p["unknown_time"] == p["to_run"] and p["to_run"]:
+        time_ = "time unknown (no like runs in the store, no estimate: block in the suite)"
+    else:
+        time_ = _duration(p["est_s"]) + (f" (+{p['unknown_time']} runs with no timing to go by)"
+                                         if p["unknown_time"] else "")
+    print(f"estimated cost: {steps}; {time_} in one process (timings from: {', '.join(bases) or '-'}"
+          f"{'; ' + suite.estimate['note'] if suite.estimate.get('note') else ''}).")
+    if "early_stopping" in p:
+        es = p["early_stopping"]
+        print(f"early stopping (rungs {list(suite.rung_budgets)}, η={suite.early_stopping.reduction_factor:g}): "
+              f"{es['steps_early_stopping']:,} steps instead of {es['steps_full_grid']:,} for the full grid.")
+    return 0
+
+
+def run_sweep(a: argparse.Namespace) -> int:
+    suite = load_suite(a.suite)
+    opts = _options(a)
+    n = len(suite.expand(opts.env))  # every config validated before the store is even opened
+    store = Store(a.store)
+    print(f"suite {suite.name}: {n} runs, store {store.path}, "
+          f"{'Ray' if opts.executor == 'ray' else f'{opts.workers} worker(s)'}", file=sys.stderr)
+    log = (lambda line: print(line, file=sys.stderr)) if a.json else (lambda line: print(line, flush=True))
+    summary = sweep(suite, store, opts, log=log)
+    if a.json:
+        print(json.dumps(summary, default=str))
+    else:
+        print(summary_text(summary))
+    return 1 if summary["failed"] else 0
+
+
+def summary_text(s: dict[str, Any]) -> str:
+    outcomes = ", ".join(f"{n} {k}" for k, n in sorted(s["outcomes"].items()))
+    lines = [f"\nsweep {s['sweep_id']} of {s['suite']}: {outcomes or 'nothing to do'} in {_duration(s['wall_s'])}; "
+             f"{s['steps_trained']:,} optimizer steps trained."]
+    for f in s["failed"]:
+        lines.append(f"  {f['key'][:10]} {f['run']}: {f['error'].splitlines()[0] if f['error'] else ''}")
+    es = s.get("early_stopping")
+    if es:
+        saved = es["steps_saved_fraction"]
+        lines.append(f"early stopping: {es['steps_early_stopping']:,} optimizer steps vs {es['steps_full_grid']:,} "
+                     f"for the full grid" + (f" ({saved:.0%} saved)." if saved is not None else "."))
+        same = es.get("same_choice_as_full_grid")
+        if same is None:
+            lines.append("  same choice as the full grid: not measured (run with --no-early-stopping as well).")
+        else:
+            lines.append(f"  same choice as the full grid in {sum(same.values())} of {len(same)} groups.")
+    for conv, rows in (s.get("selection") or {}).items():
+        if rows:
+            lines.append("")
+            lines.append(selection_table(rows, conv))
+    return "\n".join(lines)
+
+
+def selection_table(rows: list[dict], convention: str) -> str:
+    head = (f"model selection — {convention}: {rows[0]['convention_text']}\n"
+            f"(chosen by {rows[0]['selected_by']}, reported {rows[0]['reported']})")
+    body = []
+    for r in rows:
+        chosen = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in (r["chosen"] or {}).items())
+        body.append([r["task"], r["label"], chosen or "-", r.get("mean"), r.get("std"), r.get("n", 0),
+                     r.get("select_score"), r["note"]])
+    return head + "\n" + table(("task", "label", "chosen", "mean", "std", "n", "select", "note"),
+                               [[fmt(c) if isinstance(c, float) else c for c in row] for row in body],
+                               align="lllrrrrl")

@@ -1,0 +1,170 @@
+"""Executors: run a list of planned runs in this process, or on a local pool of worker processes.
+
+Every run goes through :func:`execute_one`: claim the key in the store (atomic; skip-if-done, never two workers
+on one key), train it with :func:`efficientft.train.run` (which stores the record), and report an outcome. A
+failing run is stored ``failed`` and the sweep goes on. The Ray executor lives in :mod:`.ray_executor`.
+
+The pool uses ``spawn`` processes (no CUDA or thread state inherited), each running many runs. On the CPU each
+worker gets ``cores // workers`` torch threads; with GPUs each worker sees one device (``CUDA_VISIBLE_DEVICES``),
+round-robin. On Linux a worker dies with the sweep that started it (``PR_SET_PDEATHSIG``), so a killed sweep
+leaves no orphan training; its claimed rows are then ``running`` under a dead ``host:pid`` and the next sweep
+takes them over.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ..store import Store
+
+Outcome = dict[str, Any]
+Item = dict[str, Any]  # {"key", "config" (resolved RunConfig as a dict), "tags", "describe"}
+
+
+def execute_one(item: Item, store_path: str, retry_failed: bool = False, reclaim: bool = False) -> Outcome:
+    """Claim, train and store one run; never raises for a failed run (only for Ctrl-C)."""
+    from ..config import RunConfig
+    from ..train import run
+
+    store = Store(store_path)
+    key, tags = item["key"], item.get("tags") or {}
+    cfg = RunConfig.from_dict(item["config"])
+    claimed, previous = store.claim(key, cfg.to_dict(), tags, retry_failed, reclaim)
+    out: Outcome = {"key": key, "describe": item.get("describe", key), "previous": previous, "worker": os.getpid()}
+    if not claimed:
+        return {**out, "status": "skipped", "reason": previous}
+    t0 = time.perf_counter()
+    try:
+        rec = run(cfg, store, progress=False, tags=tags)
+        out.update(status=rec["status"], error=rec.get("error"), main_score=rec.get("main_score"),
+                   main_metric=rec.get("main_metric"), steps=(rec.get("cost") or {}).get("total_steps"))
+    except Exception as e:  # noqa: BLE001 - a failing run must not stop the sweep
+        error = f"{type(e).__name__}: {e}"
+        if store.status(key) == "running":  # failed before training started (train.run stores later failures)
+            store.finish(key, "failed", error=f"{error}\n{traceback.format_exc(limit=6)}")
+        out.update(status="failed", error=error)
+    out["wall_s"] = time.perf_counter() - t0
+    return out
+
+
+class InProcess:
+    """Runs one after another in this process (``--workers 1``)."""
+
+    name = "in-process"
+
+    def __init__(self, store_path: str, retry_failed: bool = False, reclaim: bool = False) -> None:
+        self.store_path, self.retry_failed, self.reclaim = store_path, retry_failed, reclaim
+
+    def run(self, items: Sequence[Item], on_result: Callable[[Outcome], None]) -> list[Outcome]:
+        outs = []
+        for item in items:
+            out = execute_one(item, self.store_path, self.retry_failed, self.reclaim)
+            on_result(out)
+            outs.append(out)
+        return outs
+
+    def close(self, abort: bool = False) -> None:
+        pass
+
+
+def _die_with_parent() -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: an orphaned worker finishes its current run, then exits with the pool
+
+
+def _init_worker(threads: int, devices: Any) -> None:
+    """Runs first in each spawned worker, before torch is imported."""
+    _die_with_parent()
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    os.environ["MKL_NUM_THREADS"] = str(threads)
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    if devices is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(devices.get())
+    import torch
+
+    torch.set_num_threads(threads)
+    from ..cli import _quiet
+
+    _quiet()
+
+
+def gpu_count() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception:  # noqa: BLE001
+        return 0
+
+
+class LocalPool:
+    """``workers`` spawned processes sharing the CPU (threads split evenly) or one GPU each."""
+
+    name = "local-pool"
+
+    def __init__(self, store_path: str, workers: int, retry_failed: bool = False, reclaim: bool = False) -> None:
+        self.store_path, self.workers, self.retry_failed, self.reclaim = store_path, workers, retry_failed, reclaim
+        self._pool = None
+
+    def _start(self):
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        ctx = mp.get_context("spawn")
+        threads = max(1, (os.cpu_count() or 1) // self.workers)
+        gpus = gpu_count()
+        devices = None
+        if gpus:
+            devices = ctx.Queue()
+            for i in range(self.workers):
+                devices.put(i % gpus)
+        self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx, initializer=_init_worker,
+                                         initargs=(threads, devices))
+        return self._pool
+
+    def run(self, items: Sequence[Item], on_result: Callable[[Outcome], None]) -> list[Outcome]:
+        from concurrent.futures import as_completed
+        from concurrent.futures.process import BrokenProcessPool
+
+        if not items:
+            return []
+        pool = self._pool or self._start()
+        outs: list[Outcome] = []
+        futures = {pool.submit(execute_one, item, self.store_path, self.retry_failed, self.reclaim): item
+                   for item in items}
+        for fut in as_completed(futures):
+            item = futures[fut]
+            try:
+                out = fut.result()
+            except BrokenProcessPool as e:  # a worker was killed (out of memory?): its run is failed
+                self._pool = None
+                out = _lost(item, self.store_path, f"worker process died: {e}")
+            on_result(out)
+            outs.append(out)
+        return outs
+
+    def close(self, abort: bool = False) -> None:
+        """Wait for the workers to exit; on ``abort`` (Ctrl-C, SIGTERM) do not wait: queued runs are dropped and
+        the workers die with this process, leaving their runs to be taken over by the next sweep."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=not abort, cancel_futures=True)
+            self._pool = None
+
+
+def _lost(item: Item, store_path: str, error: str) -> Outcome:
+    from ..store import worker_alive
+
+    store = Store(store_path)
+    row = store.get(item["key"])
+    if row is not None and row["status"] == "running" and worker_alive(row["worker"]) is False:
+        store.finish(item["key"], "failed", error=error)  # it had started; not-started items stay as they were
+    return {"key": item["key"], "describe": item.get("describe", item["key"]), "status": "failed", "error": error}

@@ -1,0 +1,326 @@
+"""Reports from a store of real tiny runs: the numbers in every format against the stored scores, the statistics
+against scipy, the marks, the warnings, the plots and the escaping of strings from configs and data."""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import math
+import re
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from efficientft.cli import main
+from efficientft.errors import ConfigError
+from efficientft.report import tables
+from efficientft.report.build import build, markdown_document, parse_formats
+from efficientft.report.collect import select_lr
+from efficientft.report.stats import cohens_dz, paired, pareto_front, summarize
+from efficientft.store import Store
+from tests.report_runs import EVIL, EVIL_TAG, GRID
+
+
+def _runs(store, split="dev", **want):
+    """Done runs whose config matches ``want`` (independently of the report code), by seed."""
+    out = {}
+    for r in store.runs("done"):
+        c = r["config"]
+        if all(c.get(k) == v for k, v in want.items()):
+            metric = r["main_metric"].split("/")[1]
+            out[c["seed"]] = r["scores"][f"{split}/{metric}"]
+    return out
+
+
+def _row(rep, method, targets, lam, lr=None):
+    hits = [tr for tr in rep.table.rows if tr.row.fields["method"] == method and tr.row.fields["targets"] == targets
+            and tr.row.fields["lr_ratio"] == lam and (lr is None or tr.row.fields.get("lr") == lr)]
+    assert len(hits) == 1, [tr.row.label for tr in rep.table.rows]
+    return hits[0]
+
+
+@pytest.fixture(scope="module")
+def rep(report_store):
+    return build(report_store)
+
+
+@pytest.fixture
+def written(report_written):
+    return report_written
+
+
+def test_cells_equal_mean_and_std_of_the_stored_scores(rep, report_store):
+    assert rep.table.tasks == ["stsb", "rte"]
+    assert rep.table.task_headers == ["STS-B (Pearson r)", "RTE (Acc.)"]
+    assert len(rep.table.rows) == len(GRID)
+    md = rep.markdown_table().splitlines()
+    for method, targets, lam, lr, seeds, tasks in GRID:
+        tr = _row(rep, method, targets, lam, lr)
+        line = md[2 + rep.table.rows.index(tr)]
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        for j, task in enumerate(rep.table.tasks):
+            s = tr.scores[j]
+            if task not in tasks:
+                assert s is None and cells[len(rep.table.label_headers) + j] == "–"
+                continue
+            stored = _runs(report_store, task=task, method=method, targets=targets, lr_ratio=lam, lr=lr)
+            assert sorted(stored) == list(seeds) and s.n == len(seeds) and sorted(s.seeds) == list(seeds)
+            vals = np.array([stored[k] for k in sorted(stored)])
+            assert s.mean == pytest.approx(100 * vals.mean(), abs=1e-9)
+            assert s.std == pytest.approx(100 * vals.std(ddof=1), abs=1e-9)
+            lo, hi = sps.t.interval(0.95, len(vals) - 1, loc=vals.mean(), scale=sps.sem(vals)) if vals.std() else \
+                (vals.mean(), vals.mean())
+            assert (s.ci_low, s.ci_high) == (pytest.approx(100 * lo), pytest.approx(100 * hi))
+            text = cells[len(rep.table.label_headers) + j]
+            assert text.replace("**", "").replace("<u>", "").replace("</u>", "").replace(" †", "") == \
+                f"{100 * vals.mean():.1f} ± {100 * vals.std(ddof=1):.1f}"
+        if len(tasks) == 2:
+            means = [100 * np.mean(list(_runs(report_store, task=t, method=method, targets=targets, lr_ratio=lam,
+                                              lr=lr).values())) for t in ("stsb", "rte")]
+            assert tr.avg.mean == pytest.approx(sum(means) / 2)
+        else:
+            assert tr.avg is None and cells[-2] == "–"
+
+
+def test_trainable_parameters_column(rep):
+    tr = _row(rep, "lora", "qv", 1.0)
+    # LoRA r=4 on Q and V of 2 layers (hidden 32): 1,024; the head has 33 (STS-B, 1 output) or 66 (RTE) weights
+    assert tr.params == (1024 + 33, 1024 + 66)
+    assert tables.fmt_params(*tr.params) == "1.06K–1.09K"
+    assert tables.fmt_params(1057, 1057) == "1.06K" and tables.fmt_params(22_713_986, 22_713_986) == "22.7M"
+
+
+def test_best_is_bold_and_second_underlined(rep):
+    md = rep.markdown_table().splitlines()[2:]
+    first = len(rep.table.label_headers)
+    for j in range(len(rep.table.tasks) + 1):  # every task and the average
+        scores = [tr.scores[j] if j < len(rep.table.tasks) else tr.avg for tr in rep.table.rows]
+        shown = sorted({round(s.mean, 1) for s in scores if s is not None}, reverse=True)
+        for line, s in zip(md, scores, strict=True):
+            cell = [c.strip() for c in line.strip("|").split("|")][first + j]
+            if s is None:
+                continue
+            if round(s.mean, 1) == shown[0]:
+                assert cell.startswith(f"**{s.mean:.1f}**"), cell
+            elif len(shown) > 1 and round(s.mean, 1) == shown[1]:
+                assert cell.startswith(f"<u>{s.mean:.1f}</u>"), cell
+            else:
+                assert "**" not in cell and "<u>" not in cell
+    # in this store: the 2-seed λ=2 row has the best STS-B mean, full fine-tuning the best average
+    assert tables.md_score(_row(rep, "lora", "qv", 2.0).scores[0], 1).startswith("**")
+    assert _row(rep, "full", "qv", 1.0).avg.rank == 1
+
+
+def test_fewer_than_three_seeds_is_flagged_in_every_format(written):
+    r, out = written
+    few = _row(r, "lora", "qv", 2.0).scores[0]
+    assert few.n == 2 and few.few
+    assert all(not s.few for tr in r.table.rows for s in tr.scores if s is not None and s is not few)
+    md_lines = [line for line in r.markdown_table().splitlines() if "†" in line]
+    assert len(md_lines) == 1 and "| 2 |" in md_lines[0]  # the λ=2 row
+    assert any("fewer than 3 seeds" in n for n in r.table.notes)
+    tex = (out / "table.tex").read_text()
+    main_tex, comp_tex = tex.split(r"\end{table}")[:2]
+    assert main_tex.count(r"$^\dagger$ & ") == 1 and "fewer than 3 seeds" in main_tex
+    assert comp_tex.count(r"2$^\dagger$ & ") == 2 and "fewer than 3 matched seeds" in comp_tex
+    page = (out / "report.html").read_text()
+    assert page.count('class="warn" title="fewer than 3 seeds (n=2)"') == 1
+    rows = list(csv.DictReader(io.StringIO((out / "table.csv").read_text())))
+    assert [int(x["stsb_n"]) for x in rows].count(2) == 1
+    # the comparisons of the 2-seed row carry the warning too
+    doc = (out / "report.md").read_text()
+    assert doc.count("⚠ n < 3") == sum(c.result.n < 3 for c in r.comparisons) == 2
+
+
+def test_paired_comparisons_equal_scipy(rep, report_store):
+    pairs = {(c.a.label, c.b.label, c.task): c.result for c in rep.comparisons}
+    a = _runs(report_store, task="stsb", method="lora", targets="qv", lr_ratio=4.0, lr=3e-3)
+    for b_targets in ("qv", "qkv"):
+        b = _runs(report_store, task="stsb", method="lora", targets=b_targets, lr_ratio=1.0, lr=3e-3)
+        key = next(k for k in pairs if k[2] == "stsb" and "λ=4" in k[0] and "lr=0.003" in k[0]
+                   and k[1].startswith(f"lora {b_targets} ") and "λ=1" in k[1])
+        res = pairs[key]
+        xa, xb = np.array([a[s] for s in (0, 1, 2)]), np.array([b[s] for s in (0, 1, 2)])
+        assert res.n == 3 and res.seeds == (0, 1, 2)
+        assert res.p_value == pytest.approx(sps.ttest_rel(xa, xb).pvalue, rel=1e-12)
+        d = xa - xb
+        assert res.mean_diff == pytest.approx(d.mean()) and res.d_z == pytest.approx(d.mean() / d.std(ddof=1))
+    # the default pairs: each λ≠1 row against its λ=1 and qkv twins, on the tasks both have
+    assert sorted((k[0].split()[3], k[1].split()[1], k[2]) for k in pairs) == sorted(
+        [("λ=2", "qv", "stsb"), ("λ=2", "qkv", "stsb"), ("λ=4", "qv", "stsb"), ("λ=4", "qv", "rte"),
+         ("λ=4", "qkv", "stsb"), ("λ=4", "qkv", "rte")])
+
+
+def test_named_comparison_and_wilcoxon(report_store):
+    r = build(report_store, pairs=[("method=full,targets=qv", "method=lora,targets=qkv")], test="wilcoxon")
+    assert [c.task for c in r.comparisons] == ["stsb", "rte"]
+    a = _runs(report_store, task="stsb", method="full", targets="qv")
+    b = _runs(report_store, task="stsb", method="lora", targets="qkv")
+    xa, xb = [a[s] for s in (0, 1, 2)], [b[s] for s in (0, 1, 2)]
+    assert r.comparisons[0].result.p_value == pytest.approx(sps.wilcoxon(xa, xb).pvalue)
+    assert r.comparisons[1].result.p_value == 1.0 and r.comparisons[1].result.d_z == 0.0  # RTE: identical scores
+    with pytest.raises(ConfigError, match="matches 4 rows"):
+        build(report_store, pairs=[("method=lora,targets=qv", "method=full")])
+    with pytest.raises(ConfigError, match="matches no row"):
+        build(report_store, pairs=[("method=lora,lambda=8", "method=full")])
+
+
+def test_statistics_units():
+    s = summarize([0.5, 0.7, 0.6, 0.9])
+    x = np.array([0.5, 0.7, 0.6, 0.9])
+    assert (s.n, s.mean, s.std) == (4, pytest.approx(x.mean()), pytest.approx(x.std(ddof=1)))
+    assert (s.ci_low, s.ci_high) == pytest.approx(sps.t.interval(0.95, 3, loc=x.mean(), scale=sps.sem(x)))
+    one = summarize([0.5])
+    assert one.n == 1 and one.few and math.isnan(one.std) and math.isnan(one.ci_low)
+    assert cohens_dz([1.0, 2.0, 3.0]) == pytest.approx(2.0) and cohens_dz([1.0, 1.0]) == math.inf
+    p = paired({0: 1.0, 1: 2.0, 2: 4.0, 7: 9.0}, {0: 0.5, 1: 2.5, 2: 3.0, 3: 1.0})
+    assert p.seeds == (0, 1, 2) and p.n == 3
+    assert p.p_value == pytest.approx(sps.ttest_rel([1.0, 2.0, 4.0], [0.5, 2.5, 3.0]).pvalue)
+    assert math.isnan(paired({0: 1.0}, {0: 2.0}).p_value) and paired({}, {}).n == 0
+
+
+def test_pareto_front_on_synthetic_points():
+    pts = [(1, 5), (2, 4), (2, 6), (3, 6), (4, 7), (0.5, 1), (math.nan, 9), (4, 7), (5, 7)]
+    # (2,4) is dominated by (1,5); (3,6) by (2,6); (5,7) by (4,7); the duplicate (4,7) stays
+    assert pareto_front(pts) == [5, 0, 2, 4, 7]
+    assert pareto_front([]) == [] and pareto_front([(1.0, math.inf)]) == []
+    assert pareto_front([(3, 1), (2, 2), (1, 3)]) == [2]
+
+
+def test_select_lr_keeps_the_best_mean_selection_score(report_store):
+    r = build(report_store, select_lr=True)
+    assert "lr" not in r.collection.label_fields and len(r.table.rows) == len(GRID) - 1
+    cell = _row(r, "lora", "qv", 4.0).row.cells["stsb"]
+    means = {lr: np.mean(list(_runs(report_store, "selection", task="stsb", method="lora", targets="qv",
+                                    lr_ratio=4.0, lr=lr).values())) for lr in (1e-3, 3e-3)}
+    best = max(means, key=means.get)
+    assert cell.lr == best and cell.basis == "selection" and cell.candidates == pytest.approx(means)
+    assert sorted(cell.scores) == [(s, 0) for s in (0, 1, 2)]
+    dev = _runs(report_store, task="stsb", method="lora", targets="qv", lr_ratio=4.0, lr=best)
+    assert cell.summary.mean == pytest.approx(np.mean(list(dev.values())))
+    assert "## Selected learning rates" in markdown_document(r)
+    # without selection scores the choice falls back to dev, labelled as optimistic
+    recs = [x for x in report_store.runs("done") if x["config"]["task"] == "stsb" and x["config"]["lr_ratio"] == 4.0]
+    stripped = [{**x, "scores": {k: v for k, v in x["scores"].items() if not k.startswith("selection/")}} for x in recs]
+    by_lr = {lr: [x for x in stripped if x["config"]["lr"] == lr] for lr in (1e-3, 3e-3)}
+    lr, basis, dev_means = select_lr(by_lr, "pearson")
+    assert basis == "dev (optimistic)" and lr == max(dev_means, key=dev_means.get)
+
+
+@pytest.mark.parametrize("split", ["selection", "best_dev"])
+def test_split_choice(report_store, split):
+    r = build(report_store, split=split)
+    s = _row(r, "lora", "qkv", 1.0).scores[0]
+    stored = _runs(report_store, split, task="stsb", method="lora", targets="qkv")
+    assert s.mean == pytest.approx(100 * np.mean(list(stored.values())))
+    assert split.replace("_", " ") in r.table.caption or "selection split" in r.table.caption
+
+
+def test_plots_are_written_and_decode(written):
+    from matplotlib.image import imread
+
+    r, out = written
+    names = sorted(p.name for p in r.plots)
+    stems = ["curves_rte", "curves_stsb", "score_vs_lambda", "score_vs_memory", "score_vs_params", "score_vs_time"]
+    assert names == sorted(f"{s}.{ext}" for s in stems for ext in ("png", "svg"))
+    for p in r.plots:
+        if p.suffix == ".png":
+            img = imread(p)
+            assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
+        else:
+            root = ET.parse(p).getroot()
+            assert root.tag.endswith("svg") and len(list(root.iter())) > 50
+
+
+def test_strings_from_configs_and_data_are_escaped(written, report_store):
+    r, out = written
+    page = (out / "report.html").read_text()
+    for raw in (EVIL, EVIL_TAG, "<b>boom</b>", "<img src=x", "<script>alert"):
+        assert raw not in page
+    assert html.escape(EVIL_TAG) in page and html.escape("<b>boom</b>") in page
+    assert page.count("<script>") == 1  # ours, allowed by its hash in the Content-Security-Policy
+    assert "http://" not in page and "https://" not in page and "<link" not in page
+    doc = (out / "report.md").read_text()
+    assert not re.search(r"(?<!\\)<(img|b|script)", doc) and "\\<img src=x onerror=alert(1)\\>\\&\\_%$#\\{\\}\\~^" in doc
+    tex = (out / "table.tex").read_text()
+    assert r"m\textless{}img src=x onerror=alert(1)\textgreater{}\&\_\%\$\#\{\}\textasciitilde{}\textasciicircum{}" \
+        in tex
+    assert tables.tex_escape(r"a_b&c%d$e#f{g}h~i^j\k") == \
+        r"a\_b\&c\%d\$e\#f\{g\}h\textasciitilde{}i\textasciicircum{}j\textbackslash{}k"
+    assert tables.md_escape("a|b*c_<d>") == r"a\|b\*c\_\<d\>"
+    rows = list(csv.reader(io.StringIO(tables.csv_comparisons([]) + "=cmd,x\n")))
+    assert rows[0][0] == "a" and tables._cell_text("=HYPERLINK(1)") == "'=HYPERLINK(1)" and tables._cell_text("-1.5") == "-1.5"
+
+
+def test_runs_not_done_are_listed_not_tabled(written):
+    r, out = written
+    assert [x["status"] for x in r.collection.not_done] == ["failed"]
+    key = r.collection.not_done[0]["run_key"]
+    assert all(key not in s.run_keys for tr in r.table.rows for s in tr.scores if s is not None)
+    doc = (out / "report.md").read_text()
+    assert f"| {key[:10]} | failed | rte | lora | qv | RuntimeError: \\<b\\>boom\\</b\\> |" in doc
+    page = (out / "report.html").read_text()
+    assert f'id="run-{key}"' in page and "1 failed" in page
+    # every run of every cell has its record in the page
+    for tr in r.table.rows:
+        for s in tr.scores:
+            for k in s.run_keys if s else ():
+                assert f'<details id="run-{k}">' in page and f'href="#run-{k}"' in page
+
+
+def test_csv_has_the_table_numbers(written):
+    r, out = written
+    rows = list(csv.DictReader(io.StringIO((out / "table.csv").read_text())))
+    assert len(rows) == len(r.table.rows)
+    for line, tr in zip(rows, r.table.rows, strict=True):
+        for j, task in enumerate(r.table.tasks):
+            s = tr.scores[j]
+            metric = r.collection.metrics[task]
+            if s is None:
+                assert line[f"{task}_{metric}_x100_mean"] == ""
+            else:
+                assert float(line[f"{task}_{metric}_x100_mean"]) == s.mean and int(line[f"{task}_n"]) == s.n
+                assert float(line[f"{task}_{metric}_x100_ci95_low"]) == pytest.approx(s.ci_low)
+
+
+def test_filters_and_metric_choice(report_store):
+    r = build(report_store, tasks=["rte"], methods=["lora"])
+    assert r.table.tasks == ["rte"] and {tr.row.fields["method"] for tr in r.table.rows} == {"lora"}
+    r = build(report_store, metrics={"stsb": "spearman"}, tasks=["stsb"])
+    assert r.table.task_headers == ["STS-B (Spearman ρ)"]
+    s = _row(r, "full", "qv", 1.0).scores[0]
+    stored = [x["scores"]["dev/spearman"] for x in report_store.runs("done")
+              if x["config"]["task"] == "stsb" and x["config"]["method"] == "full"]
+    assert s.mean == pytest.approx(100 * np.mean(stored))
+    with pytest.raises(ConfigError, match="has no dev/f1 score.*It has: pearson, spearman"):
+        build(report_store, metrics={"stsb": "f1"})
+    with pytest.raises(ConfigError, match="Did you mean 'rte'"):
+        build(report_store, tasks=["rtee"])
+    assert build(report_store, tags={"suite": EVIL_TAG}).table.rows[0].scores[0].n == 1
+    assert parse_formats("md, tex,CSV") == ["md", "latex", "csv"]
+    with pytest.raises(ConfigError, match="unknown report format 'pdf'"):
+        parse_formats("md,pdf")
+
+
+def test_cli_report_writes_files_and_prints_the_table(report_store, tmp_path, capsys):
+    out = tmp_path / "rep"
+    code = main(["report", "--store", str(report_store.path), "--out", str(out), "--format", "md,csv", "--no-plots",
+                 "--compare", "method=lora,targets=qv,lambda=4,lr=0.003", "method=lora,targets=qkv"])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert printed.splitlines()[0] == "| Method | Targets | Rank | λ | LR | STS-B (Pearson r) | RTE (Acc.) | Avg. | Params |"
+    assert sorted(p.name for p in out.iterdir()) == ["comparisons.csv", "report.md", "table.csv"]
+    assert len(list(csv.reader(open(out / "comparisons.csv")))) == 3  # header + STS-B + RTE
+
+
+def test_cli_report_errors(tmp_path, capsys):
+    assert main(["report", "--store", str(tmp_path / "missing.sqlite")]) == 2
+    assert "no results store at" in capsys.readouterr().err
+    Store(tmp_path / "empty.sqlite")
+    assert main(["report", "--store", str(tmp_path / "empty.sqlite"), "--out", str(tmp_path / "o")]) == 2
+    assert "has no runs" in capsys.readouterr().err
+    assert main(["report", "--store", str(tmp_path / "empty.sqlite"), "--format", "pdf"]) == 2
+    assert "accepted: md, html, latex, csv" in capsys.readouterr().err

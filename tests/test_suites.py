@@ -1,0 +1,62 @@
+"""Every suite shipped in configs/ loads, expands and validates (every run: RunConfig and the method's args).
+
+A suite may name a method that another branch adds (dora, pissa, ...). Then the runs of the registered methods
+are validated fully and the test is marked xfail (non-strict) naming the missing methods: once every method is
+merged, it must pass.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from efficientft.methods import METHODS
+from efficientft.sweep import load_suite
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+
+
+def test_the_shipped_suites_are_there():
+    assert {p.stem for p in CONFIGS} >= {"quick", "paper-table2", "all-methods"}
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_suite_loads_and_validates(path, glue_dir):
+    suite = load_suite(path)
+    used = {v for _, spec in suite.entries
+            for v in [spec.fixed.get(("method",)), *spec.axes.get(("method",), [])] if v is not None}
+    missing = sorted(m for m in used if m not in METHODS)
+    registered = [(label, spec) for label, spec in suite.entries
+                  if spec.fixed.get(("method",)) not in missing]
+    suite.entries = registered
+    runs = suite.expand({"data_dir": str(glue_dir), "progress": False}) if registered else []
+    assert len({r.key for r in runs}) == len(runs)
+    assert all(r.tags["suite"] == suite.name and r.tags["label"] for r in runs)
+    if missing:
+        pytest.xfail(f"method(s) not registered on this branch: {', '.join(missing)} "
+                     f"({len(runs)} runs of the registered methods validated)")
+
+
+def test_quick_is_the_readme_job():
+    runs = load_suite(CONFIGS[0].parent / "quick.yaml").expand()
+    assert [(r.cfg.method, r.cfg.targets, r.cfg.lr_ratio, r.cfg.lr) for r in runs] == [
+        ("full", "qkv", 1.0, 1e-4), ("lora", "qkv", 1.0, 1e-3), ("lora", "qv", 4.0, 1e-3)]
+    assert all(r.cfg.task == "sst2" and r.cfg.steps == 250 and r.cfg.max_train == 4000 and r.cfg.max_length == 64
+               and r.cfg.batch_size == 16 and r.cfg.model == "minilm" for r in runs)
+
+
+def test_paper_table2_grid():
+    suite = load_suite(CONFIGS[0].parent / "paper-table2.yaml")
+    # configurations per task, before learning rates and seeds: full QKV 1, full QV 3 λ, LoRA/DoRA QKV 2 r each,
+    # LoRA/DoRA QV 2 r × 3 λ each
+    per_entry = []
+    for _, spec in suite.entries:
+        n = 1
+        for path, values in spec.axes.items():
+            if path != ("lr",):
+                n *= len(values)
+        per_entry.append(n)
+    assert per_entry == [1, 3, 2, 6, 2, 6]
+    assert suite.grid.axes[("seed",)] == [0, 1, 2] and len(suite.grid.axes[("task",)]) == 8
+    assert suite.selection is not None and suite.selection.over == ("lr",)
