@@ -47,12 +47,13 @@ def main() -> None:
     rows = []
     for r in runs:
         c = r["cost"]
-        rows.append([r["config"]["method"], r["config"]["targets"], r["status"], c.get("setup_s"), c.get("train_s"),
+        rows.append([r["config"]["method"], r["config"]["targets"], r["status"], r.get("main_score"),
+                     c.get("setup_s"), c.get("train_s"),
                      c.get("eval_s"), c.get("wall_s"), 1e3 * c.get("median_step_s", float("nan")),
                      c.get("peak_rss_mb")])
     in_runs = sum(r["cost"].get("wall_s", 0.0) for r in runs)
     print(f"\n### {os.path.basename(a.suite)}: {len(runs)} runs, {a.workers} worker(s)\n")
-    print(table(["method", "targets", "status", "set-up s", "training s", "evaluation s", "run wall s",
+    print(table(["method", "targets", "status", "score", "set-up s", "training s", "evaluation s", "run wall s",
                  "median ms/step", "peak RSS MB"], rows))
     print(f"\nsuite wall time {wall:.0f} s ({wall / TARGET_S:.2f} x the 10-minute target); inside runs "
           f"{in_runs:.0f} s, the rest ({wall - in_runs:.0f} s) is process start, imports and the sweep itself.")

@@ -43,7 +43,7 @@ def test_quick_is_the_readme_job():
     assert [(r.cfg.method, r.cfg.targets, r.cfg.lr_ratio, r.cfg.lr) for r in runs] == [
         ("full", "qkv", 1.0, 1e-4), ("lora", "qkv", 1.0, 1e-3), ("lora", "qv", 4.0, 1e-3)]
     assert all(r.cfg.task == "sst2" and r.cfg.steps == 250 and r.cfg.max_train == 4000 and r.cfg.max_length == 64
-               and r.cfg.batch_size == 16 and r.cfg.model == "minilm" for r in runs)
+               and r.cfg.batch_size == 16 and r.cfg.model == "minilm" and r.cfg.bucket for r in runs)
 
 
 def test_paper_table2_grid():
