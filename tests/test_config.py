@@ -78,3 +78,18 @@ def test_best_precision_on_cpu_follows_native_bf16(monkeypatch, flags, want):
 
     monkeypatch.setattr(config_module, "cpu_flags", lambda: flags)
     assert config_module.best_precision("cpu") == want
+
+
+def test_speed_options_enter_the_key_only_when_set():
+    base = RunConfig(task="rte")
+    assert "bucket" not in base.identity() and "feature_cache" not in base.identity()
+    # the key of a default run is what it was before these options existed
+    legacy = {k: v for k, v in base.resolved().to_dict().items() if k not in ("bucket", "feature_cache")}
+    for name in ("data_dir", "device", "progress", "export_dir", "trust_remote_code"):
+        legacy.pop(name)
+    import hashlib
+    import json
+
+    blob = json.dumps(legacy, sort_keys=True, separators=(",", ":"), default=str)
+    assert base.key() == hashlib.sha256(blob.encode()).hexdigest()[:16]
+    assert len({base.key(), base.replace(bucket=True).key(), base.replace(feature_cache=True).key()}) == 3

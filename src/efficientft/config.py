@@ -28,6 +28,9 @@ DATA_SOURCES = ("local", "hub")
 
 # Fields that say where things are or how to display them; they do not change a result and are not in the key.
 ENVIRONMENT_FIELDS = frozenset({"data_dir", "device", "progress", "export_dir", "trust_remote_code"})
+# Options added after runs were stored, whose default computes what runs computed before the option existed: they
+# are in the key only when set, so that adding them changed no earlier run's key.
+KEY_WHEN_SET = {"bucket": False, "feature_cache": False}
 
 
 @dataclass
@@ -166,6 +169,9 @@ class RunConfig:
         d = self.to_dict()
         for name in ENVIRONMENT_FIELDS:
             d.pop(name, None)
+        for name, default in KEY_WHEN_SET.items():
+            if d.get(name) == default:
+                d.pop(name)
         return d
 
     def key(self) -> str:
