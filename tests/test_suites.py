@@ -1,8 +1,5 @@
 """Every suite shipped in configs/ loads, expands and validates (every run: RunConfig and the method's args).
 
-A suite may name a method that another branch adds (dora, pissa, ...). Then the runs of the registered methods
-are validated fully and the test is marked xfail (non-strict) naming the missing methods: once every method is
-merged, it must pass.
 """
 
 from __future__ import annotations
@@ -24,18 +21,15 @@ def test_the_shipped_suites_are_there():
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_suite_loads_and_validates(path, glue_dir):
     suite = load_suite(path)
-    used = {v for _, spec in suite.entries
-            for v in [spec.fixed.get(("method",)), *spec.axes.get(("method",), [])] if v is not None}
-    missing = sorted(m for m in used if m not in METHODS)
-    registered = [(label, spec) for label, spec in suite.entries
-                  if spec.fixed.get(("method",)) not in missing]
-    suite.entries = registered
-    runs = suite.expand({"data_dir": str(glue_dir), "progress": False}) if registered else []
-    assert len({r.key for r in runs}) == len(runs)
+    runs = suite.expand({"data_dir": str(glue_dir), "progress": False})  # validates every run, methods included
+    assert runs and len({r.key for r in runs}) == len(runs)
     assert all(r.tags["suite"] == suite.name and r.tags["label"] for r in runs)
-    if missing:
-        pytest.xfail(f"method(s) not registered on this branch: {', '.join(missing)} "
-                     f"({len(runs)} runs of the registered methods validated)")
+
+
+def test_all_methods_suite_names_every_registered_method():
+    suite = load_suite(CONFIGS[0].parent / "all-methods.yaml")
+    used = {r.cfg.method for r in suite.expand({"progress": False})}
+    assert used == set(METHODS.names())
 
 
 def test_quick_is_the_readme_job():
