@@ -88,6 +88,10 @@ def test_method_conforms(name, model_dir, tmp_path):
         want = p.model(**batch).logits
     info = p.method.export(p.model, tmp_path / "export")
     assert info["files"]
+    # weights are exported as safetensors only: nothing a reader would have to unpickle
+    written = [f.name for f in (tmp_path / "export").rglob("*") if f.is_file()]
+    assert any(f.endswith(".safetensors") for f in written), written
+    assert not [f for f in written if f.endswith((".bin", ".pt", ".pth", ".pkl", ".ckpt"))], written
     base = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=2)
     ctx = Context(heads=head_modules(base))
     fresh = type(p.method)(p.method.args)

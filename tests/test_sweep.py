@@ -431,3 +431,17 @@ def test_data_parallel_on_two_cpu_processes_equals_one_process(tmp_path, tiny_be
     lb = [v for _, _, n, v in Store(two).curves(b[0]["run_key"]) if n == "loss"]
     assert len(lb) == 6 and lb == pytest.approx(la, rel=1e-5)
     assert b[0]["scores"]["dev/accuracy"] == a[0]["scores"]["dev/accuracy"]
+
+
+def test_missing_inputs_fail_the_sweep_before_any_run(tmp_path, tiny_bert, capsys):
+    """A task whose files are missing stops the sweep in seconds, before the runs that could train."""
+    from efficientft.cli import main
+
+    suite = tmp_path / "s.yaml"
+    suite.write_text(f"name: s\ndefaults: {{model: {tiny_bert}, steps: 1, max_train: 8, max_eval: 8}}\n"
+                     f"grid: {{task: [rte, mnli], seed: [0]}}\nmethods:\n  - {{method: lora, method_args: {{rank: 2}}}}\n")
+    db = tmp_path / "runs.sqlite"
+    assert main(["sweep", str(suite), "--store", str(db)]) == 2
+    err = capsys.readouterr().err
+    assert "inputs missing, nothing was run" in err and "MNLI/train.tsv is missing" in err
+    assert not db.exists() or Store(db).runs() == []

@@ -127,6 +127,13 @@ class RunConfig:
             raise ConfigError(f"selection_size must be >= 0, got {self.selection_size!r}.")
         if not isinstance(self.role_lr, dict):
             raise ConfigError(f"role_lr must be a mapping of role to ratio, e.g. {{v: 4}}; got {self.role_lr!r}.")
+        from .models.roles import ROLES
+
+        for role in self.role_lr:
+            if role not in ROLES:
+                raise ConfigError(
+                    f"role_lr names an unknown role {role!r}.{did_you_mean(role, ROLES)} Roles: {', '.join(ROLES)}."
+                )
         for role, ratio in self.role_lr.items():
             if not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or not ratio > 0 or not math.isfinite(ratio):
                 raise ConfigError(f"role_lr[{role!r}] must be a positive number, got {ratio!r}.")

@@ -32,7 +32,7 @@ from .features import FeatureCache
 from .meters import PeakMemory, StepTimer
 from .methods import get_method
 from .methods.base import Context, Method
-from .models import ALL, ROLES, describe, fingerprint, head_modules, load_model, resolve_targets
+from .models import ALL, describe, fingerprint, head_modules, load_model, resolve_model, resolve_targets
 from .store import Store
 from .strategy import Strategy, describe_groups
 from .tasks import DataOptions, Examples, Task, get_task
@@ -166,6 +166,29 @@ def load_data(task: Task, cfg: RunConfig) -> tuple[Examples, dict[str, Examples]
     return train, evals
 
 
+def check_inputs(configs: list[RunConfig]) -> list[str]:
+    """Read every distinct data set and find every model the configs name, without loading weights.
+
+    A sweep calls this before its first run, so that a missing file or column fails in seconds, not after hours of
+    other runs. Returns one message per problem (empty: all inputs are there).
+    """
+    problems: dict[str, str] = {}
+    seen: set[str] = set()
+    for cfg in configs:
+        data = (cfg.task, repr(cfg.custom), cfg.data_dir, cfg.data_source, cfg.selection_size, cfg.max_train,
+                cfg.max_eval, cfg.data_seed)
+        for what, check in ((repr(data), lambda c=cfg: load_data(get_task(c.task, c.custom), c)),
+                            (f"model {cfg.model}", lambda c=cfg: resolve_model(c.model))):
+            if what in seen:
+                continue
+            seen.add(what)
+            try:
+                check()
+            except ConfigError as e:
+                problems.setdefault(str(e), f"{cfg.task} / {cfg.model}: {e}")
+    return list(problems.values())
+
+
 def _accepts(model: nn.Module, arg: str) -> bool:
     return arg in inspect.signature(model.forward).parameters
 
@@ -181,9 +204,6 @@ def prepare(cfg: RunConfig) -> Prepared:
     task = get_task(cfg.task, cfg.custom)
     method_cls = get_method(cfg.method)
     method: Method = method_cls.from_config(cfg.method_args)
-    for role in cfg.role_lr:
-        if role not in ROLES:
-            raise ConfigError(f"role_lr names an unknown role {role!r}; roles are: {', '.join(ROLES)}.")
     if cfg.targets == ALL and not method.accepts_all:
         raise ConfigError(f"targets 'all' (every weight) is for full fine-tuning only, not {cfg.method!r}.")
     train_ex, eval_ex = load_data(task, cfg)

@@ -7,8 +7,10 @@ import json
 import sys
 from typing import Any
 
+from ..errors import ConfigError
 from ..report.text import fmt, table
 from ..store import Store
+from ..train import check_inputs
 from .runner import SweepOptions, environment, plan, sweep
 from .suite import load_suite
 
@@ -63,7 +65,11 @@ def dry_run(a: argparse.Namespace) -> int:
 def run_sweep(a: argparse.Namespace) -> int:
     suite = load_suite(a.suite)
     opts = _options(a)
-    n = len(suite.expand(opts.env))  # every config validated before the store is even opened
+    runs = suite.expand(opts.env)  # every config validated before the store is even opened
+    n = len(runs)
+    problems = check_inputs([r.cfg for r in runs])  # and every data set and model found, before any training
+    if problems:
+        raise ConfigError(f"{suite.path}: inputs missing, nothing was run:\n  " + "\n  ".join(problems))
     store = Store(a.store)
     print(f"suite {suite.name}: {n} runs, store {store.path}, "
           f"{'Ray' if opts.executor == 'ray' else f'{opts.workers} worker(s)'}", file=sys.stderr)
