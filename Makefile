@@ -28,6 +28,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 demo: setup
 	$(BIN)/eft sweep configs/quick.yaml --store $(STORE)
+	$(BIN)/eft runs --store $(STORE)
 	$(BIN)/eft report --store $(STORE) --out results/demo-report --format md,html
 
 test: setup
