@@ -31,10 +31,13 @@ def test_floor_freezes_the_backbone_but_gradients_reach_layer_0(tiny_bert):
     assert all(q.grad is None for n, q in p.model.named_parameters() if n not in trainable)
 
 
-def test_step_time_benchmark_runs_and_reports_ratios(tiny_bert, capsys):
+def test_step_time_benchmark_runs_and_reports_ratios(tiny_bert, capsys, monkeypatch):
     import step_time
     from _common import register_references
 
+    from efficientft.methods import METHODS
+
+    monkeypatch.setattr(METHODS, "_items", dict(METHODS._items))  # the references stay out of other tests
     register_references()
     a = argparse.Namespace(model=str(tiny_bert), batch_size=4, max_length=32, steps=3, repeats=2,
                            precision="fp32", variants="floor,lora,dora,dora-peft")
