@@ -68,6 +68,14 @@ def test_warm_models_own_their_tensors(tiny_bert):
     _equal(third.state_dict(), first.state_dict())
 
 
+def test_warm_models_carry_their_path(tiny_bert):
+    """PEFT reads ``model.name_or_path`` as the base model's id; "None" made it try the hub on every save."""
+    clear_backbone_cache()
+    loads = [load_model(str(tiny_bert), 2) for _ in range(3)]  # cold, cold (kept), from memory
+    for loaded in loads:
+        assert loaded.model.name_or_path == loaded.model.config._name_or_path == loaded.path
+
+
 def test_cache_keeps_one_backbone(tiny_bert, tiny_llama):
     clear_backbone_cache()
     for path in (tiny_bert, tiny_bert, tiny_llama, tiny_llama):

@@ -162,6 +162,25 @@ def test_residual_methods_export_a_lora_delta_for_the_original_model(name, tiny_
         torch.testing.assert_close(reloaded(**batch).logits, want, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["lora", "pissa"])
+def test_prepare_and_export_do_not_look_up_the_hub(name, tiny_bert, tmp_path):
+    """A backbone served from the cache was named "None", so PEFT's save_embedding_layers="auto" tried the hub for
+    config.json and warned, offline, on every PiSSA run of a sweep."""
+    import warnings
+
+    from efficientft.models.loading import clear_backbone_cache, load_model
+
+    clear_backbone_cache()
+    base = [load_model(str(tiny_bert), 2) for _ in range(3)][-1].model  # the third load comes from memory
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        method, model, _ = build(base, name, rank=4)
+        method.export(model, tmp_path)
+    hub = [str(w.message) for w in caught if "remote file" in str(w.message) or "config file" in str(w.message)]
+    assert hub == []
+    assert (tmp_path / "adapter_model.safetensors").is_file()
+
+
 # ---------------------------------------------------------------------------------------------------- OLoRA
 def test_olora_init_is_the_qr_of_w(tiny_llama):
     r = 4

@@ -310,6 +310,7 @@ def _quiet() -> None:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", message=".*gemm_4bit.*")
     warnings.filterwarnings("ignore", message=".*kernels.*")
+    warnings.filterwarnings("ignore", message=".*low_cpu_mem_usage.*")  # PEFT's EVA hint for GPU memory
     for name in ("bitsandbytes", "transformers", "peft", "accelerate", "datasets"):
         logging.getLogger(name).setLevel(logging.ERROR)
 

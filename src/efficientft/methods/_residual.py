@@ -35,7 +35,9 @@ class ResidualLoRA(LoRA):
         from peft.utils import get_peft_model_state_dict
 
         model = super().prepare(model, targets, ctx)
-        self.initial = {k: v.detach().clone().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()}
+        # save_embedding_layers=False: no embeddings are adapted, and "auto" would look the model up on the hub
+        state = get_peft_model_state_dict(model, save_embedding_layers=False)
+        self.initial = {k: v.detach().clone().cpu().contiguous() for k, v in state.items()}
         return model
 
     def export(self, model: nn.Module, out_dir: Path) -> dict[str, Any]:
@@ -52,9 +54,10 @@ class ResidualLoRA(LoRA):
             initial.mkdir()
             save_file(self.initial, str(initial / ADAPTER_FILE), metadata={"format": "pt"})
             model.peft_config["default"].save_pretrained(str(initial))
-            model.save_pretrained(str(out_dir), path_initial_model_for_weight_conversion=str(initial))
+            model.save_pretrained(str(out_dir), path_initial_model_for_weight_conversion=str(initial),
+                                  save_embedding_layers=False)
         saved = load_file(str(out_dir / ADAPTER_FILE))
-        for k, v in get_peft_model_state_dict(model).items():
+        for k, v in get_peft_model_state_dict(model, save_embedding_layers=False).items():
             if ".lora_A." not in k and ".lora_B." not in k:  # the head, which PEFT's conversion leaves out
                 saved.setdefault(k, v.detach().cpu().contiguous())
         save_file(saved, str(out_dir / ADAPTER_FILE), metadata={"format": "pt"})

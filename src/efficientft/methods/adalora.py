@@ -19,6 +19,12 @@ so the final masking happens at step ``total − tfinal``.
 The trainable parameters are A, B and E of every adapted weight at the initial rank (masking zeroes E entries but
 they stay in the optimizer) plus the head; ``ranknum`` is a frozen buffer-like parameter. With α = init_r (the
 default) the scale α/init_r is 1.
+
+Learning rate: the regulariser pins A's rows and B's columns near unit norm, so the update's size is set by the
+few E entries, each moving about one learning rate per Adam step. AdaLoRA therefore needs a larger rate than LoRA
+on a short budget: 250 steps on SST-2 with MiniLM (Q/V, rank 8) stayed at chance with lr 1e-3 (0.510) and reached
+0.797 with 5e-3 and 0.820 with 1e-2 (LoRA: 0.802 with 1e-3); without the regulariser 1e-3 reached 0.775. The
+paper's rates (5e-4 to 1.2e-3 on DeBERTaV3-base) come with budgets of many epochs.
 """
 
 from __future__ import annotations

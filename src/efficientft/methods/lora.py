@@ -141,7 +141,7 @@ class LoRA(Method):
         if not _is_peft(model):
             return super().export(model, out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(str(out_dir))
+        model.save_pretrained(str(out_dir), save_embedding_layers=False)  # no hub lookup for the vocabulary
         return {"format": "peft-adapter", "files": sorted(p.name for p in out_dir.iterdir())}
 
     def reload(self, base: nn.Module, out_dir: Path, targets: list[Target], ctx: Context) -> nn.Module:

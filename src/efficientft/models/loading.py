@@ -135,6 +135,7 @@ def load_model(name: str, num_labels: int, trust_remote_code: bool = False) -> L
         dtype=cached.dtype, ignore_mismatched_sizes=True, trust_remote_code=trust_remote_code,
     )
     model.config._name_or_path = path
+    model.name_or_path = path  # from_pretrained(None) leaves the string "None", which PEFT takes for a hub id
     return Loaded(model, cached.tokenizer, path, cached.is_decoder)
 
 
