@@ -324,3 +324,31 @@ def test_cli_report_errors(tmp_path, capsys):
     assert "has no runs" in capsys.readouterr().err
     assert main(["report", "--store", str(tmp_path / "empty.sqlite"), "--format", "pdf"]) == 2
     assert "accepted: md, html, latex, csv" in capsys.readouterr().err
+
+
+def _synthetic(store, method, lr, entry, score, method_args=None, suite="catalog"):
+    from efficientft.config import RunConfig
+
+    cfg = RunConfig(task="sst2", method=method, lr=lr, steps=10, method_args=method_args or {}).resolved()
+    store.start(cfg.key(), cfg.to_dict(), {}, {"suite": suite, "entry": entry, "label": method}, "dev/accuracy")
+    store.finish(cfg.key(), "done", {"dev/accuracy": score}, {"trainable_params": 100}, main_score=score)
+
+
+def test_one_suite_keeps_its_order_and_method_arguments_are_not_shared(tmp_path):
+    store = Store(tmp_path / "s.sqlite")
+    _synthetic(store, "full", 1e-4, 0, 0.80)
+    _synthetic(store, "sift", 2e-3, 1, 0.79, {"sparse_rate": 0.02})
+    _synthetic(store, "adalora", 1e-2, 2, 0.82, {"rank": 8, "tinit": 0.2})
+    _synthetic(store, "adalora", 1e-3, 2, 0.51, {"rank": 8, "tinit": 0.2})
+    rep = build(store)
+    assert [(tr.row.fields["method"], tr.row.fields["lr"]) for tr in rep.table.rows] == [
+        ("full", 1e-4), ("sift", 2e-3), ("adalora", 1e-3), ("adalora", 1e-2)]  # suite order, then by lr
+    notes = "\n".join(rep.table.notes)
+    shared = next(n for n in rep.table.notes if n.startswith("Shared settings"))
+    assert "sparse_rate" not in shared and "tinit" not in shared and "steps=10" in shared
+    assert "sift settings: select_batches=1, sparse_rate=0.02." in notes
+    assert "adalora settings:" in notes and "tinit=0.2" in notes
+
+    _synthetic(store, "lora", 1e-3, 0, 0.81, {"rank": 8}, suite="other")  # two suites: the usual sort
+    assert [tr.row.fields["method"] for tr in build(store).table.rows] == ["adalora", "adalora", "full", "lora",
+                                                                         "sift"]

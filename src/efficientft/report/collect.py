@@ -99,6 +99,7 @@ class Collection:
     unscored: list[dict]  # done records without a score for the chosen split and metric
     comparable: dict[str, bool]  # task -> evaluated on its official split
     select_lr: bool = False
+    method_settings: dict[str, dict[str, Any]] = field(default_factory=dict)  # method -> its own fixed arguments
 
 
 def task_title(task: str) -> str:
@@ -248,6 +249,7 @@ def collect(store: Store, split: str = "dev", tasks: Iterable[str] | None = None
     # settings fixed within every task but not across tasks: the tasks' protocol, not a row property
     per_task: dict[str, dict[str, Any]] = {}
     common: dict[str, Any] = {}
+    method_settings: dict[str, dict[str, Any]] = defaultdict(dict)
     row_names: list[str] = []
     for k in names:
         if choose_lr and k == "lr":
@@ -260,6 +262,11 @@ def collect(store: Store, split: str = "dev", tasks: Iterable[str] | None = None
         values = set().union(*by_task.values())
         if k == "rank" and values:  # the rank is a column of every PEFT table
             row_names.append(k)
+        elif len(values) <= 1 and values and any(flats[r["run_key"]].get(k) is None for r in scored):
+            # one value, but only some methods have this argument: theirs, not a setting of every run
+            for r in scored:
+                if flats[r["run_key"]].get(k) is not None:
+                    method_settings[str(r["config"]["method"])][k] = json.loads(next(iter(values)))
         elif len(values) <= 1:
             common[k] = json.loads(next(iter(values))) if values else None
         elif all(len(v) == 1 for v in by_task.values()) and k not in ("method", "targets", "lr_ratio", "role_lr",
@@ -288,10 +295,31 @@ def collect(store: Store, split: str = "dev", tasks: Iterable[str] | None = None
             row.cells[task] = _cell(task, recs, split, metric_of[task], choose_lr)
         rows.append(row)
     rows.sort(key=lambda r: _sort_key(r.fields))
+    entry = _suite_order(groups, row_fields)
+    if entry is not None:  # one suite's runs: its methods in the order the suite lists them
+        rows.sort(key=lambda r: entry[_freeze(r.fields)])
     comparable = {t: all((r.get("provenance") or {}).get("comparable", True) for r in scored
                          if r["config"]["task"] == t) for t in task_order}
     return Collection(str(store.path), split, task_order, {t: metric_of[t] for t in task_order}, rows, shown,
-                      common, per_task, not_done, unscored, comparable, choose_lr)
+                      common, per_task, not_done, unscored, comparable, choose_lr,
+                      {m: dict(sorted(v.items())) for m, v in sorted(method_settings.items())})
+
+
+def _suite_order(groups: dict[str, dict[str, list[dict]]], row_fields: dict[str, dict]) -> dict[str, int] | None:
+    """Each row's position in its suite (the smallest ``entry`` tag of its runs) when every run comes from one
+    suite; None otherwise (rows then keep the sort by model, method, rank, targets, λ, lr)."""
+    suites, entry = set(), {}
+    for rk, by_task in groups.items():
+        positions = []
+        for recs in by_task.values():
+            for r in recs:
+                tags = r.get("tags") or {}
+                suites.add(tags.get("suite"))
+                positions.append(tags.get("entry"))
+        if any(not isinstance(p, int) or isinstance(p, bool) for p in positions):
+            return None
+        entry[rk] = min(positions)
+    return entry if len(suites) == 1 and None not in suites else None
 
 
 def _cell(task: str, recs: list[dict], split: str, metric: str, select: bool) -> Cell:

@@ -138,6 +138,8 @@ def build_table(col: Collection, digits: int = 1) -> Table:
     if col.common:
         notes.append("Shared settings: " + ", ".join(f"{k}={fmt_value(v)}" for k, v in sorted(col.common.items())
                                                       if v is not None and v != {}) + ".")
+    for method, settings in col.method_settings.items():
+        notes.append(f"{method} settings: " + ", ".join(f"{k}={fmt_value(v)}" for k, v in settings.items()) + ".")
     for k, by_task in sorted(col.per_task.items()):
         notes.append(f"Per-task {k}: " + ", ".join(f"{task_title(t)}={fmt_value(v)}" for t, v in by_task.items()) + ".")
     return Table(list(col.label_fields), [FIELD_TITLES.get(k, k) for k in col.label_fields], list(tasks), headers,
