@@ -66,3 +66,5 @@ def test_empty_split_is_an_error_before_training(tmp_path, tiny_bert):
                     progress=False)
     with pytest.raises(ConfigError, match="the dev split of task 'custom' is empty"):
         prepare(cfg)
+    with pytest.raises(ConfigError, match=r"train_empty.csv has no examples \(a header line only"):
+        get_task("custom", {"train": _write(tmp_path, "train_empty.csv", "text,label\n"), "dev": train})

@@ -97,6 +97,12 @@ methods:
     [
         ("methods:\n  - {method: lora, lr_ration: 4}\n",
          r"line 2: methods\[0\]: unknown field 'lr_ration'. Did you mean 'lr_ratio'\?"),
+        ("methods:\n  - {method: lora, rnak: 8}\n",
+         r"line 2: methods\[0\]: unknown field 'rnak'. Did you mean the method argument 'rank'\? Method arguments "
+         r"go under method_args \(method_args: \{rank: ...\}\)"),
+        ("defaults:\n  sparse_rate: 0.02\nmethods:\n  - method: sift\n",
+         r"line 2: defaults: unknown field 'sparse_rate'. 'sparse_rate' is a method argument: it goes under "
+         r"method_args"),
         ("methods:\n  - method: lora\n  - method: lorra\n",
          r"line 3: unknown method 'lorra'. Did you mean 'lora'\?"),
         ("grid:\n  task: [rte, sst3]\nmethods:\n  - method: lora\n",
@@ -314,6 +320,64 @@ methods:
         la = [v for _, _, n, v in Store(a).curves(k) if n == "loss"]
         lb = [v for _, _, n, v in Store(b).curves(k) if n == "loss"]
         assert len(lb) == 6 and lb == pytest.approx(la, rel=1e-4)
+
+
+CRASH_HOOK = """
+import os
+from pathlib import Path
+
+import efficientft.sweep.executors as ex
+
+_execute_one = ex.execute_one
+
+
+def execute_one(item, *args, **kwargs):  # the worker's run of seed 1 kills its process, after claiming the run
+    import efficientft.train as t
+
+    run = t.run
+
+    def crashing(cfg, *a, **kw):
+        marker = Path(os.environ["EFT_TEST_CRASH_MARKER"])
+        if cfg.seed == 1 and (os.environ["EFT_TEST_CRASH"] == "always" or not marker.exists()):
+            marker.touch()
+            os._exit(9)  # as the kernel's OOM killer would end it: no exception, no cleanup
+        return run(cfg, *a, **kw)
+
+    t.run = crashing
+    return _execute_one(item, *args, **kwargs)
+
+
+ex.execute_one = execute_one
+"""
+
+
+@pytest.mark.parametrize("crash", ["once", "always"])
+def test_a_dead_worker_costs_only_its_run(crash, tmp_path, tiny_bert, capsys, monkeypatch):
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(CRASH_HOOK)  # imported by the spawned workers only
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(hook), str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("EFT_TEST_CRASH", crash)
+    monkeypatch.setenv("EFT_TEST_CRASH_MARKER", str(tmp_path / "crashed"))
+    p = tiny_suite(tmp_path, tiny_bert, """
+grid: {seed: [0, 1, 2, 3]}
+methods:
+  - {method: lora, targets: qv, method_args: {rank: 4}, lr: 1.0e-3}
+""", steps=25)
+    db = tmp_path / "s.sqlite"
+    rc = main(["sweep", str(p), "--store", str(db), "--workers", "2"])
+    out, err = capsys.readouterr()
+    assert "a worker process died" in err
+    rows = {r["config"]["seed"]: r for r in Store(db).runs()}
+    assert sorted(rows) == [0, 1, 2, 3]
+    for seed in (0, 2, 3):  # the neighbours finish, whether or not the crash interrupted them
+        assert rows[seed]["status"] == "done", rows[seed]["error"]
+    if crash == "once":  # a worker killed once (by hand, say): its run trains again and the sweep succeeds
+        assert rc == 0 and rows[1]["status"] == "done" and rows[1]["attempts"] == 2
+    else:  # a run that kills every worker it runs on is failed, named, and the sweep says so
+        assert rc == 1 and rows[1]["status"] == "failed" and rows[1]["attempts"] == 2
+        assert "its worker process died twice, the second time running alone" in rows[1]["error"]
+        assert "1 failed" in out
 
 
 # ---------------------------------------------------------------------------------------------- selection

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -115,41 +116,77 @@ class LocalPool:
         self.store_path, self.workers, self.retry_failed, self.reclaim = store_path, workers, retry_failed, reclaim
         self._pool = None
 
-    def _start(self):
+    def _new_pool(self, workers: int):
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
 
         ctx = mp.get_context("spawn")
-        threads = max(1, (os.cpu_count() or 1) // self.workers)
+        threads = max(1, (os.cpu_count() or 1) // self.workers)  # as many as a worker of the full pool
         gpus = gpu_count()
         devices = None
         if gpus:
             devices = ctx.Queue()
-            for i in range(self.workers):
+            for i in range(workers):
                 devices.put(i % gpus)
-        self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx, initializer=_init_worker,
-                                         initargs=(threads, devices))
+        return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
+                                   initargs=(threads, devices))
+
+    def _start(self):
+        self._pool = self._new_pool(self.workers)
         return self._pool
 
+    def _discard(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)  # a broken pool's workers are gone after this
+            self._pool = None
+
     def run(self, items: Sequence[Item], on_result: Callable[[Outcome], None]) -> list[Outcome]:
+        """Run ``items`` on the pool.
+
+        A worker that dies (killed, out of memory) breaks the whole pool, and every worker's current run with it.
+        Runs that had not started go on in a fresh pool as if nothing happened. The runs that were in flight are
+        the suspects: each is tried again alone, in a one-worker pool, so that a second death names its culprit,
+        which is stored ``failed``; the others finish normally (a run that kills its worker would otherwise take
+        every pool down with it, and its neighbours, forever).
+        """
         from concurrent.futures import as_completed
         from concurrent.futures.process import BrokenProcessPool
 
-        if not items:
-            return []
-        pool = self._pool or self._start()
         outs: list[Outcome] = []
-        futures = {pool.submit(execute_one, item, self.store_path, self.retry_failed, self.reclaim): item
-                   for item in items}
-        for fut in as_completed(futures):
-            item = futures[fut]
-            try:
-                out = fut.result()
-            except BrokenProcessPool as e:  # a worker was killed (out of memory?): its run is failed
-                self._pool = None
-                out = _lost(item, self.store_path, f"worker process died: {e}")
-            on_result(out)
-            outs.append(out)
+        pending = list(items)
+        while pending:
+            pool = self._pool or self._start()
+            futures = {pool.submit(execute_one, item, self.store_path, self.retry_failed, self.reclaim): item
+                       for item in pending}
+            broken, error = [], ""
+            for fut in as_completed(futures):
+                try:
+                    out = fut.result()
+                except BrokenProcessPool as e:
+                    broken.append(futures[fut])
+                    error = str(e)
+                    continue
+                on_result(out)
+                outs.append(out)
+            if not broken:
+                break
+            self._discard()
+            suspects = [item for item in broken if _in_flight(item, self.store_path)]
+            pending = [item for item in broken if item not in suspects]
+            print(f"a worker process died ({error}); {len(suspects)} run(s) that were running start again, one at "
+                  f"a time; {len(pending)} go on in a fresh pool", file=sys.stderr, flush=True)
+            for item in suspects:
+                self._pool = self._new_pool(1)
+                try:
+                    out = self._pool.submit(execute_one, item, self.store_path, self.retry_failed,
+                                            self.reclaim).result()
+                except BrokenProcessPool as e:
+                    out = _lost(item, self.store_path, f"its worker process died twice, the second time running "
+                                                       f"alone (killed, or out of memory?): {e}")
+                finally:
+                    self._discard()
+                on_result(out)
+                outs.append(out)
         return outs
 
     def close(self, abort: bool = False) -> None:
@@ -160,11 +197,15 @@ class LocalPool:
             self._pool = None
 
 
-def _lost(item: Item, store_path: str, error: str) -> Outcome:
+def _in_flight(item: Item, store_path: str) -> bool:
+    """The run had started on a worker that is now dead (its row is ``running`` under a dead process)."""
     from ..store import worker_alive
 
-    store = Store(store_path)
-    row = store.get(item["key"])
-    if row is not None and row["status"] == "running" and worker_alive(row["worker"]) is False:
-        store.finish(item["key"], "failed", error=error)  # it had started; not-started items stay as they were
+    row = Store(store_path).get(item["key"])
+    return row is not None and row["status"] == "running" and worker_alive(row["worker"]) is False
+
+
+def _lost(item: Item, store_path: str, error: str) -> Outcome:
+    if _in_flight(item, store_path):
+        Store(store_path).finish(item["key"], "failed", error=error)
     return {"key": item["key"], "describe": item.get("describe", item["key"]), "status": "failed", "error": error}

@@ -96,6 +96,25 @@ def load_marked(path: Path) -> Any:
         loader.dispose()
 
 
+def _field_hint(name: str, fields: list[str]) -> str:
+    """" Did you mean ...?" for an unknown field, knowing that method arguments belong under ``method_args``."""
+    import dataclasses
+    import difflib
+
+    from ..methods import METHODS
+
+    args = sorted({f.name for m in METHODS.names() for f in dataclasses.fields(METHODS.get(m).Args)} - set(fields))
+    if name in args:
+        return f" {name!r} is a method argument: it goes under method_args (method_args: {{{name}: ...}})."
+    close = difflib.get_close_matches(str(name), fields + args, n=1, cutoff=0.5)
+    if not close:
+        return ""
+    if close[0] in args:
+        return (f" Did you mean the method argument {close[0]!r}? Method arguments go under method_args "
+                f"(method_args: {{{close[0]}: ...}}).")
+    return f" Did you mean {close[0]!r}?"
+
+
 def _line(m: Any, key: Any = None) -> int:
     if key is not None and isinstance(m, _Map):
         return m.lines.get(key, m.line)
@@ -129,7 +148,7 @@ def _parse_spec(raw: Any, where: str, file: str, axes: str) -> Spec:
             continue
         if k not in FIELDS:
             extra = list(ENTRY_KEYS) if where.startswith("methods[") else []
-            raise ConfigError(f"{file}, line {line}: {where}: unknown field {k!r}.{did_you_mean(k, FIELDS + extra)} "
+            raise ConfigError(f"{file}, line {line}: {where}: unknown field {k!r}.{_field_hint(k, FIELDS + extra)} "
                               f"Known fields: {', '.join(FIELDS + extra)}.")
         if k in ENVIRONMENT_FIELDS:
             raise ConfigError(f"{file}, line {line}: {where}: {k!r} says where things are, not what is run; "

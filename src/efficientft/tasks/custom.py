@@ -77,6 +77,9 @@ class CustomTask(Task):
         labels = tuple(str(x) for x in spec.get("labels") or ())
         if kind == "classification" and not labels:
             cols, recs, _ = _read_records(Path(files["train"]))
+            if not recs:
+                raise ConfigError(f"{files['train']} has no examples (a header line only, or no JSON lines); the "
+                                  "training file needs at least one row per label.")
             _check_columns(Path(files["train"]), cols, text + (label_col,))
             labels = _sorted_labels({str(r.get(label_col, "")).strip() for r in recs})
             if len(labels) < 2:
