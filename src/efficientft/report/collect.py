@@ -295,7 +295,7 @@ def collect(store: Store, split: str = "dev", tasks: Iterable[str] | None = None
             row.cells[task] = _cell(task, recs, split, metric_of[task], choose_lr)
         rows.append(row)
     rows.sort(key=lambda r: _sort_key(r.fields))
-    entry = _suite_order(groups, row_fields)
+    entry = _suite_order(groups)
     if entry is not None:  # one suite's runs: its methods in the order the suite lists them
         rows.sort(key=lambda r: entry[_freeze(r.fields)])
     comparable = {t: all((r.get("provenance") or {}).get("comparable", True) for r in scored
@@ -305,7 +305,7 @@ def collect(store: Store, split: str = "dev", tasks: Iterable[str] | None = None
                       {m: dict(sorted(v.items())) for m, v in sorted(method_settings.items())})
 
 
-def _suite_order(groups: dict[str, dict[str, list[dict]]], row_fields: dict[str, dict]) -> dict[str, int] | None:
+def _suite_order(groups: dict[str, dict[str, list[dict]]]) -> dict[str, int] | None:
     """Each row's position in its suite (the smallest ``entry`` tag of its runs) when every run comes from one
     suite; None otherwise (rows then keep the sort by model, method, rank, targets, λ, lr)."""
     suites, entry = set(), {}
