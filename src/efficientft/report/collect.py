@@ -262,13 +262,14 @@ def collect(store: Store, split: str = "dev", tasks: Iterable[str] | None = None
         values = set().union(*by_task.values())
         if k == "rank" and values:  # the rank is a column of every PEFT table
             row_names.append(k)
-        elif len(values) <= 1 and values and any(flats[r["run_key"]].get(k) is None for r in scored):
-            # one value, but only some methods have this argument: theirs, not a setting of every run
-            for r in scored:
-                if flats[r["run_key"]].get(k) is not None:
-                    method_settings[str(r["config"]["method"])][k] = json.loads(next(iter(values)))
         elif len(values) <= 1:
-            common[k] = json.loads(next(iter(values))) if values else None
+            value = json.loads(next(iter(values))) if values else None
+            having = {str(r["config"]["method"]) for r in scored if flats[r["run_key"]].get(k) is not None}
+            if value is not None and any(flats[r["run_key"]].get(k) is None for r in scored):
+                for method in having:  # only some methods have this argument: theirs, not every run's setting
+                    method_settings[method][k] = value
+            else:
+                common[k] = value
         elif all(len(v) == 1 for v in by_task.values()) and k not in ("method", "targets", "lr_ratio", "role_lr",
                                                                         "model"):
             per_task[k] = {t: json.loads(next(iter(v))) for t, v in sorted(by_task.items())}
