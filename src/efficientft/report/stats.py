@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import stats as sps
 
+from .values import order_key
+
 FEW_SEEDS = 3  # a cell with fewer seeds than this is flagged
 TESTS = ("t", "wilcoxon")
 
@@ -91,7 +93,7 @@ def paired(a: dict, b: dict, test: str = "t") -> Paired:
         from ..errors import ConfigError
 
         raise ConfigError(f"unknown test {test!r}; accepted: {', '.join(TESTS)}.")
-    seeds = tuple(sorted(set(a) & set(b), key=lambda s: (str(type(s)), s)))
+    seeds = tuple(sorted(set(a) & set(b), key=order_key))
     xa = np.asarray([a[s] for s in seeds], dtype=np.float64)
     xb = np.asarray([b[s] for s in seeds], dtype=np.float64)
     n = len(seeds)

@@ -6,6 +6,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from .values import NOT_A_NUMBER, number, show
+
 
 def fmt(value: Any, digits: int = 4) -> str:
     if value is None:
@@ -40,18 +42,34 @@ RUN_HEADERS = ("run", "status", "task", "method", "targets", "λ", "rank", "lr",
 
 
 def run_row(rec: dict) -> list[Any]:
-    """One line of ``eft runs`` / ``eft run`` for a stored record."""
+    """One line of ``eft runs`` / ``eft run`` for a stored record (stored text where a number belongs: ``n/a``)."""
     cfg, cost = rec.get("config", {}), rec.get("cost", {}) or {}
-    step = cost.get("median_step_s")
     metric = (rec.get("main_metric") or "").split("/")[-1]
     return [
         rec["run_key"][:10], rec["status"], cfg.get("task"), cfg.get("method"), cfg.get("targets"),
-        f"{float(cfg.get('lr_ratio', 1.0)):g}", (cfg.get("method_args") or {}).get("rank", "-"),
-        f"{cfg.get('lr', 0):g}", cfg.get("seed"), metric, rec.get("main_score"), cost.get("trainable_params"),
-        round(cost["peak_memory_mb"]) if cost.get("peak_memory_mb") else None,
-        f"{step * 1000:.1f}" if step is not None and math.isfinite(step) else None,
-        f"{cost['wall_s']:.1f}" if cost.get("wall_s") else None,
+        show(cfg.get("lr_ratio", 1.0)), (cfg.get("method_args") or {}).get("rank", "-"),
+        show(cfg.get("lr", 0)), cfg.get("seed"), metric, _stored(rec.get("main_score")),
+        _stored(cost.get("trainable_params")), _scaled(cost.get("peak_memory_mb"), 1, 0),
+        _scaled(cost.get("median_step_s"), 1000, 1), _scaled(cost.get("wall_s"), 1, 1),
     ]
+
+
+def _stored(v: Any) -> Any:
+    """A stored number as itself (an int stays an int for thousands separators), text that is one as a float."""
+    if v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)):
+        return v
+    f = number(v)
+    return NOT_A_NUMBER if math.isnan(f) else f
+
+
+def _scaled(v: Any, scale: float, digits: int) -> int | str | None:
+    """A stored cost ×``scale`` with ``digits`` decimals (whole numbers as ints, for thousands separators)."""
+    if v is None:
+        return None
+    f = number(v)
+    if math.isnan(f):
+        return NOT_A_NUMBER
+    return round(f * scale) if digits == 0 else f"{f * scale:.{digits}f}"
 
 
 def runs_table(records: Sequence[dict]) -> str:
