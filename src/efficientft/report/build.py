@@ -13,6 +13,7 @@ from . import tables
 from .collect import SPLIT_TITLES, Collection, collect
 from .compare import Comparison, compare
 from .stats import TESTS
+from .values import order_key, show
 
 FORMATS = ("md", "html", "latex", "csv")
 
@@ -55,7 +56,7 @@ def markdown_document(rep: Report, plot_dir: Path | None = None) -> str:
     col, t = rep.collection, rep.table
     md = tables.md_escape
     lines = ["# EfficientFT report", "",
-             f"Store `{col.store}`; split: {SPLIT_TITLES[col.split]}.", "", md(t.caption), "",
+             f"Store {_code(col.store)}; split: {SPLIT_TITLES[col.split]}.", "", md(t.caption), "",
              rep.markdown_table(), ""]
     lines += [md(n) + "  " for n in t.notes] + [""]
     lines += ["## Paired comparisons (A − B over matched seeds)", "", tables.md_comparisons(rep.comparisons), ""]
@@ -64,24 +65,32 @@ def markdown_document(rep: Report, plot_dir: Path | None = None) -> str:
                   "|---|---|---:|---|---|"]
         for r in col.rows:
             for task, c in r.cells.items():
-                cands = ", ".join(f"{lr:g}: {100 * m:.2f}" for lr, m in sorted(c.candidates.items()))
-                lines.append(f"| {md(r.label)} | {md(task)} | {c.lr:g} | {md(c.basis)} | {md(cands)} |")
+                cands = ", ".join(f"{show(lr)}: {show(100 * m, 2)}"
+                                  for lr, m in sorted(c.candidates.items(), key=lambda x: order_key(x[0])))
+                lines.append(f"| {md(r.label)} | {md(task)} | {show(c.lr)} | {md(c.basis)} | {md(cands)} |")
         lines.append("")
     if rep.plots and plot_dir is not None:
         lines += ["## Plots", ""]
         lines += [f"![{p.stem}]({p.relative_to(plot_dir).as_posix()})" for p in rep.plots if p.suffix == ".png"]
         lines.append("")
-    if col.not_done or col.unscored:
+    if col.not_done or col.unscored or col.superseded:
         lines += ["## Runs not in the table", "", "| run | status | task | method | targets | reason |",
                   "|---|---|---|---|---|---|"]
-        for r in col.not_done + col.unscored:
+        superseded = {r["run_key"] for r in col.superseded}
+        for r in col.not_done + col.unscored + col.superseded:
             cfg = r.get("config") or {}
-            why = (r.get("error") or "").strip().splitlines()[0] if r["status"] != "done" and r.get("error") else \
-                ("no score for this split" if r["status"] == "done" else r["status"])
-            lines.append(f"| {r['run_key'][:10]} | {md(r['status'])} | {md(cfg.get('task'))} | "
+            why = str(r.get("error") or "").strip().splitlines()[0] if r["status"] != "done" and r.get("error") \
+                else ("superseded (same seed run again; the later run counts)" if r["run_key"] in superseded
+                      else "no score for this split" if r["status"] == "done" else r["status"])
+            lines.append(f"| {md(str(r['run_key'])[:10])} | {md(r['status'])} | {md(cfg.get('task'))} | "
                          f"{md(cfg.get('method'))} | {md(cfg.get('targets'))} | {md(why[:160])} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def _code(text: str) -> str:
+    """A Markdown code span of ``text`` (nothing inside a code span is markup; a backtick would end it)."""
+    return "`" + text.replace("`", "'").replace("\n", " ") + "`"
 
 
 def write(rep: Report, store: Store, out: Path, formats: Sequence[str] = FORMATS, plots: bool = True) -> list[Path]:

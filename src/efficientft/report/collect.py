@@ -5,13 +5,18 @@ and any other setting that differs between runs of the same task. A *cell* holds
 one per replicate (seed, data seed), and their summary. Settings that are the same within every task but differ
 between tasks (e.g. epochs per task, as in most papers) are a task's protocol, not a row: they are listed once.
 
-Only ``done`` runs enter cells; every other run is counted and listed with its status and error, so nothing
-disappears silently. Which split is reported is a choice (``dev``, ``selection``, or the labelled ``best_dev``
+A cell's column is the *data* its runs read (:func:`task_key`: the task, plus the user's data spec and file hashes
+for custom data), so two data sets that share a name never share a cell. A setting that differs between runs of
+one method on one task (a value against no value included) always splits rows.
+
+Only ``done`` runs enter cells; every other run is counted and listed with its status and error, and a replicate
+run twice counts once (the later run; the earlier is listed as superseded), so nothing disappears silently. Which split is reported is a choice (``dev``, ``selection``, or the labelled ``best_dev``
 convention); with ``select_lr`` the learning rate of each cell is chosen by :func:`select_lr`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections import defaultdict
@@ -23,6 +28,7 @@ from ..config import ENVIRONMENT_FIELDS
 from ..errors import ConfigError, did_you_mean
 from ..store import Store
 from .stats import Summary, summarize
+from .values import number, order_key
 
 SPLITS = ("dev", "selection", "best_dev")
 SPLIT_TITLES = {"dev": "dev split", "selection": "selection split (carved from train)",
@@ -33,6 +39,7 @@ REPLICATE_FIELDS = ("seed", "data_seed")
 ROW_FIELDS = ("model", "method", "targets", "lr_ratio", "role_lr", "method_args", "lr")
 COST_FIELDS = ("trainable_params", "base_params", "trainable_fraction", "peak_memory_mb", "wall_s", "train_s",
                "median_step_s", "tokens_per_s")
+_NEVER_PER_TASK = ("model", "method", "targets", "lr_ratio", "role_lr")  # a row's identity, even when per task
 _SKIP = set(ENVIRONMENT_FIELDS) | set(REPLICATE_FIELDS) | {"task", "custom"}
 
 
@@ -40,11 +47,42 @@ def _freeze(v: Any) -> str:
     return json.dumps(v, sort_keys=True, default=str)
 
 
-def _num(v: Any) -> float:
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return math.nan
+_NULL = "null"  # a setting's frozen value where a run does not have it
+# Keys of a custom data spec that name where files are; when the spec carries the files' hashes, what was read is
+# what the hashes say, wherever the files were.
+_FILE_KEYS = frozenset({"train", "dev", "test", "eval", "files", "path", "paths", "dir"})
+
+
+def task_key(cfg: dict) -> str:
+    """The identity of the data a run read: its task name, and for user data a digest of the data spec.
+
+    ``custom`` (the user's files, columns, label type and, where recorded, file hashes) decides what a run read;
+    two runs of task ``mine`` on different files must not share a cell. With hashes in the spec, file paths are
+    left out of the digest (the same files copied elsewhere are the same data); without them, paths stand in.
+    A GLUE task (no ``custom``) keeps its plain name, so existing tables keep their columns.
+    """
+    task = str(cfg.get("task"))
+    spec = cfg.get("custom")
+    if spec in (None, {}, ""):
+        return task
+    if isinstance(spec, dict) and any("hash" in str(k) or "sha" in str(k) for k in spec):
+        spec = {k: v for k, v in spec.items() if k not in _FILE_KEYS}
+    return f"{task}@{hashlib.sha256(_freeze(spec).encode()).hexdigest()[:8]}"
+
+
+def _canon(v: Any) -> Any:
+    """A replicate field's value with one spelling per number (``0``, ``0.0`` and ``"0"`` are one seed)."""
+    f = number(v)
+    if math.isnan(f):
+        return v
+    return int(f) if f.is_integer() else f
+
+
+def replicate(cfg: dict) -> tuple:
+    """Which replicate a run is: (seed, data seed), canonical."""
+    return tuple(_canon(cfg.get(k)) for k in REPLICATE_FIELDS)
+
+
 
 
 @dataclass
@@ -58,15 +96,13 @@ class Cell:
     lr: float | None = None  # the learning rate these runs used (the selected one under select_lr)
     basis: str = ""  # how lr was selected: "" (not selected), "selection", "dev (optimistic)"
     candidates: dict[float, float] = field(default_factory=dict)  # lr -> mean selection score, under select_lr
+    superseded: list[dict] = field(default_factory=list)  # earlier runs of a replicate this cell has again
 
     def cost(self, name: str) -> float:
-        vals = [_num((r.get("cost") or {}).get(name)) for r in self.runs]
+        vals = [number((r.get("cost") or {}).get(name)) for r in self.runs]
         vals = [v for v in vals if math.isfinite(v)]
         return sum(vals) / len(vals) if vals else math.nan
 
-    def seed_scores(self) -> dict[int, float]:
-        """Scores by seed value (the pairing key of comparisons, when data seeds do not vary)."""
-        return {rep[0] if len({r[1] for r in self.scores}) == 1 else rep: v for rep, v in self.scores.items()}
 
 
 @dataclass
@@ -100,6 +136,7 @@ class Collection:
     comparable: dict[str, bool]  # task -> evaluated on its official split
     select_lr: bool = False
     method_settings: dict[str, dict[str, Any]] = field(default_factory=dict)  # method -> its own fixed arguments
+    superseded: list[dict] = field(default_factory=list)  # done runs replaced in their cell by a later run
 
 
 def task_title(task: str) -> str:
@@ -122,17 +159,18 @@ def _flat(cfg: dict) -> dict[str, Any]:
         if k == "method_args":
             out.update({str(a): b for a, b in (v or {}).items()})
         elif k == "role_lr":
-            out[k] = ",".join(f"{r}={float(x):g}" for r, x in sorted((v or {}).items())) or None
+            out[k] = ",".join(f"{r}={number(x):g}" for r, x in sorted((v or {}).items())) or None
         else:
             out[k] = v
     return out
 
 
-def _metric(rec: dict, task: str, overrides: dict[str, str]) -> str:
-    if task in overrides:
-        return overrides[task]
+def _metric(rec: dict, key: str, overrides: dict[str, str]) -> str:
+    task = rec["config"].get("task")
+    if key in overrides or task in overrides:
+        return overrides.get(key, overrides.get(task))
     mm = rec.get("main_metric") or ""
-    if "/" in mm:
+    if isinstance(mm, str) and "/" in mm:
         return mm.split("/", 1)[1]
     from ..tasks import get_task
 
@@ -153,16 +191,16 @@ def select_lr(by_lr: dict[float, list[dict]], metric: str) -> tuple[float, str, 
     """
 
     def mean_of(recs: list[dict], split: str) -> float:
-        vals = [_num((r.get("scores") or {}).get(f"{split}/{metric}")) for r in recs]
+        vals = [number((r.get("scores") or {}).get(f"{split}/{metric}")) for r in recs]
         vals = [v for v in vals if math.isfinite(v)]
         return sum(vals) / len(vals) if vals else math.nan
 
     for split, basis in (("selection", "selection"), ("dev", "dev (optimistic)")):
         means = {lr: mean_of(recs, split) for lr, recs in by_lr.items()}
         if all(math.isfinite(m) for m in means.values()):
-            best = max(sorted(means), key=lambda lr: means[lr])
+            best = max(sorted(means, key=order_key), key=lambda lr: means[lr])
             return best, basis, means
-    return sorted(by_lr)[0], "none (no scores)", {}
+    return sorted(by_lr, key=order_key)[0], "none (no scores)", {}
 
 
 def row_label(fields: dict[str, Any], shown: Sequence[str]) -> str:
@@ -173,7 +211,7 @@ def row_label(fields: dict[str, Any], shown: Sequence[str]) -> str:
         if k in ("method", "targets") or v is None:
             continue
         if k == "lr_ratio":
-            parts.append(f"λ={_num(v):g}")
+            parts.append(f"λ={number(v):g}")
         elif k == "rank":
             parts.append(f"r={v}")
         elif isinstance(v, float):
@@ -184,10 +222,7 @@ def row_label(fields: dict[str, Any], shown: Sequence[str]) -> str:
 
 
 def _sort_key(fields: dict[str, Any]) -> tuple:
-    def k(v: Any) -> tuple:
-        n = _num(v)
-        return (0, n, "") if math.isfinite(n) else (1, 0.0, str(v))
-
+    k = order_key
     return (str(fields.get("model")), str(fields.get("method")), k(fields.get("rank")), str(fields.get("targets")),
             k(fields.get("lr_ratio")), str(fields.get("role_lr")), k(fields.get("lr")),
             _freeze({a: b for a, b in fields.items() if a not in ROW_FIELDS}))
@@ -202,17 +237,18 @@ def collect(store: Store, split: str = "dev", tasks: Iterable[str] | None = None
     records = store.runs()
     if not records:
         raise ConfigError(f"the results store {store.path} has no runs; run something first (eft run / eft sweep).")
+    tid = {r["run_key"]: task_key(r["config"]) for r in records}  # the data each run read: its column
     task_list = [t.strip() for t in tasks] if tasks else None
     method_list = [m.strip() for m in methods] if methods else None
-    known_tasks = sorted({r["config"].get("task") for r in records})
-    known_methods = sorted({r["config"].get("method") for r in records})
+    known_tasks = sorted({str(r["config"].get("task")) for r in records} | set(tid.values()))
+    known_methods = sorted({str(r["config"].get("method")) for r in records})
     for name, asked, known in (("task", task_list, known_tasks), ("method", method_list, known_methods)):
         for a in asked or []:
             if a not in known:
                 raise ConfigError(f"no runs of {name} {a!r} in {store.path}.{did_you_mean(a, known)} "
                                   f"The store has {name}s: {', '.join(map(str, known))}.")
     records = [r for r in records
-               if (task_list is None or r["config"].get("task") in task_list)
+               if (task_list is None or r["config"].get("task") in task_list or tid[r["run_key"]] in task_list)
                and (method_list is None or r["config"].get("method") in method_list)
                and _matches_tags(r, tags or {})]
     not_done = [r for r in records if r["status"] != "done"]
@@ -223,7 +259,7 @@ def collect(store: Store, split: str = "dev", tasks: Iterable[str] | None = None
 
     overrides = dict(metrics or {})
     for task, m in overrides.items():
-        have = sorted({k.split("/", 1)[1] for r in done if r["config"].get("task") == task
+        have = sorted({k.split("/", 1)[1] for r in done if task in (r["config"].get("task"), tid[r["run_key"]])
                        for k in (r.get("scores") or {}) if k.startswith(f"{split}/")})
         if not have:
             raise ConfigError(f"--metric {task}={m}: no done run of task {task!r} has {split} scores.")
@@ -232,49 +268,22 @@ def collect(store: Store, split: str = "dev", tasks: Iterable[str] | None = None
                               f"{did_you_mean(m, have)} It has: {', '.join(have)}.")
     scored, unscored, metric_of = [], [], {}
     for r in done:
-        task = r["config"]["task"]
-        m = _metric(r, task, overrides)
-        metric_of.setdefault(task, m)
-        value = _num((r.get("scores") or {}).get(f"{split}/{metric_of[task]}"))
+        task = tid[r["run_key"]]
+        metric_of.setdefault(task, _metric(r, task, overrides))
+        value = number((r.get("scores") or {}).get(f"{split}/{metric_of[task]}"))
         (scored if math.isfinite(value) else unscored).append(r)
     if not scored:
         raise ConfigError(f"no done run has a {split}/<metric> score (e.g. {split}/{next(iter(metric_of.values()))})"
                           f"; {'pass --selection-size when running, or ' if split == 'selection' else ''}"
                           f"choose another --split ({', '.join(SPLITS)}).")
-    task_order = task_list or sorted({r["config"]["task"] for r in scored}, key=_task_rank)
-    task_order = [t for t in task_order if any(r["config"]["task"] == t for r in scored)]
+    name_of = {tid[r["run_key"]]: r["config"].get("task") for r in scored}  # column -> its task's name
+    task_order = sorted(name_of, key=_task_rank)
+    if task_list:  # in the order asked; a name stands for every data set of that name
+        task_order = list(dict.fromkeys(c for t in task_list for c in task_order if t in (c, name_of[c])))
 
     flats = {r["run_key"]: _flat(r["config"]) for r in scored}
     names = sorted({k for f in flats.values() for k in f})
-    # settings fixed within every task but not across tasks: the tasks' protocol, not a row property
-    per_task: dict[str, dict[str, Any]] = {}
-    common: dict[str, Any] = {}
-    method_settings: dict[str, dict[str, Any]] = defaultdict(dict)
-    row_names: list[str] = []
-    for k in names:
-        if choose_lr and k == "lr":
-            continue
-        by_task: dict[str, set] = defaultdict(set)
-        for r in scored:
-            value = flats[r["run_key"]].get(k)
-            if value is not None:  # None: the setting does not apply (a method without this argument)
-                by_task[r["config"]["task"]].add(_freeze(value))
-        values = set().union(*by_task.values())
-        if k == "rank" and values:  # the rank is a column of every PEFT table
-            row_names.append(k)
-        elif len(values) <= 1:
-            value = json.loads(next(iter(values))) if values else None
-            having = {str(r["config"]["method"]) for r in scored if flats[r["run_key"]].get(k) is not None}
-            if value is not None and any(flats[r["run_key"]].get(k) is None for r in scored):
-                for method in having:  # only some methods have this argument: theirs, not every run's setting
-                    method_settings[method][k] = value
-            else:
-                common[k] = value
-        elif all(len(v) == 1 for v in by_task.values()) and k not in ("method", "targets", "lr_ratio", "role_lr",
-                                                                        "model"):
-            per_task[k] = {t: json.loads(next(iter(v))) for t, v in sorted(by_task.items())}
-        else:
-            row_names.append(k)
+    per_task, common, method_settings, row_names = _settings(scored, flats, names, tid, choose_lr)
 
     groups: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     row_fields: dict[str, dict[str, Any]] = {}
@@ -283,11 +292,13 @@ def collect(store: Store, split: str = "dev", tasks: Iterable[str] | None = None
         ident = {k: f.get(k) for k in names if k not in per_task and not (choose_lr and k == "lr")}
         rk = _freeze(ident)
         row_fields[rk] = ident
-        groups[rk][r["config"]["task"]].append(r)
+        groups[rk][tid[r["run_key"]]].append(r)
 
-    order = ["model", "method", "targets", "rank", "lr_ratio", "role_lr", "lr"]
-    shown = [k for k in order if k in row_names or k in ("method", "targets", "lr_ratio")]
-    shown += [k for k in row_names if k not in order]
+    row_names += [k for k in _telling(list(row_fields.values()), row_names) if k not in row_names]
+    for settings in method_settings.values():  # a row column is no method's fixed setting
+        for k in row_names:
+            settings.pop(k, None)
+    shown = _shown(row_names)
     rows = []
     for rk, by_task in groups.items():
         fields_ = row_fields[rk]
@@ -300,10 +311,67 @@ def collect(store: Store, split: str = "dev", tasks: Iterable[str] | None = None
     if entry is not None:  # one suite's runs: its methods in the order the suite lists them
         rows.sort(key=lambda r: entry[_freeze(r.fields)])
     comparable = {t: all((r.get("provenance") or {}).get("comparable", True) for r in scored
-                         if r["config"]["task"] == t) for t in task_order}
+                         if tid[r["run_key"]] == t) for t in task_order}
+    superseded = [x for row in rows for c in row.cells.values() for x in c.superseded]
     return Collection(str(store.path), split, task_order, {t: metric_of[t] for t in task_order}, rows, shown,
                       common, per_task, not_done, unscored, comparable, choose_lr,
-                      {m: dict(sorted(v.items())) for m, v in sorted(method_settings.items())})
+                      {m: dict(sorted(v.items())) for m, v in sorted(method_settings.items())}, superseded)
+
+
+def _shown(row_names: list[str]) -> list[str]:
+    """The label columns: method, targets and λ always, then the row fields in the order of PEFT tables."""
+    order = ["model", "method", "targets", "rank", "lr_ratio", "role_lr", "lr"]
+    return [k for k in order if k in row_names or k in ("method", "targets", "lr_ratio")] + \
+        [k for k in row_names if k not in order]
+
+
+def _telling(idents: list[dict[str, Any]], row_names: list[str]) -> list[str]:
+    """Fields that tell apart rows whose labels would otherwise be equal (a setting one task's runs have and
+    another's lack splits a method's runs into two rows): every row is named by what makes it a row."""
+    shown = _shown(row_names)
+    same: dict[str, list[dict]] = defaultdict(list)
+    for f in idents:
+        same[row_label(f, shown)].append(f)
+    return sorted({k for group in same.values() if len(group) > 1 for k in {k for f in group for k in f}
+                   if len({_freeze(f.get(k)) for f in group}) > 1})
+
+
+def _settings(scored: list[dict], flats: dict[str, dict], names: list[str], tid: dict[str, str],
+              choose_lr: bool) -> tuple[dict, dict, dict, list[str]]:
+    """File each setting as shared, a method's own, a task's protocol (fixed within each task, not across), or a
+    row column. The test is per (task, method) with "no value" counted as a value: runs of one method on one task
+    that differ in a setting (128 against an older record without it) must land in different rows, never in one
+    cell; a setting only some methods have is theirs, not every run's."""
+    per_task: dict[str, dict[str, Any]] = {}
+    common: dict[str, Any] = {}
+    method_settings: dict[str, dict[str, Any]] = defaultdict(dict)
+    row_names: list[str] = []
+    for k in names:
+        if choose_lr and k == "lr":
+            continue
+        by_tm: dict[tuple, set] = defaultdict(set)
+        for r in scored:
+            by_tm[(tid[r["run_key"]], str(r["config"].get("method")))].add(_freeze(flats[r["run_key"]].get(k)))
+        values = set().union(*by_tm.values()) - {_NULL}
+        mixed = any(len(v) > 1 for v in by_tm.values())
+        by_task: dict[str, set] = defaultdict(set)
+        for (t, _m), v in by_tm.items():
+            by_task[t] |= v - {_NULL}
+        if k == "rank" and values:  # the rank is a column of every PEFT table
+            row_names.append(k)
+        elif not mixed and len(values) <= 1:
+            value = json.loads(next(iter(values))) if values else None
+            having = {m for (_t, m), v in by_tm.items() if v != {_NULL}}
+            if value is not None and any(v == {_NULL} for v in by_tm.values()):
+                for method in having:  # only some methods have this argument: theirs, not every run's setting
+                    method_settings[method][k] = value
+            else:
+                common[k] = value
+        elif not mixed and all(len(v) <= 1 for v in by_task.values()) and k not in _NEVER_PER_TASK:
+            per_task[k] = {t: json.loads(next(iter(v))) if v else None for t, v in sorted(by_task.items())}
+        else:
+            row_names.append(k)
+    return per_task, common, method_settings, row_names
 
 
 def _suite_order(groups: dict[str, dict[str, list[dict]]]) -> dict[str, int] | None:
@@ -324,22 +392,37 @@ def _suite_order(groups: dict[str, dict[str, list[dict]]]) -> dict[str, int] | N
 
 
 def _cell(task: str, recs: list[dict], split: str, metric: str, select: bool) -> Cell:
+    # one run per replicate (and lr, under selection): a store keeps one record per key, but runs whose keys differ
+    # only outside the identity (device, data folder), or whose seed is spelled 0 and "0", repeat a replicate; the
+    # later one counts, before anything (the lr choice included) reads a score
+    latest: dict[tuple, dict] = {}
+    superseded = []
+    for r in sorted(recs, key=lambda r: str(r.get("finished_at") or "")):
+        rep = (_lr(r), replicate(r["config"]))
+        if rep in latest:
+            superseded.append(latest[rep])
+        latest[rep] = r
+    recs = list(latest.values())
     basis, candidates, lr = "", {}, None
     if select:
-        by_lr: dict[float, list[dict]] = defaultdict(list)
+        by_lr: dict[float | None, list[dict]] = defaultdict(list)
         for r in recs:
-            by_lr[_num(r["config"].get("lr"))].append(r)
+            by_lr[_lr(r)].append(r)
         lr, basis, candidates = select_lr(by_lr, metric)
         recs = by_lr[lr]
     else:
-        lrs = {_num(r["config"].get("lr")) for r in recs}
+        lrs = {_lr(r) for r in recs}
         lr = lrs.pop() if len(lrs) == 1 else None
-    # one run per replicate; a store keeps one record per key, so duplicates differ only outside the identity
-    by_rep: dict[tuple, dict] = {}
-    for r in sorted(recs, key=lambda r: r.get("finished_at") or ""):
-        by_rep[(r["config"].get("seed"), r["config"].get("data_seed"))] = r
-    scores = {rep: float(r["scores"][f"{split}/{metric}"]) for rep, r in sorted(by_rep.items(), key=lambda x: str(x))}
-    return Cell(task, list(by_rep.values()), scores, summarize(list(scores.values())), lr, basis, candidates)
+    by_rep = {replicate(r["config"]): r for r in recs}
+    reps = sorted(by_rep, key=order_key)
+    scores = {rep: number(by_rep[rep]["scores"][f"{split}/{metric}"]) for rep in reps}
+    return Cell(task, [by_rep[rep] for rep in reps], scores, summarize(list(scores.values())), lr, basis, candidates,
+                superseded)
+
+
+def _lr(r: dict) -> float | None:
+    f = number(r["config"].get("lr"))
+    return None if math.isnan(f) else f
 
 
 def _count(items: Iterable[str]) -> dict[str, int]:
@@ -373,7 +456,7 @@ def find_row(rows: Sequence[Row], spec: str) -> Row:
         want[alias.get(k, k)] = v
 
     def same(a: Any, b: str) -> bool:
-        fa, fb = _num(a), _num(b)
+        fa, fb = number(a), number(b)
         return (fa == fb) if math.isfinite(fa) and math.isfinite(fb) else str(a) == b
 
     hits = [r for r in rows if all(k in r.fields and same(r.fields[k], v) for k, v in want.items())]

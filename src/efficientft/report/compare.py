@@ -11,7 +11,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .collect import Collection, Row, find_row
+from .collect import Cell, Collection, Row, find_row
 from .stats import Paired, paired
 
 
@@ -68,6 +68,13 @@ def compare(col: Collection, specs: Sequence[tuple[str, str]] | None = None, tes
     for a, b in pairs:
         for task in col.tasks:
             if task in a.cells and task in b.cells:
-                out.append(Comparison(a, b, task, paired(a.cells[task].seed_scores(), b.cells[task].seed_scores(),
-                                                         test)))
+                out.append(Comparison(a, b, task, paired(*_pairing(a.cells[task], b.cells[task]), test)))
     return out
+
+
+def _pairing(a: Cell, b: Cell) -> tuple[dict, dict]:
+    """Both cells' scores keyed by replicate: runs pair when seed *and* data seed are equal (the same head init and
+    data order). When both cells used one and the same data seed, the key is the seed alone (what tables show)."""
+    if len({rep[1:] for rep in [*a.scores, *b.scores]}) == 1:
+        return {rep[0]: v for rep, v in a.scores.items()}, {rep[0]: v for rep, v in b.scores.items()}
+    return dict(a.scores), dict(b.scores)
