@@ -1,10 +1,12 @@
 """One self-contained HTML file: the tables (sortable), the plots (embedded as data URIs) and every run's provenance.
 
 Nothing is loaded from elsewhere: CSS and a small script are inline, and a Content-Security-Policy allows only that
-script (by its SHA-256) and ``data:`` images, so even a string that slipped through escaping could not run. Every
-string that comes from configs, tags or data goes through :func:`html.escape` (quotes included, for attributes).
-A table cell links to its statistics, which link to each run, whose record (config, scores, cost, provenance,
-details, tags, error) is one collapsible section.
+script (by its SHA-256) and ``data:`` images. The CSP does not stop markup (a ``<meta http-equiv=refresh>`` needs no
+script), so escaping is one mechanism, not a habit: every element is built by :func:`tag`, which escapes every
+attribute value and every child that is not itself :class:`Markup` built by :func:`tag`; numbers shown or used as
+sort keys go through :mod:`.values` (a stored text where a number belongs is ``n/a``, its sort key empty); links
+to a run quote its key. A table cell links to its statistics, which link to each run, whose record (config,
+scores, cost, provenance, details, tags, error) is one collapsible section.
 """
 
 from __future__ import annotations
@@ -17,15 +19,46 @@ import math
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
+from urllib.parse import quote
 
 from .collect import SPLIT_TITLES, Collection, task_title
 from .compare import Comparison
 from .stats import FEW_SEEDS
-from .tables import FEW, Score, Table, _num, _p, fmt_params, fmt_value
+from .tables import FEW, Score, Table, _p, fmt_params
+from .values import number, show, sort_key
+
+
+class Markup(str):
+    """HTML built by :func:`tag` (or a constant of this module): inserted as is; any other string is data."""
 
 
 def esc(v: object) -> str:
-    return html.escape(str(v), quote=True)
+    """Data as HTML text or attribute value (quotes escaped too); :class:`Markup` passes unchanged."""
+    return v if isinstance(v, Markup) else html.escape(str(v), quote=True)
+
+
+def tag(name: str, *children: object, **attrs: object) -> Markup:
+    """``<name attrs>children</name>``: attribute names from keywords (``class_`` → ``class``, ``data_sort`` →
+    ``data-sort``; None leaves it out), every value and every non-Markup child escaped."""
+    return Markup(f"<{name}{_attrs(attrs)}>{join(children)}</{name}>")
+
+
+def void(name: str, **attrs: object) -> Markup:
+    """An element without content (``<img>``, ``<meta>``), its attributes escaped as in :func:`tag`."""
+    return Markup(f"<{name}{_attrs(attrs)}>")
+
+
+def _attrs(attrs: dict[str, object]) -> str:
+    return "".join(f' {k.rstrip("_").replace("_", "-")}="{esc(v)}"' for k, v in attrs.items() if v is not None)
+
+
+def join(parts: Sequence[object], sep: str = "") -> Markup:
+    return Markup(sep.join(esc(p) for p in parts))
+
+
+def run_href(key: object) -> str:
+    """The link to a run's record: its key percent-quoted (the page's script decodes it back to the element id)."""
+    return "#run-" + quote(str(key), safe="")
 
 
 _CSS = """
@@ -70,123 +103,130 @@ window.addEventListener('hashchange',openHash);openHash();
 """
 
 
-def _score_td(s: Score | None, digits: int, anchor: str = "") -> str:
+def _score_td(s: Score | None, digits: int, anchor: str = "") -> Markup:
     if s is None:
-        return '<td data-sort="">–</td>'
-    cls = "best" if s.rank == 1 else "second" if s.rank == 2 else ""
-    m = f'<span class="{cls}">{_num(s.mean, digits)}</span>' if cls else _num(s.mean, digits)
-    sd = f' <span class="sd">± {_num(s.std, digits)}</span>' if math.isfinite(s.std) else ""
-    warn = (f' <span class="warn" title="fewer than {FEW_SEEDS} seeds (n={s.n})">{FEW} n={s.n}</span>'
-            if s.few else "")
-    title = esc(f"n={s.n}; 95% CI [{_num(s.ci_low, digits)}, {_num(s.ci_high, digits)}]"
-                + (f"; lr={s.lr:g} (selected on {s.basis})" if s.basis and s.lr is not None else ""))
-    body = f'<a class="cell" href="#{anchor}">{m}</a>' if anchor else m
-    return f'<td data-sort="{s.mean!r}" title="{title}">{body}{sd}{warn}</td>'
+        return tag("td", "–", data_sort="")
+    cls = "best" if s.rank == 1 else "second" if s.rank == 2 else None
+    mean = show(s.mean, digits)
+    m = tag("span", mean, class_=cls) if cls else mean
+    parts: list[object] = [tag("a", m, class_="cell", href=f"#{anchor}") if anchor else m]
+    if math.isfinite(number(s.std)):
+        parts += [" ", tag("span", f"± {show(s.std, digits)}", class_="sd")]
+    if s.few:
+        parts += [" ", tag("span", f"{FEW} n={s.n}", class_="warn", title=f"fewer than {FEW_SEEDS} seeds (n={s.n})")]
+    title = (f"n={s.n}; 95% CI [{show(s.ci_low, digits)}, {show(s.ci_high, digits)}]"
+             + (f"; lr={show(s.lr)} (selected on {s.basis})" if s.basis and s.lr is not None else ""))
+    return tag("td", *parts, data_sort=sort_key(s.mean), title=title)
 
 
-def main_table(t: Table) -> str:
-    head = "".join(f'<th class="l">{esc(h)}</th>' for h in t.label_headers)
-    head += "".join(f"<th>{esc(h)}</th>" for h in t.task_headers) + "<th>Avg.</th><th>Params</th>"
+def _table(id_: str, headers: Sequence[tuple[str, bool]], rows: Sequence[Markup]) -> Markup:
+    """A sortable table: headers as (text, left-aligned)."""
+    head = tag("tr", *(tag("th", h, class_="l" if left else None) for h, left in headers))
+    return tag("table", tag("thead", head), tag("tbody", *rows), class_="sortable", id=id_)
+
+
+def main_table(t: Table) -> Markup:
+    headers = [(h, True) for h in t.label_headers] + [(h, False) for h in [*t.task_headers, "Avg.", "Params"]]
     body = []
     for i, tr in enumerate(t.rows):
-        cells = "".join(f'<td class="l">{esc(v)}</td>' for v in tr.labels)
-        cells += "".join(_score_td(s, t.digits, f"cell-{i}-{j}") for j, s in enumerate(tr.scores))
-        cells += _score_td(tr.avg, t.digits)
-        cells += f'<td data-sort="{tr.params[0]!r}">{esc(fmt_params(*tr.params))}</td>'
-        body.append(f"<tr>{cells}</tr>")
-    return (f'<table class="sortable" id="main-table"><thead><tr>{head}</tr></thead>'
-            f'<tbody>{"".join(body)}</tbody></table>')
+        cells = [tag("td", v, class_="l") for v in tr.labels]
+        cells += [_score_td(s, t.digits, f"cell-{i}-{j}") for j, s in enumerate(tr.scores)]
+        cells += [_score_td(tr.avg, t.digits), tag("td", fmt_params(*tr.params), data_sort=sort_key(tr.params[0]))]
+        body.append(tag("tr", *cells))
+    return _table("main-table", headers, body)
 
 
-def comparisons_table(comps: Sequence[Comparison]) -> str:
+def comparisons_table(comps: Sequence[Comparison]) -> Markup:
     if not comps:
-        return ('<p class="note">No pairs to compare (no λ ≠ 1 row with a λ = 1 or qkv twin; name pairs with '
-                '<code>--compare A B</code>).</p>')
+        return tag("p", "No pairs to compare (no λ ≠ 1 row with a λ = 1 or qkv twin; name pairs with ",
+                   tag("code", "--compare A B"), ").", class_="note")
     test = "paired t-test" if comps[0].result.test == "t" else "Wilcoxon signed-rank"
     rows = []
     for c in comps:
         r = c.result
-        warn = f'<span class="warn">⚠ n &lt; {FEW_SEEDS}</span>' if r.few else ""
-        rows.append(f'<tr><td class="l">{esc(c.a.label)}</td><td class="l">{esc(c.b.label)}</td>'
-                    f'<td class="l">{esc(task_title(c.task))}</td><td>{r.n}</td>'
-                    f'<td data-sort="{100 * r.mean_diff!r}">{_num(100 * r.mean_diff, 2)}</td>'
-                    f'<td data-sort="{r.p_value!r}">{esc(_p(r.p_value))}</td><td>{_num(r.d_z, 2)}</td>'
-                    f'<td class="l">{esc(" ".join(map(str, r.seeds)))}</td><td class="l">{warn}</td></tr>')
-    return ('<table class="sortable" id="comparisons"><thead><tr><th class="l">A</th><th class="l">B</th>'
-            f'<th class="l">Task</th><th>n</th><th>mean A−B (×100)</th><th>p ({test})</th><th>d_z</th>'
-            f'<th class="l">seeds</th><th class="l"></th></tr></thead><tbody>{"".join(rows)}</tbody></table>')
+        rows.append(tag(
+            "tr", tag("td", c.a.label, class_="l"), tag("td", c.b.label, class_="l"),
+            tag("td", task_title(c.task), class_="l"), tag("td", r.n),
+            tag("td", show(100 * r.mean_diff, 2), data_sort=sort_key(100 * r.mean_diff)),
+            tag("td", _p(r.p_value), data_sort=sort_key(r.p_value)), tag("td", show(r.d_z, 2)),
+            tag("td", " ".join(map(str, r.seeds)), class_="l"),
+            tag("td", tag("span", f"⚠ n < {FEW_SEEDS}", class_="warn") if r.few else "", class_="l")))
+    headers = [("A", True), ("B", True), ("Task", True), ("n", False), ("mean A−B (×100)", False),
+               (f"p ({test})", False), ("d_z", False), ("seeds", True), ("", True)]
+    return _table("comparisons", headers, rows)
 
 
-def cells_table(t: Table, col: Collection) -> str:
+def cells_table(t: Table, col: Collection) -> Markup:
     rows = []
+    d = t.digits + 1
     for i, tr in enumerate(t.rows):
         for j, s in enumerate(tr.scores):
             if s is None:
                 continue
             cell = tr.row.cells[t.tasks[j]]
-            per_seed = ", ".join(f"{k[0]}: {100 * v:.{t.digits + 1}f}" for k, v in cell.scores.items())
-            runs = " ".join(f'<a href="#run-{esc(k)}">{esc(k[:10])}</a>' for k in s.run_keys)
-            lr = f"{s.lr:g}" if s.lr is not None else "several"
-            basis = f" (on {esc(s.basis)})" if s.basis else ""
-            rows.append(f'<tr id="cell-{i}-{j}"><td class="l">{esc(tr.row.label)}</td>'
-                        f'<td class="l">{esc(task_title(t.tasks[j]))}</td><td>{s.n}</td>'
-                        f"<td>{_num(s.mean, t.digits + 1)}</td><td>{_num(s.std, t.digits + 1)}</td>"
-                        f"<td>[{_num(s.ci_low, t.digits + 1)}, {_num(s.ci_high, t.digits + 1)}]</td>"
-                        f'<td class="l">{esc(per_seed)}</td><td class="l">{esc(lr)}{basis}</td>'
-                        f'<td class="l">{runs}</td></tr>')
-    return ('<table class="sortable" id="cells"><thead><tr><th class="l">configuration</th><th class="l">task</th>'
-            '<th>n</th><th>mean</th><th>std</th><th>95% CI (t)</th><th class="l">score per seed</th>'
-            f'<th class="l">lr</th><th class="l">runs</th></tr></thead><tbody>{"".join(rows)}</tbody></table>')
+            per_seed = ", ".join(f"{k[0]}: {show(100 * number(v), d)}" for k, v in cell.scores.items())
+            runs = join([tag("a", str(k)[:10], href=run_href(k)) for k in s.run_keys], " ")
+            lr = show(s.lr) if s.lr is not None else "several"
+            basis = f" (on {s.basis})" if s.basis else ""
+            rows.append(tag(
+                "tr", tag("td", tr.row.label, class_="l"), tag("td", task_title(t.tasks[j]), class_="l"),
+                tag("td", s.n), tag("td", show(s.mean, d)), tag("td", show(s.std, d)),
+                tag("td", f"[{show(s.ci_low, d)}, {show(s.ci_high, d)}]"), tag("td", per_seed, class_="l"),
+                tag("td", lr + basis, class_="l"), tag("td", runs, class_="l"), id=f"cell-{i}-{j}"))
+    headers = [("configuration", True), ("task", True), ("n", False), ("mean", False), ("std", False),
+               ("95% CI (t)", False), ("score per seed", True), ("lr", True), ("runs", True)]
+    return _table("cells", headers, rows)
 
 
 def _run_records(col: Collection) -> list[dict]:
     seen, out = set(), []
-    for r in [*(x for row in col.rows for c in row.cells.values() for x in c.runs), *col.unscored, *col.not_done]:
+    for r in [*(x for row in col.rows for c in row.cells.values() for x in c.runs), *col.superseded,
+              *col.unscored, *col.not_done]:
         if r["run_key"] not in seen:
             seen.add(r["run_key"])
             out.append(r)
     return out
 
 
-def runs_section(col: Collection) -> str:
+_RECORD_FIELDS = ("run_key", "status", "main_metric", "main_score", "config", "scores", "cost", "provenance",
+                  "details", "tags", "error", "attempts", "worker", "created_at", "started_at", "finished_at")
+
+
+def runs_section(col: Collection) -> Markup:
     used = {x["run_key"] for row in col.rows for c in row.cells.values() for x in c.runs}
     unscored = {x["run_key"] for x in col.unscored}
+    superseded = {x["run_key"] for x in col.superseded}
     rows, blocks = [], []
     for r in _run_records(col):
         cfg, cost = r.get("config") or {}, r.get("cost") or {}
         key = r["run_key"]
         state = "in table" if key in used else "not done" if r["status"] != "done" else \
+            "superseded (same seed run again)" if key in superseded else \
             "no score for this split" if key in unscored else "not selected"
         score = r.get("main_score")
-        rows.append(
-            f'<tr><td class="l"><a href="#run-{esc(key)}">{esc(key)}</a></td><td class="l">{esc(r["status"])}</td>'
-            f'<td class="l">{esc(state)}</td><td class="l">{esc(cfg.get("task"))}</td>'
-            f'<td class="l">{esc(cfg.get("method"))}</td><td class="l">{esc(cfg.get("targets"))}</td>'
-            f'<td>{esc(fmt_value(cfg.get("lr_ratio")))}</td><td>{esc(fmt_value(cfg.get("lr")))}</td>'
-            f'<td>{esc(cfg.get("seed"))}</td>'
-            f'<td data-sort="{score if score is not None else ""}">{esc(fmt_value(score))}</td>'
-            f'<td>{esc(fmt_value(cost.get("trainable_params")))}</td>'
-            f'<td>{esc(_num(float(cost.get("peak_memory_mb") or math.nan), 0))}</td>'
-            f'<td>{esc(_num(float(cost.get("wall_s") or math.nan), 1))}</td></tr>')
-        record = {k: r.get(k) for k in ("run_key", "status", "main_metric", "main_score", "config", "scores", "cost",
-                                        "provenance", "details", "tags", "error", "attempts", "worker",
-                                        "created_at", "started_at", "finished_at")}
-        blocks.append(f'<details id="run-{esc(key)}"><summary>{esc(key)} — {esc(r["status"])}: '
-                      f'{esc(cfg.get("task"))} / {esc(cfg.get("method"))} / {esc(cfg.get("targets"))} / '
-                      f'seed {esc(cfg.get("seed"))}</summary>'
-                      f'<pre>{esc(json.dumps(record, indent=2, sort_keys=True, default=str))}</pre></details>')
-    table = ('<table class="sortable" id="runs"><thead><tr><th class="l">run</th><th class="l">status</th>'
-             '<th class="l">in report</th><th class="l">task</th><th class="l">method</th><th class="l">targets</th>'
-             '<th>λ</th><th>lr</th><th>seed</th><th>main score</th><th>trainable</th><th>peak MB</th><th>wall s</th>'
-             f'</tr></thead><tbody>{"".join(rows)}</tbody></table>')
-    return table + "".join(blocks)
+        rows.append(tag(
+            "tr", tag("td", tag("a", key, href=run_href(key)), class_="l"), tag("td", r["status"], class_="l"),
+            tag("td", state, class_="l"), tag("td", cfg.get("task"), class_="l"),
+            tag("td", cfg.get("method"), class_="l"), tag("td", cfg.get("targets"), class_="l"),
+            tag("td", show(cfg.get("lr_ratio"))), tag("td", show(cfg.get("lr"))), tag("td", cfg.get("seed")),
+            tag("td", show(score), data_sort=sort_key(score)), tag("td", show(cost.get("trainable_params"))),
+            tag("td", show(cost.get("peak_memory_mb"), 0)), tag("td", show(cost.get("wall_s"), 1))))
+        record = {k: r.get(k) for k in _RECORD_FIELDS}
+        summary = (f"{key} — {r['status']}: {cfg.get('task')} / {cfg.get('method')} / {cfg.get('targets')} / "
+                   f"seed {cfg.get('seed')}")
+        blocks.append(tag("details", tag("summary", summary),
+                          tag("pre", json.dumps(record, indent=2, sort_keys=True, default=str)), id=f"run-{key}"))
+    headers = [("run", True), ("status", True), ("in report", True), ("task", True), ("method", True),
+               ("targets", True), ("λ", False), ("lr", False), ("seed", False), ("main score", False),
+               ("trainable", False), ("peak MB", False), ("wall s", False)]
+    return join([_table("runs", headers, rows), *blocks])
 
 
-def _figure(path: Path) -> str:
+def _figure(path: Path) -> Markup:
     data = base64.b64encode(path.read_bytes()).decode("ascii")
     mime = "image/svg+xml" if path.suffix == ".svg" else "image/png"
-    return (f'<figure><img src="data:{mime};base64,{data}" alt="{esc(path.stem)}">'
-            f"<figcaption>{esc(path.stem.replace('_', ' '))}</figcaption></figure>")
+    return tag("figure", void("img", src=f"data:{mime};base64,{data}", alt=path.stem),
+               tag("figcaption", path.stem.replace("_", " ")))
 
 
 def page(t: Table, col: Collection, comps: Sequence[Comparison], plots: Sequence[Path] = (),
@@ -205,13 +245,15 @@ def page(t: Table, col: Collection, comps: Sequence[Comparison], plots: Sequence
         summary += f" Not in the table: {left_out} (listed under Runs)."
     if col.unscored:
         summary += f" {len(col.unscored)} done runs have no {col.split} score."
+    if col.superseded:
+        summary += f" {len(col.superseded)} superseded (a seed run again: the later run counts; listed under Runs)."
     # PNG beside SVG: embed the SVG (vector) and keep PNG for the files on disk
     figs = [p for p in plots if p.suffix == ".svg"] or [p for p in plots if p.suffix == ".png"]
-    notes = "".join(f'<p class="note">{esc(n)}</p>' for n in t.notes)
+    notes = join([tag("p", n, class_="note") for n in t.notes])
     generated = datetime.now(timezone.utc).isoformat(timespec="seconds")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy" content="{esc(csp)}">
+{void("meta", http_equiv="Content-Security-Policy", content=csp)}
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{esc(title)}</title><style>{_CSS}</style></head>
 <body>
