@@ -152,7 +152,7 @@ _MD_SPECIAL = set("\\`*_{}[]<>|~&")
 
 def md_escape(s: object) -> str:
     """Backslash-escape Markdown punctuation so config strings cannot format or inject HTML."""
-    return "".join("\\" + ch if ch in _MD_SPECIAL else ch for ch in str(s)).replace("\n", " ")
+    return "".join("\\" + ch if ch in _MD_SPECIAL else ch for ch in str(s)).replace("\r", " ").replace("\n", " ")
 
 
 def _num(v: float, digits: int) -> str:
@@ -207,7 +207,7 @@ _TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#
 
 def tex_escape(s: object) -> str:
     """Escape LaTeX's special characters (and the few Unicode symbols this report uses) in a config string."""
-    return "".join(_TEX.get(ch, ch) for ch in str(s)).replace("\n", " ")
+    return "".join(_TEX.get(ch, ch) for ch in str(s)).replace("\r", " ").replace("\n", " ")
 
 
 def tex_score(s: Score | None, digits: int) -> str:
@@ -253,13 +253,23 @@ def latex(t: Table, comps: Sequence[Comparison] = (), label: str = "tab:efficien
 
 # ---------------------------------------------------------------------------------------------------- CSV
 def _cell_text(v: object) -> object:
-    """Strings that a spreadsheet would run as a formula get a leading apostrophe (OWASP CSV injection)."""
+    """Strings that a spreadsheet would run as a formula get a leading apostrophe (OWASP CSV injection); numbers
+    written as text ("-1.5") stay numbers."""
     if isinstance(v, str) and v[:1] in ("=", "+", "-", "@", "\t", "\r"):
         try:
             float(v)
         except ValueError:
             return "'" + v
     return v
+
+
+def _csv(lines: Sequence[Sequence[object]]) -> str:
+    """CSV text with every field, header included, through :func:`_cell_text`: one place, no unguarded cell."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    for line in lines:
+        w.writerow([_cell_text(v) for v in line])
+    return buf.getvalue()
 
 
 def csv_table(t: Table, col: Collection) -> str:
@@ -271,11 +281,9 @@ def csv_table(t: Table, col: Collection) -> str:
         if col.select_lr:
             head += [f"{task}_lr", f"{task}_lr_selected_on"]
     head += ["avg_x100", "trainable_params", "peak_memory_mb", "wall_s", "seeds_min"]
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(head)
+    lines: list[list[object]] = [head]
     for tr in t.rows:
-        line: list[object] = [_cell_text("" if tr.row.fields.get(k) is None else fmt_value(tr.row.fields.get(k)))
+        line: list[object] = ["" if tr.row.fields.get(k) is None else fmt_value(tr.row.fields.get(k))
                               for k in t.label_fields]
         for s in tr.scores:
             if s is None:
@@ -287,20 +295,18 @@ def csv_table(t: Table, col: Collection) -> str:
         ns = [s.n for s in tr.scores if s is not None]
         line += [_g(tr.avg.mean) if tr.avg else "", _g(tr.row.cost("trainable_params", t.tasks)),
                  _g(tr.row.cost("peak_memory_mb", t.tasks)), _g(tr.row.cost("wall_s", t.tasks)), min(ns) if ns else 0]
-        w.writerow(line)
-    return buf.getvalue()
+        lines.append(line)
+    return _csv(lines)
 
 
 def csv_comparisons(comps: Sequence[Comparison]) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["a", "b", "task", "n", "seeds", "mean_diff_x100", "std_diff_x100", "p_value", "test", "d_z", "warning"])
+    lines: list[list[object]] = [["a", "b", "task", "n", "seeds", "mean_diff_x100", "std_diff_x100", "p_value",
+                                  "test", "d_z", "warning"]]
     for c in comps:
         r = c.result
-        w.writerow([_cell_text(c.a.label), _cell_text(c.b.label), _cell_text(c.task), r.n,
-                    " ".join(map(str, r.seeds)), _g(100 * r.mean_diff), _g(100 * r.std_diff), _g(r.p_value), r.test,
-                    _g(r.d_z), f"n < {FEW_SEEDS}" if r.few else ""])
-    return buf.getvalue()
+        lines.append([c.a.label, c.b.label, c.task, r.n, " ".join(map(str, r.seeds)), _g(100 * r.mean_diff),
+                      _g(100 * r.std_diff), _g(r.p_value), r.test, _g(r.d_z), f"n < {FEW_SEEDS}" if r.few else ""])
+    return _csv(lines)
 
 
 def _g(v: float | None) -> str:
