@@ -6,23 +6,27 @@
 - score vs λ per task, one line per configuration family (everything but λ equal), as in arXiv 2410.02247 Fig. 3;
 - training loss and evaluation score per step, mean over seeds, one figure per task.
 
-Error bars are one standard deviation over seeds.
+Error bars are one standard deviation over seeds. Names from configs and data (row labels, task names) are drawn as
+literal text (:func:`_literal`): a ``$`` in a name is a dollar sign, not the start of math.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from matplotlib.figure import Figure
+from matplotlib.text import Text
 from matplotlib.ticker import EngFormatter, FixedLocator, NullFormatter, NullLocator
 
 from ..store import Store
 from ..tasks.metrics import METRIC_TITLES
 from .collect import Collection, Row, row_label, task_title
 from .stats import pareto_front
+from .values import number
 
 COSTS = {  # stem: (cost field, axis label, log scale)
     "score_vs_params": ("trainable_params", "trainable parameters", True),
@@ -34,6 +38,14 @@ _MARKERS = "osD^vP*Xph<>"
 
 def _style(i: int) -> dict:
     return {"color": f"C{i % 10}", "marker": _MARKERS[(i // 10) % len(_MARKERS)]}
+
+
+def _literal(*texts: Text) -> None:
+    """Draw data strings as they are: mathtext would read ``a$b$`` as math (and abort the figure on a bad
+    expression such as ``$\\frac{$``), and usetex would hand the name to LaTeX."""
+    for t in texts:
+        t.set_usetex(False)
+        t.set_parse_math(False)
 
 
 def _save(fig: Figure, out: Path, stem: str) -> list[Path]:
@@ -55,8 +67,9 @@ def _panels(n: int, width: float = 4.2, height: float = 3.4) -> tuple[Figure, li
 
 def _legend(fig: Figure, rows: Sequence[Row]) -> None:
     handles = [fig.axes[0].plot([], [], linestyle="none", **_style(i))[0] for i in range(len(rows))]
-    fig.legend(handles, [r.label for r in rows], loc="outside lower center", ncols=min(3, max(1, len(rows))),
-               fontsize="small", frameon=False)
+    leg = fig.legend(handles, [r.label for r in rows], loc="outside lower center", ncols=min(3, max(1, len(rows))),
+                     fontsize="small", frameon=False)
+    _literal(*leg.get_texts())
 
 
 def _targets(col: Collection) -> list[tuple[str, str, Callable[[Row], tuple[float, float]]]]:
@@ -103,7 +116,7 @@ def score_vs_cost(col: Collection, out: Path, stem: str) -> list[Path]:
             ax.set_xscale("log")
             ax.xaxis.set_major_formatter(EngFormatter(sep=""))
             ax.xaxis.set_minor_formatter(EngFormatter(sep="") if max(xs_ok) < 10 * min(xs_ok) else NullFormatter())
-        ax.set_title(title, fontsize="medium")
+        _literal(ax.set_title(title, fontsize="medium"))
         ax.set_xlabel(xlabel)
         ax.set_ylabel("score ×100")
         ax.grid(alpha=0.3)
@@ -115,41 +128,50 @@ def score_vs_lambda(col: Collection, out: Path) -> list[Path]:
     """One line per family of rows that differ only in λ; families with a single λ are drawn as points."""
     families: dict[str, list[Row]] = defaultdict(list)
     for r in col.rows:
+        if not _lam(r) > 0:  # no usable λ (stored text, or not on a log axis): not on this plot
+            continue
         families[" ".join(f"{k}={v}" for k, v in sorted(r.fields.items()) if k != "lr_ratio")].append(r)
     targets = [t for t in _targets(col)]
     fig, axes = _panels(len(targets))
     for ax, (_key, title, score) in zip(axes, targets, strict=True):
         for i, rows in enumerate(families.values()):
-            rows = sorted(rows, key=lambda r: float(r.fields.get("lr_ratio") or 1))
-            xs = [float(r.fields.get("lr_ratio") or 1) for r in rows]
+            rows = sorted(rows, key=_lam)
+            xs = [_lam(r) for r in rows]
             ys, es = zip(*(score(r) for r in rows), strict=True)
             ok = [j for j in range(len(xs)) if math.isfinite(ys[j])]
             if ok:
                 ax.errorbar([xs[j] for j in ok], [ys[j] for j in ok],
                             yerr=[es[j] if math.isfinite(es[j]) else 0 for j in ok], capsize=3, **_style(i))
         ax.set_xscale("log", base=2)
-        lams = sorted({float(r.fields.get("lr_ratio") or 1) for r in col.rows})
+        lams = sorted({_lam(r) for rows in families.values() for r in rows})
         ax.xaxis.set_major_locator(FixedLocator(lams))
         ax.xaxis.set_minor_locator(NullLocator())
         ax.xaxis.set_major_formatter(EngFormatter(sep=""))
-        ax.set_title(title, fontsize="medium")
+        _literal(ax.set_title(title, fontsize="medium"))
         ax.set_xlabel("λ (learning-rate ratio of W_v)")
         ax.set_ylabel("score ×100")
         ax.grid(alpha=0.3)
     shown = [k for k in col.label_fields if k != "lr_ratio"]
     labels = [row_label(rows[0].fields, shown) for rows in families.values()]
     handles = [axes[0].plot([], [], **_style(i))[0] for i in range(len(families))]
-    fig.legend(handles, labels, loc="outside lower center", ncols=min(3, max(1, len(labels))), fontsize="small",
-               frameon=False)
+    leg = fig.legend(handles, labels, loc="outside lower center", ncols=min(3, max(1, len(labels))),
+                     fontsize="small", frameon=False)
+    _literal(*leg.get_texts())
     return _save(fig, out, "score_vs_lambda")
+
+
+def _lam(r: Row) -> float:
+    """A row's λ as a number (1 when the row has none; NaN when it is not a number)."""
+    v = r.fields.get("lr_ratio")
+    return number(1.0 if v is None else v)
 
 
 def _mean_curve(store: Store, keys: Sequence[str], kind: str, name: str) -> tuple[list[int], list[float]]:
     by_step: dict[int, list[float]] = defaultdict(list)
     for k in keys:
         for kd, step, n, v in store.curves(k):
-            if kd == kind and n == name and v is not None and math.isfinite(v):
-                by_step[step].append(v)
+            if kd == kind and n == name and math.isfinite(number(v)):
+                by_step[step].append(number(v))
     steps = sorted(by_step)
     return steps, [sum(by_step[s]) / len(by_step[s]) for s in steps]
 
@@ -171,26 +193,30 @@ def curves(col: Collection, store: Store, out: Path) -> list[Path]:
             xs, ys = _mean_curve(store, keys, "eval", f"dev/{metric}")
             if xs:
                 ax_e.plot(xs, [100 * y for y in ys], **_style(i), markersize=4)
-        ax_l.set_title(f"{task_title(t)}: training loss (mean over seeds)", fontsize="medium")
+        _literal(ax_l.set_title(f"{task_title(t)}: training loss (mean over seeds)", fontsize="medium"))
         ax_l.set_xlabel("step")
         ax_l.set_ylabel("loss")
-        ax_e.set_title(f"{task_title(t)}: dev {metric} ×100", fontsize="medium")
+        _literal(ax_e.set_title(f"{task_title(t)}: dev {metric} ×100", fontsize="medium"))
         ax_e.set_xlabel("step")
         ax_e.set_ylabel("score ×100")
         for ax in (ax_l, ax_e):
             ax.grid(alpha=0.3)
         idx = [i for i, r in enumerate(col.rows) if t in r.cells]
         handles = [ax_e.plot([], [], **_style(i))[0] for i in idx]
-        fig.legend(handles, [r.label for r in rows], loc="outside lower center", ncols=min(3, max(1, len(rows))),
-                   fontsize="small", frameon=False)
+        leg = fig.legend(handles, [r.label for r in rows], loc="outside lower center",
+                         ncols=min(3, max(1, len(rows))), fontsize="small", frameon=False)
+        _literal(*leg.get_texts())
         paths += _save(fig, out, f"curves_{_safe(t)}")
     return paths
 
 
 def _safe(name: str) -> str:
-    """A file-name-safe version of a task name (names come from data: never trust them as paths)."""
-    s = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)
-    return s or "task"
+    """A file-name-safe version of a task name (names come from data: never trust them as paths). A name that had
+    to change gets a digest of itself, so ``a.b`` and ``a_b`` do not write (and embed) one file twice."""
+    s = "".join(ch if ch.isascii() and (ch.isalnum() or ch in "-_") else "_" for ch in name)
+    if s != name or not s:
+        s = f"{s[:40]}_{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+    return s
 
 
 def all_plots(col: Collection, store: Store, out: Path) -> list[Path]:
