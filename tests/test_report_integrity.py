@@ -244,7 +244,8 @@ def test_a_repeated_replicate_does_not_sway_the_lr_choice(tmp_path):
     rep = build(store, select_lr=True)
     cell = rep.collection.rows[0].cells["sst2"]
     assert cell.lr == 3e-3 and cell.candidates == pytest.approx({1e-3: 0.5, 3e-3: 0.6})
-    assert len(rep.collection.superseded) == 1 and "| 0.003 | selection | 0.001: 50.00, 0.003: 60.00 |" in markdown_document(rep)
+    assert len(rep.collection.superseded) == 1
+    assert "| 0.003 | selection | 0.001: 50.00, 0.003: 60.00 |" in markdown_document(rep)
 
 
 def test_rows_that_differ_have_different_labels(tmp_path):
@@ -268,3 +269,25 @@ def test_tasks_whose_file_names_would_clash_get_their_own_plots(tmp_path):
     paths = curves(col, store, tmp_path)
     assert len(paths) == len(set(paths)) == 6 and all(p.parent == tmp_path for p in paths)
     assert "curves_a_b.png" in {p.name for p in paths}  # a name that is safe as it is stays as it is
+
+
+def test_report_into_a_file_is_a_clear_error(tmp_path, capsys):
+    from efficientft.cli import main
+
+    store = Store(tmp_path / "o.sqlite")
+    put(store)
+    (tmp_path / "taken").write_text("x")
+    assert main(["report", "--store", str(store.path), "--out", str(tmp_path / "taken"), "--no-plots"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"eft report: error: --out {tmp_path / 'taken'} is a file; the report is a folder (report.md, "
+                   "report.html, table.tex, table.csv, plots/): pass a folder path."]
+
+
+def test_replicates_that_share_a_seed_are_named_in_full(tmp_path):
+    store = Store(tmp_path / "ds.sqlite")
+    put(store, seed=0, data_seed=0, score=0.5)
+    put(store, seed=0, data_seed=1, score=0.7)
+    rep = build(store)
+    assert rep.table.rows[0].scores[0].n == 2
+    page = html_report.page(rep.table, rep.collection, rep.comparisons)
+    assert ">0/0: 50.00, 0/1: 70.00</td>" in page

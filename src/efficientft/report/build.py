@@ -95,6 +95,9 @@ def _code(text: str) -> str:
 
 def write(rep: Report, store: Store, out: Path, formats: Sequence[str] = FORMATS, plots: bool = True) -> list[Path]:
     """Write the report files into ``out``; returns their paths."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; the report is a folder (report.md, report.html, table.tex, "
+                          f"table.csv, plots/): pass a folder path.")
     out.mkdir(parents=True, exist_ok=True)
     files: list[Path] = []
     if plots:

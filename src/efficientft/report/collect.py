@@ -10,8 +10,9 @@ for custom data), so two data sets that share a name never share a cell. A setti
 one method on one task (a value against no value included) always splits rows.
 
 Only ``done`` runs enter cells; every other run is counted and listed with its status and error, and a replicate
-run twice counts once (the later run; the earlier is listed as superseded), so nothing disappears silently. Which split is reported is a choice (``dev``, ``selection``, or the labelled ``best_dev``
-convention); with ``select_lr`` the learning rate of each cell is chosen by :func:`select_lr`.
+run twice counts once (the later run; the earlier is listed as superseded), so nothing disappears silently.
+Which split is reported is a choice (``dev``, ``selection``, or the labelled ``best_dev`` convention); with
+``select_lr`` the learning rate of each cell is chosen by :func:`select_lr`.
 """
 
 from __future__ import annotations
@@ -83,8 +84,6 @@ def replicate(cfg: dict) -> tuple:
     return tuple(_canon(cfg.get(k)) for k in REPLICATE_FIELDS)
 
 
-
-
 @dataclass
 class Cell:
     """The runs of one configuration on one task (one per replicate) and the summary of their scores."""
@@ -102,7 +101,6 @@ class Cell:
         vals = [number((r.get("cost") or {}).get(name)) for r in self.runs]
         vals = [v for v in vals if math.isfinite(v)]
         return sum(vals) / len(vals) if vals else math.nan
-
 
 
 @dataclass

@@ -164,7 +164,9 @@ def cells_table(t: Table, col: Collection) -> Markup:
             if s is None:
                 continue
             cell = tr.row.cells[t.tasks[j]]
-            per_seed = ", ".join(f"{k[0]}: {show(100 * number(v), d)}" for k, v in cell.scores.items())
+            several = len({k[1:] for k in cell.scores}) > 1  # data seeds vary: name the whole replicate
+            per_seed = ", ".join(f"{'/'.join(map(str, k)) if several else k[0]}: {show(100 * number(v), d)}"
+                                 for k, v in cell.scores.items())
             runs = join([tag("a", str(k)[:10], href=run_href(k)) for k in s.run_keys], " ")
             lr = show(s.lr) if s.lr is not None else "several"
             basis = f" (on {s.basis})" if s.basis else ""
