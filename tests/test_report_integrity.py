@@ -291,3 +291,15 @@ def test_replicates_that_share_a_seed_are_named_in_full(tmp_path):
     assert rep.table.rows[0].scores[0].n == 2
     page = html_report.page(rep.table, rep.collection, rep.comparisons)
     assert ">0/0: 50.00, 0/1: 70.00</td>" in page
+
+
+def test_an_option_at_its_default_is_the_record_without_it(tmp_path):
+    from efficientft.config import KEY_WHEN_SET
+
+    store = Store(tmp_path / "k.sqlite")
+    name, default = next(iter(KEY_WHEN_SET.items()))
+    for seed in (0, 1, 2):
+        put(store, seed=seed, score=0.5)  # stored before the option existed
+        put(store, seed=seed + 3, score=0.7, **{name: default})
+    rep = build(store)
+    assert len(rep.table.rows) == 1 and rep.table.rows[0].scores[0].n == 6

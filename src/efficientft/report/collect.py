@@ -25,7 +25,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import ENVIRONMENT_FIELDS
+from ..config import ENVIRONMENT_FIELDS, KEY_WHEN_SET
 from ..errors import ConfigError, did_you_mean
 from ..store import Store
 from .stats import Summary, summarize
@@ -149,10 +149,12 @@ def task_title(task: str) -> str:
 
 
 def _flat(cfg: dict) -> dict[str, Any]:
-    """A run's identity as one flat mapping: method arguments inline, replicate and environment fields out."""
+    """A run's identity as one flat mapping: method arguments inline, replicate and environment fields out, and an
+    option added after runs were stored left out at its default, as the run key leaves it (older records lack it:
+    the same experiment, not another row)."""
     out: dict[str, Any] = {}
     for k, v in cfg.items():
-        if k in _SKIP:
+        if k in _SKIP or (k in KEY_WHEN_SET and v == KEY_WHEN_SET[k]):
             continue
         if k == "method_args":
             out.update({str(a): b for a, b in (v or {}).items()})
