@@ -144,8 +144,12 @@ class RunConfig:
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}.")
         if not isinstance(self.method_args, dict):
             raise ConfigError(f"method_args must be a mapping, got {self.method_args!r}.")
-        if self.custom is not None and not isinstance(self.custom, dict):
-            raise ConfigError(f"custom must be a mapping (train, dev, text_columns, label_column, type), got {self.custom!r}.")
+        if self.custom is not None:
+            from .tasks.custom import (
+                check_spec,  # keys, types, labels and metrics: before any key is computed
+            )
+
+            check_spec(self.custom)
 
     # ------------------------------------------------------------------ derived values
     @property
