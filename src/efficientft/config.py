@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError, did_you_mean
+from .yaml_limits import load_bounded
 
 DEFAULT_MODEL = "minilm"
 DEFAULT_EPOCHS = 3.0
@@ -273,9 +274,12 @@ def load_yaml(path: str | Path) -> Any:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {str(p)!r} does not exist.")
+    loader = yaml.SafeLoader(p.read_text(encoding="utf-8"))
     try:
-        return yaml.safe_load(p.read_text(encoding="utf-8"))
+        return load_bounded(loader, str(p))  # aliases that expand without bound are refused, not walked
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError(f"{p}: not valid YAML{at}: {getattr(e, 'problem', e)}.") from None
+    finally:
+        loader.dispose()

@@ -33,6 +33,7 @@ import yaml
 
 from ..config import ENVIRONMENT_FIELDS, RunConfig, _coerce
 from ..errors import ConfigError, did_you_mean
+from ..yaml_limits import load_bounded
 
 SUITE_KEYS = ("name", "description", "defaults", "grid", "methods", "per_task", "selection", "early_stopping",
               "estimate")
@@ -87,7 +88,7 @@ def load_marked(path: Path) -> Any:
     loader = _Loader(text)
     loader.name = str(path)
     try:
-        return loader.get_single_data()
+        return load_bounded(loader, str(path))  # aliases that expand without bound are refused, not walked
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
