@@ -120,3 +120,31 @@ def test_training_batches_refuse_an_empty_split():
     empty = data.Encoded([], None, np.zeros(0, np.int64))
     with pytest.raises(ConfigError, match="cannot draw training batches of 8 from 0 examples"):
         data.TrainBatches(empty, 8, 0, seed=0)
+
+
+def test_splits_that_join_to_the_same_text_are_cached_apart(tokenizer, cache):
+    a = Examples(["a\x1fb", "c"], None, [0, 1])
+    b = Examples(["a", "b\x1fc"], None, [0, 1])
+    ea, eb = data.encode(a, tokenizer, 16, False), data.encode(b, tokenizer, 16, False)
+    assert len(list(cache.glob("*.npz"))) == 2
+    for ex, enc in ((a, ea), (b, eb)):
+        assert [x.tolist() for x in enc.ids] == [tokenizer(t)["input_ids"] for t in ex.text_a]
+    assert ea.ids[0].tolist() != eb.ids[0].tolist()
+
+
+def test_tokenizers_that_share_a_vocabulary_are_cached_apart(tokenizer, cache, minilm_dir):
+    from tokenizers import normalizers
+    from transformers import AutoTokenizer
+
+    cased = AutoTokenizer.from_pretrained(minilm_dir)
+    cased.backend_tokenizer.normalizer = normalizers.BertNormalizer(lowercase=False)
+    ex = Examples(["Hello World"], None, [0])
+    lower = data.encode(ex, tokenizer, 16, False).ids[0]
+    upper = data.encode(ex, cased, 16, False).ids[0]
+    assert upper.tolist() == cased("Hello World")["input_ids"] != lower.tolist()
+
+
+def test_the_cache_key_is_stable_across_calls(tokenizer):
+    before = data._tokenizer_id(tokenizer)
+    tokenizer(["x"] * 3, truncation=True, max_length=7, padding="longest")  # sets per-call state in the backend
+    assert data._tokenizer_id(tokenizer) == before

@@ -9,6 +9,7 @@ over length-sorted batches with predictions put back in order.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import threading
@@ -49,22 +50,45 @@ def cache_dir() -> Path:
 
 
 def _tokenizer_id(tokenizer) -> str:
-    vocab = tokenizer.get_vocab()
+    """What decides the token ids: the tokenizer's full serialisation (vocabulary, normaliser, pre-tokeniser,
+    post-processor) when it has one, else its whole vocabulary; plus the settings that are not in either.
+
+    Two tokenizers that share a vocabulary but normalise differently (accents, case) give different ids, so a
+    sample of the vocabulary is not enough: the cache would serve one tokenizer's ids to the other.
+    """
     h = hashlib.sha256(type(tokenizer).__name__.encode())
-    for tok in sorted(vocab)[:: max(1, len(vocab) // 2000)]:  # a sample of the vocabulary: cheap and specific
-        h.update(f"{tok}\x00{vocab[tok]}\x01".encode())
-    h.update(repr((len(vocab), tokenizer.padding_side, tokenizer.truncation_side,
+    spec = None
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        try:
+            spec = json.loads(backend.to_str())
+        except Exception:  # noqa: BLE001 - a backend that cannot serialise falls back to the vocabulary
+            spec = None
+    if isinstance(spec, dict):
+        for k in ("truncation", "padding"):  # per-call state the tokenizer sets itself, not behaviour
+            spec.pop(k, None)
+        h.update(json.dumps(spec, sort_keys=True).encode())
+    else:
+        vocab = tokenizer.get_vocab()
+        for tok in sorted(vocab):
+            h.update(f"{tok}\x00{vocab[tok]}\x01".encode())
+    h.update(repr((len(tokenizer), tokenizer.padding_side, tokenizer.truncation_side,
                    getattr(tokenizer, "do_lower_case", None))).encode())
     return h.hexdigest()[:16]
 
 
 def _cache_key(examples: Examples, tokenizer, max_length: int, with_types: bool) -> str:
+    """A hash of everything the encoded split depends on; each text is length-prefixed, so no two different
+    splits hash the same stream (joining with a separator let ``["a\x1fb", "c"]`` equal ``["a", "b\x1fc"]``)."""
     h = hashlib.sha256()
-    h.update(f"{_tokenizer_id(tokenizer)}|{max_length}|{with_types}|{len(examples)}".encode())
-    h.update("\x1f".join(examples.text_a).encode())
-    if examples.text_b is not None:
-        h.update(b"\x1e" + "\x1f".join(examples.text_b).encode())
-    h.update(np.asarray(examples.labels).tobytes())
+    h.update(f"{_tokenizer_id(tokenizer)}|{max_length}|{with_types}|{len(examples)}|".encode())
+    for column in (examples.text_a, examples.text_b):
+        h.update(b"N" if column is None else b"C%d|" % len(column))
+        for text in column or ():
+            b = text.encode("utf-8", "surrogatepass")
+            h.update(len(b).to_bytes(8, "little") + b)
+    labels = np.asarray(examples.labels)
+    h.update(str(labels.dtype).encode() + labels.tobytes())
     return h.hexdigest()[:32]
 
 
