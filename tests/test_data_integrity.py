@@ -194,3 +194,29 @@ def test_cli_prints_one_line_and_exits_2(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert re.fullmatch(r"eft run: error: .*train.csv:2: this row has 3 fields but the header has 2 .*", err), err
+
+
+@pytest.mark.parametrize("spec,msg", [
+    ({"text_columns": "label"}, r"column 'label' is both a text column and the label column; the model would read "
+                                r"the answer"),
+    ({"text_columns": ["text", "text"]}, r"text_columns names 'text' twice"),
+])
+def test_a_column_has_one_role(tmp_path, spec, msg):
+    train = _write(tmp_path, "t.csv", GOOD)
+    with pytest.raises(ConfigError, match=msg):
+        get_task("custom", {"train": train, "dev": train, **spec})
+    with pytest.raises(ConfigError, match=msg):
+        RunConfig(task="custom", custom={"train": train, "dev": train, **spec})
+
+
+def test_jsonl_duplicate_keys(tmp_path):
+    train = _write(tmp_path, "d.jsonl", '{"text": "a", "label": "x"}\n{"text": "b", "label": "y", "label": "x"}\n')
+    with pytest.raises(ConfigError, match=r"d.jsonl:2: the key 'label' appears more than once in this object"):
+        _task(train)
+
+
+def test_a_tab_separated_file_named_csv(tmp_path):
+    train = _write(tmp_path, "tabs.csv", "text\tlabel\na\tx\nb\ty\n")
+    with pytest.raises(ConfigError, match=r"tabs.csv: column\(s\) \['text', 'label'\] not found; .* The header looks "
+                                          r"tab-separated: name the file .tsv"):
+        _task(train)

@@ -64,6 +64,7 @@ def check_spec(spec: dict) -> None:
         text = _names(spec["text_columns"], "text_columns")
         if not 1 <= len(text) <= 2:
             raise ConfigError(f"custom data takes one or two text columns, got {len(text)}: {', '.join(text)}.")
+        _check_roles(text, spec.get("label_column", "label"))
     kind = spec.get("type", "classification")
     if kind not in TYPES:
         raise ConfigError(f"custom data type {describe(kind)} is not known; accepted: {', '.join(TYPES)}.")
@@ -74,6 +75,15 @@ def check_spec(spec: dict) -> None:
         _declared_labels(spec["labels"])
     if spec.get("metrics") is not None:
         _metrics(spec["metrics"], kind)
+
+
+def _check_roles(text: tuple[str, ...], label_col: str) -> None:
+    """A column is either text or the label, once: the label as input would leak the answer into the model."""
+    if len(set(text)) != len(text):
+        raise ConfigError(f"custom data text_columns names {text[0]!r} twice; give two different columns or one.")
+    if label_col in text:
+        raise ConfigError(f"custom data column {label_col!r} is both a text column and the label column; the "
+                          "model would read the answer. Give another --label-column or --text-columns.")
 
 
 def _metrics(value: Any, kind: str) -> tuple[str, ...]:
@@ -184,6 +194,7 @@ class CustomTask(Task):
         text = _names(spec.get("text_columns") or "text", "text_columns")
         kind = spec.get("type", "classification")
         label_col = spec.get("label_column", "label")
+        _check_roles(text, label_col)
         files = {"train": str(spec["train"]), "dev": str(spec["dev"])}
         regression = kind == "regression"
         labels: tuple[str, ...] = ()
@@ -273,4 +284,9 @@ def _text(value: Any, name: str, where: str) -> str:
 def _check_columns(path: Path, have: list[str], need: tuple[str, ...]) -> None:
     missing = [c for c in need if c not in have]
     if missing:
-        raise ConfigError(f"{path}: column(s) {missing} not found; the file has: {', '.join(map(str, have))}.")
+        hint, suffix = "", path.suffix.lower()
+        if len(have) == 1 and suffix in (".csv", ".tsv"):  # the delimiter of the other format: misnamed file
+            sep, name, ext = ("\t", "tab", ".tsv") if suffix == ".csv" else (",", "comma", ".csv")
+            if sep in have[0]:
+                hint = f" The header looks {name}-separated: name the file {ext}."
+        raise ConfigError(f"{path}: column(s) {missing} not found; the file has: {', '.join(map(str, have))}.{hint}")

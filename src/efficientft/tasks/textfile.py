@@ -121,6 +121,20 @@ def _width_error(path: Path, n: int, row: list[str], head: list[str], delimiter:
             f"({', '.join(head)}); {hint}.")
 
 
+class _DuplicateKey(Exception):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """A JSON object's pairs as a dict; a repeated key would otherwise keep its last value silently."""
+    out: dict = {}
+    for k, v in pairs:
+        if k in out:
+            raise _DuplicateKey(k)
+        out[k] = v
+    return out
+
+
 def jsonl_records(path: Path) -> tuple[list[str], list[dict], list[str]]:
     """(columns, records, locations) of a JSON Lines file: one JSON object per non-blank line."""
     text = read_text(path)
@@ -129,7 +143,10 @@ def jsonl_records(path: Path) -> tuple[list[str], list[dict], list[str]]:
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
+            obj = json.loads(line, object_pairs_hook=_unique_keys)
+        except _DuplicateKey as e:
+            raise ConfigError(f"{path}:{n}: the key {describe(e.args[0])} appears more than once in this object; "
+                              "keys must be unique.") from None
         except json.JSONDecodeError as e:
             raise ConfigError(f"{path}:{n} is not a JSON object ({e.msg}); JSONL wants one object per line.") from None
         except (ValueError, RecursionError) as e:  # e.g. an integer of more than 4,300 digits; nesting too deep
