@@ -220,3 +220,10 @@ def test_a_tab_separated_file_named_csv(tmp_path):
     with pytest.raises(ConfigError, match=r"tabs.csv: column\(s\) \['text', 'label'\] not found; .* The header looks "
                                           r"tab-separated: name the file .tsv"):
         _task(train)
+
+
+def test_jsonl_text_with_a_lone_surrogate_escape(tmp_path):
+    train = _write(tmp_path, "s.jsonl", '{"text": "a", "label": "x"}\n{"text": "b\\ud800c", "label": "y"}\n')
+    with pytest.raises(ConfigError, match=r"s.jsonl:2: the text field 'text' holds '\\ud800', half of a UTF-16 "
+                                          r"surrogate pair"):
+        _task(train)

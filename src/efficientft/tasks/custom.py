@@ -278,6 +278,11 @@ def _text(value: Any, name: str, where: str) -> str:
         raise ConfigError(f"{where}: the text field {name!r} is {describe(value)}; a text field must be a string.")
     if not value.strip():
         raise ConfigError(f"{where}: the text field {name!r} is empty; every example needs its text.")
+    try:
+        value.encode("utf-8")  # JSON may escape half of a surrogate pair (\ud800): not text, the tokenizer fails
+    except UnicodeEncodeError as e:
+        raise ConfigError(f"{where}: the text field {name!r} holds {value[e.start]!r}, half of a UTF-16 surrogate "
+                          "pair (a broken \\u escape); it is not text.") from None
     return value
 
 
