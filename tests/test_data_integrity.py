@@ -227,3 +227,12 @@ def test_jsonl_text_with_a_lone_surrogate_escape(tmp_path):
     with pytest.raises(ConfigError, match=r"s.jsonl:2: the text field 'text' holds '\\ud800', half of a UTF-16 "
                                           r"surrogate pair"):
         _task(train)
+
+
+def test_spec_takes_paths_and_refuses_empty_lists(tmp_path):
+    from pathlib import Path
+
+    train = Path(_write(tmp_path, "t.csv", GOOD))
+    assert get_task("custom", {"train": train, "dev": train}).label_names == ("x", "y")
+    with pytest.raises(ConfigError, match=r"custom data metrics is an empty list; give at least one name"):
+        RunConfig(task="custom", custom={"train": str(train), "dev": str(train), "metrics": []})

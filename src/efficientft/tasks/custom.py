@@ -8,6 +8,7 @@ classes, a NaN target) would otherwise train a wrong model whose scores look pla
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,9 @@ def _names(value: Any, key: str) -> tuple[str, ...]:
         out = tuple(v.strip() for v in value)
     else:
         raise ConfigError(f"custom data {key} must be a name or a list of names, got {describe(value)}.")
-    if not out or any(not v for v in out):
+    if not out:
+        raise ConfigError(f"custom data {key} is an empty list; give at least one name.")
+    if any(not v for v in out):
         raise ConfigError(f"custom data {key} has an empty name: {describe(value)}.")
     return out
 
@@ -58,6 +61,8 @@ def check_spec(spec: dict) -> None:
                               f"Accepted keys: {', '.join(SPEC_KEYS)}.")
     for key in ("train", "dev", "label_column", "name"):
         v = spec.get(key)
+        if key in ("train", "dev") and isinstance(v, os.PathLike):
+            continue
         if v is not None and not (isinstance(v, str) and v.strip()):
             raise ConfigError(f"custom data {key} must be a non-empty string, got {describe(v)}.")
     if spec.get("text_columns") is not None:
