@@ -236,3 +236,10 @@ def test_spec_takes_paths_and_refuses_empty_lists(tmp_path):
     assert get_task("custom", {"train": train, "dev": train}).label_names == ("x", "y")
     with pytest.raises(ConfigError, match=r"custom data metrics is an empty list; give at least one name"):
         RunConfig(task="custom", custom={"train": str(train), "dev": str(train), "metrics": []})
+
+
+def test_json_lines_named_csv(tmp_path):
+    train = _jsonl(tmp_path, "rows.csv", [{"text": "a", "label": "x"}, {"text": "b", "label": "y"}])
+    with pytest.raises(ConfigError, match=r"rows.csv: column\(s\) .* not found; .* The file looks like JSON Lines: "
+                                          r"name it .jsonl"):
+        _task(train)

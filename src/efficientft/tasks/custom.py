@@ -299,4 +299,6 @@ def _check_columns(path: Path, have: list[str], need: tuple[str, ...]) -> None:
             sep, name, ext = ("\t", "tab", ".tsv") if suffix == ".csv" else (",", "comma", ".csv")
             if sep in have[0]:
                 hint = f" The header looks {name}-separated: name the file {ext}."
+        if have and have[0].lstrip().startswith("{") and suffix in (".csv", ".tsv"):
+            hint = " The file looks like JSON Lines: name it .jsonl."
         raise ConfigError(f"{path}: column(s) {missing} not found; the file has: {', '.join(map(str, have))}.{hint}")
