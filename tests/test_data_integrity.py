@@ -136,6 +136,7 @@ def test_a_huge_unquoted_field_is_one_error(tmp_path):
     ({"labels": ["x"]}, r"custom data labels lists 1 distinct label\(s\); classification needs at least two"),
     ({"labels": ["1", 1.0]}, r"label '1.0' at custom data labels, item 2 and label '1' .* spell the same number"),
     ({"labels": [True, False]}, r"labels: item 1 is the boolean true \(YAML reads yes/no/on/off"),
+    ({"labels": ["x", " "]}, r"custom data labels: item 2 is empty; a label needs a name"),
     ({"labels": "xy"}, r"custom data labels must be a list of the class labels, got 'xy'"),
     ({"type": "regression", "labels": ["a", "b"]}, r"a regression task has none"),
     ({"metrics": ["acuracy"]}, r"unknown metric 'acuracy'. Did you mean 'accuracy'\? Accepted for classification: "

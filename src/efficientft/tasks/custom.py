@@ -76,7 +76,7 @@ def check_spec(spec: dict) -> None:
     if spec.get("labels") is not None:
         if kind == "regression":
             raise ConfigError("custom data labels lists the classes of a classification task; a regression task "
-                              "has none (drop labels or type: regression).")
+                              "has none (drop labels, or drop type: regression).")
         _declared_labels(spec["labels"])
     if spec.get("metrics") is not None:
         _metrics(spec["metrics"], kind)
@@ -115,6 +115,8 @@ def _declared_labels(value: Any) -> tuple[str, ...]:
                               "false as booleans); quote it ('yes') to mean the text.")
         if not isinstance(v, (str, int, float)):
             raise ConfigError(f"custom data labels: item {i + 1} is {describe(v)}; a label is a string or a number.")
+        if not str(v).strip():
+            raise ConfigError(f"custom data labels: item {i + 1} is empty; a label needs a name.")
         out.append(str(v).strip())
         where.append(f"custom data labels, item {i + 1}")
     labels = _distinct(out, where)
