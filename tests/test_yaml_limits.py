@@ -51,3 +51,16 @@ def test_shared_anchors_within_the_bound_still_load(tmp_path):
     p.write_text("base: &b {lr: 0.001, seed: 1}\nruns:\n  - {<<: *b, method: lora}\n  - {<<: *b, method: full}\n")
     assert load_yaml(p)["runs"][1] == {"lr": 0.001, "seed": 1, "method": "full"}
 
+
+
+def test_suite_grid_that_multiplies_past_the_bound(tmp_path):
+    from efficientft.sweep.suite import load_suite
+
+    axes = "\n".join(f"  {k}: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]" for k in ("seed", "data_seed", "steps", "max_length",
+                                                                           "batch_size", "eval_every"))
+    p = tmp_path / "grid.yaml"
+    p.write_text(f"name: g\ngrid:\n{axes}\nmethods:\n  - {{method: lora}}\n")
+    assert p.stat().st_size < 546
+    with pytest.raises(ConfigError, match=r"grid.yaml, line 10 \(methods\[0\]\): the grid expands to 1,000,000 runs "
+                                          r"\(axes: seed x10, .*\); the limit is 100,000 per entry"):
+        load_suite(p).expand(validate=False)

@@ -240,6 +240,9 @@ class PlannedRun:
         return " ".join(str(b) for b in bits)
 
 
+MAX_RUNS = 100_000  # runs one method entry may expand to; far above any real grid
+
+
 @dataclass
 class Suite:
     name: str
@@ -269,6 +272,11 @@ class Suite:
             axes = {p: v for p, v in self.grid.axes.items() if p not in entry.fixed and p not in entry.axes}
             axes.update(entry.axes)
             names = list(axes)
+            size = math.prod(len(axes[n]) for n in names)
+            if size > MAX_RUNS:  # a few short lists multiply to billions: refuse before expanding one
+                raise ConfigError(f"{where}: the grid expands to {size:,} runs (axes: "
+                                  f"{', '.join('.'.join(n) + f' x{len(axes[n])}' for n in names)}); the limit is "
+                                  f"{MAX_RUNS:,} per entry. Split the suite or shorten its lists.")
             for combo in itertools.product(*(axes[n] for n in names)):
                 values = dict(self.defaults.fixed)
                 origin = {p: self.defaults.lines[p] for p in self.defaults.fixed}
