@@ -125,7 +125,7 @@ def test_hostile_paths_do_not_block(tmp_path):
 
 
 def test_a_huge_unquoted_field_is_one_error(tmp_path):
-    from efficientft.tasks.textfile import MAX_FIELD_CHARS
+    from efficientft.textfile import MAX_FIELD_CHARS
 
     big = _write(tmp_path, "big.csv", 'text,label\na,x\n"' + "z" * (MAX_FIELD_CHARS + 10) + '",y\n')
     with pytest.raises(ConfigError, match=r"big.csv:3: cannot be read as CSV \(field larger than field limit"):

@@ -64,3 +64,12 @@ def test_suite_grid_that_multiplies_past_the_bound(tmp_path):
     with pytest.raises(ConfigError, match=r"grid.yaml, line 10 \(methods\[0\]\): the grid expands to 1,000,000 runs "
                                           r"\(axes: seed x10, .*\); the limit is 100,000 per entry"):
         load_suite(p).expand(validate=False)
+
+
+@pytest.mark.parametrize("name", ["run.yaml", "suite.yaml"])
+def test_config_files_that_are_not_utf8(tmp_path, name):
+    p = tmp_path / name
+    p.write_bytes(b"name: s\nmodel: caf\xe9\n")
+    with pytest.raises(ConfigError, match=rf"{name}:2: not UTF-8 \(byte 0xe9 at byte offset 18 .*save the file as "
+                                          r"UTF-8"):
+        load_yaml(p) if name == "run.yaml" else load_marked(p)

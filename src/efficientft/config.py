@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError, did_you_mean
+from .textfile import read_text
 from .yaml_limits import load_bounded
 
 DEFAULT_MODEL = "minilm"
@@ -274,7 +275,7 @@ def load_yaml(path: str | Path) -> Any:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {str(p)!r} does not exist.")
-    loader = yaml.SafeLoader(p.read_text(encoding="utf-8"))
+    loader = yaml.SafeLoader(read_text(p, "config file"))  # not UTF-8: one line, not a traceback
     try:
         return load_bounded(loader, str(p))  # aliases that expand without bound are refused, not walked
     except yaml.YAMLError as e:

@@ -33,6 +33,7 @@ import yaml
 
 from ..config import ENVIRONMENT_FIELDS, RunConfig, _coerce
 from ..errors import ConfigError, did_you_mean
+from ..textfile import read_text
 from ..yaml_limits import load_bounded
 
 SUITE_KEYS = ("name", "description", "defaults", "grid", "methods", "per_task", "selection", "early_stopping",
@@ -84,7 +85,7 @@ _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _constr
 def load_marked(path: Path) -> Any:
     if not path.is_file():
         raise ConfigError(f"suite file {str(path)!r} does not exist.")
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path, "suite file")  # not UTF-8: one line, not a traceback
     loader = _Loader(text)
     loader.name = str(path)
     try:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
-from .textfile import csv_rows
+from ..textfile import csv_rows
 
 ENV_DATA_DIR = "EFT_DATA_DIR"
 

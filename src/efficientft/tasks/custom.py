@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, did_you_mean
+from ..textfile import describe, jsonl_records, table_records
 from .base import DataOptions, Examples, Task, float_labels, label_ids
 from .metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS
-from .textfile import describe, jsonl_records, table_records
 
 FORMATS = (".csv", ".tsv", ".jsonl", ".json")
 SPEC_KEYS = ("train", "dev", "text_columns", "label_column", "type", "labels", "metrics", "name")

@@ -14,8 +14,8 @@ import json
 from dataclasses import dataclass, field
 
 from ..errors import ConfigError
+from ..textfile import read_text
 from .base import DataOptions, Examples, Task, float_labels, label_ids, read_table
-from .textfile import read_text
 
 HUB_DATASET = "nyu-mll/glue"
 

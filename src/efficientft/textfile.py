@@ -14,7 +14,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..errors import ConfigError
+from .errors import ConfigError
 
 # One field larger than this is refused: real text fields are far smaller, and a quote that is never closed
 # otherwise swallows the rest of the file into one field (memory, then a confusing error far from the cause).
