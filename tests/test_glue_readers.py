@@ -130,3 +130,18 @@ def test_hub_reader_maps_fields_and_splits(monkeypatch):
     ex = TASKS.get("mnli").load("dev_mm", DataOptions(source="hub"))
     assert calls == [("nyu-mll/glue", "mnli", "validation_mismatched")]
     assert (ex.text_a, ex.text_b, ex.labels) == (["p1", "p2"], ["h1", "h2"], [2, 0])
+
+
+def test_headerless_file_with_too_few_columns(tmp_path):
+    (tmp_path / "CoLA").mkdir()
+    (tmp_path / "CoLA" / "train.tsv").write_text("gj04\t1\n")
+    with pytest.raises(ConfigError, match=r"CoLA/train.tsv:1: 2 column\(s\), but the cola reader takes column 4"):
+        TASKS.get("cola").load("train", DataOptions(str(tmp_path)))
+
+
+@pytest.mark.parametrize("text", ['{"0": {"text_a": "a", "text_b": "b"}}', "[1, 2]", "not json", '{"x": {}}'])
+def test_damaged_sample_file(tmp_path, text):
+    (tmp_path / "partial" / "QQP").mkdir(parents=True)
+    (tmp_path / "partial" / "QQP" / "official_train_sample_8999.json").write_text(text)
+    with pytest.raises(ConfigError, match=r"official_train_sample_8999.json: not the partial/ sample layout"):
+        get_task("qqp-sample").load("train", DataOptions(str(tmp_path)))

@@ -18,6 +18,8 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError, did_you_mean
+from .textfile import read_text
+from .yaml_limits import load_bounded
 
 DEFAULT_MODEL = "minilm"
 DEFAULT_EPOCHS = 3.0
@@ -144,8 +146,12 @@ class RunConfig:
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}.")
         if not isinstance(self.method_args, dict):
             raise ConfigError(f"method_args must be a mapping, got {self.method_args!r}.")
-        if self.custom is not None and not isinstance(self.custom, dict):
-            raise ConfigError(f"custom must be a mapping (train, dev, text_columns, label_column, type), got {self.custom!r}.")
+        if self.custom is not None:
+            from .tasks.custom import (
+                check_spec,  # keys, types, labels and metrics: before any key is computed
+            )
+
+            check_spec(self.custom)
 
     # ------------------------------------------------------------------ derived values
     @property
@@ -269,9 +275,12 @@ def load_yaml(path: str | Path) -> Any:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {str(p)!r} does not exist.")
+    loader = yaml.SafeLoader(read_text(p, "config file"))  # not UTF-8: one line, not a traceback
     try:
-        return yaml.safe_load(p.read_text(encoding="utf-8"))
+        return load_bounded(loader, str(p))  # aliases that expand without bound are refused, not walked
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError(f"{p}: not valid YAML{at}: {getattr(e, 'problem', e)}.") from None
+    finally:
+        loader.dispose()

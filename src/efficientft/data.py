@@ -9,8 +9,11 @@ over length-sorted batches with predictions put back in order.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
+import threading
+import zipfile
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import ConfigError
 from .tasks import Examples
 
 _MEMORY: OrderedDict[str, Encoded] = OrderedDict()  # the most recently used splits of this process
@@ -46,22 +50,45 @@ def cache_dir() -> Path:
 
 
 def _tokenizer_id(tokenizer) -> str:
-    vocab = tokenizer.get_vocab()
+    """What decides the token ids: the tokenizer's full serialisation (vocabulary, normaliser, pre-tokeniser,
+    post-processor) when it has one, else its whole vocabulary; plus the settings that are not in either.
+
+    Two tokenizers that share a vocabulary but normalise differently (accents, case) give different ids, so a
+    sample of the vocabulary is not enough: the cache would serve one tokenizer's ids to the other.
+    """
     h = hashlib.sha256(type(tokenizer).__name__.encode())
-    for tok in sorted(vocab)[:: max(1, len(vocab) // 2000)]:  # a sample of the vocabulary: cheap and specific
-        h.update(f"{tok}\x00{vocab[tok]}\x01".encode())
-    h.update(repr((len(vocab), tokenizer.padding_side, tokenizer.truncation_side,
+    spec = None
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        try:
+            spec = json.loads(backend.to_str())
+        except Exception:  # noqa: BLE001 - a backend that cannot serialise falls back to the vocabulary
+            spec = None
+    if isinstance(spec, dict):
+        for k in ("truncation", "padding"):  # per-call state the tokenizer sets itself, not behaviour
+            spec.pop(k, None)
+        h.update(json.dumps(spec, sort_keys=True).encode())
+    else:
+        vocab = tokenizer.get_vocab()
+        for tok in sorted(vocab):
+            h.update(f"{tok}\x00{vocab[tok]}\x01".encode())
+    h.update(repr((len(tokenizer), tokenizer.padding_side, tokenizer.truncation_side,
                    getattr(tokenizer, "do_lower_case", None))).encode())
     return h.hexdigest()[:16]
 
 
 def _cache_key(examples: Examples, tokenizer, max_length: int, with_types: bool) -> str:
+    """A hash of everything the encoded split depends on; each text is length-prefixed, so no two different
+    splits hash the same stream (joining with a separator let ``["a\x1fb", "c"]`` equal ``["a", "b\x1fc"]``)."""
     h = hashlib.sha256()
-    h.update(f"{_tokenizer_id(tokenizer)}|{max_length}|{with_types}|{len(examples)}".encode())
-    h.update("\x1f".join(examples.text_a).encode())
-    if examples.text_b is not None:
-        h.update(b"\x1e" + "\x1f".join(examples.text_b).encode())
-    h.update(np.asarray(examples.labels).tobytes())
+    h.update(f"{_tokenizer_id(tokenizer)}|{max_length}|{with_types}|{len(examples)}|".encode())
+    for column in (examples.text_a, examples.text_b):
+        h.update(b"N" if column is None else b"C%d|" % len(column))
+        for text in column or ():
+            b = text.encode("utf-8", "surrogatepass")
+            h.update(len(b).to_bytes(8, "little") + b)
+    labels = np.asarray(examples.labels)
+    h.update(str(labels.dtype).encode() + labels.tobytes())
     return h.hexdigest()[:32]
 
 
@@ -72,14 +99,15 @@ def encode(examples: Examples, tokenizer, max_length: int, with_types: bool, dis
         _MEMORY.move_to_end(key)
         return _MEMORY[key]
     path = cache_dir() / "tokens" / f"{key}.npz"
-    enc = _load(path) if disk_cache else None
-    if enc is None:
+    dtype = np.float32 if examples.labels and isinstance(examples.labels[0], float) else np.int64
+    labels = np.asarray(examples.labels, dtype=dtype)
+    enc = _load(path, labels, with_types, max_length, len(tokenizer)) if disk_cache else None
+    if enc is None:  # absent, or damaged: tokenise again and replace the file
         out = tokenizer(examples.text_a, examples.text_b, truncation=True, max_length=max_length, padding=False,
                         return_token_type_ids=with_types, return_attention_mask=False)
         ids = [np.asarray(x, dtype=np.int32) for x in out["input_ids"]]
         types = [np.asarray(x, dtype=np.int8) for x in out["token_type_ids"]] if with_types else None
-        dtype = np.float32 if examples.labels and isinstance(examples.labels[0], float) else np.int64
-        enc = Encoded(ids, types, np.asarray(examples.labels, dtype=dtype))
+        enc = Encoded(ids, types, labels)
         if disk_cache:
             _save(path, enc)
     _MEMORY[key] = enc
@@ -89,6 +117,8 @@ def encode(examples: Examples, tokenizer, max_length: int, with_types: bool, dis
 
 
 def _save(path: Path, enc: Encoded) -> None:
+    """Write the split to a temporary file beside ``path``, then rename it over: readers never see half a file."""
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         offsets = np.concatenate([[0], np.cumsum([len(x) for x in enc.ids])]).astype(np.int64)
@@ -96,25 +126,54 @@ def _save(path: Path, enc: Encoded) -> None:
                   "labels": enc.labels}
         if enc.types is not None:
             arrays["types"] = np.concatenate(enc.types) if enc.types else np.zeros(0, np.int8)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)  # atomic: a reader never sees half a file
+        with open(tmp, "wb") as f:  # a file object: np.savez would otherwise append ".npz" to the name
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
     except OSError:
-        pass  # the cache is an optimisation; a read-only disk must not fail a run
+        tmp.unlink(missing_ok=True)  # the cache is an optimisation; a read-only or full disk must not fail a run
 
 
-def _load(path: Path) -> Encoded | None:
+def _load(path: Path, labels: np.ndarray, with_types: bool, max_length: int, vocab: int) -> Encoded | None:
+    """The cached split, or None (a cache miss) unless the file is exactly what :func:`_save` writes for it.
+
+    A cache file can be truncated by a crash, emptied by a full disk, or replaced by anything at all; reading it
+    must never fail or hang a run, nor feed the model a wrong split (an empty split would make the training
+    batches loop forever). So the file must be a regular file holding an uncompressed ``.npz`` with exactly the
+    expected members (sizes bounded before anything is read), and its arrays must have the split's shape, dtypes,
+    labels and token-id range.
+    """
+    n = len(labels)
+    members = {"ids.npy", "offsets.npy", "labels.npy"} | ({"types.npy"} if with_types else set())
+    bound = 4096 + 8 * (n * max(1, max_length) + n + 1)  # .npy header + the largest possible array
     try:
+        if not path.is_file():
+            return None
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+            if ({i.filename for i in infos} != members or len(infos) != len(members)
+                    or any(i.compress_type != zipfile.ZIP_STORED or i.file_size > bound for i in infos)):
+                return None
         with np.load(path, allow_pickle=False) as z:
-            off, ids = z["offsets"], z["ids"]
-            types = z["types"] if "types" in z else None
-            return Encoded(
-                [ids[off[i]: off[i + 1]] for i in range(len(off) - 1)],
-                None if types is None else [types[off[i]: off[i + 1]] for i in range(len(off) - 1)],
-                z["labels"],
-            )
-    except (OSError, ValueError, KeyError):
+            arrays = {k: z[k] for k in z.files}
+    except Exception:  # noqa: BLE001 - any unreadable file is a miss, whatever the reader raises
         return None
+    off, ids, lab = arrays["offsets"], arrays["ids"], arrays["labels"]
+    types = arrays.get("types")
+    if not (off.dtype == np.int64 and off.shape == (n + 1,) and ids.dtype == np.int32 and ids.ndim == 1
+            and lab.dtype == labels.dtype and lab.shape == labels.shape and np.array_equal(lab, labels)):
+        return None
+    lengths = np.diff(off)
+    if off[0] != 0 or off[-1] != len(ids) or (lengths < 0).any() or (lengths > max_length).any():
+        return None
+    if len(ids) and (ids.min() < 0 or ids.max() >= vocab):
+        return None
+    if types is not None and (types.dtype != np.int8 or types.shape != ids.shape):
+        return None
+    return Encoded(
+        [ids[off[i]: off[i + 1]] for i in range(n)],
+        None if types is None else [types[off[i]: off[i + 1]] for i in range(n)],
+        lab,
+    )
 
 
 def collate(enc: Encoded, idx: list[int] | np.ndarray, pad_id: int) -> dict[str, torch.Tensor]:
@@ -146,6 +205,8 @@ class TrainBatches:
     WINDOW = 50
 
     def __init__(self, enc: Encoded, batch_size: int, pad_id: int, seed: int, bucket: bool = False) -> None:
+        if len(enc) == 0 or batch_size < 1:  # an epoch without batches: ``indexed`` would loop forever
+            raise ConfigError(f"cannot draw training batches of {batch_size} from {len(enc)} examples.")
         self.enc, self.batch_size, self.pad_id, self.seed, self.bucket = enc, batch_size, pad_id, seed, bucket
 
     def __len__(self) -> int:

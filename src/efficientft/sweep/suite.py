@@ -33,6 +33,8 @@ import yaml
 
 from ..config import ENVIRONMENT_FIELDS, RunConfig, _coerce
 from ..errors import ConfigError, did_you_mean
+from ..textfile import read_text
+from ..yaml_limits import load_bounded
 
 SUITE_KEYS = ("name", "description", "defaults", "grid", "methods", "per_task", "selection", "early_stopping",
               "estimate")
@@ -83,11 +85,11 @@ _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _constr
 def load_marked(path: Path) -> Any:
     if not path.is_file():
         raise ConfigError(f"suite file {str(path)!r} does not exist.")
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path, "suite file")  # not UTF-8: one line, not a traceback
     loader = _Loader(text)
     loader.name = str(path)
     try:
-        return loader.get_single_data()
+        return load_bounded(loader, str(path))  # aliases that expand without bound are refused, not walked
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -239,6 +241,9 @@ class PlannedRun:
         return " ".join(str(b) for b in bits)
 
 
+MAX_RUNS = 100_000  # runs one method entry may expand to; far above any real grid
+
+
 @dataclass
 class Suite:
     name: str
@@ -268,6 +273,11 @@ class Suite:
             axes = {p: v for p, v in self.grid.axes.items() if p not in entry.fixed and p not in entry.axes}
             axes.update(entry.axes)
             names = list(axes)
+            size = math.prod(len(axes[n]) for n in names)
+            if size > MAX_RUNS:  # a few short lists multiply to billions: refuse before expanding one
+                raise ConfigError(f"{where}: the grid expands to {size:,} runs (axes: "
+                                  f"{', '.join('.'.join(n) + f' x{len(axes[n])}' for n in names)}); the limit is "
+                                  f"{MAX_RUNS:,} per entry. Split the suite or shorten its lists.")
             for combo in itertools.product(*(axes[n] for n in names)):
                 values = dict(self.defaults.fixed)
                 origin = {p: self.defaults.lines[p] for p in self.defaults.fixed}

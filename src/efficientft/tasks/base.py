@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import csv
+import math
 import os
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,8 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
-
-csv.field_size_limit(sys.maxsize)
+from ..textfile import csv_rows
 
 ENV_DATA_DIR = "EFT_DATA_DIR"
 
@@ -107,11 +106,8 @@ class Task:
 
 
 def read_table(path: Path, delimiter: str = "\t", quoting: int = csv.QUOTE_NONE) -> list[list[str]]:
-    """Rows of a delimited file. GLUE files are read with quoting off: quotes there are ordinary text."""
-    if not path.is_file():
-        raise ConfigError(f"data file {str(path)!r} does not exist.")
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        return [row for row in csv.reader(f, delimiter=delimiter, quoting=quoting) if row]
+    """Rows of a delimited UTF-8 file. GLUE files are read with quoting off: quotes there are ordinary text."""
+    return [row for _, row in csv_rows(path, delimiter, quoting)]
 
 
 def label_ids(raw: list[str], values: tuple[str, ...], where: list[str]) -> list[int]:
@@ -128,10 +124,14 @@ def label_ids(raw: list[str], values: tuple[str, ...], where: list[str]) -> list
 
 
 def float_labels(raw: list[str], where: list[str]) -> list[float]:
+    """Regression targets; a NaN or infinite target is refused here, since it would only show up as a NaN loss."""
     out = []
     for r, w in zip(raw, where, strict=True):
         try:
-            out.append(float(r))
+            x = float(r)
         except ValueError:
             raise ConfigError(f"label {r!r} at {w} is not a number; this is a regression task.") from None
+        if not math.isfinite(x):
+            raise ConfigError(f"label {r!r} at {w} is not a finite number; a regression label must be finite.")
+        out.append(x)
     return out

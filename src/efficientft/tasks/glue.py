@@ -14,6 +14,7 @@ import json
 from dataclasses import dataclass, field
 
 from ..errors import ConfigError
+from ..textfile import read_text
 from .base import DataOptions, Examples, Task, float_labels, label_ids, read_table
 
 HUB_DATASET = "nyu-mll/glue"
@@ -64,6 +65,9 @@ class GlueTask(Task):
         else:
             idx = list(self.columns)
         width = len(rows[0]) if rows else 0
+        if rows and max(idx) >= width:
+            raise ConfigError(f"{path}:{first + 1}: {width} column(s), but the {self.name} reader takes column "
+                              f"{max(idx) + 1}; is this the {self.folder} file of the glue_data layout?")
         texts: list[list[str]] = [[] for _ in idx[:-1]]
         raw, where, skipped = [], [], 0
         for n, row in enumerate(rows[first:], start=first + 1):
@@ -110,14 +114,17 @@ class GlueSampleTask(Task):
             return self.glue._parse(read_table(path), str(path))
         if not path.is_file():
             raise ConfigError(f"{self.name}: {path} is missing (the partial/ folder of the offline GLUE copy).")
-        with open(path, encoding="utf-8") as f:
-            records = json.load(f)
-        keys = sorted(records, key=int)
+        text = read_text(path)  # its own errors (not UTF-8, not a file) stand as they are
+        try:
+            records = json.loads(text)
+            keys = sorted(records, key=int)
+            rows = [(str(records[k]["label"]), records[k]["text_a"], records[k]["text_b"]) for k in keys]
+        except (ValueError, TypeError, KeyError, AttributeError):  # not JSON, not numbered records, a field missing
+            raise ConfigError(f"{path}: not the partial/ sample layout (a JSON object of numbered records, each "
+                              "with text_a, text_b and label); fetch the file again.") from None
         where = [f"{path}:{k}" for k in keys]
-        labels = label_ids([str(records[k]["label"]) for k in keys], self.label_values, where)
-        return Examples(
-            [records[k]["text_a"] for k in keys], [records[k]["text_b"] for k in keys], labels, (str(path),)
-        )
+        labels = label_ids([r[0] for r in rows], self.label_values, where)
+        return Examples([r[1] for r in rows], [r[2] for r in rows], labels, (str(path),))
 
 
 _BIN = ("0", "1")

@@ -76,6 +76,10 @@ METRICS: dict[str, Callable[[Sequence, Sequence], float]] = {
     "spearman": spearman,
 }
 
+# Which metrics fit which kind of task: class predictions against class ids, or real-valued predictions.
+CLASSIFICATION_METRICS = ("accuracy", "f1", "mcc")
+REGRESSION_METRICS = ("pearson", "spearman")
+
 # What each metric is called in tables, for readers who do not know the short names.
 METRIC_TITLES = {
     "accuracy": "Acc.",
