@@ -107,7 +107,7 @@ def write_frame(df: pd.DataFrame, path: Path, fmt: str) -> None:
     elif fmt == "parquet":
         df.to_parquet(tmp, index=False, engine="pyarrow")
     else:
-        df.to_json(tmp, orient="records", lines=True, force_ascii=False)
+        df.to_json(tmp, orient="records", lines=True, force_ascii=False, double_precision=15)  # pandas' maximum
     tmp.replace(path)
 
 
@@ -120,7 +120,7 @@ def read_frame(path: Path, fmt: str | None = None) -> pd.DataFrame:
         return pd.read_csv(path)
     if fmt == "parquet":
         return pd.read_parquet(path)
-    return pd.read_json(path, orient="records", lines=True)
+    return pd.read_json(path, orient="records", lines=True, precise_float=True)
 
 
 def export_store(store: Store | str | Path, out: str | Path, fmt: str | None = None, status: str | None = None) -> dict[Path, int]:
