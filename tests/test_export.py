@@ -78,6 +78,12 @@ def test_export_bad_input(filled, args, msg, tmp_path, capsys, monkeypatch):
     assert capsys.readouterr().err.strip() == msg.format(store=filled.path)
 
 
+def test_export_to_a_folder(filled, tmp_path, capsys):
+    assert main(["export", "--store", str(filled.path), "--out", str(tmp_path), "--format", "csv"]) == 2
+    assert capsys.readouterr().err.strip() == (f"eft export: error: --out {str(tmp_path)!r} is a folder; pass a file "
+                                               f"name such as {str(tmp_path / 'runs.csv')!r}.")
+
+
 def test_export_without_a_store(tmp_path, capsys):
     assert main(["export", "--store", str(tmp_path / "none.sqlite"), "--out", str(tmp_path / "r.csv")]) == 2
     assert "no results store at" in capsys.readouterr().err

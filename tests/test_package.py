@@ -42,6 +42,13 @@ def test_old_configs_path_names_the_shipped_suite(tmp_path, monkeypatch, capsys)
     assert "\n" not in err and "Traceback" not in err
 
 
+def test_a_folder_is_not_a_suite(tmp_path, capsys):
+    assert main(["sweep", str(tmp_path), "--dry-run"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"eft sweep: error: {str(tmp_path)!r} is a folder, not a suite file; pass a .yaml file or the name of a "
+        f"shipped suite: {', '.join(SUITES.names())}.")
+
+
 def test_eft_suites_lists_one_line_each(capsys):
     assert main(["suites"]) == 0
     lines = capsys.readouterr().out.splitlines()

@@ -129,6 +129,8 @@ def export_store(store: Store | str | Path, out: str | Path, fmt: str | None = N
     ``fmt`` is ``csv``, ``parquet`` or ``jsonl`` (default: from ``out``'s suffix)."""
     store = store if isinstance(store, Store) else Store(store)
     out = Path(out)
+    if out.is_dir():
+        raise ConfigError(f"--out {str(out)!r} is a folder; pass a file name such as {str(out / 'runs.csv')!r}.")
     fmt = format_of(out, fmt)
     runs = runs_frame(store, status)
     if runs.empty:

@@ -46,6 +46,9 @@ class Shipped:
         if p.is_file():
             return p
         known = self.names()
+        if p.is_dir():
+            raise ConfigError(f"{str(p)!r} is a folder, not a {self.kind} file; pass a .yaml file or the name of a "
+                              f"shipped {self.kind}: {', '.join(known)}.")
         if len(p.parts) > 1 or p.suffix in SUFFIXES:
             hint = (f" EfficientFT ships a {self.kind} called {p.stem!r}: pass its name." if p.stem in known else "")
             raise ConfigError(f"{self.kind} file {str(p)!r} does not exist.{hint} Shipped {self.kind}s "
