@@ -8,6 +8,7 @@ import math
 import pytest
 
 from efficientft.cli import build_parser, config_from_args, main
+from efficientft.errors import ConfigError
 from efficientft.export import export_store, read_frame, runs_frame, side_path
 
 
@@ -101,3 +102,8 @@ def test_run_already_done_with_a_new_export_dir_is_refused(store, tiny_bert, tmp
         f"eft run: error: run {cfg.key()} is already done in {store.path} and its weights were not exported to "
         f"{tmp_path / 'adapter'} (only a training run exports): add --force to train it again.")
     assert not (tmp_path / "adapter").exists()
+    import efficientft as eft
+
+    with pytest.raises(ConfigError, match="its weights were not exported to"):  # the Python API: the same rule
+        eft.run(cfg, store=store)
+    assert eft.run(cfg.replace(export_dir=None), store=store)["scores"] == {"dev/accuracy": 0.5}  # no training

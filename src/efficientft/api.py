@@ -42,10 +42,28 @@ def run(config: RunConfig | dict[str, Any], store: Store | str | Path | None = N
     cfg = config if isinstance(config, RunConfig) else RunConfig.from_dict(dict(config), where="run config")
     cfg = cfg.resolved()
     db = open_store(store)
-    existing = db.get(cfg.key())
-    if existing is not None and existing["status"] == "done" and not force:
-        return existing
-    return train_run(cfg, db, progress=progress)
+    existing = stored_done(db, cfg, force)
+    return existing if existing is not None else train_run(cfg, db, progress=progress)
+
+
+def stored_done(store: Store, cfg: RunConfig, force: bool = False) -> dict[str, Any] | None:
+    """The stored record when ``cfg`` is already ``done`` (and not ``force``), so it is not trained again.
+
+    Only a training run exports weights, so a done run asked for an ``export_dir`` it was not exported to is a
+    :class:`ConfigError` (train it again with ``force``) rather than a record that seems to have put them there.
+    """
+    existing = store.get(cfg.key())
+    if existing is None or existing["status"] != "done" or force:
+        return None
+    if cfg.export_dir and not _exported_to(existing, cfg.export_dir):
+        raise ConfigError(f"run {cfg.key()} is already done in {store.path} and its weights were not exported to "
+                          f"{cfg.export_dir} (only a training run exports): add --force to train it again.")
+    return existing
+
+
+def _exported_to(record: dict[str, Any], folder: str) -> bool:
+    done = ((record.get("details") or {}).get("export") or {}).get("dir")
+    return bool(done) and Path(done).resolve() == Path(folder).resolve() and Path(folder).is_dir()
 
 
 def load_suite(suite: str | Path) -> Suite:

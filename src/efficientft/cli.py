@@ -215,6 +215,7 @@ def _float(v: str, what: str) -> float:
 
 
 def cmd_run(a: argparse.Namespace) -> int:
+    from .api import stored_done
     from .report.text import runs_table
     from .train import run
 
@@ -222,11 +223,8 @@ def cmd_run(a: argparse.Namespace) -> int:
     if a.push_to_hub is not None:
         check_hub_repo(a.push_to_hub, cfg.export_dir)
     store = Store(a.store)
-    existing = store.get(cfg.key())
-    if existing is not None and existing["status"] == "done" and not a.force:
-        if cfg.export_dir and not _exported_to(existing, cfg.export_dir):
-            raise ConfigError(f"run {cfg.key()} is already done in {store.path} and its weights were not exported "
-                              f"to {cfg.export_dir} (only a training run exports): add --force to train it again.")
+    existing = stored_done(store, cfg, a.force)
+    if existing is not None:
         print(f"run {cfg.key()} is already done in {store.path}; showing it (use --force to run it again).",
               file=sys.stderr)
         record = existing
@@ -246,11 +244,6 @@ def cmd_run(a: argparse.Namespace) -> int:
         url = push_to_hub(a.push_to_hub, Path(cfg.export_dir))
         print(f"uploaded {cfg.export_dir} to {url}", file=sys.stderr)
     return 0
-
-
-def _exported_to(record: dict, folder: str) -> bool:
-    done = ((record.get("details") or {}).get("export") or {}).get("dir")
-    return bool(done) and Path(done).resolve() == Path(folder).resolve() and Path(folder).is_dir()
 
 
 def cmd_suites(a: argparse.Namespace) -> int:
