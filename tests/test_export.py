@@ -79,6 +79,14 @@ def test_export_bad_input(filled, args, msg, tmp_path, capsys, monkeypatch):
     assert capsys.readouterr().err.strip() == msg.format(store=filled.path)
 
 
+@pytest.mark.parametrize("command", ["runs", "export"])
+def test_an_unknown_status_is_named_not_read_as_no_runs(filled, command, tmp_path, capsys):
+    assert main([command, "--store", str(filled.path), "--status", "finished", "--out", str(tmp_path / "r.csv")]
+                [: None if command == "export" else -2]) == 2
+    assert capsys.readouterr().err.strip() == (f"eft {command}: error: unknown run status 'finished'; accepted: "
+                                               f"running, done, failed, diverged, cancelled.")
+
+
 def test_export_to_a_folder(filled, tmp_path, capsys):
     assert main(["export", "--store", str(filled.path), "--out", str(tmp_path), "--format", "csv"]) == 2
     assert capsys.readouterr().err.strip() == (f"eft export: error: --out {str(tmp_path)!r} is a folder; pass a file "

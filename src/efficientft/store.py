@@ -21,6 +21,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from .errors import ConfigError
+
 STATUSES = ("running", "done", "failed", "diverged", "cancelled")
 DEFAULT_STORE = "results/eft.sqlite"
 ENV_STORE = "EFT_STORE"
@@ -302,6 +304,9 @@ class Store:
         q, args = "SELECT * FROM runs", ()
         if status is not None:
             statuses = (status,) if isinstance(status, str) else tuple(status)
+            bad = [x for x in statuses if x not in STATUSES]
+            if bad:  # an unknown status would match nothing and read as "no runs"
+                raise ConfigError(f"unknown run status {bad[0]!r}; accepted: {', '.join(STATUSES)}.")
             q += f" WHERE status IN ({', '.join('?' * len(statuses))})"
             args = statuses
         with self._connect() as db:
