@@ -93,6 +93,16 @@ def test_export_to_a_folder(filled, tmp_path, capsys):
                                                f"name such as {str(tmp_path / 'runs.csv')!r}.")
 
 
+def test_readers_of_a_missing_store_say_so_and_create_nothing(tmp_path):
+    import efficientft as eft
+
+    missing = tmp_path / "typo.sqlite"
+    for read in (eft.runs_frame, eft.curves_frame, eft.build_report, lambda s: eft.export_store(s, tmp_path / "r.csv")):
+        with pytest.raises(ConfigError, match=f"no results store at {missing}; run something first"):
+            read(missing)
+    assert not missing.exists()
+
+
 def test_export_without_a_store(tmp_path, capsys):
     assert main(["export", "--store", str(tmp_path / "none.sqlite"), "--out", str(tmp_path / "r.csv")]) == 2
     assert "no results store at" in capsys.readouterr().err

@@ -23,7 +23,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "ConfigError": "errors", "RunConfig": "config", "Store": "store", "Suite": "sweep.suite",
     "PlannedRun": "sweep.suite", "Report": "report.build",
-    "open_store": "api", "run": "api", "load_suite": "api", "list_suites": "api", "run_suite": "api",
+    "open_store": "store", "run": "api", "load_suite": "api", "list_suites": "api", "run_suite": "api",
     "runs_frame": "api", "curves_frame": "api", "build_report": "api", "table_frame": "api",
     "export_store": "export",
 }
@@ -39,7 +39,6 @@ if TYPE_CHECKING:
         curves_frame,
         list_suites,
         load_suite,
-        open_store,
         run,
         run_suite,
         runs_frame,
@@ -49,7 +48,7 @@ if TYPE_CHECKING:
     from .errors import ConfigError
     from .export import export_store
     from .report.build import Report
-    from .store import Store
+    from .store import Store, open_store
     from .sweep.suite import PlannedRun, Suite
 
 

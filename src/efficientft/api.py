@@ -14,19 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 from .config import RunConfig
 from .errors import ConfigError
-from .store import Store
+from .store import Store, open_store
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from .report.build import Report
     from .sweep.suite import Suite
-
-
-def open_store(store: Store | str | Path | None = None) -> Store:
-    """A results store: a :class:`Store` as given, else the SQLite file at that path (default ``$EFT_STORE`` or
-    ``results/eft.sqlite``), created on first use."""
-    return store if isinstance(store, Store) else Store(store)
 
 
 def run(config: RunConfig | dict[str, Any], store: Store | str | Path | None = None, force: bool = False,
@@ -108,14 +102,14 @@ def runs_frame(store: Store | str | Path | None = None, status: str | Sequence[s
     (``config.lr``, ``scores.dev/accuracy``, ``cost.wall_s``, ``provenance.code.commit``, ``tags.label``)."""
     from .export import runs_frame as frame
 
-    return frame(open_store(store), status)
+    return frame(open_store(store, create=False), status)
 
 
 def curves_frame(store: Store | str | Path | None = None, keys: Sequence[str] | None = None) -> pd.DataFrame:
     """Per-step curves (train loss, lr, grad norm; evaluation scores) in long format, for the given run keys."""
     from .export import curves_frame as frame
 
-    return frame(open_store(store), keys)
+    return frame(open_store(store, create=False), keys)
 
 
 def build_report(store: Store | str | Path | None = None, split: str = "dev", tasks: Sequence[str] | None = None,
@@ -129,7 +123,7 @@ def build_report(store: Store | str | Path | None = None, split: str = "dev", ta
     """
     from .report.build import build, write
 
-    db = open_store(store)
+    db = open_store(store, create=False)
     rep = build(db, split, tasks, methods, select_lr=select_lr, **options)
     if out is not None:
         write(rep, db, Path(out), formats, plots=plots)

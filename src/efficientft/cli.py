@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import signal
 import sys
 import warnings
@@ -20,7 +19,7 @@ from .config import PRECISIONS, SCHEDULES, RunConfig, load_yaml
 from .errors import ConfigError
 from .export import FORMATS as EXPORT_FORMATS
 from .hub import check_hub_repo, push_to_hub
-from .store import DEFAULT_STORE, ENV_STORE, Store
+from .store import DEFAULT_STORE, ENV_STORE, Store, open_store
 
 # command-line flag -> RunConfig field, for flags that map one to one
 _FIELDS = ("task", "method", "model", "targets", "lr_ratio", "lr", "weight_decay", "schedule", "warmup_ratio",
@@ -340,10 +339,7 @@ def cmd_report(a: argparse.Namespace) -> int:
 
 
 def _existing_store(path: str | None) -> Store:
-    p = Path(path or os.environ.get(ENV_STORE) or DEFAULT_STORE)
-    if not p.is_file():
-        raise ConfigError(f"no results store at {p}; run something first or pass --store PATH.")
-    return Store(p)
+    return open_store(path, create=False)
 
 
 COMMANDS = {"run": cmd_run, "sweep": cmd_sweep, "methods": cmd_methods, "tasks": cmd_tasks, "runs": cmd_runs,

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
-from .store import Store
+from .store import Store, open_store
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -62,7 +62,7 @@ def runs_frame(store: Store | str | Path, status: str | Iterable[str] | None = N
     """The store's runs as a pandas DataFrame, one row per run, columns flattened (see the module docstring)."""
     import pandas as pd
 
-    store = store if isinstance(store, Store) else Store(store)
+    store = open_store(store, create=False)
     rows = [flat_record(r) for r in store.runs(status)]
     df = pd.DataFrame.from_records(rows)
     if not rows:
@@ -77,7 +77,7 @@ def curves_frame(store: Store | str | Path, keys: Iterable[str] | None = None) -
     """Per-step curves, long format: run_key, kind (train / eval), step, name (loss, lr, dev/accuracy ...), value."""
     import pandas as pd
 
-    store = store if isinstance(store, Store) else Store(store)
+    store = open_store(store, create=False)
     keys = [r["run_key"] for r in store.runs()] if keys is None else list(keys)
     rows = [(k, *c) for k in keys for c in store.curves(k)]
     return pd.DataFrame.from_records(rows, columns=["run_key", "kind", "step", "name", "value"])
@@ -127,7 +127,7 @@ def export_store(store: Store | str | Path, out: str | Path, fmt: str | None = N
     """Write the runs to ``out`` and their curves beside it (``NAME.curves.SUFFIX``); returns {file: rows}.
 
     ``fmt`` is ``csv``, ``parquet`` or ``jsonl`` (default: from ``out``'s suffix)."""
-    store = store if isinstance(store, Store) else Store(store)
+    store = open_store(store, create=False)
     out = Path(out)
     if out.is_dir():
         raise ConfigError(f"--out {str(out)!r} is a folder; pass a file name such as {str(out / 'runs.csv')!r}.")
