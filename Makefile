@@ -27,7 +27,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 demo: setup
-	$(BIN)/eft sweep configs/quick.yaml --store $(STORE)
+	$(BIN)/eft sweep quick --store $(STORE)
 	$(BIN)/eft runs --store $(STORE)
 	$(BIN)/eft report --store $(STORE) --out results/demo-report --format md,html
 

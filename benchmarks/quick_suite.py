@@ -1,7 +1,7 @@
 """Wall time of the ``quick`` suite (the README's main job, ``make demo``) end to end, with each run's cost.
 
-    python benchmarks/quick_suite.py                         # configs/quick.yaml, one worker
-    python benchmarks/quick_suite.py --suite configs/quick.yaml --workers 2
+    python benchmarks/quick_suite.py                         # the shipped suite quick, one worker
+    python benchmarks/quick_suite.py --suite quick --workers 2
 
 Runs ``eft sweep SUITE`` in a fresh process on an empty store and an empty token cache (nothing reused from
 earlier runs: what a new user's ``make demo`` costs), times it from start to exit, then reads the store and prints
@@ -19,18 +19,22 @@ import time
 
 from _common import ROOT, machine, table
 
+from efficientft.errors import ConfigError
 from efficientft.store import Store
+from efficientft.suites import resolve_suite
 
 TARGET_S = 600
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--suite", default=str(ROOT / "configs" / "quick.yaml"))
+    ap.add_argument("--suite", default="quick", help="a shipped suite's name or a suite file")
     ap.add_argument("--workers", type=int, default=1)
     a = ap.parse_args()
-    if not os.path.isfile(a.suite):
-        sys.exit(f"no suite file {a.suite}")
+    try:
+        resolve_suite(a.suite)
+    except ConfigError as e:
+        sys.exit(str(e))
     print(f"machine: {machine()}")
     with tempfile.TemporaryDirectory(prefix="eft-quick-") as tmp:
         store = os.path.join(tmp, "quick.sqlite")

@@ -1,4 +1,4 @@
-"""Every suite shipped in configs/ loads, expands and validates (every run: RunConfig and the method's args).
+"""Every suite shipped in the package (src/efficientft/suites) loads, expands and validates (every run: RunConfig and the method's args).
 
 """
 
@@ -9,9 +9,14 @@ from pathlib import Path
 import pytest
 
 from efficientft.methods import METHODS
+from efficientft.suites import SUITES
 from efficientft.sweep import load_suite
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "src" / "efficientft" / "suites").glob("*.yaml"))
+
+
+def test_every_suite_file_is_one_the_package_lists():
+    assert [p.stem for p in CONFIGS] == SUITES.names()
 
 
 def test_the_shipped_suites_are_there():

@@ -8,16 +8,18 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import signal
 import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
+from . import __version__
 from .config import PRECISIONS, SCHEDULES, RunConfig, load_yaml
 from .errors import ConfigError
-from .store import DEFAULT_STORE, ENV_STORE, Store
+from .export import FORMATS as EXPORT_FORMATS
+from .hub import check_hub_repo, push_to_hub
+from .store import DEFAULT_STORE, ENV_STORE, Store, open_store
 
 # command-line flag -> RunConfig field, for flags that map one to one
 _FIELDS = ("task", "method", "model", "targets", "lr_ratio", "lr", "weight_decay", "schedule", "warmup_ratio",
@@ -34,6 +36,7 @@ def _store_arg(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="eft", description="EfficientFT: efficient fine-tuning benchmark.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     r = sub.add_parser("run", help="fine-tune one model on one task with one method, and store the result")
@@ -84,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--config", help="YAML file of run settings; flags override it")
     g.add_argument("--device", choices=("auto", "cpu", "cuda"))
     g.add_argument("--export-dir", "--export", dest="export_dir", help="save the trained adapter / weights here")
+    g.add_argument("--push-to-hub", metavar="REPO",
+                   help="upload the exported folder to this Hugging Face Hub repo (owner/name; needs --export-dir)")
     g.add_argument("--trust-remote-code", action="store_true", help="allow a hub model's own code to run")
     g.add_argument("--force", action="store_true", help="run again even if the store has this run done")
     g.add_argument("--json", action="store_true", help="print the stored run record as one JSON object")
@@ -91,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     _store_arg(r)
 
     w = sub.add_parser("sweep", help="run a suite (YAML grid of runs); finished runs are skipped, killed ones resumed")
-    w.add_argument("suite", help="suite file, e.g. configs/quick.yaml")
+    w.add_argument("suite", help="a shipped suite's name (quick, paper-table2, ...; see `eft suites`) or a suite file")
     w.add_argument("--workers", type=int, default=1,
                    help="local worker processes (1: in this process); they share the CPU or take one GPU each")
     w.add_argument("--executor", choices=("local", "ray"), default="local", help="local processes or a Ray cluster")
@@ -108,6 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--json", action="store_true", help="print the plan or the summary as JSON")
     _store_arg(w)
 
+    sub.add_parser("suites", help="list the suites shipped with EfficientFT")
+    s = sub.add_parser("suite", help="print a shipped suite (to copy and edit)")
+    s_sub = s.add_subparsers(dest="suite_command", required=True, metavar="ACTION")
+    s_sub.add_parser("show", help="print a shipped suite's YAML").add_argument("name", help="suite name or file")
     sub.add_parser("methods", help="list the registered methods")
     sub.add_parser("tasks", help="list the registered tasks")
     s = sub.add_parser("runs", help="list stored runs")
@@ -118,6 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("run", help="run key (or a unique prefix)")
     _store_arg(s)
     _report_parser(sub)
+    s = sub.add_parser("export", help="write a store's runs (flattened) and curves as CSV, Parquet or JSON lines")
+    _store_arg(s)
+    s.add_argument("--format", choices=EXPORT_FORMATS, help="default: from the --out suffix")
+    s.add_argument("--out", required=True, help="runs table file; curves go beside it as NAME.curves.SUFFIX")
+    s.add_argument("--status", help="only runs with this status")
     return parser
 
 
@@ -200,13 +214,16 @@ def _float(v: str, what: str) -> float:
 
 
 def cmd_run(a: argparse.Namespace) -> int:
+    from .api import stored_done
     from .report.text import runs_table
     from .train import run
 
     cfg = config_from_args(a).resolved()
+    if a.push_to_hub is not None:
+        check_hub_repo(a.push_to_hub, cfg.export_dir)
     store = Store(a.store)
-    existing = store.get(cfg.key())
-    if existing is not None and existing["status"] == "done" and not a.force:
+    existing = stored_done(store, cfg, a.force)
+    if existing is not None:
         print(f"run {cfg.key()} is already done in {store.path}; showing it (use --force to run it again).",
               file=sys.stderr)
         record = existing
@@ -220,7 +237,39 @@ def cmd_run(a: argparse.Namespace) -> int:
         if scores:
             print("scores: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(scores.items()) if isinstance(v, float)))
         print(f"stored in {store.path} as {record['run_key']}")
-    return 0 if record["status"] == "done" else 1
+    if record["status"] != "done":
+        return 1
+    if a.push_to_hub is not None:
+        url = push_to_hub(a.push_to_hub, Path(cfg.export_dir))
+        print(f"uploaded {cfg.export_dir} to {url}", file=sys.stderr)
+    return 0
+
+
+def cmd_suites(a: argparse.Namespace) -> int:
+    from .suites import SUITES
+
+    names = SUITES.names()
+    width = max(len(n) for n in names)
+    for name in names:
+        print(f"{name.ljust(width)}  {SUITES.description(name)}")
+    return 0
+
+
+def cmd_suite(a: argparse.Namespace) -> int:
+    from .suites import resolve_suite
+
+    sys.stdout.write(resolve_suite(a.name).read_text(encoding="utf-8"))
+    return 0
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    from .export import export_store
+
+    store = _existing_store(a.store)
+    written = export_store(store, Path(a.out), a.format, a.status)
+    for path, rows in written.items():
+        print(f"wrote {rows} rows to {path}", file=sys.stderr)
+    return 0
 
 
 def cmd_sweep(a: argparse.Namespace) -> int:
@@ -290,14 +339,11 @@ def cmd_report(a: argparse.Namespace) -> int:
 
 
 def _existing_store(path: str | None) -> Store:
-    p = Path(path or os.environ.get(ENV_STORE) or DEFAULT_STORE)
-    if not p.is_file():
-        raise ConfigError(f"no results store at {p}; run something first or pass --store PATH.")
-    return Store(p)
+    return open_store(path, create=False)
 
 
 COMMANDS = {"run": cmd_run, "sweep": cmd_sweep, "methods": cmd_methods, "tasks": cmd_tasks, "runs": cmd_runs,
-            "show": cmd_show, "report": cmd_report}
+            "show": cmd_show, "report": cmd_report, "suites": cmd_suites, "suite": cmd_suite, "export": cmd_export}
 
 
 def _sigterm(signum, frame):  # a SIGTERM ends a run like Ctrl-C: stored as cancelled

@@ -21,6 +21,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from .errors import ConfigError
+
 STATUSES = ("running", "done", "failed", "diverged", "cancelled")
 DEFAULT_STORE = "results/eft.sqlite"
 ENV_STORE = "EFT_STORE"
@@ -302,6 +304,9 @@ class Store:
         q, args = "SELECT * FROM runs", ()
         if status is not None:
             statuses = (status,) if isinstance(status, str) else tuple(status)
+            bad = [x for x in statuses if x not in STATUSES]
+            if bad:  # an unknown status would match nothing and read as "no runs"
+                raise ConfigError(f"unknown run status {bad[0]!r}; accepted: {', '.join(STATUSES)}.")
             q += f" WHERE status IN ({', '.join('?' * len(statuses))})"
             args = statuses
         with self._connect() as db:
@@ -323,3 +328,16 @@ class Store:
         with self._connect() as db:
             rows = db.execute("SELECT record FROM history WHERE run_key=? ORDER BY id", (key,)).fetchall()
         return [json.loads(r["record"]) for r in rows]
+
+
+def open_store(store: Store | str | os.PathLike | None = None, create: bool = True) -> Store:
+    """A :class:`Store` as given, else the store at that path (default ``$EFT_STORE`` or ``results/eft.sqlite``).
+
+    Readers pass ``create=False``: a mistyped path must say so, not read as an empty store (and leave one behind).
+    """
+    if isinstance(store, Store):
+        return store
+    p = Path(store or os.environ.get(ENV_STORE) or DEFAULT_STORE)
+    if not create and not p.is_file():
+        raise ConfigError(f"no results store at {p}; run something first or pass --store PATH.")
+    return Store(p)

@@ -33,6 +33,7 @@ import yaml
 
 from ..config import ENVIRONMENT_FIELDS, RunConfig, _coerce
 from ..errors import ConfigError, did_you_mean
+from ..suites import resolve_suite
 from ..textfile import read_text
 from ..yaml_limits import load_bounded
 
@@ -390,8 +391,10 @@ def group_key(cfg: RunConfig, over: tuple[str, ...] | list[str]) -> str:
 
 # ---------------------------------------------------------------------------------------------- loading
 def load_suite(path: str | Path) -> Suite:
-    """Read and check a suite file's structure (expanding it with :meth:`Suite.expand` validates every run)."""
-    p = Path(path)
+    """Read and check a suite's structure (expanding it with :meth:`Suite.expand` validates every run).
+
+    ``path`` is a suite file or the name of a shipped suite (``quick``, ``paper-table2``; see ``eft suites``)."""
+    p = resolve_suite(path)
     raw = load_marked(p)
     f = str(p)
     if not isinstance(raw, dict):
