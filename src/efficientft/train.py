@@ -40,11 +40,16 @@ from .tasks.metrics import compute
 
 
 class Diverged(RuntimeError):
-    """The loss became NaN or infinite."""
+    """The loss became NaN or infinite (or, under fp16, every step's gradients did, ``reason`` says)."""
 
-    def __init__(self, step: int, loss: float, curve: list | None = None) -> None:
-        super().__init__(f"loss became {loss} at step {step}")
+    def __init__(self, step: int, loss: float, curve: list | None = None, reason: str | None = None) -> None:
+        super().__init__(reason or f"loss became {loss} at step {step}")
         self.step, self.loss, self.curve = step, loss, curve or []
+
+
+# fp16: this many skipped steps in a row (the loss scale halved each time: 65536 -> 2^-9) mean the gradients are
+# not finite at any scale, so the run has diverged rather than overflowed.
+MAX_SKIPPED_IN_A_ROW = 25
 
 
 def seed_everything(seed: int) -> None:
@@ -263,37 +268,97 @@ def forward(p: Prepared, split: str, idx, batch: dict[str, torch.Tensor], runner
         return (runner or p.model)(**batch)
 
 
-def optimizer_step(p: Prepared, micro: list[tuple[Any, dict[str, torch.Tensor]]], step: int,
-                   scaler: torch.amp.GradScaler | None = None, runner: nn.Module | None = None,
-                   accel: Any = None) -> tuple[float, torch.Tensor | None]:
-    """One optimizer step over the micro-batches ``[(indices, batch), ...]``: forward, backward, method hooks,
-    clipping, update. Returns the mean loss (over processes too) and the gradient norm before clipping (None
-    without clipping). The training loop and the benchmarks both step through here.
+def batch_weight(batch: dict[str, torch.Tensor]) -> int:
+    """How much a micro-batch counts in its optimizer step: the units its loss is a mean over (here examples).
+
+    The one place that says it: a task whose loss is a mean over target tokens weights by those instead.
     """
-    cfg, model, method = p.cfg, p.model, p.method
-    loss_sum = 0.0
-    for idx, batch in micro:
+    return int(batch["labels"].shape[0])
+
+
+def accumulate(p: Prepared, micro: list[tuple[Any, dict[str, torch.Tensor]]], step: int,
+               scaler: torch.amp.GradScaler | None = None, runner: nn.Module | None = None,
+               accel: Any = None) -> float:
+    """Forward and backward over the micro-batches of one step; returns the step's mean loss.
+
+    Each micro-batch's loss (a mean over its own examples) is weighted by its share n_i / N of the step's examples
+    (:func:`batch_weight`, summed over all processes), so the accumulated gradient is the gradient of the mean loss
+    over the whole step, however unevenly the examples fell into micro-batches (the last batch of an epoch is
+    short). DDP averages gradients over processes, so each process's share is multiplied by their number.
+    """
+    weights = [batch_weight(b) for _, b in micro]
+    total = float(sum(weights))
+    world = 1
+    if accel is not None:
+        total = float(accel.reduce(torch.tensor(total, device=p.device), "sum"))
+        world = accel.num_processes
+    mean = 0.0
+    for (idx, batch), n in zip(micro, weights, strict=True):
         loss = forward(p, "train", idx, batch, runner).loss
-        value = float(loss.detach() if accel is None else accel.reduce(loss.detach(), "mean"))
+        share = n / total
+        part = loss.detach() * share
+        value = float(part if accel is None else accel.reduce(part, "sum"))
         if not math.isfinite(value):
             raise Diverged(step, value)
-        loss_sum += value / len(micro)
-        loss = loss / len(micro)
+        mean += value
+        loss = loss * (share * world)
         (scaler.scale(loss) if scaler else loss).backward()
-    method.after_backward(model, step)
+    return mean
+
+
+@dataclass
+class StepResult:
+    """What one optimizer step did."""
+
+    loss: float  # the mean loss over the step's examples
+    grad_norm: float | None  # total gradient norm *before* clipping (None without clipping)
+    lr: float  # the learning rate this step used (first parameter group), before the scheduler moved on
+    skipped: bool = False  # fp16: the GradScaler found inf/NaN gradients and did not update the weights
+
+
+def _total_norm(params: list[torch.Tensor]) -> float:
+    grads = [q.grad for q in params if q.grad is not None]
+    if not grads:
+        return 0.0
+    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])))
+
+
+def optimizer_step(p: Prepared, micro: list[tuple[Any, dict[str, torch.Tensor]]], step: int,
+                   scaler: torch.amp.GradScaler | None = None, runner: nn.Module | None = None,
+                   accel: Any = None) -> StepResult:
+    """One optimizer step over the micro-batches ``[(indices, batch), ...]``: forward, backward, method hooks,
+    clipping, update. The training loop and the benchmarks both step through here.
+
+    Under fp16 a step whose gradients overflow is skipped by the GradScaler, and then it is not a step: no method
+    hook sees its inf gradients (AdaLoRA's importance scores would turn NaN and it would never prune again), and
+    the schedule does not advance. The gradients are unscaled before the hooks, so hooks and clipping see their
+    true size; the scaler's verdict (its scale fell) decides what happened.
+    """
+    cfg, model, method = p.cfg, p.model, p.method
+    loss = accumulate(p, micro, step, scaler, runner, accel)
+    params = [q for g in p.groups for q in g["params"]]
+    skipped = False
     if scaler:
         scaler.unscale_(p.optimizer)
-    params = [q for g in p.groups for q in g["params"]]
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm) if cfg.max_grad_norm else None
+        skipped = not math.isfinite(_total_norm(params))
+    if not skipped:
+        method.after_backward(model, step)
+    grad_norm = None
+    if cfg.max_grad_norm and not skipped:
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
+    lr = float(p.optimizer.param_groups[0]["lr"])
     if scaler:
+        scale = scaler.get_scale()
         scaler.step(p.optimizer)
         scaler.update()
+        skipped = scaler.get_scale() < scale
     else:
         p.optimizer.step()
-    p.scheduler.step()
-    method.after_step(model, step)
+    if not skipped:
+        p.scheduler.step()
+        method.after_step(model, step)
     p.optimizer.zero_grad(set_to_none=True)
-    return loss_sum, grad_norm
+    return StepResult(loss, None if skipped else grad_norm, lr, skipped)
 
 
 def device_batches(p: Prepared):
@@ -325,13 +390,22 @@ def evaluate_all(p: Prepared) -> dict[str, float]:
 
 
 def train(p: Prepared, store: Store | None = None, key: str = "", progress: bool = True) -> dict[str, Any]:
-    """The loop. Returns scores, curves and timings; raises :class:`Diverged` on a non-finite loss."""
+    """The loop. Returns scores, curves and timings; raises :class:`Diverged` on a non-finite loss.
+
+    ``total_steps`` counts applied optimizer steps. Under fp16 a step the GradScaler skips (overflowing gradients)
+    is tried again on the next batches, so the run still takes its whole schedule; the skipped attempts are timed
+    (their work was done), returned as ``skipped_steps`` (the step each was an attempt at) and not in the curves.
+    A non-finite *loss* is a divergence under every precision: loss scaling guards the backward pass, not the
+    forward. Curves: ``loss`` is the step's mean over its examples, ``lr`` the rate the step used, ``grad_norm``
+    the norm before clipping.
+    """
     cfg, model, device = p.cfg, p.model, p.device
     scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None
     timer = StepTimer(device)
     batches = device_batches(p)
     curve: list[tuple[str, int, str, float]] = []
     evals: list[tuple[int, dict[str, float]]] = []
+    skipped: list[int] = []
     eval_s = 0.0
     accel = data_parallel(device)
     main = accel is None or accel.is_main_process
@@ -340,7 +414,8 @@ def train(p: Prepared, store: Store | None = None, key: str = "", progress: bool
     ema = None
     model.train()
     t_train = time.perf_counter()
-    for step in range(1, p.total_steps + 1):
+    step, in_a_row = 0, 0
+    while step < p.total_steps:
         timer.start()
         micro = [_shard_indexed(*next(batches), accel) for _ in range(cfg.grad_accum)]
         for _, batch in micro:
@@ -348,15 +423,25 @@ def train(p: Prepared, store: Store | None = None, key: str = "", progress: bool
             timer.padded_tokens += batch["attention_mask"].numel()
             timer.examples += len(batch["labels"])
         try:
-            loss_sum, grad_norm = optimizer_step(p, micro, step, scaler, runner, accel)
+            result = optimizer_step(p, micro, step + 1, scaler, runner, accel)
         except Diverged as e:
-            raise Diverged(e.step, e.loss, curve) from None  # the curve so far is kept for diagnosis
+            e.curve = curve  # the curve so far is kept for diagnosis
+            raise
         timer.stop()
-        ema = loss_sum if ema is None else 0.9 * ema + 0.1 * loss_sum
-        curve.append(("train", step, "loss", loss_sum))
-        curve.append(("train", step, "lr", p.optimizer.param_groups[0]["lr"]))
-        if grad_norm is not None:
-            curve.append(("train", step, "grad_norm", float(grad_norm)))
+        if result.skipped:
+            skipped.append(step + 1)
+            in_a_row += 1
+            if in_a_row >= MAX_SKIPPED_IN_A_ROW:
+                raise Diverged(step + 1, result.loss, curve,
+                               f"gradients were inf or NaN in {in_a_row} fp16 steps in a row at step {step + 1} "
+                               "(the GradScaler skipped them all)")
+            continue
+        step, in_a_row = step + 1, 0
+        ema = result.loss if ema is None else 0.9 * ema + 0.1 * result.loss
+        curve.append(("train", step, "loss", result.loss))
+        curve.append(("train", step, "lr", result.lr))
+        if result.grad_norm is not None:
+            curve.append(("train", step, "grad_norm", result.grad_norm))
         if bar is not None:
             bar.set_postfix(loss=f"{ema:.4f}", refresh=False)
             bar.update(1)
@@ -379,7 +464,8 @@ def train(p: Prepared, store: Store | None = None, key: str = "", progress: bool
         accel.wait_for_everyone()
     evals.append((p.total_steps, final))
     curve += [("eval", p.total_steps, k, v) for k, v in final.items()]
-    return {"scores": final, "evals": evals, "curve": curve, "timer": timer, "train_s": train_s, "eval_s": eval_s}
+    return {"scores": final, "evals": evals, "curve": curve, "timer": timer, "train_s": train_s, "eval_s": eval_s,
+            "skipped_steps": skipped}
 
 
 def _progress(p: Prepared, enabled: bool):
@@ -445,6 +531,7 @@ def run(cfg: RunConfig, store: Store | None = None, progress: bool | None = None
         scores = {**out["scores"], **best_dev(p.task, out["evals"])}
         cost.update(out["timer"].summary())
         cost.update(train_s=out["train_s"], eval_s=out["eval_s"])
+        details["skipped_steps"] = out["skipped_steps"]
         if p.features is not None:
             cost["feature_cache_mb"] = p.features.nbytes / 2**20
         state = p.method.optimizer_state(p.optimizer)

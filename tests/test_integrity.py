@@ -1,0 +1,129 @@
+"""Integrity of the loop's numbers: accumulation weights, the lr curve, fp16 skipped steps.
+
+Each test pins a number the loop once got silently wrong: a short last micro-batch counted as much as a full one,
+the lr curve was shifted by one step, and a step the fp16 GradScaler skipped still advanced the schedule and ran
+AdaLoRA's reallocation on inf gradients (it then never pruned).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from efficientft.data import collate
+from efficientft.train import accumulate, optimizer_step, prepare, run, schedule_fn, train
+from tests.conftest import tiny_config
+
+
+def _grads(model):
+    return {n: q.grad.detach().clone() for n, q in model.named_parameters() if q.grad is not None}
+
+
+# ---------------------------------------------------------------------------------------------- accumulation
+def test_accumulated_gradient_on_uneven_micro_batches_equals_the_full_batch_gradient(tiny_bert):
+    p = prepare(tiny_config(tiny_bert, method="full", targets="all", max_train=20, batch_size=8))
+    p.model.eval()  # no dropout: the two computations must see the same function
+    idx = list(range(20))
+    full = [(idx, collate(p.train, idx, p.info["pad_id"]))]
+    micro = [(i, collate(p.train, i, p.info["pad_id"])) for i in (idx[:8], idx[8:16], idx[16:])]  # 8, 8, 4
+
+    want_loss = accumulate(p, full, 1)
+    want = _grads(p.model)
+    p.optimizer.zero_grad(set_to_none=True)
+    got_loss = accumulate(p, micro, 1)
+    got = _grads(p.model)
+
+    assert got_loss == pytest.approx(want_loss, rel=1e-5)  # the loss curve is the step's mean loss, too
+    assert set(got) == set(want)
+    for n in want:
+        torch.testing.assert_close(got[n], want[n], rtol=1e-4, atol=1e-6, msg=n)
+
+
+# ---------------------------------------------------------------------------------------------- lr curve
+def test_lr_curve_is_the_lr_each_step_used(tiny_bert):
+    total, warmup_ratio, lr = 10, 0.3, 1e-3
+    p = prepare(tiny_config(tiny_bert, steps=total, warmup_ratio=warmup_ratio, lr=lr, schedule="linear"))
+    used, real = [], p.optimizer.step
+
+    def step(*a, **k):
+        used.append(p.optimizer.param_groups[0]["lr"])
+        return real(*a, **k)
+
+    p.optimizer.step = step
+    out = train(p, progress=False)
+    curve = [(s, v) for kind, s, n, v in out["curve"] if n == "lr"]
+    assert [s for s, _ in curve] == list(range(1, total + 1))
+    assert [v for _, v in curve] == pytest.approx(used)
+    f = schedule_fn("linear", 3, total)
+    assert [v for _, v in curve] == pytest.approx([lr * f(s - 1) for s in range(1, total + 1)])
+    assert curve[0][1] == pytest.approx(lr / 3)  # the first warm-up step, not the second
+
+
+# ---------------------------------------------------------------------------------------------- fp16 skipped steps
+def _inf_gradients_on(p, calls):
+    """Make the gradient of the classifier's weight infinite in the given backward calls (1-based)."""
+    weight = dict(p.model.named_parameters())[[n for n, q in p.model.named_parameters() if q.requires_grad][-2]]
+    count = [0]
+
+    def hook(g):
+        count[0] += 1
+        return g * float("inf") if count[0] in calls else g
+
+    weight.register_hook(hook)
+
+
+def test_a_step_the_scaler_skips_is_not_a_step(tiny_bert, store):
+    total = 6
+    cfg = tiny_config(tiny_bert, precision="fp16", steps=total, warmup_ratio=0.5, device="cpu")
+    p = prepare(cfg)
+    _inf_gradients_on(p, {2, 3, 6})  # attempts 2, 3 and 6 overflow
+    hooks, real = [], p.method.after_step
+    p.method.after_step = lambda model, step: (hooks.append(step), real(model, step))[1]
+    out = train(p, progress=False)
+    assert out["skipped_steps"] == [2, 2, 4]  # the attempts at steps 2 (twice) and 4 were skipped and retried
+    assert hooks == list(range(1, total + 1))  # the method's hook ran once per applied step, never on inf grads
+    assert p.scheduler.last_epoch == total
+    lrs = [v for kind, s, n, v in out["curve"] if n == "lr"]
+    f = schedule_fn("linear", 3, total)
+    assert lrs == pytest.approx([cfg.lr * f(s) for s in range(total)])
+    assert [s for kind, s, n, v in out["curve"] if n == "loss"] == list(range(1, total + 1))
+
+
+def test_skipped_steps_are_recorded_and_endless_overflow_is_a_divergence(tiny_bert, store, monkeypatch):
+    import efficientft.train as T
+
+    cfg = tiny_config(tiny_bert, precision="fp16", steps=3, device="cpu")
+    real_prepare = T.prepare
+
+    def overflowing(c):
+        p = real_prepare(c)
+        _inf_gradients_on(p, set(range(1, 1000)))
+        return p
+
+    monkeypatch.setattr(T, "prepare", overflowing)
+    rec = run(cfg, store)
+    assert rec["status"] == "diverged"
+    assert rec["error"] == (f"gradients were inf or NaN in {T.MAX_SKIPPED_IN_A_ROW} fp16 steps in a row at step 1 "
+                            "(the GradScaler skipped them all)")
+    assert rec["details"]["diverged_at_step"] == 1
+
+
+def test_adalora_under_fp16_reaches_its_target_budget(tiny_bert):
+    total, r = 12, 2
+    cfg = tiny_config(tiny_bert, method="adalora", precision="fp16", steps=total, warmup_ratio=0.0, lr=5e-3,
+                      device="cpu", method_args={"rank": r, "tinit": 2, "tfinal": 3})
+    p = prepare(cfg)
+    _inf_gradients_on(p, {1, 4, 9})
+    out = train(p, progress=False)
+    assert len(out["skipped_steps"]) == 3
+    assert sum(p.method.active_ranks(p.model).values()) == 4 * r  # q and v of 2 layers at the target rank
+    E = [q.detach() for n, q in p.model.named_parameters() if ".lora_E." in n]
+    assert all(torch.isfinite(e).all() for e in E) and sum(int((e != 0).sum()) for e in E) == 4 * r
+
+
+def test_optimizer_step_reports_what_the_step_did(tiny_bert):
+    p = prepare(tiny_config(tiny_bert, lr=1e-3, warmup_ratio=0.5, steps=4))
+    batch = next(iter(p.batches().indexed()))
+    result = optimizer_step(p, [batch], 1)
+    assert not result.skipped and result.lr == pytest.approx(1e-3 / 2)
+    assert result.grad_norm is not None and result.grad_norm > 0  # the norm before clipping (max_grad_norm 1)
