@@ -31,7 +31,7 @@ from .errors import ConfigError
 from .features import FeatureCache
 from .meters import PeakMemory, StepTimer
 from .methods import get_method
-from .methods.base import Context, Method
+from .methods.base import Context, Method, check_export_dir
 from .models import ALL, describe, fingerprint, head_modules, load_model, resolve_model, resolve_targets
 from .store import Store
 from .strategy import Strategy, describe_groups
@@ -201,6 +201,8 @@ def _accepts(model: nn.Module, arg: str) -> bool:
 def prepare(cfg: RunConfig) -> Prepared:
     """Validate and set up a run; every bad-input error is raised here, before any training."""
     t0 = time.perf_counter()
+    if cfg.export_dir:  # a used folder fails now, not after training
+        check_export_dir(cfg.export_dir, cfg.overwrite)
     device = run_device(cfg)
     accel = data_parallel(device)
     if accel is not None and cfg.batch_size % accel.num_processes:
@@ -540,7 +542,7 @@ def run(cfg: RunConfig, store: Store | None = None, progress: bool | None = None
         if store is not None:
             store.add_curves(key, out["curve"])
         if cfg.export_dir and (accel is None or accel.is_main_process):
-            details["export"] = {"dir": cfg.export_dir, **p.method.export(p.model, Path(cfg.export_dir))}
+            details["export"] = {"dir": cfg.export_dir, **p.method.export(p.model, Path(cfg.export_dir), cfg.overwrite)}
     except Diverged as e:
         status, error = "diverged", str(e)
         details["diverged_at_step"] = e.step
