@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from efficientft.data import collate
-from efficientft.train import accumulate, optimizer_step, prepare, run, schedule_fn, train
+from efficientft.step import accumulate, optimizer_step
+from efficientft.train import prepare, run, schedule_fn, train
 from tests.conftest import tiny_config
 
 
@@ -106,6 +107,7 @@ def test_skipped_steps_are_recorded_and_endless_overflow_is_a_divergence(tiny_be
     assert rec["error"] == (f"gradients were inf or NaN in {T.MAX_SKIPPED_IN_A_ROW} fp16 steps in a row at step 1 "
                             "(the GradScaler skipped them all)")
     assert rec["details"]["diverged_at_step"] == 1
+    assert rec["details"]["skipped_steps"] == [1] * T.MAX_SKIPPED_IN_A_ROW
 
 
 def test_adalora_under_fp16_reaches_its_target_budget(tiny_bert):
