@@ -86,7 +86,9 @@ class PeakMemory:
 
 @dataclass
 class StepTimer:
-    """Wall time of each optimizer step (all its micro-batches); the median skips the warm-up steps."""
+    """Wall time of each optimizer step (all its micro-batches; evaluation is outside); the median skips the warm-up
+    steps. An fp16 step the GradScaler skipped is timed and counted too: its forward and backward were computed.
+    ``tokens`` counts non-padding tokens only (``padded_tokens`` all), so ``tokens_per_s`` is real text per second."""
 
     device: torch.device
     warmup: int = 3
