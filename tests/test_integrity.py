@@ -7,11 +7,18 @@ AdaLoRA's reallocation on inf gradients (it then never pruned).
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
+from efficientft.cli import main
 from efficientft.data import collate
 from efficientft.step import accumulate, optimizer_step
+from efficientft.store import Store
 from efficientft.train import prepare, run, schedule_fn, train
 from tests.conftest import tiny_config
 
@@ -38,6 +45,43 @@ def test_accumulated_gradient_on_uneven_micro_batches_equals_the_full_batch_grad
     assert set(got) == set(want)
     for n in want:
         torch.testing.assert_close(got[n], want[n], rtol=1e-4, atol=1e-6, msg=n)
+
+
+@pytest.fixture(scope="module")
+def tiny_bert_no_dropout(tmp_path_factory, minilm_dir) -> Path:
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=64, max_position_embeddings=128, hidden_dropout_prob=0.0,
+                     attention_probs_dropout_prob=0.0)
+    path = tmp_path_factory.mktemp("tiny-bert-nodrop")
+    BertForSequenceClassification(cfg).save_pretrained(str(path))
+    AutoTokenizer.from_pretrained(str(minilm_dir)).save_pretrained(str(path))
+    return path
+
+
+def test_data_parallel_with_uneven_shards_equals_one_process(tmp_path, tiny_bert_no_dropout, glue_dir):
+    """63 examples, batches of 8: step 8 is the epoch's short batch of 7, split 4 / 3 between two processes. Each
+    process's loss counts by its share of the examples (not half each), so the curve is the single-process curve;
+    the throughput counts both processes' examples."""
+    args = ["run", "--task", "rte", "--method", "lora", "--targets", "qv", "--rank", "4", "--steps", "8",
+            "--max-train", "63", "--max-eval", "16", "--max-length", "48", "--batch-size", "8", "--lr", "1e-2",
+            "--model", str(tiny_bert_no_dropout), "--no-progress", "--device", "cpu"]
+    one, two = tmp_path / "one.sqlite", tmp_path / "two.sqlite"
+    assert main([*args, "--store", str(one)]) == 0
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(root / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                        str(30500 + os.getpid() % 1000), "-m", "efficientft.cli", *args, "--store", str(two)],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    (a,), (b,) = Store(one).runs(), Store(two).runs()
+    loss = lambda db, key: [v for _, _, n, v in Store(db).curves(key) if n == "loss"]  # noqa: E731
+    assert loss(two, b["run_key"]) == pytest.approx(loss(one, a["run_key"]), rel=1e-5)
+    assert b["cost"]["examples_trained"] == a["cost"]["examples_trained"] == 63
+    assert b["cost"]["tokens_trained"] == a["cost"]["tokens_trained"]
 
 
 # ---------------------------------------------------------------------------------------------- lr curve

@@ -119,6 +119,8 @@ class StepTimer:
             "median_step_s": statistics.median(timed) if timed else float("nan"),
             "mean_step_s": statistics.fmean(timed) if timed else float("nan"),
             "steps_timed": len(timed),
+            "tokens_trained": self.tokens,
+            "examples_trained": self.examples,
             "tokens_per_s": self.tokens / total if total else float("nan"),
             "examples_per_s": self.examples / total if total else float("nan"),
             "padding_fraction": 1 - self.tokens / self.padded_tokens if self.padded_tokens else 0.0,

@@ -337,6 +337,9 @@ def train(p: Prepared, store: Store | None = None, key: str = "", progress: bool
                 store.add_curves(key, curve)
                 curve = []
     train_s = time.perf_counter() - t_train - eval_s
+    if accel is not None:  # each process counted its own shard; throughput is the whole run's
+        for name in ("tokens", "padded_tokens", "examples"):
+            setattr(timer, name, int(accel.reduce(torch.tensor(getattr(timer, name), device=device), "sum")))
     if bar is not None:
         bar.close()
     t = time.perf_counter()
