@@ -88,13 +88,8 @@ def test_data_parallel_with_uneven_shards_equals_one_process(tmp_path, tiny_bert
 def test_lr_curve_is_the_lr_each_step_used(tiny_bert):
     total, warmup_ratio, lr = 10, 0.3, 1e-3
     p = prepare(tiny_config(tiny_bert, steps=total, warmup_ratio=warmup_ratio, lr=lr, schedule="linear"))
-    used, real = [], p.optimizer.step
-
-    def step(*a, **k):
-        used.append(p.optimizer.param_groups[0]["lr"])
-        return real(*a, **k)
-
-    p.optimizer.step = step
+    used = []  # the rate each optimizer step ran with
+    p.optimizer.register_step_pre_hook(lambda opt, args, kwargs: used.append(opt.param_groups[0]["lr"]))
     out = train(p, progress=False)
     curve = [(s, v) for kind, s, n, v in out["curve"] if n == "lr"]
     assert [s for s, _ in curve] == list(range(1, total + 1))
