@@ -47,6 +47,17 @@ def test_cli_export_refusal_is_one_line_and_exit_2(tiny_bert, tmp_path, capsys):
                    "empty it, or pass --overwrite to replace its contents.")
     assert main([*args, "--overwrite"]) == 0
     assert not (out / "stale.bin").exists() and (out / "adapter_model.safetensors").is_file()
+    capsys.readouterr()
+    # the same run again: it is done in the store, which keeps no weights, so an export needs --force
+    other = tmp_path / "again"
+    args[args.index(str(out))] = str(other)
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("eft run: error: run ") and err.endswith(
+        "is already done in " + str(tmp_path / "s.sqlite") + ", but its weights are not stored, so there is nothing "
+        "to export; pass --force to train it again and export it.")
+    assert not other.exists()
+    assert main([*args, "--force"]) == 0 and (other / "adapter_model.safetensors").is_file()
 
 
 def test_overwrite_replaces_a_stale_adapter(tiny_bert, store, tmp_path):

@@ -209,6 +209,9 @@ def cmd_run(a: argparse.Namespace) -> int:
     store = Store(a.store)
     existing = store.get(cfg.key())
     if existing is not None and existing["status"] == "done" and not a.force:
+        if cfg.export_dir:  # showing the stored record would exit 0 having exported nothing
+            raise ConfigError(f"run {cfg.key()} is already done in {store.path}, but its weights are not stored, so "
+                              "there is nothing to export; pass --force to train it again and export it.")
         print(f"run {cfg.key()} is already done in {store.path}; showing it (use --force to run it again).",
               file=sys.stderr)
         record = existing
