@@ -96,11 +96,10 @@ class StepResult:
     skipped: bool = False  # fp16: the GradScaler found inf/NaN gradients and did not update the weights
 
 
-def _total_norm(params: list[torch.Tensor]) -> float:
+def _grads_finite(params: list[torch.Tensor]) -> bool:
+    """Whether every gradient is finite: the GradScaler's own test for skipping a step, read before it steps."""
     grads = [q.grad for q in params if q.grad is not None]
-    if not grads:
-        return 0.0
-    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])))
+    return not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
 
 
 def optimizer_step(p: Prepared, micro: list[tuple[Any, dict[str, torch.Tensor]]], step: int,
@@ -120,7 +119,7 @@ def optimizer_step(p: Prepared, micro: list[tuple[Any, dict[str, torch.Tensor]]]
     skipped = False
     if scaler:
         scaler.unscale_(p.optimizer)
-        skipped = not math.isfinite(_total_norm(params))
+        skipped = not _grads_finite(params)
     if not skipped:
         method.after_backward(model, step)
     grad_norm = None
