@@ -85,11 +85,14 @@ def test_data_parallel_with_uneven_shards_equals_one_process(tmp_path, tiny_bert
 
 
 # ---------------------------------------------------------------------------------------------- lr curve
-def test_lr_curve_is_the_lr_each_step_used(tiny_bert):
+@pytest.mark.parametrize("lr_ratio", [1.0, 0.5])  # λ < 1: W_v's group comes first and runs at half the rate
+def test_lr_curve_is_the_lr_each_step_used(tiny_bert, lr_ratio):
     total, warmup_ratio, lr = 10, 0.3, 1e-3
-    p = prepare(tiny_config(tiny_bert, steps=total, warmup_ratio=warmup_ratio, lr=lr, schedule="linear"))
-    used = []  # the rate each optimizer step ran with
-    p.optimizer.register_step_pre_hook(lambda opt, args, kwargs: used.append(opt.param_groups[0]["lr"]))
+    p = prepare(tiny_config(tiny_bert, steps=total, warmup_ratio=warmup_ratio, lr=lr, schedule="linear",
+                            lr_ratio=lr_ratio))
+    used = []  # the base rate each optimizer step ran with (the rate of the groups at factor 1)
+    p.optimizer.register_step_pre_hook(lambda opt, args, kwargs: used.append(
+        next(g["lr"] for g in opt.param_groups if g["lr_scale"] == 1.0)))
     out = train(p, progress=False)
     curve = [(s, v) for kind, s, n, v in out["curve"] if n == "lr"]
     assert [s for s, _ in curve] == list(range(1, total + 1))

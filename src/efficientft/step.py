@@ -92,7 +92,7 @@ class StepResult:
 
     loss: float  # the mean loss over the step's examples
     grad_norm: float | None  # total gradient norm *before* clipping (None without clipping)
-    lr: float  # the learning rate this step used (first parameter group), before the scheduler moved on
+    lr: float  # the base learning rate this step used (each group ran at its lr_scale times it; λ is one)
     skipped: bool = False  # fp16: the GradScaler found inf/NaN gradients and did not update the weights
 
 
@@ -125,7 +125,8 @@ def optimizer_step(p: Prepared, micro: list[tuple[Any, dict[str, torch.Tensor]]]
     grad_norm = None
     if cfg.max_grad_norm and not skipped:
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
-    lr = float(p.optimizer.param_groups[0]["lr"])
+    first = p.optimizer.param_groups[0]  # groups are sorted by rate factor: with λ < 1 the first is W_v's
+    lr = float(first["lr"]) / float(first.get("lr_scale", 1.0))
     if scaler:
         scale = scaler.get_scale()
         scaler.step(p.optimizer)
