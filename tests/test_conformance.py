@@ -3,8 +3,9 @@
 Each method must (1) train 3 steps on a batch it can overfit with a finite, falling loss; (2) build exact λ groups:
 every trainable parameter learns at the strategy's factor (λ for W_v's trainable parameters and nothing else: no
 bias, no norm, no head) times the method's own per-parameter factor (LoRA+ gives B a ratio), and W_v has trainable
-parameters; (3) count its trainable parameters; (4) export, reload on a fresh base model, and give identical logits;
-(5) merge, where it defines merging, to identical logits. On GPT-2, "qv" means the Q and V row slices of the fused
+parameters; (3) count its trainable parameters; (4) export (into a new folder only, or with overwrite into one it
+empties), reload on a fresh base model, and give identical logits; (5) merge, where it defines merging, to identical
+logits. On GPT-2, "qv" means the Q and V row slices of the fused
 ``c_attn``: a method either adapts exactly those (its W_v parameters under a submodule named ``v``) or refuses with a
 ConfigError, and is then skipped.
 """
@@ -87,7 +88,12 @@ def test_method_conforms(name, model_dir, tmp_path):
     with torch.no_grad():
         want = p.model(**batch).logits
     info = p.method.export(p.model, tmp_path / "export")
-    assert info["files"]
+    assert info["files"] == sorted(f.name for f in (tmp_path / "export").iterdir())
+    # the folder now holds an export: a second one is refused unless it may replace it, and then replaces it
+    with pytest.raises(ConfigError, match="is not empty"):
+        p.method.export(p.model, tmp_path / "export")
+    (tmp_path / "export" / "stale.safetensors").write_bytes(b"old")
+    assert p.method.export(p.model, tmp_path / "export", overwrite=True)["files"] == info["files"]
     # weights are exported as safetensors only: nothing a reader would have to unpickle
     written = [f.name for f in (tmp_path / "export").rglob("*") if f.is_file()]
     assert any(f.endswith(".safetensors") for f in written), written

@@ -25,7 +25,7 @@ from .store import DEFAULT_STORE, ENV_STORE, Store, open_store
 _FIELDS = ("task", "method", "model", "targets", "lr_ratio", "lr", "weight_decay", "schedule", "warmup_ratio",
            "epochs", "steps", "batch_size", "grad_accum", "max_grad_norm", "precision", "max_length", "seed",
            "data_source", "max_train", "max_eval", "data_seed", "selection_size", "eval_every", "eval_batch_size",
-           "data_dir", "device", "export_dir", "bucket", "feature_cache")
+           "data_dir", "device", "export_dir", "overwrite", "bucket", "feature_cache")
 # flags that become method arguments
 _METHOD_ARGS = ("rank", "alpha", "dropout")
 
@@ -87,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--config", help="YAML file of run settings; flags override it")
     g.add_argument("--device", choices=("auto", "cpu", "cuda"))
     g.add_argument("--export-dir", "--export", dest="export_dir", help="save the trained adapter / weights here")
+    g.add_argument("--overwrite", action="store_true", default=None,
+                   help="empty a non-empty --export-dir before exporting (without it such a folder is refused)")
     g.add_argument("--push-to-hub", metavar="REPO",
                    help="upload the exported folder to this Hugging Face Hub repo (owner/name; needs --export-dir)")
     g.add_argument("--trust-remote-code", action="store_true", help="allow a hub model's own code to run")

@@ -29,7 +29,7 @@ DEVICES = ("auto", "cpu", "cuda")
 DATA_SOURCES = ("local", "hub")
 
 # Fields that say where things are or how to display them; they do not change a result and are not in the key.
-ENVIRONMENT_FIELDS = frozenset({"data_dir", "device", "progress", "export_dir", "trust_remote_code"})
+ENVIRONMENT_FIELDS = frozenset({"data_dir", "device", "progress", "export_dir", "overwrite", "trust_remote_code"})
 # Options added after runs were stored, whose default computes what runs computed before the option existed: they
 # are in the key only when set, so that adding them changed no earlier run's key.
 KEY_WHEN_SET = {"bucket": False, "feature_cache": False}
@@ -82,6 +82,7 @@ class RunConfig:
     device: str = "auto"
     progress: bool = True
     export_dir: str | None = None
+    overwrite: bool = False  # empty a non-empty export_dir before exporting (otherwise: refused before training)
     trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
@@ -141,7 +142,7 @@ class RunConfig:
                 raise ConfigError(f"role_lr[{role!r}] must be a positive number, got {ratio!r}.")
         if "v" in self.role_lr and self.lr_ratio != 1.0 and float(self.role_lr["v"]) != float(self.lr_ratio):
             raise ConfigError(f"lr_ratio={self.lr_ratio} and role_lr.v={self.role_lr['v']} disagree; give one of them.")
-        for name in ("bucket", "feature_cache"):
+        for name in ("bucket", "feature_cache", "overwrite"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}.")
         if not isinstance(self.method_args, dict):
@@ -225,7 +226,7 @@ class RunConfig:
 
 
 _FLOATS = {"lr", "lr_ratio", "weight_decay", "warmup_ratio", "epochs", "max_grad_norm", "selection_size"}
-_BOOLS = {"bucket", "feature_cache"}
+_BOOLS = {"bucket", "feature_cache", "overwrite"}
 _INTS = {"steps", "batch_size", "grad_accum", "max_length", "seed", "max_train", "max_eval", "data_seed",
          "eval_every", "eval_batch_size"}
 

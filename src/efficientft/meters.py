@@ -86,7 +86,9 @@ class PeakMemory:
 
 @dataclass
 class StepTimer:
-    """Wall time of each optimizer step (all its micro-batches); the median skips the warm-up steps."""
+    """Wall time of each optimizer step (all its micro-batches; evaluation is outside); the median skips the warm-up
+    steps. An fp16 step the GradScaler skipped is timed and counted too: its forward and backward were computed.
+    ``tokens`` counts non-padding tokens only (``padded_tokens`` all), so ``tokens_per_s`` is real text per second."""
 
     device: torch.device
     warmup: int = 3
@@ -117,6 +119,8 @@ class StepTimer:
             "median_step_s": statistics.median(timed) if timed else float("nan"),
             "mean_step_s": statistics.fmean(timed) if timed else float("nan"),
             "steps_timed": len(timed),
+            "tokens_trained": self.tokens,
+            "examples_trained": self.examples,
             "tokens_per_s": self.tokens / total if total else float("nan"),
             "examples_per_s": self.examples / total if total else float("nan"),
             "padding_fraction": 1 - self.tokens / self.padded_tokens if self.padded_tokens else 0.0,

@@ -15,7 +15,6 @@ import random
 import sys
 import time
 import traceback
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,20 +30,13 @@ from .errors import ConfigError
 from .features import FeatureCache
 from .meters import PeakMemory, StepTimer
 from .methods import get_method
-from .methods.base import Context, Method
+from .methods.base import Context, Method, check_export_dir
 from .models import ALL, describe, fingerprint, head_modules, load_model, resolve_model, resolve_targets
+from .step import MAX_SKIPPED_IN_A_ROW, Diverged, autocast, forward, optimizer_step
 from .store import Store
 from .strategy import Strategy, describe_groups
 from .tasks import DataOptions, Examples, Task, get_task
 from .tasks.metrics import compute
-
-
-class Diverged(RuntimeError):
-    """The loss became NaN or infinite."""
-
-    def __init__(self, step: int, loss: float, curve: list | None = None) -> None:
-        super().__init__(f"loss became {loss} at step {step}")
-        self.step, self.loss, self.curve = step, loss, curve or []
 
 
 def seed_everything(seed: int) -> None:
@@ -101,12 +93,6 @@ def _shard_indexed(idx: np.ndarray, batch: dict[str, torch.Tensor], accel: Any) 
     if accel is None:
         return idx, batch
     return np.array_split(np.asarray(idx), accel.num_processes)[accel.process_index], _shard(batch, accel)
-
-
-def autocast(device: torch.device, precision: str):
-    if precision == "fp32":
-        return nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
 def schedule_fn(kind: str, warmup: int, total: int):
@@ -196,6 +182,8 @@ def _accepts(model: nn.Module, arg: str) -> bool:
 def prepare(cfg: RunConfig) -> Prepared:
     """Validate and set up a run; every bad-input error is raised here, before any training."""
     t0 = time.perf_counter()
+    if cfg.export_dir:  # a used folder fails now, not after training
+        check_export_dir(cfg.export_dir, cfg.overwrite)
     device = run_device(cfg)
     accel = data_parallel(device)
     if accel is not None and cfg.batch_size % accel.num_processes:
@@ -253,49 +241,6 @@ def prepare(cfg: RunConfig) -> Prepared:
                     scheduler, base_params, info, features)
 
 
-def forward(p: Prepared, split: str, idx, batch: dict[str, torch.Tensor], runner: nn.Module | None = None):
-    """The model's forward on a batch of examples ``idx`` of ``split`` (from cached features where enabled).
-
-    ``runner`` is what is called (the DDP-wrapped model in a data-parallel run); default ``p.model``.
-    """
-    ctx = p.features.serving(split, idx, batch) if p.features is not None else nullcontext()
-    with ctx, autocast(p.device, p.cfg.precision):
-        return (runner or p.model)(**batch)
-
-
-def optimizer_step(p: Prepared, micro: list[tuple[Any, dict[str, torch.Tensor]]], step: int,
-                   scaler: torch.amp.GradScaler | None = None, runner: nn.Module | None = None,
-                   accel: Any = None) -> tuple[float, torch.Tensor | None]:
-    """One optimizer step over the micro-batches ``[(indices, batch), ...]``: forward, backward, method hooks,
-    clipping, update. Returns the mean loss (over processes too) and the gradient norm before clipping (None
-    without clipping). The training loop and the benchmarks both step through here.
-    """
-    cfg, model, method = p.cfg, p.model, p.method
-    loss_sum = 0.0
-    for idx, batch in micro:
-        loss = forward(p, "train", idx, batch, runner).loss
-        value = float(loss.detach() if accel is None else accel.reduce(loss.detach(), "mean"))
-        if not math.isfinite(value):
-            raise Diverged(step, value)
-        loss_sum += value / len(micro)
-        loss = loss / len(micro)
-        (scaler.scale(loss) if scaler else loss).backward()
-    method.after_backward(model, step)
-    if scaler:
-        scaler.unscale_(p.optimizer)
-    params = [q for g in p.groups for q in g["params"]]
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm) if cfg.max_grad_norm else None
-    if scaler:
-        scaler.step(p.optimizer)
-        scaler.update()
-    else:
-        p.optimizer.step()
-    p.scheduler.step()
-    method.after_step(model, step)
-    p.optimizer.zero_grad(set_to_none=True)
-    return loss_sum, grad_norm
-
-
 def device_batches(p: Prepared):
     """(example indices, batch on the device), epoch after epoch."""
     for idx, b in p.batches().indexed():
@@ -325,13 +270,22 @@ def evaluate_all(p: Prepared) -> dict[str, float]:
 
 
 def train(p: Prepared, store: Store | None = None, key: str = "", progress: bool = True) -> dict[str, Any]:
-    """The loop. Returns scores, curves and timings; raises :class:`Diverged` on a non-finite loss."""
+    """The loop. Returns scores, curves and timings; raises :class:`Diverged` on a non-finite loss.
+
+    ``total_steps`` counts applied optimizer steps. Under fp16 a step the GradScaler skips (overflowing gradients)
+    is tried again on the next batches, so the run still takes its whole schedule; the skipped attempts are timed
+    (their work was done), returned as ``skipped_steps`` (the step each was an attempt at) and not in the curves.
+    A non-finite *loss* is a divergence under every precision: loss scaling guards the backward pass, not the
+    forward. Curves: ``loss`` is the step's mean over its examples, ``lr`` the rate the step used, ``grad_norm``
+    the norm before clipping.
+    """
     cfg, model, device = p.cfg, p.model, p.device
     scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None
     timer = StepTimer(device)
     batches = device_batches(p)
     curve: list[tuple[str, int, str, float]] = []
     evals: list[tuple[int, dict[str, float]]] = []
+    skipped: list[int] = []
     eval_s = 0.0
     accel = data_parallel(device)
     main = accel is None or accel.is_main_process
@@ -340,7 +294,8 @@ def train(p: Prepared, store: Store | None = None, key: str = "", progress: bool
     ema = None
     model.train()
     t_train = time.perf_counter()
-    for step in range(1, p.total_steps + 1):
+    step, in_a_row = 0, 0
+    while step < p.total_steps:
         timer.start()
         micro = [_shard_indexed(*next(batches), accel) for _ in range(cfg.grad_accum)]
         for _, batch in micro:
@@ -348,15 +303,27 @@ def train(p: Prepared, store: Store | None = None, key: str = "", progress: bool
             timer.padded_tokens += batch["attention_mask"].numel()
             timer.examples += len(batch["labels"])
         try:
-            loss_sum, grad_norm = optimizer_step(p, micro, step, scaler, runner, accel)
+            result = optimizer_step(p, micro, step + 1, scaler, runner, accel)
         except Diverged as e:
-            raise Diverged(e.step, e.loss, curve) from None  # the curve so far is kept for diagnosis
+            e.curve, e.skipped = curve, skipped  # the curve so far is kept for diagnosis
+            raise
         timer.stop()
-        ema = loss_sum if ema is None else 0.9 * ema + 0.1 * loss_sum
-        curve.append(("train", step, "loss", loss_sum))
-        curve.append(("train", step, "lr", p.optimizer.param_groups[0]["lr"]))
-        if grad_norm is not None:
-            curve.append(("train", step, "grad_norm", float(grad_norm)))
+        if result.skipped:
+            skipped.append(step + 1)
+            in_a_row += 1
+            if in_a_row >= MAX_SKIPPED_IN_A_ROW:
+                e = Diverged(step + 1, result.loss, curve,
+                             f"gradients were inf or NaN in {in_a_row} fp16 steps in a row at step {step + 1} "
+                             "(the GradScaler skipped them all)")
+                e.skipped = skipped
+                raise e
+            continue
+        step, in_a_row = step + 1, 0
+        ema = result.loss if ema is None else 0.9 * ema + 0.1 * result.loss
+        curve.append(("train", step, "loss", result.loss))
+        curve.append(("train", step, "lr", result.lr))
+        if result.grad_norm is not None:
+            curve.append(("train", step, "grad_norm", result.grad_norm))
         if bar is not None:
             bar.set_postfix(loss=f"{ema:.4f}", refresh=False)
             bar.update(1)
@@ -370,6 +337,9 @@ def train(p: Prepared, store: Store | None = None, key: str = "", progress: bool
                 store.add_curves(key, curve)
                 curve = []
     train_s = time.perf_counter() - t_train - eval_s
+    if accel is not None:  # each process counted its own shard; throughput is the whole run's
+        for name in ("tokens", "padded_tokens", "examples"):
+            setattr(timer, name, int(accel.reduce(torch.tensor(getattr(timer, name), device=device), "sum")))
     if bar is not None:
         bar.close()
     t = time.perf_counter()
@@ -379,7 +349,8 @@ def train(p: Prepared, store: Store | None = None, key: str = "", progress: bool
         accel.wait_for_everyone()
     evals.append((p.total_steps, final))
     curve += [("eval", p.total_steps, k, v) for k, v in final.items()]
-    return {"scores": final, "evals": evals, "curve": curve, "timer": timer, "train_s": train_s, "eval_s": eval_s}
+    return {"scores": final, "evals": evals, "curve": curve, "timer": timer, "train_s": train_s, "eval_s": eval_s,
+            "skipped_steps": skipped}
 
 
 def _progress(p: Prepared, enabled: bool):
@@ -445,6 +416,7 @@ def run(cfg: RunConfig, store: Store | None = None, progress: bool | None = None
         scores = {**out["scores"], **best_dev(p.task, out["evals"])}
         cost.update(out["timer"].summary())
         cost.update(train_s=out["train_s"], eval_s=out["eval_s"])
+        details["skipped_steps"] = out["skipped_steps"]
         if p.features is not None:
             cost["feature_cache_mb"] = p.features.nbytes / 2**20
         state = p.method.optimizer_state(p.optimizer)
@@ -453,10 +425,11 @@ def run(cfg: RunConfig, store: Store | None = None, progress: bool | None = None
         if store is not None:
             store.add_curves(key, out["curve"])
         if cfg.export_dir and (accel is None or accel.is_main_process):
-            details["export"] = {"dir": cfg.export_dir, **p.method.export(p.model, Path(cfg.export_dir))}
+            details["export"] = {"dir": cfg.export_dir, **p.method.export(p.model, Path(cfg.export_dir), cfg.overwrite)}
     except Diverged as e:
         status, error = "diverged", str(e)
         details["diverged_at_step"] = e.step
+        details["skipped_steps"] = e.skipped
         if store is not None:
             store.add_curves(key, e.curve)
     except KeyboardInterrupt:

@@ -40,7 +40,7 @@ class ResidualLoRA(LoRA):
         self.initial = {k: v.detach().clone().cpu().contiguous() for k, v in state.items()}
         return model
 
-    def export(self, model: nn.Module, out_dir: Path) -> dict[str, Any]:
+    def write_export(self, model: nn.Module, out_dir: Path) -> dict[str, Any]:
         """A PEFT LoRA adapter for the *original* base model (``PeftModel.from_pretrained(original, out_dir)``)."""
         from peft.utils import get_peft_model_state_dict
         from safetensors.torch import load_file, save_file
@@ -48,7 +48,6 @@ class ResidualLoRA(LoRA):
         if getattr(self, "initial", None) is None:
             raise ConfigError(f"method {self.name!r} exports relative to its initial adapter; prepare() the model "
                               "with this method object first.")
-        out_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="eft-initial-adapter-") as tmp:
             initial = Path(tmp) / "initial"
             initial.mkdir()
@@ -61,5 +60,5 @@ class ResidualLoRA(LoRA):
             if ".lora_A." not in k and ".lora_B." not in k:  # the head, which PEFT's conversion leaves out
                 saved.setdefault(k, v.detach().cpu().contiguous())
         save_file(saved, str(out_dir / ADAPTER_FILE), metadata={"format": "pt"})
-        return {"format": "peft-adapter", "converted_to": "lora", "files": sorted(p.name for p in out_dir.iterdir())}
+        return {"format": "peft-adapter", "converted_to": "lora"}
 

@@ -8,7 +8,7 @@ A method is one file with one ``@METHODS.register`` line. The loop calls, in ord
     opt = method.optimizer(groups, cfg)          # AdamW unless the method needs its own (GaLore)
     for each step:  loss.backward(); method.after_backward(model, step); clip; opt.step(); method.after_step(model, step)
     method.optimizer_state(opt)                  # the tensors the optimizer keeps (its size is a cost figure)
-    method.export(model, out_dir)                # PEFT-format adapter or our own safetensors
+    method.export(model, out_dir, overwrite)     # checks / empties the folder, then the method's write_export()
 
 and never branches on a method's name.
 """
@@ -129,18 +129,30 @@ class Method:
         """The model with what was learned folded into plain weights (same outputs, no adapter modules)."""
         raise ConfigError(f"method {self.name!r} defines no merge; export its trained parameters instead.")
 
-    def export(self, model: nn.Module, out_dir: Path) -> dict[str, Any]:
-        """Save what was learned so it can be used later; returns a description of the files.
+    def export(self, model: nn.Module, out_dir: Path, overwrite: bool = False) -> dict[str, Any]:
+        """Save what was learned into ``out_dir`` so it can be used later; returns a description of the files.
+
+        The one entry point of every method's export: the folder must be new or empty (``overwrite``: emptied
+        first), so that it holds this export and nothing else. A stale adapter file left beside a new one is
+        loaded by stock PEFT as if it were the new one. Methods write their files in :meth:`write_export`.
+        """
+        out_dir = Path(out_dir)
+        clear_export_dir(out_dir, overwrite)
+        info = self.write_export(model, out_dir)
+        info["files"] = sorted(f.name for f in out_dir.iterdir())
+        return info
+
+    def write_export(self, model: nn.Module, out_dir: Path) -> dict[str, Any]:
+        """Write the export into the empty folder ``out_dir``; returns its ``format`` (and any other facts).
 
         The default is our own format: the trained tensors in ``trainable.safetensors`` (no pickle), reloaded by
         :meth:`reload` on top of the same base model prepared the same way.
         """
         from safetensors.torch import save_file
 
-        out_dir.mkdir(parents=True, exist_ok=True)
         tensors = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
         save_file(tensors, str(out_dir / TRAINABLE_FILE), metadata={"method": self.name})
-        return {"format": "efficientft-trainable", "files": [TRAINABLE_FILE]}
+        return {"format": "efficientft-trainable"}
 
     def reload(self, base: nn.Module, out_dir: Path, targets: list[Target], ctx: Context) -> nn.Module:
         """Rebuild the trained model from :meth:`export`'s files on top of a freshly loaded base model."""
@@ -156,6 +168,45 @@ class Method:
             for n, t in tensors.items():
                 params[n].copy_(t)
         return model
+
+
+def check_export_dir(out_dir: str | Path, overwrite: bool = False) -> None:
+    """Raise a ConfigError unless an export may be written into ``out_dir`` (run before training, so a run never
+    trains for hours to fail at its export): it must not exist, be an empty folder, or, with ``overwrite``, a
+    folder that may be emptied (not one that holds the working or home directory)."""
+    path = Path(out_dir)
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise ConfigError(f"export folder {path} is a file, not a folder; give a folder path.")
+    entries = sorted(f.name for f in path.iterdir())
+    if not entries:
+        return
+    if not overwrite:
+        shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+        count = f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'}"
+        raise ConfigError(f"export folder {path} is not empty ({count}: {shown}); choose a new folder, empty it, "
+                          "or pass --overwrite to replace its contents.")
+    real = path.resolve()
+    for what, inside in (("the current working directory", Path.cwd()), ("your home directory", Path.home())):
+        if inside.resolve().is_relative_to(real):
+            raise ConfigError(f"export folder {path} holds {what}; --overwrite would delete it. Give a folder "
+                              "of its own.")
+
+
+def clear_export_dir(out_dir: Path, overwrite: bool = False) -> None:
+    """Make ``out_dir`` an empty folder after :func:`check_export_dir` allows it (emptying it only if
+    ``overwrite``)."""
+    import shutil
+
+    check_export_dir(out_dir, overwrite)
+    if out_dir.is_dir():
+        for entry in out_dir.iterdir():
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+    out_dir.mkdir(parents=True, exist_ok=True)
 
 
 def _unique(params: typing.Iterable[nn.Parameter]) -> list[nn.Parameter]:

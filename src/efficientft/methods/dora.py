@@ -166,13 +166,12 @@ class DoRA(LoRA):
         return model
 
     # ------------------------------------------------------------------ PEFT-format export
-    def export(self, model: nn.Module, out_dir: Path) -> dict[str, Any]:
+    def write_export(self, model: nn.Module, out_dir: Path) -> dict[str, Any]:
         """A PEFT adapter folder: ``peft.PeftModel.from_pretrained(base, out_dir)`` runs it with PEFT's own DoRA."""
         from peft import LoraConfig
         from safetensors.torch import save_file
 
         assert self.ctx is not None, "prepare() must run first"
-        out_dir.mkdir(parents=True, exist_ok=True)
         config = LoraConfig(
             task_type="SEQ_CLS", r=self.args.rank, lora_alpha=self.alpha, lora_dropout=self.args.dropout,
             target_modules=[t.name for t in self.targets], modules_to_save=list(self.ctx.heads), use_dora=True,
@@ -184,7 +183,7 @@ class DoRA(LoRA):
         tensors = {PEFT_PREFIX + n: p.detach().contiguous().cpu() for n, p in model.named_parameters()
                    if p.requires_grad}
         save_file(tensors, str(out_dir / ADAPTER_WEIGHTS), metadata={"format": "pt"})
-        return {"format": "peft-adapter", "files": sorted(p.name for p in out_dir.iterdir())}
+        return {"format": "peft-adapter"}
 
     def reload(self, base: nn.Module, out_dir: Path, targets: list[Target], ctx: Context) -> nn.Module:
         """Our layers on a fresh base, filled from a PEFT DoRA adapter folder (ours or PEFT's own)."""

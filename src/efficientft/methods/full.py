@@ -46,11 +46,10 @@ class FullFineTuning(Method):
                 replace_module(model, name, m.merged())
         return model
 
-    def export(self, model: nn.Module, out_dir: Path) -> dict[str, Any]:
+    def write_export(self, model: nn.Module, out_dir: Path) -> dict[str, Any]:
         """A complete Hugging Face model folder (``save_pretrained``), loadable with ``from_pretrained``."""
-        out_dir.mkdir(parents=True, exist_ok=True)
         self.merge(model).save_pretrained(str(out_dir))
-        return {"format": "huggingface-model", "files": sorted(p.name for p in out_dir.iterdir())}
+        return {"format": "huggingface-model"}
 
     def reload(self, base: nn.Module, out_dir: Path, targets: list[Target], ctx: Context) -> nn.Module:
         from transformers import AutoModelForSequenceClassification

@@ -132,17 +132,16 @@ class LoRA(Method):
             return model
         return model.merge_and_unload()
 
-    def export(self, model: nn.Module, out_dir: Path) -> dict[str, Any]:
+    def write_export(self, model: nn.Module, out_dir: Path) -> dict[str, Any]:
         """A PEFT adapter folder, loadable with ``peft.PeftModel.from_pretrained(base_model, out_dir)``.
 
         PEFT cannot describe adapters on fused slices; those models are saved in our own format (the trained
         tensors as safetensors, :meth:`Method.export`) and rebuilt by :meth:`reload`.
         """
         if not _is_peft(model):
-            return super().export(model, out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
+            return super().write_export(model, out_dir)
         model.save_pretrained(str(out_dir), save_embedding_layers=False)  # no hub lookup for the vocabulary
-        return {"format": "peft-adapter", "files": sorted(p.name for p in out_dir.iterdir())}
+        return {"format": "peft-adapter"}
 
     def reload(self, base: nn.Module, out_dir: Path, targets: list[Target], ctx: Context) -> nn.Module:
         if _fused(targets):

@@ -172,18 +172,17 @@ class Sift(Method):
             replace_module(model, name, m.merged())
         return model
 
-    def export(self, model: nn.Module, out_dir: Path) -> dict[str, Any]:
+    def write_export(self, model: nn.Module, out_dir: Path) -> dict[str, Any]:
         """Our own safetensors: the chosen indices (``...sparse.<key>.index``, (2, k): rows, cols), values, head."""
         from safetensors.torch import save_file
 
-        out_dir.mkdir(parents=True, exist_ok=True)
         tensors = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
         for name, m in _sparse_modules(model):
             for key, part in m.sparse.items():
                 tensors[f"{name}.sparse.{key}.index"] = part.index.contiguous().cpu()
         meta = {"method": self.name, "sparse_rate": repr(self.args.sparse_rate)}
         save_file(tensors, str(out_dir / TRAINABLE_FILE), metadata=meta)
-        return {"format": "efficientft-sift", "files": [TRAINABLE_FILE]}
+        return {"format": "efficientft-sift"}
 
     def reload(self, base: nn.Module, out_dir: Path, targets: list[Target], ctx: Context) -> nn.Module:
         from safetensors.torch import load_file
