@@ -1,6 +1,7 @@
 """The ``eft`` command line: thin — it parses, builds a config, and calls the library.
 
-Exit codes: 0 success; 1 a run failed or diverged; 2 bad input (one clear message, no traceback); 130 cancelled.
+Exit codes: 0 success; 1 a run failed or diverged; 2 bad input or an unusable results store (one clear message,
+no traceback); 130 cancelled; 141 its output pipe was closed (``eft runs --json | head``: it stops quietly).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 from .config import PRECISIONS, SCHEDULES, RunConfig, load_yaml
 from .errors import ConfigError
+from .outputs import check_output_dir
 from .store import DEFAULT_STORE, ENV_STORE, Store
 
 # command-line flag -> RunConfig field, for flags that map one to one
@@ -204,6 +206,8 @@ def cmd_run(a: argparse.Namespace) -> int:
     from .train import run
 
     cfg = config_from_args(a).resolved()
+    if cfg.export_dir:
+        check_output_dir(cfg.export_dir, "--export-dir")
     store = Store(a.store)
     existing = store.get(cfg.key())
     if existing is not None and existing["status"] == "done" and not a.force:
@@ -275,6 +279,7 @@ def cmd_report(a: argparse.Namespace) -> int:
     from .report.build import build, parse_formats, write
 
     formats = parse_formats(a.format)
+    check_output_dir(a.out, "--out")
     store = _existing_store(a.store)
     split_list = lambda v: [x.strip() for x in v.split(",") if x.strip()] if v else None  # noqa: E731
     rep = build(store, a.split, split_list(a.tasks), split_list(a.methods), _parse_pairs(a.tag, "--tag"),
@@ -290,10 +295,9 @@ def cmd_report(a: argparse.Namespace) -> int:
 
 
 def _existing_store(path: str | None) -> Store:
-    p = Path(path or os.environ.get(ENV_STORE) or DEFAULT_STORE)
-    if not p.is_file():
-        raise ConfigError(f"no results store at {p}; run something first or pass --store PATH.")
-    return Store(p)
+    """The store of a read command, opened read-only: it may sit on a read-only mount, and reading never migrates
+    or creates anything."""
+    return Store(Path(path or os.environ.get(ENV_STORE) or DEFAULT_STORE), readonly=True)
 
 
 COMMANDS = {"run": cmd_run, "sweep": cmd_sweep, "methods": cmd_methods, "tasks": cmd_tasks, "runs": cmd_runs,
@@ -321,13 +325,28 @@ def main(argv: list[str] | None = None) -> int:
     a = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _sigterm)
     try:
-        return COMMANDS[a.command](a)
+        code = COMMANDS[a.command](a)
+        sys.stdout.flush()  # a closed pipe shows up here, inside the handlers, not as noise at interpreter exit
+        return code
+    except BrokenPipeError:  # `eft runs --json | head`: the reader has all it wanted
+        _drop_stdout()
+        return 141
     except ConfigError as e:
         print(f"eft {a.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"eft {a.command}: cancelled", file=sys.stderr)
         return 130
+
+
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's last flush does not fail on the closed pipe again."""
+    try:
+        fd = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(fd, sys.stdout.fileno())
+        os.close(fd)
+    except (OSError, ValueError, AttributeError):  # stdout is no real file (captured): nothing left to flush
+        pass
 
 
 if __name__ == "__main__":
