@@ -61,6 +61,21 @@ def test_a_second_claimer_waits_and_a_taken_over_run_writes_nothing(store):
     assert other.curves("k") == [("train", 1, "loss", 0.5)]
 
 
+def test_a_ray_driver_imports_a_record_only_under_its_claim(store):
+    record = {"run_key": "r", "status": "done", "config": {"task": "rte", "seed": 1}, "scores": SCORES,
+              "main_score": 0.625, "worker": "node:7", "tags": {"suite": "s"}}
+    assert store.claim("r", record["config"], {"suite": "s"}) == (True, "new")
+    store.import_run(record, [("train", 1, "loss", 0.5)])
+    rec = store.get("r")
+    assert rec["status"] == "done" and rec["scores"] == SCORES and rec["attempts"] == 1 and rec["worker"] == "node:7"
+    assert store.curves("r") == [("train", 1, "loss", 0.5)] and store.owner("r") is None
+    other = Store(store.path)
+    assert store.claim("r2", {"task": "rte"})[0] and other.claim("r2", {"task": "rte"}, reclaim=True)[0]
+    with pytest.raises(StoreError, match="run r2 was taken over by .*its record from the Ray worker was not stored"):
+        store.import_run({**record, "run_key": "r2"})
+    assert store.status("r2") == "running" and other.holds("r2")
+
+
 def test_eft_run_refuses_a_key_another_live_run_trains(tiny_bert, tmp_path, capsys):
     db = tmp_path / "s.sqlite"
     cfg = key_of(tiny_bert, db)
@@ -352,3 +367,14 @@ def test_output_folders_are_checked_before_any_work(where, tiny_bert, tmp_path, 
     assert main(["report", "--store", str(db), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert f"eft report: error: --out {expected}" in err and "Traceback" not in err
+
+
+def test_show_takes_a_key_prefix_literally_and_runs_checks_the_status(store, capsys):
+    store.start("abc123", {"task": "rte"})
+    assert store.find("abc") is not None and store.find("a_c") is None and store.find("ABC") is None
+    assert store.find("%") is None
+    with pytest.raises(SystemExit) as e:
+        main(["runs", "--status", "finished", "--store", str(store.path)])
+    assert e.value.code == 2
+    assert "invalid choice: 'finished' (choose from 'running', 'done', 'failed', 'diverged', 'cancelled')" in \
+        capsys.readouterr().err

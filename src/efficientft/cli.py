@@ -19,7 +19,7 @@ from typing import Any
 from .config import PRECISIONS, SCHEDULES, RunConfig, load_yaml
 from .errors import ConfigError
 from .outputs import check_output_dir
-from .store import DEFAULT_STORE, ENV_STORE, Store
+from .store import DEFAULT_STORE, ENV_STORE, STATUSES, Store
 
 # command-line flag -> RunConfig field, for flags that map one to one
 _FIELDS = ("task", "method", "model", "targets", "lr_ratio", "lr", "weight_decay", "schedule", "warmup_ratio",
@@ -114,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("tasks", help="list the registered tasks")
     s = sub.add_parser("runs", help="list stored runs")
     _store_arg(s)
-    s.add_argument("--status", help="only runs with this status")
+    s.add_argument("--status", choices=STATUSES, help="only runs with this status")
     s.add_argument("--json", action="store_true", help="records as JSON lines")
     s = sub.add_parser("show", help="one stored run record as JSON")
     s.add_argument("run", help="run key (or a unique prefix)")

@@ -463,9 +463,11 @@ class Store:
         return self._record(row) if row is not None else None
 
     def find(self, prefix: str) -> dict | None:
-        """A run by its key or an unambiguous prefix of it."""
+        """A run by its key or an unambiguous prefix of it (taken literally: not a LIKE pattern, where ``_`` and
+        ``%`` match anything and case is ignored)."""
         with self._connect() as db:
-            rows = db.execute("SELECT * FROM runs WHERE run_key LIKE ?", (prefix + "%",)).fetchall()
+            rows = db.execute("SELECT * FROM runs WHERE substr(run_key, 1, ?) = ? LIMIT 2",
+                              (len(prefix), prefix)).fetchall()
         return self._record(rows[0]) if len(rows) == 1 else None
 
     def runs(self, status: str | Iterable[str] | None = None) -> list[dict]:
