@@ -21,6 +21,7 @@ from efficientft.cli import main
 from efficientft.errors import StoreError
 from efficientft.store import SCHEMA_VERSION, Store
 from efficientft.sweep.runner import SweepOptions, state_of
+from tests.conftest import tiny_config
 
 SRC = Path(efficientft.__file__).resolve().parents[1]  # the code under test, for the subprocesses too
 
@@ -74,6 +75,24 @@ def test_a_ray_driver_imports_a_record_only_under_its_claim(store):
     with pytest.raises(StoreError, match="run r2 was taken over by .*its record from the Ray worker was not stored"):
         store.import_run({**record, "run_key": "r2"})
     assert store.status("r2") == "running" and other.holds("r2")
+
+
+def test_a_sweep_run_taken_over_is_skipped_not_failed(store, monkeypatch):
+    from efficientft.sweep import executors
+
+    def trained_while_reclaimed(cfg, st, **kw):
+        st.start(cfg.key(), cfg.to_dict())
+        thief = Store(st.path)
+        assert thief.claim(cfg.key(), cfg.to_dict(), reclaim=True)[0]
+        thief.start(cfg.key(), cfg.to_dict())
+        thief.finish(cfg.key(), "done", {"dev/accuracy": 0.99}, main_score=0.99)
+        st.finish(cfg.key(), "done", SCORES, main_score=0.625)
+
+    monkeypatch.setattr(train_mod, "run", trained_while_reclaimed)
+    cfg = tiny_config("unused-model").resolved()
+    out = executors.execute_one({"key": cfg.key(), "config": cfg.to_dict()}, str(store.path))
+    assert out["status"] == "skipped" and out["reason"] == "taken over" and "was taken over by" in out["error"]
+    assert store.get(cfg.key())["scores"] == {"dev/accuracy": 0.99}
 
 
 def test_eft_run_refuses_a_key_another_live_run_trains(tiny_bert, tmp_path, capsys):

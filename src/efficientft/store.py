@@ -32,7 +32,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .errors import StoreError
+from .errors import ClaimLost, StoreError
 from .store_file import SCHEMA_VERSION, check_schema, open_db, store_error
 
 __all__ = ["DEFAULT_STORE", "ENV_STORE", "SCHEMA_VERSION", "STATUSES", "Store", "now", "worker_alive", "worker_id"]
@@ -310,7 +310,7 @@ class Store:
                 return int(lease["attempts"])
         except _Lost as e:
             self._held.pop(key, None)
-            raise StoreError(f"run {key} was taken over by {e.owner or 'another run'} before it started.") from None
+            raise ClaimLost(f"run {key} was taken over by {e.owner or 'another run'} before it started.") from None
 
     def finish(self, key: str, status: str, scores: dict | None = None, cost: dict | None = None,
                details: dict | None = None, error: str | None = None, main_score: float | None = None,
@@ -335,7 +335,7 @@ class Store:
             self._held.pop(key, None)
             if status == "cancelled":
                 return
-            raise StoreError(f"run {key} was taken over by {e.owner or 'another run'} while this one trained; this "
+            raise ClaimLost(f"run {key} was taken over by {e.owner or 'another run'} while this one trained; this "
                              f"attempt's outcome was not stored ({status}; scores: {scores_text(scores)}), the "
                              f"store keeps the other run's record.") from None
         except StoreError as e:
@@ -411,7 +411,7 @@ class Store:
                                     list(curves))
         except _Lost as e:
             self._held.pop(key, None)
-            raise StoreError(f"run {key} was taken over by {e.owner or 'another run'}; its record from the Ray "
+            raise ClaimLost(f"run {key} was taken over by {e.owner or 'another run'}; its record from the Ray "
                              f"worker was not stored ({outcome['status']}).") from None
         self._held.pop(key, None)
 

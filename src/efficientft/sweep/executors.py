@@ -21,6 +21,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ..errors import ClaimLost
 from ..store import Store
 
 Outcome = dict[str, Any]
@@ -44,6 +45,8 @@ def execute_one(item: Item, store_path: str, retry_failed: bool = False, reclaim
         rec = run(cfg, store, progress=False, tags=tags)
         out.update(status=rec["status"], error=rec.get("error"), main_score=rec.get("main_score"),
                    main_metric=rec.get("main_metric"), steps=(rec.get("cost") or {}).get("total_steps"))
+    except ClaimLost as e:  # another run (--reclaim) owns the key now: its record stands, ours is not a failure
+        out.update(status="skipped", reason="taken over", error=str(e))
     except Exception as e:  # noqa: BLE001 - a failing run must not stop the sweep
         error = f"{type(e).__name__}: {e}"
         if store.holds(key):  # failed before training started (train.run stores later failures, or says why not)
