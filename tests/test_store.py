@@ -12,12 +12,19 @@ def test_lifecycle_and_history(store):
     rec = store.get("k1")
     assert rec["status"] == "done" and rec["scores"] == {"dev/accuracy": 0.6} and rec["main_score"] == 0.6
     assert store.curves("k1") == [("train", 1, "loss", 0.7), ("train", 2, "loss", None)]
-    # running it again keeps the finished record in history
+    # running a done key again: the done record (and its curves) stays visible until the new attempt is done
     assert store.start("k1", cfg) == 2
-    assert store.get("k1")["status"] == "running" and store.curves("k1") == []
-    assert store.history("k1")[0]["scores"] == {"dev/accuracy": 0.6}
+    assert store.get("k1")["status"] == "done" and len(store.curves("k1")) == 2 and store.history("k1") == []
+    store.add_curves("k1", [("train", 1, "loss", 0.5)])
+    assert store.curves("k1")[0] == ("train", 1, "loss", 0.7)
+    store.finish("k1", "done", {"dev/accuracy": 0.7}, main_score=0.7)
+    rec = store.get("k1")
+    assert rec["scores"] == {"dev/accuracy": 0.7} and rec["attempts"] == 2 and rec["config"] == cfg
+    assert store.curves("k1") == [("train", 1, "loss", 0.5)]
+    assert store.history("k1")[0]["scores"] == {"dev/accuracy": 0.6}  # the finished record is kept in history
     assert store.find("k") is not None and store.find("zz") is None
-    assert [r["run_key"] for r in store.runs("running")] == ["k1"]
+    store.start("k2", cfg)
+    assert [r["run_key"] for r in store.runs("running")] == ["k2"]
 
 
 def test_unknown_status(store):

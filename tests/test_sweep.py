@@ -195,6 +195,7 @@ def test_claim_policy(store):
             store.start(worker, {})
             with store.transaction() as db:
                 db.execute("UPDATE runs SET worker=? WHERE run_key=?", (worker, worker))
+                db.execute("UPDATE claims SET worker=?, token='theirs' WHERE run_key=?", (worker, worker))
             assert worker_alive(worker) is alive
             assert store.claim(worker, {})[0] is ok
         assert store.claim("elsewhere:1", {}, reclaim=True) == (True, "running")

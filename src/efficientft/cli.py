@@ -1,6 +1,7 @@
 """The ``eft`` command line: thin — it parses, builds a config, and calls the library.
 
-Exit codes: 0 success; 1 a run failed or diverged; 2 bad input (one clear message, no traceback); 130 cancelled.
+Exit codes: 0 success; 1 a run failed or diverged; 2 bad input or an unusable results store (one clear message,
+no traceback); 130 cancelled; 141 its output pipe was closed (``eft runs --json | head``: it stops quietly).
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import warnings
@@ -19,6 +21,7 @@ from .config import PRECISIONS, SCHEDULES, RunConfig, load_yaml
 from .errors import ConfigError
 from .export import FORMATS as EXPORT_FORMATS
 from .hub import check_hub_repo, push_to_hub
+from .outputs import check_output_dir
 from .store import DEFAULT_STORE, ENV_STORE, Store, open_store
 
 # command-line flag -> RunConfig field, for flags that map one to one
@@ -223,6 +226,8 @@ def cmd_run(a: argparse.Namespace) -> int:
     cfg = config_from_args(a).resolved()
     if a.push_to_hub is not None:
         check_hub_repo(a.push_to_hub, cfg.export_dir)
+    if cfg.export_dir:
+        check_output_dir(cfg.export_dir, "--export-dir")
     store = Store(a.store)
     existing = stored_done(store, cfg, a.force)
     if existing is not None:
@@ -326,6 +331,7 @@ def cmd_report(a: argparse.Namespace) -> int:
     from .report.build import build, parse_formats, write
 
     formats = parse_formats(a.format)
+    check_output_dir(a.out, "--out")
     store = _existing_store(a.store)
     split_list = lambda v: [x.strip() for x in v.split(",") if x.strip()] if v else None  # noqa: E731
     rep = build(store, a.split, split_list(a.tasks), split_list(a.methods), _parse_pairs(a.tag, "--tag"),
@@ -341,6 +347,8 @@ def cmd_report(a: argparse.Namespace) -> int:
 
 
 def _existing_store(path: str | None) -> Store:
+    """The store of a read command, opened read-only: it may sit on a read-only mount, and reading never migrates
+    or creates anything."""
     return open_store(path, create=False)
 
 
@@ -369,13 +377,28 @@ def main(argv: list[str] | None = None) -> int:
     a = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _sigterm)
     try:
-        return COMMANDS[a.command](a)
+        code = COMMANDS[a.command](a)
+        sys.stdout.flush()  # a closed pipe shows up here, inside the handlers, not as noise at interpreter exit
+        return code
+    except BrokenPipeError:  # `eft runs --json | head`: the reader has all it wanted
+        _drop_stdout()
+        return 141
     except ConfigError as e:
         print(f"eft {a.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"eft {a.command}: cancelled", file=sys.stderr)
         return 130
+
+
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's last flush does not fail on the closed pipe again."""
+    try:
+        fd = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(fd, sys.stdout.fileno())
+        os.close(fd)
+    except (OSError, ValueError, AttributeError):  # stdout is no real file (captured): nothing left to flush
+        pass
 
 
 if __name__ == "__main__":

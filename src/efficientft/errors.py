@@ -14,6 +14,16 @@ class ConfigError(ValueError):
     """Bad input from the user: the message says what was wrong and what is accepted."""
 
 
+class StoreError(ConfigError):
+    """The results store cannot be used as asked (not a store, corrupt, newer schema, read-only, full, owned by
+    another run): the message names the file, what is wrong and what to do; the command line exits with 2."""
+
+
+class ClaimLost(StoreError):
+    """Another run took over this run's key (``--reclaim``): this one stored nothing, and that is no failure of
+    the run itself (a sweep counts it as skipped)."""
+
+
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """A " Did you mean 'x'?" suffix for the closest choice, or an empty string."""
     close = difflib.get_close_matches(str(name), list(choices), n=1, cutoff=0.5)

@@ -21,6 +21,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ..errors import ClaimLost
 from ..store import Store
 
 Outcome = dict[str, Any]
@@ -44,9 +45,11 @@ def execute_one(item: Item, store_path: str, retry_failed: bool = False, reclaim
         rec = run(cfg, store, progress=False, tags=tags)
         out.update(status=rec["status"], error=rec.get("error"), main_score=rec.get("main_score"),
                    main_metric=rec.get("main_metric"), steps=(rec.get("cost") or {}).get("total_steps"))
+    except ClaimLost as e:  # another run (--reclaim) owns the key now: its record stands, ours is not a failure
+        out.update(status="skipped", reason="taken over", error=str(e))
     except Exception as e:  # noqa: BLE001 - a failing run must not stop the sweep
         error = f"{type(e).__name__}: {e}"
-        if store.status(key) == "running":  # failed before training started (train.run stores later failures)
+        if store.holds(key):  # failed before training started (train.run stores later failures, or says why not)
             store.finish(key, "failed", error=f"{error}\n{traceback.format_exc(limit=6)}")
         out.update(status="failed", error=error)
     out["wall_s"] = time.perf_counter() - t0
@@ -181,6 +184,7 @@ class LocalPool:
                     out = self._pool.submit(execute_one, item, self.store_path, self.retry_failed,
                                             self.reclaim).result()
                 except BrokenProcessPool as e:
+                    self._discard()  # joins the dead worker: until then it may still look alive to _in_flight
                     out = _lost(item, self.store_path, f"its worker process died twice, the second time running "
                                                        f"alone (killed, or out of memory?): {e}")
                 finally:

@@ -131,7 +131,8 @@ class RayExecutor:
                            steps=(record.get("cost") or {}).get("total_steps"))
             except Exception as e:  # noqa: BLE001 - the task or its node died
                 error = f"Ray task failed: {type(e).__name__}: {e}"
-                store.finish(item["key"], "failed", error=error)
+                if store.holds(item["key"]):  # not when the claim was taken over (the record says so in error)
+                    store.finish(item["key"], "failed", error=error)
                 out.update(status="failed", error=error)
             out["wall_s"] = time.perf_counter() - t0
             on_result(out)
