@@ -33,7 +33,7 @@ def test_spellings_of_one_experiment_share_its_key(kw):
 
 
 def test_role_lr_keys_are_canonical():
-    assert RunConfig(role_lr={"V": 4, " o ": 2}).key() == RunConfig(role_lr={"o": 2, "v": 4}).key()
+    assert RunConfig(targets="qkvo", role_lr={"V": 4, " o ": 2}).key() == RunConfig(targets="qkvo", role_lr={"o": 2, "v": 4}).key()
     assert RunConfig(role_lr={"V": 4}).role_ratios == {"v": 4.0}
 
 

@@ -147,9 +147,25 @@ def test_run_refuses_an_unapplied_lambda_before_training(tiny_bert, glue_dir, st
     from efficientft.train import run
     from tests.conftest import tiny_config
 
-    with pytest.raises(ConfigError, match="would change nothing"):
-        run(tiny_config(tiny_bert, targets="qk", lr_ratio=4), store)
+    cfg = tiny_config(tiny_bert, targets="*.query,*.key", lr_ratio=4)  # patterns: judged on the groups
+    with pytest.raises(ConfigError, match="no trainable parameter of method 'lora' with targets '\\*.query,\\*.key' "
+                                          "has role 'v'"):
+        run(cfg, store)
     assert store.runs() == []  # nothing stored as if λ had been applied
+
+
+def test_role_targets_without_the_ratio_role_are_refused_before_any_model_loads(capsys, tmp_path):
+    from efficientft.cli import main
+    from efficientft.config import RunConfig
+    from efficientft.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="role_lr o=2 would change nothing: .* targets 'qv' has role 'o'"):
+        RunConfig(targets="qv", role_lr={"o": 2})
+    assert RunConfig(targets="qkvo", role_lr={"o": 2}).role_ratios == {"o": 2.0, "v": 1.0}
+    rc = main(["run", "--task", "rte", "--targets", "qk", "--lr-ratio", "4", "--store", str(tmp_path / "s")])
+    assert rc == 2 and capsys.readouterr().err == (
+        "eft run: error: lr_ratio 4 (W_v's rate) would change nothing: no trainable parameter of method 'lora' "
+        "with targets 'qk' has role 'v'; add v to --targets or drop the ratio.\n")
 
 
 @pytest.mark.parametrize("max_length,pair,msg", [(1, False, "at least 3"), (4, True, "at least 5")])

@@ -112,6 +112,18 @@ class RunConfig:
             raise ConfigError(f"lr_ratio={self.lr_ratio} and role_lr.v={self.role_lr['v']} disagree; give one of them.")
         if self.custom is not None:
             _check_custom(self.task, self.custom)
+        self._check_ratios_have_roles()
+
+    def _check_ratios_have_roles(self) -> None:
+        """Role targets say which roles train before any model loads, so a λ for a role they leave out is refused
+        here (a suite finds it before its first run); patterns and ``all`` are judged on the optimizer groups."""
+        from .models.roles import parse_roles
+        from .strategy import unapplied_ratio
+
+        roles = parse_roles(self.targets) if self.targets != "all" else None
+        for role, ratio in sorted(self.role_ratios.items()):
+            if roles is not None and ratio != 1.0 and role not in roles:
+                raise unapplied_ratio(role, ratio, self.method, self.targets, self.lr_ratio != 1.0)
 
     # ------------------------------------------------------------------ derived values
     @property
