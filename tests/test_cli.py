@@ -107,7 +107,8 @@ def test_custom_data_through_the_cli(tmp_path, tiny_bert, capsys):
                  "--store", str(tmp_path / "s.sqlite"), "--json"])
     assert code == 0
     rec = json.loads(capsys.readouterr().out)
-    assert rec["config"]["task"] == "custom" and "dev/accuracy" in rec["scores"]
+    assert rec["config"]["task"].startswith("custom@") and "dev/accuracy" in rec["scores"]  # named by its data
+    assert set(rec["config"]["custom"]["sha256"]) == {"train", "dev"}
 
 
 def test_speed_flags_reach_the_config(tmp_path):

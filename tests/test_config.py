@@ -21,7 +21,7 @@ def test_yaml_round_trip(tmp_path):
 
 def test_role_ratios():
     assert RunConfig(lr_ratio=4).role_ratios == {"v": 4.0}
-    assert RunConfig(role_lr={"v": 2, "o": 3}).role_ratios == {"v": 2.0, "o": 3.0}
+    assert RunConfig(targets="qkvo", role_lr={"v": 2, "o": 3}).role_ratios == {"v": 2.0, "o": 3.0}
     with pytest.raises(ConfigError, match="disagree"):
         RunConfig(lr_ratio=4, role_lr={"v": 2})
 

@@ -103,3 +103,92 @@ def test_method_argument_errors():
         get_method("lora").from_config({"rank": "0"})
     with pytest.raises(ConfigError, match="unknown method 'lorra'. Did you mean 'lora'"):
         get_method("lorra")
+
+
+# ---------------------------------------------------------------------------------------------- λ that does nothing
+def full_all_groups(model_dir, lam):
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=2)
+    m = get_method("full").from_config({})
+    model = m.prepare(model, [], Context(heads=head_modules(model)))  # targets "all" resolve to no target list
+    return m.param_groups(model, Strategy({"v": lam}), LR, 0.0)
+
+
+@pytest.mark.parametrize("fixture,suffix", [("tiny_bert", "attention.self.value.weight"),
+                                            ("tiny_llama", "self_attn.v_proj.weight")])
+def test_full_all_gives_w_v_the_ratio(request, fixture, suffix):
+    from efficientft.strategy import check_ratios_applied
+
+    groups = full_all_groups(request.getfixturevalue(fixture), 4.0)
+    fast = [n for g in groups if g["lr"] == 4 * LR for n in g["names"]]
+    assert fast and all(n.endswith(suffix) for n in fast) and len(fast) == 2  # W_v of both layers, no bias
+    check_ratios_applied(groups, {"v": 4.0}, "full", "all", from_lr_ratio=True)  # applied: no error
+
+
+def test_a_ratio_no_parameter_gets_is_refused(tiny_bert, tiny_gpt2):
+    from efficientft.errors import ConfigError
+    from efficientft.strategy import check_ratios_applied
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2)
+    m = get_method("lora").from_config({"rank": 4})
+    model = m.prepare(model, resolve_targets(model, "qk"), Context(heads=head_modules(model)))
+    g = m.param_groups(model, Strategy({"v": 4.0}), LR, 0.0)
+    with pytest.raises(ConfigError, match=r"lr_ratio 4 \(W_v's rate\) would change nothing: no trainable parameter "
+                                          r"of method 'lora' with targets 'qk' has role 'v'; add v to --targets"):
+        check_ratios_applied(g, {"v": 4.0}, "lora", "qk", from_lr_ratio=True)
+    with pytest.raises(ConfigError, match="role_lr o=2 would change nothing"):
+        check_ratios_applied(g, {"v": 1.0, "o": 2.0}, "lora", "qk")
+    # GPT-2's W_v shares one fused weight with W_q and W_k: full fine-tuning of everything cannot give it λ
+    with pytest.raises(ConfigError, match="has role 'v'"):
+        check_ratios_applied(full_all_groups(tiny_gpt2, 4.0), {"v": 4.0}, "full", "all", from_lr_ratio=True)
+
+
+def test_run_refuses_an_unapplied_lambda_before_training(tiny_bert, glue_dir, store):
+    from efficientft.errors import ConfigError
+    from efficientft.train import run
+    from tests.conftest import tiny_config
+
+    cfg = tiny_config(tiny_bert, targets="*.query,*.key", lr_ratio=4)  # patterns: judged on the groups
+    with pytest.raises(ConfigError, match="no trainable parameter of method 'lora' with targets '\\*.query,\\*.key' "
+                                          "has role 'v'"):
+        run(cfg, store)
+    assert store.runs() == []  # nothing stored as if λ had been applied
+
+
+def test_role_targets_without_the_ratio_role_are_refused_before_any_model_loads(capsys, tmp_path):
+    from efficientft.cli import main
+    from efficientft.config import RunConfig
+    from efficientft.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="role_lr o=2 would change nothing: .* targets 'qv' has role 'o'"):
+        RunConfig(targets="qv", role_lr={"o": 2})
+    assert RunConfig(targets="qkvo", role_lr={"o": 2}).role_ratios == {"o": 2.0, "v": 1.0}
+    rc = main(["run", "--task", "rte", "--targets", "qk", "--lr-ratio", "4", "--store", str(tmp_path / "s")])
+    assert rc == 2 and capsys.readouterr().err == (
+        "eft run: error: lr_ratio 4 (W_v's rate) would change nothing: no trainable parameter of method 'lora' "
+        "with targets 'qk' has role 'v'; add v to --targets or drop the ratio.\n")
+
+
+@pytest.mark.parametrize("max_length,pair,msg", [(1, False, "at least 3"), (4, True, "at least 5")])
+def test_max_length_below_the_special_tokens_is_refused(tiny_bert, max_length, pair, msg):
+    from transformers import AutoTokenizer
+
+    from efficientft.config import check_max_length
+    from efficientft.errors import ConfigError
+
+    tok = AutoTokenizer.from_pretrained(tiny_bert)
+    with pytest.raises(ConfigError, match=rf"max_length {max_length} is too small: the tokenizer adds "
+                                          rf"{2 if not pair else 3} special tokens .* {msg}"):
+        check_max_length(max_length, tok, pair)
+    least = int(msg.split()[-1])
+    check_max_length(least, tok, pair)
+    ids = tok(["a b c d e f"], ["g h i j"] if pair else None, truncation=True, max_length=least)["input_ids"]
+    assert len(ids[0]) == least  # the minimum truncates for real
+
+
+def test_run_refuses_a_too_small_max_length(tiny_bert, glue_dir, capsys, tmp_path):
+    from efficientft.cli import main
+
+    rc = main(["run", "--task", "rte", "--model", str(tiny_bert), "--steps", "1", "--max-train", "8",
+               "--max-eval", "8", "--max-length", "2", "--store", str(tmp_path / "s.sqlite"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "max_length 2 is too small" in err and "--max-length 5 or more" in err, err

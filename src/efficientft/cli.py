@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .config import PRECISIONS, SCHEDULES, RunConfig, load_yaml
+from .config import PRECISIONS, SCHEDULES, RunConfig, load_yaml, refuse_file_only_flags
 from .errors import ConfigError
 from .export import FORMATS as EXPORT_FORMATS
 from .hub import check_hub_repo, push_to_hub
@@ -62,10 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=int)
     g.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step")
     g.add_argument("--weight-decay", type=float)
-    g.add_argument("--schedule", choices=SCHEDULES)
+    g.add_argument("--schedule", type=str.lower, choices=SCHEDULES)
     g.add_argument("--warmup-ratio", type=float)
     g.add_argument("--max-grad-norm", type=float, help="clip gradients to this norm (0: no clipping)")
-    g.add_argument("--precision", choices=PRECISIONS)
+    g.add_argument("--precision", type=str.lower, choices=PRECISIONS)
     g.add_argument("--bucket", action="store_true", default=None,
                    help="draw training batches from length buckets (less padding)")
     g.add_argument("--feature-cache", action="store_true", default=None,
@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int)
     g = r.add_argument_group("data and evaluation")
     g.add_argument("--data-dir", help="glue_data folder (default: $EFT_DATA_DIR)")
-    g.add_argument("--data-source", choices=("local", "hub"))
+    g.add_argument("--data-source", type=str.lower, choices=("local", "hub"))
     g.add_argument("--max-train", type=int, help="seeded subsample of the training split")
     g.add_argument("--max-eval", type=int, help="seeded subsample of each evaluation split")
     g.add_argument("--data-seed", type=int, help="seed of the subsamples and of the selection split")
@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--regression", action="store_true", help="your labels are numbers to regress")
     g = r.add_argument_group("environment and output")
     g.add_argument("--config", help="YAML file of run settings; flags override it")
-    g.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    g.add_argument("--device", type=str.lower, choices=("auto", "cpu", "cuda"))
     g.add_argument("--export-dir", "--export", dest="export_dir", help="save the trained adapter / weights here")
     g.add_argument("--overwrite", action="store_true", default=None,
                    help="empty a non-empty --export-dir before exporting (without it such a folder is refused)")
@@ -181,6 +181,7 @@ def config_from_args(a: argparse.Namespace) -> RunConfig:
         loaded = load_yaml(a.config)
         if not isinstance(loaded, dict):
             raise ConfigError(f"{a.config}: a run config is a mapping of field: value.")
+        refuse_file_only_flags(loaded, a.config)
         base.update(loaded)
     for f in _FIELDS:
         v = getattr(a, f, None)
@@ -208,7 +209,7 @@ def config_from_args(a: argparse.Namespace) -> RunConfig:
         base["progress"] = False
     if a.trust_remote_code:
         base["trust_remote_code"] = True
-    return RunConfig.from_dict(base, where=a.config or "command line")
+    return RunConfig.from_dict(base, where=a.config or "")
 
 
 def _float(v: str, what: str) -> float:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -18,10 +18,13 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError, did_you_mean
+from .schema import COUNT_MAX, SEED_MAX, Rule, positive
 from .textfile import read_text
 from .yaml_limits import load_bounded
 
 DEFAULT_MODEL = "minilm"
+DEFAULT_TASK = "sst2"
+CUSTOM_TASK = "custom"  # the task name of the user's data when it is given none
 DEFAULT_EPOCHS = 3.0
 SCHEDULES = ("linear", "cosine", "constant")
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")  # auto: bf16 where the hardware computes it natively, else fp32
@@ -45,7 +48,7 @@ class RunConfig:
     """
 
     # what is trained
-    task: str = "sst2"
+    task: str | None = None  # DEFAULT_TASK, or CUSTOM_TASK for the user's data
     method: str = "lora"
     model: str = DEFAULT_MODEL
     targets: str = "qv"
@@ -86,73 +89,47 @@ class RunConfig:
     trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
-        for name in _FLOATS | _INTS:  # 4 and 4.0 must give the same key
-            setattr(self, name, _coerce(name, getattr(self, name), "config"))
         self.validate()
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
-        def positive(name: str, allow_none: bool = False, integer: bool = False) -> None:
-            v = getattr(self, name)
-            if v is None and allow_none:
-                return
-            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
-            if integer:
-                ok = ok and float(v).is_integer()
-            if not ok:
-                kind = "a positive integer" if integer else "a positive number"
-                raise ConfigError(f"{name} must be {kind}, got {v!r}.")
-
-        for name in ("lr", "lr_ratio"):
-            positive(name)
-        for name in ("batch_size", "grad_accum", "max_length", "eval_batch_size"):
-            positive(name, integer=True)
-        positive("epochs", allow_none=True)
-        for name in ("steps", "max_train", "max_eval"):
-            positive(name, allow_none=True, integer=True)
-        positive("max_grad_norm", allow_none=True)
+        """Check every field against its :data:`RULES` entry (type, range, canonical form), then the rules that
+        tie fields together. Values are replaced by their canonical form, so ``4`` and ``4.0``, ``RTE`` and
+        ``rte``, ``q,v`` and ``qv`` give the same key."""
+        if self.task is None:
+            self.task = CUSTOM_TASK if self.custom is not None else DEFAULT_TASK
+        for name, rule in RULES.items():  # dataclass field order: the first bad field is the one reported
+            setattr(self, name, rule.check(name, getattr(self, name)))
         if self.epochs is not None and self.steps is not None:
             raise ConfigError("give either epochs or steps, not both.")
-        for name, choices in (("schedule", SCHEDULES), ("precision", PRECISIONS), ("device", DEVICES),
-                              ("data_source", DATA_SOURCES)):
-            if getattr(self, name) not in choices:
-                raise ConfigError(
-                    f"{name} {getattr(self, name)!r} is not known.{did_you_mean(getattr(self, name), choices)} "
-                    f"Accepted: {', '.join(choices)}."
-                )
-        if not (0 <= self.warmup_ratio < 1):
-            raise ConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}.")
-        if self.weight_decay < 0:
-            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay!r}.")
-        if self.eval_every < 0:
-            raise ConfigError(f"eval_every must be >= 0 (0: evaluate at the end only), got {self.eval_every!r}.")
-        if self.selection_size < 0:
-            raise ConfigError(f"selection_size must be >= 0, got {self.selection_size!r}.")
-        if not isinstance(self.role_lr, dict):
-            raise ConfigError(f"role_lr must be a mapping of role to ratio, e.g. {{v: 4}}; got {self.role_lr!r}.")
-        from .models.roles import ROLES
+        if self.selection_size >= 1 and not self.selection_size.is_integer():  # a count is whole, not cut down
+            raise ConfigError(f"selection_size must be a fraction of train in (0, 1) or a whole number of examples, "
+                              f"got {self.selection_size!r}.")
+        from .models.roles import canonical_targets
 
-        for role in self.role_lr:
-            if role not in ROLES:
-                raise ConfigError(
-                    f"role_lr names an unknown role {role!r}.{did_you_mean(role, ROLES)} Roles: {', '.join(ROLES)}."
-                )
-        for role, ratio in self.role_lr.items():
-            if not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or not ratio > 0 or not math.isfinite(ratio):
-                raise ConfigError(f"role_lr[{role!r}] must be a positive number, got {ratio!r}.")
+        self.targets = canonical_targets(self.targets)
+        self.method = self.method.lower()
+        self.task = canonical_task(self.task)
+        self.role_lr = _check_role_lr(self.role_lr)
         if "v" in self.role_lr and self.lr_ratio != 1.0 and float(self.role_lr["v"]) != float(self.lr_ratio):
             raise ConfigError(f"lr_ratio={self.lr_ratio} and role_lr.v={self.role_lr['v']} disagree; give one of them.")
-        for name in ("bucket", "feature_cache", "overwrite"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}.")
-        if not isinstance(self.method_args, dict):
-            raise ConfigError(f"method_args must be a mapping, got {self.method_args!r}.")
         if self.custom is not None:
-            from .tasks.custom import (
-                check_spec,  # keys, types, labels and metrics: before any key is computed
-            )
+            from .tasks.custom import check_spec  # keys, types, labels, metrics: before any key
 
-            check_spec(self.custom)
+            check_spec({k: v for k, v in self.custom.items() if k != "sha256"})  # sha256: set by resolve
+            _check_custom(self.task, self.custom)
+        self._check_ratios_have_roles()
+
+    def _check_ratios_have_roles(self) -> None:
+        """Role targets say which roles train before any model loads, so a λ for a role they leave out is refused
+        here (a suite finds it before its first run); patterns and ``all`` are judged on the optimizer groups."""
+        from .models.roles import parse_roles
+        from .strategy import unapplied_ratio
+
+        roles = parse_roles(self.targets) if self.targets != "all" else None
+        for role, ratio in sorted(self.role_ratios.items()):
+            if roles is not None and ratio != 1.0 and role not in roles:
+                raise unapplied_ratio(role, ratio, self.method, self.targets, self.lr_ratio != 1.0)
 
     # ------------------------------------------------------------------ derived values
     @property
@@ -176,6 +153,8 @@ class RunConfig:
             changes["epochs"] = DEFAULT_EPOCHS
         if self.precision == "auto":  # resolved before hashing: the key names the precision that ran
             changes["precision"] = best_precision(self.device)
+        if self.custom is not None:  # the user's data is named by what it holds (file hashes, columns)
+            changes.update(resolve_custom(self.task, self.custom))
         return self.replace(**changes)
 
     def identity(self) -> dict[str, Any]:
@@ -208,47 +187,145 @@ class RunConfig:
         return [f.name for f in fields(cls)]
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], where: str = "config") -> RunConfig:
+    def from_dict(cls, d: dict[str, Any], where: str = "") -> RunConfig:
+        """A config from a mapping (YAML, the command line); ``where`` (a file name) starts every error message."""
+        at = f"{where}: " if where else ""
         if not isinstance(d, dict):
-            raise ConfigError(f"{where} must be a mapping of field: value, got {type(d).__name__}.")
+            raise ConfigError(f"{at}a run config must be a mapping of field: value, got {type(d).__name__}.")
         names = cls.field_names()
         unknown = [k for k in d if k not in names]
         if unknown:
             k = unknown[0]
-            raise ConfigError(
-                f"{where}: unknown field {k!r}.{did_you_mean(k, names)} Known fields: {', '.join(names)}."
-            )
-        return cls(**{k: _coerce(k, v, where) for k, v in d.items()})  # a type error names the file
+            raise ConfigError(f"{at}unknown field {k!r}.{did_you_mean(str(k), names)} Known fields: {', '.join(names)}.")
+        try:
+            return cls(**d)
+        except ConfigError as e:
+            raise ConfigError(f"{at}{e}") from None
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> RunConfig:
-        return cls.from_dict(load_yaml(path), where=str(path))
+        d = load_yaml(path)
+        if isinstance(d, dict):
+            refuse_file_only_flags(d, str(path))
+        return cls.from_dict(d, where=str(path))
 
 
-_FLOATS = {"lr", "lr_ratio", "weight_decay", "warmup_ratio", "epochs", "max_grad_norm", "selection_size"}
-_BOOLS = {"bucket", "feature_cache", "overwrite"}
-_INTS = {"steps", "batch_size", "grad_accum", "max_length", "seed", "max_train", "max_eval", "data_seed",
-         "eval_every", "eval_batch_size"}
+_COUNT = positive("int")
+_OPT_COUNT = positive("int", optional=True)
+_SEED = Rule("int", 0, SEED_MAX)
+# One rule per field, in field order: the type, the range that runs, the canonical spelling.
+RULES: dict[str, Rule] = {
+    "task": Rule("text"), "method": Rule("text"), "model": Rule("text"), "targets": Rule("text"),
+    "lr_ratio": positive(), "role_lr": Rule("mapping", hint="role to ratio, e.g. {v: 4}"),
+    "method_args": Rule("mapping", hint="argument to value, e.g. {rank: 8}"),
+    "lr": positive(), "weight_decay": Rule("float", 0), "schedule": Rule("choice", choices=SCHEDULES),
+    "warmup_ratio": Rule("float", 0, 1, high_open=True), "epochs": positive(optional=True),
+    "steps": _OPT_COUNT, "batch_size": _COUNT, "grad_accum": _COUNT, "max_grad_norm": positive(optional=True),
+    "precision": Rule("choice", choices=PRECISIONS), "max_length": _COUNT, "seed": _SEED,
+    "data_source": Rule("choice", choices=DATA_SOURCES),
+    "custom": Rule("mapping", optional=True, hint="train, dev, text_columns, label_column, type"),
+    "max_train": _OPT_COUNT, "max_eval": _OPT_COUNT, "data_seed": _SEED,
+    "selection_size": Rule("float", 0), "eval_every": Rule("int", 0, COUNT_MAX), "eval_batch_size": _COUNT,
+    "bucket": Rule("bool"), "feature_cache": Rule("bool"),
+    "data_dir": Rule("text", optional=True), "device": Rule("choice", choices=DEVICES), "progress": Rule("bool"),
+    "export_dir": Rule("text", optional=True), "overwrite": Rule("bool"), "trust_remote_code": Rule("bool"),
+}
+assert list(RULES) == [f.name for f in fields(RunConfig)], "every RunConfig field needs its rule"
+_RATIO = positive()
+# Settings a file may not make: they are a decision the user takes on the command line, each time.
+FILE_ONLY_FLAGS = {"trust_remote_code": "--trust-remote-code"}
 
 
-def _coerce(name: str, value: Any, where: str) -> Any:
-    """YAML and the command line give strings and ints where floats are meant; convert with a clear error."""
-    if value is None:
-        return None
-    if name in _BOOLS and isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-        return value.lower() in ("true", "1", "yes")
+def refuse_file_only_flags(d: dict, where: str) -> None:
+    """``trust_remote_code`` runs a model's own Python code: a YAML file (someone else's, perhaps) may not ask it.
+    ``false`` is harmless (a saved config says it)."""
+    for name, flag in FILE_ONLY_FLAGS.items():
+        if name in d and d[name] not in (False, None):
+            raise ConfigError(f"{where}: {name} cannot be set in a file (it lets a model's own code run on this "
+                              f"machine); pass {flag} on the command line instead.")
+
+
+def _coerce(name: str, value: Any, where: str = "") -> Any:
+    """One field's value converted by its rule, its range not yet checked (for suites, which convert each value
+    where it is written; the runs they expand to check the ranges)."""
     try:
-        if name in _FLOATS and not isinstance(value, bool):
-            return float(value)
-        if name in _INTS and not isinstance(value, bool):
-            f = float(value)
-            if not f.is_integer():
-                raise ValueError
-            return int(f)
-    except (TypeError, ValueError):
-        kind = "a number" if name in _FLOATS else "an integer"
-        raise ConfigError(f"{where}: {name} must be {kind}, got {value!r}.") from None
-    return value
+        return RULES[name].convert(name, value)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}" if where else str(e)) from None
+
+
+def canonical_task(name: str) -> str:
+    """A GLUE task's one spelling (``RTE``, ``SST-2`` → ``rte``, ``sst2``); other names (the user's data) as given."""
+    from .tasks import ALIASES, TASKS
+
+    low = ALIASES.get(name.lower(), name.lower())
+    return low if low in TASKS else name
+
+
+def _check_role_lr(role_lr: dict) -> dict[str, float]:
+    """Role names case-folded and known, each ratio a positive finite number."""
+    from .models.roles import ROLES
+
+    out: dict[str, float] = {}
+    for raw, ratio in role_lr.items():
+        role = raw.strip().lower()
+        if role not in ROLES:
+            raise ConfigError(
+                f"role_lr names an unknown role {raw!r}.{did_you_mean(role, ROLES)} Roles: {', '.join(ROLES)}."
+            )
+        if role in out:
+            raise ConfigError(f"role_lr names role {role!r} twice.")
+        out[role] = _RATIO.check(f"role_lr[{role!r}]", ratio)
+    return out
+
+
+_LABEL_HASH = re.compile(r"@[0-9a-f]{8}$")
+
+
+def _check_custom(task: str, custom: dict) -> None:
+    """The user's data may not borrow a GLUE task's name: its runs would fill that task's cells in a table."""
+    from .tasks import TASKS
+
+    base = _LABEL_HASH.sub("", task)
+    if canonical_task(base) in TASKS:
+        raise ConfigError(f"task {task!r} is a GLUE task, so it cannot name your own data (--train-file / "
+                          f"custom:); name it otherwise (e.g. --task my-{canonical_task(base)}) or leave --task out.")
+    for split in ("train", "dev"):
+        if custom.get(split) is not None and not isinstance(custom[split], str):
+            raise ConfigError(f"custom.{split} must be a file path (text), got {custom[split]!r}.")
+
+
+def resolve_custom(task: str, custom: dict) -> dict[str, Any]:
+    """The user's data named by what it is: the column spec made explicit, the SHA-256 of each file, and the task
+    label ``<name>@<hash8>`` (a hash of both), so runs on different files never share a key or a table cell."""
+    from .provenance import file_sha256
+
+    spec = {k: v for k, v in custom.items() if k != "sha256"}
+    text = spec.get("text_columns") or ["text"]
+    spec["text_columns"] = [c.strip() for c in text.split(",")] if isinstance(text, str) else list(text)
+    spec.setdefault("label_column", "label")
+    spec.setdefault("type", "classification")
+    hashes = {}
+    for split in ("train", "dev"):
+        if spec.get(split):
+            if not Path(spec[split]).is_file():
+                raise ConfigError(f"data file {spec[split]!r} does not exist.")
+            hashes[split] = file_sha256(spec[split])
+    spec["sha256"] = hashes
+    blob = json.dumps({k: v for k, v in spec.items() if k not in ("train", "dev")}, sort_keys=True, default=str)
+    label = f"{_LABEL_HASH.sub('', task)}@{hashlib.sha256(blob.encode()).hexdigest()[:8]}"
+    return {"task": label, "custom": spec}
+
+
+def check_max_length(max_length: int, tokenizer: Any, pair: bool) -> None:
+    """A length that leaves no room for text after the tokenizer's special tokens truncates nothing (the
+    tokenizer gives up and keeps whole inputs); refuse it, naming the minimum."""
+    specials = tokenizer.num_special_tokens_to_add(pair=pair)
+    least = specials + (2 if pair else 1)
+    if max_length < least:
+        kind = "a pair of texts" if pair else "one text"
+        raise ConfigError(f"max_length {max_length} is too small: the tokenizer adds {specials} special tokens to "
+                          f"{kind}, so at least {least} are needed (one per text); give --max-length {least} or more.")
 
 
 def best_precision(device: str = "auto") -> str:
@@ -272,7 +349,7 @@ def cpu_flags() -> set[str]:
 
 
 def load_yaml(path: str | Path) -> Any:
-    """Read a YAML file; a syntax error names the file, line and column."""
+    """Read a YAML file safely; a syntax error names the file, line and column, an alias bomb is refused."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {str(p)!r} does not exist.")

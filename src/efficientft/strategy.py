@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import torch.nn as nn
 
+from .errors import ConfigError
 from .models.roles import Target
 
 HEAD = "head"
@@ -123,3 +124,21 @@ def describe_groups(groups: list[dict]) -> list[dict]:
          "params": len(g["names"]), "numel": sum(p.numel() for p in g["params"])}
         for g in groups
     ]
+
+
+def check_ratios_applied(groups: list[dict], ratios: Mapping[str, float], method: str, targets: str,
+                         from_lr_ratio: bool = False) -> None:
+    """Refuse a learning-rate ratio that no parameter would get: a run stored with λ = 4 must have trained W_v
+    at 4 × lr. Checked on the optimizer groups themselves (after ``prepare``), so that whatever a method makes
+    trainable is what is judged."""
+    carried = {role for g in groups for role in g["roles"]}
+    for role, ratio in sorted(ratios.items()):
+        if ratio != 1.0 and role not in carried:
+            raise unapplied_ratio(role, ratio, method, targets, from_lr_ratio)
+
+
+def unapplied_ratio(role: str, ratio: float, method: str, targets: str, from_lr_ratio: bool) -> ConfigError:
+    """The error for a ratio that would be stored but never applied (one wording, wherever it is found)."""
+    what = f"lr_ratio {ratio:g} (W_v's rate)" if role == "v" and from_lr_ratio else f"role_lr {role}={ratio:g}"
+    return ConfigError(f"{what} would change nothing: no trainable parameter of method {method!r} with targets "
+                       f"{targets!r} has role {role!r}; add {role} to --targets or drop the ratio.")

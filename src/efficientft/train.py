@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 
 from . import provenance
-from .config import DEFAULT_EPOCHS, RunConfig
+from .config import DEFAULT_EPOCHS, RunConfig, check_max_length
 from .data import Encoded, TrainBatches, encode, eval_batches
 from .errors import ConfigError
 from .features import FeatureCache
@@ -34,7 +34,7 @@ from .methods.base import Context, Method, check_export_dir
 from .models import ALL, describe, fingerprint, head_modules, load_model, resolve_model, resolve_targets
 from .step import MAX_SKIPPED_IN_A_ROW, Diverged, autocast, forward, optimizer_step
 from .store import Store
-from .strategy import Strategy, describe_groups
+from .strategy import Strategy, check_ratios_applied, describe_groups
 from .tasks import DataOptions, Examples, Task, get_task
 from .tasks.metrics import compute
 
@@ -201,6 +201,7 @@ def prepare(cfg: RunConfig) -> Prepared:
     model = loaded.model
     base_params = sum(p.numel() for p in model.parameters())
     targets = [] if cfg.targets == ALL else resolve_targets(model, cfg.targets)
+    check_max_length(cfg.max_length, loaded.tokenizer, pair=train_ex.text_b is not None)
     with_types = _accepts(model, "token_type_ids") and "token_type_ids" in loaded.tokenizer.model_input_names
     train = encode(train_ex, loaded.tokenizer, cfg.max_length, with_types)
     evals = {k: encode(v, loaded.tokenizer, cfg.max_length, with_types) for k, v in eval_ex.items()}
@@ -217,6 +218,7 @@ def prepare(cfg: RunConfig) -> Prepared:
     groups = method.param_groups(model, Strategy(cfg.role_ratios), cfg.lr, cfg.weight_decay)
     if not groups:
         raise ConfigError(f"method {cfg.method!r} with targets {cfg.targets!r} left no parameter to train.")
+    check_ratios_applied(groups, cfg.role_ratios, cfg.method, cfg.targets, from_lr_ratio=cfg.lr_ratio != 1.0)
     optimizer = method.optimizer(groups, cfg.lr, cfg.weight_decay)
     warmup = int(round(cfg.warmup_ratio * total))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule_fn(cfg.schedule, warmup, total))

@@ -16,6 +16,7 @@ and never branches on a method's name.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -230,8 +231,8 @@ def _coerce(method: str, name: str, value: Any, hint: Any) -> Any:
     try:
         if target in (int, float) and not isinstance(value, bool):
             f = float(value)
-            if target is int and not f.is_integer():
-                raise ValueError
+            if target is int and not f.is_integer() or not math.isfinite(f):
+                raise ValueError  # nan and inf mean nothing as a rank, an alpha or a dropout rate
             return target(f)
     except (TypeError, ValueError):
         raise ConfigError(f"method {method!r}: {name} must be {target.__name__}, got {value!r}.") from None

@@ -13,7 +13,7 @@ from typing import Any
 import torch.nn as nn
 
 from ..models.fused import SlicedProjection, replace_module
-from ..models.roles import Target
+from ..models.roles import Target, role_targets
 from . import register
 from .base import Context, Method, set_trainable
 
@@ -25,7 +25,8 @@ class FullFineTuning(Method):
 
     def prepare(self, model: nn.Module, targets: list[Target], ctx: Context) -> nn.Module:
         self.targets, self.ctx = targets, ctx
-        if not targets:  # targets "all"
+        if not targets:  # targets "all": every weight trains; the role map still says which are W_v for λ
+            self.targets = role_targets(model)
             for p in model.parameters():
                 p.requires_grad = True
             return model

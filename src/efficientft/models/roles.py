@@ -141,6 +141,47 @@ def parse_roles(spec: str) -> tuple[str, ...] | None:
     return None
 
 
+def canonical_targets(spec: str) -> str:
+    """The one spelling of a targets value, so that equal experiments share a run key.
+
+    Role lists in any order or format (``v,q``, ``q,v``, ``QV``) become role letters in q, k, v, o order (``qv``)
+    when they name attention roles only, a preset's name when they name its roles (``ffn``, ``all-linear``), else
+    a comma list in role order. Patterns keep their spelling (a module name is case-sensitive) without the blanks
+    around commas; no pattern at all, or an invalid ``re:`` expression, is an error here, before a model loads.
+    """
+    spec = spec.strip()
+    if spec.lower() == ALL:
+        return ALL
+    roles = parse_roles(spec)
+    if roles is not None:
+        if set(roles) <= set(ATTENTION_ROLES):
+            return "".join(r for r in ATTENTION_ROLES if r in roles)
+        for name in ("ffn", "all-linear"):
+            if set(roles) == set(PRESETS[name]):
+                return name
+        return ",".join(r for r in ROLES if r in roles)
+    patterns = [s.strip() for s in spec.split(",") if s.strip()]
+    if not patterns:
+        raise ConfigError(f"targets {spec!r} is empty; give roles (qv, qkv, qkvo, all-linear) or module-name "
+                          f"patterns.")
+    for pat in patterns:
+        if pat.startswith("re:"):
+            try:
+                re.compile(pat[3:])
+            except re.error as e:
+                raise ConfigError(f"target {pat!r} is not a valid regular expression ({e}); write re:<python "
+                                  f"regex>, e.g. re:.*\\.(query|value).") from None
+    return ",".join(patterns)
+
+
+def role_targets(model: nn.Module) -> list[Target]:
+    """Every linear module of the backbone that the role map names, with its role (fused projections excluded:
+    their roles share one weight tensor, so no role of theirs can learn at a rate of its own)."""
+    family = family_of(model)
+    out = [Target(n, role_of(family, n)) for n in linear_modules(model)]
+    return [t for t in out if t.role is not None]
+
+
 def resolve_targets(model: nn.Module, spec: str) -> list[Target]:
     """Turn ``--targets`` into the modules to adapt.
 

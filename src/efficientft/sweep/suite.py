@@ -29,74 +29,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from ..config import ENVIRONMENT_FIELDS, RunConfig, _coerce
+from ..config import (
+    DEFAULT_TASK,
+    ENVIRONMENT_FIELDS,
+    FILE_ONLY_FLAGS,
+    RunConfig,
+    _coerce,
+    canonical_task,
+)
 from ..errors import ConfigError, did_you_mean
 from ..suites import resolve_suite
-from ..textfile import read_text
-from ..yaml_limits import load_bounded
+from .marked_yaml import MarkedMap, load_marked
 
 SUITE_KEYS = ("name", "description", "defaults", "grid", "methods", "per_task", "selection", "early_stopping",
-              "estimate")
+              "estimate", "max_runs")
+DEFAULT_MAX_RUNS = 100_000  # a grid past this is a typo far more often than a plan; max_runs: or $EFT_MAX_RUNS
+ENV_MAX_RUNS = "EFT_MAX_RUNS"
 NESTED = ("method_args", "role_lr")  # mapping fields whose values may themselves be axes
 ENTRY_KEYS = ("label",)  # keys of a method entry that are not RunConfig fields
 Path_ = tuple[str, ...]  # a field path: ("lr",) or ("method_args", "rank")
-
-
-# ---------------------------------------------------------------------------------------------- YAML with lines
-class _Map(dict):
-    """A YAML mapping that remembers its own line and each key's line (1-based)."""
-
-    line: int = 0
-    lines: dict
-
-
-class _Seq(list):
-    line: int = 0
-
-
-class _Loader(yaml.SafeLoader):
-    pass
-
-
-def _construct_map(loader: _Loader, node: yaml.MappingNode) -> _Map:
-    loader.flatten_mapping(node)
-    out = _Map()
-    out.line, out.lines = node.start_mark.line + 1, {}
-    for knode, vnode in node.value:
-        key = loader.construct_object(knode, deep=True)
-        if key in out:
-            raise ConfigError(f"{loader.name}, line {knode.start_mark.line + 1}: key {key!r} appears twice.")
-        out[key] = loader.construct_object(vnode, deep=True)
-        out.lines[key] = knode.start_mark.line + 1
-    return out
-
-
-def _construct_seq(loader: _Loader, node: yaml.SequenceNode) -> _Seq:
-    out = _Seq(loader.construct_object(n, deep=True) for n in node.value)
-    out.line = node.start_mark.line + 1
-    return out
-
-
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_map)
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_seq)
-
-
-def load_marked(path: Path) -> Any:
-    if not path.is_file():
-        raise ConfigError(f"suite file {str(path)!r} does not exist.")
-    text = read_text(path, "suite file")  # not UTF-8: one line, not a traceback
-    loader = _Loader(text)
-    loader.name = str(path)
-    try:
-        return load_bounded(loader, str(path))  # aliases that expand without bound are refused, not walked
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{path}{at}: not valid YAML: {getattr(e, 'problem', e)}.") from None
-    finally:
-        loader.dispose()
 
 
 def _field_hint(name: str, fields: list[str]) -> str:
@@ -119,7 +70,7 @@ def _field_hint(name: str, fields: list[str]) -> str:
 
 
 def _line(m: Any, key: Any = None) -> int:
-    if key is not None and isinstance(m, _Map):
+    if key is not None and isinstance(m, MarkedMap):
         return m.lines.get(key, m.line)
     return getattr(m, "line", 0)
 
@@ -153,6 +104,9 @@ def _parse_spec(raw: Any, where: str, file: str, axes: str) -> Spec:
             extra = list(ENTRY_KEYS) if where.startswith("methods[") else []
             raise ConfigError(f"{file}, line {line}: {where}: unknown field {k!r}.{_field_hint(k, FIELDS + extra)} "
                               f"Known fields: {', '.join(FIELDS + extra)}.")
+        if k in FILE_ONLY_FLAGS:  # eft sweep has no such flag: a suite never runs a model's own code
+            raise ConfigError(f"{file}, line {line}: {where}: {k} cannot be set in a file (it lets a model's own "
+                              f"code run on this machine); run such a model with eft run {FILE_ONLY_FLAGS[k]}.")
         if k in ENVIRONMENT_FIELDS:
             raise ConfigError(f"{file}, line {line}: {where}: {k!r} says where things are, not what is run; "
                               f"give it on the command line (eft sweep --{k.replace('_', '-')}).")
@@ -242,9 +196,6 @@ class PlannedRun:
         return " ".join(str(b) for b in bits)
 
 
-MAX_RUNS = 100_000  # runs one method entry may expand to; far above any real grid
-
-
 @dataclass
 class Suite:
     name: str
@@ -257,6 +208,16 @@ class Suite:
     selection: Selection | None = None
     early_stopping: EarlyStopping | None = None
     estimate: dict[str, float] = field(default_factory=dict)
+    max_runs: int = DEFAULT_MAX_RUNS
+
+    def size(self) -> int:
+        """How many runs the grid expands to (before duplicates are dropped), counted without expanding it."""
+        total = 0
+        for _, entry in self.entries:
+            axes = {p: v for p, v in self.grid.axes.items() if p not in entry.fixed and p not in entry.axes}
+            axes.update(entry.axes)
+            total += math.prod(len(v) for v in axes.values())
+        return total
 
     # ------------------------------------------------------------------ expansion
     def expand(self, env: dict[str, Any] | None = None, validate: bool = True) -> list[PlannedRun]:
@@ -266,6 +227,11 @@ class Suite:
         All errors are collected and raised together as one :class:`ConfigError`.
         """
         env = dict(env or {})
+        n = self.size()
+        if n > self.max_runs:
+            raise ConfigError(f"{self.path}: the suite expands to {n:,} runs, more than the limit of "
+                              f"{self.max_runs:,}; shrink the grid, or raise the limit with max_runs: in the suite "
+                              f"or ${ENV_MAX_RUNS}.")
         runs: list[PlannedRun] = []
         seen: set[str] = set()
         errors: list[str] = []
@@ -274,11 +240,6 @@ class Suite:
             axes = {p: v for p, v in self.grid.axes.items() if p not in entry.fixed and p not in entry.axes}
             axes.update(entry.axes)
             names = list(axes)
-            size = math.prod(len(axes[n]) for n in names)
-            if size > MAX_RUNS:  # a few short lists multiply to billions: refuse before expanding one
-                raise ConfigError(f"{where}: the grid expands to {size:,} runs (axes: "
-                                  f"{', '.join('.'.join(n) + f' x{len(axes[n])}' for n in names)}); the limit is "
-                                  f"{MAX_RUNS:,} per entry. Split the suite or shorten its lists.")
             for combo in itertools.product(*(axes[n] for n in names)):
                 values = dict(self.defaults.fixed)
                 origin = {p: self.defaults.lines[p] for p in self.defaults.fixed}
@@ -292,8 +253,8 @@ class Suite:
                 for p, v in zip(names, combo, strict=True):
                     values[p] = v
                     origin[p] = entry.lines[p] if p in entry.axes else self.grid.lines[p]
-                task = values.get(("task",), RunConfig.task)
-                task_spec = self.per_task.get(str(task))
+                task = values.get(("task",), DEFAULT_TASK)
+                task_spec = self.per_task.get(canonical_task(task) if isinstance(task, str) else str(task))
                 if task_spec is not None:
                     for p, v in task_spec.fixed.items():
                         values[p], origin[p] = v, task_spec.lines[p]
@@ -332,7 +293,7 @@ class Suite:
                               f"Known methods: {', '.join(sorted(METHODS.names()))}.")
         if validate and not d.get("custom"):
             try:
-                get_task(str(d.get("task", RunConfig.task)))
+                get_task(str(d.get("task", DEFAULT_TASK)))
             except ConfigError as e:
                 raise ConfigError(f"{cfg_where(('task',))}: {e}") from None
         try:
@@ -420,10 +381,13 @@ def load_suite(path: str | Path) -> Suite:
     per_task_raw = raw.get("per_task") or {}
     if not isinstance(per_task_raw, dict):
         raise ConfigError(f"{f}, line {_line(raw, 'per_task')}: per_task: maps a task name to field: value.")
-    per_task = {str(t): _parse_spec(v, f"per_task.{t}", f, "never") for t, v in per_task_raw.items()}
+    per_task = {canonical_task(str(t)): _parse_spec(v, f"per_task.{t}", f, "never") for t, v in per_task_raw.items()}
     for t, spec in per_task.items():
         if ("task",) in spec.fixed:
             raise ConfigError(f"{f}, line {spec.lines[('task',)]}: per_task.{t} cannot change the task.")
+    for k in ("name", "description"):
+        if raw.get(k) is not None and not isinstance(raw[k], str):
+            raise ConfigError(f"{f}, line {_line(raw, k)}: {k} must be text, got {raw[k]!r}.")
     name = raw.get("name") or p.stem
     suite = Suite(
         name=str(name), path=p, description=str(raw.get("description") or ""),
@@ -431,7 +395,7 @@ def load_suite(path: str | Path) -> Suite:
         grid=_parse_spec(raw.get("grid"), "grid", f, "required"),
         entries=entries, per_task=per_task,
         selection=_parse_selection(raw, f), early_stopping=_parse_early_stopping(raw, f),
-        estimate=_parse_estimate(raw, f),
+        estimate=_parse_estimate(raw, f), max_runs=_parse_max_runs(raw, f),
     )
     if suite.early_stopping is not None and suite.selection is None:
         raise ConfigError(f"{f}, line {suite.early_stopping.line}: early_stopping ranks trials by their selection "
@@ -439,6 +403,7 @@ def load_suite(path: str | Path) -> Suite:
     known_tasks = {str(v) for v in suite.grid.axes.get(("task",), [])} | {str(suite.defaults.fixed.get(("task",)))}
     for _, spec in entries:
         known_tasks |= {str(v) for v in spec.axes.get(("task",), [])} | {str(spec.fixed.get(("task",)))}
+    known_tasks = {canonical_task(t) for t in known_tasks}
     for t in per_task:
         if t not in known_tasks:
             raise ConfigError(f"{f}, line {_line(per_task_raw, t)}: per_task names {t!r}, which no run of the suite "
@@ -462,7 +427,7 @@ def _parse_selection(raw: dict, f: str) -> Selection | None:
         raise ConfigError(f"{f}, line {line}: selection: is a mapping (selection_size, select_by, over).")
     _keys(s, ("selection_size", "select_by", "over"), "selection", f)
     size = _coerce("selection_size", s.get("selection_size", 0.1), f"{f}, line {line}: selection")
-    if not size > 0:
+    if not size > 0 or not math.isfinite(size):
         raise ConfigError(f"{f}, line {_line(s, 'selection_size')}: selection.selection_size must be > 0 "
                           f"(a fraction of train in (0, 1), or a count), got {size!r}.")
     by = str(s.get("select_by", "main"))
@@ -496,7 +461,7 @@ def _parse_early_stopping(raw: dict, f: str) -> EarlyStopping | None:
         raise ConfigError(f"{f}, line {_line(s, 'rungs')}: early_stopping.rungs must be increasing positive step "
                           f"counts, e.g. [50, 100], got {rungs!r}.")
     eta = s.get("reduction_factor", 3)
-    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not eta > 1:
+    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not eta > 1 or not math.isfinite(eta):
         raise ConfigError(f"{f}, line {_line(s, 'reduction_factor')}: early_stopping.reduction_factor must be a "
                           f"number > 1, got {eta!r}.")
     return EarlyStopping(tuple(rungs), float(eta), line)
@@ -516,3 +481,19 @@ def _parse_estimate(raw: dict, f: str) -> dict[str, float]:
             raise ConfigError(f"{f}, line {_line(s, k)}: estimate.{k} must be a number of seconds >= 0, got {v!r}.")
         out[k] = float(v)
     return out
+
+
+def _parse_max_runs(raw: dict, f: str) -> int:
+    """The most runs the suite may expand to: its ``max_runs:``, else ``$EFT_MAX_RUNS``, else 100,000."""
+    import os
+
+    if raw.get("max_runs") is not None:
+        value, where = raw["max_runs"], f"{f}, line {_line(raw, 'max_runs')}: max_runs"
+    elif os.environ.get(ENV_MAX_RUNS):
+        value, where = os.environ[ENV_MAX_RUNS], f"${ENV_MAX_RUNS}"
+    else:
+        return DEFAULT_MAX_RUNS
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).strip().isdigit() \
+            or int(value) < 1:
+        raise ConfigError(f"{where} must be a positive whole number of runs, got {value!r}.")
+    return int(value)

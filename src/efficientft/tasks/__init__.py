@@ -17,8 +17,9 @@ ALIASES = {"sst-2": "sst2", "sts-b": "stsb", "mnli-m": "mnli"}
 
 def get_task(name: str, custom: dict | None = None) -> Task:
     """The task called ``name``; ``custom`` (train/dev files, columns) builds the user's own task."""
-    if custom:
-        return CustomTask.from_spec({"name": name if name not in TASKS else "custom", **custom})
+    if custom:  # the file hashes of a resolved config say what was read; they are not a reading option
+        spec = {k: v for k, v in custom.items() if k != "sha256"}
+        return CustomTask.from_spec({"name": name if name not in TASKS else "custom", **spec})
     return TASKS.get(ALIASES.get(name.lower(), name))
 
 

@@ -1,0 +1,146 @@
+"""One rule per run setting: its type, the range that runs, and its one canonical spelling.
+
+Every :class:`~efficientft.config.RunConfig` field is checked by the same function against its :class:`Rule`,
+so a value that passes validation also runs: seeds fit what torch and numpy accept (0 .. 2**32 - 1), counts fit
+in 32 bits (tokenizers and samplers take C integers), no float option is nan or inf, and names are text. Choices
+are case-folded (``FP32`` ≡ ``fp32``) so that equal experiments share a run key.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ConfigError, did_you_mean
+
+SEED_MAX = 2**32 - 1  # torch.manual_seed and numpy's RandomState take 0 .. 2**32 - 1
+COUNT_MAX = 2**31 - 1  # lengths, batch sizes and step counts reach C code as 32-bit integers
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """The accepted values of one setting. Bounds are inclusive unless ``*_open``; ``kind`` is one of float,
+    int, bool, text, choice, mapping."""
+
+    kind: str
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    optional: bool = False
+    choices: tuple[str, ...] = ()
+    hint: str = ""  # for a mapping: what it maps, with an example
+
+    def accepted(self) -> str:
+        """What the rule accepts, in words (the tail of every error message it gives)."""
+        if self.kind in ("float", "int"):
+            noun = "a number" if self.kind == "float" else "an integer"
+            if self.low == 0 and self.low_open and self.high is None:
+                return "a positive number"
+            if self.kind == "int" and self.low == 1 and self.high == COUNT_MAX:
+                return f"a positive integer (at most {COUNT_MAX})"
+            if self.low is not None and self.high is not None:
+                lo, hi = "(" if self.low_open else "[", ")" if self.high_open else "]"
+                return f"{'an integer ' if self.kind == 'int' else ''}in {lo}{_num(self.low)}, {_num(self.high)}{hi}"
+            if self.low is not None:
+                return f"{noun} {'>' if self.low_open else '>='} {_num(self.low)}"
+            return f"a finite {'number' if self.kind == 'float' else 'integer'}"
+        if self.kind == "bool":
+            return "true or false"
+        if self.kind == "text":
+            return "text (a name)"
+        if self.kind == "choice":
+            return ", ".join(self.choices)
+        return f"a mapping{' of ' + self.hint if self.hint else ''}"
+
+    def check(self, name: str, value: Any) -> Any:
+        """``value`` converted to the field's type and canonical form and inside its range; a
+        :class:`ConfigError` names what is accepted."""
+        v = self.convert(name, value)
+        if v is not None and self.kind in ("float", "int") and (not math.isfinite(v) or not self._in_range(v)):
+            raise ConfigError(f"{name} must be {self.accepted()}, got {value!r}.")
+        return v
+
+    def convert(self, name: str, value: Any) -> Any:
+        """``value`` converted to the field's type and canonical form, its range not yet checked (a suite
+        converts each value where it is written, and checks ranges on the runs it expands to).
+
+        Strings from the command line or YAML (``"1e-3"``, ``"4"``) convert; ``True`` is not a number.
+        """
+        if value is None:
+            if self.optional:
+                return None
+            raise ConfigError(f"{name} must be {self.accepted()}, got None.")
+        return getattr(self, f"_{self.kind}")(name, value)
+
+    # ------------------------------------------------------------------ one converter per kind
+    def _float(self, name: str, value: Any) -> float:
+        try:
+            if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+                raise TypeError
+            v = float(value)
+        except (TypeError, ValueError, OverflowError):
+            raise ConfigError(f"{name} must be a number, got {value!r}.") from None
+        return v
+
+    def _int(self, name: str, value: Any) -> int:
+        try:
+            if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+                raise TypeError
+            if isinstance(value, int):
+                v = value
+            else:
+                f = float(value)
+                if not f.is_integer():
+                    raise ValueError
+                v = int(f)
+        except (TypeError, ValueError, OverflowError):
+            raise ConfigError(f"{name} must be an integer, got {value!r}.") from None
+        return v
+
+    def _bool(self, name: str, value: Any) -> bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+            return value.strip().lower() in _TRUE
+        raise ConfigError(f"{name} must be true or false, got {value!r}.")
+
+    def _text(self, name: str, value: Any) -> str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{name} must be text (a name), got {value!r} ({type(value).__name__}).")
+        if not value.strip():
+            raise ConfigError(f"{name} is empty; it must be text (a name).")
+        return value.strip()
+
+    def _choice(self, name: str, value: Any) -> str:
+        v = value.strip().lower() if isinstance(value, str) else value
+        if v not in self.choices:
+            raise ConfigError(f"{name} {value!r} is not known.{did_you_mean(str(v), self.choices)} "
+                              f"Accepted: {', '.join(self.choices)}.")
+        return v
+
+    def _mapping(self, name: str, value: Any) -> dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name} must be {self.accepted()}; got {value!r}.")
+        bad = [k for k in value if not isinstance(k, str)]
+        if bad:
+            raise ConfigError(f"{name} has a key that is not text: {bad[0]!r}; keys are names.")
+        return dict(value)
+
+    def _in_range(self, v: float) -> bool:
+        if self.low is not None and (v < self.low or (self.low_open and v == self.low)):
+            return False
+        return not (self.high is not None and (v > self.high or (self.high_open and v == self.high)))
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+def positive(kind: str = "float", optional: bool = False) -> Rule:
+    """A positive number, or a positive integer that fits in 32 bits."""
+    if kind == "int":
+        return Rule("int", 1, COUNT_MAX, optional=optional)
+    return Rule("float", 0, None, low_open=True, optional=optional)
