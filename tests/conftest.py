@@ -51,6 +51,18 @@ def tiny_bert(tmp_path_factory, minilm_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_bert_no_dropout(tmp_path_factory, minilm_dir) -> Path:
+    """tiny_bert without dropout: runs that must match exactly across process counts or accumulation."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=64, max_position_embeddings=128, hidden_dropout_prob=0.0,
+                     attention_probs_dropout_prob=0.0)
+    return _save_tiny(tmp_path_factory.mktemp("tiny-bert-nodrop"), BertForSequenceClassification(cfg), minilm_dir)
+
+
+@pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory, minilm_dir) -> Path:
     from transformers import LlamaConfig, LlamaForSequenceClassification
 

@@ -52,7 +52,7 @@ def test_unknown_field_and_bad_types(tmp_path):
         RunConfig.from_dict({"steps": "ten"})
     p = tmp_path / "bad.yaml"
     p.write_text("task: rte\nlr: [1\n")
-    with pytest.raises(ConfigError, match=r"bad.yaml: not valid YAML at line \d+, column \d+"):
+    with pytest.raises(ConfigError, match=r"bad.yaml, line \d+, column \d+: not valid YAML"):
         RunConfig.from_yaml(p)
 
 

@@ -47,20 +47,6 @@ def test_accumulated_gradient_on_uneven_micro_batches_equals_the_full_batch_grad
         torch.testing.assert_close(got[n], want[n], rtol=1e-4, atol=1e-6, msg=n)
 
 
-@pytest.fixture(scope="module")
-def tiny_bert_no_dropout(tmp_path_factory, minilm_dir) -> Path:
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                     intermediate_size=64, max_position_embeddings=128, hidden_dropout_prob=0.0,
-                     attention_probs_dropout_prob=0.0)
-    path = tmp_path_factory.mktemp("tiny-bert-nodrop")
-    BertForSequenceClassification(cfg).save_pretrained(str(path))
-    AutoTokenizer.from_pretrained(str(minilm_dir)).save_pretrained(str(path))
-    return path
-
-
 def test_data_parallel_with_uneven_shards_equals_one_process(tmp_path, tiny_bert_no_dropout, glue_dir):
     """63 examples, batches of 8: step 8 is the epoch's short batch of 7, split 4 / 3 between two processes. Each
     process's loss counts by its share of the examples (not half each), so the curve is the single-process curve;

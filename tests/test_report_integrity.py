@@ -9,6 +9,7 @@ import hashlib
 import io
 import json
 import re
+import sqlite3
 import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
 from urllib.parse import unquote
@@ -38,11 +39,16 @@ def put(store: Store, *, task: str = "sst2", method: str = "lora", targets: str 
            "seed": seed, "data_seed": 0, "steps": 10, "method_args": {}, **cfg_extra}
     cfg = {k: v for k, v in cfg.items() if v is not None}
     key = key or hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()
+    main = score if main_score is None else main_score
+    store.claim(key, cfg, redo_done=True)  # the store writes a record only under its claim, as a Ray driver does
     store.import_run({"run_key": key, "status": status, "task": task, "method": method, "targets": targets,
-                      "main_metric": "dev/accuracy", "main_score": score if main_score is None else main_score,
+                      "main_metric": "dev/accuracy", "main_score": main if isinstance(main, float) else None,
                       "config": cfg, "scores": {"dev/accuracy": score} if scores is None else scores,
                       "cost": {"trainable_params": 100} if cost is None else cost, "tags": tags or {},
                       "error": error, "provenance": {}, "details": {}, "finished_at": finished_at})
+    if not isinstance(main, (int, float)) or isinstance(main, bool):  # what an edited or foreign store may hold
+        with sqlite3.connect(store.path) as db:
+            db.execute("UPDATE runs SET main_score = ? WHERE run_key = ?", (main, key))
     return key
 
 
@@ -279,8 +285,8 @@ def test_report_into_a_file_is_a_clear_error(tmp_path, capsys):
     (tmp_path / "taken").write_text("x")
     assert main(["report", "--store", str(store.path), "--out", str(tmp_path / "taken"), "--no-plots"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"eft report: error: --out {tmp_path / 'taken'} is a file; the report is a folder (report.md, "
-                   "report.html, table.tex, table.csv, plots/): pass a folder path."]
+    assert err == [f"eft report: error: --out {tmp_path / 'taken'} is a file, not a folder; pass a folder path "
+                   "(it is created if missing)."]
 
 
 def test_replicates_that_share_a_seed_are_named_in_full(tmp_path):

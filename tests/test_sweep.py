@@ -461,21 +461,6 @@ early_stopping: {rungs: [2], reduction_factor: 3}
 
 
 # ---------------------------------------------------------------------------------------------- data parallel
-@pytest.fixture(scope="module")
-def tiny_bert_no_dropout(tmp_path_factory, minilm_dir) -> Path:
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                     intermediate_size=64, max_position_embeddings=128, hidden_dropout_prob=0.0,
-                     attention_probs_dropout_prob=0.0)
-    path = tmp_path_factory.mktemp("tiny-bert-nodrop")
-    BertForSequenceClassification(cfg).save_pretrained(str(path))
-    AutoTokenizer.from_pretrained(str(minilm_dir)).save_pretrained(str(path))
-    return path
-
-
 def test_data_parallel_on_two_cpu_processes_equals_one_process(tmp_path, tiny_bert_no_dropout, glue_dir):
     """torchrun (gloo) with 2 processes: each trains on half of every batch, DDP averages the gradients, so
     the loss curve is the single-process curve; one record, under the single-process key."""

@@ -19,8 +19,7 @@ import yaml
 
 from .errors import ConfigError, did_you_mean
 from .schema import COUNT_MAX, SEED_MAX, Rule, positive
-from .textfile import read_text
-from .yaml_limits import load_bounded
+from .yaml_limits import read_yaml
 
 DEFAULT_MODEL = "minilm"
 DEFAULT_TASK = "sst2"
@@ -349,16 +348,5 @@ def cpu_flags() -> set[str]:
 
 
 def load_yaml(path: str | Path) -> Any:
-    """Read a YAML file safely; a syntax error names the file, line and column, an alias bomb is refused."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file {str(p)!r} does not exist.")
-    loader = yaml.SafeLoader(read_text(p, "config file"))  # not UTF-8: one line, not a traceback
-    try:
-        return load_bounded(loader, str(p))  # aliases that expand without bound are refused, not walked
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{p}: not valid YAML{at}: {getattr(e, 'problem', e)}.") from None
-    finally:
-        loader.dispose()
+    """Read a YAML run config safely; a syntax error names the file, line and column, an alias bomb is refused."""
+    return read_yaml(Path(path), "config file")

@@ -8,6 +8,7 @@ each shared node once, so the check is as cheap as the parse; recursive aliases 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -64,3 +65,22 @@ def load_bounded(loader: yaml.SafeLoader, where: str, limit: int = MAX_VALUES) -
         raise ConfigError(f"{where}: the YAML expands to more than {limit:,} values once its aliases (*name) are "
                           "expanded; write the values out or use fewer aliases.")
     return loader.construct_document(node)
+
+
+def read_yaml(path: Path, what: str, loader_cls: type[yaml.SafeLoader] = yaml.SafeLoader) -> Any:
+    """A YAML file (a run config or a suite) read strictly: it must exist, be UTF-8 and stay within the size
+    bound; a syntax error names the file, line and column. Every problem is one :class:`ConfigError`."""
+    from .textfile import read_text
+
+    if not path.is_file():
+        raise ConfigError(f"{what} {str(path)!r} does not exist.")
+    loader = loader_cls(read_text(path, what))  # not UTF-8: one line, not a traceback
+    loader.name = str(path)
+    try:
+        return load_bounded(loader, str(path))  # aliases that expand without bound are refused, not walked
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}{at}: not valid YAML: {getattr(e, 'problem', e)}.") from None
+    finally:
+        loader.dispose()

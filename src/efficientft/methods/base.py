@@ -175,11 +175,11 @@ def check_export_dir(out_dir: str | Path, overwrite: bool = False) -> None:
     """Raise a ConfigError unless an export may be written into ``out_dir`` (run before training, so a run never
     trains for hours to fail at its export): it must not exist, be an empty folder, or, with ``overwrite``, a
     folder that may be emptied (not one that holds the working or home directory)."""
-    path = Path(out_dir)
+    from ..outputs import check_output_dir
+
+    path = check_output_dir(out_dir, "export folder")  # a file, or a folder that cannot be created or written
     if not path.exists():
         return
-    if not path.is_dir():
-        raise ConfigError(f"export folder {path} is a file, not a folder; give a folder path.")
     entries = sorted(f.name for f in path.iterdir())
     if not entries:
         return

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..outputs import check_output_dir
 from ..store import Store
 from . import html as html_report
 from . import tables
@@ -95,9 +96,7 @@ def _code(text: str) -> str:
 
 def write(rep: Report, store: Store, out: Path, formats: Sequence[str] = FORMATS, plots: bool = True) -> list[Path]:
     """Write the report files into ``out``; returns their paths."""
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} is a file; the report is a folder (report.md, report.html, table.tex, "
-                          f"table.csv, plots/): pass a folder path.")
+    check_output_dir(out, "--out")
     out.mkdir(parents=True, exist_ok=True)
     files: list[Path] = []
     if plots:

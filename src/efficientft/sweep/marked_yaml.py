@@ -8,8 +8,7 @@ from typing import Any
 import yaml
 
 from ..errors import ConfigError
-from ..textfile import read_text
-from ..yaml_limits import load_bounded
+from ..yaml_limits import read_yaml
 
 
 class MarkedMap(dict):
@@ -51,16 +50,5 @@ _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _constr
 
 
 def load_marked(path: Path) -> Any:
-    if not path.is_file():
-        raise ConfigError(f"suite file {str(path)!r} does not exist.")
-    text = read_text(path, "suite file")  # not UTF-8: one line, not a traceback
-    loader = _Loader(text)
-    loader.name = str(path)
-    try:
-        return load_bounded(loader, str(path))  # aliases that expand without bound are refused, not walked
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{path}{at}: not valid YAML: {getattr(e, 'problem', e)}.") from None
-    finally:
-        loader.dispose()
+    """A suite file with the line of every mapping, key and list (see :func:`read_yaml` for what is refused)."""
+    return read_yaml(path, "suite file", _Loader)
