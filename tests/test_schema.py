@@ -149,6 +149,24 @@ def test_new_settings_are_validated_with_one_clear_line(capsys, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- the runtime
+@pytest.mark.parametrize("argv,msg", [
+    (["--quantize", "4bit"], "quantize is not implemented yet in this version (the setting is reserved); "
+                             "leave --quantize out."),
+    (["--gradient-checkpointing"], "gradient_checkpointing is not implemented yet"),
+    (["--tracker", "wandb"], "tracker is not implemented yet in this version (the setting is reserved); "
+                             "leave --tracker out."),
+    (["--checkpoint-every", "5"], "checkpoint_every is not implemented yet"),
+])
+def test_a_reserved_setting_is_refused_before_training_not_ignored(argv, msg, tmp_path, capsys, tiny_bert):
+    from efficientft.store import Store
+
+    db = tmp_path / "s.sqlite"
+    assert main(["run", "--task", "rte", "--model", str(tiny_bert), "--steps", "1", "--store", str(db), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"eft run: error: {msg}") and err.count("\n") == 1, err
+    assert not db.exists() or Store(db).runs() == []
+
+
 def test_runtime_is_built_once_and_reaches_loading_and_training(tiny_bert, monkeypatch):
     from efficientft import train as T
     from efficientft.runtime import build_runtime

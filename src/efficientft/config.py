@@ -72,20 +72,26 @@ class RunConfig:
                                           factory=dict, flag=None)  # cli.py: --rank/--alpha/--dropout/--method-arg
     # optimisation
     lr: float = setting(5e-4, positive(), group=OPTIM, help="base learning rate")
-    weight_decay: float = setting(0.0, Rule("float", 0), group=OPTIM)
-    schedule: str = setting("linear", Rule("choice", choices=SCHEDULES), group=OPTIM)
-    warmup_ratio: float = setting(0.06, Rule("float", 0, 1, high_open=True), group=OPTIM)
-    epochs: float | None = setting(None, positive(optional=True), group=OPTIM)
+    weight_decay: float = setting(0.0, Rule("float", 0), group=OPTIM, help="AdamW weight decay")
+    schedule: str = setting("linear", Rule("choice", choices=SCHEDULES), group=OPTIM,
+                           help="learning-rate decay after the warm-up")
+    warmup_ratio: float = setting(0.06, Rule("float", 0, 1, high_open=True), group=OPTIM,
+                                  help="fraction of the steps that warm the learning rate up")
+    epochs: float | None = setting(None, positive(optional=True), group=OPTIM,
+                                   help=f"passes over the training data (default: {DEFAULT_EPOCHS:g})")
     steps: int | None = setting(None, _OPT_COUNT, group=OPTIM, help="optimizer steps (instead of --epochs)")
-    batch_size: int = setting(16, _COUNT, group=OPTIM)
+    batch_size: int = setting(16, _COUNT, group=OPTIM,
+                              help="examples per micro-batch (the global batch when data-parallel)")
     grad_accum: int = setting(1, _COUNT, group=OPTIM, help="micro-batches per optimizer step")
     max_grad_norm: float | None = setting(1.0, positive(optional=True), group=OPTIM,
                                           help="clip gradients to this norm (0: no clipping)")
-    precision: str = setting("fp32", Rule("choice", choices=PRECISIONS), group=OPTIM)
+    precision: str = setting("fp32", Rule("choice", choices=PRECISIONS), group=OPTIM,
+                             help="autocast precision (auto: bf16 where the hardware computes it natively)")
     max_length: int = setting(128, _COUNT, group=OPTIM, help="truncate inputs to this many tokens")
-    seed: int = setting(0, _SEED, group=OPTIM)
+    seed: int = setting(0, _SEED, group=OPTIM, help="seed of the initialisation and of the batch order")
     # data and evaluation
-    data_source: str = setting("local", Rule("choice", choices=DATA_SOURCES), group=DATA)
+    data_source: str = setting("local", Rule("choice", choices=DATA_SOURCES), group=DATA,
+                               help="GLUE from glue_data TSV files (local) or the Hugging Face hub")
     custom: dict[str, Any] | None = setting(
         None, Rule("mapping", optional=True, hint="train, dev, text_columns, label_column, type"),
         flag=None)  # cli.py: --train-file, --eval-file, --text-columns, --label-column, --regression
@@ -96,7 +102,7 @@ class RunConfig:
                                     help="carve a selection split from train (count or fraction)")
     eval_every: int = setting(0, Rule("int", 0, COUNT_MAX), group=DATA,
                               help="evaluate every N steps (and always at the end)")
-    eval_batch_size: int = setting(64, _COUNT, group=DATA)
+    eval_batch_size: int = setting(64, _COUNT, group=DATA, help="examples per evaluation batch")
     # speed options that change what is computed (in the key when set: they were added after runs were stored)
     bucket: bool = setting(False, _BOOL, key="when_set", group=OPTIM,
                            help="draw training batches from length buckets (less padding)")
@@ -115,7 +121,7 @@ class RunConfig:
     data_dir: str | None = setting(None, Rule("text", optional=True), key="never", group=DATA, in_suite=False,
                                    sweep_flag=True, help="glue_data folder (default: $EFT_DATA_DIR)")
     device: str = setting("auto", Rule("choice", choices=DEVICES), key="never", group=ENV, in_suite=False,
-                          sweep_flag=True)
+                          sweep_flag=True, help="where to compute (auto: a CUDA GPU if there is one)")
     progress: bool = setting(True, _BOOL, key="never", in_suite=False, flag=None)  # cli.py: --no-progress
     export_dir: str | None = setting(None, Rule("text", optional=True), key="never", group=ENV, in_suite=False,
                                      aliases=("--export",), help="save the trained adapter / weights here")

@@ -21,6 +21,11 @@ if TYPE_CHECKING:
     from .config import RunConfig
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Settings the schema and the Runtime already carry whose code lands separately (issue 12). Until it does, a run
+# that sets one is refused before training instead of silently running without it (and under another key).
+# Remove a name here in the change that implements it.
+NOT_YET_IMPLEMENTED = ("gradient_checkpointing", "quantize", "quant_compute_dtype", "checkpoint_every",
+                       "keep_checkpoints", "tracker")
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,21 @@ class Runtime:
 
     def grad_scaler(self) -> torch.amp.GradScaler | None:
         return torch.amp.GradScaler(self.device.type) if self.needs_grad_scaler else None
+
+
+def refuse_unimplemented(cfg: RunConfig) -> None:
+    """One clear error for a reserved setting given a value its (future) code would act on."""
+    import dataclasses
+
+    from .config import SETTINGS
+
+    for f in dataclasses.fields(cfg):
+        if f.name not in NOT_YET_IMPLEMENTED:
+            continue
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if getattr(cfg, f.name) != default:
+            raise ConfigError(f"{f.name} is not implemented yet in this version (the setting is reserved); "
+                              f"leave {SETTINGS[f.name].flag_name(f.name) or f.name} out.")
 
 
 def pick_device(name: str) -> torch.device:

@@ -31,7 +31,7 @@ from .meters import PeakMemory, StepTimer
 from .methods import get_method
 from .methods.base import Context, Method, check_export_dir
 from .models import ALL, describe, fingerprint, head_modules, load_model, resolve_model, resolve_targets
-from .runtime import Runtime, build_runtime
+from .runtime import Runtime, build_runtime, refuse_unimplemented
 from .step import MAX_SKIPPED_IN_A_ROW, Diverged, forward, optimizer_step
 from .store import Store
 from .strategy import Strategy, check_ratios_applied, describe_groups
@@ -154,6 +154,7 @@ def prepare(cfg: RunConfig, runtime: Runtime | None = None) -> Prepared:
     t0 = time.perf_counter()
     if cfg.export_dir:  # a used folder fails now, not after training
         check_export_dir(cfg.export_dir, cfg.overwrite)
+    refuse_unimplemented(cfg)
     runtime = build_runtime(cfg) if runtime is None else runtime
     device = runtime.device
     task = get_task(cfg.task, cfg.custom)
@@ -353,6 +354,7 @@ def run(cfg: RunConfig, store: Store | None = None, progress: bool | None = None
     cfg = cfg.resolved()
     progress = cfg.progress if progress is None else progress
     key = cfg.key()
+    refuse_unimplemented(cfg)  # before the runtime: a reserved setting is one clear line, not a half-built run
     runtime = build_runtime(cfg)  # once: loading, training, the step and evaluation all use this one
     device = runtime.device
     if not runtime.is_main:
