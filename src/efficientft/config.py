@@ -67,9 +67,10 @@ class RunConfig:
                            help="roles (qv, qkv, qkvo, all-linear, q,v,ffn_up) or module-name patterns")
     lr_ratio: float = setting(1.0, positive(), group=TRAIN, help="λ: W_v's trainable parameters learn at λ × --lr")
     role_lr: dict[str, float] = setting(rule=Rule("mapping", hint="role to ratio, e.g. {v: 4}"), factory=dict,
-                                        flag=None)  # cli.py: --role-lr v=4,o=2
+                                        flag=None, nested_axes=True)  # cli.py: --role-lr v=4,o=2
     method_args: dict[str, Any] = setting(rule=Rule("mapping", hint="argument to value, e.g. {rank: 8}"),
-                                          factory=dict, flag=None)  # cli.py: --rank/--alpha/--dropout/--method-arg
+                                          factory=dict, flag=None,
+                                          nested_axes=True)  # cli.py: --rank/--alpha/--dropout/--method-arg
     # optimisation
     lr: float = setting(5e-4, positive(), group=OPTIM, help="base learning rate")
     weight_decay: float = setting(0.0, Rule("float", 0), group=OPTIM, help="AdamW weight decay")

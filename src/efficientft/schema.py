@@ -174,7 +174,8 @@ class Setting:
     shown). ``flag``: the ``eft run`` flag (``AUTO_FLAG``: ``--<name>``; None: no flag of its own, or a hand-written
     one in cli.py). ``in_suite``: a suite may set it; ``sweep_flag``: ``eft sweep`` has the same flag (for the
     environment settings a suite leaves to the command line). ``cli_only``: the setting may come only from the
-    command line, never from a file (a run config or a suite).
+    command line, never from a file (a run config or a suite). ``nested_axes``: a mapping whose values may each be a
+    suite axis (``method_args: {rank: [8, 16]}``).
     """
 
     rule: Rule
@@ -187,6 +188,7 @@ class Setting:
     in_suite: bool = True
     sweep_flag: bool = False
     cli_only: bool = False
+    nested_axes: bool = False
 
     def flag_name(self, name: str) -> str | None:
         return f"--{name.replace('_', '-')}" if self.flag == AUTO_FLAG else self.flag

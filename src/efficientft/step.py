@@ -32,13 +32,6 @@ class Diverged(RuntimeError):
 MAX_SKIPPED_IN_A_ROW = 25
 
 
-def autocast(device: torch.device, precision: str):
-    """The autocast context of a (resolved) precision on a device: what :meth:`Runtime.autocast` gives."""
-    from .runtime import Runtime
-
-    return Runtime(device, precision).autocast()
-
-
 def forward(p: Prepared, split: str, idx, batch: dict[str, torch.Tensor], runner: nn.Module | None = None):
     """The model's forward on a batch of examples ``idx`` of ``split`` (from cached features where enabled).
 

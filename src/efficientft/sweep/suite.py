@@ -46,7 +46,7 @@ SUITE_KEYS = ("name", "description", "defaults", "grid", "methods", "per_task", 
               "estimate", "max_runs")
 DEFAULT_MAX_RUNS = 100_000  # a grid past this is a typo far more often than a plan; max_runs: or $EFT_MAX_RUNS
 ENV_MAX_RUNS = "EFT_MAX_RUNS"
-NESTED = ("method_args", "role_lr")  # mapping fields whose values may themselves be axes
+NESTED = tuple(n for n, s in SETTINGS.items() if s.nested_axes)  # mappings whose values may themselves be axes
 ENTRY_KEYS = ("label",)  # keys of a method entry that are not RunConfig fields
 Path_ = tuple[str, ...]  # a field path: ("lr",) or ("method_args", "rank")
 
