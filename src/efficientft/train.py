@@ -165,7 +165,7 @@ def prepare(cfg: RunConfig, runtime: Runtime | None = None) -> Prepared:
     train_ex, eval_ex = load_data(task, cfg)
 
     seed_everything(cfg.seed)  # the head's random init depends on the seed only
-    loaded = load_model(cfg.model, task.num_labels, cfg.trust_remote_code, runtime.load_dtype)
+    loaded = load_model(cfg.model, task.num_labels, cfg.trust_remote_code, runtime)
     model = loaded.model
     base_params = sum(p.numel() for p in model.parameters())
     targets = [] if cfg.targets == ALL else resolve_targets(model, cfg.targets)

