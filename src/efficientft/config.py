@@ -270,7 +270,9 @@ RULES: dict[str, Rule] = {name: s.rule for name, s in SETTINGS.items()}
 ENVIRONMENT_FIELDS = frozenset(name for name, s in SETTINGS.items() if s.key == "never")
 # Options added after runs were stored, whose default computes what runs computed before the option existed: they
 # are in the key only when set, so that adding them changed no earlier run's key.
-KEY_WHEN_SET = {f.name: f.default for f in fields(RunConfig) if SETTINGS[f.name].key == "when_set"}
+DEFAULTS: dict[str, Any] = {f.name: f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+                            for f in fields(RunConfig)}
+KEY_WHEN_SET = {name: DEFAULTS[name] for name, s in SETTINGS.items() if s.key == "when_set"}
 # Settings a file may not make: they are a decision the user takes on the command line, each time.
 FILE_ONLY_FLAGS = {name: s.flag_name(name) for name, s in SETTINGS.items() if s.cli_only}
 _RATIO = positive()

@@ -76,17 +76,12 @@ class Runtime:
 
 def refuse_unimplemented(cfg: RunConfig) -> None:
     """One clear error for a reserved setting given a value its (future) code would act on."""
-    import dataclasses
+    from .config import DEFAULTS, SETTINGS
 
-    from .config import SETTINGS
-
-    for f in dataclasses.fields(cfg):
-        if f.name not in NOT_YET_IMPLEMENTED:
-            continue
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        if getattr(cfg, f.name) != default:
-            raise ConfigError(f"{f.name} is not implemented yet in this version (the setting is reserved); "
-                              f"leave {SETTINGS[f.name].flag_name(f.name) or f.name} out.")
+    for name in NOT_YET_IMPLEMENTED:
+        if getattr(cfg, name) != DEFAULTS[name]:
+            raise ConfigError(f"{name} is not implemented yet in this version (the setting is reserved); "
+                              f"leave {SETTINGS[name].flag_name(name) or name} out.")
 
 
 def pick_device(name: str) -> torch.device:
