@@ -9,6 +9,7 @@ import torch
 from efficientft.cli import build_parser, config_from_args, main
 from efficientft.config import ENVIRONMENT_FIELDS, KEY_WHEN_SET, SETTINGS, RunConfig
 from efficientft.errors import ConfigError
+from efficientft.store import Store
 from efficientft.sweep.suite import load_suite
 from tests.conftest import tiny_config
 
@@ -148,6 +149,17 @@ def test_new_settings_are_validated_with_one_clear_line(capsys, tmp_path):
         RunConfig(quantize="3bit")
 
 
+def test_a_sweep_with_a_reserved_setting_fails_before_its_first_run(tmp_path, tiny_bert, glue_dir, capsys):
+    p = tmp_path / "s.yaml"
+    p.write_text(f"name: t\ndefaults: {{task: rte, model: {tiny_bert}, steps: 1, max_train: 8, quantize: 4bit}}\n"
+                 "methods:\n  - {method: lora}\n")
+    db = tmp_path / "s.sqlite"
+    assert main(["sweep", str(p), "--store", str(db), "--data-dir", str(glue_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "quantize is not implemented yet in this version (the setting is reserved); leave --quantize out." in err
+    assert not db.exists() or Store(db).runs() == []
+
+
 # ---------------------------------------------------------------------------------------------- the runtime
 @pytest.mark.parametrize("argv,msg", [
     (["--quantize", "4bit"], "quantize is not implemented yet in this version (the setting is reserved); "
@@ -158,8 +170,6 @@ def test_new_settings_are_validated_with_one_clear_line(capsys, tmp_path):
     (["--checkpoint-every", "5"], "checkpoint_every is not implemented yet"),
 ])
 def test_a_reserved_setting_is_refused_before_training_not_ignored(argv, msg, tmp_path, capsys, tiny_bert):
-    from efficientft.store import Store
-
     db = tmp_path / "s.sqlite"
     assert main(["run", "--task", "rte", "--model", str(tiny_bert), "--steps", "1", "--store", str(db), *argv]) == 2
     err = capsys.readouterr().err

@@ -128,6 +128,10 @@ def check_inputs(configs: list[RunConfig]) -> list[str]:
     problems: dict[str, str] = {}
     seen: set[str] = set()
     for cfg in configs:
+        try:
+            refuse_unimplemented(cfg)  # a reserved setting fails the sweep now, not each of its runs
+        except ConfigError as e:
+            problems.setdefault(str(e), f"{cfg.task} / {cfg.model}: {e}")
         data = (cfg.task, repr(cfg.custom), cfg.data_dir, cfg.data_source, cfg.selection_size, cfg.max_train,
                 cfg.max_eval, cfg.data_seed)
         for what, check in ((repr(data), lambda c=cfg: load_data(get_task(c.task, c.custom), c)),
