@@ -213,6 +213,16 @@ def test_precision_auto_is_resolved_by_the_runtime_not_run_as_fp16(tiny_bert, mo
     assert forward(p, "train", idx, batch).logits.dtype == torch.float32
 
 
+def test_a_runtime_that_is_not_the_configs_is_refused(tiny_bert):
+    from efficientft.runtime import Runtime
+    from efficientft.train import prepare
+
+    cfg = tiny_config(tiny_bert, precision="fp32", device="cpu")
+    with pytest.raises(ConfigError, match=r"the runtime's precision is 'bf16' but the config's is 'fp32'; build the "
+                                          r"runtime from the config \(build_runtime\(cfg\)\)\."):
+        prepare(cfg, Runtime(torch.device("cpu"), "bf16"))
+
+
 def test_two_runtimes_in_one_process_keep_their_own_settings(monkeypatch):
     import accelerate
 

@@ -84,6 +84,25 @@ def refuse_unimplemented(cfg: RunConfig) -> None:
                               f"leave {SETTINGS[name].flag_name(name) or name} out.")
 
 
+def resolved_precision(cfg: RunConfig) -> str:
+    from .config import best_precision
+
+    return best_precision(cfg.device) if cfg.precision == "auto" else cfg.precision
+
+
+def check_runtime(runtime: Runtime, cfg: RunConfig) -> None:
+    """A runtime handed to :func:`~efficientft.train.prepare` must be the config's: the record stores the config,
+    so a run computed otherwise would be stored under a config that did not compute it."""
+    want = {"device": pick_device(cfg.device).type, "precision": resolved_precision(cfg),
+            "gradient_checkpointing": cfg.gradient_checkpointing, "quantize": cfg.quantize}
+    have = {"device": runtime.device.type, "precision": runtime.precision,
+            "gradient_checkpointing": runtime.gradient_checkpointing, "quantize": runtime.quantize}
+    for name, value in want.items():
+        if have[name] != value:
+            raise ConfigError(f"the runtime's {name} is {have[name]!r} but the config's is {value!r}; build the "
+                              f"runtime from the config (build_runtime(cfg)).")
+
+
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -102,8 +121,6 @@ def build_runtime(cfg: RunConfig, world_size: int | None = None) -> Runtime:
     (``batch_size`` is the global batch). Only the main process evaluates and writes the store. The run's key is
     the single-process key.
     """
-    from .config import best_precision
-
     world = int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else world_size
     device = pick_device(cfg.device)
     accelerator = None
@@ -115,7 +132,7 @@ def build_runtime(cfg: RunConfig, world_size: int | None = None) -> Runtime:
         if cfg.batch_size % accelerator.num_processes:
             raise ConfigError(f"batch_size {cfg.batch_size} must be divisible by the {accelerator.num_processes} "
                               f"data-parallel processes (it is the global batch, split evenly between them).")
-    precision = best_precision(cfg.device) if cfg.precision == "auto" else cfg.precision
+    precision = resolved_precision(cfg)
     compute = DTYPES[cfg.quant_compute_dtype] if cfg.quant_compute_dtype else None
     return Runtime(device=device, precision=precision, accelerator=accelerator,
                    gradient_checkpointing=cfg.gradient_checkpointing, quantize=cfg.quantize,

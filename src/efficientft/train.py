@@ -31,7 +31,7 @@ from .meters import PeakMemory, StepTimer
 from .methods import get_method
 from .methods.base import Context, Method, check_export_dir
 from .models import ALL, describe, fingerprint, head_modules, load_model, resolve_model, resolve_targets
-from .runtime import Runtime, build_runtime, refuse_unimplemented
+from .runtime import Runtime, build_runtime, check_runtime, refuse_unimplemented
 from .step import MAX_SKIPPED_IN_A_ROW, Diverged, forward, optimizer_step
 from .store import Store
 from .strategy import Strategy, check_ratios_applied, describe_groups
@@ -159,7 +159,10 @@ def prepare(cfg: RunConfig, runtime: Runtime | None = None) -> Prepared:
     if cfg.export_dir:  # a used folder fails now, not after training
         check_export_dir(cfg.export_dir, cfg.overwrite)
     refuse_unimplemented(cfg)
-    runtime = build_runtime(cfg) if runtime is None else runtime
+    if runtime is None:
+        runtime = build_runtime(cfg)
+    else:
+        check_runtime(runtime, cfg)
     device = runtime.device
     task = get_task(cfg.task, cfg.custom)
     method_cls = get_method(cfg.method)
