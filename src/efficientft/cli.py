@@ -17,18 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .config import PRECISIONS, SCHEDULES, RunConfig, load_yaml, refuse_file_only_flags
+from .cli_flags import add_setting_flags, setting_values
+from .config import DATA, ENV, MEMORY, OPTIM, TRAIN, RunConfig, load_yaml, refuse_file_only_flags
 from .errors import ConfigError
 from .export import FORMATS as EXPORT_FORMATS
 from .hub import check_hub_repo, push_to_hub
 from .outputs import check_output_dir
 from .store import DEFAULT_STORE, ENV_STORE, Store, open_store
 
-# command-line flag -> RunConfig field, for flags that map one to one
-_FIELDS = ("task", "method", "model", "targets", "lr_ratio", "lr", "weight_decay", "schedule", "warmup_ratio",
-           "epochs", "steps", "batch_size", "grad_accum", "max_grad_norm", "precision", "max_length", "seed",
-           "data_source", "max_train", "max_eval", "data_seed", "selection_size", "eval_every", "eval_batch_size",
-           "data_dir", "device", "export_dir", "overwrite", "bucket", "feature_cache")
 # flags that become method arguments
 _METHOD_ARGS = ("rank", "alpha", "dropout")
 
@@ -43,58 +39,27 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     r = sub.add_parser("run", help="fine-tune one model on one task with one method, and store the result")
-    g = r.add_argument_group("what to train")
-    g.add_argument("--task", help="GLUE task (rte, sst2, ...; see `eft tasks`) or a name for --train-file data")
-    g.add_argument("--method", help="fine-tuning method (see `eft methods`)")
-    g.add_argument("--model", help="hub id or local model folder (default: the bundled all-MiniLM-L6-v2)")
-    g.add_argument("--targets", help="roles (qv, qkv, qkvo, all-linear, q,v,ffn_up) or module-name patterns")
-    g.add_argument("--lr-ratio", type=float, help="λ: W_v's trainable parameters learn at λ × --lr")
+    groups = {name: r.add_argument_group(name) for name in (TRAIN, OPTIM, DATA, MEMORY, ENV)}
+    add_setting_flags(r, groups)  # one flag per setting of the schema (config.RunConfig)
+    # Hand-written: flags whose shape differs from their field (method_args, role_lr, custom, progress) or that are
+    # no setting at all (what the command does).
+    g = groups[TRAIN]
     g.add_argument("--role-lr", help="per-role learning-rate ratios, e.g. v=4,o=2 (generalises --lr-ratio)")
     g.add_argument("--rank", type=int, help="adapter rank r (LoRA family)")
     g.add_argument("--alpha", type=float, help="LoRA alpha (default: equal to the rank)")
     g.add_argument("--dropout", type=float, help="adapter dropout")
     g.add_argument("--method-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="any other method argument (repeatable)")
-    g = r.add_argument_group("optimisation")
-    g.add_argument("--lr", type=float, help="base learning rate")
-    g.add_argument("--epochs", type=float)
-    g.add_argument("--steps", type=int, help="optimizer steps (instead of --epochs)")
-    g.add_argument("--batch-size", type=int)
-    g.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step")
-    g.add_argument("--weight-decay", type=float)
-    g.add_argument("--schedule", type=str.lower, choices=SCHEDULES)
-    g.add_argument("--warmup-ratio", type=float)
-    g.add_argument("--max-grad-norm", type=float, help="clip gradients to this norm (0: no clipping)")
-    g.add_argument("--precision", type=str.lower, choices=PRECISIONS)
-    g.add_argument("--bucket", action="store_true", default=None,
-                   help="draw training batches from length buckets (less padding)")
-    g.add_argument("--feature-cache", action="store_true", default=None,
-                   help="cache the hidden states of frozen lower layers and skip them (they run without dropout)")
-    g.add_argument("--max-length", type=int, help="truncate inputs to this many tokens")
-    g.add_argument("--seed", type=int)
-    g = r.add_argument_group("data and evaluation")
-    g.add_argument("--data-dir", help="glue_data folder (default: $EFT_DATA_DIR)")
-    g.add_argument("--data-source", type=str.lower, choices=("local", "hub"))
-    g.add_argument("--max-train", type=int, help="seeded subsample of the training split")
-    g.add_argument("--max-eval", type=int, help="seeded subsample of each evaluation split")
-    g.add_argument("--data-seed", type=int, help="seed of the subsamples and of the selection split")
-    g.add_argument("--selection-size", type=float, help="carve a selection split from train (count or fraction)")
-    g.add_argument("--eval-every", type=int, help="evaluate every N steps (and always at the end)")
-    g.add_argument("--eval-batch-size", type=int)
+    g = groups[DATA]
     g.add_argument("--train-file", help="your own training data (CSV, TSV or JSONL)")
     g.add_argument("--eval-file", help="your own evaluation data")
     g.add_argument("--text-columns", help="text column(s) of your data, comma-separated (one or two)")
     g.add_argument("--label-column", help="label column of your data (default: label)")
     g.add_argument("--regression", action="store_true", help="your labels are numbers to regress")
-    g = r.add_argument_group("environment and output")
+    g = groups[ENV]
     g.add_argument("--config", help="YAML file of run settings; flags override it")
-    g.add_argument("--device", type=str.lower, choices=("auto", "cpu", "cuda"))
-    g.add_argument("--export-dir", "--export", dest="export_dir", help="save the trained adapter / weights here")
-    g.add_argument("--overwrite", action="store_true", default=None,
-                   help="empty a non-empty --export-dir before exporting (without it such a folder is refused)")
     g.add_argument("--push-to-hub", metavar="REPO",
                    help="upload the exported folder to this Hugging Face Hub repo (owner/name; needs --export-dir)")
-    g.add_argument("--trust-remote-code", action="store_true", help="allow a hub model's own code to run")
     g.add_argument("--force", action="store_true", help="run again even if the store has this run done")
     g.add_argument("--json", action="store_true", help="print the stored run record as one JSON object")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -113,8 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ignore the suite's early_stopping block: run the full grid")
     w.add_argument("--ray-address", help="join this Ray cluster (e.g. auto); default: start a local Ray")
     w.add_argument("--ray-num-cpus", type=int, help="CPUs of the local Ray (default: all)")
-    w.add_argument("--data-dir", help="glue_data folder (default: $EFT_DATA_DIR)")
-    w.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    add_setting_flags(w, only=lambda s: s.sweep_flag)  # the environment a suite leaves to the command line
     w.add_argument("--json", action="store_true", help="print the plan or the summary as JSON")
     _store_arg(w)
 
@@ -183,11 +147,8 @@ def config_from_args(a: argparse.Namespace) -> RunConfig:
             raise ConfigError(f"{a.config}: a run config is a mapping of field: value.")
         refuse_file_only_flags(loaded, a.config)
         base.update(loaded)
-    for f in _FIELDS:
-        v = getattr(a, f, None)
-        if v is not None:
-            base[f] = v
-    if a.max_grad_norm == 0:
+    base.update(setting_values(a))  # every flag of the schema that was given
+    if a.max_grad_norm == 0:  # hand-written: on the command line, 0 turns clipping off
         base["max_grad_norm"] = None
     margs = dict(base.get("method_args") or {})
     margs.update({k: getattr(a, k) for k in _METHOD_ARGS if getattr(a, k) is not None})
@@ -207,8 +168,6 @@ def config_from_args(a: argparse.Namespace) -> RunConfig:
         base.setdefault("task", "custom")
     if a.no_progress or not sys.stderr.isatty():
         base["progress"] = False
-    if a.trust_remote_code:
-        base["trust_remote_code"] = True
     return RunConfig.from_dict(base, where=a.config or "")
 
 

@@ -2,7 +2,8 @@
 
 Every field that changes a result is part of the run's identity (:meth:`RunConfig.key`); fields that only say
 where things live or how to show progress (``ENVIRONMENT_FIELDS``) are not, so the same experiment has the same key
-on every machine.
+on every machine. Each field carries its whole :class:`~efficientft.schema.Setting` (rule, help, key policy, flag);
+the tables below the class and the command line (:mod:`efficientft.cli_flags`) are derived from them.
 """
 
 from __future__ import annotations
@@ -11,14 +12,14 @@ import dataclasses
 import hashlib
 import json
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from .errors import ConfigError, did_you_mean
-from .schema import COUNT_MAX, SEED_MAX, Rule, positive
+from .schema import COUNT_MAX, SEED_MAX, Rule, Setting, positive, setting
 from .yaml_limits import read_yaml
 
 DEFAULT_MODEL = "minilm"
@@ -29,12 +30,15 @@ SCHEDULES = ("linear", "cosine", "constant")
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")  # auto: bf16 where the hardware computes it natively, else fp32
 DEVICES = ("auto", "cpu", "cuda")
 DATA_SOURCES = ("local", "hub")
+QUANTIZE = ("4bit", "8bit")  # bitsandbytes NF4 / LLM.int8 base weights
+COMPUTE_DTYPES = ("fp32", "bf16", "fp16")
 
-# Fields that say where things are or how to display them; they do not change a result and are not in the key.
-ENVIRONMENT_FIELDS = frozenset({"data_dir", "device", "progress", "export_dir", "overwrite", "trust_remote_code"})
-# Options added after runs were stored, whose default computes what runs computed before the option existed: they
-# are in the key only when set, so that adding them changed no earlier run's key.
-KEY_WHEN_SET = {"bucket": False, "feature_cache": False}
+TRAIN, OPTIM, DATA, MEMORY, ENV = ("what to train", "optimisation", "data and evaluation", "memory and checkpoints",
+                                   "environment and output")
+_COUNT = positive("int")
+_OPT_COUNT = positive("int", optional=True)
+_SEED = Rule("int", 0, SEED_MAX)
+_BOOL = Rule("bool")
 
 
 @dataclass
@@ -44,48 +48,95 @@ class RunConfig:
     ``lr_ratio`` is λ of arXiv 2410.02247: the learning rate of W_v's trainable parameters is ``lr_ratio * lr``
     while W_q/W_k keep ``lr``. ``role_lr`` generalises it to any role (``{"v": 4, "o": 2}``); when both are
     given they must agree on ``v``.
+
+    Each field is declared once, with its :class:`~efficientft.schema.Setting` (type and range, help, key policy,
+    flag, group). To add a setting, add one field here: ``name: T = setting(default, Rule(...), help=...,
+    group=..., key=...)``. Its validation, its ``eft run --name`` flag, its place in suites and in (or out of) the
+    run key all follow from that line. A setting added after runs were stored takes ``key="when_set"`` with a
+    default that computes what runs computed before, so that no stored run changes its key.
     """
 
     # what is trained
-    task: str | None = None  # DEFAULT_TASK, or CUSTOM_TASK for the user's data
-    method: str = "lora"
-    model: str = DEFAULT_MODEL
-    targets: str = "qv"
-    lr_ratio: float = 1.0
-    role_lr: dict[str, float] = field(default_factory=dict)
-    method_args: dict[str, Any] = field(default_factory=dict)
+    task: str | None = setting(None, Rule("text"), group=TRAIN,  # DEFAULT_TASK, or CUSTOM_TASK for the user's data
+                               help="GLUE task (rte, sst2, ...; see `eft tasks`) or a name for --train-file data")
+    method: str = setting("lora", Rule("text"), group=TRAIN, help="fine-tuning method (see `eft methods`)")
+    model: str = setting(DEFAULT_MODEL, Rule("text"), group=TRAIN,
+                         help="hub id or local model folder (default: the bundled all-MiniLM-L6-v2)")
+    targets: str = setting("qv", Rule("text"), group=TRAIN,
+                           help="roles (qv, qkv, qkvo, all-linear, q,v,ffn_up) or module-name patterns")
+    lr_ratio: float = setting(1.0, positive(), group=TRAIN, help="λ: W_v's trainable parameters learn at λ × --lr")
+    role_lr: dict[str, float] = setting(rule=Rule("mapping", hint="role to ratio, e.g. {v: 4}"), factory=dict,
+                                        flag=None, nested_axes=True)  # cli.py: --role-lr v=4,o=2
+    method_args: dict[str, Any] = setting(rule=Rule("mapping", hint="argument to value, e.g. {rank: 8}"),
+                                          factory=dict, flag=None,
+                                          nested_axes=True)  # cli.py: --rank/--alpha/--dropout/--method-arg
     # optimisation
-    lr: float = 5e-4
-    weight_decay: float = 0.0
-    schedule: str = "linear"
-    warmup_ratio: float = 0.06
-    epochs: float | None = None
-    steps: int | None = None
-    batch_size: int = 16
-    grad_accum: int = 1
-    max_grad_norm: float | None = 1.0
-    precision: str = "fp32"
-    max_length: int = 128
-    seed: int = 0
+    lr: float = setting(5e-4, positive(), group=OPTIM, help="base learning rate")
+    weight_decay: float = setting(0.0, Rule("float", 0), group=OPTIM, help="AdamW weight decay")
+    schedule: str = setting("linear", Rule("choice", choices=SCHEDULES), group=OPTIM,
+                           help="learning-rate decay after the warm-up")
+    warmup_ratio: float = setting(0.06, Rule("float", 0, 1, high_open=True), group=OPTIM,
+                                  help="fraction of the steps that warm the learning rate up")
+    epochs: float | None = setting(None, positive(optional=True), group=OPTIM,
+                                   help=f"passes over the training data (default: {DEFAULT_EPOCHS:g})")
+    steps: int | None = setting(None, _OPT_COUNT, group=OPTIM, help="optimizer steps (instead of --epochs)")
+    batch_size: int = setting(16, _COUNT, group=OPTIM,
+                              help="examples per micro-batch (the global batch when data-parallel)")
+    grad_accum: int = setting(1, _COUNT, group=OPTIM, help="micro-batches per optimizer step")
+    max_grad_norm: float | None = setting(1.0, positive(optional=True), group=OPTIM,
+                                          help="clip gradients to this norm (0: no clipping)")
+    precision: str = setting("fp32", Rule("choice", choices=PRECISIONS), group=OPTIM,
+                             help="autocast precision (auto: bf16 where the hardware computes it natively)")
+    max_length: int = setting(128, _COUNT, group=OPTIM, help="truncate inputs to this many tokens")
+    seed: int = setting(0, _SEED, group=OPTIM, help="seed of the initialisation and of the batch order")
     # data and evaluation
-    data_source: str = "local"
-    custom: dict[str, Any] | None = None
-    max_train: int | None = None
-    max_eval: int | None = None
-    data_seed: int = 0
-    selection_size: float = 0.0
-    eval_every: int = 0
-    eval_batch_size: int = 64
-    # speed options that change what is computed (so they are part of the key)
-    bucket: bool = False  # draw training batches from length buckets (less padding; batches differ)
-    feature_cache: bool = False  # skip frozen lower layers via cached features (they then run without dropout)
+    data_source: str = setting("local", Rule("choice", choices=DATA_SOURCES), group=DATA,
+                               help="GLUE from glue_data TSV files (local) or the Hugging Face hub")
+    custom: dict[str, Any] | None = setting(
+        None, Rule("mapping", optional=True, hint="train, dev, text_columns, label_column, type"),
+        flag=None)  # cli.py: --train-file, --eval-file, --text-columns, --label-column, --regression
+    max_train: int | None = setting(None, _OPT_COUNT, group=DATA, help="seeded subsample of the training split")
+    max_eval: int | None = setting(None, _OPT_COUNT, group=DATA, help="seeded subsample of each evaluation split")
+    data_seed: int = setting(0, _SEED, group=DATA, help="seed of the subsamples and of the selection split")
+    selection_size: float = setting(0.0, Rule("float", 0), group=DATA,
+                                    help="carve a selection split from train (count or fraction)")
+    eval_every: int = setting(0, Rule("int", 0, COUNT_MAX), group=DATA,
+                              help="evaluate every N steps (and always at the end)")
+    eval_batch_size: int = setting(64, _COUNT, group=DATA, help="examples per evaluation batch")
+    # speed options that change what is computed (in the key when set: they were added after runs were stored)
+    bucket: bool = setting(False, _BOOL, key="when_set", group=OPTIM,
+                           help="draw training batches from length buckets (less padding)")
+    feature_cache: bool = setting(False, _BOOL, key="when_set", group=OPTIM,
+                                  help="cache the hidden states of frozen lower layers and skip them (they run "
+                                       "without dropout)")
+    # memory: carried by the schema and the Runtime; what they do is implemented with them (issue 12)
+    gradient_checkpointing: bool = setting(False, _BOOL, key="when_set", group=MEMORY,
+                                           help="recompute activations in the backward pass (less memory, slower)")
+    quantize: str | None = setting(None, Rule("choice", optional=True, choices=QUANTIZE), key="when_set",
+                                   group=MEMORY, help="load the frozen base weights quantized (QLoRA-style)")
+    quant_compute_dtype: str | None = setting(None, Rule("choice", optional=True, choices=COMPUTE_DTYPES),
+                                              key="when_set", group=MEMORY,
+                                              help="dtype quantized layers compute in (default: the precision's)")
     # environment (not part of the run's identity)
-    data_dir: str | None = None
-    device: str = "auto"
-    progress: bool = True
-    export_dir: str | None = None
-    overwrite: bool = False  # empty a non-empty export_dir before exporting (otherwise: refused before training)
-    trust_remote_code: bool = False
+    data_dir: str | None = setting(None, Rule("text", optional=True), key="never", group=DATA, in_suite=False,
+                                   sweep_flag=True, help="glue_data folder (default: $EFT_DATA_DIR)")
+    device: str = setting("auto", Rule("choice", choices=DEVICES), key="never", group=ENV, in_suite=False,
+                          sweep_flag=True, help="where to compute (auto: a CUDA GPU if there is one)")
+    progress: bool = setting(True, _BOOL, key="never", in_suite=False, flag=None)  # cli.py: --no-progress
+    export_dir: str | None = setting(None, Rule("text", optional=True), key="never", group=ENV, in_suite=False,
+                                     aliases=("--export",), help="save the trained adapter / weights here")
+    overwrite: bool = setting(False, _BOOL, key="never", group=ENV, in_suite=False,
+                              help="empty a non-empty --export-dir before exporting (without it such a folder is "
+                                   "refused)")
+    trust_remote_code: bool = setting(False, _BOOL, key="never", group=ENV, in_suite=False, cli_only=True,
+                                      help="allow a hub model's own code to run")
+    # checkpoints and trackers: how a run is kept and watched, not what it computes (never in the key)
+    checkpoint_every: int = setting(0, Rule("int", 0, COUNT_MAX), key="never", group=MEMORY,
+                                    help="save a resumable checkpoint every N steps (0: none)")
+    keep_checkpoints: bool = setting(False, _BOOL, key="never", group=MEMORY,
+                                     help="keep the step checkpoints after the run is done")
+    tracker: list[str] = setting(rule=Rule("names", hint="experiment trackers"), factory=list, key="never",
+                                 group=ENV, metavar="NAME[,NAME]", help="report the run to these trackers")
 
     def __post_init__(self) -> None:
         self.validate()
@@ -209,30 +260,21 @@ class RunConfig:
         return cls.from_dict(d, where=str(path))
 
 
-_COUNT = positive("int")
-_OPT_COUNT = positive("int", optional=True)
-_SEED = Rule("int", 0, SEED_MAX)
+# ---------------------------------------------------------------------------------------------- derived tables
+# Everything below is read off the fields' Settings: nothing here is written a second time.
+SETTINGS: dict[str, Setting] = {f.name: f.metadata["setting"] for f in fields(RunConfig)}
 # One rule per field, in field order: the type, the range that runs, the canonical spelling.
-RULES: dict[str, Rule] = {
-    "task": Rule("text"), "method": Rule("text"), "model": Rule("text"), "targets": Rule("text"),
-    "lr_ratio": positive(), "role_lr": Rule("mapping", hint="role to ratio, e.g. {v: 4}"),
-    "method_args": Rule("mapping", hint="argument to value, e.g. {rank: 8}"),
-    "lr": positive(), "weight_decay": Rule("float", 0), "schedule": Rule("choice", choices=SCHEDULES),
-    "warmup_ratio": Rule("float", 0, 1, high_open=True), "epochs": positive(optional=True),
-    "steps": _OPT_COUNT, "batch_size": _COUNT, "grad_accum": _COUNT, "max_grad_norm": positive(optional=True),
-    "precision": Rule("choice", choices=PRECISIONS), "max_length": _COUNT, "seed": _SEED,
-    "data_source": Rule("choice", choices=DATA_SOURCES),
-    "custom": Rule("mapping", optional=True, hint="train, dev, text_columns, label_column, type"),
-    "max_train": _OPT_COUNT, "max_eval": _OPT_COUNT, "data_seed": _SEED,
-    "selection_size": Rule("float", 0), "eval_every": Rule("int", 0, COUNT_MAX), "eval_batch_size": _COUNT,
-    "bucket": Rule("bool"), "feature_cache": Rule("bool"),
-    "data_dir": Rule("text", optional=True), "device": Rule("choice", choices=DEVICES), "progress": Rule("bool"),
-    "export_dir": Rule("text", optional=True), "overwrite": Rule("bool"), "trust_remote_code": Rule("bool"),
-}
-assert list(RULES) == [f.name for f in fields(RunConfig)], "every RunConfig field needs its rule"
-_RATIO = positive()
+RULES: dict[str, Rule] = {name: s.rule for name, s in SETTINGS.items()}
+# Fields that say where things are or how to display them; they do not change a result and are not in the key.
+ENVIRONMENT_FIELDS = frozenset(name for name, s in SETTINGS.items() if s.key == "never")
+# Options added after runs were stored, whose default computes what runs computed before the option existed: they
+# are in the key only when set, so that adding them changed no earlier run's key.
+DEFAULTS: dict[str, Any] = {f.name: f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+                            for f in fields(RunConfig)}
+KEY_WHEN_SET = {name: DEFAULTS[name] for name, s in SETTINGS.items() if s.key == "when_set"}
 # Settings a file may not make: they are a decision the user takes on the command line, each time.
-FILE_ONLY_FLAGS = {"trust_remote_code": "--trust-remote-code"}
+FILE_ONLY_FLAGS = {name: s.flag_name(name) for name, s in SETTINGS.items() if s.cli_only}
+_RATIO = positive()
 
 
 def refuse_file_only_flags(d: dict, where: str) -> None:

@@ -9,8 +9,8 @@ are case-folded (``FP32`` ≡ ``fp32``) so that equal experiments share a run ke
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from .errors import ConfigError, did_you_mean
 
@@ -31,7 +31,7 @@ class Rule:
     high_open: bool = False
     optional: bool = False
     choices: tuple[str, ...] = ()
-    hint: str = ""  # for a mapping: what it maps, with an example
+    hint: str = ""  # for a mapping: what it maps, with an example; for names: what they name
 
     def accepted(self) -> str:
         """What the rule accepts, in words (the tail of every error message it gives)."""
@@ -53,6 +53,8 @@ class Rule:
             return "text (a name)"
         if self.kind == "choice":
             return ", ".join(self.choices)
+        if self.kind == "names":
+            return f"a list of names{' (' + self.hint + ')' if self.hint else ''}, or one comma-separated text"
         return f"a mapping{' of ' + self.hint if self.hint else ''}"
 
     def check(self, name: str, value: Any) -> Any:
@@ -121,6 +123,16 @@ class Rule:
                               f"Accepted: {', '.join(self.choices)}.")
         return v
 
+    def _names(self, name: str, value: Any) -> list[str]:
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)) or not all(isinstance(x, str) for x in items):
+            raise ConfigError(f"{name} must be {self.accepted()}, got {value!r}.")
+        out = [x.strip().lower() for x in items if x.strip()]
+        if self.choices:
+            for x in out:
+                self._choice(name, x)
+        return out
+
     def _mapping(self, name: str, value: Any) -> dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{name} must be {self.accepted()}; got {value!r}.")
@@ -144,3 +156,47 @@ def positive(kind: str = "float", optional: bool = False) -> Rule:
     if kind == "int":
         return Rule("int", 1, COUNT_MAX, optional=optional)
     return Rule("float", 0, None, low_open=True, optional=optional)
+
+
+# ---------------------------------------------------------------------------------------------- one declaration
+KeyPolicy = Literal["always", "when_set", "never"]
+AUTO_FLAG = "auto"  # the flag is --<name with dashes>
+
+
+@dataclass(frozen=True)
+class Setting:
+    """Everything about one run setting, written once as the metadata of its :class:`RunConfig` field.
+
+    The config's validation, the run key, ``eft run``'s flags, ``eft sweep``'s flags and the suite validator are
+    all derived from these, so a setting cannot mean one thing on the command line and another in a suite.
+    ``key``: ``always`` (changes the result), ``when_set`` (added after runs were stored: in the key only when it
+    differs from its default, so that earlier runs keep their keys) or ``never`` (where things live, how they are
+    shown). ``flag``: the ``eft run`` flag (``AUTO_FLAG``: ``--<name>``; None: no flag of its own, or a hand-written
+    one in cli.py). ``in_suite``: a suite may set it; ``sweep_flag``: ``eft sweep`` has the same flag (for the
+    environment settings a suite leaves to the command line). ``cli_only``: the setting may come only from the
+    command line, never from a file (a run config or a suite). ``nested_axes``: a mapping whose values may each be a
+    suite axis (``method_args: {rank: [8, 16]}``).
+    """
+
+    rule: Rule
+    help: str = ""
+    key: KeyPolicy = "always"
+    group: str = ""
+    flag: str | None = AUTO_FLAG
+    aliases: tuple[str, ...] = ()
+    metavar: str | None = None
+    in_suite: bool = True
+    sweep_flag: bool = False
+    cli_only: bool = False
+    nested_axes: bool = False
+
+    def flag_name(self, name: str) -> str | None:
+        return f"--{name.replace('_', '-')}" if self.flag == AUTO_FLAG else self.flag
+
+
+def setting(default: Any = None, rule: Rule | None = None, *, factory: Any = None, **meta: Any) -> Any:
+    """A dataclass field with its :class:`Setting`: ``lr: float = setting(5e-4, positive(), help=...)``."""
+    info = Setting(rule=rule or Rule("text"), **meta)
+    if factory is not None:
+        return field(default_factory=factory, metadata={"setting": info})
+    return field(default=default, metadata={"setting": info})

@@ -32,19 +32,13 @@ class Diverged(RuntimeError):
 MAX_SKIPPED_IN_A_ROW = 25
 
 
-def autocast(device: torch.device, precision: str):
-    if precision == "fp32":
-        return nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-
-
 def forward(p: Prepared, split: str, idx, batch: dict[str, torch.Tensor], runner: nn.Module | None = None):
     """The model's forward on a batch of examples ``idx`` of ``split`` (from cached features where enabled).
 
     ``runner`` is what is called (the DDP-wrapped model in a data-parallel run); default ``p.model``.
     """
     ctx = p.features.serving(split, idx, batch) if p.features is not None else nullcontext()
-    with ctx, autocast(p.device, p.cfg.precision):
+    with ctx, p.runtime.autocast():
         return (runner or p.model)(**batch)
 
 

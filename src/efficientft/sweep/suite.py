@@ -33,6 +33,7 @@ from ..config import (
     DEFAULT_TASK,
     ENVIRONMENT_FIELDS,
     FILE_ONLY_FLAGS,
+    SETTINGS,
     RunConfig,
     _coerce,
     canonical_task,
@@ -45,7 +46,7 @@ SUITE_KEYS = ("name", "description", "defaults", "grid", "methods", "per_task", 
               "estimate", "max_runs")
 DEFAULT_MAX_RUNS = 100_000  # a grid past this is a typo far more often than a plan; max_runs: or $EFT_MAX_RUNS
 ENV_MAX_RUNS = "EFT_MAX_RUNS"
-NESTED = ("method_args", "role_lr")  # mapping fields whose values may themselves be axes
+NESTED = tuple(n for n, s in SETTINGS.items() if s.nested_axes)  # mappings whose values may themselves be axes
 ENTRY_KEYS = ("label",)  # keys of a method entry that are not RunConfig fields
 Path_ = tuple[str, ...]  # a field path: ("lr",) or ("method_args", "rank")
 
@@ -67,6 +68,22 @@ def _field_hint(name: str, fields: list[str]) -> str:
         return (f" Did you mean the method argument {close[0]!r}? Method arguments go under method_args "
                 f"(method_args: {{{close[0]}: ...}}).")
     return f" Did you mean {close[0]!r}?"
+
+
+def _where_instead(name: str) -> str:
+    """Where a setting a suite may not make is given instead: ``eft sweep``'s flag if it has one (the schema says),
+    else ``eft run``'s (a single run's setting)."""
+    s = SETTINGS[name]
+    if s.sweep_flag:
+        return f"give it on the command line (eft sweep {s.flag_name(name)})"
+    flag = s.flag_name(name)
+    return f"eft sweep cannot set it; {'eft run ' + flag + ' sets it' if flag else 'eft run sets it'} for one run"
+
+
+def _is_list_value(name: str, value: list) -> bool:
+    """A list of names is the value of a list setting (``tracker: [wandb]``), not an axis of it (a list of lists
+    is)."""
+    return SETTINGS[name].rule.kind == "names" and all(isinstance(x, str) for x in value)
 
 
 def _line(m: Any, key: Any = None) -> int:
@@ -107,14 +124,14 @@ def _parse_spec(raw: Any, where: str, file: str, axes: str) -> Spec:
         if k in FILE_ONLY_FLAGS:  # eft sweep has no such flag: a suite never runs a model's own code
             raise ConfigError(f"{file}, line {line}: {where}: {k} cannot be set in a file (it lets a model's own "
                               f"code run on this machine); run such a model with eft run {FILE_ONLY_FLAGS[k]}.")
-        if k in ENVIRONMENT_FIELDS:
+        if not SETTINGS[k].in_suite:
             raise ConfigError(f"{file}, line {line}: {where}: {k!r} says where things are, not what is run; "
-                              f"give it on the command line (eft sweep --{k.replace('_', '-')}).")
+                              f"{_where_instead(k)}.")
         items = [((k, sk), sv, _line(v, sk)) for sk, sv in v.items()] if k in NESTED and isinstance(v, dict) \
             else [((k,), v, line)]
         for path, value, ln in items:
             name = ".".join(path)
-            is_axis = isinstance(value, list) and k != "custom"
+            is_axis = isinstance(value, list) and k != "custom" and not _is_list_value(k, value)
             if is_axis and axes == "never":
                 raise ConfigError(f"{file}, line {ln}: {where}: {name} is a list; {where} takes single values "
                                   f"(put lists under grid: or in a method entry).")

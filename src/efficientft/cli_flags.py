@@ -1,0 +1,46 @@
+"""Command-line flags derived from the run settings' schema (:data:`efficientft.config.SETTINGS`).
+
+``eft run`` gets one flag per setting that declares one, with the setting's help, group, choices and argparse
+type; ``eft sweep`` gets the environment settings marked ``sweep_flag``. An absent flag is None, so it never
+overrides a value from ``--config``. Flags whose shape differs from their field (``--role-lr v=4``, ``--rank``,
+``--train-file``, ``--no-progress``) are the few written by hand in :mod:`efficientft.cli`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from .config import SETTINGS
+from .schema import Setting
+
+# argparse's own conversion per rule kind: a wrong spelling fails there with argparse's message, as it always has
+_TYPES: dict[str, Callable[[str], Any]] = {"float": float, "int": int, "choice": str.lower, "text": str, "names": str}
+
+
+def flag_settings(only: Callable[[Setting], bool] = lambda s: True) -> dict[str, Setting]:
+    """The settings that have a command-line flag (and pass ``only``), in field order."""
+    return {name: s for name, s in SETTINGS.items() if s.flag_name(name) is not None and only(s)}
+
+
+def add_setting_flags(parser: argparse.ArgumentParser, groups: dict[str, Any] | None = None,
+                      only: Callable[[Setting], bool] = lambda s: True) -> None:
+    """Add one flag per setting (filtered by ``only``) to ``parser``, or to ``groups[setting.group]`` when given."""
+    for name, s in flag_settings(only).items():
+        target = groups.get(s.group, parser) if groups is not None else parser
+        names = [s.flag_name(name), *s.aliases]
+        if s.rule.kind == "bool":
+            target.add_argument(*names, dest=name, action="store_true", default=None, help=s.help or None)
+            continue
+        if s.rule.kind not in _TYPES:
+            raise TypeError(f"setting {name!r} of kind {s.rule.kind!r} cannot be a flag; give it flag=None")
+        extra: dict[str, Any] = {"choices": s.rule.choices} if s.rule.kind == "choice" else {}
+        target.add_argument(*names, dest=name, type=_TYPES[s.rule.kind], metavar=s.metavar, help=s.help or None,
+                            **extra)
+
+
+def setting_values(a: argparse.Namespace, names: Iterable[str] | None = None) -> dict[str, Any]:
+    """The settings given on the command line (flags that were absent are left out)."""
+    names = flag_settings() if names is None else names
+    return {name: getattr(a, name) for name in names if getattr(a, name, None) is not None}

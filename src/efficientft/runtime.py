@@ -1,0 +1,139 @@
+"""Where and how a run computes: device, data-parallel accelerator, precision, load dtype, memory options.
+
+:func:`build_runtime` decides all of it once per run, from the :class:`~efficientft.config.RunConfig` and the
+process's launch environment (``WORLD_SIZE``), and the one :class:`Runtime` is passed to loading, training, the
+optimizer step and evaluation. Nothing below it looks at the environment or keeps a module-level accelerator, so
+two runs in one process (a sweep worker, a notebook) on different devices or precisions cannot see each other's.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .config import RunConfig
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Settings the schema and the Runtime already carry whose code lands separately (issue 12). Until it does, a run
+# that sets one is refused before training instead of silently running without it (and under another key).
+# Remove a name here in the change that implements it.
+NOT_YET_IMPLEMENTED = ("gradient_checkpointing", "quantize", "quant_compute_dtype", "checkpoint_every",
+                       "keep_checkpoints", "tracker")
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """The resolved execution settings of one run.
+
+    ``precision`` is resolved (never ``auto``). ``accelerator`` is the ``accelerate.Accelerator`` of a
+    data-parallel launch, else None. ``load_dtype``: the dtype the backbone's weights load in (None: as the
+    checkpoint / transformers load them). ``gradient_checkpointing``, ``quantize`` and ``quant_compute_dtype`` are
+    carried from the config for the code that implements them; they change nothing yet.
+    """
+
+    device: torch.device
+    precision: str = "fp32"
+    accelerator: Any = None
+    load_dtype: torch.dtype | None = None
+    gradient_checkpointing: bool = False
+    quantize: str | None = None
+    quant_compute_dtype: torch.dtype | None = None
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        """The dtype autocast computes in; None under fp32 (no autocast)."""
+        return None if self.precision == "fp32" else DTYPES[self.precision]
+
+    @property
+    def needs_grad_scaler(self) -> bool:
+        """fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none."""
+        return self.precision == "fp16"
+
+    @property
+    def num_processes(self) -> int:
+        return self.accelerator.num_processes if self.accelerator is not None else 1
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process evaluates, exports and writes the store (the only one, or rank 0)."""
+        return self.accelerator is None or self.accelerator.is_main_process
+
+    def autocast(self) -> AbstractContextManager:
+        """The run's precision context for a forward pass."""
+        dtype = self.autocast_dtype
+        return nullcontext() if dtype is None else torch.autocast(self.device.type, dtype=dtype)
+
+    def grad_scaler(self) -> torch.amp.GradScaler | None:
+        return torch.amp.GradScaler(self.device.type) if self.needs_grad_scaler else None
+
+
+def refuse_unimplemented(cfg: RunConfig) -> None:
+    """One clear error for a reserved setting given a value its (future) code would act on."""
+    from .config import DEFAULTS, SETTINGS
+
+    for name in NOT_YET_IMPLEMENTED:
+        if getattr(cfg, name) != DEFAULTS[name]:
+            raise ConfigError(f"{name} is not implemented yet in this version (the setting is reserved); "
+                              f"leave {SETTINGS[name].flag_name(name) or name} out.")
+
+
+def resolved_precision(cfg: RunConfig) -> str:
+    from .config import best_precision
+
+    return best_precision(cfg.device) if cfg.precision == "auto" else cfg.precision
+
+
+def check_runtime(runtime: Runtime, cfg: RunConfig) -> None:
+    """A runtime handed to :func:`~efficientft.train.prepare` must be the config's: the record stores the config,
+    so a run computed otherwise would be stored under a config that did not compute it."""
+    want = {"device": pick_device(cfg.device).type, "precision": resolved_precision(cfg),
+            "gradient_checkpointing": cfg.gradient_checkpointing, "quantize": cfg.quantize}
+    have = {"device": runtime.device.type, "precision": runtime.precision,
+            "gradient_checkpointing": runtime.gradient_checkpointing, "quantize": runtime.quantize}
+    for name, value in want.items():
+        if have[name] != value:
+            raise ConfigError(f"the runtime's {name} is {have[name]!r} but the config's is {value!r}; build the "
+                              f"runtime from the config (build_runtime(cfg)).")
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' was asked for but no CUDA GPU is available; use --device cpu or auto.")
+    return torch.device(name)
+
+
+def build_runtime(cfg: RunConfig, world_size: int | None = None) -> Runtime:
+    """The runtime of ``cfg`` in this process; ``world_size`` defaults to the launcher's ``WORLD_SIZE``.
+
+    A data-parallel launch (``WORLD_SIZE`` > 1): launch one run on N processes with ``torchrun --nproc_per_node N
+    -m efficientft.cli run ...`` (CPU, gloo) or ``accelerate launch --multi_gpu --num_processes N -m
+    efficientft.cli run ...`` (GPUs). Every process builds the same model from the same seed and trains on its 1/N
+    slice of every global batch; DDP averages the gradients, so each optimizer step is the step on the whole batch
+    (``batch_size`` is the global batch). Only the main process evaluates and writes the store. The run's key is
+    the single-process key.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else world_size
+    device = pick_device(cfg.device)
+    accelerator = None
+    if world > 1:
+        from accelerate import Accelerator
+
+        accelerator = Accelerator(cpu=device.type == "cpu")
+        device = accelerator.device
+        if cfg.batch_size % accelerator.num_processes:
+            raise ConfigError(f"batch_size {cfg.batch_size} must be divisible by the {accelerator.num_processes} "
+                              f"data-parallel processes (it is the global batch, split evenly between them).")
+    precision = resolved_precision(cfg)
+    compute = DTYPES[cfg.quant_compute_dtype] if cfg.quant_compute_dtype else None
+    return Runtime(device=device, precision=precision, accelerator=accelerator,
+                   gradient_checkpointing=cfg.gradient_checkpointing, quantize=cfg.quantize,
+                   quant_compute_dtype=compute)
