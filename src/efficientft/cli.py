@@ -98,6 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--force", action="store_true", help="run again even if the store has this run done")
     g.add_argument("--json", action="store_true", help="print the stored run record as one JSON object")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g = r.add_argument_group("checkpoints and trackers")
+    g.add_argument("--checkpoint-every", type=int, metavar="N",
+                   help="save the training state every N steps beside the store (0: never; default: every "
+                        "max(100, steps/10) steps for runs of 500 steps or more); a re-run resumes from it")
+    g.add_argument("--keep-checkpoints", action="store_true", default=None,
+                   help="keep the checkpoints when the run is done (default: removed)")
+    g.add_argument("--tracker", action="append", default=[], metavar="NAME",
+                   help="also log to tensorboard, mlflow or wandb (repeatable or comma-separated)")
     _store_arg(r)
 
     w = sub.add_parser("sweep", help="run a suite (YAML grid of runs); finished runs are skipped, killed ones resumed")
@@ -208,6 +216,11 @@ def config_from_args(a: argparse.Namespace) -> RunConfig:
         base["progress"] = False
     if a.trust_remote_code:
         base["trust_remote_code"] = True
+    for name in ("checkpoint_every", "keep_checkpoints"):
+        if getattr(a, name) is not None:
+            base[name] = getattr(a, name)
+    if a.tracker:
+        base["tracker"] = [t for item in a.tracker for t in item.split(",") if t.strip()]
     return RunConfig.from_dict(base, where=a.config or "command line")
 
 

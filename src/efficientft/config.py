@@ -29,7 +29,8 @@ DEVICES = ("auto", "cpu", "cuda")
 DATA_SOURCES = ("local", "hub")
 
 # Fields that say where things are or how to display them; they do not change a result and are not in the key.
-ENVIRONMENT_FIELDS = frozenset({"data_dir", "device", "progress", "export_dir", "overwrite", "trust_remote_code"})
+ENVIRONMENT_FIELDS = frozenset({"data_dir", "device", "progress", "export_dir", "overwrite", "trust_remote_code",
+                                "checkpoint_every", "keep_checkpoints", "tracker"})
 # Options added after runs were stored, whose default computes what runs computed before the option existed: they
 # are in the key only when set, so that adding them changed no earlier run's key.
 KEY_WHEN_SET = {"bucket": False, "feature_cache": False}
@@ -84,6 +85,10 @@ class RunConfig:
     export_dir: str | None = None
     overwrite: bool = False  # empty a non-empty export_dir before exporting (otherwise: refused before training)
     trust_remote_code: bool = False
+    # checkpoints and trackers (not part of the run's identity: a resumed run is the uninterrupted run)
+    checkpoint_every: int | None = None  # steps between checkpoints; 0: none; None: checkpoint.default_every
+    keep_checkpoints: bool = False  # keep the checkpoints of a done run (default: removed)
+    tracker: list[str] = field(default_factory=list)  # tensorboard, mlflow, wandb (several allowed)
 
     def __post_init__(self) -> None:
         for name in _FLOATS | _INTS:  # 4 and 4.0 must give the same key
@@ -142,6 +147,7 @@ class RunConfig:
                 raise ConfigError(f"role_lr[{role!r}] must be a positive number, got {ratio!r}.")
         if "v" in self.role_lr and self.lr_ratio != 1.0 and float(self.role_lr["v"]) != float(self.lr_ratio):
             raise ConfigError(f"lr_ratio={self.lr_ratio} and role_lr.v={self.role_lr['v']} disagree; give one of them.")
+        self._validate_checkpoints_and_trackers()
         for name in ("bucket", "feature_cache", "overwrite"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}.")
@@ -153,6 +159,20 @@ class RunConfig:
             )
 
             check_spec(self.custom)
+
+    def _validate_checkpoints_and_trackers(self) -> None:
+        if self.checkpoint_every is not None and self.checkpoint_every < 0:
+            raise ConfigError(f"checkpoint_every must be >= 0 (0: no checkpoints; unset: every max(100, steps/10) "
+                              f"steps for runs of 500 steps or more), got {self.checkpoint_every!r}.")
+        if not isinstance(self.keep_checkpoints, bool):
+            raise ConfigError(f"keep_checkpoints must be true or false, got {self.keep_checkpoints!r}.")
+        if isinstance(self.tracker, str):
+            self.tracker = [t for t in self.tracker.split(",") if t.strip()]
+        if not isinstance(self.tracker, list) or not all(isinstance(t, str) for t in self.tracker):
+            raise ConfigError(f"tracker must be a list of tracker names, got {self.tracker!r}.")
+        from .trackers import check_names
+
+        self.tracker = check_names(self.tracker)
 
     # ------------------------------------------------------------------ derived values
     @property
@@ -226,9 +246,9 @@ class RunConfig:
 
 
 _FLOATS = {"lr", "lr_ratio", "weight_decay", "warmup_ratio", "epochs", "max_grad_norm", "selection_size"}
-_BOOLS = {"bucket", "feature_cache", "overwrite"}
+_BOOLS = {"bucket", "feature_cache", "overwrite", "keep_checkpoints"}
 _INTS = {"steps", "batch_size", "grad_accum", "max_length", "seed", "max_train", "max_eval", "data_seed",
-         "eval_every", "eval_batch_size"}
+         "eval_every", "eval_batch_size", "checkpoint_every"}
 
 
 def _coerce(name: str, value: Any, where: str) -> Any:
