@@ -220,7 +220,7 @@ def config_from_args(a: argparse.Namespace) -> RunConfig:
         if getattr(a, name) is not None:
             base[name] = getattr(a, name)
     if a.tracker:
-        base["tracker"] = [t for item in a.tracker for t in item.split(",") if t.strip()]
+        base["tracker"] = a.tracker
     return RunConfig.from_dict(base, where=a.config or "command line")
 
 

@@ -167,7 +167,7 @@ class RunConfig:
         if not isinstance(self.keep_checkpoints, bool):
             raise ConfigError(f"keep_checkpoints must be true or false, got {self.keep_checkpoints!r}.")
         if isinstance(self.tracker, str):
-            self.tracker = [t for t in self.tracker.split(",") if t.strip()]
+            self.tracker = [self.tracker]
         if not isinstance(self.tracker, list) or not all(isinstance(t, str) for t in self.tracker):
             raise ConfigError(f"tracker must be a list of tracker names, got {self.tracker!r}.")
         from .trackers import check_names

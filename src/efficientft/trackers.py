@@ -24,9 +24,10 @@ TRACKERS = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
 
 
 def check_names(names: list[str]) -> list[str]:
-    """The tracker names, stripped and without repeats; an unknown one is a ConfigError naming the accepted."""
+    """The tracker names (each entry may hold several, comma-separated), stripped and without repeats; an unknown
+    one is a ConfigError naming the accepted."""
     out: list[str] = []
-    for raw in names:
+    for raw in (part for entry in names for part in entry.split(",") if part.strip()):
         name = raw.strip().lower()
         if name not in TRACKERS:
             raise ConfigError(f"tracker {raw!r} is not known.{did_you_mean(name, list(TRACKERS))} Accepted: "
@@ -81,7 +82,8 @@ class MLflow:
         import mlflow
 
         self.mlflow = mlflow
-        if not os.environ.get("MLFLOW_TRACKING_URI"):
+        if not os.environ.get("MLFLOW_TRACKING_URI"):  # a local file store (MLflow 3 wants it allowed)
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
             mlflow.set_tracking_uri((folder / "mlruns").resolve().as_uri())
         mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME") or "efficientft")
         self.run = mlflow.start_run(run_name=key)
