@@ -129,6 +129,51 @@ def test_resume_with_grad_accum_and_the_data_cursor_past_an_epoch(tiny_bert, tmp
     assert curves == Store(tmp_path / "a" / "runs.sqlite").curves(straight["run_key"])
 
 
+def test_resume_under_fp16_with_length_buckets(tiny_bert, tmp_path, monkeypatch):
+    """The GradScaler's scale and growth tracker continue; bucketed batches continue from the cursor."""
+    cfg = _config(tiny_bert, "lora", precision="fp16", bucket=True)
+    straight = run(cfg, Store(tmp_path / "a" / "runs.sqlite"))
+    resumed, curves = _interrupted_then_resumed(monkeypatch, cfg, tmp_path / "b" / "runs.sqlite")
+    assert resumed["scores"] == straight["scores"]
+    assert curves == Store(tmp_path / "a" / "runs.sqlite").curves(straight["run_key"])
+
+
+def _killed_once(monkeypatch, cfg, db):
+    restore = _kill_at(monkeypatch, 6)
+    with pytest.raises(Killed):
+        run(cfg, Store(db))
+    restore()
+    return latest(folder_for(db, cfg.resolved().key()))
+
+
+def test_an_unreadable_checkpoint_is_set_aside_and_the_run_starts_over(tiny_bert, tmp_path, monkeypatch, capsys):
+    db = tmp_path / "runs.sqlite"
+    cfg = _config(tiny_bert, "lora")
+    path = _killed_once(monkeypatch, cfg, db)
+    (path / "state.json").write_text("{not json")
+    capsys.readouterr()
+    rec = run(cfg, Store(db))
+    assert rec["status"] == "done" and "resumed_from_step" not in rec["details"]
+    err = capsys.readouterr().err
+    assert f"note: checkpoint {path} cannot be read (JSONDecodeError: " in err
+    assert "set aside as .unreadable-step-000000004, training from scratch." in err
+
+
+def test_a_checkpoint_that_does_not_fit_the_model_fails_with_what_to_do(tiny_bert, tmp_path, monkeypatch):
+    db = tmp_path / "runs.sqlite"
+    cfg = _config(tiny_bert, "lora")
+    path = _killed_once(monkeypatch, cfg, db)
+    state = TrainState.read(path)
+    name = sorted(state.blobs["model"])[0]
+    state.blobs["model"][name + ".old"] = state.blobs["model"].pop(name)  # as if the code had renamed a weight
+    state.save(path.parent)
+    with pytest.raises(checkpoint.Incompatible) as e:
+        run(cfg, Store(db))
+    assert str(e.value) == (f"checkpoint {path} does not fit this run's model (its trainable weights differ: "
+                            f"{name}, {name}.old); delete {path.parent} to train from scratch.")
+    assert Store(db).get(cfg.resolved().key())["error"].startswith("Incompatible: checkpoint ")
+
+
 def test_checkpoint_files_are_safetensors_and_json_and_only_the_last_is_kept(tiny_bert, tmp_path):
     db = tmp_path / "runs.sqlite"
     rec = run(_config(tiny_bert, "sift", keep_checkpoints=True), Store(db))

@@ -54,6 +54,10 @@ def folder_for(store_path: str | os.PathLike, key: str) -> Path:
     return Path(store_path).parent / "checkpoints" / key
 
 
+class Incompatible(RuntimeError):
+    """A checkpoint of this run key that does not fit the prepared run (the code changed in between)."""
+
+
 class Tensors:
     """Tensors under flat names (for safetensors) with their JSON-side references ``{"$t": name}``."""
 
@@ -131,6 +135,7 @@ class TrainState:
     eval_s: float = 0.0
     # filled by capture / read: everything with tensors
     blobs: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None  # the folder it was read from
 
     # ------------------------------------------------------------------ model, optimizer, ... <-> blobs
     def capture(self, p: Any, scaler: Any = None) -> None:
@@ -151,9 +156,11 @@ class TrainState:
         the RNG last, so that nothing after it draws before the next step."""
         b = self.blobs
         params = {n: q for n, q in p.model.named_parameters() if q.requires_grad}
-        if set(params) != set(b["model"]):
-            missing = sorted(set(b["model"]) ^ set(params))
-            raise RuntimeError(f"the checkpoint's trainable weights do not match the model ({missing[:3]})")
+        bad = sorted(set(b["model"]) ^ set(params)) or [n for n, t in b["model"].items() if t.shape != params[n].shape]
+        if bad:
+            raise Incompatible(f"checkpoint {self.path} does not fit this run's model (its trainable weights differ: "
+                               f"{', '.join(bad[:3])}); delete {self.path.parent if self.path else 'it'} to train "
+                               f"from scratch.")
         buffers = dict(p.model.named_buffers())
         with torch.no_grad():
             for n, t in b["model"].items():
@@ -202,7 +209,7 @@ class TrainState:
             raise ValueError(f"checkpoint {path} has format {meta.get('format')!r}, this version reads {FORMAT}")
         blobs = Tensors(load_file(str(path / TENSORS))).unpack(meta["blobs"])
         return cls(meta["step"], meta["drawn"], meta["curve"], meta["evals"], meta["skipped"], meta["counters"],
-                   meta["eval_s"], blobs)
+                   meta["eval_s"], blobs, path)
 
 
 def latest(folder: Path) -> Path | None:
@@ -234,8 +241,22 @@ class Checkpoints:
         return state.save(self.folder, self.keep)
 
     def latest(self) -> TrainState | None:
+        """The newest checkpoint; one that cannot be read (another format, a damaged file) is set aside with a
+        note on stderr, and the run starts from scratch."""
         path = latest(self.folder)
-        return TrainState.read(path) if path is not None else None
+        if path is None:
+            return None
+        try:
+            return TrainState.read(path)
+        except Exception as e:  # noqa: BLE001 - any unreadable checkpoint means: no checkpoint
+            import sys
+
+            aside = path.with_name(f".unreadable-{path.name}")
+            shutil.rmtree(aside, ignore_errors=True)
+            os.replace(path, aside)
+            print(f"note: checkpoint {path} cannot be read ({type(e).__name__}: {e}); set aside as {aside.name}, "
+                  f"training from scratch.", file=sys.stderr)
+            return None
 
 
 @contextmanager

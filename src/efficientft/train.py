@@ -479,6 +479,7 @@ def run(cfg: RunConfig, store: Store | None = None, progress: bool | None = None
                         store.path.parent if store is not None else Path("."))
     if resume is not None:
         details["resumed_from_step"] = resume.step
+        print(f"run {key}: resuming from step {resume.step} of {p.total_steps} ({resume.path})", file=sys.stderr)
     try:
         out = train(p, store, key, progress, checkpoints, trackers)
         scores = {**out["scores"], **best_dev(p.task, out["evals"])}
