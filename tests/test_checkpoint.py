@@ -73,6 +73,9 @@ def test_resumed_run_equals_the_uninterrupted_run(name, tiny_bert, tmp_path, mon
     assert curves == Store(tmp_path / "a" / "runs.sqlite").curves(straight["run_key"])
     assert len([c for c in curves if c[2] == "loss"]) == 8 and {c[1] for c in curves if c[0] == "eval"} == {3, 6, 8}
     assert "resumed_from_step" not in straight["details"]
+    for figure in ("tokens_trained", "examples_trained", "steps_timed", "padding_fraction", "optimizer_state_numel",
+                   "trainable_params"):  # the cost figures count the whole run, not the last attempt
+        assert resumed["cost"][figure] == straight["cost"][figure], figure
     assert not folder_for(tmp_path / "b" / "runs.sqlite", resumed["run_key"]).exists()  # removed when done
 
 
@@ -310,3 +313,25 @@ def _kill_at_step(step):
 
 def test_paths():
     assert folder_for(Path("/x/y/runs.sqlite"), "abc") == Path("/x/y/checkpoints/abc")
+
+
+def test_signals_wait_for_the_end_of_the_step_and_a_second_one_interrupts_at_once():
+    before = signal.getsignal(signal.SIGTERM)
+    with checkpoint.deferred_interrupts() as interrupted:
+        assert not interrupted()
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert interrupted()  # noted, not raised: the loop saves at the end of the step
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_an_ignored_sigint_stays_ignored(monkeypatch):
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as in a job started in the background by a script
+    try:
+        with checkpoint.deferred_interrupts() as interrupted:
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGINT)
+            assert not interrupted()
+    finally:
+        signal.signal(signal.SIGINT, old)

@@ -109,3 +109,18 @@ def test_tracker_names_in_a_config_file(tmp_path):
     with pytest.raises(ConfigError, match="tracker must be a list of tracker names, got 3"):
         RunConfig(tracker=3)
     assert RunConfig(tracker=["wandb", "wandb", " mlflow"]).tracker == ["wandb", "mlflow"]
+
+
+def test_a_tracker_that_cannot_start_is_one_line_and_nothing_is_stored(tiny_bert, tmp_path, monkeypatch, capsys):
+    class NotLoggedIn:
+        def __init__(self, *a):
+            raise RuntimeError("api_key not configured (no-tty)\n  details of the client")
+
+    monkeypatch.setitem(trackers._CLASSES, "tensorboard", NotLoggedIn)
+    db = tmp_path / "s.sqlite"
+    code = main(["run", "--model", str(tiny_bert), "--task", "rte", "--steps", "2", "--tracker", "tensorboard",
+                 "--store", str(db)])
+    assert code == 2
+    assert capsys.readouterr().err.strip() == (
+        "eft run: error: tracker 'tensorboard' could not start: api_key not configured (no-tty)")
+    assert Store(db).runs() == []

@@ -131,7 +131,7 @@ class TrainState:
     curve: list[list] = field(default_factory=list)
     evals: list[list] = field(default_factory=list)
     skipped: list[int] = field(default_factory=list)
-    counters: dict[str, int] = field(default_factory=dict)
+    counters: dict[str, Any] = field(default_factory=dict)  # the step timer's totals and times, train_s
     eval_s: float = 0.0
     # filled by capture / read: everything with tensors
     blobs: dict[str, Any] = field(default_factory=dict)
@@ -274,7 +274,8 @@ def deferred_interrupts(enabled: bool = True) -> Iterator[Callable[[], bool]]:
             raise KeyboardInterrupt
         hit.append(signum)
 
-    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)
+           if signal.getsignal(sig) is not signal.SIG_IGN}  # an ignored signal (a background job's SIGINT) stays so
     try:
         yield lambda: bool(hit)
     finally:

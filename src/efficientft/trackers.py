@@ -120,7 +120,14 @@ class Trackers:
 
     def __init__(self, names: list[str], key: str, params: dict[str, Any], folder: Path) -> None:
         check_installed(names)
-        self.active = [_CLASSES[n](key, flatten(params), Path(folder)) for n in names]
+        self.active: list[Any] = []
+        for name in names:
+            try:
+                self.active.append(_CLASSES[name](key, flatten(params), Path(folder)))
+            except Exception as e:  # noqa: BLE001 - not logged in, a server that does not answer, ...
+                self.finish("failed")
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                raise ConfigError(f"tracker {name!r} could not start: {first}") from None
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         values = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}

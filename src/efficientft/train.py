@@ -301,13 +301,15 @@ def train(p: Prepared, store: Store | None = None, key: str = "", progress: bool
     state = p.resume or TrainState()
     if p.resume is not None:
         state.restore(p, scaler)  # the RNG last: nothing below draws from it before the first step
-        for name, value in state.counters.items():
-            setattr(timer, name, value)
+        for name, value in state.counters.items():  # the cost figures count the whole run, every attempt
+            if name != "train_s":
+                setattr(timer, name, value)
         if store is not None:  # the store forgot the curve when this attempt started
             store.add_curves(key, [tuple(r) for r in state.curve])
     rows, evals, skipped = state.curve, state.evals, state.skipped
     flushed = len(rows)
     eval_s = eval_s0 = state.eval_s
+    train_s0 = state.counters.get("train_s", 0.0)
     batches = device_batches(p, state.drawn)
     accel = data_parallel(device)
     main = accel is None or accel.is_main_process
@@ -321,7 +323,8 @@ def train(p: Prepared, store: Store | None = None, key: str = "", progress: bool
 
     def save() -> None:
         state.step, state.drawn, state.eval_s = step, drawn, eval_s
-        state.counters = {n: getattr(timer, n) for n in ("tokens", "padded_tokens", "examples")}
+        state.counters = {n: getattr(timer, n) for n in ("tokens", "padded_tokens", "examples", "times")}
+        state.counters["train_s"] = train_s0 + time.perf_counter() - t_train - (eval_s - eval_s0)
         state.capture(p, scaler)
         checkpoints.save(state)
 
@@ -379,7 +382,7 @@ def train(p: Prepared, store: Store | None = None, key: str = "", progress: bool
                 save()
             if interrupted():
                 raise KeyboardInterrupt
-    train_s = time.perf_counter() - t_train - (eval_s - eval_s0)  # this attempt's
+    train_s = train_s0 + time.perf_counter() - t_train - (eval_s - eval_s0)
     if accel is not None:  # each process counted its own shard; throughput is the whole run's
         for name in ("tokens", "padded_tokens", "examples"):
             setattr(timer, name, int(accel.reduce(torch.tensor(getattr(timer, name), device=device), "sum")))
@@ -464,8 +467,14 @@ def run(cfg: RunConfig, store: Store | None = None, progress: bool | None = None
         "comparable": p.task.comparable,
     }
     main_metric = f"dev/{p.task.main_metric}"
+    trackers = Trackers(cfg.tracker if main_process(accel) else [], key, cfg.to_dict(),  # a failure: before the store
+                        store.path.parent if store is not None else Path("."))
     if store is not None:
-        store.start(key, cfg.to_dict(), prov, tags, main_metric)
+        try:
+            store.start(key, cfg.to_dict(), prov, tags, main_metric)
+        except BaseException:
+            trackers.finish("failed")
+            raise
     cost: dict[str, Any] = {
         "trainable_params": p.method.trainable_parameters(p.model), "base_params": p.base_params,
         "total_params": sum(q.numel() for q in {id(q): q for q in p.model.parameters()}.values()),
@@ -475,8 +484,6 @@ def run(cfg: RunConfig, store: Store | None = None, progress: bool | None = None
     cost["trainable_fraction"] = cost["trainable_params"] / max(1, p.base_params)
     details = {"groups": describe_groups(p.groups), "info": p.info, "method_args": p.method.args_dict()}
     status, error, scores = "done", None, {}
-    trackers = Trackers(cfg.tracker if main_process(accel) else [], key, cfg.to_dict(),
-                        store.path.parent if store is not None else Path("."))
     if resume is not None:
         details["resumed_from_step"] = resume.step
         print(f"run {key}: resuming from step {resume.step} of {p.total_steps} ({resume.path})", file=sys.stderr)
