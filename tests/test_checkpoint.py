@@ -192,12 +192,19 @@ def test_checkpoint_files_are_safetensors_and_json_and_only_the_last_is_kept(tin
     assert all(t.dtype == torch.long and t.shape[0] == 2 for t in chosen.values())
 
 
-def test_keep_checkpoints_and_force_does_not_resume_a_done_run(tiny_bert, tmp_path):
+def test_keep_checkpoints_and_force_does_not_resume_a_done_run(tiny_bert, tmp_path, monkeypatch):
     db = tmp_path / "runs.sqlite"
     cfg = _config(tiny_bert, "lora", keep_checkpoints=True)
     run(cfg, Store(db))
-    again = run(cfg, Store(db))  # `eft run --force`: trains again from the start
-    assert again["status"] == "done" and "resumed_from_step" not in again["details"]
+    folder = folder_for(db, cfg.resolved().key())
+    assert latest(folder).name == "step-000000006"
+    restore = _kill_at(monkeypatch, 4)
+    with pytest.raises(Killed):  # `eft run --force`: trains again from the start, and is killed at step 4
+        run(cfg, Store(db))
+    restore()
+    assert [p.name for p in folder.iterdir()] == ["step-000000002"]  # its own, not the done run's step 6
+    again = run(cfg, Store(db))
+    assert again["status"] == "done" and "resumed_from_step" not in again["details"]  # the row is still done
 
 
 def test_default_interval_is_on_for_long_runs_only():

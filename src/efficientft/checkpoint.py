@@ -67,6 +67,8 @@ class Tensors:
     def pack(self, value: Any, name: str) -> Any:
         """``value`` with every tensor replaced by a reference; dicts, lists and JSON scalars are kept."""
         if isinstance(value, torch.Tensor):
+            if name in self.tensors:
+                raise ValueError(f"{name}: two tensors of the checkpoint would have the same name")
             t = value.detach()  # a copy of its own: safetensors refuses tensors that share memory (tied weights)
             self.tensors[name] = (t.cpu() if t.device.type != "cpu" else t.clone()).contiguous()
             return {"$t": name}

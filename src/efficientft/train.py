@@ -475,6 +475,8 @@ def run(cfg: RunConfig, store: Store | None = None, progress: bool | None = None
         except BaseException:
             trackers.finish("failed")
             raise
+    if resume is None and folder is not None:  # a fresh start (--force): checkpoints left by an earlier attempt go
+        checkpoint.remove(folder)
     cost: dict[str, Any] = {
         "trainable_params": p.method.trainable_parameters(p.model), "base_params": p.base_params,
         "total_params": sum(q.numel() for q in {id(q): q for q in p.model.parameters()}.values()),

@@ -112,6 +112,7 @@ class EVA(LoRA):
         import torch
         from peft import initialize_lora_eva_weights
 
+        self.adapted = [*state["eva_state_dict"], *state["removed"]]  # for this run's next checkpoints
         eva = dict(state["eva_state_dict"])
         eva.update({n: torch.zeros(0, 1) for n in state["removed"]})
         initialize_lora_eva_weights(model, eva_state_dict=eva, show_progress_bar=False)
