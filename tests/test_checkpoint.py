@@ -342,3 +342,21 @@ def test_an_ignored_sigint_stays_ignored(monkeypatch):
             assert not interrupted()
     finally:
         signal.signal(signal.SIGINT, old)
+
+
+def test_system_exit_inside_training_is_stored_failed_not_done(tiny_bert, tmp_path, monkeypatch):
+    """The run's status starts as "done": an exception that is not an ``Exception`` (SystemExit from a library)
+    used to leave it so, storing a run that never finished as done with no scores."""
+    real = train_mod.optimizer_step
+
+    def exits(p, micro, at, *a, **kw):
+        if at == 2:
+            raise SystemExit(3)
+        return real(p, micro, at, *a, **kw)
+
+    monkeypatch.setattr(train_mod, "optimizer_step", exits)
+    db = tmp_path / "runs.sqlite"
+    with pytest.raises(SystemExit):
+        run(_config(tiny_bert, "lora"), Store(db))
+    (rec,) = Store(db).runs()
+    assert rec["status"] == "failed" and rec["error"].startswith("SystemExit: 3")
