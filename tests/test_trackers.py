@@ -124,3 +124,18 @@ def test_a_tracker_that_cannot_start_is_one_line_and_nothing_is_stored(tiny_bert
     assert capsys.readouterr().err.strip() == (
         "eft run: error: tracker 'tensorboard' could not start: api_key not configured (no-tty)")
     assert Store(db).runs() == []
+
+
+def test_a_resumed_run_continues_its_tensorboard_log_without_duplicate_steps(tiny_bert, tmp_path, monkeypatch):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from tests.test_checkpoint import _config, _interrupted_then_resumed
+
+    db = tmp_path / "runs.sqlite"
+    cfg = _config(tiny_bert, "lora", tracker=["tensorboard"])
+    rec, curves = _interrupted_then_resumed(monkeypatch, cfg, db)  # killed in step 6, resumed from step 4
+    events = EventAccumulator(str(tmp_path / "tensorboard" / rec["run_key"]))
+    events.Reload()
+    logged = [(e.step, e.value) for e in events.Scalars("train/loss")]
+    assert logged == [(s, pytest.approx(v, rel=1e-6)) for _, s, n, v in curves if n == "loss"]  # steps 1..8, once

@@ -60,10 +60,11 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 class TensorBoard:
-    def __init__(self, key: str, params: dict[str, Any], folder: Path) -> None:
+    def __init__(self, key: str, params: dict[str, Any], folder: Path, start: int = 0) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(log_dir=str(folder / "tensorboard" / key))
+        # a resumed run continues the same log: what an earlier attempt logged after its checkpoint is purged
+        self.writer = SummaryWriter(log_dir=str(folder / "tensorboard" / key), purge_step=start + 1 if start else None)
         self.writer.add_text("config", "\n".join(f"    {k}: {v}" for k, v in sorted(params.items())))
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
@@ -76,7 +77,7 @@ class TensorBoard:
 
 
 class MLflow:
-    def __init__(self, key: str, params: dict[str, Any], folder: Path) -> None:
+    def __init__(self, key: str, params: dict[str, Any], folder: Path, start: int = 0) -> None:
         import os
 
         import mlflow
@@ -97,7 +98,7 @@ class MLflow:
 
 
 class WandB:
-    def __init__(self, key: str, params: dict[str, Any], folder: Path) -> None:
+    def __init__(self, key: str, params: dict[str, Any], folder: Path, start: int = 0) -> None:
         import os
 
         import wandb
@@ -118,12 +119,13 @@ _CLASSES = {"tensorboard": TensorBoard, "mlflow": MLflow, "wandb": WandB}
 class Trackers:
     """Every tracker of a run behind one ``log(step, metrics)``; empty when none is named."""
 
-    def __init__(self, names: list[str], key: str, params: dict[str, Any], folder: Path) -> None:
+    def __init__(self, names: list[str], key: str, params: dict[str, Any], folder: Path, start: int = 0) -> None:
+        """``start``: the step a resumed run continues from (its trackers log from ``start + 1``)."""
         check_installed(names)
         self.active: list[Any] = []
         for name in names:
             try:
-                self.active.append(_CLASSES[name](key, flatten(params), Path(folder)))
+                self.active.append(_CLASSES[name](key, flatten(params), Path(folder), start))
             except Exception as e:  # noqa: BLE001 - not logged in, a server that does not answer, ...
                 self.finish("failed")
                 first = (str(e).strip().splitlines() or [type(e).__name__])[0]

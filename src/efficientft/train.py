@@ -468,7 +468,7 @@ def run(cfg: RunConfig, store: Store | None = None, progress: bool | None = None
     }
     main_metric = f"dev/{p.task.main_metric}"
     trackers = Trackers(cfg.tracker if main_process(accel) else [], key, cfg.to_dict(),  # a failure: before the store
-                        store.path.parent if store is not None else Path("."))
+                        store.path.parent if store is not None else Path("."), resume.step if resume else 0)
     if store is not None:
         try:
             store.start(key, cfg.to_dict(), prov, tags, main_metric)
