@@ -165,9 +165,6 @@ def test_a_sweep_with_a_reserved_setting_fails_before_its_first_run(tmp_path, ti
     (["--quantize", "4bit"], "quantize is not implemented yet in this version (the setting is reserved); "
                              "leave --quantize out."),
     (["--gradient-checkpointing"], "gradient_checkpointing is not implemented yet"),
-    (["--tracker", "wandb"], "tracker is not implemented yet in this version (the setting is reserved); "
-                             "leave --tracker out."),
-    (["--checkpoint-every", "5"], "checkpoint_every is not implemented yet"),
 ])
 def test_a_reserved_setting_is_refused_before_training_not_ignored(argv, msg, tmp_path, capsys, tiny_bert):
     db = tmp_path / "s.sqlite"

@@ -36,6 +36,8 @@ def add_setting_flags(parser: argparse.ArgumentParser, groups: dict[str, Any] | 
         if s.rule.kind not in _TYPES:
             raise TypeError(f"setting {name!r} of kind {s.rule.kind!r} cannot be a flag; give it flag=None")
         extra: dict[str, Any] = {"choices": s.rule.choices} if s.rule.kind == "choice" else {}
+        if s.rule.kind == "names":  # repeatable, each one name or a comma-separated list
+            extra["action"] = "append"
         target.add_argument(*names, dest=name, type=_TYPES[s.rule.kind], metavar=s.metavar, help=s.help or None,
                             **extra)
 
@@ -43,4 +45,5 @@ def add_setting_flags(parser: argparse.ArgumentParser, groups: dict[str, Any] | 
 def setting_values(a: argparse.Namespace, names: Iterable[str] | None = None) -> dict[str, Any]:
     """The settings given on the command line (flags that were absent are left out)."""
     names = flag_settings() if names is None else names
-    return {name: getattr(a, name) for name in names if getattr(a, name, None) is not None}
+    out = {name: getattr(a, name) for name in names if getattr(a, name, None) is not None}
+    return {k: ",".join(v) if isinstance(v, list) else v for k, v in out.items()}  # a repeated names flag

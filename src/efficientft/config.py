@@ -131,8 +131,9 @@ class RunConfig:
     trust_remote_code: bool = setting(False, _BOOL, key="never", group=ENV, in_suite=False, cli_only=True,
                                       help="allow a hub model's own code to run")
     # checkpoints and trackers: how a run is kept and watched, not what it computes (never in the key)
-    checkpoint_every: int = setting(0, Rule("int", 0, COUNT_MAX), key="never", group=MEMORY,
-                                    help="save a resumable checkpoint every N steps (0: none)")
+    checkpoint_every: int | None = setting(None, Rule("int", 0, COUNT_MAX, optional=True), key="never", group=MEMORY,
+                                           help="save a resumable checkpoint every N steps (0: none; default: every "
+                                                "max(100, steps/10) steps for runs of 500 steps or more)")
     keep_checkpoints: bool = setting(False, _BOOL, key="never", group=MEMORY,
                                      help="keep the step checkpoints after the run is done")
     tracker: list[str] = setting(rule=Rule("names", hint="experiment trackers"), factory=list, key="never",
@@ -163,6 +164,7 @@ class RunConfig:
         self.role_lr = _check_role_lr(self.role_lr)
         if "v" in self.role_lr and self.lr_ratio != 1.0 and float(self.role_lr["v"]) != float(self.lr_ratio):
             raise ConfigError(f"lr_ratio={self.lr_ratio} and role_lr.v={self.role_lr['v']} disagree; give one of them.")
+        self._check_tracker_names()
         if self.custom is not None:
             from .tasks.custom import check_spec  # keys, types, labels, metrics: before any key
 
@@ -180,6 +182,12 @@ class RunConfig:
         for role, ratio in sorted(self.role_ratios.items()):
             if roles is not None and ratio != 1.0 and role not in roles:
                 raise unapplied_ratio(role, ratio, self.method, self.targets, self.lr_ratio != 1.0)
+
+    def _check_tracker_names(self) -> None:
+        """The schema checks the type (a list of names); the names must be trackers this version knows."""
+        from .trackers import check_names
+
+        self.tracker = check_names(self.tracker)
 
     # ------------------------------------------------------------------ derived values
     @property

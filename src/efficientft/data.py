@@ -226,13 +226,14 @@ class TrainBatches:
             batches += [window[i: i + bs] for i in range(0, len(window), bs)]
         return [batches[i] for i in rng.permutation(len(batches))]
 
-    def indexed(self) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
-        """(example indices, batch), epoch after epoch."""
-        epoch = 0
+    def indexed(self, start: int = 0) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
+        """(example indices, batch), epoch after epoch, from the ``start``-th batch on (a resumed run's cursor:
+        every epoch's order is a function of the seed, so skipping needs no batch to be built)."""
+        epoch, skip = divmod(start, len(self))
         while True:
-            for idx in self.epoch_order(epoch):
+            for idx in self.epoch_order(epoch)[skip:]:
                 yield idx, collate(self.enc, idx, self.pad_id)
-            epoch += 1
+            epoch, skip = epoch + 1, 0
 
     def forever(self) -> Iterator[dict[str, torch.Tensor]]:
         for _, batch in self.indexed():

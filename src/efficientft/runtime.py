@@ -24,8 +24,7 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Settings the schema and the Runtime already carry whose code lands separately (issue 12). Until it does, a run
 # that sets one is refused before training instead of silently running without it (and under another key).
 # Remove a name here in the change that implements it.
-NOT_YET_IMPLEMENTED = ("gradient_checkpointing", "quantize", "quant_compute_dtype", "checkpoint_every",
-                       "keep_checkpoints", "tracker")
+NOT_YET_IMPLEMENTED = ("gradient_checkpointing", "quantize", "quant_compute_dtype")
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from . import provenance
+from . import checkpoint, provenance
+from .checkpoint import TrainState
 from .config import DEFAULT_EPOCHS, RunConfig, check_max_length
 from .data import Encoded, TrainBatches, encode, eval_batches
 from .errors import ConfigError
@@ -37,6 +38,7 @@ from .store import Store
 from .strategy import Strategy, check_ratios_applied, describe_groups
 from .tasks import DataOptions, Examples, Task, get_task
 from .tasks.metrics import compute
+from .trackers import Trackers, check_installed
 
 
 def seed_everything(seed: int) -> None:
@@ -93,6 +95,7 @@ class Prepared:
     base_params: int
     info: dict[str, Any] = field(default_factory=dict)
     features: FeatureCache | None = None
+    resume: TrainState | None = None  # the checkpoint this run continues from
 
     @property
     def device(self) -> torch.device:
@@ -150,12 +153,15 @@ def _accepts(model: nn.Module, arg: str) -> bool:
     return arg in inspect.signature(model.forward).parameters
 
 
-def prepare(cfg: RunConfig, runtime: Runtime | None = None) -> Prepared:
+def prepare(cfg: RunConfig, runtime: Runtime | None = None, resume: TrainState | None = None) -> Prepared:
     """Validate and set up a run; every bad-input error is raised here, before any training.
 
     ``runtime``: the one :class:`Runtime` of the run (:func:`run` builds it once); built from ``cfg`` if not given.
+    ``resume``: a checkpoint of this run; the method's own state is restored from it instead of being computed
+    from data again (``init_from_data`` does not run), the rest when training starts (:func:`train`).
     """
     t0 = time.perf_counter()
+    check_installed(cfg.tracker)
     if cfg.export_dir:  # a used folder fails now, not after training
         check_export_dir(cfg.export_dir, cfg.overwrite)
     refuse_unimplemented(cfg)
@@ -189,7 +195,10 @@ def prepare(cfg: RunConfig, runtime: Runtime | None = None) -> Prepared:
     model = method.prepare(model, targets, ctx).to(device)
     pad_id = loaded.tokenizer.pad_token_id
     batches = TrainBatches(train, cfg.batch_size, pad_id, cfg.seed, cfg.bucket)
-    method.init_from_data(model, ({k: v.to(device) for k, v in b.items()} for b in batches.forever()))
+    if resume is not None:
+        method.load_state_dict(model, resume.blobs["method"])
+    else:
+        method.init_from_data(model, ({k: v.to(device) for k, v in b.items()} for b in batches.forever()))
     groups = method.param_groups(model, Strategy(cfg.role_ratios), cfg.lr, cfg.weight_decay)
     if not groups:
         raise ConfigError(f"method {cfg.method!r} with targets {cfg.targets!r} left no parameter to train.")
@@ -215,12 +224,12 @@ def prepare(cfg: RunConfig, runtime: Runtime | None = None) -> Prepared:
         info["feature_cache"] = {"layers": features.list_name, "first_trained_layer": features.k}
     info["setup_s"] = time.perf_counter() - t0
     return Prepared(cfg, task, method, model, loaded.tokenizer, runtime, train, evals, total, groups, optimizer,
-                    scheduler, base_params, info, features)
+                    scheduler, base_params, info, features, resume)
 
 
-def device_batches(p: Prepared):
-    """(example indices, batch on the device), epoch after epoch."""
-    for idx, b in p.batches().indexed():
+def device_batches(p: Prepared, start: int = 0):
+    """(example indices, batch on the device), epoch after epoch, from the ``start``-th batch on."""
+    for idx, b in p.batches().indexed(start):
         yield idx, {k: v.to(p.device) for k, v in b.items()}
 
 
@@ -246,7 +255,8 @@ def evaluate_all(p: Prepared) -> dict[str, float]:
     return {f"{split}/{m}": v for split in p.evals for m, v in evaluate(p, split).items()}
 
 
-def train(p: Prepared, store: Store | None = None, key: str = "", progress: bool = True) -> dict[str, Any]:
+def train(p: Prepared, store: Store | None = None, key: str = "", progress: bool = True,
+          checkpoints: checkpoint.Checkpoints | None = None, trackers: Trackers | None = None) -> dict[str, Any]:
     """The loop. Returns scores, curves and timings; raises :class:`Diverged` on a non-finite loss.
 
     ``total_steps`` counts applied optimizer steps. Under fp16 a step the GradScaler skips (overflowing gradients)
@@ -255,65 +265,99 @@ def train(p: Prepared, store: Store | None = None, key: str = "", progress: bool
     A non-finite *loss* is a divergence under every precision: loss scaling guards the backward pass, not the
     forward. Curves: ``loss`` is the step's mean over its examples, ``lr`` the rate the step used, ``grad_norm``
     the norm before clipping.
+
+    With ``checkpoints`` the whole training state is saved every ``checkpoints.every`` steps (after that step's
+    evaluation), and when SIGTERM or Ctrl-C arrives (at the end of the step under way, then the run stops as
+    cancelled). A run prepared from a checkpoint (``p.resume``) continues from it exactly.
     """
     cfg, model, device, runtime = p.cfg, p.model, p.device, p.runtime
     scaler = runtime.grad_scaler()
     timer = StepTimer(device)
-    batches = device_batches(p)
-    curve: list[tuple[str, int, str, float]] = []
-    evals: list[tuple[int, dict[str, float]]] = []
-    skipped: list[int] = []
-    eval_s = 0.0
+    state = p.resume or TrainState()
+    if p.resume is not None:
+        state.restore(p, scaler)  # the RNG last: nothing below draws from it before the first step
+        for name, value in state.counters.items():  # the cost figures count the whole run, every attempt
+            if name != "train_s":
+                setattr(timer, name, value)
+        if store is not None:  # the store forgot the curve when this attempt started
+            store.add_curves(key, [tuple(r) for r in state.curve])
+    rows, evals, skipped = state.curve, state.evals, state.skipped
+    flushed = len(rows)
+    eval_s = eval_s0 = state.eval_s
+    train_s0 = state.counters.get("train_s", 0.0)
+    batches = device_batches(p, state.drawn)
     accel = runtime.accelerator
     main = runtime.is_main
     runner = accel.prepare_model(model) if accel is not None else model  # DDP: gradients averaged in backward
-    bar = _progress(p, progress and main)
+    bar = _progress(p, progress and main, state.step)
     ema = None
     model.train()
     t_train = time.perf_counter()
-    step, in_a_row = 0, 0
-    while step < p.total_steps:
-        timer.start()
-        micro = [_shard_indexed(*next(batches), accel) for _ in range(cfg.grad_accum)]
-        for _, batch in micro:
-            timer.tokens += int(batch["attention_mask"].sum())
-            timer.padded_tokens += batch["attention_mask"].numel()
-            timer.examples += len(batch["labels"])
-        try:
-            result = optimizer_step(p, micro, step + 1, scaler, runner, accel)
-        except Diverged as e:
-            e.curve, e.skipped = curve, skipped  # the curve so far is kept for diagnosis
-            raise
-        timer.stop()
-        if result.skipped:
-            skipped.append(step + 1)
-            in_a_row += 1
-            if in_a_row >= MAX_SKIPPED_IN_A_ROW:
-                e = Diverged(step + 1, result.loss, curve,
-                             f"gradients were inf or NaN in {in_a_row} fp16 steps in a row at step {step + 1} "
-                             "(the GradScaler skipped them all)")
-                e.skipped = skipped
-                raise e
-            continue
-        step, in_a_row = step + 1, 0
-        ema = result.loss if ema is None else 0.9 * ema + 0.1 * result.loss
-        curve.append(("train", step, "loss", result.loss))
-        curve.append(("train", step, "lr", result.lr))
-        if result.grad_norm is not None:
-            curve.append(("train", step, "grad_norm", result.grad_norm))
-        if bar is not None:
-            bar.set_postfix(loss=f"{ema:.4f}", refresh=False)
-            bar.update(1)
-        if main and cfg.eval_every and step % cfg.eval_every == 0 and step != p.total_steps:
-            t = time.perf_counter()
-            scores = evaluate_all(p)
-            eval_s += time.perf_counter() - t
-            evals.append((step, scores))
-            curve += [("eval", step, k, v) for k, v in scores.items()]
-            if store is not None:  # flush so a long run's curve is visible (and kept) while it trains
-                store.add_curves(key, curve)
-                curve = []
-    train_s = time.perf_counter() - t_train - eval_s
+    step, in_a_row = state.step, 0
+    tracked = trackers if trackers is not None else Trackers([], key, {}, Path("."))
+
+    def save() -> None:
+        state.step, state.drawn, state.eval_s = step, drawn, eval_s
+        state.counters = {n: getattr(timer, n) for n in ("tokens", "padded_tokens", "examples", "times")}
+        state.counters["train_s"] = train_s0 + time.perf_counter() - t_train - (eval_s - eval_s0)
+        state.capture(p, scaler)
+        checkpoints.save(state)
+
+    drawn = state.drawn
+    with checkpoint.deferred_interrupts(checkpoints is not None) as interrupted:
+        while step < p.total_steps:
+            timer.start()
+            micro = [_shard_indexed(*next(batches), accel) for _ in range(cfg.grad_accum)]
+            drawn += cfg.grad_accum
+            for _, batch in micro:
+                timer.tokens += int(batch["attention_mask"].sum())
+                timer.padded_tokens += batch["attention_mask"].numel()
+                timer.examples += len(batch["labels"])
+            try:
+                result = optimizer_step(p, micro, step + 1, scaler, runner, accel)
+            except Diverged as e:
+                e.curve, e.skipped = rows[flushed:], skipped  # the curve so far is kept for diagnosis
+                raise
+            timer.stop()
+            if result.skipped:
+                skipped.append(step + 1)
+                in_a_row += 1
+                if in_a_row >= MAX_SKIPPED_IN_A_ROW:
+                    e = Diverged(step + 1, result.loss, rows[flushed:],
+                                 f"gradients were inf or NaN in {in_a_row} fp16 steps in a row at step {step + 1} "
+                                 "(the GradScaler skipped them all)")
+                    e.skipped = skipped
+                    raise e
+                if interrupted():
+                    save()
+                    raise KeyboardInterrupt
+                continue
+            step, in_a_row = step + 1, 0
+            ema = result.loss if ema is None else 0.9 * ema + 0.1 * result.loss
+            logged = {"loss": result.loss, "lr": result.lr}
+            if result.grad_norm is not None:
+                logged["grad_norm"] = result.grad_norm
+            rows += [["train", step, k, v] for k, v in logged.items()]
+            tracked.log(step, {f"train/{k}": v for k, v in logged.items()})
+            if bar is not None:
+                bar.set_postfix(loss=f"{ema:.4f}", refresh=False)
+                bar.update(1)
+            if main and cfg.eval_every and step % cfg.eval_every == 0 and step != p.total_steps:
+                t = time.perf_counter()
+                scores = evaluate_all(p)
+                eval_s += time.perf_counter() - t
+                evals.append([step, scores])
+                rows += [["eval", step, k, v] for k, v in scores.items()]
+                tracked.log(step, scores)
+                if store is not None:  # flush so a long run's curve is visible (and kept) while it trains
+                    store.add_curves(key, [tuple(r) for r in rows[flushed:]])
+                    flushed = len(rows)
+            if checkpoints is not None and step != p.total_steps and (
+                    interrupted() or checkpoints.every and step % checkpoints.every == 0):
+                save()
+            if interrupted():
+                raise KeyboardInterrupt
+    train_s = train_s0 + time.perf_counter() - t_train - (eval_s - eval_s0)
     if accel is not None:  # each process counted its own shard; throughput is the whole run's
         for name in ("tokens", "padded_tokens", "examples"):
             setattr(timer, name, int(accel.reduce(torch.tensor(getattr(timer, name), device=device), "sum")))
@@ -324,18 +368,20 @@ def train(p: Prepared, store: Store | None = None, key: str = "", progress: bool
     eval_s += time.perf_counter() - t
     if accel is not None:
         accel.wait_for_everyone()
-    evals.append((p.total_steps, final))
-    curve += [("eval", p.total_steps, k, v) for k, v in final.items()]
-    return {"scores": final, "evals": evals, "curve": curve, "timer": timer, "train_s": train_s, "eval_s": eval_s,
-            "skipped_steps": skipped}
+    evals.append([p.total_steps, final])
+    rows += [["eval", p.total_steps, k, v] for k, v in final.items()]
+    tracked.log(p.total_steps, final)
+    return {"scores": final, "evals": [tuple(e) for e in evals], "curve": [tuple(r) for r in rows[flushed:]],
+            "timer": timer, "train_s": train_s, "eval_s": eval_s, "skipped_steps": skipped,
+            "resumed_from_step": p.resume.step if p.resume is not None else None}
 
 
-def _progress(p: Prepared, enabled: bool):
+def _progress(p: Prepared, enabled: bool, initial: int = 0):
     if not enabled:
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=p.total_steps, desc=f"{p.task.name} {p.cfg.method} {p.cfg.targets}", unit="step",
+    return tqdm(total=p.total_steps, initial=initial, desc=f"{p.task.name} {p.cfg.method} {p.cfg.targets}", unit="step",
                 file=sys.stderr, dynamic_ncols=True, mininterval=0.5, leave=False)
 
 
@@ -357,6 +403,11 @@ def run(cfg: RunConfig, store: Store | None = None, progress: bool | None = None
 
     Bad input raises :class:`ConfigError` before anything is stored. A non-finite loss stores the run as
     ``diverged``; any other exception as ``failed`` (and is re-raised); Ctrl-C as ``cancelled``.
+
+    With a store, the run checkpoints into ``checkpoints/<key>/`` beside it (``checkpoint_every``); when a
+    checkpoint of this key is there (an earlier attempt was killed, cancelled or failed; not a done run redone by
+    ``--force``), the run continues from it and ``details.resumed_from_step`` says from where. The checkpoints are
+    removed when the run is done, unless ``keep_checkpoints``.
     """
     cfg = cfg.resolved()
     progress = cfg.progress if progress is None else progress
@@ -369,7 +420,17 @@ def run(cfg: RunConfig, store: Store | None = None, progress: bool | None = None
     memory = PeakMemory(device)
     memory.reset()
     t0 = time.perf_counter()
-    p = prepare(cfg, runtime)
+    folder = None  # data-parallel runs are not checkpointed
+    if store is not None and runtime.accelerator is None:
+        folder = checkpoint.folder_for(store.path, key)
+    resume = None
+    if folder is not None and store.status(key) != "done":
+        resume = checkpoint.Checkpoints(folder, 0).latest()
+    p = prepare(cfg, runtime, resume)
+    checkpoints = None
+    if folder is not None and cfg.checkpoint_every != 0:  # 0: off, not even on SIGTERM
+        every = cfg.checkpoint_every if cfg.checkpoint_every is not None else checkpoint.default_every(p.total_steps)
+        checkpoints = checkpoint.Checkpoints(folder, every)
     prov = {
         "code": provenance.code_version(), "packages": provenance.package_versions(),
         "hardware": provenance.hardware(device), "command": provenance.command_line(), "seed": cfg.seed,
@@ -378,8 +439,16 @@ def run(cfg: RunConfig, store: Store | None = None, progress: bool | None = None
         "comparable": p.task.comparable,
     }
     main_metric = f"dev/{p.task.main_metric}"
+    trackers = Trackers(cfg.tracker if runtime.is_main else [], key, cfg.to_dict(),  # a failure: before the store
+                        store.path.parent if store is not None else Path("."), resume.step if resume else 0)
     if store is not None:
-        store.start(key, cfg.to_dict(), prov, tags, main_metric)
+        try:
+            store.start(key, cfg.to_dict(), prov, tags, main_metric)
+        except BaseException:
+            trackers.finish("failed")
+            raise
+    if resume is None and folder is not None:  # a fresh start (--force): checkpoints left by an earlier attempt go
+        checkpoint.remove(folder)
     cost: dict[str, Any] = {
         "trainable_params": p.method.trainable_parameters(p.model), "base_params": p.base_params,
         "total_params": sum(q.numel() for q in {id(q): q for q in p.model.parameters()}.values()),
@@ -389,8 +458,11 @@ def run(cfg: RunConfig, store: Store | None = None, progress: bool | None = None
     cost["trainable_fraction"] = cost["trainable_params"] / max(1, p.base_params)
     details = {"groups": describe_groups(p.groups), "info": p.info, "method_args": p.method.args_dict()}
     status, error, scores = "done", None, {}
+    if resume is not None:
+        details["resumed_from_step"] = resume.step
+        print(f"run {key}: resuming from step {resume.step} of {p.total_steps} ({resume.path})", file=sys.stderr)
     try:
-        out = train(p, store, key, progress)
+        out = train(p, store, key, progress, checkpoints, trackers)
         scores = {**out["scores"], **best_dev(p.task, out["evals"])}
         cost.update(out["timer"].summary())
         cost.update(train_s=out["train_s"], eval_s=out["eval_s"])
@@ -413,15 +485,21 @@ def run(cfg: RunConfig, store: Store | None = None, progress: bool | None = None
     except KeyboardInterrupt:
         status, error = "cancelled", "interrupted (Ctrl-C or SIGTERM)"
         raise
-    except Exception as e:  # noqa: BLE001 - recorded, then re-raised
+    except BaseException as e:  # noqa: BLE001 - recorded, then re-raised (SystemExit too: never stored as done)
         status, error = "failed", f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=8)}"
         raise
     finally:
         cost.update(memory.read())
         cost["wall_s"] = time.perf_counter() - t0
         main = scores.get(main_metric)
-        if store is not None:
-            store.finish(key, status, scores, cost, details, error, main)
+        try:
+            if store is not None:
+                store.finish(key, status, scores, cost, details, error, main)
+            if status == "done" and folder is not None and not cfg.keep_checkpoints:
+                checkpoint.remove(folder)
+        finally:
+            trackers.log(p.total_steps, {f"cost/{k}": v for k, v in cost.items()})
+            trackers.finish(status)
     record = store.get(key) if store is not None else None
     if record is None:
         record = {"run_key": key, "status": status, "config": cfg.to_dict(), "scores": scores, "cost": cost,

@@ -132,6 +132,18 @@ class AdaLoRA(LoRA):
     def after_step(self, model: nn.Module, step: int) -> None:
         model.base_model.update_and_allocate(step)
 
+    def state_dict(self, model: nn.Module) -> dict[str, Any]:
+        """The rank allocator's importance statistics and the rank pattern chosen so far."""
+        alloc = model.base_model.rankallocator
+        return {"ipt": dict(alloc.ipt), "exp_avg_ipt": dict(alloc.exp_avg_ipt), "exp_avg_unc": dict(alloc.exp_avg_unc),
+                "rank_pattern": model.peft_config["default"].rank_pattern}
+
+    def load_state_dict(self, model: nn.Module, state: dict[str, Any]) -> None:
+        alloc = model.base_model.rankallocator
+        for name in ("ipt", "exp_avg_ipt", "exp_avg_unc"):
+            setattr(alloc, name, dict(state[name]))
+        model.peft_config["default"].rank_pattern = state["rank_pattern"]
+
     def active_ranks(self, model: nn.Module) -> dict[str, int]:
         """The rank each adapted module keeps now (its unmasked singular values), by module name."""
         pattern = model.peft_config["default"].rank_pattern or {}

@@ -7,6 +7,7 @@ A method is one file with one ``@METHODS.register`` line. The loop calls, in ord
     groups = method.param_groups(model, strategy, lr, weight_decay)
     opt = method.optimizer(groups, cfg)          # AdamW unless the method needs its own (GaLore)
     for each step:  loss.backward(); method.after_backward(model, step); clip; opt.step(); method.after_step(model, step)
+    method.state_dict(model) / load_state_dict   # its own state in step checkpoints (resume skips init_from_data)
     method.optimizer_state(opt)                  # the tensors the optimizer keeps (its size is a cost figure)
     method.export(model, out_dir, overwrite)     # checks / empties the folder, then the method's write_export()
 
@@ -120,6 +121,23 @@ class Method:
 
     def after_step(self, model: nn.Module, step: int) -> None:
         """After the optimizer step, before gradients are zeroed (AdaLoRA reallocates rank here)."""
+
+    # ------------------------------------------------------------------ checkpoints (exact resume)
+    def state_dict(self, model: nn.Module) -> dict[str, Any]:
+        """The method's own state that is not a trainable weight (tensors, dicts, lists, JSON scalars), saved in
+        every step checkpoint: what :meth:`init_from_data` chose, or what :meth:`after_step` accumulates."""
+        return {}
+
+    def load_state_dict(self, model: nn.Module, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` on a resumed run, in place of :meth:`init_from_data` (which does not run
+        again) and before the optimizer is built; the trainable weights are restored after it."""
+
+    def optimizer_state_dict(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        """The optimizer's state as tensors and JSON values (a method whose optimizer keeps objects converts them)."""
+        return optimizer.state_dict()
+
+    def load_optimizer_state_dict(self, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+        optimizer.load_state_dict(state)
 
     # ------------------------------------------------------------------ cost and export
     def trainable_parameters(self, model: nn.Module) -> int:

@@ -78,7 +78,9 @@ class EVA(LoRA):
 
     def init_from_data(self, model: nn.Module, batches: Iterable[dict]) -> None:
         from peft import initialize_lora_eva_weights
+        from peft.tuners.lora import LoraLayer
 
+        self.adapted = [n for n, m in model.named_modules() if isinstance(m, LoraLayer)]  # before: rank 0 removes
         data = [{k: v for k, v in b.items() if k != "labels"} for b in itertools.islice(batches, self.args.init_batches)]
         if not data:
             raise ConfigError("method 'eva' needs training batches for its initialisation; none came.")
@@ -95,3 +97,22 @@ class EVA(LoRA):
             return m(**inputs)
 
         initialize_lora_eva_weights(model, dataloader=data, forward_fn=forward, show_progress_bar=False)
+
+    def state_dict(self, model: nn.Module) -> dict[str, Any]:
+        """EVA's initialisation as PEFT's ``eva_state_dict``: each adapted layer's A (its rank may differ from r
+        after the redistribution; rank 0: the adapter was removed), so a resumed run rebuilds the same layers
+        without redoing the SVD."""
+        from peft.tuners.lora import LoraLayer
+
+        lora = {n: m.lora_A["default"].weight for n, m in model.named_modules() if isinstance(m, LoraLayer)}
+        removed = [n for n in getattr(self, "adapted", []) if n not in lora]
+        return {"eva_state_dict": lora, "removed": removed}
+
+    def load_state_dict(self, model: nn.Module, state: dict[str, Any]) -> None:
+        import torch
+        from peft import initialize_lora_eva_weights
+
+        self.adapted = [*state["eva_state_dict"], *state["removed"]]  # for this run's next checkpoints
+        eva = dict(state["eva_state_dict"])
+        eva.update({n: torch.zeros(0, 1) for n in state["removed"]})
+        initialize_lora_eva_weights(model, eva_state_dict=eva, show_progress_bar=False)

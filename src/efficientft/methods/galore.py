@@ -19,6 +19,7 @@ fine-tuning's.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -32,6 +33,7 @@ from .base import Context, positive_int
 from .full import FullFineTuning
 
 PROJ_TYPES = ("std", "reverse_std", "left", "right", "full")
+PROJECTOR_FIELDS = ("rank", "update_proj_gap", "scale", "proj_type", "ortho_matrix")
 
 
 @dataclass
@@ -109,3 +111,31 @@ class GaLore(FullFineTuning):
                 m = projector.ortho_matrix
                 out += list(m) if isinstance(m, (list, tuple)) else [m]
         return out
+
+    def optimizer_state_dict(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        """The optimizer's state with each ``GaLoreProjector`` object written as its fields (the projection
+        matrix is a tensor): a checkpoint holds no pickled objects."""
+        sd = optimizer.state_dict()
+        state = {}
+        for i, s in sd["state"].items():
+            s = dict(s)
+            projector = s.pop("projector", None)
+            if projector is not None:
+                s["projector"] = {f: getattr(projector, f) for f in PROJECTOR_FIELDS}
+            state[i] = s
+        return {**sd, "state": state}
+
+    def load_optimizer_state_dict(self, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+        from galore_torch.galore_projector import GaLoreProjector
+
+        optimizer.load_state_dict({**state, "state": {i: {k: v for k, v in s.items() if k != "projector"}
+                                                      for i, s in state["state"].items()}})
+        params = [q for g in optimizer.param_groups for q in g["params"]]
+        for i, s in state["state"].items():
+            fields = s.get("projector")
+            if fields is not None:
+                projector = GaLoreProjector(fields["rank"], update_proj_gap=fields["update_proj_gap"],
+                                            scale=fields["scale"], proj_type=fields["proj_type"])
+                m = fields["ortho_matrix"]
+                projector.ortho_matrix = None if m is None else m.to(params[int(i)].device)
+                optimizer.state[params[int(i)]]["projector"] = projector

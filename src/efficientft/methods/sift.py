@@ -161,6 +161,17 @@ class Sift(Method):
         for s, (_, m) in zip(scores, modules, strict=True):
             m.choose(s.abs())
 
+    def state_dict(self, model: nn.Module) -> dict[str, Any]:
+        """The chosen entries of every sparse increment (the selection is not redone on resume)."""
+        return {f"{name}.sparse.{key}": part.index for name, m in _sparse_modules(model) for key, part in m.sparse.items()}
+
+    def load_state_dict(self, model: nn.Module, state: dict[str, Any]) -> None:
+        with torch.no_grad():
+            for name, m in _sparse_modules(model):
+                for key, part in m.sparse.items():
+                    part.index.copy_(state[f"{name}.sparse.{key}"])
+                m.chosen = True
+
     def param_groups(self, model: nn.Module, strategy: Strategy, lr: float, weight_decay: float) -> list[dict]:
         unchosen = [n for n, m in _sparse_modules(model) if not m.chosen]
         if unchosen:
