@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .config import PRECISIONS, SCHEDULES, RunConfig, load_yaml
+from .config import PRECISIONS, QUANT_COMPUTE_DTYPES, QUANTIZE, SCHEDULES, RunConfig, load_yaml
 from .errors import ConfigError
 from .export import FORMATS as EXPORT_FORMATS
 from .hub import check_hub_repo, push_to_hub
@@ -28,7 +28,8 @@ from .store import DEFAULT_STORE, ENV_STORE, Store, open_store
 _FIELDS = ("task", "method", "model", "targets", "lr_ratio", "lr", "weight_decay", "schedule", "warmup_ratio",
            "epochs", "steps", "batch_size", "grad_accum", "max_grad_norm", "precision", "max_length", "seed",
            "data_source", "max_train", "max_eval", "data_seed", "selection_size", "eval_every", "eval_batch_size",
-           "data_dir", "device", "export_dir", "overwrite", "bucket", "feature_cache")
+           "data_dir", "device", "export_dir", "overwrite", "bucket", "feature_cache",
+           "gradient_checkpointing", "quantize", "quant_compute_dtype")
 # flags that become method arguments
 _METHOD_ARGS = ("rank", "alpha", "dropout")
 
@@ -72,6 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cache the hidden states of frozen lower layers and skip them (they run without dropout)")
     g.add_argument("--max-length", type=int, help="truncate inputs to this many tokens")
     g.add_argument("--seed", type=int)
+    g = r.add_argument_group("large models")
+    g.add_argument("--gradient-checkpointing", action="store_true", default=None,
+                   help="recompute activations in backward: less memory, more time (non-reentrant)")
+    g.add_argument("--quantize", choices=QUANTIZE,
+                   help="load the frozen base in 4-bit NF4 (QLoRA) or 8-bit with bitsandbytes; the head stays full")
+    g.add_argument("--quant-compute-dtype", choices=QUANT_COMPUTE_DTYPES,
+                   help="dtype 4-bit layers compute in (default: bf16 where supported, else fp32)")
     g = r.add_argument_group("data and evaluation")
     g.add_argument("--data-dir", help="glue_data folder (default: $EFT_DATA_DIR)")
     g.add_argument("--data-source", choices=("local", "hub"))

@@ -32,7 +32,10 @@ DATA_SOURCES = ("local", "hub")
 ENVIRONMENT_FIELDS = frozenset({"data_dir", "device", "progress", "export_dir", "overwrite", "trust_remote_code"})
 # Options added after runs were stored, whose default computes what runs computed before the option existed: they
 # are in the key only when set, so that adding them changed no earlier run's key.
-KEY_WHEN_SET = {"bucket": False, "feature_cache": False}
+KEY_WHEN_SET = {"bucket": False, "feature_cache": False,
+                "gradient_checkpointing": False, "quantize": None, "quant_compute_dtype": None}
+QUANTIZE = ("4bit", "8bit")  # bitsandbytes: NF4 with double quantisation, or LLM.int8()
+QUANT_COMPUTE_DTYPES = ("bf16", "fp16", "fp32")
 
 
 @dataclass
@@ -77,6 +80,10 @@ class RunConfig:
     # speed options that change what is computed (so they are part of the key)
     bucket: bool = False  # draw training batches from length buckets (less padding; batches differ)
     feature_cache: bool = False  # skip frozen lower layers via cached features (they then run without dropout)
+    # large models: memory and time are results, so these are in the key (only when set: earlier keys unchanged)
+    gradient_checkpointing: bool = False  # recompute each layer's activations in backward (non-reentrant)
+    quantize: str | None = None  # "4bit" (NF4, double quantisation) or "8bit": the frozen base via bitsandbytes
+    quant_compute_dtype: str | None = None  # dtype 4-bit layers compute in; None: bf16 where supported, else fp32
     # environment (not part of the run's identity)
     data_dir: str | None = None
     device: str = "auto"
@@ -142,7 +149,15 @@ class RunConfig:
                 raise ConfigError(f"role_lr[{role!r}] must be a positive number, got {ratio!r}.")
         if "v" in self.role_lr and self.lr_ratio != 1.0 and float(self.role_lr["v"]) != float(self.lr_ratio):
             raise ConfigError(f"lr_ratio={self.lr_ratio} and role_lr.v={self.role_lr['v']} disagree; give one of them.")
-        for name in ("bucket", "feature_cache", "overwrite"):
+        for name, choices in (("quantize", QUANTIZE), ("quant_compute_dtype", QUANT_COMPUTE_DTYPES)):
+            v = getattr(self, name)
+            if v is not None and v not in choices:
+                raise ConfigError(f"{name} {v!r} is not known.{did_you_mean(str(v), choices)} "
+                                  f"Accepted: {', '.join(choices)}.")
+        if self.quant_compute_dtype is not None and self.quantize != "4bit":
+            raise ConfigError(f"quant_compute_dtype is the compute dtype of 4-bit layers; it needs quantize 4bit, "
+                              f"got quantize {self.quantize!r}.")
+        for name in ("bucket", "feature_cache", "overwrite", "gradient_checkpointing"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}.")
         if not isinstance(self.method_args, dict):
@@ -176,6 +191,8 @@ class RunConfig:
             changes["epochs"] = DEFAULT_EPOCHS
         if self.precision == "auto":  # resolved before hashing: the key names the precision that ran
             changes["precision"] = best_precision(self.device)
+        if self.quantize == "4bit" and self.quant_compute_dtype is None:  # the key names the dtype that ran
+            changes["quant_compute_dtype"] = best_precision(self.device)
         return self.replace(**changes)
 
     def identity(self) -> dict[str, Any]:
@@ -226,7 +243,7 @@ class RunConfig:
 
 
 _FLOATS = {"lr", "lr_ratio", "weight_decay", "warmup_ratio", "epochs", "max_grad_norm", "selection_size"}
-_BOOLS = {"bucket", "feature_cache", "overwrite"}
+_BOOLS = {"bucket", "feature_cache", "overwrite", "gradient_checkpointing"}
 _INTS = {"steps", "batch_size", "grad_accum", "max_length", "seed", "max_train", "max_eval", "data_seed",
          "eval_every", "eval_batch_size"}
 

@@ -32,6 +32,7 @@ from .meters import PeakMemory, StepTimer
 from .methods import get_method
 from .methods.base import Context, Method, check_export_dir
 from .models import ALL, describe, fingerprint, head_modules, load_model, resolve_model, resolve_targets
+from .models.large import check_quantized_method, enable_gradient_checkpointing
 from .step import MAX_SKIPPED_IN_A_ROW, Diverged, autocast, forward, optimizer_step
 from .store import Store
 from .strategy import Strategy, describe_groups
@@ -194,11 +195,15 @@ def prepare(cfg: RunConfig) -> Prepared:
     method: Method = method_cls.from_config(cfg.method_args)
     if cfg.targets == ALL and not method.accepts_all:
         raise ConfigError(f"targets 'all' (every weight) is for full fine-tuning only, not {cfg.method!r}.")
+    check_quantized_method(method, cfg.quantize)
     train_ex, eval_ex = load_data(task, cfg)
 
     seed_everything(cfg.seed)  # the head's random init depends on the seed only
-    loaded = load_model(cfg.model, task.num_labels, cfg.trust_remote_code)
+    loaded = load_model(cfg.model, task.num_labels, cfg.trust_remote_code, cfg.quantize, cfg.quant_compute_dtype,
+                        device)
     model = loaded.model
+    if cfg.gradient_checkpointing:  # before the method wraps the model: every layer is checkpointed whole
+        enable_gradient_checkpointing(model)
     base_params = sum(p.numel() for p in model.parameters())
     targets = [] if cfg.targets == ALL else resolve_targets(model, cfg.targets)
     with_types = _accepts(model, "token_type_ids") and "token_type_ids" in loaded.tokenizer.model_input_names

@@ -110,14 +110,20 @@ def clear_backbone_cache() -> None:
     _SEEN.clear()
 
 
-def load_model(name: str, num_labels: int, trust_remote_code: bool = False) -> Loaded:
+def load_model(name: str, num_labels: int, trust_remote_code: bool = False, quantize: str | None = None,
+               compute_dtype: str | None = None, device: torch.device | None = None) -> Loaded:
     """Model and tokenizer for sequence classification with ``num_labels`` outputs (1 = regression).
 
     Served from the in-process backbone cache when the same model was loaded before (see the module docstring);
     the result is the same as a disk load, and the caller owns the returned model (its tensors are its own).
+    ``quantize`` ("4bit" / "8bit") loads the backbone's linear layers through bitsandbytes onto ``device``, the
+    head in full precision (:mod:`efficientft.models.large`); quantized loads always read the disk.
     """
     _quiet_transformers()
     path = resolve_model(name)
+    if quantize:
+        return _load_from_disk(name, path, num_labels, trust_remote_code, False,
+                               (quantize, compute_dtype, device or torch.device("cpu")))[0]
     key = (path, num_labels, trust_remote_code, _stamp(path))
     cached = _BACKBONES.get(key)
     if cached is None:
@@ -140,7 +146,7 @@ def load_model(name: str, num_labels: int, trust_remote_code: bool = False) -> L
 
 
 def _load_from_disk(name: str, path: str, num_labels: int, trust_remote_code: bool,
-                    keep: bool) -> tuple[Loaded, _Cached | None]:
+                    keep: bool, quant: tuple | None = None) -> tuple[Loaded, _Cached | None]:
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     try:
@@ -155,10 +161,23 @@ def _load_from_disk(name: str, path: str, num_labels: int, trust_remote_code: bo
         # Decoder-only models often have no pad token; the EOS token is the usual stand-in.
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     config.pad_token_id = tokenizer.pad_token_id
+    extra: dict = {}
+    if quant is not None:
+        from .large import head_names, quantization_config
+
+        with torch.device("meta"):  # the architecture only, to name the head that stays full precision
+            skeleton = AutoModelForSequenceClassification.from_config(config, trust_remote_code=trust_remote_code)
+        heads = head_names(skeleton)
+        if not any(type(m) is nn.Linear and not n.startswith(tuple(heads)) for n, m in skeleton.named_modules()):
+            raise ConfigError(f"--quantize {quant[0]}: model {name!r} ({type(skeleton).__name__}) has no nn.Linear "
+                              "layer that bitsandbytes quantizes (GPT-2's Conv1D projections are not); drop "
+                              "--quantize.")
+        extra = {"quantization_config": quantization_config(quant[0], quant[1], heads),
+                 "device_map": {"": quant[2]}}
     # A checkpoint's own head may have another number of labels: it is then re-initialised for this task.
     model, info = AutoModelForSequenceClassification.from_pretrained(
         path, config=config, trust_remote_code=trust_remote_code, ignore_mismatched_sizes=True,
-        output_loading_info=True,
+        output_loading_info=True, **extra,
     )
     loaded = Loaded(model, tokenizer, path, is_decoder)
     if not keep:
