@@ -26,7 +26,8 @@ def method_args(name):
 
 def _first_grads_and_losses(cfg, steps=3):
     p = prepare(cfg)
-    layers = [m for n, m in p.model.named_modules() if n.endswith(("layer.0", "layers.0"))]
+    p.model.train()  # as the loop does (checkpointing only acts in training mode; dropout runs too)
+    layers = [m for n, m in p.model.named_modules() if n.endswith(("layer.0.attention", "layers.0.self_attn"))]
     calls = []
     layers[0].register_forward_hook(lambda *a: calls.append(1))
     batches = device_batches(p)
