@@ -28,7 +28,7 @@ from .config import DEFAULT_EPOCHS, RunConfig
 from .data import Encoded, TrainBatches, encode, eval_batches
 from .errors import ConfigError
 from .features import FeatureCache
-from .meters import PeakMemory, StepTimer
+from .meters import MemorySampler, PeakMemory, StepTimer
 from .methods import get_method
 from .methods.base import Context, Method, check_export_dir
 from .models import ALL, describe, fingerprint, head_modules, load_model, resolve_model, resolve_targets
@@ -417,7 +417,9 @@ def run(cfg: RunConfig, store: Store | None = None, progress: bool | None = None
     details = {"groups": describe_groups(p.groups), "info": p.info, "method_args": p.method.args_dict()}
     status, error, scores = "done", None, {}
     try:
-        out = train(p, store, key, progress)
+        with MemorySampler(device) as sampler:  # memory over training: mean and p99 beside the peak
+            out = train(p, store, key, progress)
+        cost.update(sampler.summary())
         scores = {**out["scores"], **best_dev(p.task, out["evals"])}
         cost.update(out["timer"].summary())
         cost.update(train_s=out["train_s"], eval_s=out["eval_s"])
