@@ -167,3 +167,25 @@ def test_qlora_export_loads_on_the_full_precision_original(bert64, tmp_path):
 def test_quantize_refuses_a_model_with_nothing_to_quantize(tiny_gpt2):
     with pytest.raises(ConfigError, match=r"no nn\.Linear layer that bitsandbytes quantizes"):
         prepare(_q4(tiny_gpt2, method="lora", method_args={"rank": 4}))
+
+
+def test_cli_refuses_a_quantized_base_for_full_fine_tuning_in_one_line(bert64, capsys):
+    from efficientft.cli import main
+
+    code = main(["run", "--model", str(bert64), "--task", "rte", "--method", "full", "--quantize", "4bit",
+                 "--steps", "1", "--max-train", "8", "--max-eval", "8", "--no-progress", "--device", "cpu",
+                 "--store", str(bert64.parent / "refused.sqlite")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert err.startswith("eft run: error: method 'full' cannot train on a 4bit quantized base: it trains the base "
+                          "weights themselves")
+    assert err.endswith("Methods that can: adalora, eva, ia3, lora, loraplus, rslora; or drop --quantize.")
+
+
+def test_cli_flags_reach_the_config(tiny_bert):
+    from efficientft.cli import build_parser, config_from_args
+
+    a = build_parser().parse_args(["run", "--model", str(tiny_bert), "--gradient-checkpointing", "--quantize", "4bit",
+                                   "--quant-compute-dtype", "fp32"])
+    cfg = config_from_args(a)
+    assert (cfg.gradient_checkpointing, cfg.quantize, cfg.quant_compute_dtype) == (True, "4bit", "fp32")

@@ -32,7 +32,7 @@ def check_quantized_method(method: Any, quantize: str | None) -> None:
         return
     from ..methods import METHODS
 
-    able = [n for n in METHODS.names() if METHODS.get(n).supports_quantized_base]
+    able = sorted(n for n in METHODS.names() if METHODS.get(n).supports_quantized_base)
     raise ConfigError(f"method {method.name!r} cannot train on a {quantize} quantized base: "
                       f"{method.quantized_base_reason}. Methods that can: {', '.join(able)}; or drop --quantize.")
 
