@@ -72,7 +72,16 @@ def data_parallel(device: torch.device) -> Any:
     if _ACCELERATOR is None:
         from accelerate import Accelerator
 
-        _ACCELERATOR = Accelerator(cpu=device.type == "cpu")
+        accel = Accelerator(cpu=device.type == "cpu")
+        # Sharding launches are refused: they shard parameters the optimizer already holds. Read from the launch's
+        # request too, since accelerate on CPU silently falls back to plain data parallel.
+        asked = [k for k in ("FSDP", "DEEPSPEED") if os.environ.get(f"ACCELERATE_USE_{k}", "").lower() == "true"]
+        sharded = asked[0] if asked else accel.distributed_type.name
+        if sharded in ("FSDP", "DEEPSPEED"):
+            raise ConfigError(f"{sharded} launches are not supported: this loop builds the "
+                              "optimizer before wrapping the model, so sharded parameters would not train. Use a "
+                              "data-parallel launch (--multi_gpu) or --quantize 4bit with --gradient-checkpointing.")
+        _ACCELERATOR = accel
     return _ACCELERATOR
 
 
