@@ -209,3 +209,28 @@ def test_an_fsdp_launch_is_refused_before_training(tmp_path, tiny_bert):
     assert "eft run: error: FSDP launches are not supported: this loop builds the optimizer" in r.stderr
     assert "(exitcode: 2)" in r.stderr and r.returncode != 0  # each rank exits 2; the traceback is torchrun's own
     assert "efficientft/" not in r.stderr  # no traceback through our code
+
+
+def test_a_suite_that_quantizes_a_method_needing_full_weights_fails_before_any_run(tmp_path, tiny_bert, capsys):
+    from efficientft.cli import main
+
+    suite = tmp_path / "s.yaml"
+    suite.write_text(f"name: s\ndefaults: {{model: {tiny_bert}, steps: 1, max_train: 8, max_eval: 8, quantize: 4bit}}"
+                     f"\ngrid: {{task: [rte], seed: [0]}}\nmethods:\n  - {{method: lora, method_args: {{rank: 2}}}}\n"
+                     "  - {method: sift}\n")
+    db = tmp_path / "runs.sqlite"
+    assert main(["sweep", str(suite), "--store", str(db)]) == 2
+    err = capsys.readouterr().err
+    assert "method 'sift' cannot train on a 4bit quantized base: it writes sparse increments" in err
+    assert "Traceback" not in err
+    assert not db.exists() or not __import__("efficientft.store").store.Store(db).runs()
+
+
+def test_lora_trains_on_an_8bit_base_on_cpu(bert64):
+    import bitsandbytes as bnb
+
+    p = prepare(_q4(bert64, method="lora", method_args={"rank": 4}, quantize="8bit", quant_compute_dtype=None))
+    assert any(isinstance(m, bnb.nn.Linear8bitLt) for m in p.model.modules())
+    idx, batch = next(device_batches(p))
+    losses = [optimizer_step(p, [(idx, batch)], s).loss for s in range(1, 7)]
+    assert losses[-1] < losses[0]

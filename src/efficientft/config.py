@@ -185,7 +185,10 @@ class RunConfig:
         """
         from .methods import get_method
 
+        from .models.large import check_quantized_method
+
         method = get_method(self.method).from_config(self.method_args)
+        check_quantized_method(method, self.quantize)  # a suite that asks it fails at expansion, before any run
         changes: dict[str, Any] = {"method": method.name, "method_args": method.args_dict()}
         if self.epochs is None and self.steps is None:
             changes["epochs"] = DEFAULT_EPOCHS
