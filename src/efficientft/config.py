@@ -184,7 +184,6 @@ class RunConfig:
         Two configs that mean the same experiment resolve to the same thing, and so get the same key.
         """
         from .methods import get_method
-
         from .models.large import check_quantized_method
 
         method = get_method(self.method).from_config(self.method_args)
