@@ -173,7 +173,7 @@ def _load_from_disk(name: str, path: str, num_labels: int, trust_remote_code: bo
                               "layer that bitsandbytes quantizes (GPT-2's Conv1D projections are not); drop "
                               "--quantize.")
         extra = {"quantization_config": quantization_config(quant[0], quant[1], heads),
-                 "device_map": {"": quant[2]}}
+                 "device_map": {"": _map_device(quant[2])}}
     # A checkpoint's own head may have another number of labels: it is then re-initialised for this task.
     model, info = AutoModelForSequenceClassification.from_pretrained(
         path, config=config, trust_remote_code=trust_remote_code, ignore_mismatched_sizes=True,
@@ -188,6 +188,13 @@ def _load_from_disk(name: str, path: str, num_labels: int, trust_remote_code: bo
     state = {k: v.detach().clone() for k, v in model.state_dict().items() if k not in fresh}
     dtype = next(model.parameters()).dtype
     return loaded, _Cached(type(model), copy.deepcopy(model.config), tokenizer, state, dtype, is_decoder)
+
+
+def _map_device(device: torch.device) -> int | str:
+    """A ``device_map`` target: a GPU's index (the current one when none is given), or ``"cpu"``."""
+    if device.type == "cuda":
+        return device.index if device.index is not None else torch.cuda.current_device()
+    return device.type
 
 
 _ENCODERS = {"bert", "roberta", "xlm-roberta", "camembert", "electra", "ernie", "distilbert", "deberta",
