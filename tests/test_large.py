@@ -234,3 +234,21 @@ def test_lora_trains_on_an_8bit_base_on_cpu(bert64):
     idx, batch = next(device_batches(p))
     losses = [optimizer_step(p, [(idx, batch)], s).loss for s in range(1, 7)]
     assert losses[-1] < losses[0]
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="reads /proc/self/maps")
+def test_a_quantized_load_keeps_no_tensor_in_the_mapped_checkpoint_file(bert64):
+    """The full-precision tensors of a 4-bit model must not be views into the mmap of the checkpoint: one such view
+    keeps every page of the file resident (the full-precision model's size in RSS, beside the 4-bit weights)."""
+    from efficientft.models import load_model
+
+    model = load_model(str(bert64), 2, quantize="4bit", compute_dtype="fp32", device=torch.device("cpu")).model
+    ranges = []
+    with open("/proc/self/maps") as f:
+        for line in f:
+            if str(bert64) in line and "safetensors" in line:
+                lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
+                ranges.append((lo, hi))
+    tensors = [*model.parameters(), *model.buffers()]
+    inside = [t.shape for t in tensors if any(lo <= t.untyped_storage().data_ptr() < hi for lo, hi in ranges)]
+    assert inside == []

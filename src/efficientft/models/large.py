@@ -72,6 +72,30 @@ def is_quantized(model: nn.Module) -> bool:
     return bool(quantized_modules(model))
 
 
+def own_full_precision_tensors(model: nn.Module) -> None:
+    """Give the parameters and buffers that stayed full precision (embeddings, norms, the head) their own memory.
+
+    On the CPU ``from_pretrained`` leaves them as views into the memory-mapped checkpoint file, and one of them
+    keeps the whole mapping alive: every page of the file that quantisation read stays resident, so a 4-bit model
+    held the full-precision checkpoint's size in RSS on top of its 4-bit weights (measured: 0.34 B LLaMA, 1.29 GB
+    of file pages). A copy costs only the full-precision tensors' size and releases the mapping.
+    """
+    import bitsandbytes as bnb
+
+    packed = (bnb.nn.Params4bit, bnb.nn.Int8Params)
+    with torch.no_grad():
+        for module in model.modules():
+            for name, p in module._parameters.items():
+                if p is not None and p.device.type == "cpu" and not isinstance(p, packed):
+                    p.data = p.data.clone()
+            for name, b in module._buffers.items():
+                if b is not None and b.device.type == "cpu":
+                    module._buffers[name] = b.clone()
+    from ..meters import release_freed_memory
+
+    release_freed_memory()
+
+
 def enable_gradient_checkpointing(model: nn.Module) -> None:
     """Checkpoint every layer of a Hugging Face model with the non-reentrant variant (see the module docstring).
 
@@ -88,4 +112,4 @@ def enable_gradient_checkpointing(model: nn.Module) -> None:
 
 
 __all__ = ["DTYPES", "check_quantized_method", "quantization_config", "head_names", "quantized_modules",
-           "is_quantized", "enable_gradient_checkpointing"]
+           "is_quantized", "enable_gradient_checkpointing", "own_full_precision_tensors"]

@@ -179,6 +179,10 @@ def _load_from_disk(name: str, path: str, num_labels: int, trust_remote_code: bo
         path, config=config, trust_remote_code=trust_remote_code, ignore_mismatched_sizes=True,
         output_loading_info=True, **extra,
     )
+    if quant is not None:
+        from .large import own_full_precision_tensors
+
+        own_full_precision_tensors(model)
     loaded = Loaded(model, tokenizer, path, is_decoder)
     if not keep:
         return loaded, None
