@@ -85,7 +85,7 @@ def own_full_precision_tensors(model: nn.Module) -> None:
     packed = (bnb.nn.Params4bit, bnb.nn.Int8Params)
     with torch.no_grad():
         for module in model.modules():
-            for name, p in module._parameters.items():
+            for p in module._parameters.values():
                 if p is not None and p.device.type == "cpu" and not isinstance(p, packed):
                     p.data = p.data.clone()
             for name, b in module._buffers.items():
