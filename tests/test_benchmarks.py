@@ -71,3 +71,32 @@ def test_scale_benchmark_measures_and_predicts_a_tiny_llama(tmp_path, capsys):
     assert 15e9 < shape.params() * 2 < 17e9  # Llama-3-8B: ~8.0 B parameters
     text = scale.predict_table("llama-8b", a)
     assert "| nf4+ckpt |" in text and "fits" in text
+
+
+def test_memory_model_counts_the_activations_autograd_saves():
+    """The formula's activation term against what autograd actually keeps for LoRA q,v on a tiny LLaMA."""
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    from efficientft.memory_model import LlamaShape, predict
+    from efficientft.methods import get_method
+    from efficientft.methods.base import Context
+    from efficientft.models import head_modules, resolve_targets
+
+    shape, seq = LlamaShape(128, 2, 352, 4, 4, vocab=1000), 64
+    torch.manual_seed(0)
+    model = LlamaForSequenceClassification(LlamaConfig(**shape.config_kwargs(), pad_token_id=0, num_labels=2))
+    method = get_method("lora").from_config({"rank": 4})
+    model = method.prepare(model, resolve_targets(model, "qv"), Context(heads=head_modules(model))).train()
+    params = {q.untyped_storage().data_ptr() for q in model.parameters()}
+    saved = {}
+
+    def pack(t):
+        if t.untyped_storage().data_ptr() not in params:
+            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    ids = torch.randint(1, 1000, (1, seq))
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=torch.tensor([1]))
+    predicted = predict(shape, "fp32", False, 1, seq, rank=4).activations
+    assert abs(sum(saved.values()) / predicted - 1) < 0.1, (sum(saved.values()), predicted)
