@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -144,9 +145,12 @@ def measure(size: str, a: argparse.Namespace, work: Path) -> list[dict]:
     rows = []
     for mode in a.modes.split(","):
         print(f"{size} {mode} ...", file=sys.stderr, flush=True)
+        env = dict(os.environ)
+        if a.mmap_threshold:  # glibc: blocks this large are mmapped and returned to the system when freed
+            env.update(MALLOC_MMAP_THRESHOLD_=str(a.mmap_threshold), MALLOC_TRIM_THRESHOLD_=str(a.mmap_threshold))
         out = subprocess.run([sys.executable, __file__, "--child", mode, "--path", str(path), "--batch",
                               str(a.batch), "--seq", str(a.seq), "--steps", str(a.steps), "--rank", str(a.rank)],
-                             check=True, capture_output=True, text=True)
+                             check=True, capture_output=True, text=True, env=env)
         rows.append({"size": size, **json.loads(out.stdout.strip().splitlines()[-1])})
     return rows
 
@@ -199,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--steps", type=int, default=3, help="training steps per mode (the first is not timed)")
     ap.add_argument("--rank", type=int, default=16)
+    ap.add_argument("--mmap-threshold", type=int, help="glibc MALLOC_MMAP_THRESHOLD_ for the measured processes "
+                    "(e.g. 1048576: freed large blocks leave RSS; default: glibc's own, dynamic)")
     ap.add_argument("--work", help="folder for the built models (default: a temporary folder)")
     ap.add_argument("--json", help="also write the measured rows here")
     ap.add_argument("--from-json", help="print the tables from rows a previous --json run wrote; measure nothing")
