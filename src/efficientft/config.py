@@ -116,7 +116,7 @@ class RunConfig:
                                    group=MEMORY, help="load the frozen base weights quantized (QLoRA-style)")
     quant_compute_dtype: str | None = setting(None, Rule("choice", optional=True, choices=COMPUTE_DTYPES),
                                               key="when_set", group=MEMORY,
-                                              help="dtype quantized layers compute in (default: the precision's)")
+                                              help="dtype 4-bit layers compute in (default: bf16 where supported, else fp32)")
     # environment (not part of the run's identity)
     data_dir: str | None = setting(None, Rule("text", optional=True), key="never", group=DATA, in_suite=False,
                                    sweep_flag=True, help="glue_data folder (default: $EFT_DATA_DIR)")
@@ -165,6 +165,9 @@ class RunConfig:
         if "v" in self.role_lr and self.lr_ratio != 1.0 and float(self.role_lr["v"]) != float(self.lr_ratio):
             raise ConfigError(f"lr_ratio={self.lr_ratio} and role_lr.v={self.role_lr['v']} disagree; give one of them.")
         self._check_tracker_names()
+        if self.quant_compute_dtype is not None and self.quantize != "4bit":
+            raise ConfigError(f"quant_compute_dtype is the compute dtype of 4-bit layers; it needs quantize 4bit, "
+                              f"got quantize {self.quantize!r}.")
         if self.custom is not None:
             from .tasks.custom import check_spec  # keys, types, labels, metrics: before any key
 
@@ -204,8 +207,10 @@ class RunConfig:
         Two configs that mean the same experiment resolve to the same thing, and so get the same key.
         """
         from .methods import get_method
+        from .models.large import check_quantized_method
 
         method = get_method(self.method).from_config(self.method_args)
+        check_quantized_method(method, self.quantize)  # a suite that asks it fails at expansion, before any run
         changes: dict[str, Any] = {"method": method.name, "method_args": method.args_dict()}
         if self.epochs is None and self.steps is None:
             changes["epochs"] = DEFAULT_EPOCHS
@@ -213,6 +218,8 @@ class RunConfig:
             changes["precision"] = best_precision(self.device)
         if self.custom is not None:  # the user's data is named by what it holds (file hashes, columns)
             changes.update(resolve_custom(self.task, self.custom))
+        if self.quantize == "4bit" and self.quant_compute_dtype is None:  # the key names the dtype that ran
+            changes["quant_compute_dtype"] = best_precision(self.device)
         return self.replace(**changes)
 
     def identity(self) -> dict[str, Any]:

@@ -7,6 +7,11 @@ without it the memory a previous run freed but glibc kept (activations live in i
 counted in the next run's peak. ``rss_start_mb`` (the resident set when the run started: libraries, and whatever
 the worker keeps between runs) is recorded beside the peak, so that the run's own increment can be read.
 On CUDA it is ``torch.cuda.max_memory_allocated`` and ``max_memory_reserved`` since a reset.
+
+Beside the peak, :class:`MemorySampler` records the memory *over* training, as PEFT's method-comparison benchmark
+does (its max, mean and 99th percentile): a background thread samples the resident set (on CUDA: the memory
+allocated by tensors) every ~50 ms. A peak alone cannot tell a brief spike (an evaluation batch, an SVD at
+initialisation) from memory held all run long; the mean and p99 can.
 """
 
 from __future__ import annotations
@@ -14,9 +19,11 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import gc
+import math
 import resource
 import statistics
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -82,6 +89,59 @@ class PeakMemory:
             out["cuda_max_reserved_mb"] = torch.cuda.max_memory_reserved(self.device) / 2**20
         out["peak_memory_mb"] = out.get("cuda_max_allocated_mb", out["peak_rss_mb"])  # the headline figure
         return out
+
+
+class MemorySampler:
+    """Memory sampled every ``interval`` seconds between :meth:`start` and :meth:`stop` (a daemon thread).
+
+    The source is the headline figure's: CUDA memory allocated on a GPU run, else the process RSS. Use as a
+    context manager around training; :meth:`summary` gives ``memory_mean_mb``, ``memory_p99_mb`` (nearest-rank
+    99th percentile), ``memory_max_sampled_mb`` and the sample count.
+    """
+
+    def __init__(self, device: torch.device, interval: float = 0.05) -> None:
+        self.device, self.interval = device, interval
+        self.samples: list[int] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def read_now(self) -> int:
+        if self.device.type == "cuda":
+            return int(torch.cuda.memory_allocated(self.device))
+        return rss_bytes()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.samples.append(self.read_now())
+
+    def start(self) -> MemorySampler:
+        self.samples = [self.read_now()]
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="eft-memory-sampler", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
+            self.samples.append(self.read_now())
+
+    def __enter__(self) -> MemorySampler:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def summary(self) -> dict[str, float | int | str]:
+        xs = sorted(self.samples)
+        if not xs:
+            return {}
+        p99 = xs[min(len(xs) - 1, max(0, math.ceil(0.99 * len(xs)) - 1))]
+        return {"memory_mean_mb": statistics.fmean(xs) / 2**20, "memory_p99_mb": p99 / 2**20,
+                "memory_max_sampled_mb": xs[-1] / 2**20, "memory_samples": len(xs),
+                "memory_source": "cuda_allocated" if self.device.type == "cuda" else "rss"}
 
 
 @dataclass

@@ -24,7 +24,7 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Settings the schema and the Runtime already carry whose code lands separately (issue 12). Until it does, a run
 # that sets one is refused before training instead of silently running without it (and under another key).
 # Remove a name here in the change that implements it.
-NOT_YET_IMPLEMENTED = ("gradient_checkpointing", "quantize", "quant_compute_dtype")
+NOT_YET_IMPLEMENTED: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -127,6 +127,14 @@ def build_runtime(cfg: RunConfig, world_size: int | None = None) -> Runtime:
         from accelerate import Accelerator
 
         accelerator = Accelerator(cpu=device.type == "cpu")
+        # Sharding launches are refused: they shard parameters the optimizer already holds. Read from the launch's
+        # request too, since accelerate on CPU silently falls back to plain data parallel.
+        asked = [k for k in ("FSDP", "DEEPSPEED") if os.environ.get(f"ACCELERATE_USE_{k}", "").lower() == "true"]
+        sharded = asked[0] if asked else accelerator.distributed_type.name
+        if sharded in ("FSDP", "DEEPSPEED"):
+            raise ConfigError(f"{sharded} launches are not supported: this loop builds the "
+                              "optimizer before wrapping the model, so sharded parameters would not train. Use a "
+                              "data-parallel launch (--multi_gpu) or --quantize 4bit with --gradient-checkpointing.")
         device = accelerator.device
         if cfg.batch_size % accelerator.num_processes:
             raise ConfigError(f"batch_size {cfg.batch_size} must be divisible by the {accelerator.num_processes} "

@@ -28,10 +28,11 @@ from .config import DEFAULT_EPOCHS, RunConfig, check_max_length
 from .data import Encoded, TrainBatches, encode, eval_batches
 from .errors import ConfigError
 from .features import FeatureCache
-from .meters import PeakMemory, StepTimer
+from .meters import MemorySampler, PeakMemory, StepTimer
 from .methods import get_method
 from .methods.base import Context, Method, check_export_dir
 from .models import ALL, describe, fingerprint, head_modules, load_model, resolve_model, resolve_targets
+from .models.large import check_quantized_method, enable_gradient_checkpointing
 from .runtime import Runtime, build_runtime, check_runtime, refuse_unimplemented
 from .step import MAX_SKIPPED_IN_A_ROW, Diverged, forward, optimizer_step
 from .store import Store
@@ -175,11 +176,14 @@ def prepare(cfg: RunConfig, runtime: Runtime | None = None, resume: TrainState |
     method: Method = method_cls.from_config(cfg.method_args)
     if cfg.targets == ALL and not method.accepts_all:
         raise ConfigError(f"targets 'all' (every weight) is for full fine-tuning only, not {cfg.method!r}.")
+    check_quantized_method(method, cfg.quantize)
     train_ex, eval_ex = load_data(task, cfg)
 
     seed_everything(cfg.seed)  # the head's random init depends on the seed only
     loaded = load_model(cfg.model, task.num_labels, cfg.trust_remote_code, runtime)
     model = loaded.model
+    if cfg.gradient_checkpointing:  # before the method wraps the model: every layer is checkpointed whole
+        enable_gradient_checkpointing(model)
     base_params = sum(p.numel() for p in model.parameters())
     targets = [] if cfg.targets == ALL else resolve_targets(model, cfg.targets)
     check_max_length(cfg.max_length, loaded.tokenizer, pair=train_ex.text_b is not None)
@@ -462,7 +466,9 @@ def run(cfg: RunConfig, store: Store | None = None, progress: bool | None = None
         details["resumed_from_step"] = resume.step
         print(f"run {key}: resuming from step {resume.step} of {p.total_steps} ({resume.path})", file=sys.stderr)
     try:
-        out = train(p, store, key, progress, checkpoints, trackers)
+        with MemorySampler(device) as sampler:  # memory over training: mean and p99 beside the peak
+            out = train(p, store, key, progress, checkpoints, trackers)
+        cost.update(sampler.summary())
         scores = {**out["scores"], **best_dev(p.task, out["evals"])}
         cost.update(out["timer"].summary())
         cost.update(train_s=out["train_s"], eval_s=out["eval_s"])

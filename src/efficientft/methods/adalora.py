@@ -83,6 +83,7 @@ def schedule_steps(value: float, total: int) -> int:
 @register("adalora")
 class AdaLoRA(LoRA):
     summary = "AdaLoRA (Zhang et al. 2023): SVD-form LoRA whose rank budget is pruned to the target, via PEFT"
+    supports_quantized_base = True
     Args = AdaLoraArgs
 
     @property

@@ -58,6 +58,17 @@ class Method:
     Args: ClassVar[type] = NoArgs
     # May the method take targets "all" (every parameter)? Only full fine-tuning can.
     accepts_all: ClassVar[bool] = False
+    # May the frozen base be quantized (--quantize)? Declared in each method's own class body (not inherited: a
+    # variant that reads or rewrites the base weights must not pass for its parent), with the reason when not.
+    supports_quantized_base: ClassVar[bool] = False
+    quantized_base_reason: ClassVar[str] = "it has not been made to work with a quantized base"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "supports_quantized_base" not in cls.__dict__:
+            cls.supports_quantized_base = False
+            if "quantized_base_reason" not in cls.__dict__:
+                cls.quantized_base_reason = Method.quantized_base_reason
 
     def __init__(self, args: Any = None) -> None:
         self.args = args if args is not None else self.Args()

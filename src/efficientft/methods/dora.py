@@ -135,6 +135,11 @@ class DoraLinear(nn.Module):
 @register("dora")
 class DoRA(LoRA):
     summary = "DoRA (Liu et al. 2024): magnitude · direction of W + (alpha/r)·BA; our fast layer, PEFT-format export"
+    supports_quantized_base = False
+    quantized_base_reason = (
+        "our DoRA layer computes the row norms of the dense base weight W every step, which a 4/8-bit layer "
+        "does not hold"
+    )
 
     def check_targets(self, model: nn.Module, targets: list[Target]) -> None:
         if any(t.out_slice is not None for t in targets):

@@ -54,6 +54,7 @@ class EvaArgs(LoraArgs):
 @register("eva")
 class EVA(LoRA):
     summary = "EVA (Paischer et al. 2024): LoRA with A from the SVD of each layer's input activations, via PEFT"
+    supports_quantized_base = True
     Args = EvaArgs
 
     @property

@@ -21,6 +21,11 @@ from .base import Context, Method, set_trainable
 @register("full")
 class FullFineTuning(Method):
     summary = "full fine-tuning of the targeted weights (targets 'all': every weight)"
+    supports_quantized_base = False
+    quantized_base_reason = (
+        "it trains the base weights themselves, which a quantized layer cannot hold as trainable full-"
+        "precision tensors"
+    )
     accepts_all = True
 
     def prepare(self, model: nn.Module, targets: list[Target], ctx: Context) -> nn.Module:

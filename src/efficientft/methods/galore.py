@@ -55,6 +55,11 @@ class GaloreArgs:
 @register("galore")
 class GaLore(FullFineTuning):
     summary = "GaLore (Zhao et al. 2024): full-rank weights, Adam state in a rank-r gradient projection"
+    supports_quantized_base = False
+    quantized_base_reason = (
+        "it trains the base weights themselves (full-rank, projected optimizer state), which needs them in "
+        "full precision"
+    )
     Args = GaloreArgs
     accepts_all = False
 

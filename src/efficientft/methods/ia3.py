@@ -33,6 +33,7 @@ class IA3(LoRA):
     """Reuses LoRA's PEFT plumbing (export as a PEFT adapter folder, reload, merge); the adapter is (IA)³'s."""
 
     summary = "(IA)3 (Liu et al. 2022): learned vectors rescale the targets' activations (ones at init), via PEFT"
+    supports_quantized_base = True
     Args = NoArgs
 
     def check_targets(self, model: nn.Module, targets: list[Target]) -> None:

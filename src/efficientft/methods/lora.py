@@ -20,7 +20,8 @@ import torch.nn as nn
 
 from ..errors import ConfigError
 from ..lowrank import use_fast_lora
-from ..models.fused import FusedLoRA, out_major_weight, replace_module
+from ..models.fused import FusedLoRA, replace_module, weight_shape
+from ..models.large import is_quantized
 from ..models.roles import Target
 from . import register
 from .base import Context, Method, positive_int
@@ -43,6 +44,7 @@ class LoraArgs:
 @register("lora")
 class LoRA(Method):
     summary = "LoRA (Hu et al. 2021): W + (alpha/r)·BA on the targets, via PEFT (fused GPT-2 slices: our own)"
+    supports_quantized_base = True
     Args = LoraArgs
     # Does our FusedLoRA implement this variant on slices of fused projections? Subclasses must opt in.
     sliced: ClassVar[bool] = True
@@ -81,11 +83,11 @@ class LoRA(Method):
                 f"that select whole modules."
             )
         for t in targets:
-            w = out_major_weight(model.get_submodule(t.name))
-            rows = (t.out_slice[1] - t.out_slice[0]) if t.out_slice else w.shape[0]
-            if self.max_rank > min(rows, w.shape[1]):
+            out_f, in_f = weight_shape(model.get_submodule(t.name))
+            rows = (t.out_slice[1] - t.out_slice[0]) if t.out_slice else out_f
+            if self.max_rank > min(rows, in_f):
                 what = f"the {t.role!r} rows of {t.name}" if t.out_slice else t.name
-                shape = (rows, w.shape[1])
+                shape = (rows, in_f)
                 raise ConfigError(f"rank {self.max_rank} is larger than {what} allows ({shape}: at most {min(shape)}).")
 
     def peft_config(self, model: nn.Module, targets: list[Target], ctx: Context) -> Any:
@@ -103,7 +105,8 @@ class LoRA(Method):
         if _fused(targets):
             return self._prepare_fused(model, targets, ctx)
         config = self.peft_config(model, targets, ctx)
-        if self.fast_forward and type(config).__name__ == "LoraConfig":  # not AdaLoRA's or (IA)³'s own configs
+        # not AdaLoRA's or (IA)³'s own configs; not over bitsandbytes layers (PEFT's own bnb LoRA layers go there)
+        if self.fast_forward and type(config).__name__ == "LoraConfig" and not is_quantized(model):
             use_fast_lora(config)
         return get_peft_model(model, config)
 
@@ -113,7 +116,7 @@ class LoRA(Method):
             p.requires_grad = False
         by_module: dict[str, dict[str, tuple[int, int]]] = {}
         for t in targets:
-            rows = t.out_slice or (0, out_major_weight(model.get_submodule(t.name)).shape[0])
+            rows = t.out_slice or (0, weight_shape(model.get_submodule(t.name))[0])
             by_module.setdefault(t.name, {})[t.role or "all"] = rows
         for name, slices in by_module.items():
             module = FusedLoRA(model.get_submodule(name), slices, self.args.rank, self.fused_scale(),

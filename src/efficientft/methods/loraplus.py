@@ -34,6 +34,7 @@ class LoraPlusArgs(LoraArgs):
 @register("loraplus")
 class LoraPlus(LoRA):
     summary = "LoRA+ (Hayou et al. 2024): LoRA with B learning ratio x faster than A (default 16)"
+    supports_quantized_base = True
     Args = LoraPlusArgs
 
     sliced = True  # GPT-2's fused c_attn: our FusedLoRA, whose B factors are ``lora.<role>.B``

@@ -24,6 +24,11 @@ from ._residual import ResidualLoRA
 @register("olora")
 class OLoRA(ResidualLoRA):
     summary = "OLoRA (Buyukakyuz 2024): LoRA initialised from the QR factors of W, base = residual"
+    supports_quantized_base = False
+    quantized_base_reason = (
+        "it factorises the base weight W by QR and rewrites it as the residual, which needs W in full "
+        "precision"
+    )
 
     def peft_kwargs(self) -> dict[str, Any]:
         return {"init_lora_weights": "olora"}

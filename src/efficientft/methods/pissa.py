@@ -38,6 +38,11 @@ class PissaArgs(LoraArgs):
 @register("pissa")
 class PiSSA(ResidualLoRA):
     summary = "PiSSA (Meng et al. 2024): LoRA initialised from W's top-r singular triplets, base = residual"
+    supports_quantized_base = False
+    quantized_base_reason = (
+        "it factorises the base weight W by SVD and rewrites it as the residual, which needs W in full "
+        "precision (quantize the residual model yourself after a full-precision init)"
+    )
     Args = PissaArgs
 
     def peft_kwargs(self) -> dict[str, Any]:

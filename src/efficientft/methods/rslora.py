@@ -26,6 +26,7 @@ class RsLoraArgs(LoraArgs):
 @register("rslora")
 class RsLoRA(LoRA):
     summary = "rsLoRA (Kalajdzievski 2023): LoRA scaled by alpha/sqrt(r), stable across ranks, via PEFT"
+    supports_quantized_base = True
     Args = RsLoraArgs
 
     sliced = True  # GPT-2's fused c_attn: our FusedLoRA with the rank-stabilised scale

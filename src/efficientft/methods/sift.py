@@ -121,6 +121,10 @@ def sparse_count(rate: float, numel: int) -> int:
 @register("sift")
 class Sift(Method):
     summary = "SIFT (Song et al. 2024): sparse increments on the top-|gradient| entries (sparse_rate, ~1%)"
+    supports_quantized_base = False
+    quantized_base_reason = (
+        "it writes sparse increments into the dense base weight W, which a 4/8-bit layer does not hold"
+    )
     Args = SiftArgs
 
     def prepare(self, model: nn.Module, targets: list[Target], ctx: Context) -> nn.Module:

@@ -21,6 +21,15 @@ def out_major_weight(module: nn.Module) -> torch.Tensor:
     return module.weight.t() if type(module).__name__ == "Conv1D" else module.weight
 
 
+def weight_shape(module: nn.Module) -> tuple[int, int]:
+    """(out_features, in_features) of a projection, read from the module rather than its weight tensor: a
+    bitsandbytes 4-bit layer stores its weight packed (e.g. (n·m/2, 1) bytes), not in the layer's shape."""
+    if isinstance(module, nn.Linear):
+        return module.out_features, module.in_features
+    w = out_major_weight(module)
+    return int(w.shape[0]), int(w.shape[1])
+
+
 class SliceParams(nn.Module):
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         super().__init__()

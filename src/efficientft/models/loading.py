@@ -122,10 +122,15 @@ def load_model(name: str, num_labels: int, trust_remote_code: bool = False, runt
 
     Served from the in-process backbone cache when the same model was loaded before (see the module docstring);
     the result is the same as a disk load, and the caller owns the returned model (its tensors are its own).
+    ``quantize`` ("4bit" / "8bit") loads the backbone's linear layers through bitsandbytes onto ``device``, the
+    head in full precision (:mod:`efficientft.models.large`); quantized loads always read the disk.
     """
     _quiet_transformers()
     dtype = runtime.load_dtype if runtime is not None else None
     path = resolve_model(name)
+    if runtime is not None and runtime.quantize:  # quantized loads always read the disk
+        return _load_from_disk(name, path, num_labels, trust_remote_code, False,
+                               quant=(runtime.quantize, runtime.quant_compute_dtype, runtime.device))[0]
     key = (path, num_labels, trust_remote_code, dtype, _stamp(path))
     cached = _BACKBONES.get(key)
     if cached is None:
@@ -148,7 +153,7 @@ def load_model(name: str, num_labels: int, trust_remote_code: bool = False, runt
 
 
 def _load_from_disk(name: str, path: str, num_labels: int, trust_remote_code: bool, keep: bool,
-                    dtype: torch.dtype | None = None) -> tuple[Loaded, _Cached | None]:
+                    dtype: torch.dtype | None = None, quant: tuple | None = None) -> tuple[Loaded, _Cached | None]:
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     try:
@@ -163,11 +168,28 @@ def _load_from_disk(name: str, path: str, num_labels: int, trust_remote_code: bo
         # Decoder-only models often have no pad token; the EOS token is the usual stand-in.
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     config.pad_token_id = tokenizer.pad_token_id
+    extra: dict = {}
+    if quant is not None:
+        from .large import head_names, quantization_config
+
+        with torch.device("meta"):  # the architecture only, to name the head that stays full precision
+            skeleton = AutoModelForSequenceClassification.from_config(config, trust_remote_code=trust_remote_code)
+        heads = head_names(skeleton)
+        if not any(type(m) is nn.Linear and not n.startswith(tuple(heads)) for n, m in skeleton.named_modules()):
+            raise ConfigError(f"--quantize {quant[0]}: model {name!r} ({type(skeleton).__name__}) has no nn.Linear "
+                              "layer that bitsandbytes quantizes (GPT-2's Conv1D projections are not); drop "
+                              "--quantize.")
+        extra = {"quantization_config": quantization_config(quant[0], quant[1], heads),
+                 "device_map": {"": _map_device(quant[2])}}
     # A checkpoint's own head may have another number of labels: it is then re-initialised for this task.
     model, info = AutoModelForSequenceClassification.from_pretrained(
         path, config=config, trust_remote_code=trust_remote_code, ignore_mismatched_sizes=True,
-        output_loading_info=True, **({"dtype": dtype} if dtype is not None else {}),
+        output_loading_info=True, **({"dtype": dtype} if dtype is not None else {}), **extra,
     )
+    if quant is not None:
+        from .large import own_full_precision_tensors
+
+        own_full_precision_tensors(model)
     loaded = Loaded(model, tokenizer, path, is_decoder)
     if not keep:
         return loaded, None
@@ -177,6 +199,13 @@ def _load_from_disk(name: str, path: str, num_labels: int, trust_remote_code: bo
     state = {k: v.detach().clone() for k, v in model.state_dict().items() if k not in fresh}
     dtype = next(model.parameters()).dtype
     return loaded, _Cached(type(model), copy.deepcopy(model.config), tokenizer, state, dtype, is_decoder)
+
+
+def _map_device(device: torch.device) -> int | str:
+    """A ``device_map`` target: a GPU's index (the current one when none is given), or ``"cpu"``."""
+    if device.type == "cuda":
+        return device.index if device.index is not None else torch.cuda.current_device()
+    return device.type
 
 
 _ENCODERS = {"bert", "roberta", "xlm-roberta", "camembert", "electra", "ernie", "distilbert", "deberta",
