@@ -65,7 +65,6 @@ def child(path: str, mode: str, batch: int, seq: int, steps: int, rank: int) -> 
     from efficientft.models import head_modules, load_model, resolve_targets
     from efficientft.models.large import enable_gradient_checkpointing
     from efficientft.runtime import build_runtime
-    from efficientft.step import autocast
     from efficientft.strategy import Strategy
 
     _warm_up(rank)
@@ -99,7 +98,7 @@ def child(path: str, mode: str, batch: int, seq: int, steps: int, rank: int) -> 
             ids = torch.randint(1, 1000, (batch, seq), generator=gen)
             labels = torch.randint(0, 2, (batch,), generator=gen)
             t = time.perf_counter()
-            with autocast(device, precision):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
                 loss = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels).loss
             loss.backward()
             opt.step()

@@ -124,8 +124,8 @@ def test_skipped_steps_are_recorded_and_endless_overflow_is_a_divergence(tiny_be
     cfg = tiny_config(tiny_bert, precision="fp16", steps=3, device="cpu")
     real_prepare = T.prepare
 
-    def overflowing(c, runtime=None):
-        p = real_prepare(c, runtime)
+    def overflowing(c, runtime=None, resume=None):
+        p = real_prepare(c, runtime, resume)
         _inf_gradients_on(p, set(range(1, 1000)))
         return p
 

@@ -240,9 +240,12 @@ def test_lora_trains_on_an_8bit_base_on_cpu(bert64):
 def test_a_quantized_load_keeps_no_tensor_in_the_mapped_checkpoint_file(bert64):
     """The full-precision tensors of a 4-bit model must not be views into the mmap of the checkpoint: one such view
     keeps every page of the file resident (the full-precision model's size in RSS, beside the 4-bit weights)."""
+    from efficientft.config import RunConfig
     from efficientft.models import load_model
+    from efficientft.runtime import build_runtime
 
-    model = load_model(str(bert64), 2, quantize="4bit", compute_dtype="fp32", device=torch.device("cpu")).model
+    runtime = build_runtime(RunConfig(model=str(bert64), quantize="4bit", quant_compute_dtype="fp32", device="cpu"))
+    model = load_model(str(bert64), 2, runtime=runtime).model
     ranges = []
     with open("/proc/self/maps") as f:
         for line in f:

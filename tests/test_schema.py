@@ -9,7 +9,6 @@ import torch
 from efficientft.cli import build_parser, config_from_args, main
 from efficientft.config import ENVIRONMENT_FIELDS, KEY_WHEN_SET, SETTINGS, RunConfig
 from efficientft.errors import ConfigError
-from efficientft.store import Store
 from efficientft.sweep.suite import load_suite
 from tests.conftest import tiny_config
 
@@ -44,8 +43,10 @@ def test_key_policy_is_read_from_the_schema():
     assert KEY_WHEN_SET == {"bucket": False, "feature_cache": False, "gradient_checkpointing": False,
                             "quantize": None, "quant_compute_dtype": None}
     base = RunConfig(task="rte")
-    for name, value in [("gradient_checkpointing", True), ("quantize", "4bit"), ("quant_compute_dtype", "bf16")]:
-        assert base.replace(**{name: value}).key() != base.key(), name  # set: a different experiment
+    q4 = base.replace(quantize="4bit", quant_compute_dtype="fp32")
+    for other in (base.replace(gradient_checkpointing=True), q4, q4.replace(quant_compute_dtype="bf16")):
+        assert other.key() != base.key()  # set: a different experiment
+    assert q4.key() != q4.replace(quant_compute_dtype="bf16").key()
 
 
 # ---------------------------------------------------------------------------------------------- derived flags
@@ -64,6 +65,7 @@ def _sample(name: str) -> str | None:
 
 
 FLAGGED = [n for n, s in SETTINGS.items() if s.flag_name(n) is not None]
+NEEDS = {"quant_compute_dtype": {"quantize": "4bit"}}  # a setting that is only valid beside another
 
 
 def test_every_setting_with_a_flag_is_in_eft_run_help(capsys):
@@ -81,7 +83,8 @@ def test_every_setting_with_a_flag_is_in_eft_run_help(capsys):
 @pytest.mark.parametrize("name", FLAGGED)
 def test_every_flag_reaches_its_field(name):
     flag, value = SETTINGS[name].flag_name(name), _sample(name)
-    cfg = config_from_args(build_parser().parse_args(["run", flag, *([] if value is None else [value])]))
+    needs = [a for k, v in NEEDS.get(name, {}).items() for a in (SETTINGS[k].flag_name(k), v)]
+    cfg = config_from_args(build_parser().parse_args(["run", *needs, flag, *([] if value is None else [value])]))
     expected = True if value is None else SETTINGS[name].rule.check(name, value)
     assert getattr(cfg, name) == expected
     if name == "tracker":
@@ -95,7 +98,7 @@ def test_every_suite_setting_is_accepted_in_a_suite(name, tmp_path):
     p = tmp_path / "s.yaml"
     import yaml
 
-    p.write_text(yaml.safe_dump({"name": "t", "defaults": {"task": "rte", name: value},
+    p.write_text(yaml.safe_dump({"name": "t", "defaults": {"task": "rte", name: value, **NEEDS.get(name, {})},
                                  "methods": [{"method": "lora"}]}))
     runs = load_suite(p).expand({"progress": False})
     assert [getattr(r.cfg, name) for r in runs] == [value]  # a list setting's list is one value, not an axis
@@ -147,31 +150,6 @@ def test_new_settings_are_validated_with_one_clear_line(capsys, tmp_path):
         RunConfig(checkpoint_every=-1)
     with pytest.raises(ConfigError, match=r"quantize '3bit' is not known\. Did you mean '8bit'\? Accepted: 4bit, 8bit"):
         RunConfig(quantize="3bit")
-
-
-def test_a_sweep_with_a_reserved_setting_fails_before_its_first_run(tmp_path, tiny_bert, glue_dir, capsys):
-    p = tmp_path / "s.yaml"
-    p.write_text(f"name: t\ndefaults: {{task: rte, model: {tiny_bert}, steps: 1, max_train: 8, quantize: 4bit}}\n"
-                 "methods:\n  - {method: lora}\n")
-    db = tmp_path / "s.sqlite"
-    assert main(["sweep", str(p), "--store", str(db), "--data-dir", str(glue_dir)]) == 2
-    err = capsys.readouterr().err
-    assert "quantize is not implemented yet in this version (the setting is reserved); leave --quantize out." in err
-    assert not db.exists() or Store(db).runs() == []
-
-
-# ---------------------------------------------------------------------------------------------- the runtime
-@pytest.mark.parametrize("argv,msg", [
-    (["--quantize", "4bit"], "quantize is not implemented yet in this version (the setting is reserved); "
-                             "leave --quantize out."),
-    (["--gradient-checkpointing"], "gradient_checkpointing is not implemented yet"),
-])
-def test_a_reserved_setting_is_refused_before_training_not_ignored(argv, msg, tmp_path, capsys, tiny_bert):
-    db = tmp_path / "s.sqlite"
-    assert main(["run", "--task", "rte", "--model", str(tiny_bert), "--steps", "1", "--store", str(db), *argv]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith(f"eft run: error: {msg}") and err.count("\n") == 1, err
-    assert not db.exists() or Store(db).runs() == []
 
 
 def test_runtime_is_built_once_and_reaches_loading_and_training(tiny_bert, monkeypatch):

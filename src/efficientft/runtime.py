@@ -21,10 +21,6 @@ if TYPE_CHECKING:
     from .config import RunConfig
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-# Settings the schema and the Runtime already carry whose code lands separately (issue 12). Until it does, a run
-# that sets one is refused before training instead of silently running without it (and under another key).
-# Remove a name here in the change that implements it.
-NOT_YET_IMPLEMENTED: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -71,16 +67,6 @@ class Runtime:
 
     def grad_scaler(self) -> torch.amp.GradScaler | None:
         return torch.amp.GradScaler(self.device.type) if self.needs_grad_scaler else None
-
-
-def refuse_unimplemented(cfg: RunConfig) -> None:
-    """One clear error for a reserved setting given a value its (future) code would act on."""
-    from .config import DEFAULTS, SETTINGS
-
-    for name in NOT_YET_IMPLEMENTED:
-        if getattr(cfg, name) != DEFAULTS[name]:
-            raise ConfigError(f"{name} is not implemented yet in this version (the setting is reserved); "
-                              f"leave {SETTINGS[name].flag_name(name) or name} out.")
 
 
 def resolved_precision(cfg: RunConfig) -> str:
@@ -130,7 +116,7 @@ def build_runtime(cfg: RunConfig, world_size: int | None = None) -> Runtime:
         # Sharding launches are refused: they shard parameters the optimizer already holds. Read from the launch's
         # request too, since accelerate on CPU silently falls back to plain data parallel.
         asked = [k for k in ("FSDP", "DEEPSPEED") if os.environ.get(f"ACCELERATE_USE_{k}", "").lower() == "true"]
-        sharded = asked[0] if asked else accelerator.distributed_type.name
+        sharded = asked[0] if asked else getattr(getattr(accelerator, "distributed_type", None), "name", "")
         if sharded in ("FSDP", "DEEPSPEED"):
             raise ConfigError(f"{sharded} launches are not supported: this loop builds the "
                               "optimizer before wrapping the model, so sharded parameters would not train. Use a "

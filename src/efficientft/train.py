@@ -33,7 +33,7 @@ from .methods import get_method
 from .methods.base import Context, Method, check_export_dir
 from .models import ALL, describe, fingerprint, head_modules, load_model, resolve_model, resolve_targets
 from .models.large import check_quantized_method, enable_gradient_checkpointing
-from .runtime import Runtime, build_runtime, check_runtime, refuse_unimplemented
+from .runtime import Runtime, build_runtime, check_runtime
 from .step import MAX_SKIPPED_IN_A_ROW, Diverged, forward, optimizer_step
 from .store import Store
 from .strategy import Strategy, check_ratios_applied, describe_groups
@@ -132,10 +132,6 @@ def check_inputs(configs: list[RunConfig]) -> list[str]:
     problems: dict[str, str] = {}
     seen: set[str] = set()
     for cfg in configs:
-        try:
-            refuse_unimplemented(cfg)  # a reserved setting fails the sweep now, not each of its runs
-        except ConfigError as e:
-            problems.setdefault(str(e), f"{cfg.task} / {cfg.model}: {e}")
         data = (cfg.task, repr(cfg.custom), cfg.data_dir, cfg.data_source, cfg.selection_size, cfg.max_train,
                 cfg.max_eval, cfg.data_seed)
         for what, check in ((repr(data), lambda c=cfg: load_data(get_task(c.task, c.custom), c)),
@@ -165,7 +161,6 @@ def prepare(cfg: RunConfig, runtime: Runtime | None = None, resume: TrainState |
     check_installed(cfg.tracker)
     if cfg.export_dir:  # a used folder fails now, not after training
         check_export_dir(cfg.export_dir, cfg.overwrite)
-    refuse_unimplemented(cfg)
     if runtime is None:
         runtime = build_runtime(cfg)
     else:
@@ -416,7 +411,6 @@ def run(cfg: RunConfig, store: Store | None = None, progress: bool | None = None
     cfg = cfg.resolved()
     progress = cfg.progress if progress is None else progress
     key = cfg.key()
-    refuse_unimplemented(cfg)  # before the runtime: a reserved setting is one clear line, not a half-built run
     runtime = build_runtime(cfg)  # once: loading, training, the step and evaluation all use this one
     device = runtime.device
     if not runtime.is_main:
