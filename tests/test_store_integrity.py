@@ -112,8 +112,8 @@ def test_a_reclaimed_eft_run_keeps_the_new_owners_record_and_prints_its_scores(t
     db = tmp_path / "s.sqlite"
     real_train = train_mod.train
 
-    def train_while_reclaimed(p, store=None, key="", progress=True):
-        out = real_train(p, store, key, progress)
+    def train_while_reclaimed(p, store=None, key="", progress=True, *rest):
+        out = real_train(p, store, key, progress, *rest)
         thief = Store(db)  # `eft sweep --reclaim` while this run trains
         assert thief.claim(key, p.cfg.to_dict(), reclaim=True)[0]
         thief.start(key, p.cfg.to_dict())
