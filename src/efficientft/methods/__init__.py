@@ -15,7 +15,7 @@ METHODS: Registry[type] = Registry("method")
 
 def _import_all() -> None:
     for info in pkgutil.iter_modules(__path__):
-        if info.name != "base" and not info.name.startswith("_"):
+        if info.name not in ("base", "capabilities") and not info.name.startswith("_"):
             importlib.import_module(f"{__name__}.{info.name}")
 
 

@@ -29,6 +29,7 @@ import torch.nn as nn
 from ..errors import ConfigError, did_you_mean
 from ..models.roles import Target
 from ..strategy import Strategy, build_param_groups, roles_by_name
+from .capabilities import Capabilities
 
 TRAINABLE_FILE = "trainable.safetensors"
 
@@ -56,6 +57,9 @@ class Method:
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     Args: ClassVar[type] = NoArgs
+    # What the method can do (declared in each method's class body; see capabilities.py). The flags below are
+    # being folded into it.
+    capabilities: ClassVar[Capabilities] = Capabilities()
     # May the method take targets "all" (every parameter)? Only full fine-tuning can.
     accepts_all: ClassVar[bool] = False
     # May the frozen base be quantized (--quantize)? Declared in each method's own class body (not inherited: a
