@@ -48,6 +48,9 @@ class Context:
     num_labels: int = 2
     seed: int = 0
     base_model: str = ""
+    # PEFT's task type for this task kind ("SEQ_CLS" for classification, "CAUSAL_LM" for generation): the task kind
+    # decides it, methods pass it on and never choose it.
+    peft_task_type: str = "SEQ_CLS"
     extra: dict[str, Any] = field(default_factory=dict)
 
 

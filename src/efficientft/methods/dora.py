@@ -178,7 +178,7 @@ class DoRA(LoRA):
 
         assert self.ctx is not None, "prepare() must run first"
         config = LoraConfig(
-            task_type="SEQ_CLS", r=self.args.rank, lora_alpha=self.alpha, lora_dropout=self.args.dropout,
+            task_type=self.ctx.peft_task_type, r=self.args.rank, lora_alpha=self.alpha, lora_dropout=self.args.dropout,
             target_modules=[t.name for t in self.targets], modules_to_save=list(self.ctx.heads), use_dora=True,
             fan_in_fan_out=any(type(m.base_layer).__name__ == "Conv1D" for m in model.modules()
                                if isinstance(m, DoraLinear)),

@@ -167,7 +167,7 @@ def _is_peft(model: nn.Module) -> bool:
 def adapter_kwargs(model: nn.Module, targets: list[Target], ctx: Context) -> dict[str, Any]:
     """The PEFT config fields every adapter shares: the task, the targeted modules and the trained head."""
     return {
-        "task_type": "SEQ_CLS",
+        "task_type": ctx.peft_task_type,
         "target_modules": [t.name for t in targets],
         "modules_to_save": list(ctx.heads),
         "fan_in_fan_out": any(type(model.get_submodule(t.name)).__name__ == "Conv1D" for t in targets),
