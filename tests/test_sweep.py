@@ -252,7 +252,17 @@ estimate: {step_s: 0.5, overhead_s: 3}
     # 6 LoRA runs of 4 steps; 3 full runs of 2 epochs over 32 examples in batches of 8 = 8 steps each
     assert "suite tiny: 9 runs (9 new); 9 to run." in out
     assert "estimated cost: 48 optimizer steps; 51 s in one process (timings from: suite estimate)" in out
-    assert Store(db).runs() == []  # nothing ran
+    assert not db.exists()  # a plan only reads: no store is created for it
+    # an existing store is only read: a read-only file is planned against, and left byte for byte as it was
+    Store(db)  # created empty, as `eft run` would
+    before = db.read_bytes()
+    db.chmod(0o444)
+    try:
+        assert main(["sweep", str(p), "--dry-run", "--store", str(db)]) == 0
+        assert "suite tiny: 9 runs (9 new); 9 to run." in capsys.readouterr().out
+    finally:
+        db.chmod(0o644)
+    assert db.read_bytes() == before and Store(db).runs() == []  # nothing ran
 
 
 def _statuses(db: Path) -> dict[str, dict]:

@@ -135,7 +135,7 @@ class Store:
     """A results store in one SQLite file (created with its folder on first use, unless ``readonly``)."""
 
     def __init__(self, path: str | os.PathLike | None = None, timeout: float = 60.0, readonly: bool = False) -> None:
-        self.path = Path(path or os.environ.get(ENV_STORE) or DEFAULT_STORE)
+        self.path = self.default_path(path)
         self.timeout = timeout
         self.readonly = readonly
         self._held: dict[str, str] = {}  # run key -> token of the claim this instance holds
@@ -156,6 +156,11 @@ class Store:
                                  f"`eft runs`, `show` and `report` can read it; to store runs pass --store with a "
                                  f"writable file.")
         self._open_checked()
+
+    @staticmethod
+    def default_path(path: str | os.PathLike | None = None) -> Path:
+        """The store's file: ``path``, else $EFT_STORE, else the default."""
+        return Path(path or os.environ.get(ENV_STORE) or DEFAULT_STORE)
 
     # ------------------------------------------------------------------ opening
     def _open(self) -> sqlite3.Connection:

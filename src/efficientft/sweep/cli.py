@@ -34,7 +34,9 @@ def _duration(s: float | None) -> str:
 def dry_run(a: argparse.Namespace) -> int:
     suite = load_suite(a.suite)
     opts = _options(a)
-    p = plan(suite, Store(a.store), opts)
+    # a plan only reads: an existing store is opened read-only, and a missing one is not created
+    path = Store.default_path(a.store)
+    p = plan(suite, Store(path, readonly=True) if path.exists() else None, opts)
     if a.json:
         rows = [{"key": x["run"].key, "run": x["run"].describe(), "state": x["state"], "steps": x["steps"],
                  "est_s": x["est_s"], "basis": x["basis"], "tags": x["run"].tags} for x in p["runs"]]

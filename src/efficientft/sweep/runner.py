@@ -140,14 +140,14 @@ def _timing(cfg, done: list[dict], suite: Suite) -> tuple[float | None, float, s
     return None, 0.0, "unknown"
 
 
-def plan(suite: Suite, store: Store, opts: SweepOptions) -> dict[str, Any]:
+def plan(suite: Suite, store: Store | None, opts: SweepOptions) -> dict[str, Any]:
     """The runs, what happens to each, and the estimated cost (optimizer steps; seconds where a timing is
-    known: like runs in the store, else the suite's ``estimate``)."""
+    known: like runs in the store, else the suite's ``estimate``). ``store`` is only read (None: no store yet)."""
     runs = suite.expand(opts.env)
-    done = store.runs("done")
+    done = store.runs("done") if store is not None else []
     rows, cache, timing = [], {}, {}
     for r in runs:
-        state = state_of(store.get(r.key), opts)
+        state = state_of(store.get(r.key) if store is not None else None, opts)
         steps = steps_of(r.cfg, cache)
         tk = (r.cfg.model, r.cfg.method, r.cfg.targets, r.cfg.batch_size, r.cfg.max_length)
         if tk not in timing:
