@@ -19,6 +19,7 @@ from efficientft.errors import ConfigError
 from efficientft.report import tables
 from efficientft.report.build import build, markdown_document, parse_formats
 from efficientft.report.collect import select_lr
+from efficientft.report.compare import POOLED
 from efficientft.report.stats import cohens_dz, paired, pareto_front, summarize
 from efficientft.store import Store
 from tests.report_runs import EVIL, EVIL_TAG, GRID
@@ -148,6 +149,9 @@ def test_paired_comparisons_equal_scipy(rep, report_store):
         assert res.p_value == pytest.approx(sps.ttest_rel(xa, xb).pvalue, rel=1e-12)
         d = xa - xb
         assert res.mean_diff == pytest.approx(d.mean()) and res.d_z == pytest.approx(d.mean() / d.std(ddof=1))
+        half = sps.t.ppf(0.975, 2) * d.std(ddof=1) / np.sqrt(3)
+        assert (res.ci_low, res.ci_high) == (pytest.approx(d.mean() - half), pytest.approx(d.mean() + half))
+    pairs = {k: v for k, v in pairs.items() if k[2] != POOLED}
     # the default pairs: each λ≠1 row against its λ=1 and qkv twins, on the tasks both have
     assert sorted((k[0].split()[3], k[1].split()[1], k[2]) for k in pairs) == sorted(
         [("λ=2", "qv", "stsb"), ("λ=2", "qkv", "stsb"), ("λ=4", "qv", "stsb"), ("λ=4", "qv", "rte"),
@@ -156,7 +160,7 @@ def test_paired_comparisons_equal_scipy(rep, report_store):
 
 def test_named_comparison_and_wilcoxon(report_store):
     r = build(report_store, pairs=[("method=full,targets=qv", "method=lora,targets=qkv")], test="wilcoxon")
-    assert [c.task for c in r.comparisons] == ["stsb", "rte"]
+    assert [c.task for c in r.comparisons] == ["stsb", "rte", POOLED]
     a = _runs(report_store, task="stsb", method="full", targets="qv")
     b = _runs(report_store, task="stsb", method="lora", targets="qkv")
     xa, xb = [a[s] for s in (0, 1, 2)], [b[s] for s in (0, 1, 2)]
@@ -313,7 +317,22 @@ def test_cli_report_writes_files_and_prints_the_table(report_store, tmp_path, ca
     assert code == 0
     assert printed.splitlines()[0] == "| Method | Targets | Rank | λ | LR | STS-B (Pearson r) | RTE (Acc.) | Avg. | Params |"
     assert sorted(p.name for p in out.iterdir()) == ["comparisons.csv", "report.md", "table.csv"]
-    assert len(list(csv.reader(open(out / "comparisons.csv")))) == 3  # header + STS-B + RTE
+    rows = list(csv.reader(open(out / "comparisons.csv")))
+    assert [r[2] for r in rows] == ["task", "stsb", "rte", POOLED]  # header, each task, pooled over tasks
+    assert all(float(r[7]) <= float(r[5]) <= float(r[8]) for r in rows[1:])  # the CI holds the mean difference
+
+
+def test_pooled_comparison_is_the_per_seed_mean_over_tasks(report_store):
+    """Pooled over tasks: per seed, the mean of the task scores (the table's Avg.), paired by seed."""
+    r = build(report_store, pairs=[("method=full,targets=qv", "method=lora,targets=qkv")])
+    pooled = r.comparisons[-1].result
+    per = {}
+    for label, spec in (("a", dict(method="full", targets="qv")), ("b", dict(method="lora", targets="qkv"))):
+        by_task = [_runs(report_store, task=t, **spec) for t in ("stsb", "rte")]
+        per[label] = np.array([np.mean([s[seed] for s in by_task]) for seed in (0, 1, 2)])
+    assert pooled.n == 3 and pooled.seeds == (0, 1, 2)
+    assert pooled.mean_diff == pytest.approx((per["a"] - per["b"]).mean(), rel=1e-12)
+    assert pooled.p_value == pytest.approx(sps.ttest_rel(per["a"], per["b"]).pvalue, rel=1e-9)
 
 
 def test_cli_report_errors(tmp_path, capsys):

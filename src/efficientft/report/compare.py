@@ -2,7 +2,8 @@
 
 By default the report answers the question of arXiv 2410.02247 wherever the store can: does raising λ on W_v help
 (``targets=qv, λ=k`` vs the same with ``λ=1``), and does it match adapting W_k too (vs ``targets=qkv, λ=1`` with
-everything else equal)? Users name their own pairs with ``--compare A B``.
+everything else equal)? Users name their own pairs with ``--compare A B``. Every pair compared on more than one task is also
+compared pooled over tasks (:data:`POOLED`): per seed, the mean over the tasks, paired by seed.
 """
 
 from __future__ import annotations
@@ -13,6 +14,10 @@ from dataclasses import dataclass
 
 from .collect import Cell, Collection, Row, find_row
 from .stats import Paired, paired
+
+# The task of a comparison pooled over tasks: each seed's mean score over the tasks both rows have (the table's
+# "Avg." column, per seed), compared over the seeds that have every one of those tasks.
+POOLED = "mean over tasks"
 
 
 @dataclass
@@ -66,10 +71,20 @@ def compare(col: Collection, specs: Sequence[tuple[str, str]] | None = None, tes
     pairs = [(find_row(col.rows, a), find_row(col.rows, b)) for a, b in specs] if specs else default_pairs(col.rows)
     out = []
     for a, b in pairs:
-        for task in col.tasks:
-            if task in a.cells and task in b.cells:
-                out.append(Comparison(a, b, task, paired(*_pairing(a.cells[task], b.cells[task]), test)))
+        per_task = {task: _pairing(a.cells[task], b.cells[task]) for task in col.tasks
+                    if task in a.cells and task in b.cells}
+        for task, (xa, xb) in per_task.items():
+            out.append(Comparison(a, b, task, paired(xa, xb, test)))
+        if len(per_task) > 1:
+            out.append(Comparison(a, b, POOLED, paired(*_pooled(list(per_task.values())), test)))
     return out
+
+
+def _pooled(pairings: list[tuple[dict, dict]]) -> tuple[dict, dict]:
+    """Per replicate, the mean over tasks of A's and of B's scores, for the replicates every task has in both."""
+    common = set.intersection(*(set(xa) & set(xb) for xa, xb in pairings))
+    return ({rep: sum(xa[rep] for xa, _ in pairings) / len(pairings) for rep in common},
+            {rep: sum(xb[rep] for _, xb in pairings) / len(pairings) for rep in common})
 
 
 def _pairing(a: Cell, b: Cell) -> tuple[dict, dict]:

@@ -24,7 +24,7 @@ from urllib.parse import quote
 from .collect import SPLIT_TITLES, Collection, task_title
 from .compare import Comparison
 from .stats import FEW_SEEDS
-from .tables import FEW, Score, Table, _p, fmt_params
+from .tables import FEW, Score, Table, _p, ci_text, fmt_params
 from .values import number, show, sort_key
 
 
@@ -148,11 +148,12 @@ def comparisons_table(comps: Sequence[Comparison]) -> Markup:
             "tr", tag("td", c.a.label, class_="l"), tag("td", c.b.label, class_="l"),
             tag("td", task_title(c.task), class_="l"), tag("td", r.n),
             tag("td", show(100 * r.mean_diff, 2), data_sort=sort_key(100 * r.mean_diff)),
+            tag("td", ci_text(r)),
             tag("td", _p(r.p_value), data_sort=sort_key(r.p_value)), tag("td", show(r.d_z, 2)),
             tag("td", " ".join(map(str, r.seeds)), class_="l"),
             tag("td", tag("span", f"⚠ n < {FEW_SEEDS}", class_="warn") if r.few else "", class_="l")))
     headers = [("A", True), ("B", True), ("Task", True), ("n", False), ("mean A−B (×100)", False),
-               (f"p ({test})", False), ("d_z", False), ("seeds", True), ("", True)]
+               ("95% CI", False), (f"p ({test})", False), ("d_z", False), ("seeds", True), ("", True)]
     return _table("comparisons", headers, rows)
 
 

@@ -3,7 +3,7 @@
 - A cell aggregates seeds: mean, sample standard deviation (ddof=1) and a 95% confidence interval of the mean from
   Student's t distribution, ``mean ± t(0.975, n-1) · s / √n``.
 - A comparison of two configurations pairs their runs by seed (same seed = same data order and head init) and
-  tests the differences: the paired t-test (``scipy.stats.ttest_rel``) or the Wilcoxon signed-rank test, with the
+  tests the differences (with a 95% t confidence interval of the mean difference): the paired t-test (``scipy.stats.ttest_rel``) or the Wilcoxon signed-rank test, with the
   effect size Cohen's d_z = mean(d) / sd(d) (Cohen 1988, §2.3.5; Lakens 2013, "Calculating and reporting effect
   sizes", eq. 6).
 
@@ -65,6 +65,9 @@ class Paired:
     p_value: float = float("nan")
     d_z: float = float("nan")
     test: str = "t"
+    # 95% t confidence interval of the mean difference, mean ± t(0.975, n-1) · sd / √n
+    ci_low: float = float("nan")
+    ci_high: float = float("nan")
 
     @property
     def few(self) -> bool:
@@ -111,7 +114,8 @@ def paired(a: dict, b: dict, test: str = "t") -> Paired:
                 p = float(sps.ttest_rel(xa, xb).pvalue)
             else:
                 p = float(sps.wilcoxon(xa, xb).pvalue)
-    return Paired(n, seeds, mean_diff, std_diff, p, cohens_dz(d), test)
+    ci = summarize(d.tolist())
+    return Paired(n, seeds, mean_diff, std_diff, p, cohens_dz(d), test, ci.ci_low, ci.ci_high)
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:

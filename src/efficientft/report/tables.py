@@ -183,13 +183,22 @@ def md_comparisons(comps: Sequence[Comparison], digits: int = 2) -> str:
     if not comps:
         return "_No pairs to compare (no λ ≠ 1 row with a λ = 1 or qkv twin; name pairs with --compare A B)._"
     test = "paired t-test" if comps[0].result.test == "t" else "Wilcoxon signed-rank"
-    lines = [f"| A | B | Task | n | mean A−B (×100) | p ({test}) | d_z | |", "|---|---|---|---:|---:|---:|---:|---|"]
+    lines = [f"| A | B | Task | n | mean A−B (×100) | 95% CI | p ({test}) | d_z | |",
+             "|---|---|---|---:|---:|---:|---:|---:|---|"]
     for c in comps:
         r = c.result
         warn = f"⚠ n < {FEW_SEEDS}" if r.few else ""
         lines.append(f"| {md_escape(c.a.label)} | {md_escape(c.b.label)} | {md_escape(task_title(c.task))} | {r.n} | "
-                     f"{_num(100 * r.mean_diff, digits)} | {_p(r.p_value)} | {_num(r.d_z, 2)} | {warn} |")
+                     f"{_num(100 * r.mean_diff, digits)} | {ci_text(r, digits)} | {_p(r.p_value)} | "
+                     f"{_num(r.d_z, 2)} | {warn} |")
     return "\n".join(lines)
+
+
+def ci_text(r, digits: int = 2) -> str:
+    """The 95% confidence interval of a comparison's mean difference, ×100: "[-1.20, 0.40]" (– without one)."""
+    if not (math.isfinite(r.ci_low) and math.isfinite(r.ci_high)):
+        return "–"
+    return f"[{_num(100 * r.ci_low, digits)}, {_num(100 * r.ci_high, digits)}]"
 
 
 def _p(p: float) -> str:
@@ -300,12 +309,13 @@ def csv_table(t: Table, col: Collection) -> str:
 
 
 def csv_comparisons(comps: Sequence[Comparison]) -> str:
-    lines: list[list[object]] = [["a", "b", "task", "n", "seeds", "mean_diff_x100", "std_diff_x100", "p_value",
-                                  "test", "d_z", "warning"]]
+    lines: list[list[object]] = [["a", "b", "task", "n", "seeds", "mean_diff_x100", "std_diff_x100", "ci_low_x100",
+                                  "ci_high_x100", "p_value", "test", "d_z", "warning"]]
     for c in comps:
         r = c.result
         lines.append([c.a.label, c.b.label, c.task, r.n, " ".join(map(str, r.seeds)), _g(100 * r.mean_diff),
-                      _g(100 * r.std_diff), _g(r.p_value), r.test, _g(r.d_z), f"n < {FEW_SEEDS}" if r.few else ""])
+                      _g(100 * r.std_diff), _g(100 * r.ci_low), _g(100 * r.ci_high), _g(r.p_value), r.test,
+                      _g(r.d_z), f"n < {FEW_SEEDS}" if r.few else ""])
     return _csv(lines)
 
 
