@@ -39,6 +39,7 @@ from ..errors import ConfigError
 from ..models.roles import Target
 from . import register
 from .base import Context, positive_int
+from .capabilities import Capabilities
 from .lora import LoRA, LoraArgs, adapter_kwargs
 
 
@@ -83,7 +84,7 @@ def schedule_steps(value: float, total: int) -> int:
 @register("adalora")
 class AdaLoRA(LoRA):
     summary = "AdaLoRA (Zhang et al. 2023): SVD-form LoRA whose rank budget is pruned to the target, via PEFT"
-    supports_quantized_base = True
+    capabilities = Capabilities(rank=True, quantized_base=True, merge=True, export="peft")
     Args = AdaLoraArgs
 
     @property
@@ -98,14 +99,8 @@ class AdaLoRA(LoRA):
     def alpha(self) -> float:
         return float(self.args.alpha if self.args.alpha is not None else self.init_r)
 
-    def check_targets(self, model: nn.Module, targets: list[Target]) -> None:
-        try:
-            super().check_targets(model, targets)
-        except ConfigError as e:
-            if "is larger than" not in str(e):
-                raise
-            raise ConfigError(f"{e} AdaLoRA starts at init_r = {self.init_r} (default ceil(1.5·rank)); lower rank "
-                              "or init_r.") from None
+    def rank_note(self) -> str:
+        return f"AdaLoRA starts at init_r = {self.init_r} (default ceil(1.5·rank)); lower rank or init_r."
 
     def phases(self, total: int) -> tuple[int, int]:
         """(tinit, tfinal) in steps for a run of ``total`` steps; an error when no budgeting phase is left."""

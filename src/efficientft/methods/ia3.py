@@ -19,10 +19,10 @@ from typing import Any
 
 import torch.nn as nn
 
-from ..errors import ConfigError
 from ..models.roles import Target
 from . import register
 from .base import Context, NoArgs
+from .capabilities import Capabilities
 from .lora import LoRA, adapter_kwargs
 
 FEEDFORWARD_ROLES = ("ffn_down",)
@@ -33,15 +33,8 @@ class IA3(LoRA):
     """Reuses LoRA's PEFT plumbing (export as a PEFT adapter folder, reload, merge); the adapter is (IA)³'s."""
 
     summary = "(IA)3 (Liu et al. 2022): learned vectors rescale the targets' activations (ones at init), via PEFT"
-    supports_quantized_base = True
+    capabilities = Capabilities(quantized_base=True, merge=True, export="peft")
     Args = NoArgs
-
-    def check_targets(self, model: nn.Module, targets: list[Target]) -> None:
-        if any(t.out_slice is not None for t in targets):
-            raise ConfigError(
-                f"method 'ia3' wraps PEFT, which cannot scale part of a fused projection ({targets[0].name}); use "
-                "module-name patterns that select whole modules."
-            )
 
     def peft_config(self, model: nn.Module, targets: list[Target], ctx: Context) -> Any:
         from peft import IA3Config

@@ -7,7 +7,7 @@ A and B learn at λ × the base rate (see :mod:`efficientft.strategy`).
 PEFT cannot adapt part of a fused projection (GPT-2's ``c_attn`` = [W_q | W_k | W_v]). When a target is such a
 slice, every target is adapted by our own :class:`~efficientft.models.fused.FusedLoRA` instead (one adapter per
 role, added into that role's rows, as the original LoRA's ``MergedLinear``), exported as our own safetensors.
-Only variants that set ``sliced = True`` in their class body take that path; the others refuse sliced targets.
+Only variants that declare ``fused_slices`` in their capabilities take that path; the others refuse sliced targets.
 """
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ from typing import Any, ClassVar
 
 import torch.nn as nn
 
-from ..errors import ConfigError
 from ..lowrank import use_fast_lora
 from ..models.fused import FusedLoRA, replace_module, weight_shape
 from ..models.large import is_quantized
 from ..models.roles import Target
 from . import register
 from .base import Context, Method, positive_int
+from .capabilities import Capabilities
 
 
 @dataclass
@@ -44,17 +44,10 @@ class LoraArgs:
 @register("lora")
 class LoRA(Method):
     summary = "LoRA (Hu et al. 2021): W + (alpha/r)·BA on the targets, via PEFT (fused GPT-2 slices: our own)"
-    supports_quantized_base = True
+    capabilities = Capabilities(fused_slices=True, rank=True, quantized_base=True, merge=True, export="peft")
     Args = LoraArgs
-    # Does our FusedLoRA implement this variant on slices of fused projections? Subclasses must opt in.
-    sliced: ClassVar[bool] = True
     # PEFT's LoRA layers with our plain-LoRA forward (efficientft.lowrank: the same function, a faster backward).
     fast_forward: ClassVar[bool] = True
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        if "sliced" not in cls.__dict__:
-            cls.sliced = False
 
     @property
     def alpha(self) -> float:
@@ -67,28 +60,6 @@ class LoRA(Method):
     def fused_scale(self) -> float:
         """The factor of ``B A`` in :class:`FusedLoRA` (α/r; a variant that opts in may change it)."""
         return self.alpha / self.args.rank
-
-    @property
-    def max_rank(self) -> int:
-        """The largest rank any adapted module may get (AdaLoRA starts above its target rank, EVA redistributes)."""
-        return self.args.rank
-
-    def check_targets(self, model: nn.Module, targets: list[Target]) -> None:
-        sliced = [t for t in targets if t.out_slice is not None]
-        if sliced and not self.sliced:
-            t = sliced[0]
-            raise ConfigError(
-                f"method {self.name!r} wraps PEFT, which cannot adapt part of a fused projection ({t.name}, role "
-                f"{t.role!r}), and has no fused implementation here; use method 'lora', or module-name patterns "
-                f"that select whole modules."
-            )
-        for t in targets:
-            out_f, in_f = weight_shape(model.get_submodule(t.name))
-            rows = (t.out_slice[1] - t.out_slice[0]) if t.out_slice else out_f
-            if self.max_rank > min(rows, in_f):
-                what = f"the {t.role!r} rows of {t.name}" if t.out_slice else t.name
-                shape = (rows, in_f)
-                raise ConfigError(f"rank {self.max_rank} is larger than {what} allows ({shape}: at most {min(shape)}).")
 
     def peft_config(self, model: nn.Module, targets: list[Target], ctx: Context) -> Any:
         """The PEFT config to inject; variants with their own PEFT config class (AdaLoRA, (IA)³) override this."""

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import register
+from .capabilities import Capabilities
 from .lora import LoRA, LoraArgs
 
 
@@ -26,10 +27,9 @@ class RsLoraArgs(LoraArgs):
 @register("rslora")
 class RsLoRA(LoRA):
     summary = "rsLoRA (Kalajdzievski 2023): LoRA scaled by alpha/sqrt(r), stable across ranks, via PEFT"
-    supports_quantized_base = True
+    # GPT-2's fused c_attn: our FusedLoRA with the rank-stabilised scale
+    capabilities = Capabilities(fused_slices=True, rank=True, quantized_base=True, merge=True, export="peft")
     Args = RsLoraArgs
-
-    sliced = True  # GPT-2's fused c_attn: our FusedLoRA with the rank-stabilised scale
 
     def peft_kwargs(self) -> dict[str, Any]:
         return {"use_rslora": True}
