@@ -36,9 +36,9 @@ from ..lowrank import lowrank_add
 from ..models.fused import out_major_weight, replace_module
 from ..models.roles import Target
 from . import register
-from .base import Context
+from .base import Context, Method
 from .capabilities import Capabilities
-from .lora import LoRA
+from .lora import LoraArgs
 
 PEFT_PREFIX = "base_model.model."
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -134,13 +134,21 @@ class DoraLinear(nn.Module):
 
 
 @register("dora")
-class DoRA(LoRA):
+class DoRA(Method):
+    """Our own layer (not PEFT's: see the module docstring); LoRA's arguments, PEFT's adapter format."""
+
     summary = "DoRA (Liu et al. 2024): magnitude · direction of W + (alpha/r)·BA; our fast layer, PEFT-format export"
     capabilities = Capabilities(
         rank=True, merge=True, export="peft", quantized_base=False,
         quantized_base_reason="our DoRA layer computes the row norms of the dense base weight W every step, which a "
                               "4/8-bit layer does not hold",
     )
+
+    Args = LoraArgs
+
+    @property
+    def alpha(self) -> float:
+        return float(self.args.alpha if self.args.alpha is not None else self.args.rank)
 
     def prepare(self, model: nn.Module, targets: list[Target], ctx: Context) -> nn.Module:
         self.check_targets(model, targets)

@@ -28,7 +28,7 @@ from ..errors import ConfigError
 from . import register
 from .base import positive_int
 from .capabilities import Capabilities
-from .lora import LoRA, LoraArgs
+from .lora import LoraArgs, LoraBacked
 
 MAX_PASSES = 100  # forward passes over the init batches before EVA is declared not to converge
 
@@ -52,7 +52,7 @@ class EvaArgs(LoraArgs):
 
 
 @register("eva")
-class EVA(LoRA):
+class EVA(LoraBacked):
     summary = "EVA (Paischer et al. 2024): LoRA with A from the SVD of each layer's input activations, via PEFT"
     capabilities = Capabilities(rank=True, quantized_base=True, merge=True, export="peft")
     Args = EvaArgs

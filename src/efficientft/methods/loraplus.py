@@ -19,7 +19,7 @@ import torch.nn as nn
 
 from . import register
 from .capabilities import Capabilities
-from .lora import LoRA, LoraArgs
+from .lora import FusedSlices, LoraArgs, LoraBacked
 
 
 @dataclass
@@ -33,7 +33,7 @@ class LoraPlusArgs(LoraArgs):
 
 
 @register("loraplus")
-class LoraPlus(LoRA):
+class LoraPlus(FusedSlices, LoraBacked):
     summary = "LoRA+ (Hayou et al. 2024): LoRA with B learning ratio x faster than A (default 16)"
     # GPT-2's fused c_attn: our FusedLoRA, whose B factors are ``lora.<role>.B``
     capabilities = Capabilities(fused_slices=True, rank=True, quantized_base=True, merge=True, export="peft")

@@ -16,7 +16,7 @@ from typing import Any
 
 from . import register
 from .capabilities import Capabilities
-from .lora import LoRA, LoraArgs
+from .lora import FusedSlices, LoraArgs, LoraBacked
 
 
 @dataclass
@@ -25,7 +25,7 @@ class RsLoraArgs(LoraArgs):
 
 
 @register("rslora")
-class RsLoRA(LoRA):
+class RsLoRA(FusedSlices, LoraBacked):
     summary = "rsLoRA (Kalajdzievski 2023): LoRA scaled by alpha/sqrt(r), stable across ranks, via PEFT"
     # GPT-2's fused c_attn: our FusedLoRA with the rank-stabilised scale
     capabilities = Capabilities(fused_slices=True, rank=True, quantized_base=True, merge=True, export="peft")
