@@ -41,19 +41,20 @@ class Capabilities:
     # Defines merge(): the learned update folded into plain weights.
     merge: bool = False
     # How export() writes what was learned: "peft" (a PEFT adapter folder), "efficientft" (our safetensors),
-    # "model" (a full transformers model folder).
-    export: Literal["peft", "efficientft", "model"] = "efficientft"
+    # "model" (a full transformers model folder), "none" (export refuses with one line).
+    export: Literal["peft", "efficientft", "model", "none"] = "efficientft"
     # Does the method perform its own parameter update (zeroth-order: forward passes only, no backward)?
     owns_update: bool = False
 
 
 def check_run(method: Any, *, targets: str, quantize: str | None, role_ratios: Mapping[str, float],
-              lr_ratio: float, default_targets: str) -> None:
+              lr_ratio: float, default_targets: str, exporting: bool = False) -> None:
     """Refuse, before any model loads, a run that asks a method for what its capabilities say it cannot do.
 
     One line each (a ConfigError): targets ``all`` for a method without ``all_targets``; targets other than the
-    default for a method that targets nothing; a quantized base without ``quantized_base``; λ (or a ``role_lr``
-    for v) ≠ 1 for a method without ``v_role``, which would otherwise be stored as applied and never be.
+    default for a method that targets nothing; a quantized base without ``quantized_base``; an export folder for a
+    method whose export is ``"none"``; λ (or a ``role_lr`` for v) ≠ 1 for a method without ``v_role``, which would
+    otherwise be stored as applied and never be.
     """
     from ..errors import ConfigError
 
@@ -66,6 +67,9 @@ def check_run(method: Any, *, targets: str, quantize: str | None, role_ratios: M
                           f"parameters), so --targets means nothing for it; leave the default {default_targets!r}, "
                           f"got {targets!r}.")
     check_quantized(method, quantize)
+    if exporting and caps.export == "none":
+        raise ConfigError(f"method {name!r} cannot export what it learned (its capabilities declare no export "
+                          "format); drop --export-dir.")
     ratio = float(role_ratios.get("v", 1.0))
     if not caps.v_role and ratio != 1.0:
         what = f"lr_ratio {ratio:g} (W_v's rate)" if lr_ratio != 1.0 else f"role_lr v={ratio:g}"
@@ -84,3 +88,12 @@ def check_quantized(method: Any, quantize: str | None) -> None:
     raise ConfigError(f"method {method.name!r} cannot train on a {quantize} quantized base: "
                       f"{method.capabilities.quantized_base_reason}. Methods that can: {', '.join(able)}; or drop "
                       "--quantize.")
+
+
+def describe(caps: Capabilities) -> dict[str, str]:
+    """The compact capability columns of ``eft methods`` and the README table: what a target is, λ, a 4-bit base,
+    merge, export."""
+    targets = caps.targets + ("+slices" if caps.fused_slices else "") + ("+all" if caps.all_targets else "")
+    yes = {True: "yes", False: "no"}
+    return {"targets": targets, "λ": yes[caps.v_role], "4-bit": yes[caps.quantized_base], "merge": yes[caps.merge],
+            "export": caps.export}
