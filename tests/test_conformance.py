@@ -39,6 +39,11 @@ def is_v(name):
     return any(m in name for m in V_MODULES) or re.search(r"\.c_attn\.\w+\.v\.", name) is not None
 
 
+def method_args(name, arch="bert"):
+    """The method's tiny arguments for the conformance models (other test files reuse them)."""
+    return METHODS.get(name).test_args(arch)
+
+
 def _method(name, arch):
     cls = METHODS.get(name)
     args = cls.test_args(arch)
