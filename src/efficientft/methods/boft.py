@@ -1,0 +1,61 @@
+"""BOFT (Liu et al. 2024, "Parameter-Efficient Orthogonal Finetuning via Butterfly Factorization", ICLR 2024,
+arXiv 2311.06243).
+
+    W = s ⊙ (W₀ R),   R = B_m ⋯ B₁,   B_k = P_kᵀ diag(R_{k,1}, …) P_k
+
+OFT's dense orthogonal R is replaced by a product of m butterfly factors (``n_butterfly_factor``), each a
+permuted block-diagonal matrix of orthogonal b×b blocks (Cayley transforms of skew-symmetric matrices): a product
+of orthogonal matrices is orthogonal, and m factors connect every input to every other with O(m·d·b) parameters.
+A trained scale s per output row (ones at init) changes row norms but not the angle between rows. PEFT's
+``BOFTConfig`` (boft_block_size, boft_n_butterfly_factor, boft_dropout). nn.Linear only; b·2^(m−1) must divide
+d_in. Defaults: the paper's GLUE setting (b = 8, m = 2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch.nn as nn
+
+from ..models.roles import Target
+from . import register
+from ._peft_tmp import PeftMethod, module_kwargs
+from ._shapes import check_divides
+from .base import Context, positive_int
+from .capabilities import Capabilities
+
+
+@dataclass
+class BoftArgs:
+    block_size: int = 8
+    n_butterfly_factor: int = 2
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        positive_int("block_size", self.block_size)
+        positive_int("n_butterfly_factor", self.n_butterfly_factor)
+        if self.n_butterfly_factor > 1 and self.block_size % 2:
+            raise ValueError(f"block_size must be even when n_butterfly_factor > 1, got {self.block_size}.")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}.")
+
+
+@register("boft")
+class BOFT(PeftMethod):
+    summary = "BOFT (Liu et al. 2024): W0·R with R a product of butterfly orthogonal factors, via PEFT"
+    Args = BoftArgs
+    capabilities = Capabilities(quantized_base=True, merge=True, export="peft")
+
+    def check_targets(self, model: nn.Module, targets: list[Target]) -> None:
+        super().check_targets(model, targets)
+        span = self.args.block_size * 2 ** (self.args.n_butterfly_factor - 1)
+        check_divides(self.name, model, targets, span, "block_size·2^(n_butterfly_factor−1) =")
+
+    def peft_config(self, model: nn.Module, targets: list[Target], ctx: Context) -> Any:
+        from peft import BOFTConfig
+
+        kwargs = module_kwargs(model, targets, ctx)
+        kwargs.pop("fan_in_fan_out")
+        return BOFTConfig(boft_block_size=self.args.block_size, boft_n_butterfly_factor=self.args.n_butterfly_factor,
+                          boft_dropout=self.args.dropout, **kwargs)
