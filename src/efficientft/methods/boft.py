@@ -9,11 +9,18 @@ of orthogonal matrices is orthogonal, and m factors connect every input to every
 A trained scale s per output row (ones at init) changes row norms but not the angle between rows. PEFT's
 ``BOFTConfig`` (boft_block_size, boft_n_butterfly_factor, boft_dropout). nn.Linear only; b·2^(m−1) must divide
 d_in. Defaults: the paper's GLUE setting (b = 8, m = 2).
+
+PEFT 0.21.2 silently sets m = 1 (BOFT becomes OFT) whenever its CUDA block-diagonal kernel cannot be compiled, on
+every CPU and on GPUs without ninja (and its own fallback computes only m = 1): :func:`_butterfly_kept` makes PEFT
+build the m factors asked for, with torch's ``block_diag`` in place of the kernel, in ``prepare`` and ``reload``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch.nn as nn
@@ -52,6 +59,14 @@ class BOFT(PeftMethod):
         span = self.args.block_size * 2 ** (self.args.n_butterfly_factor - 1)
         check_divides(self.name, model, targets, span, "block_size·2^(n_butterfly_factor−1) =")
 
+    def prepare(self, model: nn.Module, targets: list[Target], ctx: Context) -> nn.Module:
+        with _butterfly_kept():
+            return super().prepare(model, targets, ctx)
+
+    def reload(self, base: nn.Module, out_dir: Path, targets: list[Target], ctx: Context) -> nn.Module:
+        with _butterfly_kept():
+            return super().reload(base, out_dir, targets, ctx)
+
     def peft_config(self, model: nn.Module, targets: list[Target], ctx: Context) -> Any:
         from peft import BOFTConfig
 
@@ -59,3 +74,31 @@ class BOFT(PeftMethod):
         kwargs.pop("fan_in_fan_out")
         return BOFTConfig(boft_block_size=self.args.block_size, boft_n_butterfly_factor=self.args.n_butterfly_factor,
                           boft_dropout=self.args.dropout, **kwargs)
+
+
+@contextmanager
+def _butterfly_kept() -> Iterator[None]:
+    """While PEFT builds BOFT layers, tell it its CUDA kernel exists (its only reason to drop to m = 1). Where the
+    kernel does not load, its block-diagonal step is replaced by torch's ``block_diag`` (the same matrices, with
+    autograd), which PEFT's own fallback cannot do for m > 1."""
+    import peft.tuners.boft.layer as layer
+    import torch
+
+    real = layer.get_fbd_cuda
+    if not (torch.cuda.is_available() and real() is not None):
+        layer.FastBlockDiag = TorchBlockDiag
+    layer.get_fbd_cuda = lambda: True
+    try:
+        yield
+    finally:
+        layer.get_fbd_cuda = real
+
+
+class TorchBlockDiag:
+    """``FastBlockDiag.apply`` in torch: (m, N, b, b) blocks -> (m, N·b, N·b), one block-diagonal matrix per factor."""
+
+    @staticmethod
+    def apply(blocks: Any) -> Any:
+        import torch
+
+        return torch.stack([torch.block_diag(*factor) for factor in blocks])
