@@ -21,5 +21,5 @@ def check_divides(method: str, model: nn.Module, targets: list[Target], size: in
             fits = sorted({k for k in range(1, min(widths[d] for d in dims) + 1)
                            if all(widths[d] % k == 0 for d in dims)})
             raise ConfigError(f"method {method!r}: {what} {size} does not divide the "
-                              f"{' and '.join(f'{d}put width' for d in dims)} of {t.name} ({out_f} out, {in_f} in); "
+                              f"{' and '.join(f'{d}put' for d in dims)} width{'s' if len(dims) > 1 else ''} of {t.name} ({out_f} out, {in_f} in); "
                               f"sizes that fit: {', '.join(map(str, fits[-6:]))}.")

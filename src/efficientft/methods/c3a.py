@@ -1,9 +1,9 @@
 """C3A (Chen et al. 2025, "Parameter-Efficient Fine-Tuning via Circular Convolution", ACL 2025, arXiv 2407.19342).
 
-    ΔW x = [ Σ_j C(k_{ij}) x_j ]_i,   C(k) the b×b circulant matrix of kernel k ∈ R^b,   C(k) x_j = k ⋆ x_j
+    ΔW x = (1/d_in) [ Σ_j C(k_{ij}) x_j ]_i,   C(k)_{st} = k_{(t−s) mod b}  (the circulant matrix with first row k)
 
-ΔW is a (d_out/b)×(d_in/b) grid of circulant blocks, so applying it is a circular convolution of each input
-block with a trained kernel, computed by FFT in O(d log b); the update can have full rank with d_out·d_in/b
+ΔW is a (d_out/b)×(d_in/b) grid of circulant blocks, so applying it is a circular convolution (C(k) x is x
+circularly correlated with k, i.e. convolved with k reversed) of each input block with a trained kernel k_{ij}, computed by FFT in O(d log b); the update can have full rank with d_out·d_in/b
 parameters per module (b = ``block_size``, which must divide both widths). PEFT's ``C3AConfig`` (block_size,
 init_weights "xavier_uniform": C3A does not start at ΔW = 0, as the paper). nn.Linear only.
 """
