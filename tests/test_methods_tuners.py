@@ -384,3 +384,21 @@ def test_methods_without_a_w_v_role_refuse_lambda(name, tiny_bert):
     with pytest.raises(ConfigError, match="W_v") as e:
         prepare(tiny_config(tiny_bert, method=name, lr_ratio=4.0, method_args={}))
     assert "\n" not in str(e.value)
+
+
+# ------------------------------------------------------------------------------------------------- LoftQ
+def test_loftq_starts_from_an_nf4_base_plus_a_low_rank_term_closer_to_w_than_nf4_alone(tiny_bert):
+    from efficientft.methods.loftq import quantize_roundtrip
+
+    base = load(tiny_bert)
+    w = base.bert.encoder.layer[0].attention.self.query.weight.detach().clone()
+    _, model, _ = build(tiny_bert, "loftq", base=base, rank=4, iters=3)
+    lay = layer(model, "layer.0.attention.self.query")
+    q = lay.get_base_layer().weight.detach()
+    assert torch.equal(quantize_roundtrip(q, 4), q)  # the frozen base is an NF4 matrix
+    start = q + lay.scaling["default"] * lay.lora_B["default"].weight @ lay.lora_A["default"].weight
+    qlora = (w - quantize_roundtrip(w, 4)).norm()  # QLoRA's start: NF4(W), B = 0
+    assert (w - start).norm() < 0.95 * qlora
+    with torch.no_grad():  # the model computes Q + s·BA
+        x = torch.randn(3, HIDDEN)
+        torch.testing.assert_close(lay(x), x @ start.T + lay.get_base_layer().bias, atol=1e-5, rtol=1e-5)
