@@ -402,3 +402,43 @@ def test_loftq_starts_from_an_nf4_base_plus_a_low_rank_term_closer_to_w_than_nf4
     with torch.no_grad():  # the model computes Q + s·BA
         x = torch.randn(3, HIDDEN)
         torch.testing.assert_close(lay(x), x @ start.T + lay.get_base_layer().bias, atol=1e-5, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------- CorDA
+def layer_inputs(model_dir, module, data):
+    """Each sequence's inputs to ``module`` in the original model (eval mode), one forward per sequence."""
+    base = load(model_dir).eval()
+    seen = []
+    handle = base.get_submodule(module).register_forward_pre_hook(lambda m, a: seen.append(a[0][0].detach()))
+    with torch.no_grad():
+        for b in data:
+            for row in range(b["input_ids"].shape[0]):
+                base(input_ids=b["input_ids"][row:row + 1])
+    handle.remove()
+    return seen
+
+
+@pytest.mark.parametrize("mode", ["ipm", "kpm"])
+def test_corda_adapter_is_the_svd_of_w_times_the_covariance_of_its_inputs(mode, tiny_bert):
+    module = "bert.encoder.layer.0.attention.self.value"
+    data = [{**batch(n=2, length=12, seed=s), "labels": torch.tensor([0, 1])} for s in range(2)]
+    base = load(tiny_bert)
+    w = base.get_submodule(module).weight.detach().clone()
+    method, model, _ = build(tiny_bert, "corda", base=base, rank=4, mode=mode, init_batches=2)
+    method.init_from_data(model, iter(data))
+    lay = layer(model, "layer.0.attention.self.value")
+    s = lay.scaling["default"]
+    delta = s * lay.lora_B["default"].weight.detach() @ lay.lora_A["default"].weight.detach()
+    torch.testing.assert_close(lay.get_base_layer().weight + delta, w, atol=1e-5, rtol=1e-5)  # W at init
+    xs = [x / x.max().abs() for x in layer_inputs(tiny_bert, module, data)]  # PEFT scales each sequence by its max
+    c = sum(x.T @ x for x in xs) / len(xs)
+    c = c + torch.eye(HIDDEN) * c.diag().mean() * 0.01  # PEFT's damping
+    u, sv, vh = torch.linalg.svd(w @ c)
+    keep = slice(0, 4) if mode == "ipm" else slice(HIDDEN - 4, HIDDEN)
+    want = u[:, keep] @ torch.diag(sv[keep]) @ vh[keep] @ torch.linalg.inv(c)
+    torch.testing.assert_close(delta, want, atol=1e-4, rtol=1e-3)
+    # a resumed run rebuilds the same initialisation from the method's state, without data
+    again, fresh, _ = build(tiny_bert, "corda", rank=4, mode=mode)
+    again.load_state_dict(fresh, method.state_dict(model))
+    for (n, p), (_, q) in zip(model.named_parameters(), fresh.named_parameters(), strict=True):
+        torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-6, msg=n)
