@@ -21,8 +21,8 @@ import torch.nn as nn
 
 from ..errors import ConfigError
 from ..models.roles import Target
-from ._peft_tmp import PeftMethod
 from .base import Context, positive_int
+from .peft_backed import PeftMethod
 
 
 @dataclass
@@ -34,15 +34,14 @@ class PromptArgs:
 
 
 class PromptMethod(PeftMethod):
-    """PEFT's prompt-learning configs: the virtual-token count, the task type and the trained head."""
+    """PEFT's prompt-learning configs: the virtual-token count (the task type and the head are PeftMethod's)."""
 
-    def prompt_config(self) -> tuple[type, dict[str, Any]]:
-        raise NotImplementedError
+    def prompt_kwargs(self) -> dict[str, Any]:
+        """The config fields of one prompt-type method beyond ``num_virtual_tokens``."""
+        return {}
 
-    def peft_config(self, model: nn.Module, targets: list[Target], ctx: Context) -> Any:
-        cls, kwargs = self.prompt_config()
-        return cls(task_type=ctx.peft_task_type, num_virtual_tokens=self.args.num_virtual_tokens,
-                   modules_to_save=list(ctx.heads) or None, **kwargs)
+    def config_kwargs(self, model: nn.Module, targets: list[Target], ctx: Context) -> dict[str, Any]:
+        return {"num_virtual_tokens": self.args.num_virtual_tokens, **self.prompt_kwargs()}
 
     def merge(self, model: nn.Module) -> nn.Module:
         raise ConfigError(f"method {self.name!r} changes the input sequence, not the weights: it has nothing to "

@@ -23,3 +23,17 @@ def check_divides(method: str, model: nn.Module, targets: list[Target], size: in
             raise ConfigError(f"method {method!r}: {what} {size} does not divide the "
                               f"{' and '.join(f'{d}put' for d in dims)} width{'s' if len(dims) > 1 else ''} of {t.name} ({out_f} out, {in_f} in); "
                               f"sizes that fit: {', '.join(map(str, fits[-6:]))}.")
+
+
+class LinearOnly:
+    """Mixin before :class:`~efficientft.methods.peft_backed.PeftMethod` for tuners whose PEFT layers take nn.Linear
+    only: a GPT-2 Conv1D target (``attn.c_proj``, ``mlp.c_fc``) is refused in one line instead of PEFT's TypeError."""
+
+    name: str
+
+    def check_targets(self, model: nn.Module, targets: list[Target]) -> None:
+        super().check_targets(model, targets)  # type: ignore[misc]
+        conv = [t.name for t in targets if type(model.get_submodule(t.name)).__name__ == "Conv1D"]
+        if conv:
+            raise ConfigError(f"method {self.name!r}: PEFT's layers for it take nn.Linear only, and {conv[0]} is a "
+                              "GPT-2 Conv1D; use lora, vera, fourierft or randlora there.")

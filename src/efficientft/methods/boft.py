@@ -27,10 +27,10 @@ import torch.nn as nn
 
 from ..models.roles import Target
 from . import register
-from ._peft_tmp import PeftMethod, module_kwargs
-from ._shapes import check_divides
+from ._shapes import LinearOnly, check_divides
 from .base import Context, positive_int
 from .capabilities import Capabilities
+from .peft_backed import PeftMethod
 
 
 @dataclass
@@ -49,10 +49,11 @@ class BoftArgs:
 
 
 @register("boft")
-class BOFT(PeftMethod):
+class BOFT(LinearOnly, PeftMethod):
     summary = "BOFT (Liu et al. 2024): W0·R with R a product of butterfly orthogonal factors, via PEFT"
     Args = BoftArgs
     capabilities = Capabilities(quantized_base=True, merge=True, export="peft")
+    peft_config_name = "BOFTConfig"
 
     def check_targets(self, model: nn.Module, targets: list[Target]) -> None:
         super().check_targets(model, targets)
@@ -67,14 +68,9 @@ class BOFT(PeftMethod):
         with _butterfly_kept():
             return super().reload(base, out_dir, targets, ctx)
 
-    def peft_config(self, model: nn.Module, targets: list[Target], ctx: Context) -> Any:
-        from peft import BOFTConfig
-
-        kwargs = module_kwargs(model, targets, ctx)
-        kwargs.pop("fan_in_fan_out")
-        return BOFTConfig(boft_block_size=self.args.block_size, boft_n_butterfly_factor=self.args.n_butterfly_factor,
-                          boft_dropout=self.args.dropout, **kwargs)
-
+    def config_kwargs(self, model: nn.Module, targets: list[Target], ctx: Context) -> dict[str, Any]:
+        return {"boft_block_size": self.args.block_size, "boft_n_butterfly_factor": self.args.n_butterfly_factor,
+                "boft_dropout": self.args.dropout}
 
 @contextmanager
 def _butterfly_kept() -> Iterator[None]:

@@ -17,10 +17,10 @@ import torch.nn as nn
 
 from ..models.roles import Target
 from . import register
-from ._peft_tmp import PeftMethod, module_kwargs
-from ._shapes import check_divides
+from ._shapes import LinearOnly, check_divides
 from .base import Context, positive_int
 from .capabilities import Capabilities
+from .peft_backed import PeftMethod
 
 INITS = ("xavier_uniform", "kaiming_uniform", "gaussian", "zeros")
 
@@ -37,11 +37,12 @@ class C3aArgs:
 
 
 @register("c3a")
-class C3A(PeftMethod):
+class C3A(LinearOnly, PeftMethod):
     summary = "C3A (Chen et al. 2025): ΔW as blocks of circulant matrices, a circular convolution by FFT, via PEFT"
     Args = C3aArgs
     capabilities = Capabilities(merge=True, export="peft",
                                 quantized_base_reason="PEFT's C3A layers have no bitsandbytes variant")
+    peft_config_name = "C3AConfig"
 
     @classmethod
     def test_args(cls) -> dict[str, Any]:
@@ -51,9 +52,5 @@ class C3A(PeftMethod):
         super().check_targets(model, targets)
         check_divides(self.name, model, targets, self.args.block_size, "block_size", dims=("in", "out"))
 
-    def peft_config(self, model: nn.Module, targets: list[Target], ctx: Context) -> Any:
-        from peft import C3AConfig
-
-        kwargs = module_kwargs(model, targets, ctx)
-        kwargs.pop("fan_in_fan_out")
-        return C3AConfig(block_size=self.args.block_size, init_weights=self.args.init, **kwargs)
+    def config_kwargs(self, model: nn.Module, targets: list[Target], ctx: Context) -> dict[str, Any]:
+        return {"block_size": self.args.block_size, "init_weights": self.args.init}

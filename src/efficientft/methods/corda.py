@@ -52,10 +52,9 @@ class CordaArgs(LoraArgs):
 class CorDA(ResidualLoRA):
     summary = "CorDA (Yang et al. 2024): LoRA from the SVD of W·C (C: input covariance on training batches), via PEFT"
     Args = CordaArgs
-    supports_quantized_base = False
-    quantized_base_reason = "it decomposes the full-precision W oriented by the inputs' covariance and rewrites W"
-    capabilities = Capabilities(rank=True, merge=True, export="peft", quantized_base=False,
-                                quantized_base_reason=quantized_base_reason)
+    capabilities = Capabilities(
+        rank=True, merge=True, export="peft", quantized_base=False,
+        quantized_base_reason="it decomposes the full-precision W oriented by the inputs' covariance and rewrites W")
 
     def init_from_data(self, model: nn.Module, batches: Iterable[dict]) -> None:
         from peft import LoraConfig

@@ -6,7 +6,7 @@ arXiv 2405.03003).
 Only the n real spectral coefficients c of each adapted module train (zero at init); the positions are drawn once
 from a seeded generator (``random_loc_seed``) and shared by every layer, so they are stored as one seed, not as
 indices. n is independent of the layer's shape (n ≤ d_out·d_in). PEFT's ``FourierFTConfig`` (n_frequency,
-scaling = α; the paper uses n = 1000 with α = 300 on RoBERTa-base GLUE, PEFT defaults to α = 150).
+scaling = α, PEFT's defaults n = 1000 and α = 150; the paper tunes α per task).
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from ..errors import ConfigError
 from ..models.fused import weight_shape
 from ..models.roles import Target
 from . import register
-from ._peft_tmp import PeftMethod, module_kwargs
 from .base import Context, positive_int
 from .capabilities import Capabilities
+from .peft_backed import PeftMethod
 
 
 @dataclass
@@ -43,6 +43,7 @@ class FourierFT(PeftMethod):
     Args = FourierArgs
     capabilities = Capabilities(merge=True, export="peft",
                                 quantized_base_reason="PEFT's FourierFT layers have no bitsandbytes variant")
+    peft_config_name = "FourierFTConfig"
 
     @classmethod
     def test_args(cls) -> dict[str, Any]:
@@ -56,8 +57,6 @@ class FourierFT(PeftMethod):
                 raise ConfigError(f"method 'fourierft': n_frequency {self.args.n_frequency} exceeds the "
                                   f"{out_f}×{in_f} = {out_f * in_f} spectral entries of {t.name}.")
 
-    def peft_config(self, model: nn.Module, targets: list[Target], ctx: Context) -> Any:
-        from peft import FourierFTConfig
-
-        return FourierFTConfig(n_frequency=self.args.n_frequency, scaling=self.args.scaling,
-                               random_loc_seed=self.args.random_loc_seed, **module_kwargs(model, targets, ctx))
+    def config_kwargs(self, model: nn.Module, targets: list[Target], ctx: Context) -> dict[str, Any]:
+        return {"n_frequency": self.args.n_frequency, "scaling": self.args.scaling,
+                "random_loc_seed": self.args.random_loc_seed}

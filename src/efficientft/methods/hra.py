@@ -18,9 +18,10 @@ import torch.nn as nn
 
 from ..models.roles import Target
 from . import register
-from ._peft_tmp import PeftMethod, module_kwargs
+from ._shapes import LinearOnly
 from .base import Context, positive_int
 from .capabilities import Capabilities
+from .peft_backed import PeftMethod
 
 
 @dataclass
@@ -35,15 +36,12 @@ class HraArgs:
 
 
 @register("hra")
-class HRA(PeftMethod):
+class HRA(LinearOnly, PeftMethod):
     summary = "HRA (Yuan et al. 2024): W0·H1⋯Hr, a product of r Householder reflections (orthogonal), via PEFT"
     Args = HraArgs
     capabilities = Capabilities(rank=True, merge=True, export="peft",
                                 quantized_base_reason="PEFT's HRA layers have no bitsandbytes variant")
+    peft_config_name = "HRAConfig"
 
-    def peft_config(self, model: nn.Module, targets: list[Target], ctx: Context) -> Any:
-        from peft import HRAConfig
-
-        kwargs = module_kwargs(model, targets, ctx)
-        kwargs.pop("fan_in_fan_out")
-        return HRAConfig(r=self.args.rank, apply_GS=self.args.apply_gs, **kwargs)
+    def config_kwargs(self, model: nn.Module, targets: list[Target], ctx: Context) -> dict[str, Any]:
+        return {"r": self.args.rank, "apply_GS": self.args.apply_gs}

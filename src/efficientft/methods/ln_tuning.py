@@ -17,9 +17,9 @@ import torch.nn as nn
 from ..models.roles import Target
 from ..strategy import is_norm
 from . import register
-from ._peft_tmp import PeftMethod
 from .base import Context, NoArgs
 from .capabilities import Capabilities
+from .peft_backed import PeftMethod
 
 
 @register("ln_tuning")
@@ -27,10 +27,8 @@ class LNTuning(PeftMethod):
     summary = "LayerNorm tuning (Qi et al. 2022): only the gains and biases of every normalisation layer train, via PEFT"
     Args = NoArgs
     capabilities = Capabilities(targets="none", v_role=False, merge=True, export="peft", quantized_base=True)
+    peft_config_name = "LNTuningConfig"
 
-    def peft_config(self, model: nn.Module, targets: list[Target], ctx: Context) -> Any:
-        from peft import LNTuningConfig
-
-        heads = tuple(ctx.heads)
-        norms = [n for n, m in model.named_modules() if is_norm(m) and not n.startswith(heads)]
-        return LNTuningConfig(task_type=ctx.peft_task_type, target_modules=norms, modules_to_save=list(heads))
+    def config_kwargs(self, model: nn.Module, targets: list[Target], ctx: Context) -> dict[str, Any]:
+        heads = tuple(ctx.heads)  # the head trains in full (modules_to_save); its norms, if any, with it
+        return {"target_modules": [n for n, m in model.named_modules() if is_norm(m) and not n.startswith(heads)]}

@@ -29,7 +29,7 @@ from ..models.roles import Target
 from . import register
 from .base import Context, Method, positive_int
 from .capabilities import Capabilities
-from .lora import LoRA, LoraArgs
+from .lora import LoraArgs, LoraBacked
 
 
 @dataclass
@@ -45,14 +45,13 @@ class LoftqArgs(LoraArgs):
 
 
 @register("loftq")
-class LoftQ(LoRA):
+class LoftQ(LoraBacked):
     summary = "LoftQ (Li et al. 2024): LoRA whose A, B and quantized base Q minimise ‖W − Q − s·BA‖ (offline, CPU)"
     Args = LoftqArgs
-    supports_quantized_base = False
-    quantized_base_reason = ("it quantizes the full-precision W itself, alternating with the SVD of the error; a "
-                             "base loaded in 4 bits no longer has W (LoftQ simulates the quantized base instead)")
-    capabilities = Capabilities(rank=True, merge=True, export="efficientft", quantized_base=False,
-                                quantized_base_reason=quantized_base_reason)
+    capabilities = Capabilities(
+        rank=True, merge=True, export="efficientft", quantized_base=False,
+        quantized_base_reason="it quantizes the full-precision W itself, alternating with the SVD of the error; a "
+                              "base loaded in 4 bits no longer has W (LoftQ simulates the quantized base instead)")
 
     def prepare(self, model: nn.Module, targets: list[Target], ctx: Context) -> nn.Module:
         from peft.tuners.lora import LoraLayer

@@ -17,9 +17,10 @@ import torch.nn as nn
 
 from ..models.roles import Target
 from . import register
-from ._peft_tmp import PeftMethod, module_kwargs
+from ._shapes import LinearOnly
 from .base import Context, positive_int
 from .capabilities import Capabilities
+from .peft_backed import PeftMethod
 
 
 @dataclass
@@ -43,15 +44,12 @@ class LycorisArgs:
 
 
 @register("loha")
-class LoHa(PeftMethod):
+class LoHa(LinearOnly, PeftMethod):
     summary = "LoHa (Hyeon-Woo et al. 2022): ΔW = (α/r)·(B1A1)⊙(B2A2), a Hadamard product of two low-rank terms, via PEFT"
     Args = LycorisArgs
     capabilities = Capabilities(rank=True, merge=True, export="peft",
                                 quantized_base_reason="PEFT's LyCORIS layers (LoHa) have no bitsandbytes variant")
+    peft_config_name = "LoHaConfig"
 
-    def peft_config(self, model: nn.Module, targets: list[Target], ctx: Context) -> Any:
-        from peft import LoHaConfig
-
-        kwargs = module_kwargs(model, targets, ctx)
-        kwargs.pop("fan_in_fan_out")
-        return LoHaConfig(**self.args.lycoris_kwargs(), **kwargs)
+    def config_kwargs(self, model: nn.Module, targets: list[Target], ctx: Context) -> dict[str, Any]:
+        return self.args.lycoris_kwargs()

@@ -18,10 +18,11 @@ import torch.nn as nn
 
 from ..models.roles import Target
 from . import register
-from ._peft_tmp import PeftMethod, module_kwargs
+from ._shapes import LinearOnly
 from .base import Context
 from .capabilities import Capabilities
 from .loha import LycorisArgs
+from .peft_backed import PeftMethod
 
 
 @dataclass
@@ -37,16 +38,13 @@ class LokrArgs(LycorisArgs):
 
 
 @register("lokr")
-class LoKr(PeftMethod):
+class LoKr(LinearOnly, PeftMethod):
     summary = "LoKr (Yeh et al. 2024): ΔW = (α/r)·W1 ⊗ W2, a Kronecker product with a low-rank W2, via PEFT"
     Args = LokrArgs
     capabilities = Capabilities(merge=True, export="peft",
                                 quantized_base_reason="PEFT's LyCORIS layers (LoKr) have no bitsandbytes variant")
+    peft_config_name = "LoKrConfig"
 
-    def peft_config(self, model: nn.Module, targets: list[Target], ctx: Context) -> Any:
-        from peft import LoKrConfig
-
-        kwargs = module_kwargs(model, targets, ctx)
-        kwargs.pop("fan_in_fan_out")
-        return LoKrConfig(**self.args.lycoris_kwargs(), decompose_both=self.args.decompose_both,
-                          decompose_factor=self.args.decompose_factor, **kwargs)
+    def config_kwargs(self, model: nn.Module, targets: list[Target], ctx: Context) -> dict[str, Any]:
+        return {**self.args.lycoris_kwargs(), "decompose_both": self.args.decompose_both,
+                "decompose_factor": self.args.decompose_factor}

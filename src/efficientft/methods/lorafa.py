@@ -18,14 +18,13 @@ from ..models.roles import Target
 from . import register
 from .base import Context
 from .capabilities import Capabilities
-from .lora import LoRA
+from .lora import LoraBacked
 
 
 @register("lorafa")
-class LoRAFA(LoRA):
+class LoRAFA(LoraBacked):
     summary = "LoRA-FA (Zhang et al. 2023): LoRA with A frozen; B's gradient projected by PEFT's LoRA-FA optimizer"
     capabilities = Capabilities(rank=True, quantized_base=True, merge=True, export="peft")
-    supports_quantized_base = True
 
     def prepare(self, model: nn.Module, targets: list[Target], ctx: Context) -> nn.Module:
         model = super().prepare(model, targets, ctx)

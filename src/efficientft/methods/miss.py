@@ -18,9 +18,10 @@ import torch.nn as nn
 
 from ..models.roles import Target
 from . import register
-from ._peft_tmp import PeftMethod, module_kwargs
+from ._shapes import LinearOnly
 from .base import Context, positive_int
 from .capabilities import Capabilities
+from .peft_backed import PeftMethod
 
 
 @dataclass
@@ -35,14 +36,11 @@ class MissArgs:
 
 
 @register("miss")
-class MiSS(PeftMethod):
+class MiSS(LinearOnly, PeftMethod):
     summary = "MiSS (Kang & Yin 2024): one shared trained shard D tiled across the weight's column blocks, via PEFT"
     Args = MissArgs
     capabilities = Capabilities(rank=True, quantized_base=True, merge=True, export="peft")
+    peft_config_name = "MissConfig"
 
-    def peft_config(self, model: nn.Module, targets: list[Target], ctx: Context) -> Any:
-        from peft import MissConfig
-
-        kwargs = module_kwargs(model, targets, ctx)
-        kwargs.pop("fan_in_fan_out")
-        return MissConfig(r=self.args.rank, miss_dropout=self.args.dropout, **kwargs)
+    def config_kwargs(self, model: nn.Module, targets: list[Target], ctx: Context) -> dict[str, Any]:
+        return {"r": self.args.rank, "miss_dropout": self.args.dropout}

@@ -19,10 +19,10 @@ import torch.nn as nn
 
 from ..models.roles import Target
 from . import register
-from ._peft_tmp import PeftMethod, module_kwargs
-from ._shapes import check_divides
+from ._shapes import LinearOnly, check_divides
 from .base import Context, positive_int
 from .capabilities import Capabilities
+from .peft_backed import PeftMethod
 
 
 @dataclass
@@ -40,19 +40,16 @@ class OftArgs:
 
 
 @register("oft")
-class OFT(PeftMethod):
+class OFT(LinearOnly, PeftMethod):
     summary = "OFT (Qiu et al. 2023): W0·R with R block-diagonal orthogonal (Cayley), row angles kept, via PEFT"
     Args = OftArgs
     capabilities = Capabilities(quantized_base=True, merge=True, export="peft")
+    peft_config_name = "OFTConfig"
 
     def check_targets(self, model: nn.Module, targets: list[Target]) -> None:
         super().check_targets(model, targets)
         check_divides(self.name, model, targets, self.args.block_size, "block_size")
 
-    def peft_config(self, model: nn.Module, targets: list[Target], ctx: Context) -> Any:
-        from peft import OFTConfig
-
-        kwargs = module_kwargs(model, targets, ctx)
-        kwargs.pop("fan_in_fan_out")
-        return OFTConfig(r=0, oft_block_size=self.args.block_size, coft=self.args.coft, eps=self.args.eps,
-                         block_share=self.args.block_share, use_cayley_neumann=self.args.cayley_neumann, **kwargs)
+    def config_kwargs(self, model: nn.Module, targets: list[Target], ctx: Context) -> dict[str, Any]:
+        return {"r": 0, "oft_block_size": self.args.block_size, "coft": self.args.coft, "eps": self.args.eps,
+                "block_share": self.args.block_share, "use_cayley_neumann": self.args.cayley_neumann}

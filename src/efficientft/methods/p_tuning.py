@@ -38,9 +38,8 @@ class PTuning(PromptMethod):
     summary = "P-tuning (Liu et al. 2021): n virtual tokens from a trained prompt encoder (MLP/LSTM), via PEFT"
     Args = PTuningArgs
     capabilities = Capabilities(targets="none", v_role=False, quantized_base=True, export="peft")
+    peft_config_name = "PromptEncoderConfig"
 
-    def prompt_config(self) -> tuple[type, dict[str, Any]]:
-        from peft import PromptEncoderConfig
-
-        return PromptEncoderConfig, {"encoder_reparameterization_type": self.args.encoder,
+    def prompt_kwargs(self) -> dict[str, Any]:
+        return {"encoder_reparameterization_type": self.args.encoder,
                                      "encoder_hidden_size": self.args.encoder_hidden_size}

@@ -36,9 +36,8 @@ class PrefixTuning(PromptMethod):
     summary = "prefix tuning (Li & Liang 2021): n trained key/value vectors in every attention layer, via PEFT"
     Args = PrefixArgs
     capabilities = Capabilities(targets="none", v_role=False, quantized_base=True, export="peft")
+    peft_config_name = "PrefixTuningConfig"
 
-    def prompt_config(self) -> tuple[type, dict[str, Any]]:
-        from peft import PrefixTuningConfig
-
-        return PrefixTuningConfig, {"prefix_projection": self.args.prefix_projection,
+    def prompt_kwargs(self) -> dict[str, Any]:
+        return {"prefix_projection": self.args.prefix_projection,
                                     "encoder_hidden_size": self.args.encoder_hidden_size}

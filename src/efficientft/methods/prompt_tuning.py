@@ -22,8 +22,7 @@ class PromptTuning(PromptMethod):
     summary = "prompt tuning (Lester et al. 2021): n trained virtual-token embeddings prepended to the input, via PEFT"
     Args = PromptArgs
     capabilities = Capabilities(targets="none", v_role=False, quantized_base=True, export="peft")
+    peft_config_name = "PromptTuningConfig"
 
-    def prompt_config(self) -> tuple[type, dict[str, Any]]:
-        from peft import PromptTuningConfig
-
-        return PromptTuningConfig, {"prompt_tuning_init": "RANDOM"}
+    def prompt_kwargs(self) -> dict[str, Any]:
+        return {"prompt_tuning_init": "RANDOM"}

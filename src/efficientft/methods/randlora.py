@@ -19,9 +19,9 @@ import torch.nn as nn
 
 from ..models.roles import Target
 from . import register
-from ._peft_tmp import PeftMethod, module_kwargs
 from .base import Context, positive_int
 from .capabilities import Capabilities
+from .peft_backed import PeftMethod
 
 
 @dataclass
@@ -45,11 +45,10 @@ class RandLoRA(PeftMethod):
     summary = "RandLoRA (Albert et al. 2025): full-rank ΔW from frozen shared random bases with trained scalings, via PEFT"
     Args = RandLoraArgs
     capabilities = Capabilities(rank=True, quantized_base=True, merge=True, export="peft")
+    peft_config_name = "RandLoraConfig"
 
-    def peft_config(self, model: nn.Module, targets: list[Target], ctx: Context) -> Any:
-        from peft import RandLoraConfig
-
+    def config_kwargs(self, model: nn.Module, targets: list[Target], ctx: Context) -> dict[str, Any]:
         a = self.args
-        return RandLoraConfig(r=a.rank, randlora_alpha=a.alpha if a.alpha is not None else 20 * a.rank,
-                              sparse=a.sparse, very_sparse=a.very_sparse, randlora_dropout=a.dropout,
-                              projection_prng_key=ctx.seed, save_projection=True, **module_kwargs(model, targets, ctx))
+        return {"r": a.rank, "randlora_alpha": a.alpha if a.alpha is not None else 20 * a.rank, "sparse": a.sparse,
+                "very_sparse": a.very_sparse, "randlora_dropout": a.dropout, "projection_prng_key": ctx.seed,
+                "save_projection": True}

@@ -17,9 +17,10 @@ import torch.nn as nn
 
 from ..models.roles import Target
 from . import register
-from ._peft_tmp import PeftMethod, module_kwargs
+from ._shapes import LinearOnly
 from .base import Context, positive_int
 from .capabilities import Capabilities
+from .peft_backed import PeftMethod
 
 
 @dataclass
@@ -31,14 +32,11 @@ class ShiraArgs:
 
 
 @register("shira")
-class SHiRA(PeftMethod):
+class SHiRA(LinearOnly, PeftMethod):
     summary = "SHiRA (Bhardwaj et al. 2024): a fixed random sparse mask of weight entries trains, via PEFT"
     Args = ShiraArgs
     capabilities = Capabilities(quantized_base=True, merge=True, export="peft")
+    peft_config_name = "ShiraConfig"
 
-    def peft_config(self, model: nn.Module, targets: list[Target], ctx: Context) -> Any:
-        from peft import ShiraConfig
-
-        kwargs = module_kwargs(model, targets, ctx)
-        kwargs.pop("fan_in_fan_out")
-        return ShiraConfig(r=self.args.rank, mask_type="random", random_seed=ctx.seed, **kwargs)
+    def config_kwargs(self, model: nn.Module, targets: list[Target], ctx: Context) -> dict[str, Any]:
+        return {"r": self.args.rank, "mask_type": "random", "random_seed": ctx.seed}

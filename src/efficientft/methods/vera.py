@@ -19,9 +19,9 @@ import torch.nn as nn
 
 from ..models.roles import Target
 from . import register
-from ._peft_tmp import PeftMethod, module_kwargs
 from .base import Context, positive_int
 from .capabilities import Capabilities
+from .peft_backed import PeftMethod
 
 
 @dataclass
@@ -41,9 +41,8 @@ class VeRA(PeftMethod):
     summary = "VeRA (Kopiczko et al. 2024): frozen shared random A, B; only the scaling vectors d, b train, via PEFT"
     Args = VeraArgs
     capabilities = Capabilities(rank=False, quantized_base=True, merge=True, export="peft")
+    peft_config_name = "VeraConfig"
 
-    def peft_config(self, model: nn.Module, targets: list[Target], ctx: Context) -> Any:
-        from peft import VeraConfig
-
-        return VeraConfig(r=self.args.rank, d_initial=self.args.d_initial, vera_dropout=self.args.dropout,
-                          projection_prng_key=ctx.seed, save_projection=True, **module_kwargs(model, targets, ctx))
+    def config_kwargs(self, model: nn.Module, targets: list[Target], ctx: Context) -> dict[str, Any]:
+        return {"r": self.args.rank, "d_initial": self.args.d_initial, "vera_dropout": self.args.dropout,
+                "projection_prng_key": ctx.seed, "save_projection": True}
