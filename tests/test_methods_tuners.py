@@ -379,11 +379,34 @@ def test_sizes_that_do_not_fit_the_weights_are_refused_in_one_line(name, args, m
     assert "\n" not in str(e.value)
 
 
-@pytest.mark.parametrize("name", ["prompt_tuning", "prefix_tuning", "p_tuning", "ln_tuning"])
-def test_methods_without_a_w_v_role_refuse_lambda(name, tiny_bert):
-    with pytest.raises(ConfigError, match="W_v") as e:
-        prepare(tiny_config(tiny_bert, method=name, lr_ratio=4.0, method_args={}))
-    assert "\n" not in str(e.value)
+@pytest.mark.parametrize("args,msg", [
+    (["--method", "prompt_tuning", "--lr-ratio", "4"],
+     "lr_ratio 4 (W_v's rate) cannot apply to method 'prompt_tuning': it trains no parameter of W_v"),
+    (["--method", "ln_tuning", "--lr-ratio", "2"], "cannot apply to method 'ln_tuning': it trains no parameter of W_v"),
+    (["--method", "prefix_tuning", "--targets", "qkv"], "method 'prefix_tuning' adapts no modules"),
+    (["--method", "oft", "--method-arg", "block_size=5"], "method 'oft': block_size 5 does not divide the input width"),
+    (["--method", "hra", "--rank", "3"], "rank must be even (HRA starts from pairs of equal reflections), got 3."),
+    (["--method", "loftq", "--method-arg", "bits=3"], "bits must be 4 (NF4) or 8 (int8), got 3."),
+    (["--method", "corda", "--method-arg", "mode=fast"], "mode must be one of ipm, kpm, got 'fast'."),
+])
+def test_bad_tuner_input_is_one_line_and_exit_code_2(args, msg, tiny_bert, tmp_path, capsys):
+    from efficientft.cli import main
+
+    code = main(["run", "--steps", "1", "--max-train", "8", "--model", str(tiny_bert), "--store",
+                 str(tmp_path / "s.sqlite"), *args])
+    err = capsys.readouterr().err
+    assert code == 2 and msg in err and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1, err
+
+
+def test_nn_linear_only_tuners_refuse_gpt2_conv1d_in_one_line(tiny_gpt2):
+    from transformers import AutoModelForSequenceClassification as Auto
+
+    for name in ("loha", "oft", "hra", "c3a", "miss", "shira"):
+        with pytest.raises(ConfigError, match=rf"^method '{name}': PEFT's layers for it take nn.Linear only, and "
+                                              r"transformer.h.0.attn.c_proj is a GPT-2 Conv1D"):
+            build(tiny_gpt2, name, targets="o", base=Auto.from_pretrained(tiny_gpt2, num_labels=2),
+                  **METHODS.get(name).test_args())
 
 
 # ------------------------------------------------------------------------------------------------- LoftQ
