@@ -465,3 +465,12 @@ def test_corda_adapter_is_the_svd_of_w_times_the_covariance_of_its_inputs(mode, 
     again.load_state_dict(fresh, method.state_dict(model))
     for (n, p), (_, q) in zip(model.named_parameters(), fresh.named_parameters(), strict=True):
         torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-6, msg=n)
+
+
+@pytest.mark.parametrize("name", ["prompt_tuning", "ln_tuning"])
+def test_methods_that_target_nothing_get_no_targets_even_on_gpt2(name, tiny_gpt2):
+    """The default --targets (qv) names GPT-2's fused c_attn slices, which a method that targets nothing must not
+    be refused for, nor recorded as adapting."""
+    p = prepare(tiny_config(tiny_gpt2, method=name, method_args={}, steps=1))
+    assert p.info["targets"] == []
+    assert p.method.trainable_parameters(p.model) > 0
