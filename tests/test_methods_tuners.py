@@ -384,6 +384,8 @@ def test_sizes_that_do_not_fit_the_weights_are_refused_in_one_line(name, args, m
      "lr_ratio 4 (W_v's rate) cannot apply to method 'prompt_tuning': it trains no parameter of W_v"),
     (["--method", "ln_tuning", "--lr-ratio", "2"], "cannot apply to method 'ln_tuning': it trains no parameter of W_v"),
     (["--method", "prefix_tuning", "--targets", "qkv"], "method 'prefix_tuning' adapts no modules"),
+    (["--method", "prefix_tuning", "--gradient-checkpointing"],
+     "method 'prefix_tuning' cannot train with gradient checkpointing (PEFT refuses it for this method)"),
     (["--method", "oft", "--method-arg", "block_size=5"], "method 'oft': block_size 5 does not divide the input width"),
     (["--method", "hra", "--rank", "3"], "rank must be even (HRA starts from pairs of equal reflections), got 3."),
     (["--method", "loftq", "--method-arg", "bits=3"], "bits must be 4 (NF4) or 8 (int8), got 3."),

@@ -35,7 +35,8 @@ class PrefixArgs(PromptArgs):
 class PrefixTuning(PromptMethod):
     summary = "prefix tuning (Li & Liang 2021): n trained key/value vectors in every attention layer, via PEFT"
     Args = PrefixArgs
-    capabilities = Capabilities(targets="none", v_role=False, quantized_base=True, export="peft")
+    capabilities = Capabilities(targets="none", v_role=False, quantized_base=True, export="peft",
+                                gradient_checkpointing=False)  # PEFT refuses it: the prefixes enter as a cache
     peft_config_name = "PrefixTuningConfig"
 
     def prompt_kwargs(self) -> dict[str, Any]:
