@@ -73,3 +73,31 @@ def test_rank_notes_come_from_the_method_not_from_error_text(tiny_bert):
     with pytest.raises(ConfigError, match=r"^rank 36 is larger than .*at most 32\)\. AdaLoRA starts at init_r = 36"):
         ada.check_targets(model, targets)
     METHODS.get("adalora").from_config({"rank": 16}).check_targets(model, targets)  # init_r 24 fits
+
+
+def test_eft_methods_prints_one_line_per_method_with_its_capabilities(capsys):
+    import json
+
+    from efficientft.cli import main
+
+    assert main(["methods"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [ln.split()[0] for ln in lines] == sorted(METHODS.names())
+    lora = next(ln for ln in lines if ln.startswith("lora "))
+    assert lora.split()[1:6] == ["linear+slices", "λ:yes", "4-bit:yes", "merge:yes", "export:peft"]
+    assert lora.endswith(METHODS.get("lora").summary)
+    assert main(["methods", "--json"]) == 0
+    recs = [json.loads(ln) for ln in capsys.readouterr().out.splitlines()]
+    assert {r["name"]: r["capabilities"]["fused_slices"] for r in recs}["dora"] is False
+    assert len(recs) == len(METHODS.names())
+
+
+def test_every_registered_method_has_a_readme_row():
+    """The README's method table (`eft methods --markdown` prints its rows) names every registered method."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    rows = set(re.findall(r"^\| `([a-z0-9_]+)` \|", readme, flags=re.M))
+    missing = sorted(set(METHODS.names()) - rows)
+    assert not missing, f"README.md has no table row for: {', '.join(missing)} (rows: `eft methods --markdown`)"

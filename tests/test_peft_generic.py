@@ -80,3 +80,22 @@ def test_capabilities_are_derived_from_peft():
     assert not PEFT.from_config({"tuner": "poly"}).capabilities.merge  # PolyLayer defines no merge
     ln = PEFT.from_config({"tuner": "ln_tuning", "target_modules": ["LayerNorm"]})
     assert ln.capabilities.targets == "none" and not ln.capabilities.v_role
+
+
+def test_prompt_tuning_exports_and_reloads_to_identical_logits(tiny_llama, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    from efficientft.methods.base import Context
+    from efficientft.models import head_modules
+
+    p = prepare(_cfg(tiny_llama, method_args={"tuner": "prompt_tuning", "num_virtual_tokens": 3}))
+    train(p, progress=False)
+    p.model.eval()
+    x = {"input_ids": torch.tensor([[5, 6, 7, 8]]), "attention_mask": torch.ones(1, 4, dtype=torch.long)}
+    with torch.no_grad():
+        want = p.model(**x).logits
+    assert p.method.export(p.model, tmp_path / "e")["format"] == "peft-adapter"
+    base = AutoModelForSequenceClassification.from_pretrained(tiny_llama, num_labels=2)
+    again = PEFT.from_config(p.method.args_dict()).reload(base, tmp_path / "e", [], Context(heads=head_modules(base)))
+    with torch.no_grad():
+        torch.testing.assert_close(again.eval()(**x).logits, want)

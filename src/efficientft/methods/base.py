@@ -94,9 +94,11 @@ class Method:
         return dataclasses.asdict(self.args)
 
     @classmethod
-    def test_args(cls) -> dict[str, Any]:
-        """Small ``method_args`` for the conformance tests' tiny models (hidden size 32): rank 4 where the method
-        has a rank. A method whose defaults do not fit a tiny model overrides this; the matrix reads nothing else."""
+    def test_args(cls, arch: str = "bert") -> dict[str, Any] | None:
+        """The conformance matrix's hook: small ``method_args`` for its tiny ``arch`` model ("bert", "llama",
+        "gpt2"; hidden size 32), rank 4 where the method has a rank. A method whose defaults do not fit a tiny model
+        overrides this; one that refuses an architecture by design (BitFit on LLaMA, which has no Q/V biases) returns
+        None for it, and the matrix then asserts a one-line ConfigError instead of training."""
         names = {f.name for f in dataclasses.fields(cls.Args)}
         return {"rank": 4} if "rank" in names else {}
 
@@ -206,6 +208,9 @@ class Method:
         first), so that it holds this export and nothing else. A stale adapter file left beside a new one is
         loaded by stock PEFT as if it were the new one. Methods write their files in :meth:`write_export`.
         """
+        if self.capabilities.export == "none":
+            raise ConfigError(f"method {self.name!r} cannot export what it learned (its capabilities declare no "
+                              "export format); drop --export-dir.")
         out_dir = Path(out_dir)
         clear_export_dir(out_dir, overwrite)
         info = self.write_export(model, out_dir)

@@ -41,8 +41,8 @@ class Capabilities:
     # Defines merge(): the learned update folded into plain weights.
     merge: bool = False
     # How export() writes what was learned: "peft" (a PEFT adapter folder), "efficientft" (our safetensors),
-    # "model" (a full transformers model folder).
-    export: Literal["peft", "efficientft", "model"] = "efficientft"
+    # "model" (a full transformers model folder), "none" (export refuses with one line).
+    export: Literal["peft", "efficientft", "model", "none"] = "efficientft"
     # Trains with --gradient-checkpointing (prefix tuning's key/value cache cannot be recomputed by it, in PEFT).
     gradient_checkpointing: bool = True
     # Does the method perform its own parameter update (zeroth-order: forward passes only, no backward)?
@@ -50,13 +50,14 @@ class Capabilities:
 
 
 def check_run(method: Any, *, targets: str, quantize: str | None, role_ratios: Mapping[str, float],
-              lr_ratio: float, default_targets: str, gradient_checkpointing: bool = False) -> None:
+              lr_ratio: float, default_targets: str, exporting: bool = False,
+              gradient_checkpointing: bool = False) -> None:
     """Refuse, before any model loads, a run that asks a method for what its capabilities say it cannot do.
 
     One line each (a ConfigError): targets ``all`` for a method without ``all_targets``; targets other than the
-    default for a method that targets nothing; a quantized base without ``quantized_base``; gradient checkpointing
-    without ``gradient_checkpointing``; λ (or a ``role_lr``
-    for v) ≠ 1 for a method without ``v_role``, which would otherwise be stored as applied and never be.
+    default for a method that targets nothing; a quantized base without ``quantized_base``; an export folder for a
+    method whose export is ``"none"``; gradient checkpointing without ``gradient_checkpointing``; λ (or a
+    ``role_lr`` for v) ≠ 1 for a method without ``v_role``, which would otherwise be stored as applied and never be.
     """
     from ..errors import ConfigError
 
@@ -69,6 +70,9 @@ def check_run(method: Any, *, targets: str, quantize: str | None, role_ratios: M
                           f"parameters), so --targets means nothing for it; leave the default {default_targets!r}, "
                           f"got {targets!r}.")
     check_quantized(method, quantize)
+    if exporting and caps.export == "none":
+        raise ConfigError(f"method {name!r} cannot export what it learned (its capabilities declare no export "
+                          "format); drop --export-dir.")
     if gradient_checkpointing and not caps.gradient_checkpointing:
         raise ConfigError(f"method {name!r} cannot train with gradient checkpointing (PEFT refuses it for this "
                           "method); drop --gradient-checkpointing.")
@@ -90,3 +94,12 @@ def check_quantized(method: Any, quantize: str | None) -> None:
     raise ConfigError(f"method {method.name!r} cannot train on a {quantize} quantized base: "
                       f"{method.capabilities.quantized_base_reason}. Methods that can: {', '.join(able)}; or drop "
                       "--quantize.")
+
+
+def describe(caps: Capabilities) -> dict[str, str]:
+    """The compact capability columns of ``eft methods`` and the README table: what a target is, λ, a 4-bit base,
+    merge, export."""
+    targets = caps.targets + ("+slices" if caps.fused_slices else "") + ("+all" if caps.all_targets else "")
+    yes = {True: "yes", False: "no"}
+    return {"targets": targets, "λ": yes[caps.v_role], "4-bit": yes[caps.quantized_base], "merge": yes[caps.merge],
+            "export": caps.export}

@@ -77,7 +77,9 @@ class PeftMethod(Method):
         kwargs: dict[str, Any] = {"task_type": ctx.peft_task_type, "modules_to_save": list(ctx.heads)}
         if self.capabilities.targets != "none":
             kwargs["target_modules"] = [t.name for t in targets]
-            if any(type(model.get_submodule(t.name)).__name__ == "Conv1D" for t in targets):
+            from transformers.pytorch_utils import Conv1D
+
+            if any(isinstance(model.get_submodule(t.name), Conv1D) for t in targets):
                 kwargs["fan_in_fan_out"] = True
         names = {f.name for f in dataclasses.fields(self.config_class())}
         return {k: v for k, v in kwargs.items() if k in names}

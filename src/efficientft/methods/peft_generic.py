@@ -120,7 +120,7 @@ class GenericPeft(PeftMethod):
         return {"tuner": self.args.tuner, **self.args.options}  # flat, as given (from_config reads it back)
 
     @classmethod
-    def test_args(cls) -> dict[str, Any]:
+    def test_args(cls, arch: str = "bert") -> dict[str, Any] | None:
         return {"tuner": "vera", "r": 4}
 
     def config_class(self) -> type:
