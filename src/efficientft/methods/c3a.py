@@ -45,7 +45,7 @@ class C3A(LinearOnly, PeftMethod):
     peft_config_name = "C3AConfig"
 
     @classmethod
-    def test_args(cls) -> dict[str, Any]:
+    def test_args(cls, arch: str = "bert") -> dict[str, Any] | None:
         return {"block_size": 8}  # the tiny models' widths are 16, 32 and 64
 
     def check_targets(self, model: nn.Module, targets: list[Target]) -> None:

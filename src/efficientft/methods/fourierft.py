@@ -46,7 +46,7 @@ class FourierFT(PeftMethod):
     peft_config_name = "FourierFTConfig"
 
     @classmethod
-    def test_args(cls) -> dict[str, Any]:
+    def test_args(cls, arch: str = "bert") -> dict[str, Any] | None:
         return {"n_frequency": 64}  # the tiny models' smallest projection has 16·32 = 512 entries
 
     def check_targets(self, model: nn.Module, targets: list[Target]) -> None:
