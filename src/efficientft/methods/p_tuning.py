@@ -42,4 +42,4 @@ class PTuning(PromptMethod):
 
     def prompt_kwargs(self) -> dict[str, Any]:
         return {"encoder_reparameterization_type": self.args.encoder,
-                                     "encoder_hidden_size": self.args.encoder_hidden_size}
+                "encoder_hidden_size": self.args.encoder_hidden_size}

@@ -41,4 +41,4 @@ class PrefixTuning(PromptMethod):
 
     def prompt_kwargs(self) -> dict[str, Any]:
         return {"prefix_projection": self.args.prefix_projection,
-                                    "encoder_hidden_size": self.args.encoder_hidden_size}
+                "encoder_hidden_size": self.args.encoder_hidden_size}
