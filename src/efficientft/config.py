@@ -227,7 +227,8 @@ class RunConfig:
         from .methods.capabilities import check_run
 
         check_run(method, targets=self.targets, quantize=self.quantize, role_ratios=self.role_ratios,
-                  lr_ratio=self.lr_ratio, default_targets=DEFAULT_TARGETS, exporting=bool(self.export_dir))
+                  lr_ratio=self.lr_ratio, default_targets=DEFAULT_TARGETS, exporting=bool(self.export_dir),
+                  gradient_checkpointing=bool(self.gradient_checkpointing))
 
     def identity(self) -> dict[str, Any]:
         """The fields that define the experiment (everything but where things live and how they are shown)."""

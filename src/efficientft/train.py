@@ -178,7 +178,8 @@ def prepare(cfg: RunConfig, runtime: Runtime | None = None, resume: TrainState |
     if cfg.gradient_checkpointing:  # before the method wraps the model: every layer is checkpointed whole
         enable_gradient_checkpointing(model)
     base_params = sum(p.numel() for p in model.parameters())
-    targets = [] if cfg.targets == ALL else resolve_targets(model, cfg.targets)
+    # a method that targets nothing (prompt-type, LayerNorm tuning) gets no targets: none is adapted or recorded
+    targets = [] if cfg.targets == ALL or method.capabilities.targets == "none" else resolve_targets(model, cfg.targets)
     check_max_length(cfg.max_length, loaded.tokenizer, pair=train_ex.text_b is not None)
     with_types = _accepts(model, "token_type_ids") and "token_type_ids" in loaded.tokenizer.model_input_names
     train = encode(train_ex, loaded.tokenizer, cfg.max_length, with_types)

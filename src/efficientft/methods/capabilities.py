@@ -43,18 +43,21 @@ class Capabilities:
     # How export() writes what was learned: "peft" (a PEFT adapter folder), "efficientft" (our safetensors),
     # "model" (a full transformers model folder), "none" (export refuses with one line).
     export: Literal["peft", "efficientft", "model", "none"] = "efficientft"
+    # Trains with --gradient-checkpointing (prefix tuning's key/value cache cannot be recomputed by it, in PEFT).
+    gradient_checkpointing: bool = True
     # Does the method perform its own parameter update (zeroth-order: forward passes only, no backward)?
     owns_update: bool = False
 
 
 def check_run(method: Any, *, targets: str, quantize: str | None, role_ratios: Mapping[str, float],
-              lr_ratio: float, default_targets: str, exporting: bool = False) -> None:
+              lr_ratio: float, default_targets: str, exporting: bool = False,
+              gradient_checkpointing: bool = False) -> None:
     """Refuse, before any model loads, a run that asks a method for what its capabilities say it cannot do.
 
     One line each (a ConfigError): targets ``all`` for a method without ``all_targets``; targets other than the
     default for a method that targets nothing; a quantized base without ``quantized_base``; an export folder for a
-    method whose export is ``"none"``; λ (or a ``role_lr`` for v) ≠ 1 for a method without ``v_role``, which would
-    otherwise be stored as applied and never be.
+    method whose export is ``"none"``; gradient checkpointing without ``gradient_checkpointing``; λ (or a
+    ``role_lr`` for v) ≠ 1 for a method without ``v_role``, which would otherwise be stored as applied and never be.
     """
     from ..errors import ConfigError
 
@@ -70,6 +73,9 @@ def check_run(method: Any, *, targets: str, quantize: str | None, role_ratios: M
     if exporting and caps.export == "none":
         raise ConfigError(f"method {name!r} cannot export what it learned (its capabilities declare no export "
                           "format); drop --export-dir.")
+    if gradient_checkpointing and not caps.gradient_checkpointing:
+        raise ConfigError(f"method {name!r} cannot train with gradient checkpointing (PEFT refuses it for this "
+                          "method); drop --gradient-checkpointing.")
     ratio = float(role_ratios.get("v", 1.0))
     if not caps.v_role and ratio != 1.0:
         what = f"lr_ratio {ratio:g} (W_v's rate)" if lr_ratio != 1.0 else f"role_lr v={ratio:g}"

@@ -1,0 +1,55 @@
+"""LoHa (Hyeon-Woo, Ye-Bin & Oh 2022, "FedPara: Low-Rank Hadamard Product for Communication-Efficient Federated
+Learning", ICLR 2022, arXiv 2108.06098; the LyCORIS adapter).
+
+    ΔW = (α/r) · (B₁A₁) ⊙ (B₂A₂),   Bᵢ ∈ R^{d_out×r},  Aᵢ ∈ R^{r×d_in}
+
+The Hadamard product of two rank-r matrices has rank up to r², so LoHa reaches a higher-rank update than LoRA for
+the same 2r(d_in + d_out) parameters per module. One factor starts at zero (ΔW = 0 at init). PEFT's ``LoHaConfig``
+(r, alpha, rank_dropout, module_dropout); nn.Linear only (PEFT's LyCORIS layers do not take GPT-2's Conv1D).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch.nn as nn
+
+from ..models.roles import Target
+from . import register
+from ._shapes import LinearOnly
+from .base import Context, positive_int
+from .capabilities import Capabilities
+from .peft_backed import PeftMethod
+
+
+@dataclass
+class LycorisArgs:
+    rank: int = 8
+    alpha: float | None = None  # None: α = r (scale 1)
+    rank_dropout: float = 0.0
+    module_dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        positive_int("rank", self.rank)
+        if self.alpha is not None and not self.alpha > 0:
+            raise ValueError(f"alpha must be > 0, got {self.alpha!r}.")
+        for name in ("rank_dropout", "module_dropout"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}.")
+
+    def lycoris_kwargs(self) -> dict[str, Any]:
+        return {"r": self.rank, "alpha": self.alpha if self.alpha is not None else self.rank,
+                "rank_dropout": self.rank_dropout, "module_dropout": self.module_dropout}
+
+
+@register("loha")
+class LoHa(LinearOnly, PeftMethod):
+    summary = "LoHa (Hyeon-Woo et al. 2022): ΔW = (α/r)·(B1A1)⊙(B2A2), a Hadamard product of two low-rank terms, via PEFT"
+    Args = LycorisArgs
+    capabilities = Capabilities(rank=True, merge=True, export="peft",
+                                quantized_base_reason="PEFT's LyCORIS layers (LoHa) have no bitsandbytes variant")
+    peft_config_name = "LoHaConfig"
+
+    def config_kwargs(self, model: nn.Module, targets: list[Target], ctx: Context) -> dict[str, Any]:
+        return self.args.lycoris_kwargs()

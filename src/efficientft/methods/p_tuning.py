@@ -1,0 +1,45 @@
+"""P-tuning (Liu et al. 2021, "GPT Understands, Too", arXiv 2103.10385; AI Open 2023).
+
+    input = [h₁ … h_n; E(x)],   h = MLP(e₁ … e_n)  (or a bidirectional LSTM followed by an MLP)
+
+Like prompt tuning, n virtual tokens are prepended to the input embeddings (the sequence grows by n), but they are
+produced by a trained prompt encoder from n trained embeddings, which the paper found trains more stably. Trainable
+parameters: n × h embeddings + the encoder (+ the task head); after training only the encoder's output is needed.
+PEFT's ``PromptEncoderConfig`` (encoder_reparameterization_type MLP | LSTM, encoder_hidden_size).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from . import register
+from ._prompt import PromptArgs, PromptMethod
+from .base import positive_int
+from .capabilities import Capabilities
+
+ENCODERS = ("MLP", "LSTM")
+
+
+@dataclass
+class PTuningArgs(PromptArgs):
+    encoder: str = "MLP"
+    encoder_hidden_size: int = 128
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        positive_int("encoder_hidden_size", self.encoder_hidden_size)
+        if self.encoder not in ENCODERS:
+            raise ValueError(f"encoder must be one of {', '.join(ENCODERS)}, got {self.encoder!r}.")
+
+
+@register("p_tuning")
+class PTuning(PromptMethod):
+    summary = "P-tuning (Liu et al. 2021): n virtual tokens from a trained prompt encoder (MLP/LSTM), via PEFT"
+    Args = PTuningArgs
+    capabilities = Capabilities(targets="none", v_role=False, quantized_base=True, export="peft")
+    peft_config_name = "PromptEncoderConfig"
+
+    def prompt_kwargs(self) -> dict[str, Any]:
+        return {"encoder_reparameterization_type": self.args.encoder,
+                "encoder_hidden_size": self.args.encoder_hidden_size}
