@@ -1,0 +1,185 @@
+"""Our own adapters (BitFit, Houlsby, Pfeiffer, parallel, Compacter, SSF): each one's defining property, its exact
+trainable count, export → reload on a fresh base, merge where defined, and a few steps on a causal LM."""
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, LlamaConfig, LlamaForCausalLM
+
+from efficientft.errors import ConfigError
+from efficientft.methods import get_method
+from efficientft.methods.base import Context
+from efficientft.models import head_modules, resolve_targets
+from efficientft.strategy import Strategy
+
+IDS = torch.tensor([[101, 2023, 2003, 1037, 3231, 102, 0, 0], [101, 2178, 6251, 2003, 2936, 2084, 1996, 102]])
+MASK = (IDS != 0).long()
+LABELS = torch.tensor([0, 1])
+
+
+def fresh(model_dir):
+    torch.manual_seed(0)
+    return AutoModelForSequenceClassification.from_pretrained(str(model_dir)).eval()
+
+
+def prepared(name, model_dir, args=None, targets="qv"):
+    base = fresh(model_dir)
+    method = get_method(name).from_config(args or {})
+    ctx = Context(heads=head_modules(base))
+    torch.manual_seed(1)
+    model = method.prepare(base, resolve_targets(base, targets), ctx)
+    return method, model, ctx
+
+
+@torch.no_grad()
+def logits(model):
+    return model.eval()(input_ids=IDS, attention_mask=MASK).logits
+
+
+def steps(method, model, n=2, lr=1e-2):
+    groups = method.param_groups(model, Strategy({}), lr, 0.0)
+    opt = method.optimizer(groups, lr, 0.0)
+    model.train()
+    for _ in range(n):
+        loss = model(input_ids=IDS, attention_mask=MASK, labels=LABELS).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    return model
+
+
+def trainable(model):
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+def head_numel(model):
+    return sum(p.numel() for h in head_modules(model) for p in model.get_submodule(h).parameters())
+
+
+def check_export_reload(name, method, model, model_dir, tmp_path, ctx, targets="qv"):
+    method.export(model, tmp_path / "export")
+    base = fresh(model_dir)
+    again = get_method(name).from_config(method.args_dict())
+    reloaded = again.reload(base, tmp_path / "export", resolve_targets(base, targets), ctx)
+    assert torch.equal(logits(reloaded), logits(model))
+
+
+# ---------------------------------------------------------------------------------------------- bottleneck adapters
+ADAPTERS = {  # name: (args, adapters per layer)
+    "houlsby": ({"bottleneck": 4}, 2),
+    "pfeiffer": ({"bottleneck": 4}, 1),
+    "parallel_adapter": ({"bottleneck": 4}, 1),
+}
+
+
+@pytest.mark.parametrize("family", ["bert", "llama", "gpt2"])
+@pytest.mark.parametrize("name", list(ADAPTERS))
+def test_bottleneck_adapter_is_identity_at_init_counts_exactly_trains_and_reloads(name, family, tiny_bert,
+                                                                                  tiny_llama, tiny_gpt2, tmp_path):
+    model_dir = {"bert": tiny_bert, "llama": tiny_llama, "gpt2": tiny_gpt2}[family]
+    args, per_layer = ADAPTERS[name]
+    before = logits(fresh(model_dir))
+    method, model, ctx = prepared(name, model_dir, args)
+    assert torch.equal(logits(model), before)  # W_up = 0: exactly the base model
+
+    d, m, layers = 32, 4, 2
+    want = layers * per_layer * (2 * d * m + m + d) + head_numel(model)
+    if name == "houlsby":  # + the layer norms of every layer (§2.1): BERT 2 LayerNorms (w, b), LLaMA 2 RMSNorms
+        want += layers * {"bert": 4 * d, "llama": 2 * d, "gpt2": 4 * d}[family]
+    assert method.trainable_parameters(model) == want
+    assert not any("classifier" in n or "score" in n for n in trainable(model) if ".adapter." in n)
+
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    steps(method, model)
+    assert not torch.allclose(logits(model), before)
+    assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if n in frozen)
+    check_export_reload(name, method, model, model_dir, tmp_path, ctx)
+
+
+def _capture(module, store, key):
+    return module.register_forward_hook(lambda mod, inp, out: store.__setitem__(key, (inp[0].detach(), out.detach())))
+
+
+@pytest.mark.parametrize("name", ["houlsby", "parallel_adapter"])
+def test_series_adapter_reads_the_output_parallel_adapter_reads_the_sub_layer_input(name, tiny_bert):
+    from efficientft.methods._adapters import InputTap, ParallelAdapter, SeriesAdapter
+
+    method, model, _ = prepared(name, tiny_bert, {"bottleneck": 4, "scaling": 2.0} if "parallel" in name
+                                else {"bottleneck": 4})
+    layer = model.bert.encoder.layer[0]
+    wrapped = layer.output.dense
+    with torch.no_grad():  # a non-zero W_up, so the adapter's term shows
+        for n, p in model.named_parameters():
+            if ".adapter.up." in n:
+                p.normal_(0, 0.5)
+    seen = {}
+    hooks = [_capture(wrapped, seen, "out"), _capture(wrapped.base, seen, "base")]
+    if name == "parallel_adapter":
+        assert isinstance(wrapped, ParallelAdapter) and isinstance(layer.intermediate.dense, InputTap)
+        hooks.append(_capture(layer.intermediate.dense.base, seen, "ffn_in"))
+    else:
+        assert isinstance(wrapped, SeriesAdapter) and isinstance(layer.attention.output.dense, SeriesAdapter)
+    logits(model)
+    for h in hooks:
+        h.remove()
+    h_base, out = seen["base"][1], seen["out"][1]
+    with torch.no_grad():
+        if name == "parallel_adapter":  # h + s · W_up f(W_down x), x the FFN's input (He et al. Eq. 10)
+            a = wrapped.adapter
+            want = h_base + 2.0 * a.up(torch.relu(a.down(seen["ffn_in"][0])))
+        else:  # h + W_up f(W_down h)
+            want = h_base + wrapped.adapter(h_base)
+    assert torch.allclose(out, want, atol=1e-6) and not torch.allclose(out, h_base)
+
+
+@pytest.mark.parametrize(("raw", "msg"), [
+    ({"targets": "qkv"}, "method 'pfeiffer' places its adapters at sub-layer positions (after ffn), not on "
+                         "--targets; leave --targets at its default (qv), which it ignores."),
+    ({"lr_ratio": 4.0}, "lr_ratio 4 (W_v's rate) cannot apply to method 'pfeiffer': its adapters sit at sub-layer "
+                        "positions and no trainable parameter belongs to W_v; drop the ratio (λ = 1)."),
+    ({"method_args": {"nonlinearity": "swish"}},
+     "method 'pfeiffer': nonlinearity must be one of relu, gelu, silu, tanh, identity, got 'swish'."),
+    ({"method_args": {"bottleneck": -1}}, "method 'pfeiffer': bottleneck must be a positive integer, got -1."),
+    ({"method": "parallel_adapter", "method_args": {"positions": "ffn,mlp"}},
+     "method 'parallel_adapter': positions must be attn, ffn or attn,ffn, got 'ffn,mlp'."),
+])
+def test_bad_adapter_settings_are_one_clear_line_before_training(tiny_bert, raw, msg):
+    from efficientft.train import prepare
+    from tests.conftest import tiny_config
+
+    with pytest.raises(ConfigError) as e:
+        prepare(tiny_config(tiny_bert, **{"method": "pfeiffer", "method_args": {}, **raw}))
+    assert str(e.value) == msg
+
+
+def test_sequential_adapters_refuse_merge(tiny_bert):
+    method, model, _ = prepared("houlsby", tiny_bert, {"bottleneck": 4})
+    with pytest.raises(ConfigError, match="method 'houlsby' defines no merge: its adapters apply a non-linearity"):
+        method.merge(model)
+
+
+# ---------------------------------------------------------------------------------------------- generation (causal LM)
+CAUSAL = {"houlsby": {"bottleneck": 4}, "pfeiffer": {"bottleneck": 4}, "parallel_adapter": {"bottleneck": 4}}
+
+
+@pytest.mark.parametrize("name", list(CAUSAL))
+def test_trains_a_causal_lm(name):
+    """generation=True: on a tiny LLaMA causal LM (no head to train), the loss falls and only the method trains."""
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    model = LlamaForCausalLM(cfg)
+    method = get_method(name).from_config(CAUSAL[name])
+    model = method.prepare(model, resolve_targets(model, "qv"), Context(heads=[], peft_task_type="CAUSAL_LM"))
+    assert method.capabilities.generation
+    assert not any(n.startswith("lm_head") for n in trainable(model))
+    ids = torch.randint(0, 128, (4, 12), generator=torch.Generator().manual_seed(0))
+    groups = method.param_groups(model, Strategy({}), 1e-2, 0.0)
+    opt = method.optimizer(groups, 1e-2, 0.0)
+    losses = []
+    for _ in range(5):
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
