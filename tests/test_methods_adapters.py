@@ -158,16 +158,20 @@ def test_sequential_adapters_refuse_merge(tiny_bert):
 
 
 # ---------------------------------------------------------------------------------------------- generation (causal LM)
-CAUSAL = {"houlsby": {"bottleneck": 4}, "pfeiffer": {"bottleneck": 4}, "parallel_adapter": {"bottleneck": 4}}
+CAUSAL = {"houlsby": {"bottleneck": 4}, "pfeiffer": {"bottleneck": 4}, "parallel_adapter": {"bottleneck": 4},
+          "bitfit": {}}
 
 
 @pytest.mark.parametrize("name", list(CAUSAL))
 def test_trains_a_causal_lm(name):
-    """generation=True: on a tiny LLaMA causal LM (no head to train), the loss falls and only the method trains."""
+    """generation=True: on a tiny LLaMA causal LM (no head to train), the loss falls and only the method trains
+    (BitFit on Qwen2, a LLaMA-family model whose Q, K, V projections have biases)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-    model = LlamaForCausalLM(cfg)
+    kw = dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+              num_key_value_heads=2, max_position_embeddings=64)
+    model = Qwen2ForCausalLM(Qwen2Config(**kw)) if name == "bitfit" else LlamaForCausalLM(LlamaConfig(**kw))
     method = get_method(name).from_config(CAUSAL[name])
     model = method.prepare(model, resolve_targets(model, "qv"), Context(heads=[], peft_task_type="CAUSAL_LM"))
     assert method.capabilities.generation
@@ -183,3 +187,50 @@ def test_trains_a_causal_lm(name):
         opt.zero_grad()
         losses.append(loss.item())
     assert losses[-1] < losses[0]
+
+
+# ---------------------------------------------------------------------------------------------------------- BitFit
+@pytest.mark.parametrize(("targets", "modules"), [("qv", ("query", "value")), ("all", None)])
+def test_bitfit_trains_exactly_the_biases_and_lambda_reaches_v_bias(tiny_bert, targets, modules, tmp_path):
+    if targets == "all":  # the loop passes no targets for "all"
+        base, method = fresh(tiny_bert), get_method("bitfit").from_config({})
+        ctx = Context(heads=head_modules(base))
+        model = method.prepare(base, [], ctx)
+    else:
+        method, model, ctx = prepared("bitfit", tiny_bert, targets=targets)
+    heads = tuple(h + "." for h in head_modules(model))
+    biases = [n for n, p in model.named_parameters() if n.endswith(".bias") and not n.startswith(heads)
+              and (modules is None or n.split(".")[-2] in modules)]
+    want = sum(model.get_parameter(n).numel() for n in biases) + head_numel(model)
+    assert method.trainable_parameters(model) == want
+    assert {n for n in trainable(model) if not n.startswith(heads)} == set(biases)
+    assert len(biases) == (4 if targets == "qv" else 2 * 8 + 2)  # 2 layers × (q, v) | × 8, + embedding norm, pooler
+
+    groups = method.param_groups(model, Strategy({"v": 4.0}), 1e-3, 0.1)
+    scale = {n: g["lr_scale"] for g in groups for n in g["names"]}
+    v_bias = {n for n in biases if "attention.self.value" in n}
+    assert len(v_bias) == 2 and all(scale[n] == 4.0 for n in v_bias)
+    assert all(s == 1.0 for n, s in scale.items() if n not in v_bias)
+
+    weights = {n: p.detach().clone() for n, p in model.named_parameters() if n.endswith(".weight")
+               and not n.startswith(heads)}
+    bias0 = {n: model.get_parameter(n).detach().clone() for n in biases}
+    steps(method, model)
+    assert all(torch.equal(model.get_parameter(n), w) for n, w in weights.items())  # no weight moved
+    assert all(not torch.equal(model.get_parameter(n), b) for n, b in bias0.items())  # every bias did
+    assert method.merge(model) is model
+    if targets == "qv":
+        check_export_reload("bitfit", method, model, tiny_bert, tmp_path, ctx)
+
+
+def test_bitfit_refuses_llama_whose_projections_have_no_bias(tiny_llama):
+    from efficientft.train import prepare
+    from tests.conftest import tiny_config
+
+    with pytest.raises(ConfigError) as e:
+        prepare(tiny_config(tiny_llama, method="bitfit", method_args={}, targets="qv"))
+    assert str(e.value) == ("method 'bitfit' trains bias terms only, and the targeted modules "
+                            "model.layers.*.self_attn.q_proj, model.layers.*.self_attn.v_proj have none, so nothing "
+                            "would train; choose targets with biases or another method.")
+    with pytest.raises(ConfigError, match="^method 'bitfit' trains bias terms only, and this model has none"):
+        prepare(tiny_config(tiny_llama, method="bitfit", method_args={}, targets="all"))
