@@ -48,7 +48,10 @@ def model_dir(request, tiny_bert, tiny_llama):
 def test_gradient_checkpointing_gives_the_same_gradients_and_losses(name, model_dir):
     kw = dict(method=name, targets="qv", method_args=method_args(name), max_train=16, batch_size=4, steps=3,
               warmup_ratio=0.0, max_eval=4)
-    g0, l0, calls0 = _first_grads_and_losses(tiny_config(model_dir, **kw))
+    try:
+        g0, l0, calls0 = _first_grads_and_losses(tiny_config(model_dir, **kw))
+    except ConfigError as e:  # the method refuses this model (BitFit: LLaMA has no biases), checkpointing or not
+        pytest.skip(f"{name} refuses this model: {e}")
     g1, l1, calls1 = _first_grads_and_losses(tiny_config(model_dir, gradient_checkpointing=True, **kw))
     assert calls1 > calls0  # the layer ran again in the backward pass: checkpointing is on
     assert set(g1) == set(g0) and g0  # the same parameters got gradients (none silently lost)

@@ -159,7 +159,7 @@ def test_sequential_adapters_refuse_merge(tiny_bert):
 
 # ---------------------------------------------------------------------------------------------- generation (causal LM)
 CAUSAL = {"houlsby": {"bottleneck": 4}, "pfeiffer": {"bottleneck": 4}, "parallel_adapter": {"bottleneck": 4},
-          "bitfit": {}}
+          "bitfit": {}, "ssf": {}}
 
 
 @pytest.mark.parametrize("name", list(CAUSAL))
@@ -234,3 +234,43 @@ def test_bitfit_refuses_llama_whose_projections_have_no_bias(tiny_llama):
                             "would train; choose targets with biases or another method.")
     with pytest.raises(ConfigError, match="^method 'bitfit' trains bias terms only, and this model has none"):
         prepare(tiny_config(tiny_llama, method="bitfit", method_args={}, targets="all"))
+
+
+# ------------------------------------------------------------------------------------------------------------- SSF
+@pytest.mark.parametrize("family", ["bert", "llama", "gpt2"])
+def test_ssf_is_identity_at_init_counts_two_per_output_feature_merges_and_reloads(family, tiny_bert, tiny_llama,
+                                                                               tiny_gpt2, tmp_path):
+    model_dir = {"bert": tiny_bert, "llama": tiny_llama, "gpt2": tiny_gpt2}[family]
+    before = logits(fresh(model_dir))
+    method, model, ctx = prepared("ssf", model_dir)
+    assert torch.equal(logits(model), before)  # γ = 1, β = 0
+    rows = {"bert": 32 + 32, "llama": 32 + 16, "gpt2": 32 + 32}[family]  # q + v outputs (LLaMA: 2 KV heads of 8)
+    assert method.trainable_parameters(model) == 2 * 2 * rows + head_numel(model)  # 2 layers, γ and β
+
+    groups = method.param_groups(model, Strategy({"v": 4.0}), 1e-3, 0.1)
+    for g in groups:
+        for n in g["names"]:
+            ssf = ".ssf." in n
+            v = ssf and (".value." in n or ".v_proj." in n or ".ssf.v." in n)
+            assert g["lr_scale"] == (4.0 if v else 1.0) and (g["weight_decay"] == 0.0) == (ssf or "bias" in n), n
+    steps(method, model)
+    trained = logits(model)
+    assert not torch.allclose(trained, before)
+    if family == "gpt2":  # K's rows of c_attn are untouched
+        assert set(model.transformer.h[0].attn.c_attn.ssf) == {"q", "v"}
+    check_export_reload("ssf", method, model, model_dir, tmp_path, ctx)
+
+    merged = method.merge(model)  # W' = diag(γ) W, b' = γ ⊙ b + β
+    assert not any(".ssf." in n for n, _ in merged.named_parameters())
+    assert torch.allclose(logits(merged), trained, atol=1e-5)
+
+
+def test_ssf_scales_and_shifts_the_output_features(tiny_bert):
+    method, model, _ = prepared("ssf", tiny_bert)
+    m = model.bert.encoder.layer[0].attention.self.value
+    with torch.no_grad():
+        m.ssf["v"].scale.uniform_(0.5, 1.5)
+        m.ssf["v"].shift.normal_()
+    x = torch.randn(3, 32)
+    with torch.no_grad():
+        assert torch.allclose(m(x), m.ssf["v"].scale * m.base(x) + m.ssf["v"].shift)
