@@ -159,7 +159,7 @@ def test_sequential_adapters_refuse_merge(tiny_bert):
 
 # ---------------------------------------------------------------------------------------------- generation (causal LM)
 CAUSAL = {"houlsby": {"bottleneck": 4}, "pfeiffer": {"bottleneck": 4}, "parallel_adapter": {"bottleneck": 4},
-          "bitfit": {}, "ssf": {}}
+          "bitfit": {}, "ssf": {}, "compacter": {}}
 
 
 @pytest.mark.parametrize("name", list(CAUSAL))
@@ -274,3 +274,39 @@ def test_ssf_scales_and_shifts_the_output_features(tiny_bert):
     x = torch.randn(3, 32)
     with torch.no_grad():
         assert torch.allclose(m(x), m.ssf["v"].scale * m.base(x) + m.ssf["v"].shift)
+
+
+# ------------------------------------------------------------------------------------------------------- Compacter
+@pytest.mark.parametrize("family", ["bert", "llama", "gpt2"])
+def test_compacter_is_a_kronecker_sum_with_one_shared_a_and_counts_exactly(family, tiny_bert, tiny_llama, tiny_gpt2,
+                                                                         tmp_path):
+    from efficientft.methods.compacter import PHMLinear
+
+    model_dir = {"bert": tiny_bert, "llama": tiny_llama, "gpt2": tiny_gpt2}[family]
+    before = logits(fresh(model_dir))
+    method, model, ctx = prepared("compacter", model_dir, {"phm_dim": 4, "phm_rank": 2})
+    assert torch.equal(logits(model), before)  # W_up = 0 at init
+
+    phm = [m for m in model.modules() if isinstance(m, PHMLinear)]
+    assert len(phm) == 2 * 2  # down and up, in each of 2 layers (after the FFN only)
+    assert len({id(m.rule.A) for m in phm}) == 1  # the slow weights A_i: one tensor for every layer
+    d, m, n, r = 32, 4, 4, 2  # m = 32 // 16 = 2, rounded up to a multiple of n
+    want = n ** 3 + 2 * (2 * r * (d + m) + m + d) + head_numel(model)
+    assert method.trainable_parameters(model) == want
+
+    steps(method, model)
+    assert not torch.allclose(logits(model), before)
+    for layer in phm:  # W = Σ_i A_i ⊗ s_i t_iᵀ (Eq. 3, 5), after training too
+        kron = sum(torch.kron(layer.rule.A[i], layer.s[i] @ layer.t[i]) for i in range(n))
+        assert torch.allclose(layer.weight(), kron, atol=1e-7)
+    assert not torch.equal(phm[0].s, torch.zeros_like(phm[0].s))
+    check_export_reload("compacter", method, model, model_dir, tmp_path, ctx)
+
+
+def test_compacter_refuses_a_bottleneck_that_phm_dim_does_not_divide(tiny_bert):
+    from efficientft.train import prepare
+    from tests.conftest import tiny_config
+
+    with pytest.raises(ConfigError) as e:
+        prepare(tiny_config(tiny_bert, method="compacter", method_args={"bottleneck": 6}))
+    assert str(e.value) == "method 'compacter': bottleneck 6 must be a multiple of phm_dim 4."
