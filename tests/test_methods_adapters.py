@@ -310,3 +310,17 @@ def test_compacter_refuses_a_bottleneck_that_phm_dim_does_not_divide(tiny_bert):
     with pytest.raises(ConfigError) as e:
         prepare(tiny_config(tiny_bert, method="compacter", method_args={"bottleneck": 6}))
     assert str(e.value) == "method 'compacter': bottleneck 6 must be a multiple of phm_dim 4."
+
+
+def test_bitfit_refuses_part_of_a_fused_bias_but_trains_every_bias_of_gpt2(tiny_gpt2):
+    from efficientft.train import prepare
+    from tests.conftest import tiny_config
+
+    with pytest.raises(ConfigError) as e:
+        prepare(tiny_config(tiny_gpt2, method="bitfit", method_args={}, targets="qv"))
+    assert str(e.value) == ("method 'bitfit' cannot train one role's part of the bias of the fused projection "
+                            "transformer.h.0.attn.c_attn (one tensor for Q, K and V); use module-name patterns "
+                            "that select whole modules, or --targets all.")
+    p = prepare(tiny_config(tiny_gpt2, method="bitfit", method_args={}, targets="all"))
+    assert {n.rpartition(".")[2] for n, q in p.model.named_parameters() if q.requires_grad
+            and not n.startswith("score.")} == {"bias"}

@@ -36,9 +36,9 @@ class BitFit(Method):
         for p in model.parameters():
             p.requires_grad = False
         if any(t.out_slice is not None for t in targets):
-            raise ConfigError(f"method 'bitfit' cannot train one role's part of the fused bias of "
-                              f"{targets[0].name} (it is one tensor for Q, K and V); use module-name patterns "
-                              "that select whole modules.")
+            raise ConfigError(f"method 'bitfit' cannot train one role's part of the bias of the fused projection "
+                              f"{targets[0].name} (one tensor for Q, K and V); use module-name patterns that "
+                              "select whole modules, or --targets all.")
         if targets:
             missing = [t.name for t in targets if getattr(model.get_submodule(t.name), "bias", None) is None]
             if missing:
