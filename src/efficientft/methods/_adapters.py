@@ -169,7 +169,7 @@ def sublayers(model: nn.Module, method: str, position: str) -> list[tuple[str, s
     for name in linear_modules(model):
         role = role_of(family, name)
         fused = any(re.search(rf"(^|\.){p}$", name) for p in family.fused)
-        layer = _layer_of(name)
+        layer = layer_of(name)
         if layer is None:
             continue
         if role == first_role or (position == "attn" and fused and first_role in ATTENTION_ROLES):
@@ -182,7 +182,7 @@ def sublayers(model: nn.Module, method: str, position: str) -> list[tuple[str, s
     return pairs
 
 
-def _layer_of(name: str) -> str | None:
+def layer_of(name: str) -> str | None:
     m = re.match(r"(.*?\.\d+)\.", name)
     return m.group(1) if m else None
 

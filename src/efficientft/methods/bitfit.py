@@ -1,9 +1,10 @@
 """BitFit (Ben Zaken, Ravfogel and Goldberg 2022, "BitFit: Simple Parameter-efficient Fine-tuning for
 Transformer-based Masked Language-models", ACL, arXiv 2106.10199).
 
-Only bias terms train, every weight stays frozen (§2: of the model's θ, only the b^{(·)} vectors of Eq. 1–2 are
-updated). Here the biases are those of the targeted modules (``--targets qv``: the Q and V biases, the paper's
-§4 "b_q and b_m2" style subsets), or every bias of the backbone with targets ``all`` (the paper's main setting);
+Only bias terms train, every weight stays frozen (§2: of the model's parameters only the bias vectors b of the
+attention, feed-forward and layer-norm transforms ``W x + b`` are updated). Here the biases are those of the
+targeted modules (``--targets qv``: the Q and V biases; the paper also studies such subsets), or every bias of
+the backbone with targets ``all`` (the paper's main setting, layer-norm biases included);
 the task head trains as for every method. λ applies to W_v's bias (it is the only parameter of W_v that trains).
 A model without biases in the targeted modules (LLaMA's projections have none) is refused: there would be
 nothing to train. The trained model is a plain model (biases are ordinary weights), so merge is the identity and

@@ -2,10 +2,11 @@
 Layers", NeurIPS, arXiv 2106.04647), as Compacter++: one adapter per layer, after the feed-forward block.
 
 The adapter is a bottleneck (``h ← h + W_up f(W_down h)``) whose two weights are parameterised hypercomplex
-multiplication (PHM) layers, sums of Kronecker products (Eq. 3): ``W = Σ_{i=1}^{n} A_i ⊗ B_i`` with
-A_i ∈ R^{n×n} and B_i ∈ R^{(k/n)×(d/n)} for a k × d weight. Compacter makes B_i low rank, B_i = s_i t_iᵀ with
-s_i ∈ R^{(k/n)×r}, t_i ∈ R^{r×(d/n)} (Eq. 5; the paper uses r = 1), and shares the "slow" weights A_i across
-all adapter layers (§3: one A for every PHM layer of the model). Trainable: n³ (the shared A) +
+multiplication (PHM) layers, sums of Kronecker products: ``W = Σ_{i=1}^{n} A_i ⊗ B_i`` with A_i ∈ R^{n×n} and
+B_i ∈ R^{(k/n)×(d/n)} for a k × d weight (§3, "Parameterized hypercomplex multiplication layers"). Compacter
+makes B_i low rank, ``W = Σ_i A_i ⊗ (s_i t_iᵀ)`` with s_i ∈ R^{(k/n)×r}, t_i ∈ R^{r×(d/n)} (§3, "low-rank
+parameterized hypercomplex multiplication"; the paper uses r = 1), and shares the "slow" weights A_i across all
+adapter layers (one A for every PHM layer of the model). Trainable: n³ (the shared A) +
 L · [2r(d + m) + m + d] + head, for L layers, hidden size d and bottleneck m (a multiple of n: d // reduction
 factor, rounded up). At init W_up = 0 (its s_i are zero), so the model starts as the base model.
 """

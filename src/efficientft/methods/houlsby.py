@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from ..strategy import is_norm
 from . import register
-from ._adapters import AdapterMethod, BottleneckArgs, _layer_of
+from ._adapters import AdapterMethod, BottleneckArgs, layer_of
 from .capabilities import Capabilities
 
 
@@ -40,5 +40,5 @@ class Houlsby(AdapterMethod):
     def extra_trainable(self, model: nn.Module) -> list[str]:
         if not self.args.layer_norm:
             return []
-        return [f"{n}.{pn}" for n, m in model.named_modules() if is_norm(m) and _layer_of(n + ".") is not None
+        return [f"{n}.{pn}" for n, m in model.named_modules() if is_norm(m) and layer_of(n + ".") is not None
                 for pn, _ in m.named_parameters(recurse=False)]

@@ -2,8 +2,8 @@
 arXiv 2110.04366; the "parallel" variant of LLM-Adapters, Hu et al. 2023).
 
 The adapter reads the sub-layer's *input* x and is added to its output h: ``h ← h + s · W_up f(W_down x)``
-(He et al. Eq. 10 with the scaling s of their "scaled PA"; s = 4 and the FFN position are their best setting,
-§4.4–4.5). ``positions`` chooses the sub-layer(s): ``ffn`` (default), ``attn``, or ``attn,ffn``. W_up = 0 at init,
+(He et al. §3, Table 1 "Parallel Adapter", times the scaling s of their "scaled PA": s = 4 at the FFN is their
+best setting, §4). ``positions`` chooses the sub-layer(s): ``ffn`` (default), ``attn``, or ``attn,ffn``. W_up = 0 at init,
 so the model starts as the base model; only the adapters and the task head train: L · P · (2dm + m + d) + head
 for P positions.
 """
