@@ -324,3 +324,24 @@ def test_bitfit_refuses_part_of_a_fused_bias_but_trains_every_bias_of_gpt2(tiny_
     p = prepare(tiny_config(tiny_gpt2, method="bitfit", method_args={}, targets="all"))
     assert {n.rpartition(".")[2] for n, q in p.model.named_parameters() if q.requires_grad
             and not n.startswith("score.")} == {"bias"}
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_parallel_adapter_beside_attention_too(family, tiny_llama, tiny_gpt2):
+    """positions attn,ffn: the attention adapter reads what W_q (GPT-2: the fused c_attn) reads, adds at W_o."""
+    from efficientft.methods._adapters import InputTap, ParallelAdapter
+
+    model_dir = {"llama": tiny_llama, "gpt2": tiny_gpt2}[family]
+    before = logits(fresh(model_dir))
+    method, model, _ = prepared("parallel_adapter", model_dir, {"bottleneck": 4, "positions": "ffn,attn"})
+    assert method.args.positions == "attn,ffn"
+    assert torch.equal(logits(model), before)
+    taps = sorted(n for n, m in model.named_modules() if isinstance(m, InputTap))
+    adds = sorted(n for n, m in model.named_modules() if isinstance(m, ParallelAdapter))
+    ends = {"llama": ("self_attn.q_proj", "mlp.up_proj", "self_attn.o_proj", "mlp.down_proj"),
+            "gpt2": ("attn.c_attn", "mlp.c_fc", "attn.c_proj", "mlp.c_proj")}[family]
+    assert sorted(n.split(".", 3)[3] for n in taps) == sorted(list(ends[:2]) * 2)  # 2 layers
+    assert sorted(n.split(".", 3)[3] for n in adds) == sorted(list(ends[2:]) * 2)
+    assert method.trainable_parameters(model) == 2 * 2 * (2 * 32 * 4 + 4 + 32) + head_numel(model)
+    steps(method, model)
+    assert not torch.allclose(logits(model), before)
