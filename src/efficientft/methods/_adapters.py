@@ -13,7 +13,8 @@ W_up = 0, b_up = 0 at init, so the adapted model computes exactly the base model
 The positions are found through the role map (:mod:`efficientft.models.roles`): ``attn`` = (q, o), ``ffn`` =
 (ffn_up, ffn_down) of each layer, so BERT, LLaMA and GPT-2 layouts work alike; the task head never gets an adapter.
 The wrapped projections stay frozen; the adapters (and the head) train. Adapters have no W_v role, so λ ≠ 1 is
-refused; ``--targets`` is refused unless it is the default (``qv``, which then means nothing here).
+refused, and ``--targets`` unless it is the default (``qv``, which then means nothing here): both by the declared
+capabilities (``targets="positions"``, ``v_role=False``), before a model loads.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ import torch.nn as nn
 from ..errors import ConfigError
 from ..models.fused import replace_module, weight_shape
 from ..models.roles import ATTENTION_ROLES, Target, family_of, linear_modules, role_of
-from ..strategy import Strategy
 from .base import Context, Method, positive_int
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh,
@@ -36,7 +36,6 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "si
 POSITIONS = ("attn", "ffn")
 # The sub-layer's first projection (reads its input x) and last one (writes its output h), by role.
 _ENDS = {"attn": ("q", "o"), "ffn": ("ffn_up", "ffn_down")}
-DEFAULT_TARGET_ROLES = {"q", "v"}  # what the default --targets "qv" resolves to
 
 
 @dataclass
@@ -187,22 +186,6 @@ def layer_of(name: str) -> str | None:
     return m.group(1) if m else None
 
 
-def check_default_targets(method: str, targets: list[Target], where: str) -> None:
-    """Adapters sit at sub-layer positions (``where``), not on --targets: only the default is accepted."""
-    if {t.role for t in targets} != DEFAULT_TARGET_ROLES:
-        raise ConfigError(f"method {method!r} places its adapters at sub-layer positions ({where}), not on "
-                          f"--targets; leave --targets at its default (qv), which it ignores.")
-
-
-def refuse_ratios(method: str, strategy: Strategy) -> None:
-    """No adapter parameter belongs to W_v (or any projection): a learning-rate ratio would change nothing."""
-    for role, ratio in sorted(strategy.ratios.items()):
-        if ratio != 1.0:
-            what = f"lr_ratio {ratio:g} (W_v's rate)" if role == "v" else f"role_lr {role}={ratio:g}"
-            raise ConfigError(f"{what} cannot apply to method {method!r}: its adapters sit at sub-layer positions "
-                              f"and no trainable parameter belongs to W_{role}; drop the ratio (λ = 1).")
-
-
 class AdapterMethod(Method):
     """The shared prepare of the bottleneck adapters; each method says where (``series`` / ``parallel`` and which
     positions) and how its bottleneck is built (:meth:`build`)."""
@@ -221,8 +204,6 @@ class AdapterMethod(Method):
         return []
 
     def prepare(self, model: nn.Module, targets: list[Target], ctx: Context) -> nn.Module:
-        where = ", ".join(("parallel to " if self.parallel else "after ") + p for p in self.positions())
-        check_default_targets(self.name, targets, where)
         self.targets, self.ctx = [], ctx  # no projection is adapted: no parameter carries a role for λ
         for p in model.parameters():
             p.requires_grad = False
@@ -243,10 +224,6 @@ class AdapterMethod(Method):
             if n in names or ".adapter." in f".{n}" or any(n.startswith(h + ".") for h in ctx.heads):
                 p.requires_grad = True
         return model
-
-    def param_groups(self, model: nn.Module, strategy: Strategy, lr: float, weight_decay: float) -> list[dict]:
-        refuse_ratios(self.name, strategy)
-        return super().param_groups(model, strategy, lr, weight_decay)
 
     def merge(self, model: nn.Module) -> nn.Module:
         raise ConfigError(f"method {self.name!r} defines no merge: its adapters apply a non-linearity f between "

@@ -13,6 +13,8 @@ export is the trained tensors (our safetensors).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch.nn as nn
 
 from ..errors import ConfigError
@@ -25,21 +27,15 @@ from .capabilities import Capabilities
 @register("bitfit")
 class BitFit(Method):
     summary = "BitFit (Ben Zaken et al. 2022): only the bias terms of the targets train (targets 'all': every bias)"
-    capabilities = Capabilities(targets="linear", all_targets=True, v_role=True, quantized_base=False,
+    capabilities = Capabilities(targets="linear", all_targets=True, v_role=True, v_bias=True, quantized_base=False,
                                 quantized_base_reason="a 4/8-bit layer's bias can train, but no test shows it yet",
                                 merge=True, export="efficientft")
-    supports_quantized_base = False
-    quantized_base_reason = "a 4/8-bit layer's bias can train, but no test shows it yet"
-    accepts_all = True
 
     def prepare(self, model: nn.Module, targets: list[Target], ctx: Context) -> nn.Module:
         self.ctx = ctx
         for p in model.parameters():
             p.requires_grad = False
-        if any(t.out_slice is not None for t in targets):
-            raise ConfigError(f"method 'bitfit' cannot train one role's part of the bias of the fused projection "
-                              f"{targets[0].name} (one tensor for Q, K and V); use module-name patterns that "
-                              "select whole modules, or --targets all.")
+        self.check_targets(model, targets)  # one role's part of a fused bias (GPT-2 c_attn) is refused
         if targets:
             missing = [t.name for t in targets if getattr(model.get_submodule(t.name), "bias", None) is None]
             if missing:
@@ -60,6 +56,10 @@ class BitFit(Method):
             if n in wanted or any(n.startswith(h + ".") for h in ctx.heads):
                 p.requires_grad = True
         return model
+
+    @classmethod
+    def test_args(cls, arch: str = "bert") -> dict[str, Any] | None:
+        return None if arch == "llama" else {}  # LLaMA's projections have no biases: refused by design
 
     def param_roles(self, model: nn.Module) -> dict[str, str | None]:
         """A targeted module's bias carries that module's role: W_v's bias learns at λ × the rate (it is all of

@@ -81,7 +81,6 @@ class Compacter(AdapterMethod):
     summary = "Compacter++ (Karimi Mahabadi et al. 2021): FFN adapter of Kronecker sums, A shared across layers"
     capabilities = Capabilities(targets="positions", v_role=False, quantized_base=True, merge=False,
                                 export="efficientft")
-    supports_quantized_base = True
     Args = CompacterArgs
 
     def positions(self) -> tuple[str, ...]:

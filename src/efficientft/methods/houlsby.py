@@ -31,7 +31,6 @@ class Houlsby(AdapterMethod):
     summary = "Houlsby adapters (2019): bottlenecks after attention and FFN (+ layer norms); W_up = 0 at init"
     capabilities = Capabilities(targets="positions", v_role=False, quantized_base=True, merge=False,
                                 export="efficientft")
-    supports_quantized_base = True
     Args = HoulsbyArgs
 
     def positions(self) -> tuple[str, ...]:

@@ -38,7 +38,6 @@ class ParallelAdapterMethod(AdapterMethod):
     summary = "parallel adapter (He et al. 2022): h + s·W_up f(W_down x) beside the FFN (or attention)"
     capabilities = Capabilities(targets="positions", v_role=False, quantized_base=True, merge=False,
                                 export="efficientft")
-    supports_quantized_base = True
     Args = ParallelArgs
     parallel = True
 

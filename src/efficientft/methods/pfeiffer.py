@@ -20,7 +20,6 @@ class Pfeiffer(AdapterMethod):
     summary = "Pfeiffer adapters (AdapterFusion 2021): one bottleneck after each FFN; W_up = 0 at init"
     capabilities = Capabilities(targets="positions", v_role=False, quantized_base=True, merge=False,
                                 export="efficientft")
-    supports_quantized_base = True
     Args = BottleneckArgs
 
     def positions(self) -> tuple[str, ...]:

@@ -59,7 +59,8 @@ class SSFProjection(nn.Module):
 
     @torch.no_grad()
     def merged(self) -> nn.Module:
-        """The base module with W' = diag(γ) W, b' = γ ⊙ b + β on each key's rows (a bias is added if it had none)."""
+        """The base module with W' = diag(γ) W, b' = γ ⊙ b + β on each key's rows; a projection without a bias
+        (LLaMA's) gets one, b' = β, since nothing else can carry the shift."""
         base = self.base
         rows = weight_shape(base)[0]
         w = out_major_weight(base)  # a view: for Conv1D this writes through into the transposed weight
@@ -77,7 +78,6 @@ class SSF(Method):
     summary = "SSF (Lian et al. 2022): y = gamma ⊙ x + beta after the targets (1, 0 at init); merges into W, b"
     capabilities = Capabilities(targets="linear", fused_slices=True, v_role=True, quantized_base=True, merge=True,
                                 export="efficientft")
-    supports_quantized_base = True
 
     def prepare(self, model: nn.Module, targets: list[Target], ctx: Context) -> nn.Module:
         self.targets, self.ctx = targets, ctx
