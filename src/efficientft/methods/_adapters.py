@@ -1,5 +1,5 @@
-"""What the bottleneck adapters share (Houlsby, Pfeiffer, parallel, Compacter): the bottleneck, where it goes, the
-λ refusal and the export.
+"""What the bottleneck adapters share (Houlsby, Pfeiffer, parallel, Compacter): the bottleneck, where it goes and
+how it is prepared (export and reload are the default's: the trained tensors, on a base prepared the same way).
 
 A bottleneck adapter is ``A(z) = s · W_up f(W_down z)`` with W_down: d → m, W_up: m → d (each with a bias) and
 W_up = 0, b_up = 0 at init, so the adapted model computes exactly the base model before training (Houlsby et al.
@@ -7,7 +7,7 @@ W_up = 0, b_up = 0 at init, so the adapted model computes exactly the base model
 
 - **series** (Houlsby, Pfeiffer, Compacter++): ``h ← h + A(h)`` on the output h of a sub-layer's last projection
   (the attention output projection W_o, or the FFN's down projection), before the residual connection and norm;
-- **parallel** (He et al. 2022, Eq. 9/10): ``h ← h + A(x)`` where x is the sub-layer's *input* (what its first
+- **parallel** (He et al. 2022, §3): ``h ← h + A(x)`` where x is the sub-layer's *input* (what its first
   projection reads: W_q or the fused QKV for attention, the up projection for the FFN) and h its output.
 
 The positions are found through the role map (:mod:`efficientft.models.roles`): ``attn`` = (q, o), ``ffn`` =
@@ -28,7 +28,7 @@ import torch.nn as nn
 
 from ..errors import ConfigError
 from ..models.fused import replace_module, weight_shape
-from ..models.roles import ATTENTION_ROLES, Target, family_of, linear_modules, role_of
+from ..models.roles import Target, family_of, linear_modules, role_of
 from .base import Context, Method, positive_int
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh,
@@ -171,7 +171,7 @@ def sublayers(model: nn.Module, method: str, position: str) -> list[tuple[str, s
         layer = layer_of(name)
         if layer is None:
             continue
-        if role == first_role or (position == "attn" and fused and first_role in ATTENTION_ROLES):
+        if role == first_role or (position == "attn" and fused):  # GPT-2's c_attn reads the attention input
             firsts.setdefault(layer, name)
         if role == last_role:
             lasts[layer] = name
@@ -229,7 +229,3 @@ class AdapterMethod(Method):
         raise ConfigError(f"method {self.name!r} defines no merge: its adapters apply a non-linearity f between "
                           "W_down and W_up, so they cannot be folded into the frozen weights; export them instead.")
 
-
-def adapter_count(d: int, m: int) -> int:
-    """Parameters of one linear bottleneck: W_down (m·d) + b_down (m) + W_up (d·m) + b_up (d)."""
-    return 2 * d * m + m + d
