@@ -292,6 +292,7 @@ def test_compacter_is_a_kronecker_sum_with_one_shared_a_and_counts_exactly(famil
     phm = [m for m in model.modules() if isinstance(m, PHMLinear)]
     assert len(phm) == 2 * 2  # down and up, in each of 2 layers (after the FFN only)
     assert len({id(m.rule.A) for m in phm}) == 1  # the slow weights A_i: one tensor for every layer
+    assert len([k for k in model.state_dict() if k.endswith(".A")]) == 1  # saved once
     d, m, n, r = 32, 4, 4, 2  # m = 32 // 16 = 2, rounded up to a multiple of n
     want = n ** 3 + 2 * (2 * r * (d + m) + m + d) + head_numel(model)
     assert method.trainable_parameters(model) == want

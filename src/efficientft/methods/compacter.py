@@ -50,13 +50,19 @@ class SharedRule(nn.Module):
 
 
 class PHMLinear(nn.Module):
-    """y = W x + b with W (out × in) = Σ_i A_i ⊗ (s_i t_iᵀ)."""
+    """y = W x + b with W (out × in) = Σ_i A_i ⊗ (s_i t_iᵀ).
 
-    def __init__(self, d_in: int, d_out: int, rule: SharedRule, rank: int, zero: bool) -> None:
+    The shared A is registered in the first PHM layer only (``owner``); the others keep a plain reference, so the
+    model's state dict, its export and its checkpoints hold A once, not once per layer.
+    """
+
+    def __init__(self, d_in: int, d_out: int, rule: SharedRule, rank: int, zero: bool, owner: bool) -> None:
         super().__init__()
         a = rule.A
         n = a.shape[0]
-        self.rule = rule
+        if owner:
+            self.shared_rule = rule
+        object.__setattr__(self, "_rule", rule)  # not a submodule: no second name for the same tensor
         self.s = nn.Parameter(torch.empty(n, d_out // n, rank, dtype=a.dtype, device=a.device))
         self.t = nn.Parameter(torch.empty(n, rank, d_in // n, dtype=a.dtype, device=a.device))
         self.bias = nn.Parameter(torch.zeros(d_out, dtype=a.dtype, device=a.device))
@@ -65,6 +71,10 @@ class PHMLinear(nn.Module):
             nn.init.uniform_(p, -bound, bound)
         if zero:
             nn.init.zeros_(self.s)
+
+    @property
+    def rule(self) -> SharedRule:
+        return self._rule
 
     def weight(self) -> torch.Tensor:
         """Σ_i A_i ⊗ B_i: entry (p·k' + q, u·d' + v) = Σ_i A_i[p, u] · B_i[q, v]."""
@@ -102,10 +112,11 @@ class Compacter(AdapterMethod):
         return super().prepare(model, targets, ctx)
 
     def build(self, d: int, like: torch.Tensor) -> nn.Module:
-        if self._rule is None:
+        owner = self._rule is None
+        if owner:
             self._rule = SharedRule(self.args.phm_dim, like)
         rule = self._rule
         m = self.bottleneck_size(d)
-        down = PHMLinear(d, m, rule, self.args.phm_rank, zero=False)
-        up = PHMLinear(m, d, rule, self.args.phm_rank, zero=True)
+        down = PHMLinear(d, m, rule, self.args.phm_rank, zero=False, owner=owner)
+        up = PHMLinear(m, d, rule, self.args.phm_rank, zero=True, owner=False)
         return Bottleneck(down, up, self.args.nonlinearity)
