@@ -76,7 +76,8 @@ def test_method_conforms(name, arch, model_dir, tmp_path, monkeypatch):
         assert name in str(e.value) and "\n" not in str(e.value)
         return
     caps = method.capabilities
-    if arch == "gpt2" and not caps.fused_slices and caps.targets != "none":  # a method that targets nothing runs
+    # a method that targets nothing or sub-layer positions runs on GPT-2; one that targets linear modules needs slices
+    if arch == "gpt2" and not caps.fused_slices and caps.targets == "linear":
         with pytest.raises(ConfigError, match=rf"^method '{name}' cannot adapt part of a fused projection "
                                               r"\(transformer.h.0.attn.c_attn, role 'q'\)"):
             prepare(_cfg(model_dir, name, args))
@@ -109,7 +110,7 @@ def test_method_conforms(name, arch, model_dir, tmp_path, monkeypatch):
     for g in p.groups:
         assert g["lr"] == pytest.approx(cfg.lr * g["lr_scale"])
         for n in g["names"]:
-            v = is_v(n) and not n.endswith("bias") and "norm" not in n.lower()
+            v = is_v(n) and (caps.v_bias or not n.endswith("bias")) and "norm" not in n.lower()
             seen_v += v
             want = (ratio if v else 1.0) * own.get(n, 1.0)
             assert g["lr_scale"] == pytest.approx(want, rel=1e-12), (
@@ -129,7 +130,12 @@ def test_method_conforms(name, arch, model_dir, tmp_path, monkeypatch):
     trainable_ids = {id(q) for q in held.values()}
     frozen_keys = [k for k, t in p.model.state_dict(keep_vars=True).items() if id(t) not in trainable_ids]
 
-    # (3) three steps, finite falling loss; the trainable parameters moved, nothing else did
+    # (3) three steps, finite falling loss; the trainable parameters moved, nothing else did. Dropout off: on a
+    # batch it can overfit the loss is then a function of the weights alone, not of three random masks (with
+    # GPT-2's dropout 0.1 a correct method's third loss is above its first about as often as not)
+    for m in p.model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
     out = train(p, progress=False)
     loss = [v for kind, s, n, v in out["curve"] if n == "loss"]
     assert len(loss) == 3 and all(torch.isfinite(torch.tensor(loss)))
@@ -177,7 +183,10 @@ def test_method_conforms(name, arch, model_dir, tmp_path, monkeypatch):
     merged = fresh.merge(reloaded).eval()
     with torch.no_grad():
         torch.testing.assert_close(merged(**batch).logits, want, rtol=1e-4, atol=1e-5)
-    assert {n for n, _ in merged.named_parameters()} == base_names, f"{name}: merge left adapter modules"
+    names = {n for n, _ in merged.named_parameters()}
+    # a bias the merge adds to a projection that had none (SSF: b' = γ ⊙ 0 + β on LLaMA) is a plain parameter
+    added = {n for n in names - base_names if not (n.endswith(".bias") and n[:-4] + "weight" in base_names)}
+    assert base_names <= names and not added, f"{name}: merge left adapter modules: {sorted(added)[:3]}"
 
 
 def test_every_method_declares_what_the_matrix_reads():

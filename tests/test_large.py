@@ -47,7 +47,10 @@ def model_dir(request, tiny_bert, tiny_llama):
 def test_gradient_checkpointing_gives_the_same_gradients_and_losses(name, model_dir):
     kw = dict(method=name, targets="qv", method_args=method_args(name), max_train=16, batch_size=4, steps=3,
               warmup_ratio=0.0, max_eval=4)
-    g0, l0, calls0 = _first_grads_and_losses(tiny_config(model_dir, **kw))
+    try:
+        g0, l0, calls0 = _first_grads_and_losses(tiny_config(model_dir, **kw))
+    except ConfigError as e:  # the method refuses this model (BitFit: LLaMA has no biases), checkpointing or not
+        pytest.skip(f"{name} refuses this model: {e}")
     g1, l1, calls1 = _first_grads_and_losses(tiny_config(model_dir, gradient_checkpointing=True, **kw))
     assert calls1 > calls0  # the layer ran again in the backward pass: checkpointing is on
     assert set(g1) == set(g0) and g0  # the same parameters got gradients (none silently lost)
@@ -179,7 +182,9 @@ def test_cli_refuses_a_quantized_base_for_full_fine_tuning_in_one_line(bert64, c
     assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err
     assert err.startswith("eft run: error: method 'full' cannot train on a 4bit quantized base: it trains the base "
                           "weights themselves")
-    assert err.endswith("Methods that can: adalora, eva, ia3, lora, loraplus, rslora; or drop --quantize.")
+    able = sorted(n for n, c in METHODS.items() if c.capabilities.quantized_base)  # new methods join the list
+    assert {"lora", "ia3", "houlsby", "ssf"} <= set(able) and "full" not in able
+    assert err.endswith(f"Methods that can: {', '.join(able)}; or drop --quantize.")
 
 
 def test_cli_flags_reach_the_config(tiny_bert):

@@ -29,6 +29,9 @@ class Capabilities:
     # Does it train parameters that belong to W_v (so λ of the attention strategy has something to scale)? A method
     # without them refuses λ ≠ 1 with one line instead of silently ignoring it.
     v_role: bool = True
+    # Is W_v's bias one of those parameters (BitFit, whose only W_v parameter is the bias)? Elsewhere biases never
+    # get λ (DESIGN: the λ group is W_v's weights' parameters, not every 1-D tensor).
+    v_bias: bool = False
     # Has a rank (``method_args.rank``) that must fit every adapted module's shape.
     rank: bool = False
     # May the frozen base be quantized (--quantize 4bit|8bit)? With the reason when not.
@@ -55,9 +58,10 @@ def check_run(method: Any, *, targets: str, quantize: str | None, role_ratios: M
     """Refuse, before any model loads, a run that asks a method for what its capabilities say it cannot do.
 
     One line each (a ConfigError): targets ``all`` for a method without ``all_targets``; targets other than the
-    default for a method that targets nothing; a quantized base without ``quantized_base``; an export folder for a
-    method whose export is ``"none"``; gradient checkpointing without ``gradient_checkpointing``; λ (or a
-    ``role_lr`` for v) ≠ 1 for a method without ``v_role``, which would otherwise be stored as applied and never be.
+    default for a method that targets nothing or sub-layer positions; a quantized base without ``quantized_base``;
+    an export folder for a method whose export is ``"none"``; gradient checkpointing without
+    ``gradient_checkpointing``; λ (or a ``role_lr`` for v) ≠ 1 for a method without ``v_role``, which would
+    otherwise be stored as applied and never be.
     """
     from ..errors import ConfigError
 
@@ -69,6 +73,9 @@ def check_run(method: Any, *, targets: str, quantize: str | None, role_ratios: M
         raise ConfigError(f"method {name!r} adapts no modules (it changes the input sequence or a fixed set of "
                           f"parameters), so --targets means nothing for it; leave the default {default_targets!r}, "
                           f"got {targets!r}.")
+    if caps.targets == "positions" and targets != default_targets:
+        raise ConfigError(f"method {name!r} places its modules at sub-layer positions (its own method_args say "
+                          f"which), not on --targets; leave the default {default_targets!r}, got {targets!r}.")
     check_quantized(method, quantize)
     if exporting and caps.export == "none":
         raise ConfigError(f"method {name!r} cannot export what it learned (its capabilities declare no export "

@@ -1,0 +1,48 @@
+"""Parallel adapters (He et al. 2022, "Towards a Unified View of Parameter-Efficient Transfer Learning", ICLR,
+arXiv 2110.04366; the "parallel" variant of LLM-Adapters, Hu et al. 2023).
+
+The adapter reads the sub-layer's *input* x and is added to its output h: ``h ← h + s · W_up f(W_down x)``
+(He et al. §3, Table 1 "Parallel Adapter", times the scaling s of their "scaled PA": s = 4 at the FFN is their
+best setting, §4). ``positions`` chooses the sub-layer(s): ``ffn`` (default), ``attn``, or ``attn,ffn``. W_up = 0 at init,
+so the model starts as the base model; only the adapters and the task head train: L · P · (2dm + m + d) + head
+for P positions.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from . import register
+from ._adapters import AdapterMethod, BottleneckArgs, check_positions, linear_bottleneck
+from .capabilities import Capabilities
+
+
+@dataclass
+class ParallelArgs(BottleneckArgs):
+    scaling: float = 4.0  # s
+    positions: str = "ffn"  # ffn, attn, or attn,ffn
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.scaling, (int, float)) or not math.isfinite(self.scaling) or self.scaling <= 0:
+            raise ValueError(f"scaling must be a positive number (He et al. use 4), got {self.scaling!r}.")
+        self.positions = ",".join(check_positions(self.positions))
+
+
+@register("parallel_adapter")
+class ParallelAdapterMethod(AdapterMethod):
+    summary = "parallel adapter (He et al. 2022): h + s·W_up f(W_down x) beside the FFN (or attention)"
+    capabilities = Capabilities(targets="positions", v_role=False, quantized_base=True, merge=False,
+                                export="efficientft")
+    Args = ParallelArgs
+    parallel = True
+
+    def positions(self) -> tuple[str, ...]:
+        return check_positions(self.args.positions)
+
+    def build(self, d: int, like: torch.Tensor) -> nn.Module:
+        return linear_bottleneck(d, self.args.size(d), self.args.nonlinearity, like, self.args.scaling)

@@ -1,0 +1,131 @@
+"""SSF, Scaling & Shifting Your Features (Lian et al. 2022, NeurIPS, arXiv 2210.08823).
+
+After each targeted operation a learned scale γ and shift β act on its output features, ``y = γ ⊙ x + β``
+(§3.2); only γ, β (and the task head) train, 2 × out_features per targeted module. γ = 1 and β = 0 at init, so the
+model starts as the base model. Because the transform is linear and follows a linear layer, it re-parameterises
+into that layer (§3.2, "re-parameterization"): ``W' = diag(γ) W``, ``b' = γ ⊙ b + β``, so :meth:`SSF.merge` leaves a
+plain model with no extra inference cost. On GPT-2's fused ``c_attn`` each chosen role's rows get their own γ, β
+(under ``ssf.<role>``), so "qv" leaves K's outputs untouched and λ finds W_v's. λ multiplies the rate of W_v's
+γ and β. γ and β get no weight decay (decay would pull γ to 0, not to its identity value 1; the paper's code
+excludes 1-D parameters from weight decay).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from ..errors import ConfigError
+from ..models.fused import out_major_weight, replace_module, weight_shape
+from ..models.large import is_quantized
+from ..models.roles import Target
+from ..strategy import Strategy
+from . import register
+from ._adapters import float_like
+from .base import Context, Method
+from .capabilities import Capabilities
+
+
+class ScaleShift(nn.Module):
+    def __init__(self, rows: int, like: torch.Tensor) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(rows, dtype=like.dtype, device=like.device))
+        self.shift = nn.Parameter(torch.zeros(rows, dtype=like.dtype, device=like.device))
+
+
+class SSFProjection(nn.Module):
+    """A frozen projection whose output rows [a, z) of each key are scaled and shifted: ``γ ⊙ (W x + b) + β``."""
+
+    def __init__(self, base: nn.Module, slices: dict[str, tuple[int, int]], like: torch.Tensor) -> None:
+        super().__init__()
+        self.base = base
+        for p in base.parameters():
+            p.requires_grad = False
+        self.ranges = dict(sorted(slices.items(), key=lambda kv: kv[1]))
+        self.ssf = nn.ModuleDict({k: ScaleShift(z - a, like) for k, (a, z) in self.ranges.items()})
+
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        y = self.base(*args, **kwargs)
+        parts, at = [], 0
+        for key, (a, z) in self.ranges.items():
+            f = self.ssf[key]
+            parts += [y[..., at:a], (y[..., a:z] * f.scale.to(y.dtype) + f.shift.to(y.dtype))]
+            at = z
+        parts.append(y[..., at:])
+        return torch.cat(parts, dim=-1)
+
+    @torch.no_grad()
+    def merged(self) -> nn.Module:
+        """The base module with W' = diag(γ) W, b' = γ ⊙ b + β on each key's rows; a projection without a bias
+        (LLaMA's) gets one, b' = β, since nothing else can carry the shift."""
+        base = self.base
+        rows = weight_shape(base)[0]
+        w = out_major_weight(base)  # a view: for Conv1D this writes through into the transposed weight
+        if getattr(base, "bias", None) is None:
+            base.bias = nn.Parameter(torch.zeros(rows, dtype=w.dtype, device=w.device), requires_grad=False)
+        for key, (a, z) in self.ranges.items():
+            f = self.ssf[key]
+            w[a:z] *= f.scale.to(w.dtype)[:, None]
+            base.bias[a:z] = base.bias[a:z] * f.scale.to(w.dtype) + f.shift.to(w.dtype)
+        return base
+
+
+@register("ssf")
+class SSF(Method):
+    summary = "SSF (Lian et al. 2022): y = gamma ⊙ x + beta after the targets (1, 0 at init); merges into W, b"
+    capabilities = Capabilities(targets="linear", fused_slices=True, v_role=True, quantized_base=True, merge=True,
+                                export="efficientft")
+
+    def prepare(self, model: nn.Module, targets: list[Target], ctx: Context) -> nn.Module:
+        self.targets, self.ctx = targets, ctx
+        for p in model.parameters():
+            p.requires_grad = False
+        like = float_like(model)
+        by_module: dict[str, dict[str, tuple[int, int]]] = {}
+        for t in targets:
+            rows = t.out_slice or (0, weight_shape(model.get_submodule(t.name))[0])
+            by_module.setdefault(t.name, {})[t.role or "all"] = rows
+        for name, slices in by_module.items():
+            replace_module(model, name, SSFProjection(model.get_submodule(name), slices, like))
+        for n, p in model.named_parameters():
+            if ".ssf." in n or any(n.startswith(h + ".") for h in ctx.heads):
+                p.requires_grad = True
+        return model
+
+    def param_groups(self, model: nn.Module, strategy: Strategy, lr: float, weight_decay: float) -> list[dict]:
+        groups = super().param_groups(model, strategy, lr, weight_decay)
+        return without_decay(groups, self.param_roles(model), lambda n: ".ssf." in n)
+
+    def merge(self, model: nn.Module) -> nn.Module:
+        if is_quantized(model):
+            raise ConfigError("method 'ssf' cannot merge into a quantized base (a 4/8-bit weight cannot be "
+                              "rescaled in place); export γ, β instead.")
+        for name, m in [(n, m) for n, m in model.named_modules() if isinstance(m, SSFProjection)]:
+            replace_module(model, name, m.merged())
+        return model
+
+    def write_export(self, model: nn.Module, out_dir: Path) -> dict[str, Any]:
+        info = super().write_export(model, out_dir)
+        return {**info, "format": "efficientft-ssf"}
+
+
+def without_decay(groups: list[dict], roles: dict[str, str | None], match: Any) -> list[dict]:
+    """The optimizer groups with the parameters ``match`` selects moved to weight decay 0 (same learning rate);
+    ``roles``: every parameter's role, to keep each group's role list exact."""
+    out: dict[tuple[float, float], dict] = {}
+    for g in groups:
+        for name, p in zip(g["names"], g["params"], strict=True):
+            decay = 0.0 if match(name) else g["weight_decay"]
+            h = out.get((g["lr_scale"], decay))
+            if h is None:
+                h = out[(g["lr_scale"], decay)] = {**g, "weight_decay": decay, "params": [], "names": [],
+                                                   "roles": set()}
+            h["params"].append(p)
+            h["names"].append(name)
+            h["roles"].add(roles.get(name) or "-")
+    for h in out.values():
+        h["roles"] = sorted(h["roles"])
+    return [out[k] for k in sorted(out)]
