@@ -14,7 +14,7 @@ from efficientft.tasks.generative_kind import GENERATION, IGNORE, encode_sft
 from efficientft.tasks.instruct import InstructExample
 from efficientft.tasks.kinds import CLASSIFICATION, TaskKind
 from efficientft.train import prepare
-from tests.gen_fixtures import causal_gpt2, causal_llama, gen_config  # noqa: F401
+from tests.gen_fixtures import gen_config
 
 
 @pytest.fixture(scope="module")

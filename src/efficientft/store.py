@@ -459,7 +459,9 @@ class Store:
         q, args = "SELECT * FROM predictions WHERE run_key=?", (key,)
         if split is not None:
             q, args = q + " AND split=?", (key, split)
-        with self._connect() as db:
+        with self._connect() as db:  # a store of schema 1 opened read-only has no predictions table
+            if db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='predictions'").fetchone() is None:
+                return []
             rows = db.execute(q + " ORDER BY split, idx", args).fetchall()
         return [{**dict(r), "correct": bool(r["correct"])} for r in rows]
 

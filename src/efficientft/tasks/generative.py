@@ -118,6 +118,7 @@ def _synthetic(name: str, n: int, seed: int) -> Reader:
     return read
 
 
+TITLES = {"boolq": "BoolQ", "arc_e": "ARC-e", "arc_c": "ARC-c", "obqa": "OBQA"}
 # The per-task training splits that are on this machine (LLM-Adapters' layout), usable as --train-data sources.
 SOURCES = {"boolq": "dataset/boolq/train.json", "arc_e": "dataset/ARC-Easy/train.json",
            "arc_c": "dataset/ARC-Challenge/train.json", "obqa": "dataset/openbookqa/train.json"}
@@ -184,21 +185,21 @@ def generative_tasks() -> list[InstructTask]:
         _task("gsm8k", "GSM8K: grade-school math by generation (exact match of the final number); train: GSM8K "
               "train (7,473), dev: GSM8K test (1,319)", {"dev": EvalSpec(_gsm8k("test.jsonl"), "gsm8k", 256)},
               _gsm8k("train.jsonl"), takes_train_data=True, train_filter="gsm8k"),
-        _task("math", "LLM-Adapters math suite by generation (average exact match over its sets); train: "
+        _task("math", "Math suite: LLM-Adapters arithmetic sets by generation (average exact match); train: "
               "math_10k.json", _suite("math"), None, takes_train_data=True, train_filter="number"),
-        _task("commonsense", "LLM-Adapters commonsense suite by generation (average accuracy over its sets); train: "
+        _task("commonsense", "Commonsense: LLM-Adapters commonsense sets by generation (average accuracy); train: "
               "commonsense_170k.json", _suite("commonsense"), None, takes_train_data=True,
               train_filter="commonsense"),
     ]
     commonsense = SUITES["commonsense"]
     for name, rel in SOURCES.items():  # the per-task training splits that are here, each a task of its own
         s = commonsense[name]
-        tasks.append(_task(name, f"{name}: LLM-Adapters commonsense task by generation (accuracy); train and test "
-                           "from LLM-Adapters", {"dev": EvalSpec(_adapters(s.path), s.filter, s.max_new_tokens)},
+        tasks.append(_task(name, f"{TITLES[name]}: LLM-Adapters commonsense task by generation (accuracy); "
+                           "train and test from LLM-Adapters", {"dev": EvalSpec(_adapters(s.path), s.filter, s.max_new_tokens)},
                            _adapters(rel), train_filter=s.filter))
     for name in ("reverse", "repeat"):
-        tasks.append(_task(f"synthetic-{name}", f"synthetic: {name} 2-4 words (exact match); learnable by a tiny "
-                           "random LLaMA / GPT-2 in CPU minutes", {"dev": EvalSpec(_synthetic(name, 200, 1), "text", 12)},
+        tasks.append(_task(f"synthetic-{name}", f"Syn {name}: {name} 2-4 words (exact match); learnable by a "
+                           "tiny random LLaMA / GPT-2 in CPU minutes", {"dev": EvalSpec(_synthetic(name, 200, 1), "text", 12)},
                            _synthetic(name, 2000, 0), template="plain"))
     return tasks
 

@@ -239,18 +239,20 @@ def tokenizer_ids(tokenizer: Any, text: str) -> list[int]:
 
 @torch.no_grad()
 def lm_loss(p: Prepared, batches: list[dict[str, torch.Tensor]]) -> float:
-    """The mean next-token loss over every token of ``batches`` (each batch weighted by its tokens)."""
+    """The mean next-token cross-entropy over every target token of ``batches``, from the logits: a method's own
+    additions to the training loss (AdaLoRA's orthogonality regulariser) are not part of a language model's loss."""
     model = p.model
     was_training = model.training
     model.eval()
-    total = count = 0.0
-    kind = p.task.kind
+    total, count = 0.0, 0
     for b in batches:
         b = {k: v.to(p.device) for k, v in b.items()}
         with p.runtime.autocast():
-            loss = float(model(**b).loss)
-        n = kind.batch_weight(b)
-        total, count = total + loss * n, count + n
+            logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+        labels = b["labels"][:, 1:]
+        total += float(nn.functional.cross_entropy(logits[:, :-1].float().flatten(0, 1), labels.flatten(),
+                                                   ignore_index=IGNORE, reduction="sum"))
+        count += int((labels != IGNORE).sum())
     model.train(was_training)
     return total / count if count else float("nan")
 
