@@ -40,10 +40,13 @@ def causal_gpt2(tmp_path_factory, minilm_dir) -> Path:
 
 def gen_config(model: Path, task: str = "synthetic-reverse", **kw):
     """A run of a few steps on a small subset of a generation task: seconds on a CPU."""
-    from efficientft.config import RunConfig
+    import dataclasses
 
+    from efficientft.config import RunConfig
+    from efficientft.methods import get_method
+
+    ranked = "rank" in {f.name for f in dataclasses.fields(get_method(kw.get("method", "lora")).Args)}
     base = dict(task=task, model=str(model), steps=3, batch_size=4, max_train=16, max_eval=4, max_length=64,
-                lr=1e-3, progress=False, max_new_tokens=4,
-                method_args={"rank": 4} if kw.get("method", "lora") != "full" else {})
+                lr=1e-3, progress=False, max_new_tokens=4, method_args={"rank": 4} if ranked else {})
     base.update(kw)
     return RunConfig(**base)

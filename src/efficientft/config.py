@@ -60,7 +60,7 @@ class RunConfig:
     task: str | None = setting(None, Rule("text"), group=TRAIN,  # DEFAULT_TASK, or CUSTOM_TASK for the user's data
                                help="GLUE task (rte, sst2, ...; see `eft tasks`) or a name for --train-file data")
     method: str = setting("lora", Rule("text"), group=TRAIN, help="fine-tuning method (see `eft methods`)")
-    model: str = setting(DEFAULT_MODEL, Rule("text"), group=TRAIN,
+    model: str = setting(DEFAULT_MODEL, Rule("text"), group=TRAIN, sweep_flag=True,  # eft sweep --model: an override
                          help="hub id or local model folder (default: the bundled all-MiniLM-L6-v2)")
     targets: str = setting("qv", Rule("text"), group=TRAIN,
                            help="roles (qv, qkv, qkvo, all-linear, q,v,ffn_up) or module-name patterns")
@@ -125,7 +125,7 @@ class RunConfig:
                                     help="generation: the loss covers the prompt too, not only the response")
     max_new_tokens: int | None = setting(None, _OPT_COUNT, key="when_set", group=DATA,
                                          help="generation: tokens generated per answer (default: each eval set's own)")
-    train_data: str | None = setting(None, Rule("text", optional=True), key="when_set", group=DATA,
+    train_data: str | None = setting(None, Rule("text", optional=True), key="when_set", group=DATA, sweep_flag=True,
                                      help="training set of a generation suite: a JSON/JSONL file (commonsense_170k, "
                                           "math_10k, MetaMathQA) or a source: boolq, arc_e, arc_c, obqa")
     forgetting_file: str | None = setting(None, Rule("text", optional=True), key="when_set", group=DATA,
