@@ -132,3 +132,11 @@ def test_a_schema_1_store_gains_the_predictions_table_when_written(tmp_path):
     tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     db.close()
     assert version == 2 and "predictions" in tables and store.get("k1")["scores"] == {"dev/accuracy": 0.5}
+
+
+def test_eft_tasks_lists_the_generation_tasks_with_their_kind(capsys):
+    assert main(["tasks"]) == 0
+    lines = {ln.split()[0]: ln.split()[1] for ln in capsys.readouterr().out.splitlines()}
+    assert lines["rte"] == "classification" and lines["stsb"] == "classification"
+    for name in ("gsm8k", "math", "commonsense", "boolq", "arc_e", "arc_c", "obqa", "synthetic-reverse"):
+        assert lines[name] == "generation", name
