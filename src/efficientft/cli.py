@@ -269,7 +269,7 @@ def cmd_tasks(a: argparse.Namespace) -> int:
     from .tasks import TASKS
 
     width = max(len(n) for n in TASKS)
-    kinds = max(len(t.kind.name) for t in TASKS.values())
+    kinds = max(len(t.kind.name) for _, t in TASKS.items())
     for name, task in TASKS.items():
         print(f"{name.ljust(width)}  {task.kind.name.ljust(kinds)}  {task.description}")
     return 0
