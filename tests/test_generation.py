@@ -63,8 +63,6 @@ def test_batched_equals_unbatched_token_for_token(model, tokenizer):
     batched = generate(model, tokenizer, PROMPTS, max_new_tokens=12, batch_size=4)
     for prompt, text in zip(PROMPTS, batched.texts, strict=True):
         ref = _single(model, tokenizer, prompt, 12)
-        assert tokenizer(text, add_special_tokens=False)["input_ids"] == ref or text == tokenizer.decode(
-            ref, skip_special_tokens=True)
         assert text == tokenizer.decode(ref, skip_special_tokens=True)
     one = generate(model, tokenizer, PROMPTS, max_new_tokens=12, batch_size=1)
     assert one.texts == batched.texts
