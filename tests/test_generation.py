@@ -60,14 +60,14 @@ def _single(model, tokenizer, prompt: str, n: int) -> list[int]:
 
 
 def test_batched_equals_unbatched_token_for_token(model, tokenizer):
-    batched = generate(model, tokenizer, PROMPTS, max_new_tokens=12, batch_size=4)
-    for prompt, text in zip(PROMPTS, batched.texts, strict=True):
-        ref = _single(model, tokenizer, prompt, 12)
-        assert text == tokenizer.decode(ref, skip_special_tokens=True)
-    one = generate(model, tokenizer, PROMPTS, max_new_tokens=12, batch_size=1)
-    assert one.texts == batched.texts
-    assert one.new_tokens == batched.new_tokens
-    assert batched.new_tokens == sum(min(len(_single(model, tokenizer, p, 12)) + 1, 12) for p in PROMPTS)
+    n = 10
+    batched = generate(model, tokenizer, PROMPTS, max_new_tokens=n, batch_size=4)
+    refs = [_single(model, tokenizer, p, n) for p in PROMPTS]
+    assert batched.token_ids == refs
+    assert batched.texts == [tokenizer.decode(r, skip_special_tokens=True) for r in refs]
+    assert batched.new_tokens == sum(min(len(r) + 1, n) for r in refs)  # EOS counts as a generated token
+    one = generate(model, tokenizer, PROMPTS, max_new_tokens=n, batch_size=1)
+    assert one.token_ids == batched.token_ids
 
 
 def test_order_preserved_and_padding_side_restored(model, tokenizer):

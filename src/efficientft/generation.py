@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -27,11 +27,13 @@ from .errors import ConfigError
 @dataclass
 class GenerationResult:
     """Generated continuations (prompt excluded, cut at EOS or the first stop string) in input order, the number
-    of tokens generated (up to each row's end, EOS included) and the wall time."""
+    of tokens generated (up to each row's end, EOS included) and the wall time. ``token_ids`` are each row's
+    generated ids before EOS (for audits and exact comparisons)."""
 
     texts: list[str]
     new_tokens: int
     seconds: float
+    token_ids: list[list[int]] = field(default_factory=list)
 
     @property
     def examples_per_second(self) -> float:
@@ -95,6 +97,7 @@ def generate(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int
     saved_side, saved_pad = tokenizer.padding_side, tokenizer.pad_token
     was_training = model.training
     texts: list[str] = [""] * len(prompts)
+    ids: list[list[int]] = [[] for _ in prompts]
     new_tokens = 0
     start = time.perf_counter()
     try:
@@ -124,11 +127,12 @@ def generate(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int
                 while end is None and kept and kept[-1] == pad_id:  # a row stopped by a stop string is padded
                     kept = kept[:-1]
                 new_tokens += len(kept) + (end is not None)
+                ids[i] = kept
                 texts[i] = _cut(tokenizer.decode(kept, skip_special_tokens=True), stop)
     finally:
         tokenizer.padding_side, tokenizer.pad_token = saved_side, saved_pad
         model.train(was_training)
-    return GenerationResult(texts, new_tokens, time.perf_counter() - start)
+    return GenerationResult(texts, new_tokens, time.perf_counter() - start, ids)
 
 
 __all__ = ["GenerationResult", "generate"]
