@@ -71,6 +71,11 @@ def test_gsm8k_solutions_read_their_final_answer(split):
     ("commonsense-hellaswag", "ending4 it is", "ending4"),
     ("commonsense-arc", "maybe answer3 or answer1", "answer3"),
     ("commonsense-boolq", "yes", None),
+    ("choice", "B) because the train is faster", "B"),
+    ("choice", "the correct answer is answer2", "answer2"),
+    ("choice", "(yes), since it rains", "yes"),
+    ("choice", "The answer is", "The"),
+    ("choice", " ... ", None),
     ("text", "  sun   cat\nred ", "sun cat red"),
     ("text", "   ", None),
 ])

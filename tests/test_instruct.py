@@ -11,6 +11,8 @@ import pytest
 from efficientft.errors import ConfigError
 from efficientft.tasks.answers import FILTERS
 from efficientft.tasks.instruct import (
+    ANSWER_FILTERS,
+    ANSWER_TYPES,
     ENV_GSM8K_DIR,
     ENV_LLM_ADAPTERS_DIR,
     SUITES,
@@ -116,6 +118,10 @@ def test_user_rows_jsonl_and_json_array(tmp_path):
                        InstructExample("mine:1", "Add", "4 and 4", "8", "8")]
     text = read_instruct_file(jl, "text")
     assert [e.answer for e in text] == ["2 + 3 = 5. The answer is 5", "8"]
+    choice = _write(tmp_path, "c.jsonl", '{"instruction": "q", "output": "The answer is B"}\n'
+                                         '{"instruction": "q", "output": "yes, it does", "answer": "yes"}\n')
+    assert [e.answer for e in read_instruct_file(choice, "choice")] == ["B", "yes"]
+    assert all(f in FILTERS for f in ANSWER_FILTERS.values()) and set(ANSWER_FILTERS) == set(ANSWER_TYPES)
 
 
 @pytest.mark.parametrize(("name", "content", "answer_type", "message"), [
@@ -140,6 +146,8 @@ def test_user_rows_jsonl_and_json_array(tmp_path):
      r"d.jsonl:1: no 'answer' and the output holds no number"),
     ("d.jsonl", '{"instruction": "a", "output": "b", "answer": "seven"}\n', "number",
      r"d.jsonl:1: 'answer' 'seven' is not a number"),
+    ("d.jsonl", '{"instruction": "a", "output": "b", "answer": "option B"}\n', "choice",
+     r"d.jsonl:1: answer 'option B' is not one word; --answer choice needs a one-word label"),
     ("d.json", '"just text"', "text", r"d.json:1 is 'just text', not a JSON object"),
     ("d.json", '[1]', "text", r"d.json: row 1 is the number 1, not an object"),
     ("d.csv", 'instruction,output\na,b\n', "text", r"unknown data format '.csv'; instruction data is .json"),

@@ -14,6 +14,8 @@ the reference evaluation scripts (not copied):
 - ``commonsense`` and ``commonsense-<task>``: LLM-Adapters' commonsense sets: the first occurrence of one of the
   task's answer words (``true|false``, ``solution1|2``, ``answer1–5``, ``ending1–4``, ``option1|2``), matched
   case-sensitively as substrings, exactly as their regular expressions match.
+- ``choice``: the user's option labels (``--answer choice``): the first word after the last "The answer is"
+  marker, else the first word of the text.
 - ``text``: normalised exact match (strip, collapse whitespace).
 
 A filter returns ``None`` when the text holds no answer at all; :func:`is_correct` counts that as wrong.
@@ -33,8 +35,10 @@ Filter = Callable[[str], "str | None"]
 # removed; a fraction "a/b" is read only after an explicit answer marker, as PEFT's parser converts it.
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 _NUMBER_OR_FRACTION = re.compile(r"-?\d+(?:\.\d+)?(?:\s*/\s*-?\d+(?:\.\d+)?)?")
-# PEFT's answer markers (MetaMath's "The answer is:", GSM8K's "####"), case-insensitive here.
-_MARKERS = re.compile(r"####|the (?:final )?answer is:?", re.IGNORECASE)
+# PEFT's answer markers (MetaMath's "The answer is:", "The final answer is", GSM8K's "####"), read here as any
+# "answer is" (also "the correct answer is", LLM-Adapters' target wording), case-insensitive.
+_MARKERS = re.compile(r"####|\banswer is:?", re.IGNORECASE)
+_WORD = re.compile(r"[^\W_]+")  # a run of letters and digits: a choice label such as B, yes, answer2
 
 # Tolerances of the numeric comparisons: LLM-Adapters accepts |pred - gold| <= 0.001; for GSM8K (integer golds)
 # a tighter 1e-4 keeps "18.0001" wrong while "18.0" and "18" stay right.
@@ -109,6 +113,16 @@ def word_filter(words: Sequence[str]) -> Filter:
     return extract_word
 
 
+def choice(text: str) -> str | None:
+    """A choice label in the user's data: the first word after the last "The answer is" marker, else the first
+    word of the text (``"B) because ..."`` → ``B``; ``"the correct answer is answer2"`` → ``answer2``)."""
+    marks = list(_MARKERS.finditer(text))
+    found = _WORD.search(text[marks[-1].end():] if marks else text)
+    if found is None and marks:
+        found = _WORD.search(text)
+    return found.group(0) if found else None
+
+
 def normalised_text(text: str) -> str | None:
     """Normalised text: stripped, inner whitespace collapsed to one space; None when nothing is left."""
     out = " ".join(text.split())
@@ -119,6 +133,7 @@ FILTERS: dict[str, Filter] = {
     "gsm8k": gsm8k,
     "number": number,
     "letter": letter,
+    "choice": choice,
     "commonsense": word_filter(sorted({w for ws in COMMONSENSE_WORDS.values() for w in ws})),
     "text": normalised_text,
     **{f"commonsense-{task}": word_filter(ws) for task, ws in COMMONSENSE_WORDS.items()},

@@ -27,8 +27,9 @@ ENV_LLM_ADAPTERS_DIR = "EFT_LLM_ADAPTERS_DIR"
 ENV_GSM8K_DIR = "EFT_GSM8K_DIR"
 ANSWER_TYPES = ("number", "choice", "text")
 # The filter that scores each answer type of the user's data: a number is read with the GSM8K rule (a marker,
-# else the last number); a choice label and free text are compared as normalised text.
-ANSWER_FILTERS = {"number": "gsm8k", "choice": "text", "text": "text"}
+# else the last number), a choice label is the first word (after an "answer is" marker), text is the whole
+# normalised response.
+ANSWER_FILTERS = {"number": "gsm8k", "choice": "choice", "text": "text"}
 _CALCULATOR = re.compile(r"<<[^<>]*>>")
 
 
@@ -203,6 +204,12 @@ def _answer(row: dict, output: str, answer_type: str, where: str) -> str:
             raise ConfigError(f"{where}: 'answer' {value!r} is not a number; --answer number needs one (e.g. 42, "
                               "-3, 1,234, 2.5), or use --answer text.")
         return value
+    if answer_type == "choice":
+        label = value if value is not None else extract("choice", output)
+        if label is None or extract("choice", label) != label:
+            raise ConfigError(f"{where}: {'answer' if value is not None else 'output'} {label or output!r} is not "
+                              "one word; --answer choice needs a one-word label per row (e.g. B, yes, answer2).")
+        return label
     return " ".join((value if value is not None else output).split())
 
 
