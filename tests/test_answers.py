@@ -13,7 +13,7 @@ from efficientft.tasks.instruct import SUITES, TRAIN_FILES, llm_adapters_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 GSM8K = ROOT.parent / "shared" / "data" / "gsm8k"
-FILES = {s.path: s.filter for suite in SUITES.values() for s in suite}
+FILES = {s.path: s.filter for suite in SUITES.values() for s in suite.values()}
 FILES.update({p: FILES[p.replace("train.json", "test.json")] for p in TRAIN_FILES.values()})
 
 

@@ -45,14 +45,15 @@ def test_gsm8k_reader_on_the_real_files():
 
 
 def test_suites_are_the_llm_adapters_suites():
-    assert [s.name for s in SUITES["math"]] == ["gsm8k", "aqua", "svamp", "mawps", "addsub", "multiarith",
+    assert all(k == s.name for suite in SUITES.values() for k, s in suite.items())
+    assert [s.name for s in SUITES["math"].values()] == ["gsm8k", "aqua", "svamp", "mawps", "addsub", "multiarith",
                                                "singleeq", "mathqa"]
-    assert [s.name for s in SUITES["commonsense"]] == ["boolq", "piqa", "siqa", "hellaswag", "winogrande",
+    assert [s.name for s in SUITES["commonsense"].values()] == ["boolq", "piqa", "siqa", "hellaswag", "winogrande",
                                                       "arc_e", "arc_c", "obqa"]
-    assert {s.max_new_tokens for s in SUITES["math"]} == {256}
-    assert {s.max_new_tokens for s in SUITES["commonsense"]} == {32}
-    assert [s.name for s in SUITES["math"] if s.extra] == ["mathqa"]
-    assert all(s.filter in FILTERS for suite in SUITES.values() for s in suite)
+    assert {s.max_new_tokens for s in SUITES["math"].values()} == {256}
+    assert {s.max_new_tokens for s in SUITES["commonsense"].values()} == {32}
+    assert [s.name for s in SUITES["math"].values() if s.extra] == ["mathqa"]
+    assert all(s.filter in FILTERS for suite in SUITES.values() for s in suite.values())
 
 
 def test_every_present_suite_file_reads():
@@ -89,13 +90,13 @@ def test_missing_suite_file_names_path_and_env_var(tmp_path, monkeypatch):
 
 
 def test_optional_hellaswag_is_skipped_when_absent(tmp_path, monkeypatch):
-    for s in SUITES["commonsense"]:
+    for s in SUITES["commonsense"].values():
         if not s.optional:
             (tmp_path / s.path).parent.mkdir(parents=True, exist_ok=True)
             (tmp_path / s.path).write_text('[{"instruction": "q", "input": "", "output": "o", "answer": "true"}]')
     monkeypatch.setenv(ENV_LLM_ADAPTERS_DIR, str(tmp_path))
     assert "hellaswag" not in [s.name for s, _ in suite_sets("commonsense")]
-    hs = next(s for s in SUITES["commonsense"] if s.name == "hellaswag")
+    hs = SUITES["commonsense"]["hellaswag"]
     (tmp_path / hs.path).parent.mkdir(parents=True)
     (tmp_path / hs.path).write_text('[{"instruction": "q", "input": "", "output": "o", "answer": "ending1"}]')
     assert "hellaswag" in [s.name for s, _ in suite_sets("commonsense")]
@@ -170,23 +171,21 @@ def test_user_file_missing_and_bad_answer_type(tmp_path):
         read_instruct_file(path, "numbr")
 
 
-def test_synthetic_is_deterministic_and_train_test_disjoint():
+def test_synthetic_is_deterministic_and_seeds_are_disjoint():
     for name in ("repeat", "reverse"):
-        a, b = make_synthetic(name, 300, seed=1), make_synthetic(name, 300, seed=1)
+        a, b = make_synthetic(name, 2000, seed=0), make_synthetic(name, 2000, seed=0)
         assert a == b
-        other = make_synthetic(name, 300, seed=2)
-        assert [e.instruction for e in a] != [e.instruction for e in other]
-        test = make_synthetic(name, 300, seed=1, split="test")
-        assert not {e.instruction for e in a + other} & {e.instruction for e in test}
-        assert len({e.instruction for e in a}) == 300
-        for e in a[:20] + test[:20]:
+        test = make_synthetic(name, 300, seed=1)
+        assert not {e.instruction for e in a} & {e.instruction for e in test}
+        assert len({e.instruction for e in a}) == 2000
+        assert a[0].id == f"{name}-0:0" and test[0].id == f"{name}-1:0"
+        for e in a[:50] + test[:50]:
             words = e.instruction.split(": ", 1)[1].split()
             assert 2 <= len(words) <= 4
             assert e.output == e.answer == " ".join(words if name == "repeat" else words[::-1])
+        assert {len(e.instruction.split()) - 1 for e in a} == {2, 3, 4}
     assert make_synthetic("reverse", 1)[0].instruction.startswith("reverse: ")
     with pytest.raises(ConfigError, match="unknown synthetic task 'revers'. Did you mean 'reverse'"):
         make_synthetic("revers", 5)
     with pytest.raises(ConfigError, match="n must be between 1 and"):
         make_synthetic("repeat", 0)
-    with pytest.raises(ConfigError, match="splits train, test; got 'dev'"):
-        make_synthetic("repeat", 5, split="dev")

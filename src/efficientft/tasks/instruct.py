@@ -58,8 +58,15 @@ class EvalSet:
 
 
 MATH_TOKENS, COMMONSENSE_TOKENS = 256, 32
-SUITES: dict[str, tuple[EvalSet, ...]] = {
-    "math": (
+
+
+def _sets(*sets: EvalSet) -> dict[str, EvalSet]:
+    return {s.name: s for s in sets}
+
+
+# suite -> eval-set name -> its file, filter and generation budget
+SUITES: dict[str, dict[str, EvalSet]] = {
+    "math": _sets(
         EvalSet("gsm8k", "dataset/gsm8k/test.json", "number", MATH_TOKENS),
         EvalSet("aqua", "dataset/AQuA/test.json", "letter", MATH_TOKENS),
         EvalSet("svamp", "dataset/SVAMP/test.json", "number", MATH_TOKENS),
@@ -69,7 +76,7 @@ SUITES: dict[str, tuple[EvalSet, ...]] = {
         EvalSet("singleeq", "dataset/SingleEq/test.json", "number", MATH_TOKENS),
         EvalSet("mathqa", "dataset/mathqa/test.json", "letter", MATH_TOKENS, extra=True),
     ),
-    "commonsense": (
+    "commonsense": _sets(
         EvalSet("boolq", "dataset/boolq/test.json", "commonsense-boolq", COMMONSENSE_TOKENS),
         EvalSet("piqa", "dataset/piqa/test.json", "commonsense-piqa", COMMONSENSE_TOKENS),
         EvalSet("siqa", "dataset/social_i_qa/test.json", "commonsense-siqa", COMMONSENSE_TOKENS),
@@ -124,7 +131,7 @@ def suite_sets(suite: str) -> list[tuple[EvalSet, Path]]:
     if suite not in SUITES:
         raise unknown("evaluation suite", suite, SUITES)
     root = llm_adapters_dir()
-    return [(s, data_file(root, s.path, ENV_LLM_ADAPTERS_DIR)) for s in SUITES[suite]
+    return [(s, data_file(root, s.path, ENV_LLM_ADAPTERS_DIR)) for s in SUITES[suite].values()
             if not (s.optional and not (root / s.path).is_file())]
 
 

@@ -7,8 +7,10 @@ greedy decoding, answer filters) is proven to *learn* on tasks whose answer is a
 - ``reverse``: "reverse: red cat sun" → "sun cat red" (needs attention by position, a little harder).
 
 Words are drawn from a small vocabulary of short English words, each a single token in common tokenizers
-(WordPiece, BPE), 2–4 words per example. Which word sequences are test examples is decided by hashing the
-sequence, not by the seed, so train and test never share a sequence whatever seeds and sizes are asked for.
+(WordPiece, BPE), 2–4 words per example. The space of word sequences is cut into ``BUCKETS`` parts by a stable
+hash of the sequence, and seed ``s`` draws only from part ``s mod BUCKETS``: a training set made with one seed and
+a test set made with another never share a sequence, whatever their sizes (``eft``'s tasks use seed 0 for train
+and seed 1 for dev).
 """
 
 from __future__ import annotations
@@ -24,48 +26,44 @@ WORDS: tuple[str, ...] = (
     "star", "tree", "rock", "book", "pen", "cup", "hat", "box", "car", "bus", "key", "map",
 )
 MIN_WORDS, MAX_WORDS = 2, 4
-TEST_SHARE = 10  # one word sequence in TEST_SHARE belongs to the test side
+BUCKETS = 8  # seeds that differ modulo BUCKETS draw disjoint sets of word sequences
 
 SYNTHETIC_TASKS = {
     "repeat": lambda words: words,
     "reverse": lambda words: words[::-1],
 }
-SPLITS = ("train", "test")
 
 
-def _is_test(words: tuple[str, ...]) -> bool:
-    """Whether a word sequence is on the test side: a stable hash (not Python's salted ``hash``)."""
+def bucket(words: tuple[str, ...]) -> int:
+    """The part of the sequence space a word sequence belongs to: a stable hash (not Python's salted ``hash``)."""
     digest = hashlib.sha256(" ".join(words).encode()).digest()
-    return int.from_bytes(digest[:4], "big") % TEST_SHARE == 0
+    return int.from_bytes(digest[:4], "big") % BUCKETS
 
 
-def make_synthetic(name: str, n: int, seed: int = 0, split: str = "train") -> list[InstructExample]:
-    """``n`` examples of synthetic task ``name`` on ``split`` ("train" or "test"), deterministic from ``seed``.
+def make_synthetic(name: str, n: int, seed: int = 0) -> list[InstructExample]:
+    """``n`` distinct examples of synthetic task ``name``, deterministic from ``seed``.
 
     The instruction is ``"<name>: w1 w2 ..."``, the output (and the answer, scored as normalised text) the
-    transformed words. Examples within one call are distinct word sequences; a ``test`` sequence never occurs in
-    ``train`` and vice versa.
+    transformed words. Sets made with seeds that differ modulo ``BUCKETS`` share no word sequence.
     """
     if name not in SYNTHETIC_TASKS:
         raise unknown("synthetic task", name, SYNTHETIC_TASKS)
-    if split not in SPLITS:
-        raise ConfigError(f"synthetic data has splits {', '.join(SPLITS)}; got {split!r}.")
     space = sum(len(WORDS) ** k for k in range(MIN_WORDS, MAX_WORDS + 1))
-    limit = space // TEST_SHARE // 2  # far below the side's size, so the rejection sampling below ends quickly
+    limit = space // BUCKETS // 2  # far below a part's size, so the rejection sampling below ends quickly
     if not 1 <= n <= limit:
         raise ConfigError(f"synthetic task {name!r}: n must be between 1 and {limit}, got {n}.")
-    rng = random.Random(f"{name}:{split}:{seed}")
-    transform, want_test = SYNTHETIC_TASKS[name], split == "test"
+    rng = random.Random(f"{name}:{seed}")
+    transform, part = SYNTHETIC_TASKS[name], seed % BUCKETS
     seen: set[tuple[str, ...]] = set()
     out = []
     while len(out) < n:
         words = tuple(rng.choice(WORDS) for _ in range(rng.randint(MIN_WORDS, MAX_WORDS)))
-        if words in seen or _is_test(words) != want_test:
+        if words in seen or bucket(words) != part:
             continue
         seen.add(words)
         target = " ".join(transform(words))
-        out.append(InstructExample(f"{name}-{split}:{len(out)}", f"{name}: {' '.join(words)}", "", target, target))
+        out.append(InstructExample(f"{name}-{seed}:{len(out)}", f"{name}: {' '.join(words)}", "", target, target))
     return out
 
 
-__all__ = ["SYNTHETIC_TASKS", "WORDS", "make_synthetic"]
+__all__ = ["BUCKETS", "SYNTHETIC_TASKS", "WORDS", "bucket", "make_synthetic"]
