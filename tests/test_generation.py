@@ -104,6 +104,22 @@ def test_eos_stops(model, tokenizer):
     assert res.new_tokens == 1
 
 
+def test_a_tokenizer_without_pad_token_pads_with_eos_and_is_restored(tokenizer):
+    import copy
+
+    tok = copy.deepcopy(tokenizer)
+    model = _llama()
+    ref = generate(model, tok, PROMPTS[:3], max_new_tokens=4, batch_size=3)
+    tok.pad_token, tok.eos_token = None, "[SEP]"
+    got = generate(model, tok, PROMPTS[:3], max_new_tokens=4, batch_size=3)
+    assert tok.pad_token is None and tok.padding_side == tokenizer.padding_side
+    assert got.token_ids == ref.token_ids  # the pad id differs, the masked-out padding changes nothing
+    tok.eos_token = None
+    with pytest.raises(ConfigError, match="neither a pad nor an EOS token"):
+        generate(model, tok, PROMPTS[:3], max_new_tokens=4)
+    assert generate(model, tok, [], max_new_tokens=4).texts == []
+
+
 def test_bad_arguments(tokenizer):
     model = _llama()
     with pytest.raises(ConfigError, match="max_new_tokens must be at least 1"):

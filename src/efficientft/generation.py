@@ -91,6 +91,8 @@ def generate(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int
         raise ConfigError(f"max_new_tokens must be at least 1, got {max_new_tokens}.")
     if batch_size < 1:
         raise ConfigError(f"the generation batch size must be at least 1, got {batch_size}.")
+    if not prompts:
+        return GenerationResult([], 0, 0.0, [])
     device = torch.device(device) if device is not None else _device_of(model)
     eos = _eos_ids(model, tokenizer)
     stop = tuple(s for s in stop if s)
