@@ -120,6 +120,13 @@ def test_a_tokenizer_without_pad_token_pads_with_eos_and_is_restored(tokenizer):
     assert generate(model, tok, [], max_new_tokens=4).texts == []
 
 
+def test_add_special_tokens_is_passed_to_the_tokenizer(tokenizer):
+    model = _llama()
+    plain = generate(model, tokenizer, ["[CLS] red blue [SEP]"], max_new_tokens=3, add_special_tokens=False)
+    default = generate(model, tokenizer, ["red blue"], max_new_tokens=3)
+    assert plain.token_ids == default.token_ids  # the same ids: [CLS] red blue [SEP], written out or added
+
+
 def test_bad_arguments(tokenizer):
     model = _llama()
     with pytest.raises(ConfigError, match="max_new_tokens must be at least 1"):

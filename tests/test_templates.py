@@ -52,6 +52,7 @@ def test_chat_uses_the_tokenizers_template(tokenizer):
                          "{% if add_generation_prompt %}<|assistant|>{% endif %}")
     assert render_prompt("chat", "Add them.", "2 and 3", tokenizer=tok) == (
         "<|user|>Add them.\n\n2 and 3\n<|assistant|>")
+    assert get_template("chat").add_special_tokens is False and get_template("alpaca").add_special_tokens
 
 
 def test_chat_without_a_chat_template_is_a_config_error(tokenizer):

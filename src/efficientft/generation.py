@@ -80,11 +80,12 @@ def _device_of(model: Any) -> torch.device:
 
 
 def generate(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, stop: Sequence[str] = (),
-             batch_size: int = 32, device: Any = None) -> GenerationResult:
+             batch_size: int = 32, device: Any = None, add_special_tokens: bool = True) -> GenerationResult:
     """Greedy continuations of ``prompts`` in batches of ``batch_size`` (left padding, KV cache).
 
     Each text is the continuation only, decoded without special tokens and cut at EOS or at the first stop
-    string. The tokenizer's padding side (and pad token, which falls back to EOS when it has none) and the
+    string. ``add_special_tokens`` is passed to the tokenizer (False for prompts rendered by a chat template,
+    which already hold BOS). The tokenizer's padding side (and pad token, which falls back to EOS when it has none) and the
     model's train/eval mode are restored afterwards.
     """
     if max_new_tokens < 1:
@@ -111,11 +112,12 @@ def generate(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int
             tokenizer.pad_token = tokenizer.eos_token
         pad_id = tokenizer.pad_token_id
         model.eval()
-        lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=True)["input_ids"]]
+        lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=add_special_tokens)["input_ids"]]
         order = sorted(range(len(prompts)), key=lambda i: (lengths[i], i))
         for b in range(0, len(order), batch_size):
             idx = order[b:b + batch_size]
-            enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True)
+            enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True,
+                            add_special_tokens=add_special_tokens)
             enc = {k: enc[k].to(device) for k in ("input_ids", "attention_mask")}  # no BERT token_type_ids
             width = enc["input_ids"].shape[1]
             criteria = StoppingCriteriaList([_StopStrings(tokenizer, stop, width)]) if stop else None

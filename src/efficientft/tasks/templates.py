@@ -25,7 +25,8 @@ from ..errors import ConfigError, unknown
 class Template:
     """One prompt format. ``with_input`` / ``without_input`` are ``str.format`` patterns over ``{instruction}``
     and ``{input}``; the prompt ends with ``response_prefix`` and the response is the text that follows it.
-    ``chat`` templates are rendered by the tokenizer instead."""
+    ``chat`` templates are rendered by the tokenizer instead, and their text already holds the model's special
+    tokens (BOS, turn markers): tokenise it with ``add_special_tokens`` False, or BOS comes twice."""
 
     name: str
     without_input: str
@@ -33,6 +34,11 @@ class Template:
     response_prefix: str
     description: str
     chat: bool = False
+
+    @property
+    def add_special_tokens(self) -> bool:
+        """Whether the rendered prompt is tokenised with the tokenizer's special tokens (not for chat text)."""
+        return not self.chat
 
     def render(self, instruction: str, input: str = "", tokenizer: Any = None) -> str:
         """The prompt for one example (the response is appended to it for training)."""
