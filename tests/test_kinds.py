@@ -142,3 +142,15 @@ def test_the_template_is_in_the_run_key_and_defaults_per_task():
     assert base.key() != base.replace(train_on_inputs=True).key()
     with pytest.raises(ConfigError, match="template 'alpacca' is not known. Did you mean 'alpaca'?"):
         base.replace(template="alpacca").key()
+
+
+def test_a_method_that_declares_no_generation_is_refused_in_one_line(causal_llama, monkeypatch):
+    import dataclasses
+
+    from efficientft.methods import get_method
+
+    lora = get_method("lora")
+    monkeypatch.setattr(lora, "capabilities", dataclasses.replace(lora.capabilities, generation=False))
+    with pytest.raises(ConfigError, match=r"^method 'lora' does not train generation tasks \(its capabilities "
+                                          r"declare generation: False\); choose another method"):
+        prepare(gen_config(causal_llama))

@@ -172,6 +172,7 @@ def prepare(cfg: RunConfig, runtime: Runtime | None = None, resume: TrainState |
                           f"{kind.no_feature_cache_reason}; drop --feature-cache.")
     method_cls = get_method(cfg.method)
     method: Method = method_cls.from_config(cfg.method_args)
+    kind.check_method(method)  # e.g. a method that declares it cannot train a generation task
     if cfg.targets == ALL and not method.accepts_all:
         raise ConfigError(f"targets 'all' (every weight) is for full fine-tuning only, not {cfg.method!r}.")
     check_quantized_method(method, cfg.quantize)

@@ -16,6 +16,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from .base import DataOptions, Examples, Task
+from .instruct import ANSWER_FILTERS, TRAIN_FILES
 from .kinds import TaskKind
 
 
@@ -44,6 +45,7 @@ class EvalSpec:
     filter: str
     max_new_tokens: int
     stop: tuple[str, ...] = ()
+    extra: bool = False  # scored, but not in the suite's average (MathQA, as in LLM-Adapters' tables)
 
 
 @dataclass
@@ -120,8 +122,7 @@ def _synthetic(name: str, n: int, seed: int) -> Reader:
 
 TITLES = {"boolq": "BoolQ", "arc_e": "ARC-e", "arc_c": "ARC-c", "obqa": "OBQA"}
 # The per-task training splits that are on this machine (LLM-Adapters' layout), usable as --train-data sources.
-SOURCES = {"boolq": "dataset/boolq/train.json", "arc_e": "dataset/ARC-Easy/train.json",
-           "arc_c": "dataset/ARC-Challenge/train.json", "obqa": "dataset/openbookqa/train.json"}
+SOURCES = TRAIN_FILES
 
 
 def read_train_data(spec: str) -> tuple[list, str]:
@@ -173,7 +174,7 @@ def _suite(suite: str) -> dict[str, EvalSpec]:
     for name, s in SUITES[suite].items():
         if getattr(s, "optional", False) and not (llm_adapters_dir() / s.path).is_file():
             continue  # e.g. HellaSwag: in the suite when its file is present
-        out[name] = EvalSpec(_adapters(s.path), s.filter, s.max_new_tokens)
+        out[name] = EvalSpec(_adapters(s.path), s.filter, s.max_new_tokens, extra=s.extra)
     return out
 
 
@@ -204,7 +205,7 @@ def generative_tasks() -> list[InstructTask]:
     return tasks
 
 
-ANSWERS = {"number": ("number", 256), "choice": ("letter", 32), "text": ("text", 64)}  # --answer -> filter, tokens
+ANSWER_TOKENS = {"number": 256, "choice": 32, "text": 64}  # --answer -> max_new_tokens (math / commonsense / text)
 
 
 def custom_instruct_task(name: str, spec: dict[str, Any]) -> InstructTask:
@@ -212,9 +213,9 @@ def custom_instruct_task(name: str, spec: dict[str, Any]) -> InstructTask:
     from .instruct import read_instruct_file
 
     answer = spec.get("answer", "text")
-    if answer not in ANSWERS:
-        raise ConfigError(f"--answer {answer!r} is not known; accepted: {', '.join(ANSWERS)}.")
-    filt, tokens = ANSWERS[answer]
+    if answer not in ANSWER_FILTERS:
+        raise ConfigError(f"--answer {answer!r} is not known; accepted: {', '.join(ANSWER_FILTERS)}.")
+    filt, tokens = ANSWER_FILTERS[answer], ANSWER_TOKENS[answer]
 
     def reader(key: str) -> Reader:
         def read(data: DataOptions) -> tuple[list, str]:

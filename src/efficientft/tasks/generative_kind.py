@@ -55,6 +55,7 @@ class SFTEncoded(Encoded):
     filter: str = "text"
     max_new_tokens: int = 64
     stop: tuple[str, ...] = ()
+    add_special_tokens: bool = True  # how the prompts are tokenised (False: a chat template's text holds them)
 
     def collate(self, idx: list[int] | np.ndarray, pad_id: int) -> dict[str, torch.Tensor]:
         """Right-padded ids, attention mask and labels (-100 on padding)."""
@@ -76,9 +77,12 @@ def eos_id(tokenizer: Any) -> int:
     return int(tokenizer.eos_token_id)
 
 
-def prompt_ids(tokenizer: Any, prompt: str) -> list[int]:
-    """The prompt's ids exactly as generation tokenizes it (the tokenizer's own special tokens, e.g. BOS)."""
-    return list(tokenizer(prompt)["input_ids"])
+def prompt_ids(tokenizer: Any, prompt: str, template: str) -> list[int]:
+    """The prompt's ids exactly as generation tokenises it: with the tokenizer's special tokens (BOS), except for
+    a chat template, whose rendered text holds them already."""
+    from .templates import get_template
+
+    return list(tokenizer(prompt, add_special_tokens=get_template(template).add_special_tokens)["input_ids"])
 
 
 def encode_sft(rows: list, tokenizer: Any, template: str, max_length: int, train_on_inputs: bool) -> SFTEncoded:
@@ -90,7 +94,7 @@ def encode_sft(rows: list, tokenizer: Any, template: str, max_length: int, train
     ids, targets, kept = [], [], []
     truncated = dropped = 0
     for i, ex in enumerate(rows):
-        p = prompt_ids(tokenizer, render_prompt(template, ex.instruction, ex.input, tokenizer))
+        p = prompt_ids(tokenizer, render_prompt(template, ex.instruction, ex.input, tokenizer), template)
         r = list(tokenizer(ex.output, add_special_tokens=False)["input_ids"]) + [eos]
         seq = p + r
         if len(seq) > max_length:
@@ -111,14 +115,14 @@ def encode_sft(rows: list, tokenizer: Any, template: str, max_length: int, train
 
 def encode_prompts(rows: list, tokenizer: Any, template: str, spec: tuple[str, int, tuple[str, ...]]) -> SFTEncoded:
     """An evaluation split: the rendered prompts, their gold answers and the split's protocol."""
-    from .templates import render_prompt
+    from .templates import get_template, render_prompt
 
     prompts = [render_prompt(template, ex.instruction, ex.input, tokenizer) for ex in rows]
-    ids = [np.asarray(prompt_ids(tokenizer, q), dtype=np.int32) for q in prompts]
+    ids = [np.asarray(prompt_ids(tokenizer, q, template), dtype=np.int32) for q in prompts]
     filt, max_new, stop = spec
     return SFTEncoded(ids, None, np.arange(len(rows)), {}, [], prompts, [ex.id for ex in rows],
                       [_question(ex) for ex in rows], [ex.answer if ex.answer is not None else ex.output for ex in rows],
-                      [ex.output for ex in rows], filt, max_new, tuple(stop))
+                      [ex.output for ex in rows], filt, max_new, tuple(stop), get_template(template).add_special_tokens)
 
 
 def _question(ex: Any) -> str:
@@ -145,19 +149,20 @@ class GenerationKind(TaskKind):
             tokenizer.eos_token = tokenizer.sep_token  # a BERT-style vocabulary: [SEP] ends a text
         eos_id(tokenizer)
 
+    def check_method(self, method: Any) -> None:
+        if not method.capabilities.generation:
+            raise ConfigError(f"method {method.name!r} does not train generation tasks (its capabilities declare "
+                              "generation: False); choose another method (see `eft methods`).")
+
     def heads(self, model: nn.Module) -> list[str]:
         """None: a causal LM's ``lm_head`` is part of the model (on GPT-2 it *is* the input embeddings)."""
         return []
 
     def resolve(self, cfg: RunConfig, task: Task) -> dict[str, Any]:
-        from .templates import TEMPLATE_NAMES
+        from .templates import get_template
 
         template = cfg.template or task.default_template
-        if template not in TEMPLATE_NAMES:
-            from ..errors import did_you_mean
-
-            raise ConfigError(f"template {template!r} is not known.{did_you_mean(template, TEMPLATE_NAMES)} "
-                              f"Accepted: {', '.join(TEMPLATE_NAMES)}.")
+        get_template(template)  # an unknown name: one line with a did-you-mean
         if cfg.train_data is not None and not task.takes_train_data:
             raise ConfigError(f"train_data: task {task.name!r} trains on its own training split; --train-data is for "
                               "the suites (gsm8k, math, commonsense).")
@@ -171,8 +176,8 @@ class GenerationKind(TaskKind):
             if len(enc) == 0:
                 from .templates import render_prompt
 
-                longest = max(len(prompt_ids(tokenizer, render_prompt(template, ex.instruction, ex.input, tokenizer)))
-                              for ex in examples.rows[:200])
+                longest = max(len(prompt_ids(tokenizer, render_prompt(template, ex.instruction, ex.input, tokenizer),
+                                             template)) for ex in examples.rows[:200])
                 raise ConfigError(f"max_length {cfg.max_length} leaves no response token in any training example "
                                   f"(prompts are up to {longest} tokens); give --max-length {longest + 64} or more.")
             return enc
@@ -192,7 +197,8 @@ class GenerationKind(TaskKind):
         p.model.eval()
         with p.runtime.autocast():
             out = generate(p.model, p.tokenizer, enc.prompts, p.cfg.max_new_tokens or enc.max_new_tokens, enc.stop,
-                           batch_size=p.cfg.eval_batch_size, device=p.device)
+                           batch_size=p.cfg.eval_batch_size, device=p.device,
+                           add_special_tokens=enc.add_special_tokens)
         p.model.train(was_training)
         rows = []
         for i, text in enumerate(out.texts):
@@ -208,7 +214,7 @@ class GenerationKind(TaskKind):
     def summarise(self, p: Prepared, scores: dict[str, float]) -> dict[str, float]:
         """A suite's average over its evaluation sets (as ``dev/exact_match``), and the forgetting score."""
         out: dict[str, float] = {}
-        sets = [s for s in p.task.eval_splits if f"{s}/exact_match" in scores]
+        sets = [s for s in p.task.eval_splits if f"{s}/exact_match" in scores and not p.task.sets[s].extra]
         if "dev" not in p.task.eval_splits and sets:
             out["dev/exact_match"] = float(np.mean([scores[f"{s}/exact_match"] for s in sets]))
         before = p.info.get("forgetting", {}).get("lm_loss_before")

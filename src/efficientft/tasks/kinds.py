@@ -53,6 +53,9 @@ class TaskKind:
         """Settings this kind fills in before the run key is computed (or refuses, with one line)."""
         return {}
 
+    def check_method(self, method: Any) -> None:
+        """Refuse, in one line, a method whose declared capabilities do not cover this kind."""
+
     def configure(self, config: Any, num_labels: int) -> None:
         """Set what the model's config must say for this kind before the weights load (labels, problem type)."""
 
