@@ -79,7 +79,7 @@ def _refused(args, capsys) -> str:
 @pytest.mark.parametrize("args, msg", [
     (["--task", "rte", "--template", "alpaca"], "template is a setting of generation tasks; task 'rte' is a "
                                                 "classification task"),
-    (["--task", "synthetic-reverse", "--template", "alpacca"], "template 'alpacca' is not known. Did you mean "
+    (["--task", "synthetic-reverse", "--template", "alpacca"], "unknown prompt template 'alpacca'. Did you mean "
                                                                "'alpaca'?"),
     (["--task", "synthetic-reverse", "--train-data", "boolq"], "trains on its own training split"),
     (["--task", "math"], "task 'math' trains on a set that is not on this machine: pass --train-data"),
@@ -140,3 +140,17 @@ def test_eft_tasks_lists_the_generation_tasks_with_their_kind(capsys):
     assert lines["rte"] == "classification" and lines["stsb"] == "classification"
     for name in ("gsm8k", "math", "commonsense", "boolq", "arc_e", "arc_c", "obqa", "synthetic-reverse"):
         assert lines[name] == "generation", name
+
+
+def test_generation_stops_at_the_eos_training_appends_even_if_the_model_config_names_another(minilm_dir, tmp_path):
+    """A checkpoint whose generation config names another EOS (LLaMA's default 2) must still stop at the
+    tokenizer's EOS, which every SFT target ends with; otherwise a trained model runs on past its answer."""
+    from efficientft.generation import _eos_ids
+    from efficientft.models import load_model
+    from efficientft.tasks.generative_kind import GENERATION
+    from tests.gen_fixtures import save_causal
+
+    path = save_causal(tmp_path / "m", "llama", minilm_dir)
+    loaded = load_model(str(path), 0, kind=GENERATION)
+    loaded.model.generation_config.eos_token_id = 2
+    assert set(_eos_ids(loaded.model, loaded.tokenizer)) == {2, loaded.tokenizer.sep_token_id}

@@ -140,7 +140,7 @@ def test_the_template_is_in_the_run_key_and_defaults_per_task():
     assert base.key() == base.replace(template="plain").key()  # the default spelled out: the same experiment
     assert base.key() != base.replace(template="alpaca").key()
     assert base.key() != base.replace(train_on_inputs=True).key()
-    with pytest.raises(ConfigError, match="template 'alpacca' is not known. Did you mean 'alpaca'?"):
+    with pytest.raises(ConfigError, match="unknown prompt template 'alpacca'. Did you mean 'alpaca'?"):
         base.replace(template="alpacca").key()
 
 

@@ -135,8 +135,8 @@ def check_inputs(configs: list[RunConfig]) -> list[str]:
     problems: dict[str, str] = {}
     seen: set[str] = set()
     for cfg in configs:
-        data = (cfg.task, repr(cfg.custom), cfg.data_dir, cfg.data_source, cfg.selection_size, cfg.max_train,
-                cfg.max_eval, cfg.data_seed)
+        data = (cfg.task, repr(cfg.custom), cfg.data_dir, cfg.data_source, cfg.train_data, cfg.selection_size,
+                cfg.max_train, cfg.max_eval, cfg.data_seed)
         for what, check in ((repr(data), lambda c=cfg: load_data(get_task(c.task, c.custom), c)),
                             (f"model {cfg.model}", lambda c=cfg: resolve_model(c.model))):
             if what in seen:
