@@ -57,13 +57,13 @@ class _StopStrings(StoppingCriteria):
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
-    """Every token id that ends a sequence: the model's generation config may list several (Llama 3)."""
+    """Every token id that ends a sequence: the model's generation config may list several (Llama 3), and the
+    tokenizer's EOS is the one fine-tuning appends to every target, so it ends a sequence too."""
     ids = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    if ids is None:
-        ids = tokenizer.eos_token_id
-    if ids is None:
-        return []
-    return [int(i) for i in ([ids] if isinstance(ids, int) else ids)]
+    ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    return list(dict.fromkeys(int(i) for i in ids))
 
 
 def _cut(text: str, stop: Sequence[str]) -> str:
