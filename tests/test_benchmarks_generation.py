@@ -18,4 +18,4 @@ def test_generation_benchmark_compares_batched_with_per_example(minilm_dir):
     out = generation.compare(model, tokenizer, prompts, max_new_tokens=4, batch_size=2)
     assert out["same_texts"] == out["n"] == 5
     assert out["per-example"]["new_tokens"] == out["batched (batch 2)"]["new_tokens"] > 0
-    assert out["ratio"] > 0 and out["batched (batch 2)"]["examples_s"] > 0
+    assert out["ratio"] > 0 and out["cpu_ratio"] > 0 and out["batched (batch 2)"]["examples_s"] > 0

@@ -102,6 +102,12 @@ def test_eos_stops(model, tokenizer):
         model.generation_config.eos_token_id = saved
     assert res.texts == [""]
     assert res.new_tokens == 1
+    import copy
+
+    tok = copy.deepcopy(tokenizer)  # the tokenizer's EOS (the one fine-tuning appends) ends a sequence too
+    tok.eos_token = tok.convert_ids_to_tokens(first)
+    res = generate(model, tok, [PROMPTS[1]], max_new_tokens=10)
+    assert res.token_ids == [[]] and res.new_tokens == 1
 
 
 def test_a_tokenizer_without_pad_token_pads_with_eos_and_is_restored(tokenizer):

@@ -85,8 +85,8 @@ def generate(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int
 
     Each text is the continuation only, decoded without special tokens and cut at EOS or at the first stop
     string. ``add_special_tokens`` is passed to the tokenizer (False for prompts rendered by a chat template,
-    which already hold BOS). The tokenizer's padding side (and pad token, which falls back to EOS when it has none) and the
-    model's train/eval mode are restored afterwards.
+    which already hold BOS). The tokenizer's padding side (and pad token, which falls back to EOS when it has
+    none) and the model's train/eval mode are restored afterwards.
     """
     if max_new_tokens < 1:
         raise ConfigError(f"max_new_tokens must be at least 1, got {max_new_tokens}.")
@@ -112,7 +112,7 @@ def generate(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int
             tokenizer.pad_token = tokenizer.eos_token
         pad_id = tokenizer.pad_token_id
         model.eval()
-        lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=add_special_tokens)["input_ids"]]
+        lengths = [len(r) for r in tokenizer(prompts, add_special_tokens=add_special_tokens)["input_ids"]]
         order = sorted(range(len(prompts)), key=lambda i: (lengths[i], i))
         for b in range(0, len(order), batch_size):
             idx = order[b:b + batch_size]
