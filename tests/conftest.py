@@ -115,3 +115,6 @@ def report_written(report_store, tmp_path_factory):
     rep = build(report_store)
     write(rep, report_store, out)
     return rep, out
+
+
+from tests.gen_fixtures import causal_gpt2, causal_llama  # noqa: E402, F401 - tiny causal LMs for generation tests

@@ -41,7 +41,9 @@ def test_key_policy_is_read_from_the_schema():
     assert {"data_dir", "device", "progress", "export_dir", "overwrite", "trust_remote_code", "checkpoint_every",
             "keep_checkpoints", "tracker"} == ENVIRONMENT_FIELDS
     assert KEY_WHEN_SET == {"bucket": False, "feature_cache": False, "gradient_checkpointing": False,
-                            "quantize": None, "quant_compute_dtype": None}
+                            "quantize": None, "quant_compute_dtype": None, "template": None,
+                            "train_on_inputs": False, "max_new_tokens": None, "train_data": None,
+                            "forgetting_file": None}
     base = RunConfig(task="rte")
     q4 = base.replace(quantize="4bit", quant_compute_dtype="fp32")
     for other in (base.replace(gradient_checkpointing=True), q4, q4.replace(quant_compute_dtype="bf16")):
@@ -51,7 +53,8 @@ def test_key_policy_is_read_from_the_schema():
 
 # ---------------------------------------------------------------------------------------------- derived flags
 SAMPLE = {"task": "rte", "method": "lora", "model": "minilm", "targets": "qkv", "data_dir": "/data",
-          "export_dir": "/out", "tracker": "wandb,mlflow", "precision": "bf16"}  # auto would resolve
+          "export_dir": "/out", "tracker": "wandb,mlflow", "precision": "bf16",  # auto would resolve
+          "template": "alpaca", "train_data": "boolq", "forgetting_file": "held-out.txt"}
 
 
 def _sample(name: str) -> str | None:
@@ -65,7 +68,10 @@ def _sample(name: str) -> str | None:
 
 
 FLAGGED = [n for n, s in SETTINGS.items() if s.flag_name(n) is not None]
-NEEDS = {"quant_compute_dtype": {"quantize": "4bit"}}  # a setting that is only valid beside another
+NEEDS = {"quant_compute_dtype": {"quantize": "4bit"},  # a setting that is only valid beside another
+         **{n: {"task": "synthetic-reverse"} for n in ("template", "train_on_inputs", "max_new_tokens",
+                                                      "forgetting_file")},
+         "train_data": {"task": "gsm8k"}}
 
 
 def test_every_setting_with_a_flag_is_in_eft_run_help(capsys):
@@ -160,9 +166,9 @@ def test_runtime_is_built_once_and_reaches_loading_and_training(tiny_bert, monke
     monkeypatch.setattr(T, "build_runtime", lambda cfg: built.append(build_runtime(cfg)) or built[-1])
     real_load, real_train = T.load_model, T.train
 
-    def load(name, num_labels, trust_remote_code, runtime):
+    def load(name, num_labels, trust_remote_code, runtime, **kw):
         seen["load"] = runtime
-        return real_load(name, num_labels, trust_remote_code, runtime)
+        return real_load(name, num_labels, trust_remote_code, runtime, **kw)
 
     def train(p, *a, **k):
         seen["train"] = p.runtime

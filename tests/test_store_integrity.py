@@ -270,7 +270,7 @@ def test_a_bad_store_is_one_clear_line_and_exit_2(kind, command, tmp_path, capsy
     expected = {"text": "is not an EfficientFT results store (file is not a database)",
                 "truncated": "is corrupt (database disk image is malformed)",
                 "foreign": "is an SQLite database but not an EfficientFT results store (its tables: photos)",
-                "newer": "has schema version 99, newer than this EfficientFT reads (up to 1)",
+                "newer": f"has schema version 99, newer than this EfficientFT reads (up to {SCHEMA_VERSION})",
                 "runs-table-of-another-app": "has a runs table but not an EfficientFT one (no column",
                 "folder": "is a folder; pass --store with a file path"}[kind]
     if kind == "text":

@@ -26,7 +26,9 @@ def test_the_shipped_suites_are_there():
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_suite_loads_and_validates(path, glue_dir):
     suite = load_suite(path)
-    runs = suite.expand({"data_dir": str(glue_dir), "progress": False})  # validates every run, methods included
+    given = {"model": "some/causal-lm", "train_data": "boolq"}  # what `eft sweep --model/--train-data` would give
+    env = {"data_dir": str(glue_dir), "progress": False, **{k: given[k] for k in suite.requires}}
+    runs = suite.expand(env)  # validates every run, methods included
     assert runs and len({r.key for r in runs}) == len(runs)
     assert all(r.tags["suite"] == suite.name and r.tags["label"] for r in runs)
 
@@ -60,3 +62,21 @@ def test_paper_table2_grid():
     assert per_entry == [1, 3, 2, 6, 2, 6]
     assert suite.grid.axes[("seed",)] == [0, 1, 2] and len(suite.grid.axes[("task",)]) == 8
     assert suite.selection is not None and suite.selection.over == ("lr",)
+
+
+def test_the_generation_suites_leave_the_model_to_the_command_line(glue_dir):
+    from efficientft.errors import ConfigError
+
+    gsm = load_suite(CONFIGS[0].parent / "gsm8k.yaml")
+    with pytest.raises(ConfigError, match=r"suite 'gsm8k' leaves model to the command line .*; run eft sweep gsm8k "
+                                          r"--model VALUE\.$"):
+        gsm.expand({"progress": False})
+    runs = gsm.expand({"model": "meta-llama/Llama-3.1-8B", "progress": False})
+    assert sorted({(r.cfg.method, r.cfg.targets, r.cfg.lr_ratio) for r in runs}) == [
+        ("full", "qv", 1.0), ("lora", "qkv", 1.0), ("lora", "qv", 1.0), ("lora", "qv", 4.0)]
+    assert all(r.cfg.task == "gsm8k" and r.cfg.template == "alpaca" and r.cfg.precision == "bf16"
+               and r.cfg.model == "meta-llama/Llama-3.1-8B" for r in runs) and len(runs) == 12
+    cs = load_suite(CONFIGS[0].parent / "commonsense.yaml")
+    assert cs.requires == ("model", "train_data")
+    runs = cs.expand({"model": "m/x", "train_data": "/data/commonsense_170k.json", "progress": False})
+    assert {r.cfg.train_data for r in runs} == {"/data/commonsense_170k.json"} and runs[0].cfg.task == "commonsense"

@@ -56,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--text-columns", help="text column(s) of your data, comma-separated (one or two)")
     g.add_argument("--label-column", help="label column of your data (default: label)")
     g.add_argument("--regression", action="store_true", help="your labels are numbers to regress")
+    g.add_argument("--kind", choices=("classification", "generation"),
+                   help="generation: your files are instruction rows (instruction, input, output, answer)")
+    g.add_argument("--answer", choices=("number", "choice", "text"),
+                   help="generation: how answers are extracted and compared (default: text)")
     g = groups[ENV]
     g.add_argument("--config", help="YAML file of run settings; flags override it")
     g.add_argument("--push-to-hub", metavar="REPO",
@@ -166,8 +170,15 @@ def config_from_args(a: argparse.Namespace) -> RunConfig:
                        if v is not None})
         if a.regression:
             custom["type"] = "regression"
+        if a.kind == "generation":
+            custom["type"] = "generation"
+        if a.answer is not None:
+            custom["answer"] = a.answer
         base["custom"] = custom
         base.setdefault("task", "custom")
+    elif a.kind or a.answer:
+        raise ConfigError("--kind and --answer describe your own data; give them with --train-file and --eval-file "
+                          "(a registered task has its own kind: see `eft tasks`).")
     if a.no_progress or not sys.stderr.isatty():
         base["progress"] = False
     return RunConfig.from_dict(base, where=a.config or "")
@@ -279,8 +290,9 @@ def cmd_tasks(a: argparse.Namespace) -> int:
     from .tasks import TASKS
 
     width = max(len(n) for n in TASKS)
+    kinds = max(len(t.kind.name) for _, t in TASKS.items())
     for name, task in TASKS.items():
-        print(f"{name.ljust(width)}  {task.description}")
+        print(f"{name.ljust(width)}  {task.kind.name.ljust(kinds)}  {task.description}")
     return 0
 
 

@@ -61,7 +61,7 @@ class RunConfig:
     task: str | None = setting(None, Rule("text"), group=TRAIN,  # DEFAULT_TASK, or CUSTOM_TASK for the user's data
                                help="GLUE task (rte, sst2, ...; see `eft tasks`) or a name for --train-file data")
     method: str = setting("lora", Rule("text"), group=TRAIN, help="fine-tuning method (see `eft methods`)")
-    model: str = setting(DEFAULT_MODEL, Rule("text"), group=TRAIN,
+    model: str = setting(DEFAULT_MODEL, Rule("text"), group=TRAIN, sweep_flag=True,  # eft sweep --model: an override
                          help="hub id or local model folder (default: the bundled all-MiniLM-L6-v2)")
     targets: str = setting(DEFAULT_TARGETS, Rule("text"), group=TRAIN,
                            help="roles (qv, qkv, qkvo, all-linear, q,v,ffn_up) or module-name patterns")
@@ -118,6 +118,20 @@ class RunConfig:
     quant_compute_dtype: str | None = setting(None, Rule("choice", optional=True, choices=COMPUTE_DTYPES),
                                               key="when_set", group=MEMORY,
                                               help="dtype 4-bit layers compute in (default: bf16 where supported, else fp32)")
+    # generation tasks (issue 13; in the key when set, so classification keys stay as they were)
+    template: str | None = setting(None, Rule("text", optional=True), key="when_set", group=DATA,
+                                   help="prompt template of a generation task: alpaca, metamath, plain, chat "
+                                        "(default: the task's own; part of the run key)")
+    train_on_inputs: bool = setting(False, _BOOL, key="when_set", group=DATA,
+                                    help="generation: the loss covers the prompt too, not only the response")
+    max_new_tokens: int | None = setting(None, _OPT_COUNT, key="when_set", group=DATA,
+                                         help="generation: tokens generated per answer (default: each eval set's own)")
+    train_data: str | None = setting(None, Rule("text", optional=True), key="when_set", group=DATA, sweep_flag=True,
+                                     help="training set of a generation suite: a JSON/JSONL file (commonsense_170k, "
+                                          "math_10k, MetaMathQA) or a source: boolq, arc_e, arc_c, obqa")
+    forgetting_file: str | None = setting(None, Rule("text", optional=True), key="when_set", group=DATA,
+                                          help="generation: held-out text (.txt lines or .jsonl 'text') whose LM "
+                                               "loss before/after training is the forgetting score")
     # environment (not part of the run's identity)
     data_dir: str | None = setting(None, Rule("text", optional=True), key="never", group=DATA, in_suite=False,
                                    sweep_flag=True, help="glue_data folder (default: $EFT_DATA_DIR)")
@@ -218,6 +232,9 @@ class RunConfig:
             changes["precision"] = best_precision(self.device)
         if self.custom is not None:  # the user's data is named by what it holds (file hashes, columns)
             changes.update(resolve_custom(self.task, self.custom))
+        task = _known_task(self.task, self.custom)
+        if task is not None:  # what the task kind fills in or refuses (a generation task's template)
+            changes.update(task.kind.resolve(self, task))
         if self.quantize == "4bit" and self.quant_compute_dtype is None:  # the key names the dtype that ran
             changes["quant_compute_dtype"] = best_precision(self.device)
         return self.replace(**changes)
@@ -326,6 +343,16 @@ def canonical_task(name: str) -> str:
     return low if low in TASKS else name
 
 
+def _known_task(name: str, custom: dict | None) -> Any:
+    """The task a config names, when it is known without reading data files (None: not known here, the run
+    reports it); the user's classification files are not read for this."""
+    from .tasks import TASKS, get_task
+
+    if custom is not None:
+        return get_task(name, custom) if custom.get("type") == "generation" else None
+    return get_task(name) if name in TASKS else None
+
+
 def _check_role_lr(role_lr: dict) -> dict[str, float]:
     """Role names case-folded and known, each ratio a positive finite number."""
     from .models.roles import ROLES
@@ -365,10 +392,13 @@ def resolve_custom(task: str, custom: dict) -> dict[str, Any]:
     from .provenance import file_sha256
 
     spec = {k: v for k, v in custom.items() if k != "sha256"}
-    text = spec.get("text_columns") or ["text"]
-    spec["text_columns"] = [c.strip() for c in text.split(",")] if isinstance(text, str) else list(text)
-    spec.setdefault("label_column", "label")
-    spec.setdefault("type", "classification")
+    if spec.get("type") == "generation":  # instruction rows have fixed keys; the answer type is their protocol
+        spec.setdefault("answer", "text")
+    else:
+        text = spec.get("text_columns") or ["text"]
+        spec["text_columns"] = [c.strip() for c in text.split(",")] if isinstance(text, str) else list(text)
+        spec.setdefault("label_column", "label")
+        spec.setdefault("type", "classification")
     hashes = {}
     for split in ("train", "dev"):
         if spec.get(split):

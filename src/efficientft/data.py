@@ -16,7 +16,7 @@ import threading
 import zipfile
 from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -36,9 +36,14 @@ class Encoded:
     ids: list[np.ndarray]
     types: list[np.ndarray] | None
     labels: np.ndarray
+    stats: dict = field(default_factory=dict)  # what encoding did that a run records (truncations, ...)
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def collate(self, idx: list[int] | np.ndarray, pad_id: int) -> dict[str, torch.Tensor]:
+        """The model's inputs for the examples ``idx`` (a task kind's own encoding may pad otherwise)."""
+        return collate(self, idx, pad_id)
 
     @property
     def lengths(self) -> np.ndarray:
@@ -232,7 +237,7 @@ class TrainBatches:
         epoch, skip = divmod(start, len(self))
         while True:
             for idx in self.epoch_order(epoch)[skip:]:
-                yield idx, collate(self.enc, idx, self.pad_id)
+                yield idx, self.enc.collate(idx, self.pad_id)
             epoch, skip = epoch + 1, 0
 
     def forever(self) -> Iterator[dict[str, torch.Tensor]]:

@@ -42,12 +42,10 @@ def forward(p: Prepared, split: str, idx, batch: dict[str, torch.Tensor], runner
         return (runner or p.model)(**batch)
 
 
-def batch_weight(batch: dict[str, torch.Tensor]) -> int:
-    """How much a micro-batch counts in its optimizer step: the units its loss is a mean over (here examples).
-
-    The one place that says it: a task whose loss is a mean over target tokens weights by those instead.
-    """
-    return int(batch["labels"].shape[0])
+def batch_weight(p: Prepared, batch: dict[str, torch.Tensor]) -> int:
+    """How much a micro-batch counts in its optimizer step: the units its loss is a mean over, as the task kind
+    says (examples for classification, target tokens for generation)."""
+    return p.task.kind.batch_weight(batch)
 
 
 def accumulate(p: Prepared, micro: list[tuple[Any, dict[str, torch.Tensor]]], step: int,
@@ -55,12 +53,12 @@ def accumulate(p: Prepared, micro: list[tuple[Any, dict[str, torch.Tensor]]], st
                accel: Any = None) -> float:
     """Forward and backward over the micro-batches of one step; returns the step's mean loss.
 
-    Each micro-batch's loss (a mean over its own examples) is weighted by its share n_i / N of the step's examples
-    (:func:`batch_weight`, summed over all processes), so the accumulated gradient is the gradient of the mean loss
+    Each micro-batch's loss (a mean over its own examples, or target tokens) is weighted by its share n_i / N of
+    the step's examples or tokens (:func:`batch_weight`, summed over all processes), so the accumulated gradient is the gradient of the mean loss
     over the whole step, however unevenly the examples fell into micro-batches (the last batch of an epoch is
     short). DDP averages gradients over processes, so each process's share is multiplied by their number.
     """
-    weights = [batch_weight(b) for _, b in micro]
+    weights = [batch_weight(p, b) for _, b in micro]
     total = float(sum(weights))
     world = 1
     if accel is not None:

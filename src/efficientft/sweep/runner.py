@@ -56,9 +56,16 @@ class SweepOptions:
             raise ConfigError(f"--workers must be a positive integer, got {self.workers!r}.")
 
 
-def environment(data_dir: str | None = None, device: str | None = None) -> dict[str, Any]:
-    """Environment fields for every run; the data directory is resolved here so remote workers get a path."""
+def environment(data_dir: str | None = None, device: str | None = None, model: str | None = None,
+                train_data: str | None = None) -> dict[str, Any]:
+    """Fields set on every run from the command line: the environment (the data directory is resolved here so
+    remote workers get a path), and ``--model`` / ``--train-data``, which override the suite's (they are in every
+    run's key)."""
     env: dict[str, Any] = {"progress": False}
+    if model:
+        env["model"] = model
+    if train_data:
+        env["train_data"] = train_data
     d = data_dir or os.environ.get(ENV_DATA_DIR)
     if d:
         env["data_dir"] = os.path.abspath(os.path.expanduser(d))

@@ -43,7 +43,7 @@ from ..suites import resolve_suite
 from .marked_yaml import MarkedMap, load_marked
 
 SUITE_KEYS = ("name", "description", "defaults", "grid", "methods", "per_task", "selection", "early_stopping",
-              "estimate", "max_runs")
+              "estimate", "max_runs", "requires")
 DEFAULT_MAX_RUNS = 100_000  # a grid past this is a typo far more often than a plan; max_runs: or $EFT_MAX_RUNS
 ENV_MAX_RUNS = "EFT_MAX_RUNS"
 NESTED = tuple(n for n, s in SETTINGS.items() if s.nested_axes)  # mappings whose values may themselves be axes
@@ -226,6 +226,9 @@ class Suite:
     early_stopping: EarlyStopping | None = None
     estimate: dict[str, float] = field(default_factory=dict)
     max_runs: int = DEFAULT_MAX_RUNS
+    # settings the suite leaves to the command line (``requires: [model]``: no model it could name is on every
+    # machine, e.g. a LLaMA for GSM8K); expanding without them is one clear error
+    requires: tuple[str, ...] = ()
 
     def size(self) -> int:
         """How many runs the grid expands to (before duplicates are dropped), counted without expanding it."""
@@ -244,6 +247,11 @@ class Suite:
         All errors are collected and raised together as one :class:`ConfigError`.
         """
         env = dict(env or {})
+        missing = [k for k in self.requires if k not in env]
+        if missing:
+            flags = " ".join(f"--{k.replace('_', '-')} VALUE" for k in missing)
+            raise ConfigError(f"{self.path}: suite {self.name!r} leaves {', '.join(missing)} to the command line (it "
+                              f"names none that is on every machine); run eft sweep {self.name} {flags}.")
         n = self.size()
         if n > self.max_runs:
             raise ConfigError(f"{self.path}: the suite expands to {n:,} runs, more than the limit of "
@@ -368,6 +376,21 @@ def group_key(cfg: RunConfig, over: tuple[str, ...] | list[str]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- loading
+def _parse_requires(raw: dict, f: str) -> tuple[str, ...]:
+    """``requires: [model]``: settings given on the ``eft sweep`` command line (only those it has a flag for)."""
+    from ..config import SETTINGS
+
+    req = raw.get("requires") or []
+    if not isinstance(req, list) or not all(isinstance(x, str) for x in req):
+        raise ConfigError(f"{f}, line {_line(raw, 'requires')}: requires lists setting names, e.g. [model].")
+    flagged = sorted(n for n, s in SETTINGS.items() if s.sweep_flag)
+    for x in req:
+        if x not in flagged:
+            raise ConfigError(f"{f}, line {_line(raw, 'requires')}: requires names {x!r}, which eft sweep has no flag "
+                              f"for; accepted: {', '.join(flagged)}.")
+    return tuple(req)
+
+
 def load_suite(path: str | Path) -> Suite:
     """Read and check a suite's structure (expanding it with :meth:`Suite.expand` validates every run).
 
@@ -412,7 +435,7 @@ def load_suite(path: str | Path) -> Suite:
         grid=_parse_spec(raw.get("grid"), "grid", f, "required"),
         entries=entries, per_task=per_task,
         selection=_parse_selection(raw, f), early_stopping=_parse_early_stopping(raw, f),
-        estimate=_parse_estimate(raw, f), max_runs=_parse_max_runs(raw, f),
+        estimate=_parse_estimate(raw, f), max_runs=_parse_max_runs(raw, f), requires=_parse_requires(raw, f),
     )
     if suite.early_stopping is not None and suite.selection is None:
         raise ConfigError(f"{f}, line {suite.early_stopping.line}: early_stopping ranks trials by their selection "

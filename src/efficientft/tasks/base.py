@@ -8,11 +8,15 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import ConfigError
 from ..textfile import csv_rows
+
+if TYPE_CHECKING:
+    from .kinds import TaskKind
 
 ENV_DATA_DIR = "EFT_DATA_DIR"
 
@@ -65,6 +69,7 @@ class DataOptions:
 
     data_dir: str | None = None
     source: str = "local"  # local | hub
+    train_data: str | None = None  # a generation suite's training set: a file, or a named source
 
     def glue_dir(self) -> Path:
         d = self.data_dir or os.environ.get(ENV_DATA_DIR)
@@ -100,6 +105,13 @@ class Task:
     @property
     def is_regression(self) -> bool:
         return self.num_labels == 1
+
+    @property
+    def kind(self) -> TaskKind:
+        """What kind of task this is (:mod:`.kinds`): the loop asks it how to load, encode, train and evaluate."""
+        from .kinds import CLASSIFICATION
+
+        return CLASSIFICATION
 
     def load(self, split: str, data: DataOptions) -> Examples:  # pragma: no cover - abstract
         raise NotImplementedError

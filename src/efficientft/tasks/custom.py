@@ -19,8 +19,10 @@ from .base import DataOptions, Examples, Task, float_labels, label_ids
 from .metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS
 
 FORMATS = (".csv", ".tsv", ".jsonl", ".json")
-SPEC_KEYS = ("train", "dev", "text_columns", "label_column", "type", "labels", "metrics", "name")
-TYPES = ("classification", "regression")
+SPEC_KEYS = ("train", "dev", "text_columns", "label_column", "type", "labels", "metrics", "name", "answer")
+TYPES = ("classification", "regression", "generation")  # generation: instruction rows (tasks/generative.py)
+ANSWER_TYPES = ("number", "choice", "text")
+_COLUMN_KEYS = ("text_columns", "label_column", "labels", "metrics")  # what only classification / regression reads
 
 
 def _read_records(path: Path) -> tuple[list[str], list[dict], list[str]]:
@@ -73,6 +75,17 @@ def check_spec(spec: dict) -> None:
     kind = spec.get("type", "classification")
     if kind not in TYPES:
         raise ConfigError(f"custom data type {describe(kind)} is not known; accepted: {', '.join(TYPES)}.")
+    if kind == "generation":
+        extra = [k for k in _COLUMN_KEYS if spec.get(k) is not None]
+        if extra:
+            raise ConfigError(f"custom data {extra[0]} is for classification / regression files; generation rows have "
+                              "fixed keys (instruction, input, output, answer): drop it.")
+        if spec.get("answer", "text") not in ANSWER_TYPES:
+            raise ConfigError(f"custom data answer {describe(spec.get('answer'))} is not known; accepted: "
+                              f"{', '.join(ANSWER_TYPES)}.")
+        return
+    if spec.get("answer") is not None:
+        raise ConfigError("custom data answer (--answer) is for generation data; add --kind generation.")
     if spec.get("labels") is not None:
         if kind == "regression":
             raise ConfigError("custom data labels lists the classes of a classification task; a regression task "

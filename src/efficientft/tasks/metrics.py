@@ -87,6 +87,8 @@ METRIC_TITLES = {
     "mcc": "MCC",
     "pearson": "Pearson r",
     "spearman": "Spearman ρ",
+    "exact_match": "EM",  # generation: the extracted answer equals the gold answer
+    "lm_loss": "LM loss",
 }
 
 

@@ -1,0 +1,165 @@
+"""Task kinds: everything that differs between classification/regression and generation, behind one object.
+
+A task declares its kind (:attr:`Task.kind`); the loop (:mod:`efficientft.train`), the step and the model loader
+ask the kind and never test which kind it is:
+
+==========================  ==================================  ================================================
+question                    classification / regression         generation (:mod:`.generative_kind`)
+==========================  ==================================  ================================================
+model class                 ``AutoModelForSequenceClassification``  ``AutoModelForCausalLM``
+extra trained modules       the task head (``classifier``...)   none (GPT-2's ``lm_head`` is the embeddings)
+PEFT task type              ``SEQ_CLS``                         ``CAUSAL_LM``
+encode / collate            text(s) -> ids, one label           template(prompt) + output + EOS, labels -100
+loss units (accumulation)   examples                            target tokens
+evaluation                  argmax / regression outputs         greedy generation + answer extraction
+metrics, higher is better   GLUE metrics, all higher            exact match (higher), LM loss (lower)
+frozen-feature cache        yes                                 no (KV-cached decoding re-runs every layer)
+==========================  ==================================  ================================================
+
+Classification is today's behaviour moved here unchanged (the same encoding cache, the same evaluation); its run
+keys and scores are what they were.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
+    from ..data import Encoded
+    from ..train import Prepared
+    from .base import Task
+
+
+class TaskKind:
+    """The contract every kind answers (the defaults are classification's)."""
+
+    name: ClassVar[str] = ""
+    peft_task_type: ClassVar[str] = "SEQ_CLS"
+    supports_feature_cache: ClassVar[bool] = True
+    # metric name -> is a larger value better? (model selection, best-dev, tables)
+    lower_is_better: ClassVar[frozenset[str]] = frozenset()
+
+    def model_class(self) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    no_feature_cache_reason: ClassVar[str] = ""
+
+    def resolve(self, cfg: RunConfig, task: Task) -> dict[str, Any]:
+        """Settings this kind fills in before the run key is computed (or refuses, with one line)."""
+        return {}
+
+    def check_method(self, method: Any) -> None:
+        """Refuse, in one line, a method whose declared capabilities do not cover this kind."""
+
+    def configure(self, config: Any, num_labels: int) -> None:
+        """Set what the model's config must say for this kind before the weights load (labels, problem type)."""
+
+    def configure_tokenizer(self, tokenizer: Any) -> None:
+        """Give the tokenizer the special tokens this kind needs (generation: an EOS token)."""
+
+    def heads(self, model: nn.Module) -> list[str]:
+        """Top-level modules outside the backbone that train with every method (the task head)."""
+        from ..models.roles import head_modules
+
+        return head_modules(model)
+
+    def encode(self, task: Task, examples: Any, tokenizer: Any, cfg: RunConfig, model: nn.Module,
+               split: str) -> Encoded:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def batch_weight(self, batch: dict[str, torch.Tensor]) -> int:
+        """The units a micro-batch's loss is a mean over, so accumulation weights micro-batches by them."""
+        return int(batch["labels"].shape[0])
+
+    def evaluate(self, p: Prepared, split: str) -> dict[str, float]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def summarise(self, p: Prepared, scores: dict[str, float]) -> dict[str, float]:
+        """Scores derived from all splits' scores (a suite's average); none by default."""
+        return {}
+
+    def before_training(self, p: Prepared) -> None:
+        """Measure what must be measured on the model before its first step (the forgetting baseline)."""
+
+    def higher_is_better(self, metric: str) -> bool:
+        return metric.rsplit("/", 1)[-1] not in self.lower_is_better
+
+    def check_max_length(self, cfg: RunConfig, tokenizer: Any, examples: Any) -> None:
+        """Refuse a ``max_length`` the encoding cannot work with, naming the minimum."""
+
+
+class ClassificationKind(TaskKind):
+    """Sequence classification and regression: a ``*ForSequenceClassification`` model with a task head."""
+
+    name = "classification"
+    # settings that only a generation task reads: given to a classification task they would silently do nothing
+    GENERATION_SETTINGS: ClassVar[tuple[str, ...]] = ("template", "train_on_inputs", "max_new_tokens", "train_data",
+                                                      "forgetting_file")
+
+    def resolve(self, cfg: RunConfig, task: Task) -> dict[str, Any]:
+        from ..config import DEFAULTS
+        from ..errors import ConfigError
+
+        for name in self.GENERATION_SETTINGS:
+            if getattr(cfg, name) != DEFAULTS[name]:
+                raise ConfigError(f"{name} is a setting of generation tasks; task {task.name!r} is a "
+                                  f"{'regression' if task.is_regression else 'classification'} task (see `eft tasks`).")
+        return {}
+
+    def model_class(self) -> Any:
+        from transformers import AutoModelForSequenceClassification
+
+        return AutoModelForSequenceClassification
+
+    def configure(self, config: Any, num_labels: int) -> None:
+        config.num_labels = num_labels
+        config.problem_type = "regression" if num_labels == 1 else "single_label_classification"
+
+    def check_max_length(self, cfg: RunConfig, tokenizer: Any, examples: Any) -> None:
+        from ..config import check_max_length
+
+        check_max_length(cfg.max_length, tokenizer, pair=examples.text_b is not None)
+
+    def encode(self, task: Task, examples: Any, tokenizer: Any, cfg: RunConfig, model: nn.Module,
+               split: str) -> Encoded:
+        import inspect
+
+        from ..data import encode
+
+        with_types = ("token_type_ids" in inspect.signature(model.forward).parameters
+                      and "token_type_ids" in tokenizer.model_input_names)
+        return encode(examples, tokenizer, cfg.max_length, with_types)
+
+    @torch.no_grad()
+    def evaluate(self, p: Prepared, split: str) -> dict[str, float]:
+        """Argmax (or the regression output) over length-sorted batches, scored by the task's metrics."""
+        from ..data import eval_batches
+        from ..step import forward
+        from .metrics import compute
+
+        model, enc = p.model, p.evals[split]
+        was_training = model.training
+        model.eval()
+        preds = np.zeros(len(enc), dtype=np.float64)
+        for idx, batch in eval_batches(enc, p.cfg.eval_batch_size, p.info["pad_id"]):
+            batch = {k: v.to(p.device) for k, v in batch.items() if k != "labels"}
+            logits = forward(p, split, idx, batch).logits.float()
+            out = logits[:, 0] if p.task.is_regression else logits.argmax(-1)
+            preds[idx] = out.cpu().numpy()
+        model.train(was_training)
+        gold = enc.labels
+        pred = preds if p.task.is_regression else preds.astype(np.int64)
+        return compute(p.task.metrics, pred, gold)
+
+
+CLASSIFICATION = ClassificationKind()
+
+
+def kind_of(task: Task) -> TaskKind:
+    """The kind a task declares (classification unless it says otherwise)."""
+    return getattr(task, "kind", None) or CLASSIFICATION
