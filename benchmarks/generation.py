@@ -10,6 +10,10 @@ is what evaluation scripts such as LLM-Adapters' ``evaluate.py`` do: one prompt 
 initialised model (built from a config: no download) over the same prompts (GSM8K test questions in the Alpaca
 template), so they must produce the same texts; the table reports examples/s, new tokens/s, wall and process CPU
 seconds (CPU time is the steadier figure on a shared machine), the speed-up, and how many of the texts agree.
+
+Measured 2026-12-01 (``--threads 1``, defaults otherwise; a 2-CPU machine shared with other jobs): per-example
+0.112 examples/s (7.2 tokens/s, 77.9 CPU s), batched 0.833 examples/s (53.3 tokens/s, 11.9 CPU s): 7.4x wall,
+6.6x CPU time, 64/64 identical texts.
 """
 
 from __future__ import annotations

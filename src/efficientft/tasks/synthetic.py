@@ -11,6 +11,12 @@ Words are drawn from a small vocabulary of short English words, each a single to
 hash of the sequence, and seed ``s`` draws only from part ``s mod BUCKETS``: a training set made with one seed and
 a test set made with another never share a sequence, whatever their sizes (``eft``'s tasks use seed 0 for train
 and seed 1 for dev).
+
+Measured (plain PyTorch loop, 2,000 train / 200 dev examples, ``plain`` template, response-only loss, batch 32,
+AdamW with warm-up and linear decay, greedy decoding): ``reverse`` on a random LLaMA (hidden 64, 2 layers) reaches
+0.995 exact match after 300 steps (about 110 CPU seconds), and on a random GPT-2 (hidden 128, 2 layers, lr 1e-3)
+0.98 after 400 steps and 1.0 after 500; ``repeat`` on the same LLaMA stalls near 0.8 (0.795 after 600 steps,
+no better with 8,000 examples or with distinct words): use ``reverse`` where learning must be shown.
 """
 
 from __future__ import annotations
