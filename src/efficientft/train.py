@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from . import checkpoint, provenance
+from . import checkpoint, provenance, sharding
 from .checkpoint import TrainState
 from .config import DEFAULT_EPOCHS, RunConfig, check_max_length
 from .data import Encoded, TrainBatches, encode, eval_batches
@@ -172,6 +172,8 @@ def prepare(cfg: RunConfig, runtime: Runtime | None = None, resume: TrainState |
     if cfg.targets == ALL and not method.accepts_all:
         raise ConfigError(f"targets 'all' (every weight) is for full fine-tuning only, not {cfg.method!r}.")
     check_quantized_method(method, cfg.quantize)
+    if runtime.sharded:
+        sharding.check_config(cfg, method, runtime.precision)
     train_ex, eval_ex = load_data(task, cfg)
 
     seed_everything(cfg.seed)  # the head's random init depends on the seed only
@@ -198,6 +200,8 @@ def prepare(cfg: RunConfig, runtime: Runtime | None = None, resume: TrainState |
         method.load_state_dict(model, resume.blobs["method"])
     else:
         method.init_from_data(model, ({k: v.to(device) for k, v in b.items()} for b in batches.forever()))
+    if runtime.sharded:  # before the optimizer exists: it must hold the sharded parameters
+        model = sharding.shard(model, runtime)
     groups = method.param_groups(model, Strategy(cfg.role_ratios), cfg.lr, cfg.weight_decay)
     if not groups:
         raise ConfigError(f"method {cfg.method!r} with targets {cfg.targets!r} left no parameter to train.")
@@ -214,6 +218,8 @@ def prepare(cfg: RunConfig, runtime: Runtime | None = None, resume: TrainState |
         "skipped_rows": sum(ex.skipped_rows for ex in [train_ex, *eval_ex.values()]),
         "model": describe(model),
     }
+    if runtime.sharded:
+        info["sharding"] = sharding.describe(model, runtime)
     features = None
     if cfg.feature_cache:
         features = FeatureCache(model, runtime.autocast)
@@ -287,7 +293,10 @@ def train(p: Prepared, store: Store | None = None, key: str = "", progress: bool
     batches = device_batches(p, state.drawn)
     accel = runtime.accelerator
     main = runtime.is_main
-    runner = accel.prepare_model(model) if accel is not None else model  # DDP: gradients averaged in backward
+    runner = model  # DDP: gradients averaged in backward; FSDP: the model is sharded (and averages) already
+    if accel is not None and not runtime.sharded:
+        runner = accel.prepare_model(model)
+    evaluates = main or runtime.sharded  # a sharded model's forward needs every process (each gathers weights)
     bar = _progress(p, progress and main, state.step)
     ema = None
     model.train()
@@ -341,7 +350,7 @@ def train(p: Prepared, store: Store | None = None, key: str = "", progress: bool
             if bar is not None:
                 bar.set_postfix(loss=f"{ema:.4f}", refresh=False)
                 bar.update(1)
-            if main and cfg.eval_every and step % cfg.eval_every == 0 and step != p.total_steps:
+            if evaluates and cfg.eval_every and step % cfg.eval_every == 0 and step != p.total_steps:
                 t = time.perf_counter()
                 scores = evaluate_all(p)
                 eval_s += time.perf_counter() - t
@@ -363,7 +372,7 @@ def train(p: Prepared, store: Store | None = None, key: str = "", progress: bool
     if bar is not None:
         bar.close()
     t = time.perf_counter()
-    final = evaluate_all(p) if main else {}
+    final = evaluate_all(p) if evaluates else {}
     eval_s += time.perf_counter() - t
     if accel is not None:
         accel.wait_for_everyone()

@@ -69,6 +69,9 @@ class Method:
     # variant that reads or rewrites the base weights must not pass for its parent), with the reason when not.
     supports_quantized_base: ClassVar[bool] = False
     quantized_base_reason: ClassVar[str] = "it has not been made to work with a quantized base"
+    # Does it train under FSDP (efficientft.sharding: its parameters sharded, its optimizer built on the shards)?
+    # Declared per class, not inherited: a hook that reads or masks whole gradients would see shards.
+    supports_sharding: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -76,6 +79,8 @@ class Method:
             cls.supports_quantized_base = False
             if "quantized_base_reason" not in cls.__dict__:
                 cls.quantized_base_reason = Method.quantized_base_reason
+        if "supports_sharding" not in cls.__dict__:
+            cls.supports_sharding = False
 
     def __init__(self, args: Any = None) -> None:
         self.args = args if args is not None else self.Args()

@@ -27,6 +27,7 @@ class FullFineTuning(Method):
         "precision tensors"
     )
     accepts_all = True
+    supports_sharding = True  # tests/test_sharding.py
 
     def prepare(self, model: nn.Module, targets: list[Target], ctx: Context) -> nn.Module:
         self.targets, self.ctx = targets, ctx

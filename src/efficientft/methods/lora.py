@@ -46,6 +46,7 @@ class LoRA(Method):
     summary = "LoRA (Hu et al. 2021): W + (alpha/r)·BA on the targets, via PEFT (fused GPT-2 slices: our own)"
     supports_quantized_base = True
     Args = LoraArgs
+    supports_sharding = True  # tests/test_sharding.py
     # Does our FusedLoRA implement this variant on slices of fused projections? Subclasses must opt in.
     sliced: ClassVar[bool] = True
     # PEFT's LoRA layers with our plain-LoRA forward (efficientft.lowrank: the same function, a faster backward).
