@@ -17,6 +17,7 @@ import torch
 
 from . import sharding
 from .errors import ConfigError
+from .meters import return_large_blocks
 
 if TYPE_CHECKING:
     from .config import RunConfig
@@ -43,6 +44,7 @@ class Runtime:
     quantize: str | None = None
     quant_compute_dtype: torch.dtype | None = None
     sharded: bool = False
+    returns_large_blocks: bool = False  # CPU, quantized base: glibc maps blocks >= 1 MiB (meters.return_large_blocks)
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
@@ -130,6 +132,9 @@ def build_runtime(cfg: RunConfig, world_size: int | None = None) -> Runtime:
                               f"data-parallel processes (it is the global batch, split evenly between them).")
     precision = resolved_precision(cfg)
     compute = DTYPES[cfg.quant_compute_dtype] if cfg.quant_compute_dtype else None
+    # Before the model loads: a quantized base's per-matmul dequantized weights would otherwise stay resident in
+    # glibc's heaps after they are freed (+24-38 % RSS at 0.3-0.6 B parameters, BENCHMARKS.md §7).
+    returns = device.type == "cpu" and cfg.quantize is not None and return_large_blocks()
     return Runtime(device=device, precision=precision, accelerator=accelerator,
                    gradient_checkpointing=cfg.gradient_checkpointing, quantize=cfg.quantize,
-                   quant_compute_dtype=compute, sharded=sharded)
+                   quant_compute_dtype=compute, sharded=sharded, returns_large_blocks=returns)
