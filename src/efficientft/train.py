@@ -309,6 +309,7 @@ def train(p: Prepared, store: Store | None = None, key: str = "", progress: bool
         state.counters = {n: getattr(timer, n) for n in ("tokens", "padded_tokens", "examples", "times")}
         state.counters["train_s"] = train_s0 + time.perf_counter() - t_train - (eval_s - eval_s0)
         state.capture(p, scaler)
+        state.trackers = tracked.run_ids()
         checkpoints.save(state)
 
     drawn = state.drawn
@@ -447,7 +448,8 @@ def run(cfg: RunConfig, store: Store | None = None, progress: bool | None = None
     }
     main_metric = f"dev/{p.task.main_metric}"
     trackers = Trackers(cfg.tracker if runtime.is_main else [], key, cfg.to_dict(),  # a failure: before the store
-                        store.path.parent if store is not None else Path("."), resume.step if resume else 0)
+                        store.path.parent if store is not None else Path("."), resume.step if resume else 0,
+                        resume.trackers if resume else None)
     if store is not None:
         try:
             store.start(key, cfg.to_dict(), prov, tags, main_metric)
