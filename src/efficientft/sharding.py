@@ -12,10 +12,12 @@ unsharded run; gradients are averaged over processes (reduce-scatter), as DDP do
 single-process curve.
 
 The sharding is ours (torch's ``fully_shard``) rather than accelerate's ``prepare``: accelerate runs FSDP on GPUs
-only (on CPU it falls back to plain data parallel), and one code path on both lets the CPU test cover the GPU run.
-What is refused under FSDP, each with one line before loading: FSDP version 1, fp16 (the GradScaler is not
-shard-aware), methods not declared to work sharded, the feature cache, step checkpoints and ``--export-dir``
-(both would need a gathered full state dict).
+only (on CPU it falls back to plain data parallel), and one code path on both lets the CPU test cover the code a
+GPU run takes (not run on a GPU here: none was lent). What is refused, each with one line before loading:
+DeepSpeed, FSDP version 1, the accelerate config's CPU offload and activation checkpointing (use
+``--gradient-checkpointing``), fp16 (the GradScaler is not shard-aware), ``--quantize``, methods not declared to
+work sharded (``supports_sharding``: full, lora), the feature cache, step checkpoints and ``--export-dir`` (both
+would need a gathered full state dict).
 """
 
 from __future__ import annotations
