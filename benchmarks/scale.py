@@ -13,6 +13,8 @@ so a transient of loading, such as fp32 weights before the bf16 cast, is not cou
 allocated inside the window. The same table is computed by :mod:`efficientft.memory_model` (weights + adapter +
 optimizer state + activations + the runtime baseline, which each child measures as its RSS with the libraries
 imported, before the model exists) and the relative error is printed: the formula should be within 15 %.
+The NF4 mode builds its Runtime as a run does, so glibc's mmap threshold is the one a quantized CPU run sets
+(``meters.return_large_blocks``); the other modes keep glibc's default.
 """
 
 from __future__ import annotations
@@ -205,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=3, help="training steps per mode (the first is not timed)")
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--mmap-threshold", type=int, help="glibc MALLOC_MMAP_THRESHOLD_ for the measured processes "
-                    "(e.g. 1048576: freed large blocks leave RSS; default: glibc's own, dynamic)")
+                    "(e.g. 1048576: freed large blocks leave RSS; default: glibc's own, dynamic, except that the "
+                    "NF4 mode's Runtime sets 1 MiB as every quantized CPU run does)")
     ap.add_argument("--work", help="folder for the built models (default: a temporary folder)")
     ap.add_argument("--json", help="also write the measured rows here")
     ap.add_argument("--from-json", help="print the tables from rows a previous --json run wrote; measure nothing")

@@ -196,26 +196,6 @@ def test_cli_flags_reach_the_config(tiny_bert):
     assert (cfg.gradient_checkpointing, cfg.quantize, cfg.quant_compute_dtype) == (True, "4bit", "fp32")
 
 
-def test_an_fsdp_launch_is_refused_before_training(tmp_path, tiny_bert):
-    """FSDP via ``accelerate launch --use_fsdp`` (2 CPU processes, gloo) is one clear line and exit 2, not a run
-    whose sharded parameters the optimizer never sees."""
-    import os
-    import subprocess
-    import sys
-
-    from tests.conftest import ROOT
-
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "ACCELERATE_USE_FSDP": "true"}
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                        str(29600 + os.getpid() % 1000), "-m", "efficientft.cli", "run", "--model", str(tiny_bert),
-                        "--task", "rte", "--steps", "1", "--max-train", "8", "--max-eval", "8", "--device", "cpu",
-                        "--no-progress", "--store", str(tmp_path / "r.sqlite")],
-                       env=env, capture_output=True, text=True, timeout=240)
-    assert "eft run: error: FSDP launches are not supported: this loop builds the optimizer" in r.stderr
-    assert "(exitcode: 2)" in r.stderr and r.returncode != 0  # each rank exits 2; the traceback is torchrun's own
-    assert "efficientft/" not in r.stderr  # no traceback through our code
-
-
 def test_a_suite_that_quantizes_a_method_needing_full_weights_fails_before_any_run(tmp_path, tiny_bert, capsys):
     from efficientft.cli import main
 

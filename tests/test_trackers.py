@@ -139,3 +139,24 @@ def test_a_resumed_run_continues_its_tensorboard_log_without_duplicate_steps(tin
     events.Reload()
     logged = [(e.step, e.value) for e in events.Scalars("train/loss")]
     assert logged == [(s, pytest.approx(v, rel=1e-6)) for _, s, n, v in curves if n == "loss"]  # steps 1..8, once
+
+
+def test_a_resumed_run_continues_its_mlflow_run(tiny_bert, tmp_path, monkeypatch):
+    """Killed at step 6, resumed from the step-4 checkpoint: one MLflow run (its id kept in the checkpoint's
+    state.json), FINISHED, whose last value at every step is the stored curve's."""
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    from tests.test_checkpoint import _config, _interrupted_then_resumed
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    db = tmp_path / "runs.sqlite"
+    cfg = _config(tiny_bert, "lora", tracker=["mlflow"])
+    rec, curves = _interrupted_then_resumed(monkeypatch, cfg, db)
+    assert rec["status"] == "done" and rec["details"]["resumed_from_step"] == 4
+    client = MlflowClient(tracking_uri=(tmp_path / "mlruns").resolve().as_uri())
+    runs = client.search_runs([client.get_experiment_by_name("efficientft").experiment_id])
+    assert [(r.info.run_name, r.info.status) for r in runs] == [(rec["run_key"], "FINISHED")]
+    last = {m.step: m.value for m in client.get_metric_history(runs[0].info.run_id, "train.loss")}
+    assert sorted(last.items()) == [(s, pytest.approx(v)) for _, s, n, v in curves if n == "loss"]  # steps 1..8
+    assert runs[0].data.params["method"] == "lora"

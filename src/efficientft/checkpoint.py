@@ -138,6 +138,7 @@ class TrainState:
     # filled by capture / read: everything with tensors
     blobs: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None  # the folder it was read from
+    trackers: dict[str, str] = field(default_factory=dict)  # tracker name -> its run id, to continue that run
 
     # ------------------------------------------------------------------ model, optimizer, ... <-> blobs
     def capture(self, p: Any, scaler: Any = None) -> None:
@@ -187,7 +188,7 @@ class TrainState:
         meta = {
             "format": FORMAT, "step": self.step, "drawn": self.drawn, "curve": self.curve, "evals": self.evals,
             "skipped": self.skipped, "counters": self.counters, "eval_s": self.eval_s,
-            "blobs": packer.pack(self.blobs, "b"),
+            "trackers": self.trackers, "blobs": packer.pack(self.blobs, "b"),
         }
         tmp = folder / f".tmp-{PREFIX}{self.step}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -211,7 +212,7 @@ class TrainState:
             raise ValueError(f"checkpoint {path} has format {meta.get('format')!r}, this version reads {FORMAT}")
         blobs = Tensors(load_file(str(path / TENSORS))).unpack(meta["blobs"])
         return cls(meta["step"], meta["drawn"], meta["curve"], meta["evals"], meta["skipped"], meta["counters"],
-                   meta["eval_s"], blobs, path)
+                   meta["eval_s"], blobs, path, meta.get("trackers", {}))
 
 
 def latest(folder: Path) -> Path | None:

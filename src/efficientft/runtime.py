@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from . import sharding
 from .errors import ConfigError
+from .meters import return_large_blocks
 
 if TYPE_CHECKING:
     from .config import RunConfig
@@ -30,7 +32,8 @@ class Runtime:
     ``precision`` is resolved (never ``auto``). ``accelerator`` is the ``accelerate.Accelerator`` of a
     data-parallel launch, else None. ``load_dtype``: the dtype the backbone's weights load in (None: as the
     checkpoint / transformers load them). ``gradient_checkpointing``, ``quantize`` and ``quant_compute_dtype`` are
-    carried from the config for the code that implements them; they change nothing yet.
+    carried from the config for the code that implements them. ``sharded``: an FSDP launch (the model is sharded
+    across the processes before its optimizer is built; :mod:`efficientft.sharding`).
     """
 
     device: torch.device
@@ -40,6 +43,8 @@ class Runtime:
     gradient_checkpointing: bool = False
     quantize: str | None = None
     quant_compute_dtype: torch.dtype | None = None
+    sharded: bool = False
+    returns_large_blocks: bool = False  # CPU, quantized base: glibc maps blocks >= 1 MiB (meters.return_large_blocks)
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
@@ -104,29 +109,32 @@ def build_runtime(cfg: RunConfig, world_size: int | None = None) -> Runtime:
     efficientft.cli run ...`` (GPUs). Every process builds the same model from the same seed and trains on its 1/N
     slice of every global batch; DDP averages the gradients, so each optimizer step is the step on the whole batch
     (``batch_size`` is the global batch). Only the main process evaluates and writes the store. The run's key is
-    the single-process key.
+    the single-process key. An FSDP launch (``accelerate launch --config_file <efficientft>/fsdp_accelerate.yaml
+    ...``) is the same, with the model sharded across the processes (:mod:`efficientft.sharding`).
     """
     world = int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else world_size
     device = pick_device(cfg.device)
     accelerator = None
+    sharded = False
     if world > 1:
         from accelerate import Accelerator
 
         accelerator = Accelerator(cpu=device.type == "cpu")
-        # Sharding launches are refused: they shard parameters the optimizer already holds. Read from the launch's
-        # request too, since accelerate on CPU silently falls back to plain data parallel.
-        asked = [k for k in ("FSDP", "DEEPSPEED") if os.environ.get(f"ACCELERATE_USE_{k}", "").lower() == "true"]
-        sharded = asked[0] if asked else getattr(getattr(accelerator, "distributed_type", None), "name", "")
-        if sharded in ("FSDP", "DEEPSPEED"):
-            raise ConfigError(f"{sharded} launches are not supported: this loop builds the "
-                              "optimizer before wrapping the model, so sharded parameters would not train. Use a "
-                              "data-parallel launch (--multi_gpu) or --quantize 4bit with --gradient-checkpointing.")
+        kind = sharding.requested(accelerator)
+        sharding.check_launch(kind)
+        sharded = kind == "FSDP"
+        if cfg.checkpoint_every:  # the default (None) and 0 are off here; an explicit request is not ignored
+            raise ConfigError(f"--checkpoint-every is not supported in a {accelerator.num_processes}-process "
+                              "launch (step checkpoints are single-process only); drop it, or run in one process.")
         device = accelerator.device
         if cfg.batch_size % accelerator.num_processes:
             raise ConfigError(f"batch_size {cfg.batch_size} must be divisible by the {accelerator.num_processes} "
                               f"data-parallel processes (it is the global batch, split evenly between them).")
     precision = resolved_precision(cfg)
     compute = DTYPES[cfg.quant_compute_dtype] if cfg.quant_compute_dtype else None
+    # Before the model loads: a quantized base's per-matmul dequantized weights would otherwise stay resident in
+    # glibc's heaps after they are freed (+24-38 % RSS at 0.3-0.6 B parameters, BENCHMARKS.md §7).
+    returns = device.type == "cpu" and cfg.quantize is not None and return_large_blocks()
     return Runtime(device=device, precision=precision, accelerator=accelerator,
                    gradient_checkpointing=cfg.gradient_checkpointing, quantize=cfg.quantize,
-                   quant_compute_dtype=compute)
+                   quant_compute_dtype=compute, sharded=sharded, returns_large_blocks=returns)

@@ -77,7 +77,8 @@ class TensorBoard:
 
 
 class MLflow:
-    def __init__(self, key: str, params: dict[str, Any], folder: Path, start: int = 0) -> None:
+    def __init__(self, key: str, params: dict[str, Any], folder: Path, start: int = 0, run_id: str | None = None
+                 ) -> None:
         import os
 
         import mlflow
@@ -87,8 +88,15 @@ class MLflow:
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
             mlflow.set_tracking_uri((folder / "mlruns").resolve().as_uri())
         mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME") or "efficientft")
-        self.run = mlflow.start_run(run_name=key)
-        mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+        if run_id is not None:  # a resumed run continues the MLflow run its checkpoint names (params logged)
+            self.run = mlflow.start_run(run_id=run_id)
+        else:
+            self.run = mlflow.start_run(run_name=key)
+            mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+
+    @property
+    def run_id(self) -> str:
+        return self.run.info.run_id
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         self.mlflow.log_metrics({k.replace("/", "."): v for k, v in metrics.items()}, step=step)
@@ -119,17 +127,27 @@ _CLASSES = {"tensorboard": TensorBoard, "mlflow": MLflow, "wandb": WandB}
 class Trackers:
     """Every tracker of a run behind one ``log(step, metrics)``; empty when none is named."""
 
-    def __init__(self, names: list[str], key: str, params: dict[str, Any], folder: Path, start: int = 0) -> None:
-        """``start``: the step a resumed run continues from (its trackers log from ``start + 1``)."""
+    def __init__(self, names: list[str], key: str, params: dict[str, Any], folder: Path, start: int = 0,
+                 run_ids: dict[str, str] | None = None) -> None:
+        """``start``: the step a resumed run continues from (its trackers log from ``start + 1``); ``run_ids``:
+        the trackers' own run ids its checkpoint kept (:meth:`run_ids`), so that it continues those runs."""
         check_installed(names)
         self.active: list[Any] = []
+        self.names: list[str] = []
         for name in names:
+            kept = (run_ids or {}).get(name)
             try:
-                self.active.append(_CLASSES[name](key, flatten(params), Path(folder), start))
+                extra = {"run_id": kept} if kept else {}
+                self.active.append(_CLASSES[name](key, flatten(params), Path(folder), start, **extra))
+                self.names.append(name)
             except Exception as e:  # noqa: BLE001 - not logged in, a server that does not answer, ...
                 self.finish("failed")
                 first = (str(e).strip().splitlines() or [type(e).__name__])[0]
                 raise ConfigError(f"tracker {name!r} could not start: {first}") from None
+
+    def run_ids(self) -> dict[str, str]:
+        """The run ids of the trackers that can continue a run (MLflow), for the checkpoint."""
+        return {name: t.run_id for name, t in zip(self.names, self.active, strict=True) if hasattr(t, "run_id")}
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         values = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}

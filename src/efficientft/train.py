@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from . import checkpoint, provenance
+from . import checkpoint, provenance, sharding
 from .checkpoint import TrainState
 from .config import DEFAULT_EPOCHS, RunConfig
 from .data import Encoded, TrainBatches
@@ -174,6 +174,8 @@ def prepare(cfg: RunConfig, runtime: Runtime | None = None, resume: TrainState |
     method: Method = method_cls.from_config(cfg.method_args)
     cfg.check_method(method)  # targets, quantized base and λ against the method's declared capabilities
     kind.check_method(method)  # e.g. a method that declares it cannot train a generation task
+    if runtime.sharded:
+        sharding.check_config(cfg, method, runtime.precision)
     train_ex, eval_ex = load_data(task, cfg)
 
     seed_everything(cfg.seed)  # the head's random init depends on the seed only
@@ -200,6 +202,8 @@ def prepare(cfg: RunConfig, runtime: Runtime | None = None, resume: TrainState |
         method.load_state_dict(model, resume.blobs["method"])
     else:
         method.init_from_data(model, ({k: v.to(device) for k, v in b.items()} for b in batches.forever()))
+    if runtime.sharded:  # before the optimizer exists: it must hold the sharded parameters
+        model = sharding.shard(model, runtime)
     groups = method.param_groups(model, Strategy(cfg.role_ratios), cfg.lr, cfg.weight_decay)
     if not groups:
         raise ConfigError(f"method {cfg.method!r} with targets {cfg.targets!r} left no parameter to train.")
@@ -219,6 +223,8 @@ def prepare(cfg: RunConfig, runtime: Runtime | None = None, resume: TrainState |
     encoding = {k: e.stats for k, e in [("train", train), *evals.items()] if e.stats}
     if encoding:  # e.g. how many examples the cutoff length truncated, per split
         info["encoding"] = encoding
+    if runtime.sharded:
+        info["sharding"] = sharding.describe(model, runtime)
     features = None
     if cfg.feature_cache:
         features = FeatureCache(model, runtime.autocast)
@@ -283,7 +289,10 @@ def train(p: Prepared, store: Store | None = None, key: str = "", progress: bool
     batches = device_batches(p, state.drawn)
     accel = runtime.accelerator
     main = runtime.is_main
-    runner = accel.prepare_model(model) if accel is not None else model  # DDP: gradients averaged in backward
+    runner = model  # DDP: gradients averaged in backward; FSDP: the model is sharded (and averages) already
+    if accel is not None and not runtime.sharded:
+        runner = accel.prepare_model(model)
+    evaluates = main or runtime.sharded  # a sharded model's forward needs every process (each gathers weights)
     bar = _progress(p, progress and main, state.step)
     ema = None
     model.train()
@@ -296,6 +305,7 @@ def train(p: Prepared, store: Store | None = None, key: str = "", progress: bool
         state.counters = {n: getattr(timer, n) for n in ("tokens", "padded_tokens", "examples", "times")}
         state.counters["train_s"] = train_s0 + time.perf_counter() - t_train - (eval_s - eval_s0)
         state.capture(p, scaler)
+        state.trackers = tracked.run_ids()
         checkpoints.save(state)
 
     drawn = state.drawn
@@ -337,7 +347,7 @@ def train(p: Prepared, store: Store | None = None, key: str = "", progress: bool
             if bar is not None:
                 bar.set_postfix(loss=f"{ema:.4f}", refresh=False)
                 bar.update(1)
-            if main and cfg.eval_every and step % cfg.eval_every == 0 and step != p.total_steps:
+            if evaluates and cfg.eval_every and step % cfg.eval_every == 0 and step != p.total_steps:
                 t = time.perf_counter()
                 scores = evaluate_all(p)
                 eval_s += time.perf_counter() - t
@@ -359,7 +369,7 @@ def train(p: Prepared, store: Store | None = None, key: str = "", progress: bool
     if bar is not None:
         bar.close()
     t = time.perf_counter()
-    final = evaluate_all(p) if main else {}
+    final = evaluate_all(p) if evaluates else {}
     eval_s += time.perf_counter() - t
     if accel is not None:
         accel.wait_for_everyone()
@@ -436,7 +446,8 @@ def run(cfg: RunConfig, store: Store | None = None, progress: bool | None = None
     }
     main_metric = f"dev/{p.task.main_metric}"
     trackers = Trackers(cfg.tracker if runtime.is_main else [], key, cfg.to_dict(),  # a failure: before the store
-                        store.path.parent if store is not None else Path("."), resume.step if resume else 0)
+                        store.path.parent if store is not None else Path("."), resume.step if resume else 0,
+                        resume.trackers if resume else None)
     if store is not None:
         try:
             store.start(key, cfg.to_dict(), prov, tags, main_metric)

@@ -50,6 +50,9 @@ class Capabilities:
     gradient_checkpointing: bool = True
     # Does the method perform its own parameter update (zeroth-order: forward passes only, no backward)?
     owns_update: bool = False
+    # Does it train under FSDP (efficientft.sharding: parameters sharded, the optimizer built on the shards)? A hook
+    # that reads or masks whole gradients or weights would see shards, so only methods tested sharded say yes.
+    sharding: bool = False
 
 
 def check_run(method: Any, *, targets: str, quantize: str | None, role_ratios: Mapping[str, float],

@@ -23,7 +23,7 @@ from .capabilities import Capabilities
 class FullFineTuning(Method):
     summary = "full fine-tuning of the targeted weights (targets 'all': every weight)"
     capabilities = Capabilities(
-        all_targets=True, fused_slices=True, merge=True, export="model", quantized_base=False,
+        all_targets=True, fused_slices=True, merge=True, export="model", quantized_base=False, sharding=True,
         quantized_base_reason="it trains the base weights themselves, which a quantized layer cannot hold as "
                               "trainable full-precision tensors",
     )

@@ -122,7 +122,8 @@ class FusedSlices:
 @register("lora")
 class LoRA(FusedSlices, LoraBacked):
     summary = "LoRA (Hu et al. 2021): W + (alpha/r)·BA on the targets, via PEFT (fused GPT-2 slices: our own)"
-    capabilities = Capabilities(fused_slices=True, rank=True, quantized_base=True, merge=True, export="peft")
+    capabilities = Capabilities(fused_slices=True, rank=True, quantized_base=True, merge=True, export="peft",
+                                sharding=True)  # tests/test_sharding.py
 
 
 def _fused(targets: list[Target]) -> bool:
