@@ -34,7 +34,7 @@ from .methods.base import Context, Method, check_export_dir
 from .models import ALL, describe, fingerprint, head_modules, load_model, resolve_model, resolve_targets
 from .models.large import check_quantized_method, enable_gradient_checkpointing
 from .runtime import Runtime, build_runtime, check_runtime
-from .step import MAX_SKIPPED_IN_A_ROW, Diverged, forward, optimizer_step
+from .step import MAX_SKIPPED_IN_A_ROW, Diverged, check_owned_update, forward, optimizer_step
 from .store import Store
 from .strategy import Strategy, check_ratios_applied, describe_groups
 from .tasks import DataOptions, Examples, Task, get_task
@@ -172,6 +172,7 @@ def prepare(cfg: RunConfig, runtime: Runtime | None = None, resume: TrainState |
     if cfg.targets == ALL and not method.accepts_all:
         raise ConfigError(f"targets 'all' (every weight) is for full fine-tuning only, not {cfg.method!r}.")
     check_quantized_method(method, cfg.quantize)
+    check_owned_update(method, cfg.gradient_checkpointing)
     train_ex, eval_ex = load_data(task, cfg)
 
     seed_everything(cfg.seed)  # the head's random init depends on the seed only
