@@ -124,3 +124,23 @@ def test_args_and_refusals(tiny_bert):
     with pytest.raises(ConfigError, match="--gradient-checkpointing saves activations for the backward pass; "
                                           "method 'mezo' has none"):
         prepare(tiny_config(tiny_bert, method="mezo", method_args={}, gradient_checkpointing=True))
+
+
+@pytest.mark.parametrize("name", ["mezo", "sparse_mezo"])
+def test_trains_and_generates_on_a_tiny_llama(name):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32)
+    model = LlamaForCausalLM(cfg)
+    method = get_method(name)()
+    model = method.prepare(model, resolve_targets(model, "qv"), Context(heads=[], peft_task_type="CAUSAL_LM"))
+    ids = torch.randint(0, 64, (2, 8))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
+    opt = method.optimizer(method.param_groups(model, Strategy({"v": LAMBDA}), 1e-2, 0.0), 1e-2, 0.0)
+    before = [q.detach().clone() for q in params_of(opt)]
+    loss, _ = method.update(model, opt, lambda: float(model(**batch).loss), 1)
+    assert loss == loss and any(not torch.equal(q, b) for q, b in zip(params_of(opt), before, strict=True))
+    out = model.generate(ids[:, :4], max_new_tokens=3, do_sample=False, pad_token_id=0)
+    assert out.shape == (2, 7)

@@ -105,7 +105,7 @@ class Sora(Method):
     summary = "SoRA (Ding et al. 2023): gated LoRA, gates soft-thresholded each step to prune rank (rank, sparse_lambda)"
     Args = SoraArgs
     supports_quantized_base = False
-    quantized_base_reason = "its merge and forward are written for a dense nn.Linear / Conv1D base weight"
+    quantized_base_reason = "its gated factors are sized from, and merged into, the dense base weight W"
     capabilities = Capabilities(rank=True, quantized_base=False, quantized_base_reason=quantized_base_reason,
                                 merge=True, export="efficientft")
 
