@@ -144,3 +144,20 @@ def test_trains_and_generates_on_a_tiny_llama(name):
     assert loss == loss and any(not torch.equal(q, b) for q, b in zip(params_of(opt), before, strict=True))
     out = model.generate(ids[:, :4], max_new_tokens=3, do_sample=False, pad_token_id=0)
     assert out.shape == (2, 7)
+
+
+def test_accumulated_micro_batches_weigh_by_examples(tiny_bert_no_dropout):
+    """The loss an owned update sees over micro-batches of 3 and 5 examples is the mean over all 8 (as gradients)."""
+    from efficientft.step import optimizer_step
+
+    p = prepare(tiny_config(tiny_bert_no_dropout, method="mezo", targets="qv", method_args={}, steps=1,
+                            batch_size=8, max_train=8, max_eval=8))
+    batch = next(iter(p.batches().indexed(0)))[1]
+    parts = [{k: v[:3] for k, v in batch.items()}, {k: v[3:] for k, v in batch.items()}]
+    seen = []
+    p.method.update = lambda model, opt, loss_fn, step, clip: (seen.append(loss_fn()), (seen[-1], None))[1]
+    p.model.eval()
+    with torch.no_grad():
+        whole = float(p.model(**batch).loss)
+    result = optimizer_step(p, [(None, b) for b in parts], 1, scaler=torch.amp.GradScaler("cpu"))
+    assert seen[0] == pytest.approx(whole, rel=1e-6) and result.loss == seen[0] and not result.skipped
