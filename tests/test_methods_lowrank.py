@@ -187,7 +187,7 @@ def test_sora_small_lambda_keeps_rank():
 
 
 # ---------------------------------------------------------------------------------------------------- all four methods
-@pytest.mark.parametrize("name", ["paca", "loldu", "svfit", "sora", "mezo", "sparse_mezo"])
+@pytest.mark.parametrize("name", ["paca", "loldu", "svfit", "sora", "kasa", "mezo", "sparse_mezo"])
 def test_refuses_a_quantized_base_with_its_reason(name):
     method = get_method(name)()
     assert method.capabilities.quantized_base is False
@@ -197,7 +197,7 @@ def test_refuses_a_quantized_base_with_its_reason(name):
                                    f"{method.capabilities.quantized_base_reason}. Methods that can: ")
 
 
-@pytest.mark.parametrize("name", ["paca", "loldu", "svfit", "sora"])
+@pytest.mark.parametrize("name", ["paca", "loldu", "svfit", "sora", "kasa"])
 def test_trains_and_generates_on_a_tiny_llama(name):
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=64, hidden_size=H, intermediate_size=32, num_hidden_layers=2,
@@ -219,3 +219,40 @@ def test_trains_and_generates_on_a_tiny_llama(name):
     assert losses[-1] < losses[0]
     out = model.generate(ids[:, :4], max_new_tokens=3, do_sample=False, pad_token_id=0)
     assert out.shape == (2, 7)
+
+
+# --------------------------------------------------------------------------------------------------------------- KaSA
+def test_kasa_truncates_the_smallest_singular_components():
+    r = 3
+    method, model, base, batch = tiny("kasa", {"rank": r})
+    for n, w in weights(base).items():
+        if targeted(n):
+            s0 = torch.linalg.svdvals(w)
+            s1 = torch.linalg.svdvals(model.get_submodule(n.removesuffix(".weight")).base.weight)
+            torch.testing.assert_close(s1[: H - r], s0[: H - r], rtol=1e-10, atol=1e-12)  # the top k − r stay
+            assert s1[H - r:].abs().max() < 1e-10  # the r smallest are gone
+    assert method.trainable_parameters(model) == 4 * (r * (H + H) + r) + H * 2 + 2
+    assert all(torch.equal(m.U, torch.zeros_like(m.U)) for m in model.modules() if hasattr(m, "sigma"))
+
+
+def test_kasa_regulariser_gradient_is_that_of_the_full_loss():
+    method, model, _, batch = tiny("kasa", {"rank": 3, "beta": 0.3, "gamma": 0.2})
+    fit(method, model, batch, steps=1)  # ΔU ≠ 0: every term of the regulariser has a gradient
+    params = [p for p in model.parameters() if p.requires_grad]
+    want = torch.autograd.grad(model(**batch).loss + method.regulariser(model), params)
+    model(**batch).loss.backward()
+    method.after_backward(model, 1)
+    for p, g in zip(params, want, strict=True):
+        torch.testing.assert_close(p.grad, g, rtol=1e-10, atol=1e-12)
+    reg = [m.regulariser(0.3, 0.2) for m in model.modules() if hasattr(m, "sigma")][0]
+    m = [m for m in model.modules() if hasattr(m, "sigma")][0]
+    eye = torch.eye(3, dtype=torch.float64)
+    by_hand = 0.3 * float((m.sigma ** 2).sum()) + 0.2 * (float(torch.linalg.norm(m.U.t() @ m.U - eye))
+                                                          + float(torch.linalg.norm(m.V @ m.V.t() - eye)))
+    assert float(reg) == pytest.approx(by_hand)
+    check_merge_exact(method, model, batch)
+
+
+def test_kasa_keeps_one_component():
+    with pytest.raises(ConfigError, match=r"rank 16 is larger than .* allows \(\(16, 16\): at most 15\)"):
+        tiny("kasa", {"rank": 16})

@@ -214,4 +214,4 @@ def threshold(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
     """h: the smallest |θ| value such that a fraction ≥ 1 − sparsity of the entries satisfy |θ| ≤ h."""
     flat = weight.abs().flatten().double()
     k = max(1, int(np.ceil((1 - sparsity) * flat.numel() - 1e-9)))
-    return torch.kthvalue(flat.cpu(), k).values.reshape(1)
+    return torch.kthvalue(flat, k).values.reshape(1)
