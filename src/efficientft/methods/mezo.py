@@ -204,8 +204,9 @@ class SparseMezo(ZerothOrder):
     def masks(self, params: list[torch.Tensor]) -> list[torch.Tensor | None]:
         return [p.detach().abs() <= threshold(p.detach(), self.args.sparsity).to(p.device, p.dtype) for p in params]
 
-    def trainable_parameters(self, model: nn.Module) -> int:
-        """The entries a step perturbs at the current weights (|θ| ≤ h of each tensor)."""
+    def perturbed_per_step(self, model: nn.Module) -> int:
+        """The entries the next step perturbs (|θ| ≤ h of each tensor, about 1 − sparsity of them). The trainable
+        count stays the whole tensors': the mask follows the weights, so over a run any entry may move."""
         params = [p for p in model.parameters() if p.requires_grad]
         return sum(int(m.sum()) for m in self.masks(params))
 
