@@ -1,31 +1,38 @@
-"""The conformance matrix: every registered method, on a tiny BERT, LLaMA and GPT-2, through the same checks.
+"""The conformance matrix: every registered method, on a tiny BERT and LLaMA (and GPT-2's fused ``c_attn``), judged by
+what its declared capabilities say it can do. Nothing here names a method: a method added to METHODS is checked
+without editing this file (its ``test_args(arch)`` may give tiny arguments, or None where it refuses ``arch``).
 
-Each method must (1) train 3 steps on a batch it can overfit with a finite, falling loss; (2) build exact λ groups:
-every trainable parameter learns at the strategy's factor (λ for W_v's trainable parameters and nothing else: no
-bias, no norm, no head) times the method's own per-parameter factor (LoRA+ gives B a ratio), and W_v has trainable
-parameters; (3) count its trainable parameters; (4) export (into a new folder only, or with overwrite into one it
-empties), reload on a fresh base model, and give identical logits; (5) merge, where it defines merging, to identical
-logits. On GPT-2, "qv" means the Q and V row slices of the fused
-``c_attn``: a method either adapts exactly those (its W_v parameters under a submodule named ``v``) or refuses with a
-ConfigError, and is then skipped.
+For each method and model: (1) λ: with ``v_role``, every trainable parameter learns at the strategy's factor (λ for
+W_v's trainable parameters and nothing else: no bias, no norm, no head) times the method's own factor (LoRA+), and
+W_v has trainable parameters; without it, λ ≠ 1 is refused with the one exact line, before a model loads;
+(2) the trainable count the method reports is exactly the number of scalars the optimizer holds (a method that trains
+part of a tensor and counts that part: no more), every one of them is a trainable parameter, and after training
+nothing outside them has moved, while at least one and at most the reported count of scalars have; (3) three steps on a
+batch it can overfit, with a finite falling loss; (4) export in the declared format (into a new folder only, or with
+overwrite into one it empties; safetensors only), reload on a fresh base, identical logits, or a clear refusal where
+the capabilities declare no export; (5) merge to identical logits and a plain model where ``merge``, a ConfigError
+otherwise; (6) a quantized base is refused, naming the reason, where not ``quantized_base``. On GPT-2, "qv" means the
+Q and V row slices of the fused ``c_attn``: a method with ``fused_slices`` adapts exactly those (W_v's parameters
+under a submodule named ``v``), the others refuse them with one ConfigError.
 """
 
-import dataclasses
 import re
 
 import pytest
 import torch
 from transformers import AutoModelForSequenceClassification
 
+import efficientft.train as train_mod
 from efficientft.errors import ConfigError
 from efficientft.methods import METHODS
-from efficientft.methods.base import Context
+from efficientft.methods.base import Context, Method
 from efficientft.models import head_modules, resolve_targets
 from efficientft.train import prepare, train
 from tests.conftest import tiny_config
 
 LAMBDA = 4.0
 V_MODULES = ("attention.self.value", "self_attn.v_proj")
+FORMATS = {"peft": "peft", "efficientft": "efficientft", "model": "huggingface-model"}
 
 
 def is_v(name):
@@ -33,32 +40,70 @@ def is_v(name):
     return any(m in name for m in V_MODULES) or re.search(r"\.c_attn\.\w+\.v\.", name) is not None
 
 
-def method_args(name):
-    fields = {f.name for f in dataclasses.fields(METHODS.get(name).Args)}
-    return {"rank": 4} if "rank" in fields else {}
+def method_args(name, arch="bert"):
+    """The method's tiny arguments for the conformance models (other test files reuse them)."""
+    return METHODS.get(name).test_args(arch)
+
+
+def _method(name, arch):
+    cls = METHODS.get(name)
+    args = cls.test_args(arch)
+    return cls, args, (cls.from_config(args) if args is not None else None)
+
+
+def _cfg(model_dir, name, args, **kw):
+    base = dict(method=name, targets="qv", method_args=args, max_train=8, batch_size=8, steps=3, lr=5e-3,
+                warmup_ratio=0.0, max_eval=8)
+    return tiny_config(model_dir, **{**base, **kw})
 
 
 @pytest.fixture(params=["bert", "llama", "gpt2"])
-def model_dir(request, tiny_bert, tiny_llama, tiny_gpt2):
-    return {"bert": tiny_bert, "llama": tiny_llama, "gpt2": tiny_gpt2}[request.param]
+def arch(request):
+    return request.param
+
+
+@pytest.fixture
+def model_dir(arch, tiny_bert, tiny_llama, tiny_gpt2):
+    return {"bert": tiny_bert, "llama": tiny_llama, "gpt2": tiny_gpt2}[arch]
 
 
 @pytest.mark.parametrize("name", METHODS.names())
-def test_method_conforms(name, model_dir, tmp_path):
-    cfg = tiny_config(model_dir, method=name, targets="qv", lr_ratio=LAMBDA, method_args=method_args(name),
-                      max_train=8, batch_size=8, steps=3, lr=5e-3, warmup_ratio=0.0, max_eval=8,
-                      export_dir=str(tmp_path / "export"))
-    try:
-        p = prepare(cfg)
-    except ConfigError as e:
-        if "gpt2" not in str(model_dir) or "fused projection" not in str(e):
-            raise
-        pytest.skip(f"{name} does not adapt slices of a fused projection: {e}")
+def test_method_conforms(name, arch, model_dir, tmp_path, monkeypatch):
+    cls, args, method = _method(name, arch)
+    if args is None:  # the method refuses this architecture by design: one clear line, no training
+        with pytest.raises(ConfigError) as e:
+            prepare(_cfg(model_dir, name, cls.test_args("bert") or {}))
+        assert name in str(e.value) and "\n" not in str(e.value)
+        return
+    caps = method.capabilities
+    if arch == "gpt2" and not caps.fused_slices:
+        with pytest.raises(ConfigError, match=rf"^method '{name}' cannot adapt part of a fused projection "
+                                              r"\(transformer.h.0.attn.c_attn, role 'q'\)"):
+            prepare(_cfg(model_dir, name, args))
+        return
 
-    # (2) exact λ groups: every parameter's factor is the strategy's (λ for W_v's, 1 otherwise) times the method's
-    # own (LoRA+ gives B a ratio); biases, norms and the head never get λ
+    # (6) a quantized base the method cannot use, and (1) λ without W_v parameters: refused before a model loads
+    real = train_mod.load_model
+    monkeypatch.setattr(train_mod, "load_model", lambda *a, **k: pytest.fail("loaded a model before refusing"))
+    if not caps.quantized_base:
+        with pytest.raises(ConfigError) as e:
+            prepare(_cfg(model_dir, name, args, quantize="4bit", quant_compute_dtype="fp32", device="cpu"))
+        assert str(e.value).startswith(f"method {name!r} cannot train on a 4bit quantized base: "
+                                       f"{caps.quantized_base_reason}. Methods that can: ")
+    if not caps.v_role:
+        with pytest.raises(ConfigError) as e:
+            prepare(_cfg(model_dir, name, args, lr_ratio=LAMBDA))
+        assert str(e.value) == (f"lr_ratio 4 (W_v's rate) cannot apply to method {name!r}: it trains no parameter "
+                                "of W_v; drop the ratio (it must be 1 for this method).")
+    monkeypatch.setattr(train_mod, "load_model", real)
+
+    # (1) λ where the method has W_v parameters: exact groups
+    ratio = LAMBDA if caps.v_role else 1.0
+    cfg = _cfg(model_dir, name, args, lr_ratio=ratio)
+    p = prepare(cfg)
     own = p.method.lr_scales(p.model)
-    trainable = {n for n, q in p.model.named_parameters() if q.requires_grad}
+    params = dict(p.model.named_parameters())
+    trainable = {n for n, q in params.items() if q.requires_grad}
     assert set(own) <= trainable, f"{name}: lr_scales names parameters that do not train"
     seen_v = 0
     for g in p.groups:
@@ -66,54 +111,82 @@ def test_method_conforms(name, model_dir, tmp_path):
         for n in g["names"]:
             v = is_v(n) and not n.endswith("bias") and "norm" not in n.lower()
             seen_v += v
-            want = (LAMBDA if v else 1.0) * own.get(n, 1.0)
+            want = (ratio if v else 1.0) * own.get(n, 1.0)
             assert g["lr_scale"] == pytest.approx(want, rel=1e-12), (
                 f"{name}: {n} learns at {g['lr_scale']} x lr, expected {want} (W_v's: {v})")
-    assert seen_v > 0, f"{name}: no trainable parameter of W_v, so λ was never exercised"
-    assert sum(len(g["names"]) for g in p.groups) == len(trainable), f"{name}: a trainable parameter has no group"
+    if caps.v_role:
+        assert seen_v > 0, f"{name}: declares v_role but trains no parameter of W_v, so λ was never exercised"
 
-    # (3) trainable parameters: positive, and no more than the parameters the optimizer holds
-    n_train = p.method.trainable_parameters(p.model)
-    assert 0 < n_train <= sum(q.numel() for g in p.groups for q in g["params"])
+    # (2) the reported count is exactly what the optimizer holds, and all of it is trainable
+    held = {id(q): q for g in p.groups for q in g["params"]}
+    assert {n for g in p.groups for n in g["names"]} == trainable, f"{name}: a trainable parameter has no group"
+    n_train, n_held = p.method.trainable_parameters(p.model), sum(q.numel() for q in held.values())
+    if type(p.method).trainable_parameters is Method.trainable_parameters:
+        assert n_train == n_held > 0, f"{name}: reports {n_train} trainable parameters, the optimizer holds {n_held}"
+    else:  # a method that trains part of a tensor counts that part: no more than the optimizer holds
+        assert 0 < n_train <= n_held, f"{name}: reports {n_train} trainable parameters, the optimizer holds {n_held}"
+    before = {k: t.detach().clone() for k, t in p.model.state_dict(keep_vars=False).items()}
+    trainable_ids = {id(q) for q in held.values()}
+    frozen_keys = [k for k, t in p.model.state_dict(keep_vars=True).items() if id(t) not in trainable_ids]
 
-    # (1) three steps, finite falling loss
+    # (3) three steps, finite falling loss; the trainable parameters moved, nothing else did
     out = train(p, progress=False)
     loss = [v for kind, s, n, v in out["curve"] if n == "loss"]
     assert len(loss) == 3 and all(torch.isfinite(torch.tensor(loss)))
     assert loss[-1] < loss[0], f"{name}: loss did not fall: {loss}"
+    after = p.model.state_dict()
+    moved = [k for k in frozen_keys if not torch.equal(after[k], before[k])]
+    assert not moved, f"{name}: frozen tensors changed in training: {moved[:3]}"
+    changed = sum(int((after[k] != before[k]).sum()) for k in before if k not in frozen_keys)
+    assert 0 < changed <= n_train, f"{name}: {changed} scalars changed in training, {n_train} reported trainable"
 
-    # (4) export -> reload on a fresh base -> identical logits
+    # (4) export in the declared format -> reload on a fresh base -> identical logits (or a clear refusal)
     p.model.eval()
     batch = {k: v for k, v in next(iter(_batches(p))).items() if k != "labels"}
     with torch.no_grad():
         want = p.model(**batch).logits
-    info = p.method.export(p.model, tmp_path / "export")
-    assert info["files"] == sorted(f.name for f in (tmp_path / "export").iterdir())
-    # the folder now holds an export: a second one is refused unless it may replace it, and then replaces it
-    with pytest.raises(ConfigError, match="is not empty"):
-        p.method.export(p.model, tmp_path / "export")
-    (tmp_path / "export" / "stale.safetensors").write_bytes(b"old")
-    assert p.method.export(p.model, tmp_path / "export", overwrite=True)["files"] == info["files"]
-    # weights are exported as safetensors only: nothing a reader would have to unpickle
-    written = [f.name for f in (tmp_path / "export").rglob("*") if f.is_file()]
-    assert any(f.endswith(".safetensors") for f in written), written
+    export = tmp_path / "export"
+    if caps.export == "none":
+        with pytest.raises(ConfigError, match=rf"^method '{name}' cannot export what it learned"):
+            p.method.export(p.model, export)
+        return
+    info = p.method.export(p.model, export)
+    assert info["files"] == sorted(f.name for f in export.iterdir())
+    if arch != "gpt2":  # fused slices are saved in our own format whatever the method's usual one
+        assert info["format"].startswith(FORMATS[caps.export]), f"{name}: exported {info['format']}"
+    with pytest.raises(ConfigError, match="is not empty"):  # a second export is refused unless it may replace it
+        p.method.export(p.model, export)
+    (export / "stale.safetensors").write_bytes(b"old")
+    assert p.method.export(p.model, export, overwrite=True)["files"] == info["files"]
+    written = [f.name for f in export.rglob("*") if f.is_file()]
+    assert any(f.endswith(".safetensors") for f in written), written  # safetensors only: nothing to unpickle
     assert not [f for f in written if f.endswith((".bin", ".pt", ".pth", ".pkl", ".ckpt"))], written
     base = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=2)
-    ctx = Context(heads=head_modules(base))
-    fresh = type(p.method)(p.method.args)
-    reloaded = fresh.reload(base, tmp_path / "export", resolve_targets(base, "qv"), ctx).eval()
+    base_names = {n for n, _ in base.named_parameters()}
+    fresh = cls.from_config(p.method.args_dict())
+    reloaded = fresh.reload(base, export, resolve_targets(base, "qv"), Context(heads=head_modules(base))).eval()
     with torch.no_grad():
         got = reloaded(**batch).logits
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
-    # (5) merge where the method defines it
-    try:
-        merged = fresh.merge(reloaded).eval()
-    except ConfigError:
+    # (5) merge where declared: the same logits from a plain model; a ConfigError otherwise
+    if not caps.merge:
+        with pytest.raises(ConfigError):
+            fresh.merge(reloaded)
         return
+    merged = fresh.merge(reloaded).eval()
     with torch.no_grad():
         torch.testing.assert_close(merged(**batch).logits, want, rtol=1e-4, atol=1e-5)
-    assert not any("lora" in n for n, _ in merged.named_parameters())
+    assert {n for n, _ in merged.named_parameters()} == base_names, f"{name}: merge left adapter modules"
+
+
+def test_every_method_declares_what_the_matrix_reads():
+    for name, cls in METHODS.items():
+        assert "capabilities" in cls.__dict__, name
+        assert cls.summary and "\n" not in cls.summary, f"{name}: one-line summary"
+        for arch in ("bert", "llama", "gpt2"):
+            args = cls.test_args(arch)
+            assert args is None or isinstance(args, dict), f"{name}: test_args({arch!r})"
 
 
 def _batches(p):

@@ -1,6 +1,8 @@
 """LoRA on GPT-2's fused c_attn (one adapter per chosen role, as LoRA's MergedLinear), and decoder classification
 with a tokenizer that has no pad token (pad = EOS, pooled from the last non-pad token)."""
 
+import dataclasses
+
 import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -8,6 +10,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from efficientft.errors import ConfigError
 from efficientft.methods import get_method
 from efficientft.methods.base import Context
+from efficientft.methods.capabilities import Capabilities
 from efficientft.methods.lora import LoRA
 from efficientft.models import head_modules, load_model, resolve_targets
 from efficientft.models.fused import FusedLoRA
@@ -133,22 +136,24 @@ def test_trains_through_the_loop(tiny_gpt2):
 
 
 class _Variant(LoRA):
-    """A LoRA variant that changes PEFT's LoRA: it has no fused implementation unless it opts in."""
+    """A LoRA variant that changes PEFT's LoRA: it has no fused implementation unless it declares one."""
+
+    capabilities = Capabilities(rank=True, quantized_base=True, merge=True, export="peft")
 
     def peft_kwargs(self):
         return {"use_rslora": True}
 
 
 def test_variants_refuse_sliced_targets_unless_they_opt_in(tiny_gpt2):
-    assert LoRA.sliced and not _Variant.sliced
+    assert LoRA.capabilities.fused_slices and not _Variant.capabilities.fused_slices
     with pytest.raises(ConfigError, match=r"cannot adapt part of a fused projection \(transformer.h.0.attn.c_attn, "
-                                          r"role 'q'\), and has no fused implementation"):
+                                          r"role 'q'\), and has no fused implementation here; use one of .*lora"):
         lora_gpt2(tiny_gpt2, method=_Variant())
     m, model = lora_gpt2(tiny_gpt2, targets="o", method=_Variant())  # whole modules: PEFT, as before
     assert type(model).__name__ == "PeftModelForSequenceClassification"
 
     class OptedIn(_Variant):
-        sliced = True
+        capabilities = dataclasses.replace(_Variant.capabilities, fused_slices=True)
 
     assert isinstance(lora_gpt2(tiny_gpt2, method=OptedIn())[1].transformer.h[0].attn.c_attn, FusedLoRA)
 

@@ -3,25 +3,24 @@
 Checkpointing must change memory and time only: for every registered method, on a tiny BERT and LLaMA, the first
 step's gradients and the loss curve of a few steps are the same with and without it, and the layers really are
 recomputed in the backward pass. Quantization: methods are iterated by their declaration
-(``supports_quantized_base``): those that declare it train on a 4-bit NF4 base (loss falls, head full precision),
+(``capabilities.quantized_base``): those that declare it train on a 4-bit NF4 base (loss falls, head full precision),
 those that do not are refused before training with a message naming the method and the reason.
 """
 
-import dataclasses
 
 import pytest
 import torch
 
 from efficientft.errors import ConfigError
 from efficientft.methods import METHODS
+from efficientft.methods.capabilities import Capabilities
 from efficientft.step import accumulate, optimizer_step
 from efficientft.train import device_batches, prepare
 from tests.conftest import tiny_config
 
 
 def method_args(name):
-    fields = {f.name for f in dataclasses.fields(METHODS.get(name).Args)}
-    return {"rank": 4} if "rank" in fields else {}
+    return METHODS.get(name).test_args()
 
 
 def _first_grads_and_losses(cfg, steps=3):
@@ -105,7 +104,7 @@ def _q4(model, **kw):
     return tiny_config(model, **{**base, **kw})
 
 
-@pytest.mark.parametrize("name", [n for n in METHODS.names() if METHODS.get(n).supports_quantized_base])
+@pytest.mark.parametrize("name", [n for n in METHODS.names() if METHODS.get(n).capabilities.quantized_base])
 def test_methods_that_declare_a_quantized_base_train_on_nf4(name, bert64):
     import bitsandbytes as bnb
 
@@ -121,7 +120,7 @@ def test_methods_that_declare_a_quantized_base_train_on_nf4(name, bert64):
     assert all(map(lambda x: x == x, losses)) and losses[-1] < losses[0]
 
 
-@pytest.mark.parametrize("name", [n for n in METHODS.names() if not METHODS.get(n).supports_quantized_base])
+@pytest.mark.parametrize("name", [n for n in METHODS.names() if not METHODS.get(n).capabilities.quantized_base])
 def test_methods_that_need_full_precision_weights_refuse_a_quantized_base(name, bert64, monkeypatch):
     import efficientft.train as t
 
@@ -130,15 +129,16 @@ def test_methods_that_need_full_precision_weights_refuse_a_quantized_base(name, 
         prepare(_q4(bert64, method=name, method_args=method_args(name)))
     msg = str(e.value)
     assert msg.startswith(f"method {name!r} cannot train on a 4bit quantized base: ")
-    assert METHODS.get(name).quantized_base_reason in msg and "Methods that can: " in msg and "lora" in msg
+    assert METHODS.get(name).capabilities.quantized_base_reason in msg and "Methods that can: " in msg and "lora" in msg
 
 
 def test_every_method_declares_its_quantized_base_support_in_its_own_class():
+    default = Capabilities().quantized_base_reason
     for name in METHODS.names():
         cls = METHODS.get(name)
-        assert "supports_quantized_base" in cls.__dict__, f"{name} inherits its declaration"
-        if not cls.supports_quantized_base:
-            assert "quantized_base_reason" in cls.__dict__, f"{name} refuses without saying why"
+        assert "capabilities" in cls.__dict__, f"{name} inherits its declaration"
+        if not cls.capabilities.quantized_base:
+            assert cls.capabilities.quantized_base_reason != default, f"{name} refuses without saying why"
 
 
 def test_qlora_export_loads_on_the_full_precision_original(bert64, tmp_path):

@@ -86,7 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("suite", help="print a shipped suite (to copy and edit)")
     s_sub = s.add_subparsers(dest="suite_command", required=True, metavar="ACTION")
     s_sub.add_parser("show", help="print a shipped suite's YAML").add_argument("name", help="suite name or file")
-    sub.add_parser("methods", help="list the registered methods")
+    s = sub.add_parser("methods", help="list the registered methods and what each can do")
+    s.add_argument("--json", action="store_true", help="one JSON object per method: name, summary, capabilities")
+    s.add_argument("--markdown", action="store_true", help="the README's table rows of every method")
     sub.add_parser("tasks", help="list the registered tasks")
     s = sub.add_parser("runs", help="list stored runs")
     _store_arg(s)
@@ -246,11 +248,30 @@ def cmd_sweep(a: argparse.Namespace) -> int:
 
 
 def cmd_methods(a: argparse.Namespace) -> int:
-    from .methods import METHODS
+    """One line per method: name, capability columns (targets, λ on W_v, 4-bit base, merge, export), summary."""
+    import dataclasses
 
-    width = max(len(n) for n in METHODS)
-    for name, cls in sorted(METHODS.items()):  # registration order depends on which file imports which
-        print(f"{name.ljust(width)}  {cls.summary}")
+    from .methods import METHODS
+    from .methods.capabilities import describe
+
+    items = sorted(METHODS.items())  # registration order depends on which file imports which
+    if a.json:
+        for name, cls in items:
+            print(json.dumps({"name": name, "summary": cls.summary,
+                              "capabilities": dataclasses.asdict(cls.capabilities)}, ensure_ascii=False))
+        return 0
+    if a.markdown:
+        print("| method | targets | λ | 4-bit | merge | export | summary |")
+        print("|---|---|---|---|---|---|---|")
+        for name, cls in items:
+            summary = cls.summary.replace("|", "\\|")
+            print(f"| `{name}` | " + " | ".join(describe(cls.capabilities).values()) + f" | {summary} |")
+        return 0
+    cols = [[name, *(f"{k}:{v}" if k != "targets" else v for k, v in describe(cls.capabilities).items())]
+            for name, cls in items]
+    widths = [max(len(c[i]) for c in cols) for i in range(len(cols[0]))]
+    for c, (_, cls) in zip(cols, items, strict=True):
+        print("  ".join(v.ljust(w) for v, w in zip(c, widths, strict=True)) + f"  {cls.summary}")
     return 0
 
 

@@ -24,6 +24,7 @@ from .yaml_limits import read_yaml
 
 DEFAULT_MODEL = "minilm"
 DEFAULT_TASK = "sst2"
+DEFAULT_TARGETS = "qv"
 CUSTOM_TASK = "custom"  # the task name of the user's data when it is given none
 DEFAULT_EPOCHS = 3.0
 SCHEDULES = ("linear", "cosine", "constant")
@@ -62,7 +63,7 @@ class RunConfig:
     method: str = setting("lora", Rule("text"), group=TRAIN, help="fine-tuning method (see `eft methods`)")
     model: str = setting(DEFAULT_MODEL, Rule("text"), group=TRAIN,
                          help="hub id or local model folder (default: the bundled all-MiniLM-L6-v2)")
-    targets: str = setting("qv", Rule("text"), group=TRAIN,
+    targets: str = setting(DEFAULT_TARGETS, Rule("text"), group=TRAIN,
                            help="roles (qv, qkv, qkvo, all-linear, q,v,ffn_up) or module-name patterns")
     lr_ratio: float = setting(1.0, positive(), group=TRAIN, help="λ: W_v's trainable parameters learn at λ × --lr")
     role_lr: dict[str, float] = setting(rule=Rule("mapping", hint="role to ratio, e.g. {v: 4}"), factory=dict,
@@ -207,10 +208,9 @@ class RunConfig:
         Two configs that mean the same experiment resolve to the same thing, and so get the same key.
         """
         from .methods import get_method
-        from .models.large import check_quantized_method
 
         method = get_method(self.method).from_config(self.method_args)
-        check_quantized_method(method, self.quantize)  # a suite that asks it fails at expansion, before any run
+        self.check_method(method)  # a suite that asks what a method cannot do fails at expansion, before any run
         changes: dict[str, Any] = {"method": method.name, "method_args": method.args_dict()}
         if self.epochs is None and self.steps is None:
             changes["epochs"] = DEFAULT_EPOCHS
@@ -221,6 +221,13 @@ class RunConfig:
         if self.quantize == "4bit" and self.quant_compute_dtype is None:  # the key names the dtype that ran
             changes["quant_compute_dtype"] = best_precision(self.device)
         return self.replace(**changes)
+
+    def check_method(self, method: Any) -> None:
+        """Refuse what the method's declared capabilities rule out (targets, quantized base, λ), in one line."""
+        from .methods.capabilities import check_run
+
+        check_run(method, targets=self.targets, quantize=self.quantize, role_ratios=self.role_ratios,
+                  lr_ratio=self.lr_ratio, default_targets=DEFAULT_TARGETS, exporting=bool(self.export_dir))
 
     def identity(self) -> dict[str, Any]:
         """The fields that define the experiment (everything but where things live and how they are shown)."""

@@ -32,7 +32,7 @@ from .meters import MemorySampler, PeakMemory, StepTimer
 from .methods import get_method
 from .methods.base import Context, Method, check_export_dir
 from .models import ALL, describe, fingerprint, head_modules, load_model, resolve_model, resolve_targets
-from .models.large import check_quantized_method, enable_gradient_checkpointing
+from .models.large import enable_gradient_checkpointing
 from .runtime import Runtime, build_runtime, check_runtime
 from .step import MAX_SKIPPED_IN_A_ROW, Diverged, check_owned_update, forward, optimizer_step
 from .store import Store
@@ -169,9 +169,7 @@ def prepare(cfg: RunConfig, runtime: Runtime | None = None, resume: TrainState |
     task = get_task(cfg.task, cfg.custom)
     method_cls = get_method(cfg.method)
     method: Method = method_cls.from_config(cfg.method_args)
-    if cfg.targets == ALL and not method.accepts_all:
-        raise ConfigError(f"targets 'all' (every weight) is for full fine-tuning only, not {cfg.method!r}.")
-    check_quantized_method(method, cfg.quantize)
+    cfg.check_method(method)  # targets, quantized base and λ against the method's declared capabilities
     check_owned_update(method, cfg.gradient_checkpointing)
     train_ex, eval_ex = load_data(task, cfg)
 

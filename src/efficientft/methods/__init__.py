@@ -20,9 +20,18 @@ def _import_all() -> None:
 
 
 def register(name: str):
-    """Class decorator: the one registration line of a method file (sets ``cls.name``)."""
+    """Class decorator: the one registration line of a method file (sets ``cls.name``).
+
+    The class must declare ``capabilities = Capabilities(...)`` in its own body: a declaration inherited from a
+    parent would let a variant that, say, rewrites the base weights claim its parent's quantized-base support.
+    """
 
     def deco(cls):
+        from .capabilities import Capabilities
+
+        if not isinstance(cls.__dict__.get("capabilities"), Capabilities):
+            raise TypeError(f"method {name!r} ({cls.__qualname__}) must declare capabilities = Capabilities(...) in "
+                            "its own class body; it is not inherited.")
         cls.name = name
         METHODS.add(name, cls)
         return cls

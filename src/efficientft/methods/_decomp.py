@@ -1,5 +1,5 @@
 """Shared parts of the methods that re-parameterise a targeted weight from its own decomposition (LoLDU, SVFit)
-or train part of it in place (PaCA), and of SoRA: whole-module targets, rank checks, a frozen-factor diagonal
+or train part of it in place (PaCA), and of SoRA and KaSA: rank checks, a frozen-factor diagonal
 adapter, and an export that carries the buffers a reload cannot recompute (PaCA's random columns).
 
 They need the dense base weight (an LU or SVD of it, or its columns), so none runs on a quantized base.
@@ -15,20 +15,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from ..models.fused import out_major_weight, replace_module, weight_shape
+from ..models.fused import out_major_weight, replace_module
 from ..models.roles import Target
 from .base import TRAINABLE_FILE, Method
 
 DENSE_BASE = "it decomposes or edits the dense base weight W, which a 4/8-bit layer does not hold"
-
-
-def whole_modules(method: str, targets: list[Target]) -> None:
-    """Refuse a role's slice of a fused projection (GPT-2 ``c_attn``): these methods factorise whole weights."""
-    fused = [t for t in targets if t.out_slice is not None]
-    if fused:
-        raise ConfigError(f"method {method!r} adapts whole modules; {fused[0].name} is a fused projection (roles "
-                          f"{[t.role for t in fused if t.name == fused[0].name]}); use module-name patterns that "
-                          "select whole modules.")
 
 
 def check_rank(rank: int, name: str, shape: tuple[int, int], limit: int | None = None) -> None:
@@ -105,10 +96,8 @@ class Decomposed(Method):
         raise NotImplementedError
 
     def prepare(self, model: nn.Module, targets: list[Target], ctx: Any) -> nn.Module:
-        whole_modules(self.name, targets)
+        self.check_targets(model, targets)  # no fused slices; the rank fits every weight
         self.targets, self.ctx = targets, ctx
-        for t in targets:
-            check_rank(self.args.rank, t.name, weight_shape(model.get_submodule(t.name)))
         freeze_but_heads(model, ctx.heads)
         for t in targets:
             base = model.get_submodule(t.name)

@@ -23,12 +23,12 @@ import torch.nn as nn
 from ..errors import ConfigError
 from ..models.roles import Target
 from .base import Context
-from .lora import LoRA
+from .lora import LoraBacked
 
 ADAPTER_FILE = "adapter_model.safetensors"
 
 
-class ResidualLoRA(LoRA):
+class ResidualLoRA(LoraBacked):
     """LoRA whose initialisation changes the base weights; exports a LoRA delta for the original model."""
 
     def prepare(self, model: nn.Module, targets: list[Target], ctx: Context) -> nn.Module:

@@ -39,7 +39,9 @@ from ..errors import ConfigError
 from ..models.roles import Target
 from . import register
 from .base import Context, positive_int
-from .lora import LoRA, LoraArgs, adapter_kwargs
+from .capabilities import Capabilities
+from .lora import LoraArgs
+from .peft_backed import PeftMethod
 
 
 @dataclass
@@ -81,9 +83,9 @@ def schedule_steps(value: float, total: int) -> int:
 
 
 @register("adalora")
-class AdaLoRA(LoRA):
+class AdaLoRA(PeftMethod):
     summary = "AdaLoRA (Zhang et al. 2023): SVD-form LoRA whose rank budget is pruned to the target, via PEFT"
-    supports_quantized_base = True
+    capabilities = Capabilities(rank=True, quantized_base=True, merge=True, export="peft")
     Args = AdaLoraArgs
 
     @property
@@ -98,14 +100,8 @@ class AdaLoRA(LoRA):
     def alpha(self) -> float:
         return float(self.args.alpha if self.args.alpha is not None else self.init_r)
 
-    def check_targets(self, model: nn.Module, targets: list[Target]) -> None:
-        try:
-            super().check_targets(model, targets)
-        except ConfigError as e:
-            if "is larger than" not in str(e):
-                raise
-            raise ConfigError(f"{e} AdaLoRA starts at init_r = {self.init_r} (default ceil(1.5·rank)); lower rank "
-                              "or init_r.") from None
+    def rank_note(self) -> str:
+        return f"AdaLoRA starts at init_r = {self.init_r} (default ceil(1.5·rank)); lower rank or init_r."
 
     def phases(self, total: int) -> tuple[int, int]:
         """(tinit, tfinal) in steps for a run of ``total`` steps; an error when no budgeting phase is left."""
@@ -117,17 +113,17 @@ class AdaLoRA(LoRA):
             )
         return tinit, tfinal
 
-    def peft_config(self, model: nn.Module, targets: list[Target], ctx: Context) -> Any:
-        from peft import AdaLoraConfig
+    peft_config_name = "AdaLoraConfig"
 
+    def config_kwargs(self, model: nn.Module, targets: list[Target], ctx: Context) -> dict[str, Any]:
         if ctx.total_steps <= 0:
             raise ConfigError("adalora needs the run's number of steps (its rank budget schedule spans them).")
         tinit, tfinal = self.phases(ctx.total_steps)
         a = self.args
-        return AdaLoraConfig(
+        return dict(
             init_r=self.init_r, target_r=a.rank, lora_alpha=self.alpha, lora_dropout=a.dropout, tinit=tinit,
             tfinal=tfinal, deltaT=a.delta_t, beta1=float(a.beta1), beta2=float(a.beta2),
-            orth_reg_weight=float(a.orth_reg_weight), total_step=ctx.total_steps, **adapter_kwargs(model, targets, ctx),
+            orth_reg_weight=float(a.orth_reg_weight), total_step=ctx.total_steps,
         )
 
     def after_step(self, model: nn.Module, step: int) -> None:

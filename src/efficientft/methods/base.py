@@ -61,22 +61,9 @@ class Method:
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     Args: ClassVar[type] = NoArgs
-    # What the method can do (declared in each method's class body; see capabilities.py). The flags below are
-    # being folded into it.
+    # What the method can do: declared in each registered method's own class body (``register`` refuses a class
+    # that inherits it, so a variant never passes for its parent); read by prepare, validation and the tests.
     capabilities: ClassVar[Capabilities] = Capabilities()
-    # May the method take targets "all" (every parameter)? Only full fine-tuning can.
-    accepts_all: ClassVar[bool] = False
-    # May the frozen base be quantized (--quantize)? Declared in each method's own class body (not inherited: a
-    # variant that reads or rewrites the base weights must not pass for its parent), with the reason when not.
-    supports_quantized_base: ClassVar[bool] = False
-    quantized_base_reason: ClassVar[str] = "it has not been made to work with a quantized base"
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        if "supports_quantized_base" not in cls.__dict__:
-            cls.supports_quantized_base = False
-            if "quantized_base_reason" not in cls.__dict__:
-                cls.quantized_base_reason = Method.quantized_base_reason
 
     def __init__(self, args: Any = None) -> None:
         self.args = args if args is not None else self.Args()
@@ -106,6 +93,54 @@ class Method:
 
     def args_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self.args)
+
+    @classmethod
+    def test_args(cls, arch: str = "bert") -> dict[str, Any] | None:
+        """The conformance matrix's hook: small ``method_args`` for its tiny ``arch`` model ("bert", "llama",
+        "gpt2"; hidden size 32), rank 4 where the method has a rank. A method whose defaults do not fit a tiny model
+        overrides this; one that refuses an architecture by design (BitFit on LLaMA, which has no Q/V biases) returns
+        None for it, and the matrix then asserts a one-line ConfigError instead of training."""
+        names = {f.name for f in dataclasses.fields(cls.Args)}
+        return {"rank": 4} if "rank" in names else {}
+
+    # ------------------------------------------------------------------ target checks (read from capabilities)
+    @property
+    def max_rank(self) -> int:
+        """The largest rank any adapted module may get (AdaLoRA starts above its target rank, EVA redistributes)."""
+        return int(self.args.rank)
+
+    def rank_note(self) -> str:
+        """A sentence appended to the "rank is larger than" error, for methods whose largest rank is not ``rank``."""
+        return ""
+
+    def check_targets(self, model: nn.Module, targets: list[Target]) -> None:
+        """Refuse, from the declared capabilities, targets the method cannot adapt: slices of a fused projection
+        (unless ``fused_slices``) and modules smaller than the method's rank (where ``rank``)."""
+        from ..models.fused import weight_shape
+
+        caps = self.capabilities
+        sliced = [t for t in targets if t.out_slice is not None]
+        if sliced and not caps.fused_slices:
+            t = sliced[0]
+            from . import METHODS
+
+            able = sorted(n for n, c in METHODS.items() if c.capabilities.fused_slices)
+            raise ConfigError(
+                f"method {self.name!r} cannot adapt part of a fused projection ({t.name}, role {t.role!r}), and has "
+                f"no fused implementation here; use one of {', '.join(able)}, or module-name patterns that select "
+                "whole modules."
+            )
+        if not caps.rank:
+            return
+        for t in targets:
+            out_f, in_f = weight_shape(model.get_submodule(t.name))
+            rows = (t.out_slice[1] - t.out_slice[0]) if t.out_slice else out_f
+            if self.max_rank > min(rows, in_f):
+                what = f"the {t.role!r} rows of {t.name}" if t.out_slice else t.name
+                shape = (rows, in_f)
+                note = self.rank_note()
+                raise ConfigError(f"rank {self.max_rank} is larger than {what} allows ({shape}: at most {min(shape)})."
+                                  + (f" {note}" if note else ""))
 
     # ------------------------------------------------------------------ the contract
     def prepare(self, model: nn.Module, targets: list[Target], ctx: Context) -> nn.Module:
@@ -183,6 +218,9 @@ class Method:
         first), so that it holds this export and nothing else. A stale adapter file left beside a new one is
         loaded by stock PEFT as if it were the new one. Methods write their files in :meth:`write_export`.
         """
+        if self.capabilities.export == "none":
+            raise ConfigError(f"method {self.name!r} cannot export what it learned (its capabilities declare no "
+                              "export format); drop --export-dir.")
         out_dir = Path(out_dir)
         clear_export_dir(out_dir, overwrite)
         info = self.write_export(model, out_dir)

@@ -7,8 +7,9 @@ rewrites base weights must not pass for its parent).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 # What a target is for a method:
 #   "linear"    nn.Linear (or Conv1D) modules chosen by role or name pattern (LoRA, (IA)³, full, BitFit ...)
@@ -40,7 +41,59 @@ class Capabilities:
     # Defines merge(): the learned update folded into plain weights.
     merge: bool = False
     # How export() writes what was learned: "peft" (a PEFT adapter folder), "efficientft" (our safetensors),
-    # "model" (a full transformers model folder).
-    export: Literal["peft", "efficientft", "model"] = "efficientft"
+    # "model" (a full transformers model folder), "none" (export refuses with one line).
+    export: Literal["peft", "efficientft", "model", "none"] = "efficientft"
     # Does the method perform its own parameter update (zeroth-order: forward passes only, no backward)?
     owns_update: bool = False
+
+
+def check_run(method: Any, *, targets: str, quantize: str | None, role_ratios: Mapping[str, float],
+              lr_ratio: float, default_targets: str, exporting: bool = False) -> None:
+    """Refuse, before any model loads, a run that asks a method for what its capabilities say it cannot do.
+
+    One line each (a ConfigError): targets ``all`` for a method without ``all_targets``; targets other than the
+    default for a method that targets nothing; a quantized base without ``quantized_base``; an export folder for a
+    method whose export is ``"none"``; λ (or a ``role_lr`` for v) ≠ 1 for a method without ``v_role``, which would
+    otherwise be stored as applied and never be.
+    """
+    from ..errors import ConfigError
+
+    caps: Capabilities = method.capabilities
+    name = method.name
+    if targets == "all" and not caps.all_targets:
+        raise ConfigError(f"targets 'all' (every weight) is for full fine-tuning only, not {name!r}.")
+    if caps.targets == "none" and targets != default_targets:
+        raise ConfigError(f"method {name!r} adapts no modules (it changes the input sequence or a fixed set of "
+                          f"parameters), so --targets means nothing for it; leave the default {default_targets!r}, "
+                          f"got {targets!r}.")
+    check_quantized(method, quantize)
+    if exporting and caps.export == "none":
+        raise ConfigError(f"method {name!r} cannot export what it learned (its capabilities declare no export "
+                          "format); drop --export-dir.")
+    ratio = float(role_ratios.get("v", 1.0))
+    if not caps.v_role and ratio != 1.0:
+        what = f"lr_ratio {ratio:g} (W_v's rate)" if lr_ratio != 1.0 else f"role_lr v={ratio:g}"
+        raise ConfigError(f"{what} cannot apply to method {name!r}: it trains no parameter of W_v; drop the ratio "
+                          "(it must be 1 for this method).")
+
+
+def check_quantized(method: Any, quantize: str | None) -> None:
+    """Refuse a method that cannot train on a quantized base, naming why and the methods that can."""
+    if not quantize or method.capabilities.quantized_base:
+        return
+    from ..errors import ConfigError
+    from . import METHODS
+
+    able = sorted(n for n, c in METHODS.items() if c.capabilities.quantized_base)
+    raise ConfigError(f"method {method.name!r} cannot train on a {quantize} quantized base: "
+                      f"{method.capabilities.quantized_base_reason}. Methods that can: {', '.join(able)}; or drop "
+                      "--quantize.")
+
+
+def describe(caps: Capabilities) -> dict[str, str]:
+    """The compact capability columns of ``eft methods`` and the README table: what a target is, λ, a 4-bit base,
+    merge, export."""
+    targets = caps.targets + ("+slices" if caps.fused_slices else "") + ("+all" if caps.all_targets else "")
+    yes = {True: "yes", False: "no"}
+    return {"targets": targets, "λ": yes[caps.v_role], "4-bit": yes[caps.quantized_base], "merge": yes[caps.merge],
+            "export": caps.export}

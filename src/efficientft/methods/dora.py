@@ -36,8 +36,9 @@ from ..lowrank import lowrank_add
 from ..models.fused import out_major_weight, replace_module
 from ..models.roles import Target
 from . import register
-from .base import Context
-from .lora import LoRA
+from .base import Context, Method
+from .capabilities import Capabilities
+from .lora import LoraArgs
 
 PEFT_PREFIX = "base_model.model."
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -133,22 +134,21 @@ class DoraLinear(nn.Module):
 
 
 @register("dora")
-class DoRA(LoRA):
+class DoRA(Method):
+    """Our own layer (not PEFT's: see the module docstring); LoRA's arguments, PEFT's adapter format."""
+
     summary = "DoRA (Liu et al. 2024): magnitude · direction of W + (alpha/r)·BA; our fast layer, PEFT-format export"
-    supports_quantized_base = False
-    quantized_base_reason = (
-        "our DoRA layer computes the row norms of the dense base weight W every step, which a 4/8-bit layer "
-        "does not hold"
+    capabilities = Capabilities(
+        rank=True, merge=True, export="peft", quantized_base=False,
+        quantized_base_reason="our DoRA layer computes the row norms of the dense base weight W every step, which a "
+                              "4/8-bit layer does not hold",
     )
 
-    def check_targets(self, model: nn.Module, targets: list[Target]) -> None:
-        if any(t.out_slice is not None for t in targets):
-            raise ConfigError(
-                f"method {self.name!r} adapts whole modules; {targets[0].name} is a fused projection "
-                f"(roles {[t.role for t in targets if t.name == targets[0].name]}); use module-name patterns "
-                "that select whole modules."
-            )
-        super().check_targets(model, targets)
+    Args = LoraArgs
+
+    @property
+    def alpha(self) -> float:
+        return float(self.args.alpha if self.args.alpha is not None else self.args.rank)
 
     def prepare(self, model: nn.Module, targets: list[Target], ctx: Context) -> nn.Module:
         self.check_targets(model, targets)

@@ -25,10 +25,10 @@ from typing import Any
 import torch.nn as nn
 
 from ..errors import ConfigError
-from ..models.roles import Target
 from . import register
 from .base import positive_int
-from .lora import LoRA, LoraArgs
+from .capabilities import Capabilities
+from .lora import LoraArgs, LoraBacked
 
 MAX_PASSES = 100  # forward passes over the init batches before EVA is declared not to converge
 
@@ -52,23 +52,18 @@ class EvaArgs(LoraArgs):
 
 
 @register("eva")
-class EVA(LoRA):
+class EVA(LoraBacked):
     summary = "EVA (Paischer et al. 2024): LoRA with A from the SVD of each layer's input activations, via PEFT"
-    supports_quantized_base = True
+    capabilities = Capabilities(rank=True, quantized_base=True, merge=True, export="peft")
     Args = EvaArgs
 
     @property
     def max_rank(self) -> int:
         return round(self.args.rank * self.args.rho)
 
-    def check_targets(self, model: nn.Module, targets: list[Target]) -> None:
-        try:
-            super().check_targets(model, targets)
-        except ConfigError as e:
-            if "is larger than" not in str(e):
-                raise
-            raise ConfigError(f"{e} EVA may give one layer up to round(rho·rank) = round({self.args.rho}·"
-                              f"{self.args.rank}) components; lower rank or rho.") from None
+    def rank_note(self) -> str:
+        return (f"EVA may give one layer up to round(rho·rank) = round({self.args.rho}·{self.args.rank}) components; "
+                "lower rank or rho.")
 
     def peft_kwargs(self) -> dict[str, Any]:
         from peft import EvaConfig

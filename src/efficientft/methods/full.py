@@ -16,17 +16,17 @@ from ..models.fused import SlicedProjection, replace_module
 from ..models.roles import Target, role_targets
 from . import register
 from .base import Context, Method, set_trainable
+from .capabilities import Capabilities
 
 
 @register("full")
 class FullFineTuning(Method):
     summary = "full fine-tuning of the targeted weights (targets 'all': every weight)"
-    supports_quantized_base = False
-    quantized_base_reason = (
-        "it trains the base weights themselves, which a quantized layer cannot hold as trainable full-"
-        "precision tensors"
+    capabilities = Capabilities(
+        all_targets=True, fused_slices=True, merge=True, export="model", quantized_base=False,
+        quantized_base_reason="it trains the base weights themselves, which a quantized layer cannot hold as "
+                              "trainable full-precision tensors",
     )
-    accepts_all = True
 
     def prepare(self, model: nn.Module, targets: list[Target], ctx: Context) -> nn.Module:
         self.targets, self.ctx = targets, ctx

@@ -24,12 +24,12 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..errors import ConfigError
-from ..models.fused import SlicedProjection, out_major_weight
+from ..models.fused import SlicedProjection
 from ..models.roles import Target
 from ..strategy import Strategy
 from . import register
 from .base import Context, positive_int
+from .capabilities import Capabilities
 from .full import FullFineTuning
 
 PROJ_TYPES = ("std", "reverse_std", "left", "right", "full")
@@ -55,22 +55,16 @@ class GaloreArgs:
 @register("galore")
 class GaLore(FullFineTuning):
     summary = "GaLore (Zhao et al. 2024): full-rank weights, Adam state in a rank-r gradient projection"
-    supports_quantized_base = False
-    quantized_base_reason = (
-        "it trains the base weights themselves (full-rank, projected optimizer state), which needs them in "
-        "full precision"
+    # rank: the projection rank must fit every targeted weight (or slice); checked by Method.check_targets
+    capabilities = Capabilities(
+        fused_slices=True, rank=True, merge=True, export="model", quantized_base=False,
+        quantized_base_reason="it trains the base weights themselves (full-rank, projected optimizer state), which "
+                              "needs them in full precision",
     )
     Args = GaloreArgs
-    accepts_all = False
 
     def prepare(self, model: nn.Module, targets: list[Target], ctx: Context) -> nn.Module:
-        for t in targets:
-            w = out_major_weight(model.get_submodule(t.name))
-            rows = (t.out_slice[1] - t.out_slice[0]) if t.out_slice else w.shape[0]
-            if self.args.rank > min(rows, w.shape[1]):
-                shape = (rows, w.shape[1])
-                raise ConfigError(f"rank {self.args.rank} is larger than {t.name} allows ({shape}: at most "
-                                  f"{min(shape)}).")
+        self.check_targets(model, targets)
         return super().prepare(model, targets, ctx)
 
     def projected(self, model: nn.Module) -> set[str]:

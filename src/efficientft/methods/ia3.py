@@ -19,33 +19,25 @@ from typing import Any
 
 import torch.nn as nn
 
-from ..errors import ConfigError
 from ..models.roles import Target
 from . import register
 from .base import Context, NoArgs
-from .lora import LoRA, adapter_kwargs
+from .capabilities import Capabilities
+from .peft_backed import PeftMethod
 
 FEEDFORWARD_ROLES = ("ffn_down",)
 
 
 @register("ia3")
-class IA3(LoRA):
-    """Reuses LoRA's PEFT plumbing (export as a PEFT adapter folder, reload, merge); the adapter is (IA)³'s."""
+class IA3(PeftMethod):
+    """PEFT's ``IA3Config``; the plumbing (export as a PEFT adapter folder, reload, merge) is PeftMethod's."""
 
     summary = "(IA)3 (Liu et al. 2022): learned vectors rescale the targets' activations (ones at init), via PEFT"
-    supports_quantized_base = True
+    capabilities = Capabilities(quantized_base=True, merge=True, export="peft")
     Args = NoArgs
 
-    def check_targets(self, model: nn.Module, targets: list[Target]) -> None:
-        if any(t.out_slice is not None for t in targets):
-            raise ConfigError(
-                f"method 'ia3' wraps PEFT, which cannot scale part of a fused projection ({targets[0].name}); use "
-                "module-name patterns that select whole modules."
-            )
+    peft_config_name = "IA3Config"
 
-    def peft_config(self, model: nn.Module, targets: list[Target], ctx: Context) -> Any:
-        from peft import IA3Config
-
-        kwargs = adapter_kwargs(model, targets, ctx)
-        return IA3Config(**kwargs, init_ia3_weights=True,
-                         feedforward_modules=[t.name for t in targets if t.role in FEEDFORWARD_ROLES])
+    def config_kwargs(self, model: nn.Module, targets: list[Target], ctx: Context) -> dict[str, Any]:
+        return {"init_ia3_weights": True,
+                "feedforward_modules": [t.name for t in targets if t.role in FEEDFORWARD_ROLES]}

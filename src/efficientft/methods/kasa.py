@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from ..models.fused import out_major_weight, replace_module, weight_shape
 from ..models.roles import Target
 from . import register
-from ._decomp import DENSE_BASE, check_rank, freeze_but_heads, merge_modules, set_out_major, whole_modules
+from ._decomp import DENSE_BASE, check_rank, freeze_but_heads, merge_modules, set_out_major
 from .base import Context, Method, positive_int
 from .capabilities import Capabilities
 
@@ -90,15 +90,13 @@ class KasaLinear(nn.Module):
 class Kasa(Method):
     summary = "KaSA (Wang et al. 2025): drop W's r smallest singular triplets; SVD-form update with learned singular values"
     Args = KasaArgs
-    supports_quantized_base = False
-    quantized_base_reason = DENSE_BASE
     capabilities = Capabilities(rank=True, quantized_base=False, quantized_base_reason=DENSE_BASE, merge=True,
                                 export="efficientft")
 
     def prepare(self, model: nn.Module, targets: list[Target], ctx: Context) -> nn.Module:
-        whole_modules(self.name, targets)
+        self.check_targets(model, targets)  # no fused slices; the rank fits every weight
         self.targets, self.ctx = targets, ctx
-        for t in targets:  # at least one singular component stays in W_world
+        for t in targets:  # and at least one singular component stays in W_world
             shape = weight_shape(model.get_submodule(t.name))
             check_rank(self.args.rank, t.name, shape, limit=min(shape) - 1)
         freeze_but_heads(model, ctx.heads)

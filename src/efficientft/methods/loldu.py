@@ -46,8 +46,6 @@ class Loldu(Decomposed):
     summary = "LoLDU (Shi et al. 2024): W = P L D U; train r diagonal entries + a scale, L and U frozen (rank)"
     Args = LolduArgs
     scaled = True
-    supports_quantized_base = False
-    quantized_base_reason = DENSE_BASE
     capabilities = Capabilities(rank=True, quantized_base=False, quantized_base_reason=DENSE_BASE, merge=True,
                                 export="efficientft")
 

@@ -1,30 +1,34 @@
 """LoRA (Hu et al., 2021, arXiv 2106.09685): W x + (α/r) B A x with A ∈ R^{r×d_in}, B ∈ R^{d_out×r}, B = 0 at init.
 
-A thin wrapper over PEFT's implementation. The variants that PEFT also implements (rsLoRA, DoRA, PiSSA, OLoRA, EVA,
-LoRA+) subclass :class:`LoRA` and change only :meth:`LoRA.peft_kwargs` or a hook. With the attention strategy, W_v's
-A and B learn at λ × the base rate (see :mod:`efficientft.strategy`).
+A thin use of PEFT's implementation through :class:`~efficientft.methods.peft_backed.PeftMethod`. The parts every
+PEFT-LoRA method shares (the arguments, α, the ``LoraConfig``, our fast LoRA layer) are :class:`LoraBacked`; the
+variants PEFT implements (rsLoRA, PiSSA, OLoRA, EVA, LoRA+) are its subclasses and change only :meth:`peft_kwargs`
+or a hook; none inherits from :class:`LoRA` itself. With the attention strategy, W_v's A and B learn at λ × the base
+rate (see :mod:`efficientft.strategy`).
 
 PEFT cannot adapt part of a fused projection (GPT-2's ``c_attn`` = [W_q | W_k | W_v]). When a target is such a
 slice, every target is adapted by our own :class:`~efficientft.models.fused.FusedLoRA` instead (one adapter per
-role, added into that role's rows, as the original LoRA's ``MergedLinear``), exported as our own safetensors.
-Only variants that set ``sliced = True`` in their class body take that path; the others refuse sliced targets.
+role, added into that role's rows, as the original LoRA's ``MergedLinear``), exported as our own safetensors: the
+:class:`FusedSlices` mixin, used by methods that declare ``fused_slices`` (LoRA, rsLoRA, LoRA+); the others refuse
+sliced targets (:meth:`Method.check_targets`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch.nn as nn
 
-from ..errors import ConfigError
 from ..lowrank import use_fast_lora
 from ..models.fused import FusedLoRA, replace_module, weight_shape
 from ..models.large import is_quantized
 from ..models.roles import Target
 from . import register
 from .base import Context, Method, positive_int
+from .capabilities import Capabilities
+from .peft_backed import PeftMethod, is_peft
 
 
 @dataclass
@@ -41,77 +45,44 @@ class LoraArgs:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}.")
 
 
-@register("lora")
-class LoRA(Method):
-    summary = "LoRA (Hu et al. 2021): W + (alpha/r)·BA on the targets, via PEFT (fused GPT-2 slices: our own)"
-    supports_quantized_base = True
-    Args = LoraArgs
-    # Does our FusedLoRA implement this variant on slices of fused projections? Subclasses must opt in.
-    sliced: ClassVar[bool] = True
-    # PEFT's LoRA layers with our plain-LoRA forward (efficientft.lowrank: the same function, a faster backward).
-    fast_forward: ClassVar[bool] = True
+class LoraBacked(PeftMethod):
+    """PEFT's ``LoraConfig`` from :class:`LoraArgs` (rank, α, dropout) plus a variant's :meth:`peft_kwargs`,
+    built with our plain-LoRA forward (:func:`efficientft.lowrank.use_fast_lora`: the same function, a faster
+    backward) except over bitsandbytes layers, where PEFT's own quantized LoRA layers go."""
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        if "sliced" not in cls.__dict__:
-            cls.sliced = False
+    Args = LoraArgs
+    peft_config_name = "LoraConfig"
 
     @property
     def alpha(self) -> float:
         return float(self.args.alpha if self.args.alpha is not None else self.args.rank)
 
     def peft_kwargs(self) -> dict[str, Any]:
-        """Extra ``LoraConfig`` fields of a variant (``use_rslora``, ``use_dora``, ``init_lora_weights`` ...)."""
+        """Extra ``LoraConfig`` fields of a variant (``use_rslora``, ``init_lora_weights`` ...)."""
         return {}
 
+    def config_kwargs(self, model: nn.Module, targets: list[Target], ctx: Context) -> dict[str, Any]:
+        return {"r": self.args.rank, "lora_alpha": self.alpha, "lora_dropout": self.args.dropout,
+                **self.peft_kwargs()}
+
+    def before_wrap(self, model: nn.Module, config: Any) -> None:
+        if not is_quantized(model):
+            use_fast_lora(config)
+
+
+class FusedSlices:
+    """Mixin before :class:`LoraBacked`: targets that are slices of a fused projection get our FusedLoRA
+    (prepare, merge, export in our format, reload); whole modules go to PEFT as usual."""
+
     def fused_scale(self) -> float:
-        """The factor of ``B A`` in :class:`FusedLoRA` (α/r; a variant that opts in may change it)."""
+        """The factor of ``B A`` in :class:`FusedLoRA` (α/r; a variant may change it, rsLoRA: α/√r)."""
         return self.alpha / self.args.rank
 
-    @property
-    def max_rank(self) -> int:
-        """The largest rank any adapted module may get (AdaLoRA starts above its target rank, EVA redistributes)."""
-        return self.args.rank
-
-    def check_targets(self, model: nn.Module, targets: list[Target]) -> None:
-        sliced = [t for t in targets if t.out_slice is not None]
-        if sliced and not self.sliced:
-            t = sliced[0]
-            raise ConfigError(
-                f"method {self.name!r} wraps PEFT, which cannot adapt part of a fused projection ({t.name}, role "
-                f"{t.role!r}), and has no fused implementation here; use method 'lora', or module-name patterns "
-                f"that select whole modules."
-            )
-        for t in targets:
-            out_f, in_f = weight_shape(model.get_submodule(t.name))
-            rows = (t.out_slice[1] - t.out_slice[0]) if t.out_slice else out_f
-            if self.max_rank > min(rows, in_f):
-                what = f"the {t.role!r} rows of {t.name}" if t.out_slice else t.name
-                shape = (rows, in_f)
-                raise ConfigError(f"rank {self.max_rank} is larger than {what} allows ({shape}: at most {min(shape)}).")
-
-    def peft_config(self, model: nn.Module, targets: list[Target], ctx: Context) -> Any:
-        """The PEFT config to inject; variants with their own PEFT config class (AdaLoRA, (IA)³) override this."""
-        from peft import LoraConfig
-
-        return LoraConfig(r=self.args.rank, lora_alpha=self.alpha, lora_dropout=self.args.dropout,
-                          **adapter_kwargs(model, targets, ctx), **self.peft_kwargs())
-
     def prepare(self, model: nn.Module, targets: list[Target], ctx: Context) -> nn.Module:
-        from peft import get_peft_model
-
+        if not _fused(targets):
+            return super().prepare(model, targets, ctx)
         self.check_targets(model, targets)
         self.targets, self.ctx = targets, ctx
-        if _fused(targets):
-            return self._prepare_fused(model, targets, ctx)
-        config = self.peft_config(model, targets, ctx)
-        # not AdaLoRA's or (IA)³'s own configs; not over bitsandbytes layers (PEFT's own bnb LoRA layers go there)
-        if self.fast_forward and type(config).__name__ == "LoraConfig" and not is_quantized(model):
-            use_fast_lora(config)
-        return get_peft_model(model, config)
-
-    def _prepare_fused(self, model: nn.Module, targets: list[Target], ctx: Context) -> nn.Module:
-        """Our own LoRA on every target (some are slices of a fused projection); the task head trains fully."""
         for p in model.parameters():
             p.requires_grad = False
         by_module: dict[str, dict[str, tuple[int, int]]] = {}
@@ -128,47 +99,31 @@ class LoRA(Method):
         return model
 
     def merge(self, model: nn.Module) -> nn.Module:
-        if not _is_peft(model):  # our fused LoRA: fold each B A into its rows, give back the plain modules
-            for name, m in list(model.named_modules()):
-                if isinstance(m, FusedLoRA):
-                    replace_module(model, name, m.merged())
-            return model
-        return model.merge_and_unload()
+        if is_peft(model):
+            return super().merge(model)
+        for name, m in list(model.named_modules()):  # our fused LoRA: fold each B A into its rows
+            if isinstance(m, FusedLoRA):
+                replace_module(model, name, m.merged())
+        return model
 
     def write_export(self, model: nn.Module, out_dir: Path) -> dict[str, Any]:
-        """A PEFT adapter folder, loadable with ``peft.PeftModel.from_pretrained(base_model, out_dir)``.
-
-        PEFT cannot describe adapters on fused slices; those models are saved in our own format (the trained
-        tensors as safetensors, :meth:`Method.export`) and rebuilt by :meth:`reload`.
-        """
-        if not _is_peft(model):
+        """PEFT cannot describe adapters on fused slices; those models are saved in our own format (the trained
+        tensors as safetensors, :meth:`Method.write_export`) and rebuilt by :meth:`reload`."""
+        if is_peft(model):
             return super().write_export(model, out_dir)
-        model.save_pretrained(str(out_dir), save_embedding_layers=False)  # no hub lookup for the vocabulary
-        return {"format": "peft-adapter"}
+        return Method.write_export(self, model, out_dir)
 
     def reload(self, base: nn.Module, out_dir: Path, targets: list[Target], ctx: Context) -> nn.Module:
         if _fused(targets):
-            return super().reload(base, out_dir, targets, ctx)
-        from peft import PeftModel
+            return Method.reload(self, base, out_dir, targets, ctx)
+        return super().reload(base, out_dir, targets, ctx)
 
-        return PeftModel.from_pretrained(base, str(out_dir))
+
+@register("lora")
+class LoRA(FusedSlices, LoraBacked):
+    summary = "LoRA (Hu et al. 2021): W + (alpha/r)·BA on the targets, via PEFT (fused GPT-2 slices: our own)"
+    capabilities = Capabilities(fused_slices=True, rank=True, quantized_base=True, merge=True, export="peft")
 
 
 def _fused(targets: list[Target]) -> bool:
     return any(t.out_slice is not None for t in targets)
-
-
-def _is_peft(model: nn.Module) -> bool:
-    from peft import PeftModel
-
-    return isinstance(model, PeftModel)
-
-
-def adapter_kwargs(model: nn.Module, targets: list[Target], ctx: Context) -> dict[str, Any]:
-    """The PEFT config fields every adapter shares: the task, the targeted modules and the trained head."""
-    return {
-        "task_type": ctx.peft_task_type,
-        "target_modules": [t.name for t in targets],
-        "modules_to_save": list(ctx.heads),
-        "fan_in_fan_out": any(type(model.get_submodule(t.name)).__name__ == "Conv1D" for t in targets),
-    }

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import torch.nn as nn
 
 from . import register
-from .lora import LoRA, LoraArgs
+from .capabilities import Capabilities
+from .lora import FusedSlices, LoraArgs, LoraBacked
 
 
 @dataclass
@@ -32,12 +33,11 @@ class LoraPlusArgs(LoraArgs):
 
 
 @register("loraplus")
-class LoraPlus(LoRA):
+class LoraPlus(FusedSlices, LoraBacked):
     summary = "LoRA+ (Hayou et al. 2024): LoRA with B learning ratio x faster than A (default 16)"
-    supports_quantized_base = True
+    # GPT-2's fused c_attn: our FusedLoRA, whose B factors are ``lora.<role>.B``
+    capabilities = Capabilities(fused_slices=True, rank=True, quantized_base=True, merge=True, export="peft")
     Args = LoraPlusArgs
-
-    sliced = True  # GPT-2's fused c_attn: our FusedLoRA, whose B factors are ``lora.<role>.B``
 
     def lr_scales(self, model: nn.Module) -> dict[str, float]:
         return {n: float(self.args.ratio) for n, p in model.named_parameters()

@@ -132,8 +132,6 @@ def projected_gradient(params: list[torch.Tensor], loss_fn: Callable[[], float],
 class ZerothOrder(FullFineTuning):
     """Full fine-tuning's targets and export, with the SPSA update of MeZO (masked by :meth:`masks`)."""
 
-    accepts_all = True
-
     def optimizer(self, groups: list[dict], lr: float, weight_decay: float) -> torch.optim.Optimizer:
         return ForwardOnly(groups, lr, weight_decay)
 
@@ -186,8 +184,6 @@ class ZerothOrder(FullFineTuning):
 class Mezo(ZerothOrder):
     summary = "MeZO (Malladi et al. 2023): zeroth-order SPSA from two forward passes, no backward (eps)"
     Args = MezoArgs
-    supports_quantized_base = False
-    quantized_base_reason = _QUANTIZED
     capabilities = Capabilities(all_targets=True, fused_slices=True, v_role=True, quantized_base=False,
                                 quantized_base_reason=_QUANTIZED, merge=True, export="model", owns_update=True)
 
@@ -196,8 +192,6 @@ class Mezo(ZerothOrder):
 class SparseMezo(ZerothOrder):
     summary = "Sparse MeZO (Liu et al. 2024): MeZO on the small-magnitude entries only (sparsity, eps)"
     Args = SparseMezoArgs
-    supports_quantized_base = False
-    quantized_base_reason = _QUANTIZED
     capabilities = Capabilities(all_targets=True, fused_slices=True, v_role=True, quantized_base=False,
                                 quantized_base_reason=_QUANTIZED, merge=True, export="model", owns_update=True)
 

@@ -19,15 +19,16 @@ from ..errors import ConfigError
 from ..models.roles import Target
 from . import register
 from ._residual import ResidualLoRA
+from .capabilities import Capabilities
 
 
 @register("olora")
 class OLoRA(ResidualLoRA):
     summary = "OLoRA (Buyukakyuz 2024): LoRA initialised from the QR factors of W, base = residual"
-    supports_quantized_base = False
-    quantized_base_reason = (
-        "it factorises the base weight W by QR and rewrites it as the residual, which needs W in full "
-        "precision"
+    capabilities = Capabilities(
+        rank=True, merge=True, export="peft", quantized_base=False,
+        quantized_base_reason="it factorises the base weight W by QR and rewrites it as the residual, which needs W "
+                              "in full precision",
     )
 
     def peft_kwargs(self) -> dict[str, Any]:

@@ -32,7 +32,6 @@ from ._decomp import (
     load_with_buffers,
     merge_modules,
     set_out_major,
-    whole_modules,
     write_with_buffers,
 )
 from .base import Context, Method, positive_int
@@ -101,17 +100,12 @@ class PartialColumns(nn.Module):
 class Paca(Method):
     summary = "PaCA (Woo et al. 2025): train r random columns of each targeted weight in place, no adapter (rank)"
     Args = PacaArgs
-    supports_quantized_base = False
-    quantized_base_reason = DENSE_BASE
     capabilities = Capabilities(rank=True, quantized_base=False, quantized_base_reason=DENSE_BASE, merge=True,
                                 export="efficientft")
 
     def prepare(self, model: nn.Module, targets: list[Target], ctx: Context) -> nn.Module:
-        whole_modules(self.name, targets)
+        self.check_targets(model, targets)
         self.targets, self.ctx = targets, ctx
-        for t in targets:
-            check_rank(self.args.rank, t.name, weight_shape(model.get_submodule(t.name)),
-                       limit=weight_shape(model.get_submodule(t.name))[1])
         freeze_but_heads(model, ctx.heads)
         gen = torch.Generator().manual_seed(int(ctx.seed))
         for t in targets:
@@ -119,6 +113,14 @@ class Paca(Method):
             index = torch.randperm(weight_shape(base)[1], generator=gen)[: self.args.rank].sort().values
             replace_module(model, t.name, PartialColumns(base, index))
         return model
+
+    def check_targets(self, model: nn.Module, targets: list[Target]) -> None:
+        """Fused slices are refused as by every method without them; the rank counts columns, so it must fit
+        in_features (not min(out, in))."""
+        super().check_targets(model, [t for t in targets if t.out_slice is not None])
+        for t in targets:
+            shape = weight_shape(model.get_submodule(t.name))
+            check_rank(self.args.rank, t.name, shape, limit=shape[1])
 
     def merge(self, model: nn.Module) -> nn.Module:
         return merge_modules(model, PartialColumns)

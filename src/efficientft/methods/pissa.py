@@ -17,6 +17,7 @@ from typing import Any
 
 from . import register
 from ._residual import ResidualLoRA
+from .capabilities import Capabilities
 from .lora import LoraArgs
 
 SVD_KINDS = ("exact", "randomized")
@@ -38,10 +39,10 @@ class PissaArgs(LoraArgs):
 @register("pissa")
 class PiSSA(ResidualLoRA):
     summary = "PiSSA (Meng et al. 2024): LoRA initialised from W's top-r singular triplets, base = residual"
-    supports_quantized_base = False
-    quantized_base_reason = (
-        "it factorises the base weight W by SVD and rewrites it as the residual, which needs W in full "
-        "precision (quantize the residual model yourself after a full-precision init)"
+    capabilities = Capabilities(
+        rank=True, merge=True, export="peft", quantized_base=False,
+        quantized_base_reason="it factorises the base weight W by SVD and rewrites it as the residual, which needs W "
+                              "in full precision (quantize the residual model yourself after a full-precision init)",
     )
     Args = PissaArgs
 

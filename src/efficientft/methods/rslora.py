@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import register
-from .lora import LoRA, LoraArgs
+from .capabilities import Capabilities
+from .lora import FusedSlices, LoraArgs, LoraBacked
 
 
 @dataclass
@@ -24,12 +25,11 @@ class RsLoraArgs(LoraArgs):
 
 
 @register("rslora")
-class RsLoRA(LoRA):
+class RsLoRA(FusedSlices, LoraBacked):
     summary = "rsLoRA (Kalajdzievski 2023): LoRA scaled by alpha/sqrt(r), stable across ranks, via PEFT"
-    supports_quantized_base = True
+    # GPT-2's fused c_attn: our FusedLoRA with the rank-stabilised scale
+    capabilities = Capabilities(fused_slices=True, rank=True, quantized_base=True, merge=True, export="peft")
     Args = RsLoraArgs
-
-    sliced = True  # GPT-2's fused c_attn: our FusedLoRA with the rank-stabilised scale
 
     def peft_kwargs(self) -> dict[str, Any]:
         return {"use_rslora": True}

@@ -38,6 +38,7 @@ from ..models.roles import Target
 from ..strategy import Strategy
 from . import register
 from .base import TRAINABLE_FILE, Context, Method, positive_int
+from .capabilities import Capabilities
 
 
 @dataclass
@@ -121,9 +122,10 @@ def sparse_count(rate: float, numel: int) -> int:
 @register("sift")
 class Sift(Method):
     summary = "SIFT (Song et al. 2024): sparse increments on the top-|gradient| entries (sparse_rate, ~1%)"
-    supports_quantized_base = False
-    quantized_base_reason = (
-        "it writes sparse increments into the dense base weight W, which a 4/8-bit layer does not hold"
+    capabilities = Capabilities(
+        fused_slices=True, merge=True, export="efficientft", quantized_base=False,
+        quantized_base_reason="it writes sparse increments into the dense base weight W, which a 4/8-bit layer does "
+                              "not hold",
     )
     Args = SiftArgs
 

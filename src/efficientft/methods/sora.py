@@ -25,11 +25,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..models.fused import out_major_weight, replace_module, weight_shape
+from ..models.fused import out_major_weight, replace_module
 from ..models.roles import Target
 from ..strategy import Strategy
 from . import register
-from ._decomp import check_rank, freeze_but_heads, merge_modules, set_out_major, whole_modules
+from ._decomp import freeze_but_heads, merge_modules, set_out_major
 from .base import Context, Method, positive_int
 from .capabilities import Capabilities
 
@@ -104,16 +104,13 @@ class SparseAdamW(torch.optim.AdamW):
 class Sora(Method):
     summary = "SoRA (Ding et al. 2023): gated LoRA, gates soft-thresholded each step to prune rank (rank, sparse_lambda)"
     Args = SoraArgs
-    supports_quantized_base = False
-    quantized_base_reason = "its gated factors are sized from, and merged into, the dense base weight W"
-    capabilities = Capabilities(rank=True, quantized_base=False, quantized_base_reason=quantized_base_reason,
+    capabilities = Capabilities(rank=True, quantized_base=False, quantized_base_reason=(
+                                    "its gated factors are sized from, and merged into, the dense base weight W"),
                                 merge=True, export="efficientft")
 
     def prepare(self, model: nn.Module, targets: list[Target], ctx: Context) -> nn.Module:
-        whole_modules(self.name, targets)
+        self.check_targets(model, targets)  # no fused slices; the rank fits every weight
         self.targets, self.ctx = targets, ctx
-        for t in targets:
-            check_rank(self.args.rank, t.name, weight_shape(model.get_submodule(t.name)))
         freeze_but_heads(model, ctx.heads)
         alpha = self.args.alpha if self.args.alpha is not None else self.args.rank
         for t in targets:

@@ -35,8 +35,6 @@ class SvfitArgs:
 class Svfit(Decomposed):
     summary = "SVFit (Sun et al. 2024): train the top-r singular values of each targeted weight (rank)"
     Args = SvfitArgs
-    supports_quantized_base = False
-    quantized_base_reason = DENSE_BASE
     capabilities = Capabilities(rank=True, quantized_base=False, quantized_base_reason=DENSE_BASE, merge=True,
                                 export="efficientft")
 

@@ -5,7 +5,7 @@ backbone are stored in 4-bit NormalFloat (NF4) with double quantisation of the b
 8-bit, and dequantized block by block in the forward pass; 4-bit layers compute in ``quant_compute_dtype``. The
 task head is kept out of quantisation (it trains, and a 4-bit head would not): the head's module names are read
 from the architecture built on the meta device, so no weights are materialised twice. Only methods that declare
-``supports_quantized_base`` may run on such a base (:func:`check_quantized_method`): a method that trains or
+``capabilities.quantized_base`` may run on such a base (:func:`check_quantized_method`): a method that trains or
 factorises the base weights themselves (full, GaLore, SIFT, PiSSA, OLoRA) needs them in full precision.
 
 **Gradient checkpointing** recomputes each transformer layer's activations in the backward pass instead of keeping
@@ -27,14 +27,11 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def check_quantized_method(method: Any, quantize: str | None) -> None:
-    """Refuse, before anything is loaded, a method that cannot train on a quantized base (naming why)."""
-    if not quantize or method.supports_quantized_base:
-        return
-    from ..methods import METHODS
+    """Refuse, before anything is loaded, a method that cannot train on a quantized base (naming why); read from
+    its declared ``capabilities.quantized_base``."""
+    from ..methods.capabilities import check_quantized
 
-    able = sorted(n for n in METHODS.names() if METHODS.get(n).supports_quantized_base)
-    raise ConfigError(f"method {method.name!r} cannot train on a {quantize} quantized base: "
-                      f"{method.quantized_base_reason}. Methods that can: {', '.join(able)}; or drop --quantize.")
+    check_quantized(method, quantize)
 
 
 def quantization_config(quantize: str, compute_dtype: str | torch.dtype | None, skip: list[str]) -> Any:

@@ -1,0 +1,164 @@
+"""The generic ``peft`` method: any PEFT tuner by name, for experiments with tuners that have no method of their own.
+
+``--method peft --method-arg tuner=vera --method-arg r=16`` (or ``method_args: {tuner: vera, r: 16}`` in YAML)
+builds PEFT's ``VeraConfig(r=16, ...)`` on the run's targets. The tuner names are PEFT's own
+(``peft.mapping.PEFT_TYPE_TO_CONFIG_MAPPING``, lower case: ``vera``, ``loha``, ``boft``, ``prompt_tuning`` ...);
+every other argument must be a field of that config dataclass and of its type (a command-line string is converted
+to the field's int, float, bool or list), except the fields this benchmark sets itself (the task type, the targeted
+modules, the trained head, Conv1D's layout; a tuner of norms or embeddings, such as ``ln_tuning``, takes its
+``target_modules`` by name). Everything else (wrapping, λ, export, reload, merge) is
+:class:`~efficientft.methods.peft_backed.PeftMethod`'s.
+
+The capabilities are derived from the tuner, per instance, not claimed for all of them: a prompt-type tuner
+(PEFT's ``PromptLearningConfig``: prompt, prefix, p-tuning) or one whose targets are not linear modules (LayerNorm
+tuning, trainable tokens) has targets ``none`` and no W_v role, so λ ≠ 1 and non-default targets are refused;
+``merge`` holds where the tuner's layers implement PEFT's ``merge``. A quantized base is refused (not checked for
+every tuner); the named methods that support one say so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch.nn as nn
+
+from ..errors import ConfigError, did_you_mean, unknown
+from ..models.roles import Target
+from . import register
+from .base import Context, Method, _coerce
+from .capabilities import Capabilities
+from .peft_backed import PeftMethod
+
+# Config fields this benchmark sets (or PEFT fills in) itself: never method arguments.
+RESERVED = ("task_type", "peft_type", "auto_mapping", "peft_version", "base_model_name_or_path", "revision",
+            "inference_mode", "target_modules", "modules_to_save", "fan_in_fan_out", "token_dim",
+            "num_transformer_submodules", "num_attention_heads", "num_layers")
+# Tuners whose targets are not the linear projections --targets names (norms, token embeddings, attention blocks).
+NOT_LINEAR = ("ln_tuning", "trainable_tokens", "adaption_prompt")
+
+
+def tuner_configs() -> dict[str, type]:
+    """PEFT's config class of every tuner, by its lower-case name."""
+    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
+
+    return {str(getattr(k, "value", k)).lower(): v for k, v in PEFT_TYPE_TO_CONFIG_MAPPING.items()}
+
+
+def tuner_capabilities(tuner: str) -> Capabilities:
+    """What ``tuner`` can do here, read from PEFT: prompt-type or non-linear targets, and whether it merges."""
+    from peft import PromptLearningConfig
+    from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    config_cls = tuner_configs()[tuner]
+    if issubclass(config_cls, PromptLearningConfig) or tuner in NOT_LINEAR:
+        return dataclasses.replace(GenericPeft.capabilities, targets="none", v_role=False, merge=False)
+    tuner_cls = {str(getattr(k, "value", k)).lower(): v for k, v in PEFT_TYPE_TO_TUNER_MAPPING.items()}[tuner]
+    layer = getattr(tuner_cls, "tuner_layer_cls", None)
+    merges = layer is not None and any(
+        isinstance(o, type) and issubclass(o, layer) and getattr(o, "merge", None) is not BaseTunerLayer.merge
+        for o in vars(sys.modules[layer.__module__]).values()
+    )
+    return dataclasses.replace(GenericPeft.capabilities, merge=merges)
+
+
+@dataclass
+class PeftArgs:
+    tuner: str = ""  # PEFT's tuner name (vera, loha, boft, prompt_tuning ...)
+    options: dict[str, Any] = field(default_factory=dict)  # fields of the tuner's config dataclass
+
+
+@register("peft")
+class GenericPeft(PeftMethod):
+    summary = "any PEFT tuner by name: --method-arg tuner=vera plus its config fields (capabilities from the tuner)"
+    # The class-level declaration is what holds for every tuner; each instance derives its own from its tuner.
+    capabilities = Capabilities(
+        export="peft", quantized_base=False,
+        quantized_base_reason="the generic method has not been checked on quantized bases for every tuner; use a "
+                              "named method that declares it",
+    )
+    Args = PeftArgs
+
+    def __init__(self, args: PeftArgs | None = None) -> None:
+        super().__init__(args)
+        if self.args.tuner:
+            self.capabilities = tuner_capabilities(self.args.tuner)
+
+    @classmethod
+    def from_config(cls, raw: dict[str, Any] | None) -> Method:
+        """``{tuner: name, <field>: value, ...}``: the tuner must be PEFT's, every field one of its config's."""
+        raw = dict(raw or {})
+        raw.update(raw.pop("options", None) or {})  # also the stored form of args_dict(), if nested
+        tuner = str(raw.pop("tuner", "") or "").lower()
+        configs = tuner_configs()
+        if not tuner:
+            raise ConfigError(f"method 'peft' needs tuner=<name> (--method-arg tuner=vera); tuners: "
+                              f"{', '.join(sorted(configs))}.")
+        if tuner not in configs:
+            raise unknown("PEFT tuner", tuner, configs)
+        config_cls = configs[tuner]
+        hints = typing.get_type_hints(config_cls)
+        # a tuner of norms or embeddings is told its modules by name (--targets names linear projections)
+        own = ("target_modules",) if tuner in NOT_LINEAR else ()
+        names = [f.name for f in dataclasses.fields(config_cls) if f.name not in RESERVED or f.name in own]
+        options: dict[str, Any] = {}
+        for k, v in raw.items():
+            if k in RESERVED and k not in own:
+                raise ConfigError(f"method 'peft': {k} is set by efficientft (from --targets, the task and the "
+                                  "model), not by a method argument.")
+            if k not in names:
+                raise ConfigError(f"method 'peft': tuner {tuner!r} takes no argument {k!r}.{did_you_mean(k, names)} "
+                                  f"It accepts: {', '.join(names)}.")
+            options[k] = _check_type(tuner, k, v, hints[k])
+        return cls(PeftArgs(tuner, options))
+
+    def args_dict(self) -> dict[str, Any]:
+        return {"tuner": self.args.tuner, **self.args.options}  # flat, as given (from_config reads it back)
+
+    @classmethod
+    def test_args(cls, arch: str = "bert") -> dict[str, Any] | None:
+        return {"tuner": "vera", "r": 4}
+
+    def config_class(self) -> type:
+        return tuner_configs()[self.args.tuner]
+
+    def config_kwargs(self, model: nn.Module, targets: list[Target], ctx: Context) -> dict[str, Any]:
+        return dict(self.args.options)
+
+    def prepare(self, model: nn.Module, targets: list[Target], ctx: Context) -> nn.Module:
+        try:
+            return super().prepare(model, targets, ctx)
+        except (TypeError, ValueError, NotImplementedError, KeyError) as e:
+            if isinstance(e, ConfigError):
+                raise
+            raise ConfigError(f"method 'peft': PEFT's tuner {self.args.tuner!r} cannot be applied to this model "
+                              f"with these arguments: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+
+
+def _check_type(tuner: str, name: str, value: Any, hint: Any) -> Any:
+    """``value`` converted to (or checked against) the config field's type; one line naming the type otherwise."""
+    allowed = [a for a in typing.get_args(hint) if a is not type(None)] if typing.get_origin(hint) is typing.Union \
+        else [hint]
+    if typing.get_origin(hint) is typing.Literal:
+        if value not in typing.get_args(hint):
+            raise ConfigError(f"method 'peft': {name} of tuner {tuner!r} must be one of "
+                              f"{', '.join(map(repr, typing.get_args(hint)))}, got {value!r}.")
+        return value
+    plain = [typing.get_origin(a) or a for a in allowed]
+    if isinstance(value, str) and str not in plain:
+        for t in (bool, int, float):
+            if t in plain:
+                return _coerce("peft", name, value, t)
+        if list in plain:
+            return [v.strip() for v in value.split(",") if v.strip()]
+    if any(isinstance(t, type) and isinstance(value, t) and not (isinstance(value, bool) and t in (int, float))
+           for t in plain) or (float in plain and isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    if not all(isinstance(t, type) for t in plain):  # a type this check does not know: PEFT's config judges it
+        return value
+    kinds = " or ".join(t.__name__ for t in plain)
+    raise ConfigError(f"method 'peft': {name} of tuner {tuner!r} must be {kinds}, got {value!r}.")
