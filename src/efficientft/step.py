@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn as nn
 
+from .errors import ConfigError
+
 if TYPE_CHECKING:
     from .train import Prepared
 
@@ -106,6 +108,8 @@ def optimizer_step(p: Prepared, micro: list[tuple[Any, dict[str, torch.Tensor]]]
     true size; the scaler's verdict (its scale fell) decides what happened.
     """
     cfg, model, method = p.cfg, p.model, p.method
+    if method.capabilities.owns_update:
+        return owned_step(p, micro, step, runner, accel)
     loss = accumulate(p, micro, step, scaler, runner, accel)
     params = [q for g in p.groups for q in g["params"]]
     skipped = False
@@ -131,3 +135,42 @@ def optimizer_step(p: Prepared, micro: list[tuple[Any, dict[str, torch.Tensor]]]
         method.after_step(model, step)
     p.optimizer.zero_grad(set_to_none=True)
     return StepResult(loss, None if skipped else grad_norm, lr, skipped)
+
+
+def owned_step(p: Prepared, micro: list[tuple[Any, dict[str, torch.Tensor]]], step: int,
+               runner: nn.Module | None = None, accel: Any = None) -> StepResult:
+    """A step of a method that updates the weights itself from forward passes (``capabilities.owns_update``).
+
+    The method gets the step's loss as a function: the mean over the micro-batches weighted by
+    :func:`batch_weight`, as :func:`accumulate` weights their gradients, so gradient accumulation means the same
+    here. No GradScaler is involved (nothing is backpropagated, so an fp16 step is never skipped); clipping is
+    the method's, on the gradient it estimates. The schedule and ``after_step`` then run as for every method.
+    """
+    weights = [batch_weight(b) for _, b in micro]
+    total = float(sum(weights))
+    if accel is not None:
+        total = float(accel.reduce(torch.tensor(total, device=p.device), "sum"))
+
+    def loss_fn() -> float:
+        mean = 0.0
+        with torch.no_grad():
+            for (idx, batch), n in zip(micro, weights, strict=True):
+                part = forward(p, "train", idx, batch, runner).loss.detach().float() * (n / total)
+                mean += float(part if accel is None else accel.reduce(part, "sum"))
+        if not math.isfinite(mean):
+            raise Diverged(step, mean)
+        return mean
+
+    first = p.optimizer.param_groups[0]
+    lr = float(first["lr"]) / float(first.get("lr_scale", 1.0))
+    loss, grad_norm = p.method.update(p.model, p.optimizer, loss_fn, step, p.cfg.max_grad_norm)
+    p.scheduler.step()
+    p.method.after_step(p.model, step)
+    return StepResult(loss, grad_norm, lr)
+
+
+def check_owned_update(method: Any, gradient_checkpointing: bool) -> None:
+    """Refuse what means nothing for a method that updates from forward passes only (before anything loads)."""
+    if method.capabilities.owns_update and gradient_checkpointing:
+        raise ConfigError(f"--gradient-checkpointing saves activations for the backward pass; method "
+                          f"{method.name!r} has none (it updates from forward passes only): drop the flag.")

@@ -7,6 +7,7 @@ A method is one file with one ``@METHODS.register`` line. The loop calls, in ord
     groups = method.param_groups(model, strategy, lr, weight_decay)
     opt = method.optimizer(groups, cfg)          # AdamW unless the method needs its own (GaLore)
     for each step:  loss.backward(); method.after_backward(model, step); clip; opt.step(); method.after_step(model, step)
+                    # or, where capabilities.owns_update (zeroth-order): method.update(model, opt, loss_fn, step, clip)
     method.state_dict(model) / load_state_dict   # its own state in step checkpoints (resume skips init_from_data)
     method.optimizer_state(opt)                  # the tensors the optimizer keeps (its size is a cost figure)
     method.export(model, out_dir, overwrite)     # checks / empties the folder, then the method's write_export()
@@ -174,6 +175,15 @@ class Method:
 
     def after_step(self, model: nn.Module, step: int) -> None:
         """After the optimizer step, before gradients are zeroed (AdaLoRA reallocates rank here)."""
+
+    def update(self, model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: typing.Callable[[], float],
+               step: int, max_grad_norm: float | None = None) -> tuple[float, float | None]:
+        """The whole parameter update of a method that declares ``capabilities.owns_update`` (MeZO: forward
+        passes only), called instead of backward + clipping + ``optimizer.step``. ``loss_fn()`` is the step's
+        mean loss at the current weights, without gradients; the learning rate of each parameter is its
+        optimizer group's (λ and the schedule act there). Returns (the step's loss, the norm of the gradient it
+        used before clipping to ``max_grad_norm``, or None)."""
+        raise NotImplementedError(f"method {self.name!r} declares owns_update but defines no update()")
 
     # ------------------------------------------------------------------ checkpoints (exact resume)
     def state_dict(self, model: nn.Module) -> dict[str, Any]:

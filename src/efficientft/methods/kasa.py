@@ -1,0 +1,121 @@
+"""KaSA, Knowledge-aware Singular-value Adaptation (Wang et al., ICLR 2025, arXiv 2412.06071).
+
+Two stages (the paper's Section 3):
+
+1. *Knowledge-based SVD truncation*: the base weight W = U Σ Vᵀ (k = min(out, in) singular triplets) loses its r
+   smallest singular components, the noisy / long-tail knowledge: W_world = U_{k−r} Σ_{k−r} V_{k−r}ᵀ is the new
+   frozen base. (So, unlike LoRA, the model at initialisation is the truncated base, not the original one.)
+2. *Knowledge-aware singular-value adaptation*: the update in SVD form, ΔW = s · ΔU diag(ΔΣ) ΔVᵀ, with ΔU
+   (out × r) starting at zero, ΔVᵀ (r × in) Kaiming-initialised as LoRA's A, and r learnable singular values ΔΣ
+   (ones here; with ΔU = 0 the update is zero at the start whatever they are).
+
+The training loss adds the paper's two regularisers, L = L_task + β · ‖ΔΣ‖² + γ · (‖ΔUᵀΔU − I‖_F + ‖ΔVᵀΔV − I‖_F),
+the second keeping ΔU, ΔV near semi-orthogonal so that ΔΣ stay singular values. They are added as gradients in
+:meth:`Kasa.after_backward` (the loop's hook after the task loss's backward, before clipping): the same gradient
+as adding them to the loss, without the loop knowing of them. Merging writes W_world + ΔW into the weight; export
+is our safetensors (the truncation is recomputed from the same base on reload).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..models.fused import out_major_weight, replace_module, weight_shape
+from ..models.roles import Target
+from . import register
+from ._decomp import DENSE_BASE, check_rank, freeze_but_heads, merge_modules, set_out_major
+from .base import Context, Method, positive_int
+from .capabilities import Capabilities
+
+
+@dataclass
+class KasaArgs:
+    rank: int = 8  # r: the smallest singular components dropped, and the rank of the update
+    alpha: float | None = None  # scaling s = alpha / rank (default alpha = rank: s = 1)
+    beta: float = 1e-4  # β: weight of ‖ΔΣ‖²
+    gamma: float = 1e-3  # γ: weight of the orthogonality of ΔU and ΔV
+
+    def __post_init__(self) -> None:
+        positive_int("rank", self.rank)
+        if self.alpha is not None and not self.alpha > 0:
+            raise ValueError(f"alpha must be > 0, got {self.alpha!r}.")
+        for name in ("beta", "gamma"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
+                raise ValueError(f"{name} must be a number >= 0, got {value!r}.")
+
+
+class KasaLinear(nn.Module):
+    """W_world x + s · ΔU (ΔΣ ⊙ ΔVᵀ x): the truncated base plus the SVD-form update."""
+
+    def __init__(self, base: nn.Module, rank: int, scale: float) -> None:
+        super().__init__()
+        self.base = base
+        for p in base.parameters():
+            p.requires_grad = False
+        w = out_major_weight(base).detach()
+        u, s, vh = torch.linalg.svd(w.double(), full_matrices=False)
+        keep = s.numel() - rank
+        set_out_major(base, (u[:, :keep] * s[:keep]) @ vh[:keep])  # W_world: the r smallest components dropped
+        self.scaling = scale
+        out_f, in_f = w.shape
+        self.V = nn.Parameter(torch.empty(rank, in_f, dtype=w.dtype, device=w.device))  # ΔVᵀ
+        nn.init.kaiming_uniform_(self.V, a=math.sqrt(5))
+        self.U = nn.Parameter(torch.zeros(out_f, rank, dtype=w.dtype, device=w.device))  # ΔU
+        self.sigma = nn.Parameter(torch.ones(rank, dtype=w.dtype, device=w.device))  # ΔΣ
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.linear(x, self.V.to(x.dtype)) * self.sigma.to(x.dtype)
+        return self.base(x) + self.scaling * F.linear(h, self.U.to(x.dtype))
+
+    def regulariser(self, beta: float, gamma: float) -> torch.Tensor:
+        """β ‖ΔΣ‖² + γ (‖ΔUᵀΔU − I‖_F + ‖ΔVᵀΔV − I‖_F) (ΔVᵀΔV as the r × r Gram of ΔVᵀ's rows)."""
+        eye = torch.eye(self.sigma.numel(), dtype=self.U.dtype, device=self.U.device)
+        orth = torch.linalg.matrix_norm(self.U.t() @ self.U - eye) + torch.linalg.matrix_norm(self.V @ self.V.t() - eye)
+        return beta * self.sigma.pow(2).sum() + gamma * orth
+
+    @torch.no_grad()
+    def merged(self) -> nn.Module:
+        w = out_major_weight(self.base)
+        set_out_major(self.base, w + self.scaling * (self.U * self.sigma) @ self.V)
+        return self.base
+
+
+@register("kasa")
+class Kasa(Method):
+    summary = "KaSA (Wang et al. 2025): drop W's r smallest singular triplets; SVD-form update with learned singular values"
+    Args = KasaArgs
+    capabilities = Capabilities(rank=True, quantized_base=False, quantized_base_reason=DENSE_BASE, merge=True,
+                                export="efficientft")
+
+    def prepare(self, model: nn.Module, targets: list[Target], ctx: Context) -> nn.Module:
+        self.check_targets(model, targets)  # no fused slices; the rank fits every weight
+        self.targets, self.ctx = targets, ctx
+        for t in targets:  # and at least one singular component stays in W_world
+            shape = weight_shape(model.get_submodule(t.name))
+            check_rank(self.args.rank, t.name, shape, limit=min(shape) - 1)
+        freeze_but_heads(model, ctx.heads)
+        alpha = self.args.alpha if self.args.alpha is not None else self.args.rank
+        for t in targets:
+            replace_module(model, t.name, KasaLinear(model.get_submodule(t.name), self.args.rank,
+                                                     alpha / self.args.rank))
+        return model
+
+    def regulariser(self, model: nn.Module) -> torch.Tensor:
+        """The sum of every adapted module's regulariser (the part of KaSA's loss beyond the task's)."""
+        terms = [m.regulariser(float(self.args.beta), float(self.args.gamma))
+                 for m in model.modules() if isinstance(m, KasaLinear)]
+        return torch.stack(terms).sum()
+
+    def after_backward(self, model: nn.Module, step: int) -> None:
+        """Add the regulariser's gradient to the task loss's (as if it were part of the loss)."""
+        if self.args.beta or self.args.gamma:
+            self.regulariser(model).backward()
+
+    def merge(self, model: nn.Module) -> nn.Module:
+        return merge_modules(model, KasaLinear)
