@@ -139,7 +139,11 @@ def test_method_conforms(name, arch, model_dir, tmp_path, monkeypatch):
     out = train(p, progress=False)
     loss = [v for kind, s, n, v in out["curve"] if n == "loss"]
     assert len(loss) == 3 and all(torch.isfinite(torch.tensor(loss)))
-    assert loss[-1] < loss[0], f"{name}: loss did not fall: {loss}"
+    # a zeroth-order step (owns_update: SPSA along one random direction) descends in expectation only, so three
+    # of them need not lower the loss; its descent is tested over fifty steps, and its estimate against autograd,
+    # in tests/test_zeroth_order.py
+    if not caps.owns_update:
+        assert loss[-1] < loss[0], f"{name}: loss did not fall: {loss}"
     after = p.model.state_dict()
     moved = [k for k in frozen_keys if not torch.equal(after[k], before[k])]
     assert not moved, f"{name}: frozen tensors changed in training: {moved[:3]}"

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from efficientft.cli import main
+from efficientft.errors import ConfigError
 from efficientft.methods import METHODS
 from efficientft.store import Store
 from efficientft.train import prepare, run, train
@@ -16,6 +17,11 @@ from tests.gen_fixtures import gen_config
 
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_every_method_trains_a_few_steps_on_a_tiny_causal_llama(method, causal_llama):
+    if METHODS.get(method).test_args("llama") is None:  # refuses LLaMA by design (BitFit: no Q/V biases)
+        with pytest.raises(ConfigError) as e:
+            prepare(gen_config(causal_llama, method=method, steps=2))
+        assert method in str(e.value) and "\n" not in str(e.value)
+        return
     p = prepare(gen_config(causal_llama, method=method, steps=2))
     assert p.method.ctx.peft_task_type == "CAUSAL_LM" and p.method.ctx.heads == []
     before = {n: q.detach().clone() for n, q in p.model.named_parameters() if q.requires_grad}

@@ -14,8 +14,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn as nn
 
-from .errors import ConfigError
-
 if TYPE_CHECKING:
     from .train import Prepared
 
@@ -146,7 +144,7 @@ def owned_step(p: Prepared, micro: list[tuple[Any, dict[str, torch.Tensor]]], st
     here. No GradScaler is involved (nothing is backpropagated, so an fp16 step is never skipped); clipping is
     the method's, on the gradient it estimates. The schedule and ``after_step`` then run as for every method.
     """
-    weights = [batch_weight(b) for _, b in micro]
+    weights = [batch_weight(p, b) for _, b in micro]
     total = float(sum(weights))
     if accel is not None:
         total = float(accel.reduce(torch.tensor(total, device=p.device), "sum"))
@@ -167,10 +165,3 @@ def owned_step(p: Prepared, micro: list[tuple[Any, dict[str, torch.Tensor]]], st
     p.scheduler.step()
     p.method.after_step(p.model, step)
     return StepResult(loss, grad_norm, lr)
-
-
-def check_owned_update(method: Any, gradient_checkpointing: bool) -> None:
-    """Refuse what means nothing for a method that updates from forward passes only (before anything loads)."""
-    if method.capabilities.owns_update and gradient_checkpointing:
-        raise ConfigError(f"--gradient-checkpointing saves activations for the backward pass; method "
-                          f"{method.name!r} has none (it updates from forward passes only): drop the flag.")

@@ -33,7 +33,7 @@ from .methods.base import Context, Method, check_export_dir
 from .models import ALL, describe, fingerprint, load_model, resolve_model, resolve_targets
 from .models.large import enable_gradient_checkpointing
 from .runtime import Runtime, build_runtime, check_runtime
-from .step import MAX_SKIPPED_IN_A_ROW, Diverged, check_owned_update, forward, optimizer_step  # noqa: F401 - forward: re-exported
+from .step import MAX_SKIPPED_IN_A_ROW, Diverged, forward, optimizer_step  # noqa: F401 - forward: re-exported
 from .store import Store
 from .strategy import Strategy, check_ratios_applied, describe_groups
 from .tasks import DataOptions, Examples, Task, get_task
@@ -174,7 +174,6 @@ def prepare(cfg: RunConfig, runtime: Runtime | None = None, resume: TrainState |
     method: Method = method_cls.from_config(cfg.method_args)
     cfg.check_method(method)  # targets, quantized base and λ against the method's declared capabilities
     kind.check_method(method)  # e.g. a method that declares it cannot train a generation task
-    check_owned_update(method, cfg.gradient_checkpointing)
     if runtime.sharded:
         sharding.check_config(cfg, method, runtime.precision)
     train_ex, eval_ex = load_data(task, cfg)

@@ -46,7 +46,8 @@ class Capabilities:
     # How export() writes what was learned: "peft" (a PEFT adapter folder), "efficientft" (our safetensors),
     # "model" (a full transformers model folder), "none" (export refuses with one line).
     export: Literal["peft", "efficientft", "model", "none"] = "efficientft"
-    # Trains with --gradient-checkpointing (prefix tuning's key/value cache cannot be recomputed by it, in PEFT).
+    # Trains with --gradient-checkpointing (prefix tuning's key/value cache cannot be recomputed by it, in PEFT; a
+    # zeroth-order method has no backward pass to save activations for).
     gradient_checkpointing: bool = True
     # Does the method perform its own parameter update (zeroth-order: forward passes only, no backward)?
     owns_update: bool = False
@@ -84,6 +85,9 @@ def check_run(method: Any, *, targets: str, quantize: str | None, role_ratios: M
         raise ConfigError(f"method {name!r} cannot export what it learned (its capabilities declare no export "
                           "format); drop --export-dir.")
     if gradient_checkpointing and not caps.gradient_checkpointing:
+        if caps.owns_update:
+            raise ConfigError(f"--gradient-checkpointing saves activations for the backward pass; method {name!r} "
+                              "has none (it updates from forward passes only): drop the flag.")
         raise ConfigError(f"method {name!r} cannot train with gradient checkpointing (PEFT refuses it for this "
                           "method); drop --gradient-checkpointing.")
     ratio = float(role_ratios.get("v", 1.0))

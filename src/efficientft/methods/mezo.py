@@ -185,6 +185,7 @@ class Mezo(ZerothOrder):
     summary = "MeZO (Malladi et al. 2023): zeroth-order SPSA from two forward passes, no backward (eps)"
     Args = MezoArgs
     capabilities = Capabilities(all_targets=True, fused_slices=True, v_role=True, quantized_base=False,
+                                gradient_checkpointing=False,
                                 quantized_base_reason=_QUANTIZED, merge=True, export="model", owns_update=True)
 
 
@@ -193,6 +194,7 @@ class SparseMezo(ZerothOrder):
     summary = "Sparse MeZO (Liu et al. 2024): MeZO on the small-magnitude entries only (sparsity, eps)"
     Args = SparseMezoArgs
     capabilities = Capabilities(all_targets=True, fused_slices=True, v_role=True, quantized_base=False,
+                                gradient_checkpointing=False,
                                 quantized_base_reason=_QUANTIZED, merge=True, export="model", owns_update=True)
 
     def masks(self, params: list[torch.Tensor]) -> list[torch.Tensor | None]:

@@ -256,6 +256,9 @@ def lm_loss(p: Prepared, batches: list[dict[str, torch.Tensor]]) -> float:
         with p.runtime.autocast():
             logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
         labels = b["labels"][:, 1:]
+        # the text's own positions are the last ones: a prompt-type method (prompt tuning, P-tuning) puts its
+        # virtual tokens before them, and the logits have as many more positions
+        logits = logits[:, logits.shape[1] - b["labels"].shape[1]:]
         total += float(nn.functional.cross_entropy(logits[:, :-1].float().flatten(0, 1), labels.flatten(),
                                                    ignore_index=IGNORE, reduction="sum"))
         count += int((labels != IGNORE).sum())
