@@ -151,11 +151,40 @@ def test_paired_comparisons_equal_scipy(rep, report_store):
         assert res.mean_diff == pytest.approx(d.mean()) and res.d_z == pytest.approx(d.mean() / d.std(ddof=1))
         half = sps.t.ppf(0.975, 2) * d.std(ddof=1) / np.sqrt(3)
         assert (res.ci_low, res.ci_high) == (pytest.approx(d.mean() - half), pytest.approx(d.mean() + half))
-    pairs = {k: v for k, v in pairs.items() if k[2] != POOLED}
-    # the default pairs: each λ≠1 row against its λ=1 and qkv twins, on the tasks both have
+    pairs = {k: v for k, v in pairs.items() if k[2] != POOLED and "λ=best" not in k[0]}
+    # the default pairs: each row against its qkv twin (λ=1; QV λ=1 vs QKV is the paper's first claim), each λ≠1
+    # row against its λ=1 twin, on the tasks both have
     assert sorted((k[0].split()[3], k[1].split()[1], k[2]) for k in pairs) == sorted(
-        [("λ=2", "qv", "stsb"), ("λ=2", "qkv", "stsb"), ("λ=4", "qv", "stsb"), ("λ=4", "qv", "rte"),
+        [("λ=1", "qkv", "stsb"), ("λ=1", "qkv", "rte"),
+         ("λ=2", "qv", "stsb"), ("λ=2", "qkv", "stsb"), ("λ=4", "qv", "stsb"), ("λ=4", "qv", "rte"),
          ("λ=4", "qkv", "stsb"), ("λ=4", "qkv", "rte")])
+
+
+def test_best_lambda_is_chosen_per_task_on_the_selection_split_and_compared_with_qkv(rep, report_store):
+    """The paper's "best λ vs QKV": per task, the λ (of the lr=3e-3 QV family: λ 1, 2, 4 on STS-B; 1, 4 on RTE)
+    with the best mean selection score, never the reported dev score; paired with QKV λ=1 by seed, and pooled."""
+    best = [c for c in rep.comparisons if "λ=best" in c.a.label]
+    assert [c.task for c in best] == ["stsb", "rte", POOLED]
+    qkv = {t: _runs(report_store, task=t, method="lora", targets="qkv", lr_ratio=1.0, lr=3e-3) for t in ("stsb", "rte")}
+    chosen = {}
+    for c in best[:2]:
+        lams = (1.0, 2.0, 4.0) if c.task == "stsb" else (1.0, 4.0)
+        sel = {lam: np.mean(list(_runs(report_store, "selection", task=c.task, method="lora", targets="qv",
+                                      lr_ratio=lam, lr=3e-3).values())) for lam in lams}
+        lam = max(sel, key=sel.get)
+        chosen[c.task] = dev = _runs(report_store, task=c.task, method="lora", targets="qv", lr_ratio=lam, lr=3e-3)
+        assert c.a.label.startswith(f"lora qv r=4 λ=best ({lam:g}, by selection)"), c.a.label
+        assert c.b.label.startswith("lora qkv r=4 λ=1")
+        seeds = sorted(set(dev) & set(qkv[c.task]))
+        d = np.array([dev[s] - qkv[c.task][s] for s in seeds])
+        assert c.result.n == len(seeds) and c.result.mean_diff == pytest.approx(d.mean(), rel=1e-12)
+    pooled = best[2].result
+    per = np.array([np.mean([chosen[t][s] - qkv[t][s] for t in ("stsb", "rte")]) for s in (0, 1, 2)])
+    assert pooled.n == 3 and pooled.mean_diff == pytest.approx(per.mean(), rel=1e-12)
+    assert "per task, by selection" in best[2].a.label
+    # naming pairs replaces the defaults, the best-λ comparisons included
+    named = build(report_store, pairs=[("method=full,targets=qv", "method=lora,targets=qkv")])
+    assert not any("λ=best" in c.a.label for c in named.comparisons)
 
 
 def test_named_comparison_and_wilcoxon(report_store):

@@ -1,8 +1,10 @@
 """Paired comparisons of two configurations, task by task, over the seeds both have.
 
-By default the report answers the question of arXiv 2410.02247 wherever the store can: does raising λ on W_v help
-(``targets=qv, λ=k`` vs the same with ``λ=1``), and does it match adapting W_k too (vs ``targets=qkv, λ=1`` with
-everything else equal)? Users name their own pairs with ``--compare A B``. Every pair compared on more than one task is also
+By default the report answers the questions of arXiv 2410.02247 wherever the store can: at equal rank, does adapting
+W_q,W_v match adapting W_k too (``targets=qv`` vs ``targets=qkv``, both at ``λ=1``, everything else equal)? Does
+raising λ on W_v help (``targets=qv, λ=k`` vs the same with ``λ=1``, and vs ``qkv``)? And does the best λ beat
+``qkv`` (:func:`best_ratio`: per task, the λ of a family of rows chosen like the learning rate, on the selection
+split, never on the reported one)? Users name their own pairs with ``--compare A B``. Every pair compared on more than one task is also
 compared pooled over tasks (:data:`POOLED`): per seed, the mean over the tasks, paired by seed.
 """
 
@@ -12,7 +14,9 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .collect import Cell, Collection, Row, find_row
+import re
+
+from .collect import Cell, Collection, Row, find_row, select_lr
 from .stats import Paired, paired
 
 # The task of a comparison pooled over tasks: each seed's mean score over the tasks both rows have (the table's
@@ -35,28 +39,63 @@ def _ratio(row: Row) -> float:
         return math.nan
 
 
+def _twin(rows: Sequence[Row], row: Row, **changes) -> Row | None:
+    """The row with ``row``'s settings but ``changes`` (the same set of settings, all else equal)."""
+    want = {**row.fields, **changes}
+    for r in rows:
+        if r is not row and all(_same(r.fields.get(k), v) for k, v in want.items()) and set(r.fields) == set(want):
+            return r
+    return None
+
+
 def default_pairs(rows: Sequence[Row]) -> list[tuple[Row, Row]]:
-    """For every row with λ ≠ 1: vs the same row at λ = 1, and vs ``qkv`` at λ = 1 (all else equal)."""
-
-    def twin(row: Row, **changes) -> Row | None:
-        want = {**row.fields, **changes}
-        for r in rows:
-            if r is not row and all(_same(r.fields.get(k), v) for k, v in want.items()) and \
-                    set(r.fields) == set(want):
-                return r
-        return None
-
+    """Every row vs ``qkv`` at λ = 1, and every row with λ ≠ 1 vs the same row at λ = 1 (all else equal)."""
     pairs = []
     for r in rows:
-        if _ratio(r) == 1.0 or not math.isfinite(_ratio(r)) or r.fields.get("role_lr"):
+        if not math.isfinite(_ratio(r)) or r.fields.get("role_lr"):
             continue
         for changes in ({"lr_ratio": 1.0}, {"lr_ratio": 1.0, "targets": "qkv"}):
-            if changes.get("targets") == r.fields.get("targets"):
-                continue
-            other = twin(r, **changes)
+            if all(_same(r.fields.get(k), v) for k, v in changes.items()):
+                continue  # the row itself
+            other = _twin(rows, r, **changes)
             if other is not None and (r, other) not in pairs:
                 pairs.append((r, other))
     return pairs
+
+
+def best_ratio(col: Collection) -> list[tuple[Row, dict[str, Row], Row]]:
+    """Each family of rows that differ only in λ (two λ or more, one of them 1) with a ``qkv`` λ = 1 twin:
+    (the family's λ = 1 row, task -> the row of the λ chosen for that task, the ``qkv`` row).
+
+    The λ is chosen per task as the learning rate is (:func:`select_lr`): the best mean selection score over the
+    seeds, the reported split only where a selection score is missing (and then said, in the row's label). The
+    chosen row's label says which λ won: ``lora qv r=8 λ=best (4, by selection)``.
+    """
+    out = []
+    for one in col.rows:
+        if _ratio(one) != 1.0 or one.fields.get("role_lr"):
+            continue
+        family = [one] + [r for r in col.rows if r is not one and math.isfinite(_ratio(r)) and
+                          _twin(col.rows, r, lr_ratio=1.0) is one]
+        qkv = _twin(col.rows, one, targets="qkv")
+        if len(family) < 2 or qkv is None:
+            continue
+        chosen = {}
+        for task in col.tasks:
+            having = {_ratio(r): r for r in family if task in r.cells}
+            if len(having) < 2 or task not in qkv.cells:
+                continue
+            lam, basis, _ = select_lr({k: r.cells[task].runs for k, r in having.items()}, col.metrics[task])
+            best = having[lam]
+            chosen[task] = Row({**best.fields, "basis": basis}, _best_label(one.label, f"{lam:g}, by {basis}"),
+                               {task: best.cells[task]})
+        if chosen:
+            out.append((one, chosen, qkv))
+    return out
+
+
+def _best_label(label: str, what: str) -> str:
+    return re.sub(r"λ=1(?=\s|$)", f"λ=best ({what})", label, count=1)
 
 
 def _same(a, b) -> bool:
@@ -67,7 +106,8 @@ def _same(a, b) -> bool:
 
 
 def compare(col: Collection, specs: Sequence[tuple[str, str]] | None = None, test: str = "t") -> list[Comparison]:
-    """Comparisons for the named pairs (row labels or key=value specs), or :func:`default_pairs`."""
+    """Comparisons for the named pairs (row labels or key=value specs), or :func:`default_pairs` and then the best λ
+    of each family against ``qkv`` (:func:`best_ratio`), per task and pooled over tasks."""
     pairs = [(find_row(col.rows, a), find_row(col.rows, b)) for a, b in specs] if specs else default_pairs(col.rows)
     out = []
     for a, b in pairs:
@@ -77,6 +117,14 @@ def compare(col: Collection, specs: Sequence[tuple[str, str]] | None = None, tes
             out.append(Comparison(a, b, task, paired(xa, xb, test)))
         if len(per_task) > 1:
             out.append(Comparison(a, b, POOLED, paired(*_pooled(list(per_task.values())), test)))
+    for one, chosen, qkv in ([] if specs else best_ratio(col)):
+        for task, row in chosen.items():
+            out.append(Comparison(row, qkv, task, paired(*_pairing(row.cells[task], qkv.cells[task]), test)))
+        if len(chosen) > 1:
+            bases = " / ".join(sorted({row.fields["basis"] for row in chosen.values()}))
+            pooled = Row({**one.fields, "lr_ratio": "best"}, _best_label(one.label, f"per task, by {bases}"))
+            out.append(Comparison(pooled, qkv, POOLED, paired(*_pooled(
+                [_pairing(row.cells[t], qkv.cells[t]) for t, row in chosen.items()]), test)))
     return out
 
 

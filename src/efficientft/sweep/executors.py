@@ -194,10 +194,17 @@ class LocalPool:
         return outs
 
     def close(self, abort: bool = False) -> None:
-        """Wait for the workers to exit; on ``abort`` (Ctrl-C, SIGTERM) do not wait: queued runs are dropped and
-        the workers die with this process, leaving their runs to be taken over by the next sweep."""
+        """Wait for the workers to exit; on ``abort`` (Ctrl-C, SIGTERM) do not wait for their runs: queued runs
+        are dropped and each worker is sent SIGTERM, so its run saves a checkpoint at the end of the step under
+        way and is stored ``cancelled`` (the next sweep continues it). The signal is sent, not assumed: a SIGINT
+        or SIGTERM sent to this process alone (``kill PID``, a scheduler) never reaches the workers, and the
+        pool's exit handler would wait for their whole runs."""
         if self._pool is not None:
+            workers = list((getattr(self._pool, "_processes", None) or {}).values()) if abort else []
             self._pool.shutdown(wait=not abort, cancel_futures=True)
+            for p in workers:
+                if p.is_alive():
+                    p.terminate()
             self._pool = None
 
 

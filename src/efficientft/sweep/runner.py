@@ -131,19 +131,31 @@ def steps_of(cfg, cache: dict) -> int | None:
     return max(1, math.ceil(cfg.epochs * math.ceil(n / cfg.batch_size) / cfg.grad_accum))
 
 
+# What makes two runs' steps cost alike; the task too: a step's cost is its tokens (RTE's sentence pairs are six
+# times CoLA's sentences at the same batch size).
+_LIKE = ("task", "model", "method", "targets", "batch_size", "max_length", "precision", "grad_accum")
+
+
 def _timing(cfg, done: list[dict], suite: Suite) -> tuple[float | None, float, str]:
     """(seconds per step, set-up + evaluation seconds per run, where the figures come from)."""
     def like(r: dict) -> bool:
         c = r["config"]
-        return all(c.get(k) == getattr(cfg, k) for k in ("model", "method", "targets", "batch_size", "max_length",
-                                                         "precision", "grad_accum"))
-    same = [r for r in done if like(r) and (r.get("cost") or {}).get("median_step_s")]
+        return all(c.get(k) == getattr(cfg, k) for k in _LIKE)
+    def per_step(cost: dict) -> float | None:  # training seconds per step (the median step misses the slow ones)
+        if cost.get("train_s") and cost.get("total_steps"):
+            return cost["train_s"] / cost["total_steps"]
+        return cost.get("median_step_s")
+
+    same = [r for r in done if like(r) and per_step(r.get("cost") or {})]
     if same:
-        step = statistics.median(r["cost"]["median_step_s"] for r in same)
+        step = statistics.median(per_step(r["cost"]) for r in same)
         over = statistics.median(max(0.0, r["cost"].get("wall_s", 0) - r["cost"].get("train_s", 0)) for r in same)
         return step, over, f"store ({len(same)} like runs)"
-    if suite.estimate.get("step_s"):
-        return suite.estimate["step_s"], suite.estimate.get("overhead_s", 0.0), "suite estimate"
+    step_s = suite.estimate.get("step_s")
+    if isinstance(step_s, dict):
+        step_s = step_s.get(cfg.task)
+    if step_s:
+        return step_s, suite.estimate.get("overhead_s", 0.0), "suite estimate"
     return None, 0.0, "unknown"
 
 
@@ -156,7 +168,7 @@ def plan(suite: Suite, store: Store | None, opts: SweepOptions) -> dict[str, Any
     for r in runs:
         state = state_of(store.get(r.key) if store is not None else None, opts)
         steps = steps_of(r.cfg, cache)
-        tk = (r.cfg.model, r.cfg.method, r.cfg.targets, r.cfg.batch_size, r.cfg.max_length)
+        tk = tuple(getattr(r.cfg, k) for k in _LIKE)
         if tk not in timing:
             timing[tk] = _timing(r.cfg, done, suite)
         step_s, over_s, basis = timing[tk]

@@ -11,7 +11,8 @@ A suite is YAML::
     per_task: {mnli: {epochs: 1}}                                          # per-task overrides, applied last
     selection: {selection_size: 0.1, select_by: main, over: [lr]}          # fair model selection (optional)
     early_stopping: {rungs: [50, 100], reduction_factor: 3}                # successive halving (optional)
-    estimate: {step_s: 0.25, overhead_s: 15}                               # --dry-run time hint (optional)
+    estimate: {step_s: 0.25, overhead_s: 15}                               # --dry-run time hint (optional;
+                                                                           # step_s: also {task: seconds})
 
 A list in ``grid`` or in a method entry (also inside ``method_args`` / ``role_lr``) is an axis; an entry's value
 replaces the grid's for that entry (so each method can have its own learning-rate grid). Precedence, last wins:
@@ -224,7 +225,7 @@ class Suite:
     per_task: dict[str, Spec]
     selection: Selection | None = None
     early_stopping: EarlyStopping | None = None
-    estimate: dict[str, float] = field(default_factory=dict)
+    estimate: dict[str, Any] = field(default_factory=dict)
     max_runs: int = DEFAULT_MAX_RUNS
     # settings the suite leaves to the command line (``requires: [model]``: no model it could name is on every
     # machine, e.g. a LLaMA for GSM8K); expanding without them is one clear error
@@ -507,7 +508,7 @@ def _parse_early_stopping(raw: dict, f: str) -> EarlyStopping | None:
     return EarlyStopping(tuple(rungs), float(eta), line)
 
 
-def _parse_estimate(raw: dict, f: str) -> dict[str, float]:
+def _parse_estimate(raw: dict, f: str) -> dict[str, Any]:
     s = raw.get("estimate")
     if s is None:
         return {}
@@ -515,11 +516,18 @@ def _parse_estimate(raw: dict, f: str) -> dict[str, float]:
         raise ConfigError(f"{f}, line {_line(raw, 'estimate')}: estimate: is a mapping (step_s, overhead_s, note).")
     _keys(s, ("step_s", "overhead_s", "note"), "estimate", f)
     out: dict[str, Any] = {"note": str(s.get("note", ""))}
+    def seconds(v: Any, k: str) -> float:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or not math.isfinite(v):
+            raise ConfigError(f"{f}, line {_line(s, k)}: estimate.{k} must be a number of seconds >= 0 (step_s: "
+                              f"also a mapping task -> seconds), got {v!r}.")
+        return float(v)
+
     for k in ("step_s", "overhead_s"):
         v = s.get(k, 0.0)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or not math.isfinite(v):
-            raise ConfigError(f"{f}, line {_line(s, k)}: estimate.{k} must be a number of seconds >= 0, got {v!r}.")
-        out[k] = float(v)
+        if k == "step_s" and isinstance(v, dict):  # per task: a step's cost is its tokens
+            out[k] = {str(t): seconds(x, k) for t, x in v.items()}
+        else:
+            out[k] = seconds(v, k)
     return out
 
 
