@@ -400,3 +400,25 @@ def test_one_suite_keeps_its_order_and_method_arguments_are_not_shared(tmp_path)
     _synthetic(store, "lora", 1e-3, 0, 0.81, {"rank": 8}, suite="other")  # two suites: the usual sort
     assert [tr.row.fields["method"] for tr in build(store).table.rows] == ["adalora", "adalora", "full", "lora",
                                                                          "sift"]
+
+
+def test_cost_per_configuration_and_compute_in_the_store(rep, report_store):
+    """Per row: the runs in its cells, the median of their median steps, the largest peak memory, the median and
+    the sum of their wall times; for the store: every run, whatever its status (the failed run included)."""
+    from efficientft.report.build import markdown_document
+
+    everything = report_store.runs()
+    for c, tr in zip(rep.costs, rep.table.rows, strict=True):
+        runs = [r for cell in tr.row.cells.values() for r in cell.runs]
+        assert c.label == tr.row.label and c.runs == len(runs) > 0
+        assert c.median_step_s == pytest.approx(np.median([r["cost"]["median_step_s"] for r in runs]))
+        assert c.peak_memory_mb == pytest.approx(max(r["cost"]["peak_memory_mb"] for r in runs))
+        assert c.wall_s == pytest.approx(sum(r["cost"]["wall_s"] for r in runs))
+        assert c.wall_per_run_s == pytest.approx(np.median([r["cost"]["wall_s"] for r in runs]))
+    s = rep.spent
+    assert s.runs == len(everything) and s.by_status == {"done": len(everything) - 1, "failed": 1}
+    assert s.wall_s == pytest.approx(sum((r["cost"] or {}).get("wall_s", 0) for r in everything))
+    assert s.steps == sum((r["cost"] or {}).get("total_steps", 0) for r in everything)
+    doc = markdown_document(rep)
+    assert f"{len(everything)} runs (1 failed, {len(everything) - 1} done)" in doc
+    assert "| Configuration | Runs | Params | Median step (s) | Peak memory (MB) |" in doc

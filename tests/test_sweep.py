@@ -505,3 +505,58 @@ def test_missing_inputs_fail_the_sweep_before_any_run(tmp_path, tiny_bert, capsy
     err = capsys.readouterr().err
     assert "inputs missing, nothing was run" in err and "MNLI/train.tsv is missing" in err
     assert not db.exists() or Store(db).runs() == []
+
+
+def test_dry_run_times_a_run_from_like_runs_of_its_own_task(tmp_path):
+    """A step costs its tokens: RTE's measured seconds must not time CoLA's runs (they were 5× too slow), and the
+    suite's estimate may give seconds per task. Per step is the training time over the steps (the median step
+    leaves out the slow ones)."""
+    p = write(tmp_path, """
+name: timing
+defaults: {model: minilm, steps: 10, batch_size: 16}
+grid: {task: [rte, cola, mrpc]}
+methods: [{method: lora, targets: qv}]
+estimate: {step_s: {mrpc: 0.5}, overhead_s: 2}
+""")
+    suite = load_suite(p)
+    store = Store(tmp_path / "s.sqlite")
+    rte = next(r for r in suite.expand() if r.cfg.task == "rte")
+    cfg = {**rte.cfg.to_dict(), "seed": 99}  # a like run of RTE (another seed), already done
+    store.start("pilot", cfg, {}, {}, "dev/accuracy")
+    store.finish("pilot", "done", {"dev/accuracy": 0.5},
+                 {"median_step_s": 0.8, "train_s": 200.0, "total_steps": 200, "wall_s": 230.0})
+    rows = {x["run"].cfg.task: x for x in plan(suite, store, SweepOptions())["runs"]}
+    assert rows["rte"]["basis"] == "store (1 like runs)" and rows["rte"]["est_s"] == pytest.approx(10 * 1.0 + 30)
+    assert rows["mrpc"]["basis"] == "suite estimate" and rows["mrpc"]["est_s"] == pytest.approx(10 * 0.5 + 2)
+    assert rows["cola"]["basis"] == "unknown" and rows["cola"]["est_s"] is None
+    bad = write(tmp_path, "name: t\ndefaults: {model: minilm, task: rte}\nmethods: [{method: full}]\n"
+                          "estimate: {step_s: {rte: fast}}\n", "bad.yaml")
+    with pytest.raises(ConfigError, match=r"estimate.step_s must be a number of seconds >= 0 .*got 'fast'"):
+        load_suite(bad)
+
+
+def _sleep(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def test_an_aborted_pool_stops_its_workers_instead_of_waiting_for_their_runs():
+    """Ctrl-C or SIGTERM sent to the sweep's process alone (``kill PID``, a scheduler; a background job's workers
+    ignore SIGINT) used to print "cancelled" and then wait for every worker's whole run at exit."""
+    from efficientft.sweep.executors import LocalPool
+
+    pool = LocalPool("unused.sqlite", 2)
+    executor = pool._start()
+    futures = [executor.submit(_sleep, 120) for _ in range(2)]
+    deadline = time.time() + 120
+    while time.time() < deadline and len([p for p in (executor._processes or {}).values() if p.is_alive()]) < 2:
+        time.sleep(0.1)
+    workers = list(executor._processes.values())
+    time.sleep(1)  # both are inside their 120 s "runs"
+    start = time.time()
+    pool.close(abort=True)
+    for w in workers:
+        w.join(30)
+    assert all(not w.is_alive() for w in workers) and time.time() - start < 30
+    assert all(w.exitcode == -signal.SIGTERM for w in workers)
+    assert all(f.cancelled() or f.done() for f in futures)

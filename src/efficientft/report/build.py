@@ -13,6 +13,7 @@ from . import html as html_report
 from . import tables
 from .collect import SPLIT_TITLES, Collection, collect
 from .compare import Comparison, compare
+from .cost import CostRow, Spent, cost_rows, spent
 from .stats import TESTS
 from .values import order_key, show
 
@@ -24,6 +25,8 @@ class Report:
     collection: Collection
     table: tables.Table
     comparisons: list[Comparison]
+    costs: list[CostRow] = field(default_factory=list)
+    spent: Spent | None = None
     plots: list[Path] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)
 
@@ -50,7 +53,8 @@ def build(store: Store, split: str = "dev", tasks: Sequence[str] | None = None,
     if not 0 <= digits <= 4:
         raise ConfigError(f"digits must be between 0 and 4, got {digits}.")
     col = collect(store, split, tasks, methods, tags, metrics, select_lr)
-    return Report(col, tables.build_table(col, digits), compare(col, pairs, test))
+    return Report(col, tables.build_table(col, digits), compare(col, pairs, test), cost_rows(col),
+                  spent(store.runs()))
 
 
 def markdown_document(rep: Report, plot_dir: Path | None = None) -> str:
@@ -61,6 +65,7 @@ def markdown_document(rep: Report, plot_dir: Path | None = None) -> str:
              rep.markdown_table(), ""]
     lines += [md(n) + "  " for n in t.notes] + [""]
     lines += ["## Paired comparisons (A − B over matched seeds)", "", tables.md_comparisons(rep.comparisons), ""]
+    lines += ["## Cost", "", tables.md_costs(rep.costs), "", md(tables.spent_text(rep.spent)), ""]
     if col.select_lr:
         lines += ["## Selected learning rates", "", "| Configuration | Task | lr | selected on | candidates (mean) |",
                   "|---|---|---:|---|---|"]
@@ -114,7 +119,8 @@ def write(rep: Report, store: Store, out: Path, formats: Sequence[str] = FORMATS
         files.append(_write(out / "comparisons.csv", tables.csv_comparisons(rep.comparisons)))
     if "html" in formats:
         files.append(_write(out / "report.html", html_report.page(t, col, rep.comparisons, rep.plots,
-                                                                  examples=generated_examples(store, col))))
+                                                                  examples=generated_examples(store, col),
+                                                                  costs=rep.costs, spent=rep.spent)))
     rep.files = files
     return files
 

@@ -24,7 +24,7 @@ from urllib.parse import quote
 from .collect import SPLIT_TITLES, Collection, task_title
 from .compare import Comparison
 from .stats import FEW_SEEDS
-from .tables import FEW, Score, Table, _p, ci_text, fmt_params
+from .tables import COST_HEADERS, FEW, Score, Table, _p, ci_text, cost_cells, fmt_params, spent_text
 from .values import number, show, sort_key
 
 
@@ -248,8 +248,19 @@ def _figure(path: Path) -> Markup:
                tag("figcaption", path.stem.replace("_", " ")))
 
 
+def costs_table(costs: Sequence) -> Markup:
+    rows = []
+    for c in costs:
+        raw = [c.runs, c.params_min, c.median_step_s, c.peak_memory_mb, c.wall_per_run_s, c.wall_s]
+        text = cost_cells(c)
+        rows.append(tag("tr", tag("td", text[0], class_="l"),
+                        *[tag("td", v, data_sort=sort_key(x)) for v, x in zip(text[1:], raw, strict=True)]))
+    return _table("costs", [(h, i == 0) for i, h in enumerate(COST_HEADERS)], rows)
+
+
 def page(t: Table, col: Collection, comps: Sequence[Comparison], plots: Sequence[Path] = (),
-         title: str = "EfficientFT report", examples: Sequence[dict] = ()) -> str:
+         title: str = "EfficientFT report", examples: Sequence[dict] = (), costs: Sequence = (),
+         spent=None) -> str:
     """The whole report as one HTML document (a string)."""
     script_hash = base64.b64encode(hashlib.sha256(_JS.encode()).digest()).decode()
     csp = f"default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'sha256-{script_hash}'"
@@ -286,6 +297,11 @@ def page(t: Table, col: Collection, comps: Sequence[Comparison], plots: Sequence
 <p class="note">A − B over the seeds both configurations ran (paired by seed), scores ×100; p from the test named in
 the header; d_z = mean difference / standard deviation of the differences (Cohen's d for paired data).</p>
 {comparisons_table(comps)}
+<h2 id="cost-h">Cost</h2>
+<p class="note">Per configuration, over its runs in the table: median of each run's median optimizer step, largest
+peak memory, median wall time per run and the wall time summed.</p>
+{costs_table(costs)}
+<p class="note">{esc(spent_text(spent))}</p>
 <h2 id="plots">Plots</h2>
 {"".join(_figure(p) for p in figs) or '<p class="note">No plots (--no-plots).</p>'}
 {"" if not examples else '<h2 id="examples-h">Generated examples</h2>' + examples_section(examples)}

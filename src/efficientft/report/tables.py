@@ -194,6 +194,37 @@ def md_comparisons(comps: Sequence[Comparison], digits: int = 2) -> str:
     return "\n".join(lines)
 
 
+COST_HEADERS = ("Configuration", "Runs", "Params", "Median step (s)", "Peak memory (MB)", "Wall per run (s)",
+                "Wall, all runs (h)")
+
+
+def cost_cells(c) -> list[str]:
+    """A cost row's cells as text, in :data:`COST_HEADERS` order."""
+    return [str(c.label), str(c.runs), fmt_params(c.params_min, c.params_max) if math.isfinite(c.params_min) else "–",
+            _g3(c.median_step_s), _g3(c.peak_memory_mb, 0), _g3(c.wall_per_run_s, 1), _g3(c.wall_s / 3600, 2)]
+
+
+def _g3(v: float, digits: int = 3) -> str:
+    return f"{v:,.{digits}f}" if math.isfinite(v) else "–"
+
+
+def md_costs(costs) -> str:
+    lines = ["| " + " | ".join(COST_HEADERS) + " |", "|---|" + "---:|" * (len(COST_HEADERS) - 1)]
+    lines += ["| " + " | ".join(md_escape(x) for x in cost_cells(c)) + " |" for c in costs]
+    return "\n".join(lines)
+
+
+def spent_text(s) -> str:
+    """The compute a store holds, in one sentence."""
+    if s is None or not s.runs:
+        return "No runs in the store."
+    statuses = ", ".join(f"{n} {k}" for k, n in sorted(s.by_status.items()))
+    when = f"; from {s.first} to {s.last}" if s.first else ""
+    return (f"Compute in the store (every run, whatever its status, every learning rate): {s.runs} runs ({statuses}), "
+            f"{s.wall_s / 3600:.2f} h of wall time summed over runs ({s.train_s / 3600:.2f} h training), "
+            f"{s.steps:,} optimizer steps{when}. Runs that shared a CPU each count their own wall time.")
+
+
 def ci_text(r, digits: int = 2) -> str:
     """The 95% confidence interval of a comparison's mean difference, ×100: "[-1.20, 0.40]" (– without one)."""
     if not (math.isfinite(r.ci_low) and math.isfinite(r.ci_high)):
