@@ -420,5 +420,5 @@ def test_cost_per_configuration_and_compute_in_the_store(rep, report_store):
     assert s.wall_s == pytest.approx(sum((r["cost"] or {}).get("wall_s", 0) for r in everything))
     assert s.steps == sum((r["cost"] or {}).get("total_steps", 0) for r in everything)
     doc = markdown_document(rep)
-    assert f"{len(everything)} runs (1 failed, {len(everything) - 1} done)" in doc
+    assert f"{len(everything)} runs ({len(everything) - 1} done, 1 failed)" in doc
     assert "| Configuration | Runs | Params | Median step (s) | Peak memory (MB) |" in doc

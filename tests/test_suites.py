@@ -12,11 +12,22 @@ from efficientft.methods import METHODS
 from efficientft.suites import SUITES
 from efficientft.sweep import load_suite
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "src" / "efficientft" / "suites").glob("*.yaml"))
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "src" / "efficientft" / "suites").glob("*.yaml"))
+# configs/ (the repository's study suites, e.g. configs/paper-claims.yaml of RESULTS.md): links to shipped suites,
+# so that `eft sweep configs/X.yaml` and `eft sweep X` are one file, validated below like every shipped suite.
+REPO_CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 
 
 def test_every_suite_file_is_one_the_package_lists():
     assert [p.stem for p in CONFIGS] == SUITES.names()
+
+
+def test_the_repository_configs_are_shipped_suites():
+    assert [p.name for p in REPO_CONFIGS] == ["paper-claims.yaml"]
+    for p in REPO_CONFIGS:
+        assert p.is_symlink() and p.resolve() in {c.resolve() for c in CONFIGS}, p
+        assert load_suite(p).name == p.stem
 
 
 def test_the_shipped_suites_are_there():

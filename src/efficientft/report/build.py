@@ -65,7 +65,7 @@ def markdown_document(rep: Report, plot_dir: Path | None = None) -> str:
              rep.markdown_table(), ""]
     lines += [md(n) + "  " for n in t.notes] + [""]
     lines += ["## Paired comparisons (A − B over matched seeds)", "", tables.md_comparisons(rep.comparisons), ""]
-    lines += ["## Cost", "", tables.md_costs(rep.costs), "", md(tables.spent_text(rep.spent)), ""]
+    lines += ["## Cost", "", tables.md_costs(rep.costs), "", tables.spent_text(rep.spent), ""]  # our own words
     if col.select_lr:
         lines += ["## Selected learning rates", "", "| Configuration | Task | lr | selected on | candidates (mean) |",
                   "|---|---|---:|---|---|"]
