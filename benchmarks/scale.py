@@ -236,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.from_json:
         print(table(json.loads(Path(a.from_json).read_text()), a))
         return 0
+    if a.work:
+        Path(a.work).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="eft-scale-", dir=a.work) as tmp:
         work = Path(a.work) if a.work else Path(tmp)
         rows = [r for size in a.sizes.split(",") for r in measure(size, a, work)]

@@ -243,6 +243,25 @@ def test_select_lr_keeps_the_best_mean_selection_score(report_store):
     assert basis == "dev (optimistic)" and lr == max(dev_means, key=dev_means.get)
 
 
+def test_the_optimistic_convention_chooses_the_lr_on_best_dev_and_says_so(report_store, capsys, tmp_path):
+    """Beside the official protocol, the papers' convention: the lr with the best mean best-dev score, reported on
+    best dev, labelled optimistic in the table's notes."""
+    r = build(report_store, split="best_dev", select_lr="best_dev")
+    cell = _row(r, "lora", "qv", 4.0).row.cells["stsb"]
+    means = {lr: np.mean(list(_runs(report_store, "best_dev", task="stsb", method="lora", targets="qv",
+                                    lr_ratio=4.0, lr=lr).values())) for lr in (1e-3, 3e-3)}
+    best = max(means, key=means.get)
+    assert cell.lr == best and cell.basis == "best_dev (optimistic)" and cell.candidates == pytest.approx(means)
+    assert cell.summary.mean == pytest.approx(means[best])
+    assert any("best_dev (optimistic)" in n for n in r.table.notes)
+    assert main(["report", "--store", str(report_store.path), "--out", str(tmp_path / "o"), "--format", "md",
+                 "--no-plots", "--split", "best_dev", "--select-lr", "best_dev"]) == 0
+    assert r"best\_dev (optimistic)" in (tmp_path / "o" / "report.md").read_text()  # Markdown-escaped
+    with pytest.raises(SystemExit):
+        main(["report", "--store", str(report_store.path), "--select-lr", "test"])
+    assert "invalid choice: 'test'" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("split", ["selection", "best_dev"])
 def test_split_choice(report_store, split):
     r = build(report_store, split=split)

@@ -122,8 +122,11 @@ def _report_parser(sub) -> None:
     p.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE", help="only runs with this tag")
     p.add_argument("--metric", action="append", default=[], metavar="TASK=METRIC",
                    help="report another metric of a task, e.g. mrpc=f1 (default: the task's main metric)")
-    p.add_argument("--select-lr", action="store_true",
-                   help="per configuration and task, keep the lr with the best mean selection score")
+    p.add_argument("--select-lr", nargs="?", const="selection", default=False, metavar="ON",
+                   choices=("selection", "dev", "best_dev"),
+                   help="per configuration and task, keep the lr with the best mean score on the selection split "
+                        "(ON: selection, the default; best_dev with --split best_dev is the papers' optimistic "
+                        "'best dev score' convention, labelled)")
     p.add_argument("--compare", nargs=2, action="append", metavar=("A", "B"),
                    help="paired comparison of two rows (a row label or key=value pairs like "
                         "method=lora,targets=qv,lambda=4); repeatable; default: λ≠1 rows vs their λ=1 / qkv twins")

@@ -46,7 +46,7 @@ def parse_formats(text: str) -> list[str]:
 
 def build(store: Store, split: str = "dev", tasks: Sequence[str] | None = None,
           methods: Sequence[str] | None = None, tags: dict[str, str] | None = None,
-          metrics: dict[str, str] | None = None, select_lr: bool = False,
+          metrics: dict[str, str] | None = None, select_lr: bool | str = False,
           pairs: Sequence[tuple[str, str]] | None = None, test: str = "t", digits: int = 1) -> Report:
     if test not in TESTS:
         raise ConfigError(f"unknown test {test!r}; accepted: {', '.join(TESTS)}.")

@@ -132,7 +132,7 @@ class Collection:
     not_done: list[dict]  # records whose status is not done
     unscored: list[dict]  # done records without a score for the chosen split and metric
     comparable: dict[str, bool]  # task -> evaluated on its official split
-    select_lr: bool = False
+    select_lr: bool | str = False  # False, or the split the learning rate was chosen on
     method_settings: dict[str, dict[str, Any]] = field(default_factory=dict)  # method -> its own fixed arguments
     superseded: list[dict] = field(default_factory=list)  # done runs replaced in their cell by a later run
 
@@ -182,12 +182,14 @@ def _matches_tags(rec: dict, tags: dict[str, str]) -> bool:
     return all(str(have.get(k)) == v for k, v in tags.items())
 
 
-def select_lr(by_lr: dict[float, list[dict]], metric: str) -> tuple[float, str, dict[float, float]]:
+def select_lr(by_lr: dict[float, list[dict]], metric: str,
+              on: str = "selection") -> tuple[float, str, dict[float, float]]:
     """The learning rate of a cell: the best mean ``selection/<metric>`` over its seeds.
 
     When some learning rate has no selection score, falls back to ``dev/<metric>`` and says so
-    ("dev (optimistic)": choosing on the reported split flatters every method). Returns (lr, basis, means).
-    Kept small and alone so that the sweep's own selection can replace it.
+    ("dev (optimistic)": choosing on the reported split flatters every method). ``on="best_dev"`` (or ``"dev"``)
+    chooses on that split instead: the "best dev score" convention of most papers, labelled optimistic.
+    Returns (lr, basis, means). Kept small and alone so that the sweep's own selection can replace it.
     """
 
     def mean_of(recs: list[dict], split: str) -> float:
@@ -195,7 +197,9 @@ def select_lr(by_lr: dict[float, list[dict]], metric: str) -> tuple[float, str, 
         vals = [v for v in vals if math.isfinite(v)]
         return sum(vals) / len(vals) if vals else math.nan
 
-    for split, basis in (("selection", "selection"), ("dev", "dev (optimistic)")):
+    order = (("selection", "selection"), ("dev", "dev (optimistic)")) if on == "selection" else \
+        ((on, f"{on} (optimistic)"),)
+    for split, basis in order:
         means = {lr: mean_of(recs, split) for lr, recs in by_lr.items()}
         if all(math.isfinite(m) for m in means.values()):
             best = max(sorted(means, key=order_key), key=lambda lr: means[lr])
@@ -230,10 +234,15 @@ def _sort_key(fields: dict[str, Any]) -> tuple:
 
 def collect(store: Store, split: str = "dev", tasks: Iterable[str] | None = None,
             methods: Iterable[str] | None = None, tags: dict[str, str] | None = None,
-            metrics: dict[str, str] | None = None, choose_lr: bool = False) -> Collection:
-    """Read ``store`` and group its runs into rows and cells (see the module docstring)."""
+            metrics: dict[str, str] | None = None, choose_lr: bool | str = False) -> Collection:
+    """Read ``store`` and group its runs into rows and cells (see the module docstring). ``choose_lr``: False, or
+    the split the learning rate is chosen on (True: ``selection``; ``best_dev`` is the optimistic convention)."""
     if split not in SPLITS:
         raise ConfigError(f"unknown split {split!r}.{did_you_mean(split, SPLITS)} Accepted: {', '.join(SPLITS)}.")
+    choose_lr = "selection" if choose_lr is True else choose_lr
+    if choose_lr and choose_lr not in SPLITS:
+        raise ConfigError(f"unknown split to choose the learning rate on: {choose_lr!r}. Accepted: "
+                          f"{', '.join(SPLITS)}.")
     records = store.runs()
     if not records:
         raise ConfigError(f"the results store {store.path} has no runs; run something first (eft run / eft sweep).")
@@ -391,7 +400,7 @@ def _suite_order(groups: dict[str, dict[str, list[dict]]]) -> dict[str, int] | N
     return entry if len(suites) == 1 and None not in suites else None
 
 
-def _cell(task: str, recs: list[dict], split: str, metric: str, select: bool) -> Cell:
+def _cell(task: str, recs: list[dict], split: str, metric: str, select: bool | str) -> Cell:
     # one run per replicate (and lr, under selection): a store keeps one record per key, but runs whose keys differ
     # only outside the identity (device, data folder), or whose seed is spelled 0 and "0", repeat a replicate; the
     # later one counts, before anything (the lr choice included) reads a score
@@ -408,7 +417,7 @@ def _cell(task: str, recs: list[dict], split: str, metric: str, select: bool) ->
         by_lr: dict[float | None, list[dict]] = defaultdict(list)
         for r in recs:
             by_lr[_lr(r)].append(r)
-        lr, basis, candidates = select_lr(by_lr, metric)
+        lr, basis, candidates = select_lr(by_lr, metric, select)
         recs = by_lr[lr]
     else:
         lrs = {_lr(r) for r in recs}

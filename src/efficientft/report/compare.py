@@ -85,7 +85,8 @@ def best_ratio(col: Collection) -> list[tuple[Row, dict[str, Row], Row]]:
             having = {_ratio(r): r for r in family if task in r.cells}
             if len(having) < 2 or task not in qkv.cells:
                 continue
-            lam, basis, _ = select_lr({k: r.cells[task].runs for k, r in having.items()}, col.metrics[task])
+            lam, basis, _ = select_lr({k: r.cells[task].runs for k, r in having.items()}, col.metrics[task],
+                                      col.select_lr if isinstance(col.select_lr, str) else "selection")
             best = having[lam]
             chosen[task] = Row({**best.fields, "basis": basis}, _best_label(one.label, f"{lam:g}, by {basis}"),
                                {task: best.cells[task]})
