@@ -11,10 +11,9 @@ compared pooled over tasks (:data:`POOLED`): per seed, the mean over the tasks, 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-import re
 
 from .collect import Cell, Collection, Row, find_row, select_lr
 from .stats import Paired, paired
