@@ -441,3 +441,24 @@ def test_cost_per_configuration_and_compute_in_the_store(rep, report_store):
     doc = markdown_document(rep)
     assert f"{len(everything)} runs ({len(everything) - 1} done, 1 failed)" in doc
     assert "| Configuration | Runs | Params | Median step (s) | Peak memory (MB) |" in doc
+
+
+def test_plot_error_bars_are_95_percent_confidence_intervals(rep, report_store):
+    """The plots' bars (score vs λ, vs cost) are the 95 % t interval over seeds, not the standard deviation; the
+    average's is over each seed's mean over the tasks."""
+    from efficientft.report.plots import _targets
+
+    targets = {key: f for key, _title, f in _targets(rep.collection)}
+    row = _row(rep, "lora", "qv", 4.0, 3e-3).row
+    per_task = {}
+    for task in ("stsb", "rte"):
+        x = np.array([v for _, v in sorted(_runs(report_store, task=task, method="lora", targets="qv", lr_ratio=4.0,
+                                                  lr=3e-3).items())])
+        per_task[task] = x
+        mean, half = targets[task](row)
+        assert mean == pytest.approx(100 * x.mean())
+        want = 100 * sps.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))
+        assert half == pytest.approx(want) and (want == 0 or half != pytest.approx(100 * x.std(ddof=1)))
+    per_seed = (per_task["stsb"] + per_task["rte"]) / 2
+    _, half = targets["avg"](row)
+    assert half == pytest.approx(100 * sps.t.ppf(0.975, 2) * per_seed.std(ddof=1) / np.sqrt(3))

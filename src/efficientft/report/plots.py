@@ -25,7 +25,7 @@ from matplotlib.ticker import EngFormatter, FixedLocator, NullFormatter, NullLoc
 from ..store import Store
 from ..tasks.metrics import METRIC_TITLES
 from .collect import Collection, Row, row_label, task_title
-from .stats import pareto_front
+from .stats import Summary, pareto_front, summarize
 from .values import number
 
 COSTS = {  # stem: (cost field, axis label, log scale)
@@ -72,13 +72,19 @@ def _legend(fig: Figure, rows: Sequence[Row]) -> None:
     _literal(*leg.get_texts())
 
 
+def _half(s: Summary) -> float:
+    """The half-width of a summary's 95 % confidence interval, ×100 (NaN with fewer than two values)."""
+    return 100 * (s.ci_high - s.ci_low) / 2 if s.n > 1 else math.nan
+
+
 def _targets(col: Collection) -> list[tuple[str, str, Callable[[Row], tuple[float, float]]]]:
-    """(key, title, row → (mean, std) ×100) per task, plus the average over tasks when there are several."""
+    """(key, title, row → (mean, half-width of the 95 % CI over seeds) ×100) per task, plus the average over tasks
+    when there are several (its interval: over the seeds every task has, of each seed's mean over the tasks)."""
     out = []
     for t in col.tasks:
         def f(r: Row, t: str = t) -> tuple[float, float]:
             c = r.cells.get(t)
-            return (100 * c.summary.mean, 100 * c.summary.std) if c else (math.nan, math.nan)
+            return (100 * c.summary.mean, _half(c.summary)) if c else (math.nan, math.nan)
 
         m = col.metrics[t]
         out.append((t, f"{task_title(t)} ({METRIC_TITLES.get(m, m)}, {col.split})", f))
@@ -86,7 +92,10 @@ def _targets(col: Collection) -> list[tuple[str, str, Callable[[Row], tuple[floa
         def avg(r: Row) -> tuple[float, float]:
             if not all(t in r.cells for t in col.tasks):
                 return (math.nan, math.nan)
-            return (100 * sum(r.cells[t].summary.mean for t in col.tasks) / len(col.tasks), math.nan)
+            mean = 100 * sum(r.cells[t].summary.mean for t in col.tasks) / len(col.tasks)
+            common = set.intersection(*(set(r.cells[t].scores) for t in col.tasks))
+            per_seed = [sum(r.cells[t].scores[rep] for t in col.tasks) / len(col.tasks) for rep in common]
+            return (mean, _half(summarize(per_seed)))
 
         out.append(("avg", "Average over tasks", avg))
     return out
@@ -118,7 +127,7 @@ def score_vs_cost(col: Collection, out: Path, stem: str) -> list[Path]:
             ax.xaxis.set_minor_formatter(EngFormatter(sep="") if max(xs_ok) < 10 * min(xs_ok) else NullFormatter())
         _literal(ax.set_title(title, fontsize="medium"))
         ax.set_xlabel(xlabel)
-        ax.set_ylabel("score ×100")
+        ax.set_ylabel("score ×100 (bars: 95 % CI over seeds)")
         ax.grid(alpha=0.3)
     _legend(fig, col.rows)
     return _save(fig, out, stem)
@@ -149,7 +158,7 @@ def score_vs_lambda(col: Collection, out: Path) -> list[Path]:
         ax.xaxis.set_major_formatter(EngFormatter(sep=""))
         _literal(ax.set_title(title, fontsize="medium"))
         ax.set_xlabel("λ (learning-rate ratio of W_v)")
-        ax.set_ylabel("score ×100")
+        ax.set_ylabel("score ×100 (bars: 95 % CI over seeds)")
         ax.grid(alpha=0.3)
     shown = [k for k in col.label_fields if k != "lr_ratio"]
     labels = [row_label(rows[0].fields, shown) for rows in families.values()]
