@@ -333,6 +333,25 @@ methods:
         assert len(lb) == 6 and lb == pytest.approx(la, rel=1e-4)
 
 
+def test_fresh_process_runs_each_run_in_a_process_of_its_own(tmp_path, tiny_bert, capsys):
+    """--fresh-process: one run per process, --workers 1 included (never this process), scores unchanged."""
+    p = tiny_suite(tmp_path, tiny_bert, """
+grid: {seed: [0, 1, 2]}
+methods:
+  - {method: lora, targets: qv, method_args: {rank: 4}, lr: [1.0e-3]}
+""", steps=4)
+    a, b = tmp_path / "one.sqlite", tmp_path / "fresh.sqlite"
+    assert main(["sweep", str(p), "--store", str(a)]) == 0
+    assert main(["sweep", str(p), "--store", str(b), "--fresh-process"]) == 0
+    capsys.readouterr()
+    one, fresh = _statuses(a), _statuses(b)
+    workers = [r["worker"] for r in fresh.values()]
+    assert len(set(workers)) == 3 and f"{socket.gethostname()}:{os.getpid()}" not in workers
+    assert {r["worker"] for r in one.values()} == {f"{socket.gethostname()}:{os.getpid()}"}
+    for k in one:
+        assert fresh[k]["status"] == "done" and fresh[k]["scores"] == pytest.approx(one[k]["scores"])
+
+
 CRASH_HOOK = """
 import os
 from pathlib import Path

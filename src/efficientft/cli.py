@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--executor", choices=("local", "ray"), default="local", help="local processes or a Ray cluster")
     w.add_argument("--dry-run", action="store_true", help="list the runs, what would happen to each, and the cost")
     w.add_argument("--retry-failed", action="store_true", help="run failed and diverged runs again")
+    w.add_argument("--fresh-process", action="store_true",
+                   help="each run in a new process (a local pool, --workers 1 too): its peak memory is then its own, "
+                        "not raised by what earlier runs left in the process; costs an interpreter start per run")
     w.add_argument("--reclaim", action="store_true",
                    help="take over runs marked running by another host (a sweep that died elsewhere)")
     w.add_argument("--no-early-stopping", action="store_true",

@@ -17,6 +17,7 @@ from .suite import load_suite
 
 def _options(a: argparse.Namespace) -> SweepOptions:
     return SweepOptions(executor=a.executor, workers=a.workers, retry_failed=a.retry_failed, reclaim=a.reclaim,
+                        fresh_process=a.fresh_process,
                         early_stopping=not a.no_early_stopping, ray_address=a.ray_address,
                         ray_num_cpus=a.ray_num_cpus, env=environment(a.data_dir, a.device, a.model, a.train_data))
 

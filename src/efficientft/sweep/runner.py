@@ -44,6 +44,7 @@ class SweepOptions:
     workers: int = 1
     retry_failed: bool = False
     reclaim: bool = False
+    fresh_process: bool = False  # a process per run (local pool): memory figures free of earlier runs' residue
     early_stopping: bool = True
     ray_address: str | None = None
     ray_num_cpus: int | None = None
@@ -81,8 +82,8 @@ def make_executor(opts: SweepOptions, store: Store):
 
         return RayExecutor(path, opts.ray_address, opts.ray_num_cpus, retry_failed=opts.retry_failed,
                            reclaim=opts.reclaim)
-    if opts.workers > 1:
-        return LocalPool(path, opts.workers, opts.retry_failed, opts.reclaim)
+    if opts.workers > 1 or opts.fresh_process:
+        return LocalPool(path, opts.workers, opts.retry_failed, opts.reclaim, opts.fresh_process)
     return InProcess(path, opts.retry_failed, opts.reclaim)
 
 
