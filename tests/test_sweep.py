@@ -554,28 +554,38 @@ estimate: {step_s: {mrpc: 0.5}, overhead_s: 2}
         load_suite(bad)
 
 
-def _sleep(seconds: float) -> float:
-    time.sleep(seconds)
-    return seconds
+class _BusyPool:
+    """Stands in for the ProcessPoolExecutor: its worker processes are busy with a 120 s "run"."""
+
+    def __init__(self, procs):
+        self._processes = {p.pid: p for p in procs}
+        self.shut = None
+
+    def shutdown(self, wait=True, cancel_futures=False):
+        self.shut = (wait, cancel_futures)
+        self._processes = None  # as the real one does: the pool forgets its processes
 
 
 def test_an_aborted_pool_stops_its_workers_instead_of_waiting_for_their_runs():
     """Ctrl-C or SIGTERM sent to the sweep's process alone (``kill PID``, a scheduler; a background job's workers
-    ignore SIGINT) used to print "cancelled" and then wait for every worker's whole run at exit."""
+    ignore SIGINT) used to print "cancelled" and then wait for every worker's whole run at exit: on abort, each live
+    worker is sent SIGTERM (its run then checkpoints at the end of its step), queued runs are dropped, nothing waits."""
     from efficientft.sweep.executors import LocalPool
 
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=time.sleep, args=(120,)) for _ in range(2)]
+    for p in procs:
+        p.start()
     pool = LocalPool("unused.sqlite", 2)
-    executor = pool._start()
-    futures = [executor.submit(_sleep, 120) for _ in range(2)]
-    deadline = time.time() + 120
-    while time.time() < deadline and len([p for p in (executor._processes or {}).values() if p.is_alive()]) < 2:
-        time.sleep(0.1)
-    workers = list(executor._processes.values())
-    time.sleep(1)  # both are inside their 120 s "runs"
+    pool._pool = fake = _BusyPool(procs)
     start = time.time()
-    pool.close(abort=True)
-    for w in workers:
-        w.join(30)
-    assert all(not w.is_alive() for w in workers) and time.time() - start < 30
-    assert all(w.exitcode == -signal.SIGTERM for w in workers)
-    assert all(f.cancelled() or f.done() for f in futures)
+    try:
+        pool.close(abort=True)
+        for p in procs:
+            p.join(30)
+        assert fake.shut == (False, True) and pool._pool is None
+        assert [p.exitcode for p in procs] == [-signal.SIGTERM] * 2 and time.time() - start < 30
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
