@@ -23,6 +23,8 @@ def test_report_in_headless_chromium(page, tmp_path):
         assert ev("document.title") == "EfficientFT report"
         assert ev("document.querySelectorAll('#main-table tbody tr').length") == len(rep.table.rows)
         assert ev("document.querySelectorAll('#comparisons tbody tr').length") == len(rep.comparisons)
+        assert ev("document.querySelectorAll('#costs tbody tr').length") == len(rep.table.rows) == len(rep.costs)
+        assert f"{rep.spent.runs} runs" in ev("document.getElementById('costs').nextElementSibling.textContent")
         n_runs = sum(len(s.run_keys) for tr in rep.table.rows for s in tr.scores if s) + 1  # + the failed run
         assert ev("document.querySelectorAll('#runs tbody tr').length") == n_runs
         assert ev("document.querySelectorAll('details[id^=run-]').length") == n_runs
