@@ -462,3 +462,22 @@ def test_plot_error_bars_are_95_percent_confidence_intervals(rep, report_store):
     per_seed = (per_task["stsb"] + per_task["rte"]) / 2
     _, half = targets["avg"](row)
     assert half == pytest.approx(100 * sps.t.ppf(0.975, 2) * per_seed.std(ddof=1) / np.sqrt(3))
+
+
+def test_a_setting_of_one_task_only_is_that_tasks_protocol_not_a_row(tmp_path):
+    """A suite's per_task subsample (SST-2's max_train, no value on the other tasks) is a task's protocol: one
+    row with a cell per task, the setting listed per task. It used to split the configuration into two rows, one
+    holding only SST-2 (a setting that only some *methods* have is still theirs)."""
+    from efficientft.config import RunConfig
+
+    store = Store(tmp_path / "s.sqlite")
+    for task, metric, extra in (("sst2", "accuracy", {"max_train": 8000}), ("cola", "mcc", {})):
+        for seed in (0, 1, 2):
+            cfg = RunConfig(task=task, method="lora", targets="qv", lr=2e-3, steps=10, seed=seed, **extra).resolved()
+            store.start(cfg.key(), cfg.to_dict(), {}, {"suite": "s", "entry": 0}, f"dev/{metric}")
+            store.finish(cfg.key(), "done", {f"dev/{metric}": 0.5 + seed / 10}, {"trainable_params": 10},
+                         main_score=0.5)
+    rep = build(store)
+    assert len(rep.table.rows) == 1 and set(rep.table.rows[0].row.cells) == {"sst2", "cola"}
+    assert rep.collection.per_task["max_train"] == {"sst2": 8000, "cola": None}
+    assert "max_train" not in rep.collection.label_fields

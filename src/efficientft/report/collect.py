@@ -366,17 +366,26 @@ def _settings(scored: list[dict], flats: dict[str, dict], names: list[str], tid:
         by_task: dict[str, set] = defaultdict(set)
         for (t, _m), v in by_tm.items():
             by_task[t] |= v - {_NULL}
+        # where a setting is set and where not: whole methods (a method's own argument) or whole tasks (a task's
+        # protocol, e.g. a subsample of SST-2 only)
+        set_by_method, set_by_task = defaultdict(set), defaultdict(set)
+        for (t, m), v in by_tm.items():
+            set_by_method[m].add(v != {_NULL})
+            set_by_task[t].add(v != {_NULL})
+        partial = any(v == {_NULL} for v in by_tm.values())
+        by_method = all(len(x) == 1 for x in set_by_method.values())
+        per_task_ok = not mixed and all(len(v) <= 1 for v in by_task.values()) and k not in _NEVER_PER_TASK
         if k == "rank" and values:  # the rank is a column of every PEFT table
             row_names.append(k)
-        elif not mixed and len(values) <= 1:
+        elif not mixed and len(values) <= 1 and (not partial or by_method or not per_task_ok):
             value = json.loads(next(iter(values))) if values else None
             having = {m for (_t, m), v in by_tm.items() if v != {_NULL}}
-            if value is not None and any(v == {_NULL} for v in by_tm.values()):
+            if value is not None and partial:
                 for method in having:  # only some methods have this argument: theirs, not every run's setting
                     method_settings[method][k] = value
             else:
                 common[k] = value
-        elif not mixed and all(len(v) <= 1 for v in by_task.values()) and k not in _NEVER_PER_TASK:
+        elif per_task_ok:
             per_task[k] = {t: json.loads(next(iter(v))) if v else None for t, v in sorted(by_task.items())}
         else:
             row_names.append(k)

@@ -138,7 +138,7 @@ def main_table(t: Table) -> Markup:
 
 def comparisons_table(comps: Sequence[Comparison]) -> Markup:
     if not comps:
-        return tag("p", "No pairs to compare (no λ ≠ 1 row with a λ = 1 or qkv twin; name pairs with ",
+        return tag("p", "No pairs to compare (no row has a qkv λ = 1 twin or, at λ ≠ 1, a λ = 1 twin; name pairs with ",
                    tag("code", "--compare A B"), ").", class_="note")
     test = "paired t-test" if comps[0].result.test == "t" else "Wilcoxon signed-rank"
     rows = []

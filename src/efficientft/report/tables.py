@@ -181,7 +181,7 @@ def markdown(t: Table) -> str:
 
 def md_comparisons(comps: Sequence[Comparison], digits: int = 2) -> str:
     if not comps:
-        return "_No pairs to compare (no λ ≠ 1 row with a λ = 1 or qkv twin; name pairs with --compare A B)._"
+        return "_No pairs to compare (no row has a qkv λ = 1 twin or, at λ ≠ 1, a λ = 1 twin; name pairs with --compare A B)._"
     test = "paired t-test" if comps[0].result.test == "t" else "Wilcoxon signed-rank"
     lines = [f"| A | B | Task | n | mean A−B (×100) | 95% CI | p ({test}) | d_z | |",
              "|---|---|---|---:|---:|---:|---:|---:|---|"]
