@@ -374,7 +374,11 @@ def _settings(scored: list[dict], flats: dict[str, dict], names: list[str], tid:
             set_by_task[t].add(v != {_NULL})
         partial = any(v == {_NULL} for v in by_tm.values())
         by_method = all(len(x) == 1 for x in set_by_method.values())
-        per_task_ok = not mixed and all(len(v) <= 1 for v in by_task.values()) and k not in _NEVER_PER_TASK
+        # a run setting every record holds (max_train: None is "no subsample") may be a task's protocol even where
+        # some tasks leave it unset; a method argument missing from some records is unknown there, so it splits
+        recorded = all(k in r["config"] for r in scored)
+        per_task_ok = not mixed and all(len(v) <= 1 for v in by_task.values()) and k not in _NEVER_PER_TASK and \
+            (recorded or not partial)
         if k == "rank" and values:  # the rank is a column of every PEFT table
             row_names.append(k)
         elif not mixed and len(values) <= 1 and (not partial or by_method or not per_task_ok):
