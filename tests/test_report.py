@@ -481,3 +481,16 @@ def test_a_setting_of_one_task_only_is_that_tasks_protocol_not_a_row(tmp_path):
     assert len(rep.table.rows) == 1 and set(rep.table.rows[0].row.cells) == {"sst2", "cola"}
     assert rep.collection.per_task["max_train"] == {"sst2": 8000, "cola": None}
     assert "max_train" not in rep.collection.label_fields
+
+
+def test_ci_option_puts_the_95_percent_interval_in_the_markdown_cells(report_store):
+    r = build(report_store, ci=True)
+    assert "[95 % t confidence interval]" in r.table.caption
+    tr = _row(r, "lora", "qkv", 1.0)
+    x = np.array([v for _, v in sorted(_runs(report_store, task="stsb", method="lora", targets="qkv").items())])
+    lo, hi = sps.t.interval(0.95, len(x) - 1, loc=x.mean(), scale=sps.sem(x))
+    line = r.markdown_table().splitlines()[2 + r.table.rows.index(tr)]
+    cell = [c.strip() for c in line.strip("|").split("|")][len(r.table.label_headers)]
+    want = f"{100 * x.mean():.1f} ± {100 * x.std(ddof=1):.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
+    assert cell.replace("**", "").replace("<u>", "").replace("</u>", "") == want
+    assert "[" not in build(report_store).markdown_table().splitlines()[2 + r.table.rows.index(tr)]

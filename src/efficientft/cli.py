@@ -135,6 +135,8 @@ def _report_parser(sub) -> None:
                         "method=lora,targets=qv,lambda=4); repeatable; default: λ≠1 rows vs their λ=1 / qkv twins")
     p.add_argument("--test", default="t", choices=("t", "wilcoxon"), help="paired test (default: t)")
     p.add_argument("--digits", type=int, default=1, help="decimals of the ×100 scores (default: 1)")
+    p.add_argument("--ci", action="store_true",
+                   help="Markdown table cells also show the 95%% CI over seeds: mean ± std [low, high]")
     p.add_argument("--no-plots", action="store_true", help="tables only")
 
 
@@ -335,7 +337,7 @@ def cmd_report(a: argparse.Namespace) -> int:
     split_list = lambda v: [x.strip() for x in v.split(",") if x.strip()] if v else None  # noqa: E731
     rep = build(store, a.split, split_list(a.tasks), split_list(a.methods), _parse_pairs(a.tag, "--tag"),
                 _parse_pairs(a.metric, "--metric"), a.select_lr, [tuple(c) for c in a.compare or []], a.test,
-                a.digits)
+                a.digits, a.ci)
     files = write(rep, store, Path(a.out), formats, plots=not a.no_plots)
     print(rep.markdown_table())
     for note in rep.table.notes:

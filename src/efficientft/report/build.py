@@ -47,13 +47,14 @@ def parse_formats(text: str) -> list[str]:
 def build(store: Store, split: str = "dev", tasks: Sequence[str] | None = None,
           methods: Sequence[str] | None = None, tags: dict[str, str] | None = None,
           metrics: dict[str, str] | None = None, select_lr: bool | str = False,
-          pairs: Sequence[tuple[str, str]] | None = None, test: str = "t", digits: int = 1) -> Report:
+          pairs: Sequence[tuple[str, str]] | None = None, test: str = "t", digits: int = 1,
+          ci: bool = False) -> Report:
     if test not in TESTS:
         raise ConfigError(f"unknown test {test!r}; accepted: {', '.join(TESTS)}.")
     if not 0 <= digits <= 4:
         raise ConfigError(f"digits must be between 0 and 4, got {digits}.")
     col = collect(store, split, tasks, methods, tags, metrics, select_lr)
-    return Report(col, tables.build_table(col, digits), compare(col, pairs, test), cost_rows(col),
+    return Report(col, tables.build_table(col, digits, ci), compare(col, pairs, test), cost_rows(col),
                   spent(store.runs()))
 
 

@@ -65,6 +65,7 @@ class Table:
     caption: str
     notes: list[str] = field(default_factory=list)
     digits: int = 1
+    ci: bool = False  # Markdown cells also show the 95 % CI over seeds: "mean ± std [low, high]"
 
 
 def fmt_value(v: object) -> str:
@@ -96,7 +97,7 @@ def _rank(scores: Sequence[Score | None], digits: int) -> None:
             s.rank = 1 if v == vals[0] else 2 if len(vals) > 1 and v == vals[1] else 0
 
 
-def build_table(col: Collection, digits: int = 1) -> Table:
+def build_table(col: Collection, digits: int = 1, ci: bool = False) -> Table:
     tasks = col.tasks
     headers = []
     for t in tasks:
@@ -123,7 +124,8 @@ def build_table(col: Collection, digits: int = 1) -> Table:
     for j in range(len(tasks)):
         _rank([tr.scores[j] for tr in rows], digits)
     _rank([tr.avg for tr in rows], digits)
-    caption = (f"Scores ×100 on the {SPLIT_TITLES[col.split]}, mean ± standard deviation over seeds; best per column in "
+    spread = "mean ± standard deviation [95 % t confidence interval]" if ci else "mean ± standard deviation"
+    caption = (f"Scores ×100 on the {SPLIT_TITLES[col.split]}, {spread} over seeds; best per column in "
                f"bold, second underlined; Avg. is the mean over tasks of the cell means; Params are trainable "
                f"parameters (adapters and classification head).")
     notes = []
@@ -143,7 +145,7 @@ def build_table(col: Collection, digits: int = 1) -> Table:
     for k, by_task in sorted(col.per_task.items()):
         notes.append(f"Per-task {k}: " + ", ".join(f"{task_title(t)}={fmt_value(v)}" for t, v in by_task.items()) + ".")
     return Table(list(col.label_fields), [FIELD_TITLES.get(k, k) for k in col.label_fields], list(tasks), headers,
-                 rows, caption, notes, digits)
+                 rows, caption, notes, digits, ci)
 
 
 # ---------------------------------------------------------------------------------------------------- Markdown
@@ -159,13 +161,15 @@ def _num(v: float, digits: int) -> str:
     return f"{v:.{digits}f}" if math.isfinite(v) else "–"
 
 
-def md_score(s: Score | None, digits: int) -> str:
+def md_score(s: Score | None, digits: int, ci: bool = False) -> str:
     if s is None:
         return "–"
     m = _num(s.mean, digits)
     m = f"**{m}**" if s.rank == 1 else f"<u>{m}</u>" if s.rank == 2 else m
     std = f" ± {_num(s.std, digits)}" if math.isfinite(s.std) else ""
-    return m + std + (f" {FEW}" if s.few else "")
+    interval = f" [{_num(s.ci_low, digits)}, {_num(s.ci_high, digits)}]" if ci and math.isfinite(s.ci_low) and \
+        math.isfinite(s.ci_high) else ""
+    return m + std + interval + (f" {FEW}" if s.few else "")
 
 
 def markdown(t: Table) -> str:
@@ -173,8 +177,8 @@ def markdown(t: Table) -> str:
     align = ["---"] * len(t.label_headers) + ["---:"] * (len(t.tasks) + 2)
     lines = ["| " + " | ".join(head) + " |", "| " + " | ".join(align) + " |"]
     for tr in t.rows:
-        cells = [*map(md_escape, tr.labels), *(md_score(s, t.digits) for s in tr.scores),
-                 md_score(tr.avg, t.digits), fmt_params(*tr.params)]
+        cells = [*map(md_escape, tr.labels), *(md_score(s, t.digits, t.ci) for s in tr.scores),
+                 md_score(tr.avg, t.digits, t.ci), fmt_params(*tr.params)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
