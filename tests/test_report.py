@@ -494,3 +494,12 @@ def test_ci_option_puts_the_95_percent_interval_in_the_markdown_cells(report_sto
     want = f"{100 * x.mean():.1f} ± {100 * x.std(ddof=1):.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
     assert cell.replace("**", "").replace("<u>", "").replace("</u>", "") == want
     assert "[" not in build(report_store).markdown_table().splitlines()[2 + r.table.rows.index(tr)]
+
+
+def test_csv_with_a_named_selection_split_and_an_empty_cell(report_store):
+    """--select-lr ON names the split (a string, not True): the CSV of a table with an empty cell (λ=2 has no RTE)
+    used to fail with a TypeError while padding that cell."""
+    for on in ("selection", "best_dev"):
+        r = build(report_store, select_lr=on)
+        lines = tables.csv_table(r.table, r.collection).splitlines()
+        assert len({len(line.split(",")) for line in lines}) == 1 and len(lines) == len(r.table.rows) + 1

@@ -331,7 +331,7 @@ def csv_table(t: Table, col: Collection) -> str:
                               for k in t.label_fields]
         for s in tr.scores:
             if s is None:
-                line += [""] * (5 + 2 * col.select_lr)
+                line += [""] * (5 + 2 * bool(col.select_lr))
                 continue
             line += [_g(s.mean), _g(s.std), s.n, _g(s.ci_low), _g(s.ci_high)]
             if col.select_lr:
