@@ -589,3 +589,23 @@ def test_an_aborted_pool_stops_its_workers_instead_of_waiting_for_their_runs():
         for p in procs:
             if p.is_alive():
                 p.kill()
+
+
+def test_a_pool_worker_whose_run_was_cancelled_exits_instead_of_taking_the_next_run(monkeypatch):
+    """Seen on a real sweep: after a cancel, each worker's run was stored cancelled and the workers went on with the
+    next queued runs (a ProcessPoolExecutor worker catches the KeyboardInterrupt like any exception)."""
+    import efficientft.sweep.executors as ex
+
+    def cancelled(*a, **k):
+        raise KeyboardInterrupt
+
+    def exit_(code):
+        raise SystemExit(code)
+
+    monkeypatch.setattr(ex, "execute_one", cancelled)
+    monkeypatch.setattr(ex.os, "_exit", exit_)
+    with pytest.raises(SystemExit) as e:
+        ex._pool_execute({"key": "k"}, "unused.sqlite")
+    assert e.value.code == 128 + signal.SIGTERM
+    monkeypatch.setattr(ex, "execute_one", lambda *a, **k: {"status": "done"})
+    assert ex._pool_execute({"key": "k"}, "unused.sqlite") == {"status": "done"}

@@ -56,6 +56,17 @@ def execute_one(item: Item, store_path: str, retry_failed: bool = False, reclaim
     return out
 
 
+def _pool_execute(item: Item, store_path: str, retry_failed: bool = False, reclaim: bool = False) -> Outcome:
+    """:func:`execute_one` in a pool worker. A run stopped by SIGTERM or Ctrl-C (checkpointed, stored
+    ``cancelled``) ends its worker too: a ProcessPoolExecutor worker catches the KeyboardInterrupt like any
+    exception and takes the next queued run, so a cancelled sweep's workers went on training."""
+    try:
+        return execute_one(item, store_path, retry_failed, reclaim)
+    except KeyboardInterrupt:
+        sys.stdout.flush()
+        os._exit(128 + signal.SIGTERM)
+
+
 class InProcess:
     """Runs one after another in this process (``--workers 1``)."""
 
@@ -168,7 +179,7 @@ class LocalPool:
         pending = list(items)
         while pending:
             pool = self._pool or self._start()
-            futures = {pool.submit(execute_one, item, self.store_path, self.retry_failed, self.reclaim): item
+            futures = {pool.submit(_pool_execute, item, self.store_path, self.retry_failed, self.reclaim): item
                        for item in pending}
             broken, error = [], ""
             for fut in as_completed(futures):
@@ -190,7 +201,7 @@ class LocalPool:
             for item in suspects:
                 self._pool = self._new_pool(1)
                 try:
-                    out = self._pool.submit(execute_one, item, self.store_path, self.retry_failed,
+                    out = self._pool.submit(_pool_execute, item, self.store_path, self.retry_failed,
                                             self.reclaim).result()
                 except BrokenProcessPool as e:
                     self._discard()  # joins the dead worker: until then it may still look alive to _in_flight
