@@ -29,6 +29,13 @@ def check_rank(rank: int, name: str, shape: tuple[int, int], limit: int | None =
         raise ConfigError(f"rank {rank} is larger than {name} allows ({tuple(shape)}: at most {most}).")
 
 
+def frozen(base: nn.Module) -> nn.Module:
+    """``base`` with every parameter frozen: the wrapped layer of a re-parameterising module."""
+    for p in base.parameters():
+        p.requires_grad = False
+    return base
+
+
 def freeze_but_heads(model: nn.Module, heads: list[str]) -> None:
     for p in model.parameters():
         p.requires_grad = False
@@ -56,9 +63,7 @@ class DiagAdapter(nn.Module):
     def __init__(self, base: nn.Module, residual: torch.Tensor, left: torch.Tensor, right: torch.Tensor,
                  diag: torch.Tensor, scale: bool = False) -> None:
         super().__init__()
-        self.base = base
-        for p in base.parameters():
-            p.requires_grad = False
+        self.base = frozen(base)
         set_out_major(base, residual)
         self.register_buffer("left", left.detach().contiguous())
         self.register_buffer("right", right.detach().contiguous())

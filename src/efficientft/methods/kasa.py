@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from ..models.fused import out_major_weight, replace_module, weight_shape
 from ..models.roles import Target
 from . import register
-from ._decomp import DENSE_BASE, check_rank, freeze_but_heads, merge_modules, set_out_major
+from ._decomp import DENSE_BASE, check_rank, freeze_but_heads, frozen, merge_modules, set_out_major
 from .base import Context, Method, positive_int
 from .capabilities import Capabilities
 
@@ -55,9 +55,7 @@ class KasaLinear(nn.Module):
 
     def __init__(self, base: nn.Module, rank: int, scale: float) -> None:
         super().__init__()
-        self.base = base
-        for p in base.parameters():
-            p.requires_grad = False
+        self.base = frozen(base)
         w = out_major_weight(base).detach()
         u, s, vh = torch.linalg.svd(w.double(), full_matrices=False)
         keep = s.numel() - rank

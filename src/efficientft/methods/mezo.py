@@ -129,6 +129,12 @@ def projected_gradient(params: list[torch.Tensor], loss_fn: Callable[[], float],
     return (plus - minus) / (2 * eps), (plus + minus) / 2, sq
 
 
+# What both zeroth-order methods can do (each registered class names it in its own body, as registration requires)
+_ZO_CAPABILITIES = Capabilities(all_targets=True, fused_slices=True, v_role=True, quantized_base=False,
+                                gradient_checkpointing=False, quantized_base_reason=_QUANTIZED, merge=True,
+                                export="model", owns_update=True)
+
+
 class ZerothOrder(FullFineTuning):
     """Full fine-tuning's targets and export, with the SPSA update of MeZO (masked by :meth:`masks`)."""
 
@@ -184,18 +190,14 @@ class ZerothOrder(FullFineTuning):
 class Mezo(ZerothOrder):
     summary = "MeZO (Malladi et al. 2023): zeroth-order SPSA from two forward passes, no backward (eps)"
     Args = MezoArgs
-    capabilities = Capabilities(all_targets=True, fused_slices=True, v_role=True, quantized_base=False,
-                                gradient_checkpointing=False,
-                                quantized_base_reason=_QUANTIZED, merge=True, export="model", owns_update=True)
+    capabilities = _ZO_CAPABILITIES
 
 
 @register("sparse_mezo")
 class SparseMezo(ZerothOrder):
     summary = "Sparse MeZO (Liu et al. 2024): MeZO on the small-magnitude entries only (sparsity, eps)"
     Args = SparseMezoArgs
-    capabilities = Capabilities(all_targets=True, fused_slices=True, v_role=True, quantized_base=False,
-                                gradient_checkpointing=False,
-                                quantized_base_reason=_QUANTIZED, merge=True, export="model", owns_update=True)
+    capabilities = _ZO_CAPABILITIES
 
     def masks(self, params: list[torch.Tensor]) -> list[torch.Tensor | None]:
         return [p.detach().abs() <= threshold(p.detach(), self.args.sparsity).to(p.device, p.dtype) for p in params]

@@ -29,6 +29,7 @@ from ._decomp import (
     DENSE_BASE,
     check_rank,
     freeze_but_heads,
+    frozen,
     load_with_buffers,
     merge_modules,
     set_out_major,
@@ -77,9 +78,7 @@ class PartialColumns(nn.Module):
 
     def __init__(self, base: nn.Module, index: torch.Tensor) -> None:
         super().__init__()
-        self.base = base
-        for p in base.parameters():
-            p.requires_grad = False
+        self.base = frozen(base)
         w = out_major_weight(base)
         self.register_buffer("index", index.to(w.device))
         self.cols = nn.Parameter(w.detach()[:, self.index].clone())

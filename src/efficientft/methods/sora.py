@@ -29,7 +29,7 @@ from ..models.fused import out_major_weight, replace_module
 from ..models.roles import Target
 from ..strategy import Strategy
 from . import register
-from ._decomp import freeze_but_heads, merge_modules, set_out_major
+from ._decomp import freeze_but_heads, frozen, merge_modules, set_out_major
 from .base import Context, Method, positive_int
 from .capabilities import Capabilities
 
@@ -60,9 +60,7 @@ class GatedLoRA(nn.Module):
 
     def __init__(self, base: nn.Module, rank: int, scale: float) -> None:
         super().__init__()
-        self.base = base
-        for p in base.parameters():
-            p.requires_grad = False
+        self.base = frozen(base)
         w = out_major_weight(base)
         out_f, in_f = w.shape
         self.scaling = scale
