@@ -20,7 +20,7 @@ from efficientft.report import tables
 from efficientft.report.build import build, markdown_document, parse_formats
 from efficientft.report.collect import select_lr
 from efficientft.report.compare import POOLED
-from efficientft.report.stats import cohens_dz, paired, pareto_front, summarize
+from efficientft.report.stats import cohens_dz, holm, paired, pareto_front, summarize
 from efficientft.store import Store
 from tests.report_runs import EVIL, EVIL_TAG, GRID
 
@@ -185,6 +185,29 @@ def test_best_lambda_is_chosen_per_task_on_the_selection_split_and_compared_with
     # naming pairs replaces the defaults, the best-λ comparisons included
     named = build(report_store, pairs=[("method=full,targets=qv", "method=lora,targets=qkv")])
     assert not any("λ=best" in c.a.label for c in named.comparisons)
+
+
+def test_holm_adjustment():
+    """Holm (1979): sorted increasing, p̃_(i) = max_{j≤i} min(1, (m−j+1)·p_(j)); NaN (no test) is not counted in m."""
+    nan = float("nan")
+    got = holm([0.01, 0.04, 0.03, nan, 0.5])
+    # m = 4: 4·0.01 = 0.04; 3·0.03 = 0.09; 2·0.04 = 0.08, raised to 0.09 by the step before; 1·0.5 = 0.5
+    assert got[:3] + got[4:] == pytest.approx([0.04, 0.09, 0.09, 0.5]) and math.isnan(got[3])
+    assert holm([0.3, 0.6]) == [0.6, 0.6] and holm([0.9, 0.8, 0.7]) == [1.0, 1.0, 1.0] and holm([]) == []
+    assert holm([0.02]) == [0.02]
+
+
+def test_every_comparison_is_adjusted_over_the_reports_family(rep, written):
+    ps = [c.result.p_value for c in rep.comparisons]
+    assert len(ps) > 10 and [c.result.p_holm for c in rep.comparisons] == pytest.approx(holm(ps), nan_ok=True)
+    assert all(c.result.p_holm >= c.result.p_value for c in rep.comparisons if math.isfinite(c.result.p_value))
+    # a family of many tests: the smallest adjusted p is the smallest raw p times the number of tests (Holm's step 1)
+    m = sum(math.isfinite(p) for p in ps)
+    assert min(c.result.p_holm for c in rep.comparisons) == pytest.approx(min(1.0, m * np.nanmin(ps)))
+    assert f"p (Holm, {len(ps)} tests)" in (written[1] / "report.md").read_text()
+    rows = list(csv.reader(io.StringIO(tables.csv_comparisons(rep.comparisons))))
+    assert rows[0][9:11] == ["p_value", "p_holm"]
+    assert [float(r[10]) if r[10] else math.nan for r in rows[1:]] == pytest.approx(holm(ps), nan_ok=True)
 
 
 def test_named_comparison_and_wilcoxon(report_store):

@@ -5,18 +5,20 @@ W_q,W_v match adapting W_k too (``targets=qv`` vs ``targets=qkv``, both at ``λ=
 raising λ on W_v help (``targets=qv, λ=k`` vs the same with ``λ=1``, and vs ``qkv``)? And does the best λ beat
 ``qkv`` (:func:`best_ratio`: per task, the λ of a family of rows chosen like the learning rate, on the selection
 split, never on the reported one)? Users name their own pairs with ``--compare A B``. Every pair compared on more than one task is also
-compared pooled over tasks (:data:`POOLED`): per seed, the mean over the tasks, paired by seed.
+compared pooled over tasks (:data:`POOLED`): per seed, the mean over the tasks, paired by seed. Every p-value is
+also adjusted (Holm–Bonferroni, :func:`~efficientft.report.stats.holm`) over all the comparisons one call makes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .collect import Cell, Collection, Row, find_row, select_lr
-from .stats import Paired, paired
+from .stats import Paired, holm, paired
 
 # The task of a comparison pooled over tasks: each seed's mean score over the tasks both rows have (the table's
 # "Avg." column, per seed), compared over the seeds that have every one of those tasks.
@@ -107,7 +109,8 @@ def _same(a, b) -> bool:
 
 def compare(col: Collection, specs: Sequence[tuple[str, str]] | None = None, test: str = "t") -> list[Comparison]:
     """Comparisons for the named pairs (row labels or key=value specs), or :func:`default_pairs` and then the best λ
-    of each family against ``qkv`` (:func:`best_ratio`), per task and pooled over tasks."""
+    of each family against ``qkv`` (:func:`best_ratio`), per task and pooled over tasks; each result's ``p_holm`` is
+    its p-value adjusted over all of them."""
     pairs = [(find_row(col.rows, a), find_row(col.rows, b)) for a, b in specs] if specs else default_pairs(col.rows)
     out = []
     for a, b in pairs:
@@ -125,7 +128,8 @@ def compare(col: Collection, specs: Sequence[tuple[str, str]] | None = None, tes
             pooled = Row({**one.fields, "lr_ratio": "best"}, _best_label(one.label, f"per task, by {bases}"))
             out.append(Comparison(pooled, qkv, POOLED, paired(*_pooled(
                 [_pairing(row.cells[t], qkv.cells[t]) for t, row in chosen.items()]), test)))
-    return out
+    adjusted = holm([c.result.p_value for c in out])
+    return [dataclasses.replace(c, result=dataclasses.replace(c.result, p_holm=p)) for c, p in zip(out, adjusted, strict=True)]
 
 
 def _pooled(pairings: list[tuple[dict, dict]]) -> tuple[dict, dict]:

@@ -69,6 +69,7 @@ table{border-collapse:collapse;margin:.8em 0;font-variant-numeric:tabular-nums}
 th,td{padding:.25em .6em;border-bottom:1px solid #e4e4e4;text-align:right;white-space:nowrap}
 th{border-bottom:2px solid #444;background:#fafafa}
 td.l,th.l{text-align:left}
+table.sortable{display:block;max-width:100%;overflow-x:auto}
 table.sortable th{cursor:pointer;user-select:none}
 table.sortable th[aria-sort=ascending]::after{content:" \\25B2"}
 table.sortable th[aria-sort=descending]::after{content:" \\25BC"}
@@ -149,11 +150,12 @@ def comparisons_table(comps: Sequence[Comparison]) -> Markup:
             tag("td", task_title(c.task), class_="l"), tag("td", r.n),
             tag("td", show(100 * r.mean_diff, 2), data_sort=sort_key(100 * r.mean_diff)),
             tag("td", ci_text(r)),
-            tag("td", _p(r.p_value), data_sort=sort_key(r.p_value)), tag("td", show(r.d_z, 2)),
+            tag("td", _p(r.p_value), data_sort=sort_key(r.p_value)),
+            tag("td", _p(r.p_holm), data_sort=sort_key(r.p_holm)), tag("td", show(r.d_z, 2)),
             tag("td", " ".join(map(str, r.seeds)), class_="l"),
             tag("td", tag("span", f"⚠ n < {FEW_SEEDS}", class_="warn") if r.few else "", class_="l")))
     headers = [("A", True), ("B", True), ("Task", True), ("n", False), ("mean A−B (×100)", False),
-               ("95% CI", False), (f"p ({test})", False), ("d_z", False), ("seeds", True), ("", True)]
+               ("95% CI", False), (f"p ({test})", False), ("p (Holm)", False), ("d_z", False), ("seeds", True), ("", True)]
     return _table("comparisons", headers, rows)
 
 
@@ -295,7 +297,8 @@ def page(t: Table, col: Collection, comps: Sequence[Comparison], plots: Sequence
 {notes}
 <h2 id="comparisons-h">Paired comparisons</h2>
 <p class="note">A − B over the seeds both configurations ran (paired by seed), scores ×100; p from the test named in
-the header; d_z = mean difference / standard deviation of the differences (Cohen's d for paired data).</p>
+the header, and adjusted (Holm–Bonferroni) over all {len(comps)} comparisons on this page; d_z = mean difference /
+standard deviation of the differences (Cohen's d for paired data).</p>
 {comparisons_table(comps)}
 <h2 id="cost-h">Cost</h2>
 <p class="note">Per configuration, over its runs in the table: median of each run's median optimizer step, largest

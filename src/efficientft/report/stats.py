@@ -6,6 +6,11 @@
   tests the differences (with a 95% t confidence interval of the mean difference): the paired t-test (``scipy.stats.ttest_rel``) or the Wilcoxon signed-rank test, with the
   effect size Cohen's d_z = mean(d) / sd(d) (Cohen 1988, §2.3.5; Lakens 2013, "Calculating and reporting effect
   sizes", eq. 6).
+- A report makes many comparisons at once (every λ against λ = 1 and against ``qkv``, per task and pooled), so each
+  p-value also has its Holm–Bonferroni adjustment over the report's whole family of comparisons (Holm 1979, "A simple
+  sequentially rejective multiple test procedure", Scand. J. Statist. 6: with the m finite p-values in increasing
+  order, ``p̃_(i) = max_{j ≤ i} min(1, (m − j + 1) · p_(j))``). It controls the family-wise error rate under any
+  dependence between the tests, which the pooled and per-task tests of one pair have.
 
 Fewer than 3 seeds gives no usable spread; callers flag such cells (``FEW_SEEDS``).
 """
@@ -68,10 +73,26 @@ class Paired:
     # 95% t confidence interval of the mean difference, mean ± t(0.975, n-1) · sd / √n
     ci_low: float = float("nan")
     ci_high: float = float("nan")
+    # the p-value adjusted for the family of comparisons it was made in (:func:`holm`); NaN until adjusted
+    p_holm: float = float("nan")
 
     @property
     def few(self) -> bool:
         return self.n < FEW_SEEDS
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm–Bonferroni adjusted p-values, in the order given: with the m finite p-values sorted increasing,
+    ``p̃_(i) = max_{j ≤ i} min(1, (m − j + 1) · p_(j))`` (Holm 1979). A NaN (no test applied) stays NaN and does not
+    count in m. Rejecting where ``p̃ ≤ α`` keeps the chance of any false rejection in the family at most α."""
+    finite = sorted((p, i) for i, p in enumerate(p_values) if p is not None and math.isfinite(p))
+    m = len(finite)
+    out = [float("nan")] * len(p_values)
+    running = 0.0
+    for rank, (p, i) in enumerate(finite):
+        running = max(running, min(1.0, (m - rank) * p))
+        out[i] = running
+    return out
 
 
 def cohens_dz(diffs: Sequence[float]) -> float:

@@ -187,14 +187,14 @@ def md_comparisons(comps: Sequence[Comparison], digits: int = 2) -> str:
     if not comps:
         return "_No pairs to compare (no row has a qkv λ = 1 twin or, at λ ≠ 1, a λ = 1 twin; name pairs with --compare A B)._"
     test = "paired t-test" if comps[0].result.test == "t" else "Wilcoxon signed-rank"
-    lines = [f"| A | B | Task | n | mean A−B (×100) | 95% CI | p ({test}) | d_z | |",
-             "|---|---|---|---:|---:|---:|---:|---:|---|"]
+    lines = [f"| A | B | Task | n | mean A−B (×100) | 95% CI | p ({test}) | p (Holm, {len(comps)} tests) | d_z | |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
     for c in comps:
         r = c.result
         warn = f"⚠ n < {FEW_SEEDS}" if r.few else ""
         lines.append(f"| {md_escape(c.a.label)} | {md_escape(c.b.label)} | {md_escape(task_title(c.task))} | {r.n} | "
                      f"{_num(100 * r.mean_diff, digits)} | {ci_text(r, digits)} | {_p(r.p_value)} | "
-                     f"{_num(r.d_z, 2)} | {warn} |")
+                     f"{_p(r.p_holm)} | {_num(r.d_z, 2)} | {warn} |")
     return "\n".join(lines)
 
 
@@ -280,13 +280,14 @@ def latex(t: Table, comps: Sequence[Comparison] = (), label: str = "tab:efficien
     if comps:
         out += ["", r"\begin{table}[t]", r"\centering",
                 r"\caption{Paired comparisons over matched seeds (A$-$B, scores $\times$100).}",
-                r"\begin{tabular}{lllrrrr}", r"\toprule", r"A & B & Task & $n$ & $\Delta$ & $p$ & $d_z$ \\", r"\midrule"]
+                r"\begin{tabular}{lllrrrrr}", r"\toprule",
+                r"A & B & Task & $n$ & $\Delta$ & $p$ & $p_\mathrm{Holm}$ & $d_z$ \\", r"\midrule"]
         for c in comps:
             r = c.result
             few = r"$^\dagger$" if r.few else ""
             out.append(" & ".join([tex_escape(c.a.label), tex_escape(c.b.label), tex_escape(task_title(c.task)),
                                    f"{r.n}{few}", _num(100 * r.mean_diff, 2), tex_escape(_p(r.p_value)),
-                                   tex_escape(_num(r.d_z, 2))]) + r" \\")
+                                   tex_escape(_p(r.p_holm)), tex_escape(_num(r.d_z, 2))]) + r" \\")
         out += [r"\bottomrule", r"\end{tabular}"]
         if any(c.result.few for c in comps):
             out.append(r"\par\smallskip{\footnotesize $^\dagger$ fewer than " + str(FEW_SEEDS) +
@@ -345,11 +346,11 @@ def csv_table(t: Table, col: Collection) -> str:
 
 def csv_comparisons(comps: Sequence[Comparison]) -> str:
     lines: list[list[object]] = [["a", "b", "task", "n", "seeds", "mean_diff_x100", "std_diff_x100", "ci_low_x100",
-                                  "ci_high_x100", "p_value", "test", "d_z", "warning"]]
+                                  "ci_high_x100", "p_value", "p_holm", "test", "d_z", "warning"]]
     for c in comps:
         r = c.result
         lines.append([c.a.label, c.b.label, c.task, r.n, " ".join(map(str, r.seeds)), _g(100 * r.mean_diff),
-                      _g(100 * r.std_diff), _g(100 * r.ci_low), _g(100 * r.ci_high), _g(r.p_value), r.test,
+                      _g(100 * r.std_diff), _g(100 * r.ci_low), _g(100 * r.ci_high), _g(r.p_value), _g(r.p_holm), r.test,
                       _g(r.d_z), f"n < {FEW_SEEDS}" if r.few else ""])
     return _csv(lines)
 
