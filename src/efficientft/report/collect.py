@@ -363,15 +363,13 @@ def _settings(scored: list[dict], flats: dict[str, dict], names: list[str], tid:
             by_tm[(tid[r["run_key"]], str(r["config"].get("method")))].add(_freeze(flats[r["run_key"]].get(k)))
         values = set().union(*by_tm.values()) - {_NULL}
         mixed = any(len(v) > 1 for v in by_tm.values())
+        # the values per task, and per method whether it is set: where a setting is set and where not follows
+        # whole methods (a method's own argument) or whole tasks (a task's protocol, e.g. a subsample of SST-2 only)
         by_task: dict[str, set] = defaultdict(set)
-        for (t, _m), v in by_tm.items():
-            by_task[t] |= v - {_NULL}
-        # where a setting is set and where not: whole methods (a method's own argument) or whole tasks (a task's
-        # protocol, e.g. a subsample of SST-2 only)
-        set_by_method, set_by_task = defaultdict(set), defaultdict(set)
+        set_by_method: dict[str, set] = defaultdict(set)
         for (t, m), v in by_tm.items():
+            by_task[t] |= v - {_NULL}
             set_by_method[m].add(v != {_NULL})
-            set_by_task[t].add(v != {_NULL})
         partial = any(v == {_NULL} for v in by_tm.values())
         by_method = all(len(x) == 1 for x in set_by_method.values())
         # a run setting every record holds (max_train: None is "no subsample") may be a task's protocol even where

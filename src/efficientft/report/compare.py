@@ -23,6 +23,8 @@ from .stats import Paired, holm, paired
 # The task of a comparison pooled over tasks: each seed's mean score over the tasks both rows have (the table's
 # "Avg." column, per seed), compared over the seeds that have every one of those tasks.
 POOLED = "mean over tasks"
+# Why a report has no comparisons (the Markdown and HTML reports both say it, then name --compare A B)
+NO_PAIRS = "No pairs to compare (no row has a qkv λ = 1 twin or, at λ ≠ 1, a λ = 1 twin; name pairs with "
 
 
 @dataclass

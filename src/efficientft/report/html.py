@@ -22,7 +22,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from .collect import SPLIT_TITLES, Collection, task_title
-from .compare import Comparison
+from .compare import NO_PAIRS, Comparison
 from .stats import FEW_SEEDS
 from .tables import COST_HEADERS, FEW, Score, Table, _p, ci_text, cost_cells, fmt_params, spent_text
 from .values import number, show, sort_key
@@ -139,7 +139,7 @@ def main_table(t: Table) -> Markup:
 
 def comparisons_table(comps: Sequence[Comparison]) -> Markup:
     if not comps:
-        return tag("p", "No pairs to compare (no row has a qkv λ = 1 twin or, at λ ≠ 1, a λ = 1 twin; name pairs with ",
+        return tag("p", NO_PAIRS,
                    tag("code", "--compare A B"), ").", class_="note")
     test = "paired t-test" if comps[0].result.test == "t" else "Wilcoxon signed-rank"
     rows = []

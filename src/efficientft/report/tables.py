@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from ..tasks.metrics import METRIC_TITLES
 from .collect import SPLIT_TITLES, Collection, Row, task_title
-from .compare import Comparison
+from .compare import NO_PAIRS, Comparison
 from .stats import FEW_SEEDS
 
 FIELD_TITLES = {"model": "Model", "method": "Method", "targets": "Targets", "rank": "Rank", "lr_ratio": "λ",
@@ -185,7 +185,7 @@ def markdown(t: Table) -> str:
 
 def md_comparisons(comps: Sequence[Comparison], digits: int = 2) -> str:
     if not comps:
-        return "_No pairs to compare (no row has a qkv λ = 1 twin or, at λ ≠ 1, a λ = 1 twin; name pairs with --compare A B)._"
+        return f"_{NO_PAIRS}--compare A B)._"
     test = "paired t-test" if comps[0].result.test == "t" else "Wilcoxon signed-rank"
     lines = [f"| A | B | Task | n | mean A−B (×100) | 95% CI | p ({test}) | p (Holm, {len(comps)} tests) | d_z | |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
