@@ -290,6 +290,15 @@ def test_kasa_regulariser_gradient_is_that_of_the_full_loss():
     check_merge_exact(method, model, batch)
 
 
+def test_kasa_regulariser_is_the_mean_over_modules_and_singular_values_are_drawn():
+    method, model, _, batch = tiny("kasa", {"rank": 3, "beta": 0.3, "gamma": 0.2})
+    sigmas = torch.cat([m.sigma.detach() for m in model.modules() if hasattr(m, "sigma")])
+    assert sigmas.numel() == 4 * 3 and sigmas.unique().numel() == sigmas.numel()  # drawn, not ones
+    fit(method, model, batch, steps=1)
+    terms = [float(m.regulariser(0.3, 0.2)) for m in model.modules() if hasattr(m, "sigma")]
+    assert len(terms) == 4 and float(method.regulariser(model)) == pytest.approx(sum(terms) / 4)
+
+
 def test_kasa_keeps_one_component():
     with pytest.raises(ConfigError, match=r"rank 16 is larger than .* allows \(\(16, 16\): at most 15\)"):
         tiny("kasa", {"rank": 16})
