@@ -194,13 +194,13 @@ def test_sora_defaults_prune_on_a_short_run():
     groups = method.param_groups(model, Strategy({}), lr, 0.01)
     opt = method.optimizer(groups, lr, 0.01)
     model.train()
-    for step in range(100):
+    for step in range(300):  # each gate moves toward 0 by about lr + ξ = 8e-4 a step (the L1 term leads early)
         model(**batch).loss.backward()
         method.after_backward(model, step)
         opt.step()
         opt.zero_grad()
     ranks = method.effective_ranks(model)
-    assert sum(ranks.values()) < 4 * 8 and min(ranks.values()) < 8, ranks
+    assert sum(ranks.values()) <= 4 * 8 - 6, ranks  # 24 of 32 on this seed: the gates within ~0.24 of zero
     check_merge_exact(method, model.eval(), batch)
 
 
