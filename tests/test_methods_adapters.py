@@ -1,6 +1,8 @@
 """Our own adapters (BitFit, Houlsby, Pfeiffer, parallel, Compacter, SSF): each one's defining property, its exact
 trainable count, export → reload on a fresh base, merge where defined, and a few steps on a causal LM."""
 
+import re
+
 import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, LlamaConfig, LlamaForCausalLM
@@ -129,6 +131,62 @@ def test_series_adapter_reads_the_output_parallel_adapter_reads_the_sub_layer_in
         else:  # h + W_up f(W_down h)
             want = h_base + wrapped.adapter(h_base)
     assert torch.allclose(out, want, atol=1e-6) and not torch.allclose(out, h_base)
+
+
+def _ffn_block_outputs(model, family):
+    """Each layer's FFN-block output, as a frozen base computes it: the closing LayerNorm's (BERT, post-norm), the
+    layer's output, x + h (LLaMA, GPT-2: pre-norm)."""
+    seen, hooks = [], []
+    for name, mod in model.named_modules():
+        if (family == "bert" and name.endswith(".output.LayerNorm") and ".attention." not in name) or (
+                family != "bert" and re.fullmatch(r".*\.(layers|h)\.\d+", name)):
+            hooks.append(mod.register_forward_hook(
+                lambda m, i, o: seen.append((o[0] if isinstance(o, tuple) else o).detach())))
+    logits(model)
+    for h in hooks:
+        h.remove()
+    return seen
+
+
+@pytest.mark.parametrize("family", ["bert", "llama", "gpt2"])
+def test_pfeiffer_reads_the_normalised_output_of_the_ffn_block(family, tiny_bert, tiny_llama, tiny_gpt2):
+    """AdapterHub's Pfeiffer placement: the adapter's input is the FFN block's output after its residual and norm
+    (an adapter on the raw FFN output, Houlsby's, or after attention reads something else and fails here), and its
+    output goes back before that norm: LN(s + A(LN(s)))."""
+    from efficientft.methods._adapters import Bottleneck
+
+    model_dir = {"bert": tiny_bert, "llama": tiny_llama, "gpt2": tiny_gpt2}[family]
+    want = _ffn_block_outputs(fresh(model_dir), family)
+    method, model, _ = prepared("pfeiffer", model_dir, {"bottleneck": 4})
+    adapters = [m for m in model.modules() if isinstance(m, Bottleneck)]
+    seen = []
+    hooks = [a.register_forward_pre_hook(lambda m, i: seen.append(i[0].detach())) for a in adapters]
+    logits(model)  # W_up = 0: the same function as the base, so the same block outputs
+    for h in hooks:
+        h.remove()
+    assert len(want) == len(seen) == 2
+    for got, ref in zip(seen, want, strict=True):
+        torch.testing.assert_close(got, ref, rtol=0, atol=1e-6)
+    if family == "bert":  # the adapter's output is added before the same LayerNorm, applied again
+        norm = model.bert.encoder.layer[0].output.LayerNorm
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if ".adapter.up." in n:
+                    p.normal_(0, 0.5)
+        io = {}
+        hook = _capture(norm, io, "ln")
+        logits(model)
+        hook.remove()
+        s, out = io["ln"]
+        ln = norm.base
+        with torch.no_grad():
+            torch.testing.assert_close(out, ln(s + norm.adapter(ln(s))), rtol=0, atol=1e-6)
+            assert not torch.allclose(out, ln(s), atol=1e-3)
+
+
+def test_compacter_defaults_follow_the_compacter_plus_plus_configuration():
+    args = get_method("compacter").from_config({}).args
+    assert (args.reduction_factor, args.phm_dim, args.nonlinearity) == (32, 4, "gelu")
 
 
 @pytest.mark.parametrize(("raw", "msg"), [
@@ -293,7 +351,7 @@ def test_compacter_is_a_kronecker_sum_with_one_shared_a_and_counts_exactly(famil
     assert len(phm) == 2 * 2  # down and up, in each of 2 layers (after the FFN only)
     assert len({id(m.rule.A) for m in phm}) == 1  # the slow weights A_i: one tensor for every layer
     assert len([k for k in model.state_dict() if k.endswith(".A")]) == 1  # saved once
-    d, m, n, r = 32, 4, 4, 2  # m = 32 // 16 = 2, rounded up to a multiple of n
+    d, m, n, r = 32, 4, 4, 2  # m = 32 // 32 = 1, rounded up to a multiple of n
     want = n ** 3 + 2 * (2 * r * (d + m) + m + d) + head_numel(model)
     assert method.trainable_parameters(model) == want
 

@@ -150,25 +150,62 @@ def test_soft_threshold():
     assert soft_threshold(g, 0.4).tolist() == pytest.approx([-1.6, 0.0, 0.0, 0.0, 0.1, 2.6])
 
 
-def test_sora_gate_step_is_adamw_then_soft_threshold():
-    lr, lam = 1e-2, 0.5
+def test_sora_gate_step_is_adamw_then_a_constant_threshold_on_the_gates_only():
+    lr, xi = 1e-2, 0.5
     torch.manual_seed(0)
-    g0 = torch.randn(6, dtype=torch.float64)
-    grad = torch.randn(6, dtype=torch.float64)
-    mine, ref = torch.nn.Parameter(g0.clone()), torch.nn.Parameter(g0.clone())
-    opt = SparseAdamW([{"params": [mine], "gate": True, "weight_decay": 0.0}], lr, 0.1, lam)
-    plain = torch.optim.AdamW([ref], lr=lr, weight_decay=0.0)
+    g0, grad = torch.randn(6, dtype=torch.float64), torch.randn(6, dtype=torch.float64)
+    w0 = torch.full((6,), 1e-3, dtype=torch.float64)  # a factor's entries, all within ξ of zero
+    gate, ref = torch.nn.Parameter(g0.clone()), torch.nn.Parameter(g0.clone())
+    w, w_ref = torch.nn.Parameter(w0.clone()), torch.nn.Parameter(w0.clone())
+    opt = SparseAdamW([{"params": [gate], "gate": True, "weight_decay": 0.0, "lr": lr * 4},
+                       {"params": [w], "weight_decay": 0.1}], lr, 0.1, xi)
+    plain = torch.optim.AdamW([{"params": [ref], "weight_decay": 0.0, "lr": lr * 4},
+                               {"params": [w_ref], "weight_decay": 0.1}], lr=lr)
     for _ in range(2):
-        mine.grad, ref.grad = grad.clone(), grad.clone()
+        gate.grad, ref.grad, w.grad, w_ref.grad = grad.clone(), grad.clone(), -grad.clone(), -grad.clone()
         opt.step()
         plain.step()
         with torch.no_grad():
-            ref.copy_(soft_threshold(ref, lr * lam))
-    torch.testing.assert_close(mine.detach(), ref.detach(), rtol=0, atol=0)
+            ref.copy_(soft_threshold(ref, xi))  # ξ itself, whatever the group's rate
+    torch.testing.assert_close(gate.detach(), ref.detach(), rtol=0, atol=0)
+    torch.testing.assert_close(w.detach(), w_ref.detach(), rtol=0, atol=0)  # not thresholded
+    assert bool((w != 0).all())
 
 
-def test_sora_large_lambda_prunes_every_rank_and_gates_have_no_decay():
-    method, model, _, batch = tiny("sora", {"rank": 4, "sparse_lambda": 1e3})
+def test_sora_gates_start_random_and_the_l1_term_reaches_only_the_gates():
+    method, model, _, batch = tiny("sora", {"rank": 4, "sparse_lambda": 2.0})
+    gates = {n: p for n, p in model.named_parameters() if n.endswith(".gate")}
+    every = torch.cat([p.detach() for p in gates.values()])
+    assert len(gates) == 4 and every.unique().numel() == every.numel()  # drawn, not ones
+    model(**batch).loss.backward()
+    task = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    method.after_backward(model, 1)
+    for n, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        extra = 2.0 * torch.sign(p.detach()) / every.numel() if n in gates else torch.zeros_like(p)
+        torch.testing.assert_close(p.grad, task[n] + extra, rtol=1e-12, atol=1e-15)
+
+
+def test_sora_defaults_prune_on_a_short_run():
+    method, model, _, batch = tiny("sora")  # rank 8, sparse_lambda 10, ξ 3e-4
+    assert method.effective_ranks(model) == {n: 8 for n in method.effective_ranks(model)}
+    lr = 5e-4  # the default run's rate
+    groups = method.param_groups(model, Strategy({}), lr, 0.01)
+    opt = method.optimizer(groups, lr, 0.01)
+    model.train()
+    for step in range(300):  # each gate moves toward 0 by about lr + ξ = 8e-4 a step (the L1 term leads early)
+        model(**batch).loss.backward()
+        method.after_backward(model, step)
+        opt.step()
+        opt.zero_grad()
+    ranks = method.effective_ranks(model)
+    assert sum(ranks.values()) <= 4 * 8 - 6, ranks  # 24 of 32 on this seed: the gates within ~0.24 of zero
+    check_merge_exact(method, model.eval(), batch)
+
+
+def test_sora_large_threshold_prunes_every_rank_and_gates_have_no_decay():
+    method, model, _, batch = tiny("sora", {"rank": 4, "xi": 1e3})
     groups = method.param_groups(model, Strategy({"v": 4.0}), 1e-2, 0.1)
     gates = [g for g in groups if g.get("gate")]
     assert sorted(n for g in gates for n in g["names"]) == sorted(
@@ -180,8 +217,8 @@ def test_sora_large_lambda_prunes_every_rank_and_gates_have_no_decay():
     check_merge_exact(method, model, batch)
 
 
-def test_sora_small_lambda_keeps_rank():
-    method, model, _, batch = tiny("sora", {"rank": 4, "sparse_lambda": 0.0})
+def test_sora_no_threshold_keeps_rank():
+    method, model, _, batch = tiny("sora", {"rank": 4, "xi": 0.0, "sparse_lambda": 0.0})
     fit(method, model, batch, steps=2)
     assert set(method.effective_ranks(model).values()) == {4}
 
@@ -251,6 +288,15 @@ def test_kasa_regulariser_gradient_is_that_of_the_full_loss():
                                                           + float(torch.linalg.norm(m.V @ m.V.t() - eye)))
     assert float(reg) == pytest.approx(by_hand)
     check_merge_exact(method, model, batch)
+
+
+def test_kasa_regulariser_is_the_mean_over_modules_and_singular_values_are_drawn():
+    method, model, _, batch = tiny("kasa", {"rank": 3, "beta": 0.3, "gamma": 0.2})
+    sigmas = torch.cat([m.sigma.detach() for m in model.modules() if hasattr(m, "sigma")])
+    assert sigmas.numel() == 4 * 3 and sigmas.unique().numel() == sigmas.numel()  # drawn, not ones
+    fit(method, model, batch, steps=1)
+    terms = [float(m.regulariser(0.3, 0.2)) for m in model.modules() if hasattr(m, "sigma")]
+    assert len(terms) == 4 and float(method.regulariser(model)) == pytest.approx(sum(terms) / 4)
 
 
 def test_kasa_keeps_one_component():

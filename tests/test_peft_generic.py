@@ -99,3 +99,52 @@ def test_prompt_tuning_exports_and_reloads_to_identical_logits(tiny_llama, tmp_p
     again = PEFT.from_config(p.method.args_dict()).reload(base, tmp_path / "e", [], Context(heads=head_modules(base)))
     with torch.no_grad():
         torch.testing.assert_close(again.eval()(**x).logits, want)
+
+
+VB = {"tuner": "vblora", "r": 2, "num_vectors": 8, "vector_length": 8}
+
+
+def test_a_shared_vector_bank_takes_a_role_only_when_all_its_modules_share_it(tiny_bert):
+    """VB-LoRA's vector bank is one parameter held by every adapted module: under qv it is neither q's nor v's."""
+    p = prepare(_cfg(tiny_bert, method_args=VB))
+    roles = {n: r for g in p.groups for n in g["names"] for r in [p.method.param_roles(p.model)[n]]}
+    bank = [n for n in roles if "vector_bank" in n]
+    assert len(bank) == 1 and roles[bank[0]] == "q+v"  # was the role of whichever module registered it first
+    assert {g["lr_scale"] for g in p.groups if bank[0] in g["names"]} == {1.0}
+    with pytest.raises(ConfigError) as e:
+        prepare(_cfg(tiny_bert, method_args=VB, lr_ratio=4.0))
+    assert str(e.value) == (f"a learning-rate ratio cannot apply to {bank[0]}: it is one parameter shared by "
+                            "modules of roles q, v, so it has no single role; drop the ratio or target only "
+                            "modules of one role.")
+    p = prepare(_cfg(tiny_bert, method_args=VB, targets="v", lr_ratio=4.0))  # every holder is W_v: λ applies
+    assert {g["lr_scale"] for g in p.groups for n in g["names"] if "vector_bank" in n} == {4.0}
+
+
+@pytest.mark.parametrize("args,msg", [
+    ({"tuner": "adalora", "total_step": 10},
+     "method 'peft': tuner 'adalora' needs a hook after every step (AdaLoRA's update_and_allocate) that the generic "
+     "method does not run; use --method adalora."),
+    ({"tuner": "lora", "init_lora_weights": "eva"},
+     "method 'peft': init_lora_weights 'eva' needs what the generic method does not do (EVA's initialisation from "
+     "data); use --method eva."),
+    ({"tuner": "lora", "layers_to_transform": 99},
+     "method 'peft': layers_to_transform 99 names no layer of this model's targets (layers 0-1)."),
+    ({"tuner": "lora", "layers_pattern": "layer"},
+     "method 'peft': layers_pattern is not needed: efficientft reads each target's layer index from its name; give "
+     "layers_to_transform alone."),
+])
+def test_what_the_generic_method_cannot_do_is_refused_naming_the_way(args, msg, tiny_bert):
+    with pytest.raises(ConfigError) as e:
+        prepare(_cfg(tiny_bert, method_args=args))
+    assert str(e.value) == msg
+
+
+@pytest.mark.parametrize("layers,want", [(0, {"0"}), ([1], {"1"}), ("0,1", {"0", "1"})])
+def test_layers_to_transform_takes_effect_on_the_trainable_set(layers, want, tiny_bert):
+    p = prepare(_cfg(tiny_bert, method_args={"tuner": "lora", "r": 2, "layers_to_transform": layers}))
+    adapted = {n.split(".layer.")[1].split(".")[0] for n, q in p.model.named_parameters()
+               if q.requires_grad and "lora_" in n}
+    assert adapted == want
+    per_module = 2 * (32 + 32)  # A: r × 32, B: 32 × r
+    head = sum(q.numel() for n, q in p.model.named_parameters() if q.requires_grad and "classifier" in n)
+    assert p.method.trainable_parameters(p.model) == 2 * len(want) * per_module + head

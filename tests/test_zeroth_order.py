@@ -162,3 +162,44 @@ def test_accumulated_micro_batches_weigh_by_examples(tiny_bert_no_dropout):
         whole = float(p.model(**batch).loss)
     result = optimizer_step(p, [(None, b) for b in parts], 1, scaler=torch.amp.GradScaler("cpu"))
     assert seen[0] == pytest.approx(whole, rel=1e-6) and result.loss == seen[0] and not result.skipped
+
+
+def test_the_default_run_takes_the_unclipped_step(tiny_bert_no_dropout):
+    """Under the default max_grad_norm (1.0) a MeZO step is still θ ← θ − lr · g · z, with ‖g·z‖ above 2."""
+    from efficientft.step import optimizer_step
+
+    cfg = tiny_config(tiny_bert_no_dropout, method="mezo", targets="qv", method_args={}, steps=1, batch_size=8,
+                      max_train=8, max_eval=8, lr=1e-3, warmup_ratio=0.0, schedule="constant")
+    assert cfg.max_grad_norm == 1.0 and cfg.resolved().max_grad_norm is None  # the record says what ran
+    p = prepare(cfg)
+    params = params_of(p.optimizer)
+    before = [q.detach().clone() for q in params]
+    seen, update = {}, p.method.update
+
+    def spy(model, opt, loss_fn, step, clip):
+        seen["clip"], seen["seed"] = clip, step_seed(p.method.ctx.seed, step)
+        model.eval()
+        seen["g"], _, seen["sq"] = projected_gradient(params, loss_fn, 1e-3, seen["seed"])  # θ is restored
+        return update(model, opt, loss_fn, step, clip)
+
+    p.method.update = spy
+    batch = next(iter(p.batches().indexed(0)))[1]
+    optimizer_step(p, [(None, batch)], 1)
+    g = seen["g"]
+    assert seen["clip"] is None and abs(g) * seen["sq"] ** 0.5 > 2.0  # clipping at 1.0 would have halved it
+    z, old = iter(directions(params, seen["seed"])), iter(before)
+    for group in p.optimizer.param_groups:
+        for q in group["params"]:
+            torch.testing.assert_close(q.detach() - next(old), -group["lr"] * g * next(z), rtol=1e-3, atol=1e-7)  # fp32
+
+
+@pytest.mark.parametrize("name", ["mezo", "sparse_mezo"])
+def test_a_clipping_norm_is_refused_in_one_line(name, tiny_bert):
+    from efficientft.config import RunConfig
+
+    with pytest.raises(ConfigError) as e:
+        RunConfig(method=name, max_grad_norm=0.5).resolved()
+    assert str(e.value) == (f"method {name!r} owns its update and does not clip it (its paper's algorithm steps "
+                            "unclipped), so max_grad_norm 0.5 would not apply; drop --max-grad-norm (or give 0).")
+    assert RunConfig(method=name, max_grad_norm=None).resolved().max_grad_norm is None
+    assert RunConfig(method="lora", max_grad_norm=0.5).resolved().max_grad_norm == 0.5  # others clip as asked

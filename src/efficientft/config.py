@@ -237,6 +237,8 @@ class RunConfig:
             changes.update(task.kind.resolve(self, task))
         if self.quantize == "4bit" and self.quant_compute_dtype is None:  # the key names the dtype that ran
             changes["quant_compute_dtype"] = best_precision(self.device)
+        if not method.capabilities.clipping:  # the key and the record say what ran: no clipping
+            changes["max_grad_norm"] = None
         return self.replace(**changes)
 
     def check_method(self, method: Any) -> None:
@@ -245,7 +247,8 @@ class RunConfig:
 
         check_run(method, targets=self.targets, quantize=self.quantize, role_ratios=self.role_ratios,
                   lr_ratio=self.lr_ratio, default_targets=DEFAULT_TARGETS, exporting=bool(self.export_dir),
-                  gradient_checkpointing=bool(self.gradient_checkpointing))
+                  gradient_checkpointing=bool(self.gradient_checkpointing), max_grad_norm=self.max_grad_norm,
+                  default_max_grad_norm=DEFAULTS["max_grad_norm"])
 
     def identity(self) -> dict[str, Any]:
         """The fields that define the experiment (everything but where things live and how they are shown)."""

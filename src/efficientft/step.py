@@ -142,7 +142,7 @@ def owned_step(p: Prepared, micro: list[tuple[Any, dict[str, torch.Tensor]]], st
     The method gets the step's loss as a function: the mean over the micro-batches weighted by
     :func:`batch_weight`, as :func:`accumulate` weights their gradients, so gradient accumulation means the same
     here. No GradScaler is involved (nothing is backpropagated, so an fp16 step is never skipped); clipping is
-    the method's, on the gradient it estimates. The schedule and ``after_step`` then run as for every method.
+    the method's, on the gradient it estimates, and only where it declares ``capabilities.clipping``. The schedule and ``after_step`` then run as for every method.
     """
     weights = [batch_weight(p, b) for _, b in micro]
     total = float(sum(weights))
@@ -161,7 +161,8 @@ def owned_step(p: Prepared, micro: list[tuple[Any, dict[str, torch.Tensor]]], st
 
     first = p.optimizer.param_groups[0]
     lr = float(first["lr"]) / float(first.get("lr_scale", 1.0))
-    loss, grad_norm = p.method.update(p.model, p.optimizer, loss_fn, step, p.cfg.max_grad_norm)
+    clip = p.cfg.max_grad_norm if p.method.capabilities.clipping else None  # its algorithm, whatever the default
+    loss, grad_norm = p.method.update(p.model, p.optimizer, loss_fn, step, clip)
     p.scheduler.step()
     p.method.after_step(p.model, step)
     return StepResult(loss, grad_norm, lr)

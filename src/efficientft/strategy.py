@@ -54,33 +54,51 @@ def roles_by_name(model: nn.Module, targets: list[Target], heads: list[str]) -> 
     one role's slice of a fused projection live under a submodule named by the role (``c_attn.slices.v.weight``,
     ``c_attn.lora.v.A``). Biases and normalisation weights get no role, so λ never reaches them; the task head
     gets ``"head"`` (base rate).
+
+    A parameter registered in several modules (VB-LoRA's vector bank, in every adapted module) has a role only when
+    every module that holds it has that role; otherwise its role is the roles joined by ``+`` (``"q+v"``), which no
+    ratio reaches and which :func:`build_param_groups` refuses a ratio for.
     """
     modules = dict(model.named_modules())
     plain = [t for t in targets if t.out_slice is None]
     sliced = [t for t in targets if t.out_slice is not None]
-    out: dict[str, str | None] = {}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        owner = modules.get(name.rpartition(".")[0])
+    every: dict[int, list[str | None]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
         dotted = "." + name
-        role: str | None = None
-        if any(dotted.startswith(f".{h}.") or f".model.{h}." in dotted for h in heads) and not _inside_target(
-            dotted, plain
-        ):
-            role = HEAD
-        elif not no_decay(name, owner):
-            for t in plain:
-                if f".{t.name}." in dotted:
-                    role = t.role
-                    break
-            for t in sliced:  # a slice's parameters live under a submodule named by its role
-                at = dotted.find(f".{t.name}.")
-                if at >= 0 and t.role in dotted[at + len(t.name) + 2 :].split(".")[:-1]:
-                    role = t.role
-                    break
-        out[name] = role
+        if p.requires_grad and (_inside_target(dotted, targets) or any(f".{h}." in dotted for h in heads)):
+            every.setdefault(id(p), []).append(_role_of(name, modules, plain, sliced, heads))
+    out: dict[str, str | None] = {}
+    for name, p in model.named_parameters():  # holders outside every target and head (PEFT's model-level copy of
+        if p.requires_grad:                   # a shared bank) use it through those that are inside: no vote
+            roles = set(every.get(id(p)) or [_role_of(name, modules, plain, sliced, heads)])
+            out[name] = roles.pop() if len(roles) == 1 else SHARED.join(sorted(r or "none" for r in roles))
     return out
+
+
+SHARED = "+"  # joins the roles of a parameter shared by modules of different roles
+
+
+def _role_of(name: str, modules: dict[str, nn.Module], plain: list[Target], sliced: list[Target],
+             heads: list[str]) -> str | None:
+    """The role a parameter has by this one of its names (see :func:`roles_by_name`)."""
+    owner = modules.get(name.rpartition(".")[0])
+    dotted = "." + name
+    role: str | None = None
+    if any(dotted.startswith(f".{h}.") or f".model.{h}." in dotted for h in heads) and not _inside_target(
+        dotted, plain
+    ):
+        role = HEAD
+    elif not no_decay(name, owner):
+        for t in plain:
+            if f".{t.name}." in dotted:
+                role = t.role
+                break
+        for t in sliced:  # a slice's parameters live under a submodule named by its role
+            at = dotted.find(f".{t.name}.")
+            if at >= 0 and t.role in dotted[at + len(t.name) + 2 :].split(".")[:-1]:
+                role = t.role
+                break
+    return role
 
 
 def _inside_target(dotted: str, targets: list[Target]) -> bool:
@@ -102,6 +120,10 @@ def build_param_groups(
         if not p.requires_grad:
             continue
         role = roles.get(name)
+        if role and SHARED in role and any(strategy.multiplier(r) != 1.0 for r in role.split(SHARED)):
+            raise ConfigError(f"a learning-rate ratio cannot apply to {name}: it is one parameter shared by modules "
+                              f"of roles {', '.join(role.split(SHARED))}, so it has no single role; drop the ratio "
+                              "or target only modules of one role.")
         scale = strategy.multiplier(role) * float((extra_scale or {}).get(name, 1.0))
         decay = 0.0 if no_decay(name, modules.get(name.rpartition(".")[0])) else weight_decay
         g = groups.setdefault((scale, decay), {"params": [], "names": [], "roles": set(), "lr_scale": scale,

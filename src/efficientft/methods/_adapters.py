@@ -5,8 +5,14 @@ A bottleneck adapter is ``A(z) = s · W_up f(W_down z)`` with W_down: d → m, W
 W_up = 0, b_up = 0 at init, so the adapted model computes exactly the base model before training (Houlsby et al.
 2019, §2.1: "near-identity initialisation"). It is inserted at *sub-layer positions*, not on linear modules:
 
-- **series** (Houlsby, Pfeiffer, Compacter++): ``h ← h + A(h)`` on the output h of a sub-layer's last projection
-  (the attention output projection W_o, or the FFN's down projection), before the residual connection and norm;
+- **series** (Houlsby, Compacter++): ``h ← h + A(h)`` on the output h of a sub-layer's last projection (the
+  attention output projection W_o, or the FFN's down projection), before the residual connection and norm;
+- **after the FFN block** (Pfeiffer, as AdapterHub's Pfeiffer / ``seq_bn`` configuration computes it:
+  original_ln_before, residual_before_ln, original_ln_after): with h the FFN's output and x its residual input,
+  the adapter reads the block's normalised output y = LN(h + x), its output is added to h (the residual taken
+  before the norm), then the residual x and the *same* norm are applied again: ``out = LN(h + x + A(LN(h + x)))``.
+  In a pre-norm model (LLaMA, GPT-2) there is no norm after the block (AdapterHub passes none), so with
+  z = x + h, the layer's output: ``out = z + A(z)``;
 - **parallel** (He et al. 2022, §3): ``h ← h + A(x)`` where x is the sub-layer's *input* (what its first
   projection reads: W_q or the fused QKV for attention, the up projection for the FFN) and h its output.
 
@@ -104,6 +110,44 @@ class SeriesAdapter(nn.Module):
         return h + self.adapter(h.to(_dtype(self.adapter))).to(h.dtype)
 
 
+class NormedSumAdapter(nn.Module):
+    """The norm that closes a post-norm FFN block, around a Pfeiffer adapter: ``LN(s + A(LN(s)))``, s = h + x."""
+
+    def __init__(self, base: nn.Module, adapter: nn.Module) -> None:
+        super().__init__()
+        self.base, self.adapter = base, adapter
+
+    def forward(self, s: torch.Tensor) -> torch.Tensor:
+        y = self.base(s)
+        return self.base(s + self.adapter(y.to(_dtype(self.adapter))).to(s.dtype))
+
+
+def _add_to_layer_output(layer: nn.Module, args: Any, out: Any) -> Any:  # noqa: ARG001 - a forward hook
+    """A pre-norm layer's output z (its residual stream after the FFN) becomes z + A(z)."""
+    z = out[0] if isinstance(out, tuple) else out
+    z = z + layer.adapter(z.to(_dtype(layer.adapter))).to(z.dtype)
+    return (z, *out[1:]) if isinstance(out, tuple) else z
+
+
+# The norm that closes the FFN block of a post-norm family, from the FFN's last projection's name.
+_FFN_NORM = {"bert": lambda last: last.rpartition(".")[0] + ".LayerNorm",
+             "distilbert": lambda last: f"{layer_of(last)}.output_layer_norm"}
+
+
+def place_after_ffn(model: nn.Module, last: str, adapter: nn.Module) -> None:
+    """Put a Pfeiffer adapter after the FFN block whose last projection is ``last`` (see the module's docstring):
+    around the block's closing norm in a post-norm model, on the layer's output in a pre-norm one."""
+    family = family_of(model)
+    norm = _FFN_NORM[family.name](last) if family is not None and family.name in _FFN_NORM else None
+    names = dict(model.named_modules())
+    if norm is not None and norm in names:
+        replace_module(model, norm, NormedSumAdapter(names[norm], adapter))
+        return
+    layer = model.get_submodule(layer_of(last))
+    layer.add_module("adapter", adapter)
+    layer.register_forward_hook(_add_to_layer_output)
+
+
 class _Slot:
     """The input of a sub-layer, passed from its first projection to its last (a plain object: no parameters)."""
 
@@ -191,6 +235,7 @@ class AdapterMethod(Method):
     positions) and how its bottleneck is built (:meth:`build`)."""
 
     parallel: ClassVar[bool] = False
+    after_ffn_block: ClassVar[bool] = False  # Pfeiffer: after the FFN block's residual and norm (place_after_ffn)
 
     def positions(self) -> tuple[str, ...]:
         raise NotImplementedError
@@ -213,7 +258,9 @@ class AdapterMethod(Method):
                 base_last = model.get_submodule(last)
                 d = weight_shape(base_last)[0]
                 adapter = self.build(d, like)
-                if self.parallel:
+                if self.after_ffn_block and position == "ffn":
+                    place_after_ffn(model, last, adapter)
+                elif self.parallel:
                     slot = _Slot()
                     replace_module(model, first, InputTap(model.get_submodule(first), slot))
                     replace_module(model, last, ParallelAdapter(base_last, adapter, slot))

@@ -51,6 +51,10 @@ class Capabilities:
     gradient_checkpointing: bool = True
     # Does the method perform its own parameter update (zeroth-order: forward passes only, no backward)?
     owns_update: bool = False
+    # Does the run's gradient clipping (max_grad_norm) act on its update? A method that owns its update says so;
+    # where it does not (MeZO: the paper's Algorithm 1 steps unclipped), the default norm resolves to none and a
+    # norm the user gives is refused, so a default never changes the method's algorithm.
+    clipping: bool = True
     # Does it train under FSDP (efficientft.sharding: parameters sharded, the optimizer built on the shards)? A hook
     # that reads or masks whole gradients or weights would see shards, so only methods tested sharded say yes.
     sharding: bool = False
@@ -58,14 +62,16 @@ class Capabilities:
 
 def check_run(method: Any, *, targets: str, quantize: str | None, role_ratios: Mapping[str, float],
               lr_ratio: float, default_targets: str, exporting: bool = False,
-              gradient_checkpointing: bool = False) -> None:
+              gradient_checkpointing: bool = False, max_grad_norm: float | None = None,
+              default_max_grad_norm: float | None = None) -> None:
     """Refuse, before any model loads, a run that asks a method for what its capabilities say it cannot do.
 
     One line each (a ConfigError): targets ``all`` for a method without ``all_targets``; targets other than the
     default for a method that targets nothing or sub-layer positions; a quantized base without ``quantized_base``;
     an export folder for a method whose export is ``"none"``; gradient checkpointing without
     ``gradient_checkpointing``; λ (or a ``role_lr`` for v) ≠ 1 for a method without ``v_role``, which would
-    otherwise be stored as applied and never be.
+    otherwise be stored as applied and never be; a clipping norm other than the default for a method whose update
+    is not clipped (``clipping`` False: the default itself resolves to none, see ``RunConfig.resolved``).
     """
     from ..errors import ConfigError
 
@@ -90,6 +96,10 @@ def check_run(method: Any, *, targets: str, quantize: str | None, role_ratios: M
                               "has none (it updates from forward passes only): drop the flag.")
         raise ConfigError(f"method {name!r} cannot train with gradient checkpointing (PEFT refuses it for this "
                           "method); drop --gradient-checkpointing.")
+    if not caps.clipping and max_grad_norm is not None and max_grad_norm != default_max_grad_norm:
+        raise ConfigError(f"method {name!r} owns its update and does not clip it (its paper's algorithm steps "
+                          f"unclipped), so max_grad_norm {max_grad_norm:g} would not apply; drop --max-grad-norm "
+                          "(or give 0).")
     ratio = float(role_ratios.get("v", 1.0))
     if not caps.v_role and ratio != 1.0:
         what = f"lr_ratio {ratio:g} (W_v's rate)" if lr_ratio != 1.0 else f"role_lr v={ratio:g}"

@@ -9,6 +9,12 @@ parameterized hypercomplex multiplication"; the paper uses r = 1), and shares th
 adapter layers (one A for every PHM layer of the model). Trainable: n³ (the shared A) +
 L · [2r(d + m) + m + d] + head, for L layers, hidden size d and bottleneck m (a multiple of n: d // reduction
 factor, rounded up). At init W_up = 0 (its s_i are zero), so the model starts as the base model.
+
+Defaults follow the authors' Compacter++ configuration (rabeehk/compacter ``seq2seq/configs/compacter++.json``):
+reduction factor 32 (``task_reduction_factor``), n = 4 (``hypercomplex_division``), GELU. Placement follows their
+code too, not AdapterHub's Pfeiffer placement: their T5 FFN sub-layer applies the adapter to the FFN's output
+before the dropout and residual (``y = adapter(DenseReluDense(LN(x))); x + dropout(y)``), which is Houlsby's FFN
+position, so Compacter++ here is a series adapter on the FFN's last projection.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from .capabilities import Capabilities
 @dataclass
 class CompacterArgs(BottleneckArgs):
     nonlinearity: str = "gelu"
+    reduction_factor: int = 32  # d / m (the authors' Compacter++ configuration: task_reduction_factor 32)
     phm_dim: int = 4  # n: Kronecker products per weight (the paper's default)
     phm_rank: int = 1  # r: the rank of each B_i = s_i t_iᵀ (the paper uses 1)
 

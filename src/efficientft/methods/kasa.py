@@ -7,10 +7,16 @@ Two stages (the paper's Section 3):
    frozen base. (So, unlike LoRA, the model at initialisation is the truncated base, not the original one.)
 2. *Knowledge-aware singular-value adaptation*: the update in SVD form, ΔW = s · ΔU diag(ΔΣ) ΔVᵀ, with ΔU
    (out × r) starting at zero, ΔVᵀ (r × in) Kaiming-initialised as LoRA's A, and r learnable singular values ΔΣ
-   (ones here; with ΔU = 0 the update is zero at the start whatever they are).
+   drawn from N(0, 1) as the reference code draws them (juyongjiang/KaSA, ``lora_diag = torch.randn(r)``; with
+   ΔU = 0 the update is zero at the start whatever they are, but their start sets the first steps of ΔU).
 
-The training loss adds the paper's two regularisers, L = L_task + β · ‖ΔΣ‖² + γ · (‖ΔUᵀΔU − I‖_F + ‖ΔVᵀΔV − I‖_F),
-the second keeping ΔU, ΔV near semi-orthogonal so that ΔΣ stay singular values. They are added as gradients in
+The training loss adds the paper's two regularisers, averaged over the adapted modules as the reference's
+``loss_fn`` does (``(β · Σ‖ΔΣ‖² + γ · Σ orth) / block_num``, block_num the number of modules):
+L = L_task + (1/M) Σ_modules [β · ‖ΔΣ‖² + γ · (‖ΔUᵀΔU − I‖_F + ‖ΔVᵀΔV − I‖_F)], the second term keeping ΔU, ΔV
+near semi-orthogonal so that ΔΣ stay singular values. (A sum would be M times stronger at the same β, γ: 12× on
+MiniLM's Q, V.) The orthogonality is the paper's r × r form; the reference code's ``loss_fn`` takes the Gram of
+the other side (in × in for A, out × out for B), whose distance to I is at least √(d − r) at any weights (19.4 on
+MiniLM, d = 384, r = 8): a near-constant whose gradient pulls every factor's norm, not their orthogonality. They are added as gradients in
 :meth:`Kasa.after_backward` (the loop's hook after the task loss's backward, before clipping): the same gradient
 as adding them to the loss, without the loop knowing of them. Merging writes W_world + ΔW into the weight; export
 is our safetensors (the truncation is recomputed from the same base on reload).
@@ -65,7 +71,7 @@ class KasaLinear(nn.Module):
         self.V = nn.Parameter(torch.empty(rank, in_f, dtype=w.dtype, device=w.device))  # ΔVᵀ
         nn.init.kaiming_uniform_(self.V, a=math.sqrt(5))
         self.U = nn.Parameter(torch.zeros(out_f, rank, dtype=w.dtype, device=w.device))  # ΔU
-        self.sigma = nn.Parameter(torch.ones(rank, dtype=w.dtype, device=w.device))  # ΔΣ
+        self.sigma = nn.Parameter(torch.randn(rank, dtype=w.dtype, device=w.device))  # ΔΣ, as the reference
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = F.linear(x, self.V.to(x.dtype)) * self.sigma.to(x.dtype)
@@ -105,10 +111,10 @@ class Kasa(Method):
         return model
 
     def regulariser(self, model: nn.Module) -> torch.Tensor:
-        """The sum of every adapted module's regulariser (the part of KaSA's loss beyond the task's)."""
+        """The mean of the adapted modules' regularisers (the part of KaSA's loss beyond the task's)."""
         terms = [m.regulariser(float(self.args.beta), float(self.args.gamma))
                  for m in model.modules() if isinstance(m, KasaLinear)]
-        return torch.stack(terms).sum()
+        return torch.stack(terms).mean()
 
     def after_backward(self, model: nn.Module, step: int) -> None:
         """Add the regulariser's gradient to the task loss's (as if it were part of the loss)."""

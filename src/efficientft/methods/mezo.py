@@ -25,8 +25,10 @@ head, or every weight with targets ``all`` (the paper's setting). λ scales the 
 update is per parameter, so it has a W_v role. These methods own their update (``capabilities.owns_update``): the
 loop calls :meth:`ZerothOrder.update` with a forward-only loss instead of backward + clip + ``optimizer.step``.
 Gradient accumulation is defined (the loss is the weighted mean over the step's micro-batches, as the gradient
-would be); clipping clips the estimated gradient g·z to norm ``max_grad_norm`` (the paper does not clip: pass
-``--max-grad-norm 0``); under fp16 no GradScaler is used (nothing is backpropagated); gradient checkpointing is
+would be). Algorithm 1 does not clip, so neither do these methods: they declare ``capabilities.clipping`` False, so
+the run's default ``max_grad_norm`` (1.0) resolves to none, the loop hands :meth:`ZerothOrder.update` no norm, and
+a norm the user gives is refused in one line (clipped at 1.0, ‖g·z‖ of 168–445 on MiniLM would become exactly 1
+every step: a sign method, not MeZO). Under fp16 no GradScaler is used (nothing is backpropagated); gradient checkpointing is
 refused (there is no backward pass whose activations it could save).
 """
 
@@ -132,7 +134,7 @@ def projected_gradient(params: list[torch.Tensor], loss_fn: Callable[[], float],
 # What both zeroth-order methods can do (each registered class names it in its own body, as registration requires)
 _ZO_CAPABILITIES = Capabilities(all_targets=True, fused_slices=True, v_role=True, quantized_base=False,
                                 gradient_checkpointing=False, quantized_base_reason=_QUANTIZED, merge=True,
-                                export="model", owns_update=True)
+                                export="model", owns_update=True, clipping=False)
 
 
 class ZerothOrder(FullFineTuning):
@@ -149,6 +151,7 @@ class ZerothOrder(FullFineTuning):
     def update(self, model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable[[], float], step: int,
                max_grad_norm: float | None = None) -> tuple[float, float]:
         """One MeZO step (Algorithm 1) with the step's seed: returns (the step's loss, ‖g · z‖ before clipping).
+        The loop passes no ``max_grad_norm`` (``capabilities.clipping`` is False); a caller of this function may.
 
         Each group's learning rate (λ for W_v's, the schedule) and weight decay apply to its own parameters;
         entries outside the mask change by nothing, weight decay included.

@@ -14,11 +14,19 @@ The capabilities are derived from the tuner, per instance, not claimed for all o
 tuning, trainable tokens) has targets ``none`` and no W_v role, so λ ≠ 1 and non-default targets are refused;
 ``merge`` holds where the tuner's layers implement PEFT's ``merge``. A quantized base is refused (not checked for
 every tuner); the named methods that support one say so.
+
+What this method cannot do is refused in one line naming the method that can, never run silently as something
+else: a tuner that needs a hook after every step (AdaLoRA's rank allocation: ``--method adalora``), an
+``init_lora_weights`` that needs data or a conversion at export (EVA, CorDA, LoftQ, PiSSA, OLoRA: their own
+methods). ``layers_to_transform`` takes effect here, not in PEFT (which skips it for targets named in full, as
+this benchmark names them): the targets are narrowed to those layers (a layer the model's targets do not have is
+refused), and ``layers_pattern`` is refused as unneeded.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -39,6 +47,13 @@ RESERVED = ("task_type", "peft_type", "auto_mapping", "peft_version", "base_mode
             "num_transformer_submodules", "num_attention_heads", "num_layers")
 # Tuners whose targets are not the linear projections --targets names (norms, token embeddings, attention blocks).
 NOT_LINEAR = ("ln_tuning", "trainable_tokens", "adaption_prompt")
+# Tuners that need what the generic method does not do, and the named method that does it.
+NAMED_ONLY = {"adalora": ("a hook after every step (AdaLoRA's update_and_allocate)", "adalora")}
+# init_lora_weights values (by prefix) that need what the generic method does not do, and the method that does.
+NAMED_INIT = {"eva": ("EVA's initialisation from data", "eva"), "corda": ("CorDA's initialisation from data", "corda"),
+              "loftq": ("LoftQ's quantised initialisation", "loftq"),
+              "pissa": ("PiSSA's export as a plain LoRA delta: it changes the base weights", "pissa"),
+              "olora": ("OLoRA's export as a plain LoRA delta: it changes the base weights", "olora")}
 
 
 def tuner_configs() -> dict[str, type]:
@@ -100,6 +115,10 @@ class GenericPeft(PeftMethod):
                               f"{', '.join(sorted(configs))}.")
         if tuner not in configs:
             raise unknown("PEFT tuner", tuner, configs)
+        if tuner in NAMED_ONLY:
+            need, named = NAMED_ONLY[tuner]
+            raise ConfigError(f"method 'peft': tuner {tuner!r} needs {need} that the generic method does not run; "
+                              f"use --method {named}.")
         config_cls = configs[tuner]
         hints = typing.get_type_hints(config_cls)
         # a tuner of norms or embeddings is told its modules by name (--targets names linear projections)
@@ -114,6 +133,14 @@ class GenericPeft(PeftMethod):
                 raise ConfigError(f"method 'peft': tuner {tuner!r} takes no argument {k!r}.{did_you_mean(k, names)} "
                                   f"It accepts: {', '.join(names)}.")
             options[k] = _check_type(tuner, k, v, hints[k])
+        init = options.get("init_lora_weights")
+        for prefix, (need, named) in NAMED_INIT.items():
+            if isinstance(init, str) and init.lower().startswith(prefix):
+                raise ConfigError(f"method 'peft': init_lora_weights {init!r} needs what the generic method does not "
+                                  f"do ({need}); use --method {named}.")
+        if "layers_pattern" in options:
+            raise ConfigError("method 'peft': layers_pattern is not needed: efficientft reads each target's layer "
+                              "index from its name; give layers_to_transform alone.")
         return cls(PeftArgs(tuner, options))
 
     def args_dict(self) -> dict[str, Any]:
@@ -127,9 +154,11 @@ class GenericPeft(PeftMethod):
         return tuner_configs()[self.args.tuner]
 
     def config_kwargs(self, model: nn.Module, targets: list[Target], ctx: Context) -> dict[str, Any]:
-        return dict(self.args.options)
+        return {k: v for k, v in self.args.options.items() if k != "layers_to_transform"}  # applied to the targets
 
     def prepare(self, model: nn.Module, targets: list[Target], ctx: Context) -> nn.Module:
+        if "layers_to_transform" in self.args.options:
+            targets = in_layers(targets, self.args.options["layers_to_transform"])
         try:
             return super().prepare(model, targets, ctx)
         except (TypeError, ValueError, NotImplementedError, KeyError) as e:
@@ -137,6 +166,19 @@ class GenericPeft(PeftMethod):
                 raise
             raise ConfigError(f"method 'peft': PEFT's tuner {self.args.tuner!r} cannot be applied to this model "
                               f"with these arguments: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+
+
+def in_layers(targets: list[Target], layers: int | list[int]) -> list[Target]:
+    """The targets in the given transformer layers (each target's layer: the first index in its name)."""
+    wanted = [layers] if isinstance(layers, int) else list(layers)
+    index = {t.name: int(m.group(1)) for t in targets if (m := re.search(r"\.(\d+)\.", f".{t.name}."))}
+    have = sorted(set(index.values()))
+    missing = [i for i in wanted if i not in have]
+    if missing or not have:
+        span = f"layers {have[0]}-{have[-1]}" if have else "no numbered layers"
+        raise ConfigError(f"method 'peft': layers_to_transform {', '.join(map(str, missing or wanted))} names no "
+                          f"layer of this model's targets ({span}).")
+    return [t for t in targets if index.get(t.name) in wanted]
 
 
 def _check_type(tuner: str, name: str, value: Any, hint: Any) -> Any:
@@ -150,11 +192,14 @@ def _check_type(tuner: str, name: str, value: Any, hint: Any) -> Any:
         return value
     plain = [typing.get_origin(a) or a for a in allowed]
     if isinstance(value, str) and str not in plain:
-        for t in (bool, int, float):
-            if t in plain:
-                return _coerce("peft", name, value, t)
-        if list in plain:
-            return [v.strip() for v in value.split(",") if v.strip()]
+        scalars = [t for t in (bool, int, float) if t in plain]
+        if list in plain and ("," in value or not scalars):  # "0,1": a list, its items of the list's type
+            items = [v.strip() for v in value.split(",") if v.strip()]
+            inner = [typing.get_args(a) for a in allowed if typing.get_origin(a) is list]
+            kind = inner[0][0] if inner and inner[0] and inner[0][0] in (int, float) else None
+            return [_coerce("peft", name, v, kind) for v in items] if kind else items
+        if scalars:
+            return _coerce("peft", name, value, scalars[0])
     if any(isinstance(t, type) and isinstance(value, t) and not (isinstance(value, bool) and t in (int, float))
            for t in plain) or (float in plain and isinstance(value, int) and not isinstance(value, bool)):
         return value

@@ -1,17 +1,29 @@
 """SoRA, Sparse Low-rank Adaptation (Ding et al., EMNLP 2023, "Sparse Low-rank Adaptation of Pre-trained Language
-Models", arXiv 2311.11696).
+Models", arXiv 2311.11696; reference code TsinghuaC3I/SoRA).
 
-A LoRA update with a gate between its factors, ΔW = s · B diag(g) A (the paper's Eq. 5: h = W₀x + W_u(g ⊙ W_d x)),
-g ∈ R^r initialised to ones. A and B train by AdamW; the gate by proximal gradient with an L1 penalty (Eq. 7–8):
-after each gradient step of rate η the gate is soft-thresholded,
+A LoRA update with a gate between its factors, ΔW = s · B diag(g) A (the paper's Eq. 5: h = W₀x + W_u(g ⊙ W_d x)).
+What is implemented, as the reference code does it under its published settings (``scripts/run_glue_sora_*.sh``):
 
-    g_i ← sign(g_i) · max(|g_i| − η · λ_sparse, 0),
+- the gate g ∈ R^r is drawn from N(0, 1) (the reference's ``torch.randn(1, r)``); B starts at zero, so the model
+  at initialisation is still the pretrained one; A is Kaiming-initialised as LoRA's;
+- the loss adds an L1 term ``sparse_lambda · mean |g|``, the mean over every gate of every adapted module (the
+  reference's ``sparse_lambda``, 10 in its scripts). It is added as a gradient in :meth:`Sora.after_backward`
+  (the loop's hook after the task loss's backward, before clipping): the same gradient as adding it to the loss;
+- A and B train by AdamW; the gates by their own AdamW step (no weight decay, the run's scheduled rate: the
+  reference's gate optimizer takes the main learning rate and the same warm-up/linear schedule by default), after
+  which every gate is soft-thresholded by the constant ξ (``xi``, the reference's ``sparse_lambda_2``, 3e-4 in
+  its scripts), *not* scaled by the learning rate:
 
-so gates that the task does not need reach exactly zero, and the rank of each module shrinks to the number of
+      g_i ← sign(g_i) · max(|g_i| − ξ, 0).
+
+  (The paper's Eq. 8 writes the threshold as η_t · ξ; the reference code, whose behaviour the paper's numbers
+  come from, subtracts ξ itself. An lr-scaled threshold at lr 5e-4 is 1.5e-7 per step: nothing is ever pruned.
+  The reference also zeroes a gate that lands in (0, ξ) after the shift, i.e. anything within 2ξ of zero; this
+  is the exact proximal operator of ξ‖g‖₁, which zeroes within ξ and keeps the other gates' value −ξ.)
+
+Gates that the task does not need reach exactly zero, and the rank of each module shrinks to the number of
 non-zero gates (its effective rank, :meth:`Sora.effective_ranks`; a zero gate's row of A and column of B no longer
-contribute and are pruned by merging). :class:`SparseAdamW` is AdamW with that proximal step on the gate groups
-(η is the group's own scheduled rate: λ of the attention strategy reaches W_v's gates too). The gates get no
-weight decay: the L1 proximal step is their regulariser.
+contribute and are pruned by merging). λ of the attention strategy reaches W_v's gates too (their group's rate).
 """
 
 from __future__ import annotations
@@ -40,14 +52,17 @@ GATE = "gate"
 class SoraArgs:
     rank: int = 8  # the starting rank r (the gates prune it)
     alpha: float | None = None  # scaling s = alpha / rank (default alpha = rank: s = 1)
-    sparse_lambda: float = 1e-3  # λ_sparse: the L1 weight of the gates (the threshold is lr · λ_sparse)
+    sparse_lambda: float = 10.0  # weight of the L1 term sparse_lambda · mean |g| in the loss (reference: 10)
+    xi: float = 3e-4  # ξ: subtracted from every |g| after each gate step, not scaled by lr (reference: 3e-4)
 
     def __post_init__(self) -> None:
         positive_int("rank", self.rank)
         if self.alpha is not None and not self.alpha > 0:
             raise ValueError(f"alpha must be > 0, got {self.alpha!r}.")
-        if not isinstance(self.sparse_lambda, (int, float)) or not self.sparse_lambda >= 0:
-            raise ValueError(f"sparse_lambda must be a number >= 0, got {self.sparse_lambda!r}.")
+        for name in ("sparse_lambda", "xi"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
+                raise ValueError(f"{name} must be a number >= 0, got {value!r}.")
 
 
 def soft_threshold(g: torch.Tensor, tau: float) -> torch.Tensor:
@@ -56,7 +71,7 @@ def soft_threshold(g: torch.Tensor, tau: float) -> torch.Tensor:
 
 
 class GatedLoRA(nn.Module):
-    """base(x) + s · ((x Aᵀ) ⊙ g) Bᵀ with A (r × in) Kaiming-initialised, B (out × r) zeros, g ones."""
+    """base(x) + s · ((x Aᵀ) ⊙ g) Bᵀ with A (r × in) Kaiming-initialised, B (out × r) zeros, g ~ N(0, 1)."""
 
     def __init__(self, base: nn.Module, rank: int, scale: float) -> None:
         super().__init__()
@@ -67,7 +82,7 @@ class GatedLoRA(nn.Module):
         self.A = nn.Parameter(torch.empty(rank, in_f, dtype=w.dtype, device=w.device))
         nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
         self.B = nn.Parameter(torch.zeros(out_f, rank, dtype=w.dtype, device=w.device))
-        self.gate = nn.Parameter(torch.ones(rank, dtype=w.dtype, device=w.device))
+        self.gate = nn.Parameter(torch.randn(rank, dtype=w.dtype, device=w.device))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = F.linear(x, self.A.to(x.dtype)) * self.gate.to(x.dtype)
@@ -81,26 +96,27 @@ class GatedLoRA(nn.Module):
 
 
 class SparseAdamW(torch.optim.AdamW):
-    """AdamW, then the proximal L1 step on every group marked ``gate``: g ← soft_threshold(g, lr · λ_sparse)."""
+    """AdamW, then the proximal L1 step on every group marked ``gate`` (and on no other): g ← soft_threshold(g, ξ),
+    ξ a constant (not scaled by the group's learning rate)."""
 
-    def __init__(self, groups: list[dict], lr: float, weight_decay: float, sparse_lambda: float) -> None:
+    def __init__(self, groups: list[dict], lr: float, weight_decay: float, xi: float) -> None:
         super().__init__(groups, lr=lr, weight_decay=weight_decay)
-        self.sparse_lambda = sparse_lambda
+        self.xi = xi
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
         loss = super().step(closure)
         for group in self.param_groups:
             if group.get(GATE):
-                tau = float(group["lr"]) * self.sparse_lambda
                 for p in group["params"]:
-                    p.copy_(soft_threshold(p, tau))
+                    p.copy_(soft_threshold(p, self.xi))
         return loss
 
 
 @register("sora")
 class Sora(Method):
-    summary = "SoRA (Ding et al. 2023): gated LoRA, gates soft-thresholded each step to prune rank (rank, sparse_lambda)"
+    summary = ("SoRA (Ding et al. 2023): gated LoRA, gates soft-thresholded by ξ each step to prune rank "
+               "(rank, sparse_lambda, xi)")
     Args = SoraArgs
     capabilities = Capabilities(rank=True, quantized_base=False, quantized_base_reason=(
                                     "its gated factors are sized from, and merged into, the dense base weight W"),
@@ -132,7 +148,17 @@ class Sora(Method):
         return out
 
     def optimizer(self, groups: list[dict], lr: float, weight_decay: float) -> torch.optim.Optimizer:
-        return SparseAdamW(groups, lr, weight_decay, float(self.args.sparse_lambda))
+        return SparseAdamW(groups, lr, weight_decay, float(self.args.xi))
+
+    def l1_term(self, model: nn.Module) -> torch.Tensor:
+        """sparse_lambda · mean |g| over every gate of every adapted module (the reference's loss term)."""
+        gates = torch.cat([m.gate.reshape(-1) for m in model.modules() if isinstance(m, GatedLoRA)])
+        return float(self.args.sparse_lambda) * gates.abs().mean()
+
+    def after_backward(self, model: nn.Module, step: int) -> None:
+        """Add the L1 term's gradient to the task loss's (as if it were part of the loss)."""
+        if self.args.sparse_lambda:
+            self.l1_term(model).backward()
 
     def effective_ranks(self, model: nn.Module) -> dict[str, int]:
         """The non-zero gates of every adapted module: the rank SoRA has kept."""
