@@ -28,7 +28,7 @@ from efficientft.methods import METHODS
 from efficientft.methods.base import Context, Method
 from efficientft.models import head_modules, resolve_targets
 from efficientft.train import prepare, train
-from tests.conftest import tiny_config
+from tests.conftest import classifier_forward_args, tiny_config
 
 LAMBDA = 4.0
 V_MODULES = ("attention.self.value", "self_attn.v_proj")
@@ -55,17 +55,6 @@ def _cfg(model_dir, name, args, **kw):
     base = dict(method=name, targets="qv", method_args=args, max_train=8, batch_size=8, steps=3, lr=5e-3,
                 warmup_ratio=0.0, max_eval=8)
     return tiny_config(model_dir, **{**base, **kw})
-
-
-def _forward_args(model_dir):
-    """The argument names of the classifier's forward and its backbone's (built on the meta device: no weights)."""
-    import inspect
-
-    from transformers import AutoConfig
-
-    with torch.device("meta"):
-        m = AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(str(model_dir)))
-    return {a for f in (m.forward, m.base_model.forward) for a in inspect.signature(f).parameters}
 
 
 @pytest.fixture(params=["bert", "llama", "gpt2"])
@@ -96,7 +85,7 @@ def test_method_conforms(name, arch, model_dir, tmp_path, monkeypatch):
 
     # a forward argument the method feeds a classifier and the model does not take (prefix tuning's past_key_values,
     # renamed in BERT by transformers 5.25): refused in one line, before training
-    lacking = [a for a in caps.classifier_inputs if a not in _forward_args(model_dir)]
+    lacking = [a for a in caps.classifier_inputs if a not in classifier_forward_args(model_dir)]
     if lacking:
         with pytest.raises(ConfigError, match=rf"^method '{name}' cannot train \w+: it feeds the model {lacking[0]}, "):
             prepare(_cfg(model_dir, name, args))
