@@ -9,7 +9,7 @@ EFT_DATA_DIR ?= $(abspath ../shared/data/glue)
 export EFT_DATA_DIR
 STORE ?= results/demo.sqlite
 
-.PHONY: setup browser demo test lint clean
+.PHONY: setup browser demo test lint clean check-newest
 
 setup: $(VENV)/.installed browser
 
@@ -34,8 +34,13 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q
 
+# The drift check: a representative subset of the tests against the newest releases pyproject.toml allows (needs
+# PyPI; not part of `test`). `.ci/newest tests/test_x.py` runs other tests the same way.
+check-newest:
+	.ci/newest
+
 lint: setup
 	$(BIN)/ruff check src tests benchmarks
 
 clean:
-	rm -rf $(VENV) results .pytest_cache
+	rm -rf $(VENV) .venv-newest results .pytest_cache

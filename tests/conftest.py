@@ -98,6 +98,28 @@ def tiny_config(model: Path, **kw):
     return RunConfig(**base)
 
 
+def classifier_forward_args(model: Path) -> set[str]:
+    """The argument names of a sequence classifier's forward and its backbone's (built on the meta device)."""
+    import inspect
+
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    with torch.device("meta"):
+        m = AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(str(model)))
+    return {a for f in (m.forward, m.base_model.forward) for a in inspect.signature(f).parameters}
+
+
+def skip_where_the_model_lacks_what_the_method_feeds(name: str, model: Path) -> None:
+    """Skip a method on a classifier that cannot take an argument the method feeds it (``classifier_inputs``: prefix
+    tuning's past_key_values, which BERT's forward does not name from transformers 5.25); the one-line refusal
+    itself is checked by the conformance matrix."""
+    from efficientft.methods import METHODS
+
+    lacking = set(METHODS.get(name).capabilities.classifier_inputs) - classifier_forward_args(model)
+    if lacking:
+        pytest.skip(f"{name} feeds {', '.join(sorted(lacking))}, which this model's forward does not take")
+
+
 @pytest.fixture(scope="session")
 def report_store(tmp_path_factory, tiny_bert, glue_dir):
     """A store of ~30 real tiny runs (2 tasks, several methods / targets / λ / lr, 3 seeds) for the report tests."""

@@ -67,6 +67,43 @@ def test_a_per_task_training_source_is_a_task(causal_llama, tmp_path, capsys):
     assert any(f.endswith("ARC-Challenge/test.json") for f in files)
 
 
+# rows of each LLM-Adapters test file (shared/data/llm-adapters/README.md); gsm8k is its own task (official splits)
+SET_ROWS = {"boolq": 3270, "piqa": 1838, "siqa": 1954, "winogrande": 1267, "arc_e": 2376, "arc_c": 1172,
+            "obqa": 500, "aqua": 254, "svamp": 1000, "mawps": 238, "addsub": 395, "multiarith": 600,
+            "singleeq": 508, "mathqa": 2985}
+
+
+def test_every_set_of_the_suites_is_a_task_of_its_own(capsys):
+    from efficientft.tasks.base import DataOptions
+
+    sets = {n for suite in ("math", "commonsense") for n in get_task(suite).eval_splits} - {"gsm8k"}
+    assert sets == set(SET_ROWS)  # every set here (HellaSwag's file is not), one task each
+    assert main(["tasks"]) == 0
+    listed = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.strip()}
+    for name, rows in SET_ROWS.items():
+        task = get_task(name)
+        assert task.name == name and task.eval_splits == ("dev",) and name in listed
+        suite = next(s for s in SUITES if name in SUITES[s])
+        dev = task.load("dev", DataOptions())
+        assert len(dev) == rows and dev.files[0].endswith(SUITES[suite][name].path), name
+        assert task.eval_spec("dev") == get_task(suite).eval_spec(name)  # judged exactly as in its suite
+
+
+def test_a_set_without_a_training_split_runs_alone_on_the_suites_training_data(causal_gpt2, tmp_path, capsys):
+    assert main(["run", *SMALL, "--task", "svamp", "--model", str(causal_gpt2), "--store",
+                 str(tmp_path / "s.sqlite")]) == 2
+    assert "pass --train-data with its file (math_10k.json)" in capsys.readouterr().err
+    rows = [{"instruction": f"What is {i} + {i}?", "input": "", "output": f"The answer is {2 * i}",
+             "answer": str(2 * i)} for i in range(6)]
+    train = tmp_path / "math_10k.json"
+    train.write_text(json.dumps(rows))
+    rec = _run(["--task", "svamp", "--model", str(causal_gpt2), "--train-data", str(train)], tmp_path / "s.sqlite",
+               capsys)
+    assert "dev/exact_match" in rec["scores"] and not any(n in k for k in rec["scores"] for n in SET_ROWS)
+    assert rec["details"]["info"]["eval_examples"] == {"dev": 2} and rec["main_metric"] == "dev/exact_match"
+    assert any(f.endswith("SVAMP/test.json") for f in rec["provenance"]["data_files"])
+
+
 @pytest.fixture(scope="module")
 def llama64(tmp_path_factory, minilm_dir):
     from tests.gen_fixtures import save_causal

@@ -16,7 +16,7 @@ from efficientft.methods import METHODS
 from efficientft.methods.capabilities import Capabilities
 from efficientft.step import accumulate, optimizer_step
 from efficientft.train import device_batches, prepare
-from tests.conftest import tiny_config
+from tests.conftest import skip_where_the_model_lacks_what_the_method_feeds, tiny_config
 
 
 def method_args(name):
@@ -107,19 +107,78 @@ def _q4(model, **kw):
     return tiny_config(model, **{**base, **kw})
 
 
+def _packed_cpu_gemv(A, B, shapeB, absmax, code, blocksize):
+    """bitsandbytes' AVX512-BF16 CPU kernel (``gemv_4bit`` on its repacked CPU layout), in torch: B is [N, K/2]
+    with 32-row nibble interleaving (``_convert_weight_packed_for_cpu``), absmax [K/blocksize, N], compute bf16."""
+    n, k = shapeB
+    packed = B.contiguous().view(torch.uint8).reshape(-1, 32)
+    nibbles = torch.cat([packed & 0xF, (packed >> 4) & 0xF], dim=-1)
+    codes = nibbles.reshape(n // 32, k // 2, 32, 2).transpose(-3, -2).reshape(n, k).long()
+    w = code.float()[codes] * absmax.float().T.repeat_interleave(blocksize, dim=1)
+    out = A.reshape(-1, k).to(torch.bfloat16) @ w.to(torch.bfloat16).T
+    return out.to(A.dtype).reshape(*A.shape[:-1], n)
+
+
+@pytest.fixture(params=["natural", "avx512bf16"])
+def cpu_layout(request, monkeypatch):
+    """The CPU as it is, and a CPU with AVX512-BF16, where a 4-bit layer evaluated without gradients repacks its
+    weight into bitsandbytes' CPU inference layout. Forced here by the feature check the layer reads when it is
+    built; where the CPU lacks the instruction, the inference kernel is the torch version above (the repack itself
+    is bitsandbytes' own, pure torch), so the switch happens and computes on every machine CI runs on."""
+    import bitsandbytes.functional as bf
+    import bitsandbytes.nn.modules as bm
+
+    if request.param == "natural" or bf.has_avx512bf16():
+        yield request.param
+        return
+    monkeypatch.setattr(bm, "has_avx512bf16", lambda: True)
+    with torch.library._scoped_library("bitsandbytes", "IMPL") as lib:
+        lib.impl("gemv_4bit", _packed_cpu_gemv, "CPU")
+        yield request.param
+
+
+def _train_mode_loss_and_grads(p, micro):
+    """How training computes on ``micro``: the loss and every gradient of one training-mode pass (no step)."""
+    p.model.train()
+    p.optimizer.zero_grad(set_to_none=True)
+    torch.manual_seed(0)
+    loss = accumulate(p, micro, 0)
+    grads = {n: q.grad.clone() for n, q in p.model.named_parameters() if q.grad is not None}
+    p.optimizer.zero_grad(set_to_none=True)
+    return loss, grads
+
+
 @pytest.mark.parametrize("name", [n for n in METHODS.names() if METHODS.get(n).capabilities.quantized_base])
-def test_methods_that_declare_a_quantized_base_train_on_nf4(name, bert64):
+def test_methods_that_declare_a_quantized_base_train_on_nf4(name, bert64, cpu_layout):
+    """Train, evaluate, train again (as ``--eval-every`` does; EVA's data-driven init evaluates before the first
+    step): evaluating never changes how training computes, on every CPU."""
     import bitsandbytes as bnb
 
+    from efficientft.train import evaluate_all
+
+    skip_where_the_model_lacks_what_the_method_feeds(name, bert64)
     p = prepare(_q4(bert64, method=name, method_args=method_args(name)))
-    quantized = [n for n, m in p.model.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
-    assert any("attention.self.query" in n for n in quantized) and any("intermediate" in n for n in quantized)
-    assert not any("classifier" in n for n in quantized)  # the head stays full precision
+    quantized = [m for n, m in p.model.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
+    names = [n for n, m in p.model.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert any("attention.self.query" in n for n in names) and any("intermediate" in n for n in names)
+    assert not any("classifier" in n for n in names)  # the head stays full precision
     head = [m for n, m in p.model.named_modules() if "classifier" in n and isinstance(m, torch.nn.Linear)]
     assert head and all(type(m) is torch.nn.Linear and m.weight.dtype == torch.float32 for m in head)
     assert any(q.requires_grad for m in head for q in m.parameters())  # and it trains
     idx, batch = next(device_batches(p))
-    losses = [optimizer_step(p, [(idx, batch)], s).loss for s in range(1, 7)]
+    micro = [(idx, batch)]
+    losses = [optimizer_step(p, micro, s).loss for s in range(1, 4)]
+    weights = [m.weight.data.clone() for m in quantized]
+    before = _train_mode_loss_and_grads(p, micro)
+    scores = evaluate_all(p)
+    assert scores and all(v == v for v in scores.values())
+    assert not any(getattr(m.weight.quant_state, "packing_format_for_cpu", False) for m in quantized)
+    assert all(torch.equal(m.weight.data, w) for m, w in zip(quantized, weights, strict=True))
+    loss, grads = _train_mode_loss_and_grads(p, micro)
+    assert loss == before[0] and set(grads) == set(before[1]) and grads
+    assert all(torch.equal(grads[n], before[1][n]) for n in grads)
+    p.model.train()
+    losses += [optimizer_step(p, micro, s).loss for s in range(4, 7)]
     assert all(map(lambda x: x == x, losses)) and losses[-1] < losses[0]
 
 

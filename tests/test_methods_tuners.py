@@ -316,6 +316,36 @@ def test_prefix_tuning_gives_every_layer_n_key_value_positions(tiny_bert, tiny_l
     assert sum(p.numel() for n, p in trainable(llama).items() if "score" not in n) == 5 * LAYERS * 2 * kv_dim
 
 
+@pytest.fixture(scope="module")
+def tiny_distilbert(tmp_path_factory, minilm_dir):
+    """A classifier whose forward (and its backbone's) takes no past_key_values, as BERT's under transformers 5.25."""
+    from transformers import AutoTokenizer, DistilBertConfig, DistilBertForSequenceClassification
+
+    torch.manual_seed(0)
+    cfg = DistilBertConfig(vocab_size=30522, dim=32, n_layers=2, n_heads=4, hidden_dim=64,
+                           max_position_embeddings=128)
+    path = tmp_path_factory.mktemp("tiny-distilbert")
+    DistilBertForSequenceClassification(cfg).save_pretrained(str(path))
+    AutoTokenizer.from_pretrained(str(minilm_dir)).save_pretrained(str(path))
+    return path
+
+
+def test_prefix_tuning_refuses_a_classifier_that_takes_no_past_key_values_in_one_line(tiny_distilbert, capsys,
+                                                                                      monkeypatch):
+    from efficientft.cli import main
+
+    monkeypatch.setattr(METHODS.get("prefix_tuning"), "prepare",
+                        lambda *a, **k: pytest.fail("prepared the method before refusing"))
+    code = main(["run", "--task", "rte", "--model", str(tiny_distilbert), "--method", "prefix_tuning", "--steps",
+                 "2", "--max-train", "8", "--max-eval", "4", "--batch-size", "4", "--no-progress", "--store",
+                 str(tiny_distilbert.parent / "s.sqlite")])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert err.startswith("eft run: error: method 'prefix_tuning' cannot train DistilBertForSequenceClassification: "
+                          "it feeds the model past_key_values, which neither its forward nor its backbone's "
+                          "(DistilBertModel) takes")
+
+
 @pytest.mark.parametrize("name", ["prompt_tuning", "prefix_tuning", "p_tuning"])
 def test_prompt_methods_train_and_generate_on_a_causal_lm(name, tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM

@@ -30,6 +30,7 @@ from .features import FeatureCache
 from .meters import MemorySampler, PeakMemory, StepTimer
 from .methods import get_method
 from .methods.base import Context, Method, check_export_dir
+from .methods.capabilities import check_model
 from .models import ALL, describe, fingerprint, load_model, resolve_model, resolve_targets
 from .models.large import enable_gradient_checkpointing
 from .runtime import Runtime, build_runtime, check_runtime
@@ -181,6 +182,7 @@ def prepare(cfg: RunConfig, runtime: Runtime | None = None, resume: TrainState |
     seed_everything(cfg.seed)  # the head's random init depends on the seed only
     loaded = load_model(cfg.model, task.num_labels, cfg.trust_remote_code, runtime, kind=kind)
     model = loaded.model
+    check_model(method, model, classifier=kind.peft_task_type == "SEQ_CLS")  # e.g. prefix tuning's cache argument
     if cfg.gradient_checkpointing:  # before the method wraps the model: every layer is checkpointed whole
         enable_gradient_checkpointing(model)
     base_params = sum(p.numel() for p in model.parameters())

@@ -58,6 +58,11 @@ class Capabilities:
     # Does it train under FSDP (efficientft.sharding: parameters sharded, the optimizer built on the shards)? A hook
     # that reads or masks whole gradients or weights would see shards, so only methods tested sharded say yes.
     sharding: bool = False
+    # Forward arguments the method feeds a sequence classifier by name (prefix tuning: its key/value prefixes as
+    # ``past_key_values``). PEFT passes them only where the classifier's forward, or its backbone's, names them
+    # (transformers 5.25 renamed BERT's to ``cache``), so a model that takes none is refused before training
+    # (:func:`check_model`). A causal LM takes them as a keyword, under either name.
+    classifier_inputs: tuple[str, ...] = ()
 
 
 def check_run(method: Any, *, targets: str, quantize: str | None, role_ratios: Mapping[str, float],
@@ -118,6 +123,29 @@ def check_quantized(method: Any, quantize: str | None) -> None:
     raise ConfigError(f"method {method.name!r} cannot train on a {quantize} quantized base: "
                       f"{method.capabilities.quantized_base_reason}. Methods that can: {', '.join(able)}; or drop "
                       "--quantize.")
+
+
+def check_model(method: Any, model: Any, classifier: bool) -> None:
+    """Refuse, in one line before training, a model whose forward cannot take what the method feeds it by name
+    (``capabilities.classifier_inputs``; ``classifier``: the model is a sequence classifier), read from the
+    signatures of the model's forward and its backbone's, as PEFT reads them."""
+    import inspect
+
+    needed = method.capabilities.classifier_inputs
+    if not classifier or not needed:
+        return
+    from ..errors import ConfigError
+
+    backbone = getattr(model, "base_model", model)
+    takes = {p for m in {model, backbone} for p in inspect.signature(m.forward).parameters}
+    for arg in needed:
+        if arg not in takes:
+            import transformers
+
+            raise ConfigError(f"method {method.name!r} cannot train {type(model).__name__}: it feeds the model "
+                              f"{arg}, which neither its forward nor its backbone's ({type(backbone).__name__}) "
+                              f"takes (transformers {transformers.__version__}); choose another method, e.g. "
+                              "prompt_tuning or p_tuning, or a model that takes it.")
 
 
 def describe(caps: Capabilities) -> dict[str, str]:

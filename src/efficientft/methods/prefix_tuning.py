@@ -36,7 +36,8 @@ class PrefixTuning(PromptMethod):
     summary = "prefix tuning (Li & Liang 2021): n trained key/value vectors in every attention layer, via PEFT"
     Args = PrefixArgs
     capabilities = Capabilities(targets="none", v_role=False, quantized_base=True, export="peft",
-                                gradient_checkpointing=False)  # PEFT refuses it: the prefixes enter as a cache
+                                gradient_checkpointing=False,  # PEFT refuses it: the prefixes enter as a cache
+                                classifier_inputs=("past_key_values",))
     peft_config_name = "PrefixTuningConfig"
 
     def prompt_kwargs(self) -> dict[str, Any]:

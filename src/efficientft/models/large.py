@@ -94,6 +94,24 @@ def own_full_precision_tensors(model: nn.Module) -> None:
     release_freed_memory()
 
 
+def keep_one_layout(model: nn.Module) -> None:
+    """Keep every 4-bit layer in the one weight layout it trains in, in evaluation too.
+
+    On a CPU with AVX512-BF16, bitsandbytes' ``Linear4bit`` repacks its weight into a CPU inference layout the
+    first time it runs outside training mode without gradients (an evaluation, EVA's data-driven init), and keeps
+    it: every later forward, training ones included, then goes through a bf16 inference kernel that has no
+    backward (the next training step failed: "a view of a leaf Variable that requires grad is being used in an
+    in-place operation"), and evaluation computed in bf16 whatever ``quant_compute_dtype`` the run key names. The
+    layer reads whether to repack from ``support_avx512bf16_for_cpu``, set once from the CPU's features when it
+    is built; turned off here, evaluation computes exactly as training does, on every CPU.
+    """
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+
+
 def enable_gradient_checkpointing(model: nn.Module) -> None:
     """Checkpoint every layer of a Hugging Face model with the non-reentrant variant (see the module docstring).
 
@@ -110,4 +128,4 @@ def enable_gradient_checkpointing(model: nn.Module) -> None:
 
 
 __all__ = ["DTYPES", "check_quantized_method", "quantization_config", "head_names", "quantized_modules",
-           "is_quantized", "enable_gradient_checkpointing", "own_full_precision_tensors"]
+           "is_quantized", "enable_gradient_checkpointing", "own_full_precision_tensors", "keep_one_layout"]

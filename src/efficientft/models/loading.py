@@ -199,9 +199,10 @@ def _load_from_disk(name: str, path: str, num_labels: int, trust_remote_code: bo
         output_loading_info=True, **({"dtype": dtype} if dtype is not None else {}), **extra,
     )
     if quant is not None:
-        from .large import own_full_precision_tensors
+        from .large import keep_one_layout, own_full_precision_tensors
 
         own_full_precision_tensors(model)
+        keep_one_layout(model)
     loaded = Loaded(model, tokenizer, path, is_decoder)
     if not keep:
         return loaded, None

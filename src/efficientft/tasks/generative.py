@@ -120,7 +120,12 @@ def _synthetic(name: str, n: int, seed: int) -> Reader:
     return read
 
 
-TITLES = {"boolq": "BoolQ", "arc_e": "ARC-e", "arc_c": "ARC-c", "obqa": "OBQA"}
+TITLES = {"boolq": "BoolQ", "arc_e": "ARC-e", "arc_c": "ARC-c", "obqa": "OBQA", "piqa": "PIQA", "siqa": "SIQA",
+          "hellaswag": "HellaSwag", "winogrande": "WinoGrande", "aqua": "AQuA", "svamp": "SVAMP", "mawps": "MAWPS",
+          "addsub": "AddSub", "multiarith": "MultiArith", "singleeq": "SingleEq", "mathqa": "MathQA"}
+# What a suite's set trains on when it has no training split of its own: the suite's training set (--train-data),
+# whose selection split is scored with the suite's filter.
+SUITE_TRAIN = {"math": ("math_10k.json", "number"), "commonsense": ("commonsense_170k.json", "commonsense")}
 # The per-task training splits that are on this machine (LLM-Adapters' layout), usable as --train-data sources.
 SOURCES = TRAIN_FILES
 
@@ -180,7 +185,7 @@ def _suite(suite: str) -> dict[str, EvalSpec]:
 
 def generative_tasks() -> list[InstructTask]:
     """Every registered generation task (built when the registry is, so the suites reflect the files present)."""
-    from .instruct import SUITES
+    from .instruct import SUITES, llm_adapters_dir
 
     tasks = [
         _task("gsm8k", "GSM8K: grade-school math by generation (exact match of the final number); train: GSM8K "
@@ -192,12 +197,23 @@ def generative_tasks() -> list[InstructTask]:
               "commonsense_170k.json", _suite("commonsense"), None, takes_train_data=True,
               train_filter="commonsense"),
     ]
-    commonsense = SUITES["commonsense"]
-    for name, rel in SOURCES.items():  # the per-task training splits that are here, each a task of its own
-        s = commonsense[name]
-        tasks.append(_task(name, f"{TITLES[name]}: LLM-Adapters commonsense task by generation (accuracy); "
-                           "train and test from LLM-Adapters", {"dev": EvalSpec(_adapters(s.path), s.filter, s.max_new_tokens)},
-                           _adapters(rel), train_filter=s.filter))
+    named = {t.name for t in tasks}
+    # Every set of each suite is also a task of its own (LLM-Adapters reports per set), trained on its own
+    # training split where one is here, else on the suite's training set.
+    for suite in ("commonsense", "math"):
+        for name, s in SUITES[suite].items():
+            if name in named or (s.optional and not (llm_adapters_dir() / s.path).is_file()):
+                continue  # gsm8k: the official GSM8K splits; HellaSwag: a task when its file is present
+            spec = {"dev": EvalSpec(_adapters(s.path), s.filter, s.max_new_tokens)}
+            if name in SOURCES:
+                tasks.append(_task(name, f"{TITLES[name]}: LLM-Adapters {suite} task by generation (accuracy); "
+                                   "train and test from LLM-Adapters", spec, _adapters(SOURCES[name]),
+                                   train_filter=s.filter))
+            else:
+                train, filt = SUITE_TRAIN[suite]
+                tasks.append(_task(name, f"{TITLES[name]}: one set of the LLM-Adapters {suite} suite by generation "
+                                   f"({'accuracy' if suite == 'commonsense' else 'exact match'}); train: {train}",
+                                   spec, None, takes_train_data=True, train_filter=filt))
     for name in ("reverse", "repeat"):
         tasks.append(_task(f"synthetic-{name}", f"Syn {name}: {name} 2-4 words (exact match); learnable by a "
                            "tiny random LLaMA / GPT-2 in CPU minutes", {"dev": EvalSpec(_synthetic(name, 200, 1), "text", 12)},
