@@ -25,7 +25,7 @@ from . import checkpoint, provenance, sharding
 from .checkpoint import TrainState
 from .config import DEFAULT_EPOCHS, RunConfig
 from .data import Encoded, TrainBatches
-from .errors import ConfigError
+from .errors import AlreadyDone, ConfigError
 from .features import FeatureCache
 from .meters import MemorySampler, PeakMemory, StepTimer
 from .methods import get_method
@@ -405,7 +405,7 @@ def best_dev(task: Task, evals: list[tuple[int, dict[str, float]]]) -> dict[str,
 
 
 def run(cfg: RunConfig, store: Store | None = None, progress: bool | None = None,
-        tags: dict | None = None) -> dict[str, Any]:
+        tags: dict | None = None, force: bool = False) -> dict[str, Any]:
     """One run end to end: set up (all validation first), train, evaluate, store. Returns the stored record.
 
     Bad input raises :class:`ConfigError` before anything is stored. A non-finite loss stores the run as
@@ -415,6 +415,9 @@ def run(cfg: RunConfig, store: Store | None = None, progress: bool | None = None
     checkpoint of this key is there (an earlier attempt was killed, cancelled or failed; not a done run redone by
     ``--force``), the run continues from it and ``details.resumed_from_step`` says from where. The checkpoints are
     removed when the run is done, unless ``keep_checkpoints``.
+
+    A key that is ``done`` in the store is trained again only with ``force`` (the store's claim decides, so a run
+    that a sweep finished while this one was set up is returned as stored, not trained again).
     """
     cfg = cfg.resolved()
     progress = cfg.progress if progress is None else progress
@@ -450,7 +453,11 @@ def run(cfg: RunConfig, store: Store | None = None, progress: bool | None = None
                         resume.trackers if resume else None)
     if store is not None:
         try:
-            store.start(key, cfg.to_dict(), prov, tags, main_metric)
+            store.start(key, cfg.to_dict(), prov, tags, main_metric, redo_done=force)
+        except AlreadyDone as e:
+            trackers.finish("cancelled")
+            print(f"note: {e}", file=sys.stderr)
+            return store.get(key) or {}
         except BaseException:
             trackers.finish("failed")
             raise
