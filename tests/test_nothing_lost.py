@@ -4,6 +4,9 @@ trained run, and a deleted MLflow run does not make a checkpoint unresumable."""
 
 import json
 
+import pytest
+import torch
+
 import efficientft.train as train_mod
 from efficientft.cli import main
 from efficientft.store import Store
@@ -46,3 +49,70 @@ def test_force_keeps_the_tags_of_the_record_it_replaces(tiny_bert, tmp_path, cap
     rec = Store(db).get(cfg.key())
     assert rec["attempts"] == 2 and rec["finished_at"] >= first["finished_at"] and rec["tags"] == SWEEP_TAGS
     assert [h["tags"] for h in Store(db).history(cfg.key())] == [SWEEP_TAGS]
+
+
+# ---------------------------------------------------------------------------------------------- inputs longer than the model
+def _tiny_gpt2(path, minilm_dir, positions):
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(vocab_size=30522, n_embd=32, n_layer=2, n_head=4, n_positions=positions,
+                               pad_token_id=0, bos_token_id=101, eos_token_id=102)).save_pretrained(str(path))
+    AutoTokenizer.from_pretrained(str(minilm_dir)).save_pretrained(str(path))
+    return path
+
+
+def _generation_args(model, tmp_path, *extra):
+    rows = [{"instruction": f"add {i} and {i}", "output": f"{i} plus {i} is {2 * i}", "answer": str(2 * i)}
+            for i in range(8)]
+    long = [{**r, "instruction": "think hard about it " * 30 + r["instruction"]} for r in rows[:2]]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "dev.json").write_text(json.dumps(long + rows[2:4]))  # two prompts of ~155 tokens, two of ~35
+    return ["run", "--no-progress", "--kind", "generation", "--answer", "number", "--train-file",
+            str(tmp_path / "train.jsonl"), "--eval-file", str(tmp_path / "dev.json"), "--model", str(model), "--steps",
+            "2", "--batch-size", "4", "--max-length", "64", "--max-new-tokens", "4", "--store",
+            str(tmp_path / "s.sqlite"), *extra]
+
+
+def test_long_evaluation_prompts_are_cut_from_the_left_and_counted(minilm_dir, tmp_path, capsys):
+    model = _tiny_gpt2(tmp_path / "gpt2-64", minilm_dir, 64)
+    assert main(_generation_args(model, tmp_path, "--json")) == 0  # was: trained, then IndexError at evaluation
+    rec = json.loads(capsys.readouterr().out)
+    assert rec["status"] == "done" and "dev/exact_match" in rec["scores"]
+    assert rec["details"]["info"]["encoding"]["dev"] == {"examples": 4, "truncated": 2, "prompt_cutoff_len": 60}
+    assert len(Store(tmp_path / "s.sqlite").predictions(rec["run_key"])) == 4
+
+
+@pytest.mark.parametrize("extra, msg", [
+    (["--max-length", "128"], "max_length 128 is longer than model '{m}' reads: it has 64 positions; give "
+                              "--max-length 64 or less."),
+    (["--max-new-tokens", "64"], "max_new_tokens 64 leaves no room for a prompt: model '{m}' has 64 positions for "
+                                 "prompt and answer together; give --max-new-tokens 61 or less."),
+])
+def test_lengths_beyond_the_model_positions_are_refused_before_training(extra, msg, minilm_dir, tmp_path, capsys,
+                                                                         monkeypatch):
+    model = _tiny_gpt2(tmp_path / "gpt2-64", minilm_dir, 64)
+    monkeypatch.setattr(train_mod, "train", lambda *a, **kw: pytest.fail("trained"))
+    assert main(_generation_args(model, tmp_path, *extra)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "eft run: error: " + msg.format(m=model)
+    assert Store(tmp_path / "s.sqlite").runs() == []
+
+
+def test_a_max_length_beyond_a_classifier_positions_is_refused_before_training(tiny_bert, tmp_path, capsys):
+    db = tmp_path / "s.sqlite"
+    assert main(run_args(tiny_bert, db, "--max-length", "256")) == 2  # was: IndexError at step 1, stored failed
+    assert capsys.readouterr().err.strip() == (f"eft run: error: max_length 256 is longer than model "
+                                               f"'{tiny_bert}' reads: it has 128 positions; give --max-length 128 or "
+                                               f"less.")
+    assert Store(db).runs() == []
+
+
+def test_max_positions_reads_the_config_and_roberta_offset():
+    from transformers import BertConfig, GPT2Config, RobertaConfig
+
+    from efficientft.models.loading import max_positions
+
+    assert max_positions(GPT2Config(n_positions=1024)) == 1024
+    assert max_positions(BertConfig(max_position_embeddings=512)) == 512
+    assert max_positions(RobertaConfig(max_position_embeddings=514, pad_token_id=1)) == 512  # ids start at pad + 1

@@ -32,6 +32,7 @@ from .methods import get_method
 from .methods.base import Context, Method, check_export_dir
 from .models import ALL, describe, fingerprint, load_model, resolve_model, resolve_targets
 from .models.large import enable_gradient_checkpointing
+from .models.loading import check_max_length as check_positions
 from .runtime import Runtime, build_runtime, check_runtime
 from .step import MAX_SKIPPED_IN_A_ROW, Diverged, forward, optimizer_step  # noqa: F401 - forward: re-exported
 from .store import Store
@@ -187,6 +188,7 @@ def prepare(cfg: RunConfig, runtime: Runtime | None = None, resume: TrainState |
     # a method that targets nothing (prompt-type, LayerNorm tuning) gets no targets: none is adapted or recorded
     targets = [] if cfg.targets == ALL or method.capabilities.targets == "none" else resolve_targets(model, cfg.targets)
     kind.check_max_length(cfg, loaded.tokenizer, train_ex)
+    check_positions(cfg.max_length, model.config, cfg.model)  # a longer input fails at the first step
     train = kind.encode(task, train_ex, loaded.tokenizer, cfg, model, "train")
     evals = {k: kind.encode(task, v, loaded.tokenizer, cfg, model, k) for k, v in eval_ex.items()}
 
