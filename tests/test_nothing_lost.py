@@ -116,3 +116,40 @@ def test_max_positions_reads_the_config_and_roberta_offset():
     assert max_positions(GPT2Config(n_positions=1024)) == 1024
     assert max_positions(BertConfig(max_position_embeddings=512)) == 512
     assert max_positions(RobertaConfig(max_position_embeddings=514, pad_token_id=1)) == 512  # ids start at pad + 1
+
+
+# ---------------------------------------------------------------------------------------------- final evaluation
+def test_a_failed_final_evaluation_keeps_the_trained_run_and_a_rerun_only_evaluates(tiny_bert, tmp_path, monkeypatch,
+                                                                                     capsys):
+    from efficientft.checkpoint import folder_for, latest
+    from tests.test_checkpoint import _config
+
+    cfg = _config(tiny_bert, "lora", steps=4, eval_every=0, checkpoint_every=None)
+    straight = train_mod.run(cfg, Store(tmp_path / "a" / "s.sqlite"))
+    db = tmp_path / "b" / "s.sqlite"
+    real_eval, real_step = train_mod.evaluate_all, train_mod.optimizer_step
+
+    def failing(p):
+        monkeypatch.setattr(train_mod, "evaluate_all", real_eval)  # once
+        raise RuntimeError("evaluation blew up")
+
+    monkeypatch.setattr(train_mod, "evaluate_all", failing)
+    with pytest.raises(RuntimeError, match=r"training finished \(4 steps\) and the final evaluation "
+                                                         r"failed \(RuntimeError: evaluation blew up\); the trained "
+                                                         r"state is kept in .*step-000000004: run it again"):
+        train_mod.run(cfg, Store(db))
+    key = cfg.resolved().key()
+    rec = Store(db).get(key)
+    assert rec["status"] == "failed" and rec["details"]["failed_in"] == "final evaluation"
+    assert rec["error"].startswith("training finished (4 steps) and the final evaluation failed")
+    assert [c for c in Store(db).curves(key) if c[2] == "loss"] == [
+        c for c in Store(tmp_path / "a" / "s.sqlite").curves(straight["run_key"]) if c[2] == "loss"]  # 4 steps kept
+    assert latest(folder_for(db, key)).name == "step-000000004"
+    steps = []
+    monkeypatch.setattr(train_mod, "optimizer_step", lambda *a, **kw: steps.append(1) or real_step(*a, **kw))
+    again = train_mod.run(cfg, Store(db))
+    assert steps == [] and again["status"] == "done" and again["details"]["resumed_from_step"] == 4
+    assert again["scores"] == straight["scores"]  # the model it evaluates is the one that trained
+    assert "training had finished: evaluating it" in capsys.readouterr().err
+    assert Store(db).curves(key) == Store(tmp_path / "a" / "s.sqlite").curves(straight["run_key"])
+    assert latest(folder_for(db, key)) is None  # done: its checkpoint goes

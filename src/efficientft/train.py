@@ -302,13 +302,15 @@ def train(p: Prepared, store: Store | None = None, key: str = "", progress: bool
     step, in_a_row = state.step, 0
     tracked = trackers if trackers is not None else Trackers([], key, {}, Path("."))
 
-    def save() -> None:
+    def save(rng: dict | None = None) -> Path:
         state.step, state.drawn, state.eval_s = step, drawn, eval_s
         state.counters = {n: getattr(timer, n) for n in ("tokens", "padded_tokens", "examples", "times")}
         state.counters["train_s"] = train_s0 + time.perf_counter() - t_train - (eval_s - eval_s0)
         state.capture(p, scaler)
+        if rng is not None:
+            state.blobs["rng"] = rng
         state.trackers = tracked.run_ids()
-        checkpoints.save(state)
+        return checkpoints.save(state)
 
     drawn = state.drawn
     with checkpoint.deferred_interrupts(checkpoints is not None) as interrupted:
@@ -370,8 +372,13 @@ def train(p: Prepared, store: Store | None = None, key: str = "", progress: bool
             setattr(timer, name, int(accel.reduce(torch.tensor(getattr(timer, name), device=device), "sum")))
     if bar is not None:
         bar.close()
-    t = time.perf_counter()
-    final = evaluate_all(p) if evaluates else {}
+    t, rng = time.perf_counter(), checkpoint.rng_state()
+    try:
+        final = evaluate_all(p) if evaluates else {}
+    except Exception as e:  # the trained state is kept: a rerun evaluates it without training again
+        eval_s += time.perf_counter() - t
+        kept = save(rng) if checkpoints is not None else None  # the RNG as the evaluation found it
+        raise EvaluationFailed(p.total_steps, kept, rows[flushed:], e) from e
     eval_s += time.perf_counter() - t
     if accel is not None:
         accel.wait_for_everyone()
@@ -381,6 +388,18 @@ def train(p: Prepared, store: Store | None = None, key: str = "", progress: bool
     return {"scores": final, "evals": [tuple(e) for e in evals], "curve": [tuple(r) for r in rows[flushed:]],
             "timer": timer, "train_s": train_s, "eval_s": eval_s, "skipped_steps": skipped,
             "resumed_from_step": p.resume.step if p.resume is not None else None}
+
+
+class EvaluationFailed(RuntimeError):
+    """Training ended, the final evaluation raised. ``checkpoint``: the trained state, saved (None: checkpoints
+    are off); ``curve``: the curve rows not yet in the store."""
+
+    def __init__(self, steps: int, checkpoint: Path | None, curve: list, cause: BaseException) -> None:
+        kept = (f"the trained state is kept in {checkpoint}: run it again to evaluate it without training"
+                if checkpoint is not None else "checkpoints are off (checkpoint_every 0), so the trained state is lost")
+        super().__init__(f"training finished ({steps} steps) and the final evaluation failed "
+                         f"({type(cause).__name__}: {cause}); {kept}.")
+        self.checkpoint, self.curve = checkpoint, curve
 
 
 def _progress(p: Prepared, enabled: bool, initial: int = 0):
@@ -476,7 +495,8 @@ def run(cfg: RunConfig, store: Store | None = None, progress: bool | None = None
     status, error, scores = "done", None, {}
     if resume is not None:
         details["resumed_from_step"] = resume.step
-        print(f"run {key}: resuming from step {resume.step} of {p.total_steps} ({resume.path})", file=sys.stderr)
+        print(f"run {key}: resuming from step {resume.step} of {p.total_steps} ({resume.path})"
+              + ("; training had finished: evaluating it" if resume.step >= p.total_steps else ""), file=sys.stderr)
     try:
         with MemorySampler(device) as sampler:  # memory over training: mean and p99 beside the peak
             out = train(p, store, key, progress, checkpoints, trackers)
@@ -504,6 +524,13 @@ def run(cfg: RunConfig, store: Store | None = None, progress: bool | None = None
             store.add_curves(key, e.curve)
     except KeyboardInterrupt:
         status, error = "cancelled", "interrupted (Ctrl-C or SIGTERM)"
+        raise
+    except EvaluationFailed as e:  # trained: the record says so, the curves and the checkpoint stay
+        status, error = "failed", f"{e}\n{traceback.format_exc(limit=8)}"
+        details["failed_in"] = "final evaluation"
+        details["trained_checkpoint"] = str(e.checkpoint) if e.checkpoint is not None else None
+        if store is not None:
+            store.add_curves(key, e.curve)
         raise
     except BaseException as e:  # noqa: BLE001 - recorded, then re-raised (SystemExit too: never stored as done)
         status, error = "failed", f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=8)}"
