@@ -153,3 +153,33 @@ def test_a_failed_final_evaluation_keeps_the_trained_run_and_a_rerun_only_evalua
     assert "training had finished: evaluating it" in capsys.readouterr().err
     assert Store(db).curves(key) == Store(tmp_path / "a" / "s.sqlite").curves(straight["run_key"])
     assert latest(folder_for(db, key)) is None  # done: its checkpoint goes
+
+
+# ---------------------------------------------------------------------------------------------- a deleted MLflow run
+def test_a_deleted_mlflow_run_does_not_block_resume(tiny_bert, tmp_path, monkeypatch, capsys):
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    from efficientft.checkpoint import TrainState, folder_for, latest
+    from tests.test_checkpoint import Killed, _config, _kill_at
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    db = tmp_path / "runs.sqlite"
+    cfg = _config(tiny_bert, "lora", tracker=["mlflow"])
+    restore = _kill_at(monkeypatch, 6)
+    with pytest.raises(Killed):
+        train_mod.run(cfg, Store(db))
+    restore()
+    key = cfg.resolved().key()
+    old = TrainState.read(latest(folder_for(db, key))).trackers["mlflow"]
+    client = MlflowClient(tracking_uri=(tmp_path / "mlruns").resolve().as_uri())
+    client.delete_run(old)
+    capsys.readouterr()
+    rec = train_mod.run(cfg, Store(db))  # was: "tracker 'mlflow' could not start", on every rerun
+    assert rec["status"] == "done" and rec["details"]["resumed_from_step"] == 4
+    notes = [line for line in capsys.readouterr().err.splitlines() if "MLflow" in line]
+    assert notes == [f"note: MLflow run {old}, which this run's checkpoint continues, is deleted or gone; logging to "
+                     f"a new MLflow run from step 5."]
+    runs = client.search_runs([client.get_experiment_by_name("efficientft").experiment_id])
+    assert [(r.info.run_name, r.info.status) for r in runs] == [(key, "FINISHED")] and runs[0].info.run_id != old
+    assert [m.step for m in client.get_metric_history(runs[0].info.run_id, "train.loss")] == [5, 6, 7, 8]
