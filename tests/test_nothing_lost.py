@@ -183,3 +183,24 @@ def test_a_deleted_mlflow_run_does_not_block_resume(tiny_bert, tmp_path, monkeyp
     runs = client.search_runs([client.get_experiment_by_name("efficientft").experiment_id])
     assert [(r.info.run_name, r.info.status) for r in runs] == [(key, "FINISHED")] and runs[0].info.run_id != old
     assert [m.step for m in client.get_metric_history(runs[0].info.run_id, "train.loss")] == [5, 6, 7, 8]
+
+
+def test_ctrl_c_in_the_final_evaluation_keeps_the_trained_state(tiny_bert, tmp_path, monkeypatch):
+    from tests.test_checkpoint import _config
+
+    cfg = _config(tiny_bert, "lora", steps=4, eval_every=0, checkpoint_every=None)
+    db = tmp_path / "s.sqlite"
+    real_eval, real_step = train_mod.evaluate_all, train_mod.optimizer_step
+
+    def interrupted(p):
+        monkeypatch.setattr(train_mod, "evaluate_all", real_eval)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod, "evaluate_all", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train_mod.run(cfg, Store(db))
+    assert Store(db).get(cfg.resolved().key())["status"] == "cancelled"
+    steps = []
+    monkeypatch.setattr(train_mod, "optimizer_step", lambda *a, **kw: steps.append(1) or real_step(*a, **kw))
+    again = train_mod.run(cfg, Store(db))
+    assert steps == [] and again["status"] == "done" and again["details"]["resumed_from_step"] == 4

@@ -375,6 +375,10 @@ def train(p: Prepared, store: Store | None = None, key: str = "", progress: bool
     t, rng = time.perf_counter(), checkpoint.rng_state()
     try:
         final = evaluate_all(p) if evaluates else {}
+    except KeyboardInterrupt:  # Ctrl-C while evaluating: stored cancelled, and a rerun only evaluates
+        if checkpoints is not None:
+            save(rng)
+        raise
     except Exception as e:  # the trained state is kept: a rerun evaluates it without training again
         eval_s += time.perf_counter() - t
         kept = save(rng) if checkpoints is not None else None  # the RNG as the evaluation found it
@@ -396,7 +400,8 @@ class EvaluationFailed(RuntimeError):
 
     def __init__(self, steps: int, checkpoint: Path | None, curve: list, cause: BaseException) -> None:
         kept = (f"the trained state is kept in {checkpoint}: run it again to evaluate it without training"
-                if checkpoint is not None else "checkpoints are off (checkpoint_every 0), so the trained state is lost")
+                if checkpoint is not None else "this run keeps no checkpoint (checkpoint_every 0, or data-parallel), "
+                "so the trained state is lost")
         super().__init__(f"training finished ({steps} steps) and the final evaluation failed "
                          f"({type(cause).__name__}: {cause}); {kept}.")
         self.checkpoint, self.curve = checkpoint, curve
