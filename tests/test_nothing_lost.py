@@ -93,6 +93,7 @@ def test_lengths_beyond_the_model_positions_are_refused_before_training(extra, m
                                                                          monkeypatch):
     model = _tiny_gpt2(tmp_path / "gpt2-64", minilm_dir, 64)
     monkeypatch.setattr(train_mod, "train", lambda *a, **kw: pytest.fail("trained"))
+    capsys.readouterr()
     assert main(_generation_args(model, tmp_path, *extra)) == 2
     err = capsys.readouterr().err.strip()
     assert err == "eft run: error: " + msg.format(m=model)
@@ -204,3 +205,14 @@ def test_ctrl_c_in_the_final_evaluation_keeps_the_trained_state(tiny_bert, tmp_p
     monkeypatch.setattr(train_mod, "optimizer_step", lambda *a, **kw: steps.append(1) or real_step(*a, **kw))
     again = train_mod.run(cfg, Store(db))
     assert steps == [] and again["status"] == "done" and again["details"]["resumed_from_step"] == 4
+
+
+def test_virtual_tokens_count_against_the_model_positions(tiny_bert, tmp_path, capsys):
+    db = tmp_path / "s.sqlite"
+    args = run_args(tiny_bert, db)
+    del args[args.index("--rank"):args.index("--rank") + 2]
+    assert main([*args, "--method", "prompt_tuning", "--max-length", "128"]) == 2  # was: a size mismatch at step 1
+    assert capsys.readouterr().err.strip() == (
+        f"eft run: error: max_length 128 plus the 20 virtual tokens of method 'prompt_tuning' is longer than model "
+        f"'{tiny_bert}' reads: it has 128 positions; give --max-length 108 or less.")
+    assert Store(db).runs() == []

@@ -188,7 +188,8 @@ def prepare(cfg: RunConfig, runtime: Runtime | None = None, resume: TrainState |
     # a method that targets nothing (prompt-type, LayerNorm tuning) gets no targets: none is adapted or recorded
     targets = [] if cfg.targets == ALL or method.capabilities.targets == "none" else resolve_targets(model, cfg.targets)
     kind.check_max_length(cfg, loaded.tokenizer, train_ex)
-    check_positions(cfg.max_length, model.config, cfg.model)  # a longer input fails at the first step
+    # a longer input fails at the first step
+    check_positions(cfg.max_length, model.config, cfg.model, method.extra_positions(), cfg.method)
     train = kind.encode(task, train_ex, loaded.tokenizer, cfg, model, "train")
     evals = {k: kind.encode(task, v, loaded.tokenizer, cfg, model, k) for k, v in eval_ex.items()}
 

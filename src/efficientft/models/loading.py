@@ -262,12 +262,14 @@ def max_positions(config: Any) -> int | None:
     return n
 
 
-def check_max_length(max_length: int, config: Any, name: str) -> None:
-    """Refuse (before training) a ``max_length`` beyond the model's positions: it fails at the first step."""
+def check_max_length(max_length: int, config: Any, name: str, extra: int = 0, method: str = "") -> None:
+    """Refuse (before training) a ``max_length`` beyond the model's positions: it fails at the first step.
+    ``extra``: positions ``method`` puts before the input (virtual tokens)."""
     n = max_positions(config)
-    if n is not None and max_length > n:
-        raise ConfigError(f"max_length {max_length} is longer than model {name!r} reads: it has {n} positions; "
-                          f"give --max-length {n} or less.")
+    if n is not None and max_length + extra > n:
+        plus = f" plus the {extra} virtual tokens of method {method!r}" if extra else ""
+        raise ConfigError(f"max_length {max_length}{plus} is longer than model {name!r} reads: it has {n} positions; "
+                          f"give --max-length {n - extra} or less.")
 
 
 def describe(model: nn.Module) -> dict:
