@@ -201,10 +201,10 @@ def test_keep_checkpoints_and_force_does_not_resume_a_done_run(tiny_bert, tmp_pa
     assert latest(folder).name == "step-000000006"
     restore = _kill_at(monkeypatch, 4)
     with pytest.raises(Killed):  # `eft run --force`: trains again from the start, and is killed at step 4
-        run(cfg, Store(db))
+        run(cfg, Store(db), force=True)
     restore()
     assert [p.name for p in folder.iterdir()] == ["step-000000002"]  # its own, not the done run's step 6
-    again = run(cfg, Store(db))
+    again = run(cfg, Store(db), force=True)
     assert again["status"] == "done" and "resumed_from_step" not in again["details"]  # the row is still done
 
 

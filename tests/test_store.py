@@ -1,5 +1,6 @@
 import pytest
 
+from efficientft.errors import AlreadyDone
 from efficientft.store import Store
 
 
@@ -13,7 +14,9 @@ def test_lifecycle_and_history(store):
     assert rec["status"] == "done" and rec["scores"] == {"dev/accuracy": 0.6} and rec["main_score"] == 0.6
     assert store.curves("k1") == [("train", 1, "loss", 0.7), ("train", 2, "loss", None)]
     # running a done key again: the done record (and its curves) stays visible until the new attempt is done
-    assert store.start("k1", cfg) == 2
+    with pytest.raises(AlreadyDone, match=r"run k1 was finished by .* it was not trained again"):
+        store.start("k1", cfg)  # done: trained again only when asked (eft run --force)
+    assert store.start("k1", cfg, redo_done=True) == 2
     assert store.get("k1")["status"] == "done" and len(store.curves("k1")) == 2 and store.history("k1") == []
     store.add_curves("k1", [("train", 1, "loss", 0.5)])
     assert store.curves("k1")[0] == ("train", 1, "loss", 0.7)

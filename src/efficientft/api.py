@@ -37,7 +37,7 @@ def run(config: RunConfig | dict[str, Any], store: Store | str | Path | None = N
     cfg = cfg.resolved()
     db = open_store(store)
     existing = stored_done(db, cfg, force)
-    return existing if existing is not None else train_run(cfg, db, progress=progress)
+    return existing if existing is not None else train_run(cfg, db, progress=progress, force=force)
 
 
 def stored_done(store: Store, cfg: RunConfig, force: bool = False) -> dict[str, Any] | None:

@@ -216,7 +216,7 @@ def cmd_run(a: argparse.Namespace) -> int:
               file=sys.stderr)
         record = existing
     else:
-        record = run(cfg, store)
+        record = run(cfg, store, force=a.force)
     if a.json:
         print(json.dumps(record, sort_keys=True, default=str))
     else:

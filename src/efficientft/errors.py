@@ -24,6 +24,11 @@ class ClaimLost(StoreError):
     the run itself (a sweep counts it as skipped)."""
 
 
+class AlreadyDone(StoreError):
+    """The run's key is ``done`` in the store (perhaps finished by a sweep after the caller looked) and the caller
+    did not ask to run it again: nothing was trained or written."""
+
+
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """A " Did you mean 'x'?" suffix for the closest choice, or an empty string."""
     close = difflib.get_close_matches(str(name), list(choices), n=1, cutoff=0.5)

@@ -80,13 +80,16 @@ def _device_of(model: Any) -> torch.device:
 
 
 def generate(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, stop: Sequence[str] = (),
-             batch_size: int = 32, device: Any = None, add_special_tokens: bool = True) -> GenerationResult:
+             batch_size: int = 32, device: Any = None, add_special_tokens: bool = True,
+             max_prompt_tokens: int | None = None) -> GenerationResult:
     """Greedy continuations of ``prompts`` in batches of ``batch_size`` (left padding, KV cache).
 
     Each text is the continuation only, decoded without special tokens and cut at EOS or at the first stop
     string. ``add_special_tokens`` is passed to the tokenizer (False for prompts rendered by a chat template,
-    which already hold BOS). The tokenizer's padding side (and pad token, which falls back to EOS when it has
-    none) and the model's train/eval mode are restored afterwards.
+    which already hold BOS). ``max_prompt_tokens``: longer prompts are cut from the left (their end, which the
+    answer continues, stays), so that prompt and answer fit the model's positions. The tokenizer's padding and
+    truncation sides (and pad token, which falls back to EOS when it has none) and the model's train/eval mode are
+    restored afterwards.
     """
     if max_new_tokens < 1:
         raise ConfigError(f"max_new_tokens must be at least 1, got {max_new_tokens}.")
@@ -97,14 +100,15 @@ def generate(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int
     device = torch.device(device) if device is not None else _device_of(model)
     eos = _eos_ids(model, tokenizer)
     stop = tuple(s for s in stop if s)
-    saved_side, saved_pad = tokenizer.padding_side, tokenizer.pad_token
+    saved_side, saved_pad, saved_cut = tokenizer.padding_side, tokenizer.pad_token, tokenizer.truncation_side
     was_training = model.training
     texts: list[str] = [""] * len(prompts)
     ids: list[list[int]] = [[] for _ in prompts]
     new_tokens = 0
     start = time.perf_counter()
     try:
-        tokenizer.padding_side = "left"
+        tokenizer.padding_side = tokenizer.truncation_side = "left"
+        cut = {"truncation": True, "max_length": max_prompt_tokens} if max_prompt_tokens is not None else {}
         if tokenizer.pad_token is None:
             if tokenizer.eos_token is None:
                 raise ConfigError("the tokenizer has neither a pad nor an EOS token; batched generation needs one "
@@ -112,12 +116,12 @@ def generate(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int
             tokenizer.pad_token = tokenizer.eos_token
         pad_id = tokenizer.pad_token_id
         model.eval()
-        lengths = [len(r) for r in tokenizer(prompts, add_special_tokens=add_special_tokens)["input_ids"]]
+        lengths = [len(r) for r in tokenizer(prompts, add_special_tokens=add_special_tokens, **cut)["input_ids"]]
         order = sorted(range(len(prompts)), key=lambda i: (lengths[i], i))
         for b in range(0, len(order), batch_size):
             idx = order[b:b + batch_size]
             enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True,
-                            add_special_tokens=add_special_tokens)
+                            add_special_tokens=add_special_tokens, **cut)
             enc = {k: enc[k].to(device) for k in ("input_ids", "attention_mask")}  # no BERT token_type_ids
             width = enc["input_ids"].shape[1]
             criteria = StoppingCriteriaList([_StopStrings(tokenizer, stop, width)]) if stop else None
@@ -134,7 +138,7 @@ def generate(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int
                 ids[i] = kept
                 texts[i] = _cut(tokenizer.decode(kept, skip_special_tokens=True), stop)
     finally:
-        tokenizer.padding_side, tokenizer.pad_token = saved_side, saved_pad
+        tokenizer.padding_side, tokenizer.pad_token, tokenizer.truncation_side = saved_side, saved_pad, saved_cut
         model.train(was_training)
     return GenerationResult(texts, new_tokens, time.perf_counter() - start, ids)
 

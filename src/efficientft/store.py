@@ -32,7 +32,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .errors import ClaimLost, ConfigError, StoreError
+from .errors import AlreadyDone, ClaimLost, ConfigError, StoreError
 from .store_file import SCHEMA_VERSION, check_schema, open_db, store_error
 
 __all__ = ["DEFAULT_STORE", "ENV_STORE", "SCHEMA_VERSION", "STATUSES", "Store", "now", "open_store", "worker_alive", "worker_id"]
@@ -229,7 +229,8 @@ class Store:
 
         Unless shadowing a done record, the row becomes ``running`` with this worker and ``attempts`` counts it
         (the :meth:`start` that follows does not count it again); a finished record taken again goes to
-        ``history``.
+        ``history``. The attempt keeps the tags of the record it replaces (a sweep's ``suite``, ``entry``...),
+        with ``tags`` over them: ``eft run --force`` of a sweep's run stays counted in that sweep's report.
         """
         me, held = worker_id(), self._held.get(key)
         with self.transaction() as db:
@@ -237,8 +238,8 @@ class Store:
             lease = db.execute("SELECT * FROM claims WHERE run_key=?", (key,)).fetchone()
             status = old["status"] if old is not None else "new"
             mine = lease is not None and lease["token"] == held
-            if status == "done" and not redo_done and not mine:
-                return False, "done"
+            if status == "done" and not redo_done and not mine:  # checked here, in the one write transaction:
+                return False, "done"  # a run that finished after the caller looked is never trained again
             owner = lease["worker"] if lease is not None else old["worker"] if status == "running" else None
             if (lease is not None or status == "running") and not mine and not reclaim \
                     and worker_alive(owner) is not False:
@@ -248,6 +249,7 @@ class Store:
             shadow = status == "done"
             attempts = lease["attempts"] if mine else (old["attempts"] if old is not None else 0) + 1
             created = old["created_at"] if old is not None else now()
+            tags = {**(json.loads(old["tags"] or "{}") if old is not None else {}), **(tags or {})}
             if not shadow:
                 if old is not None and status != "running":
                     db.execute("INSERT INTO history (run_key, replaced_at, record) VALUES (?,?,?)",
@@ -288,11 +290,18 @@ class Store:
 
     # ------------------------------------------------------------------ writing
     def start(self, key: str, config: dict, provenance: dict | None = None, tags: dict | None = None,
-              main_metric: str | None = None) -> int:
+              main_metric: str | None = None, redo_done: bool = False) -> int:
         """Begin an attempt (claiming the key first unless this instance holds it); returns the attempt number.
 
-        Raises :class:`StoreError` when another live run holds the key (one clear line for ``eft run``)."""
-        ok, why = self.claim(key, config, tags, retry_failed=True, redo_done=True)
+        Raises :class:`AlreadyDone` when the key is ``done`` and not ``redo_done`` (it may have been finished by a
+        sweep since the caller looked), :class:`StoreError` when another live run holds the key (one clear line
+        for ``eft run``). ``tags`` go over those of the record the attempt replaces (see :meth:`claim`)."""
+        ok, why = self.claim(key, config, tags, retry_failed=True, redo_done=redo_done)
+        if not ok and why == "done":
+            rec = self.get(key) or {}
+            raise AlreadyDone(f"run {key} was finished by {rec.get('worker') or 'another process'} (at "
+                              f"{rec.get('finished_at') or '?'}) while this one was being set up; it was not trained "
+                              f"again (use --force to run it again).")
         if not ok:
             lease = self.owner(key) or {}
             raise StoreError(f"run {key} is being trained by {lease.get('worker') or 'another process'} (since "
@@ -301,9 +310,10 @@ class Store:
         try:
             with self.transaction() as db:
                 lease = self._lease(db, key)
+                tags = {**json.loads(lease["tags"] or "{}"), **(tags or {})}  # the claim's: the replaced record's too
                 if lease["shadow"]:  # the done record stays as it is; the attempt lives in its claim
                     db.execute("UPDATE claims SET config=?, tags=?, provenance=?, main_metric=?, started_at=? "
-                               "WHERE run_key=?", (_json(config), _json(tags or {}), _json(_clean(provenance or {})),
+                               "WHERE run_key=?", (_json(config), _json(tags), _json(_clean(provenance or {})),
                                                    main_metric, now(), key))
                     db.execute("DELETE FROM pending_curves WHERE run_key=?", (key,))
                 else:

@@ -88,11 +88,26 @@ class MLflow:
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
             mlflow.set_tracking_uri((folder / "mlruns").resolve().as_uri())
         mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME") or "efficientft")
+        if run_id is not None and not self._exists(run_id):  # deleted in MLflow since: a checkpoint stays usable
+            import sys
+
+            print(f"note: MLflow run {run_id}, which this run's checkpoint continues, is deleted or gone; logging to "
+                  f"a new MLflow run from step {start + 1}.", file=sys.stderr)
+            run_id = None
         if run_id is not None:  # a resumed run continues the MLflow run its checkpoint names (params logged)
             self.run = mlflow.start_run(run_id=run_id)
         else:
             self.run = mlflow.start_run(run_name=key)
             mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+
+    def _exists(self, run_id: str) -> bool:
+        """Is ``run_id`` a live run of this tracking server (not deleted, not purged)?"""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.mlflow.tracking.MlflowClient().get_run(run_id).info.lifecycle_stage != "deleted"
+        except MlflowException:
+            return False
 
     @property
     def run_id(self) -> str:

@@ -25,7 +25,7 @@ from . import checkpoint, provenance, sharding
 from .checkpoint import TrainState
 from .config import DEFAULT_EPOCHS, RunConfig
 from .data import Encoded, TrainBatches
-from .errors import ConfigError
+from .errors import AlreadyDone, ConfigError
 from .features import FeatureCache
 from .meters import MemorySampler, PeakMemory, StepTimer
 from .methods import get_method
@@ -33,6 +33,7 @@ from .methods.base import Context, Method, check_export_dir
 from .methods.capabilities import check_model
 from .models import ALL, describe, fingerprint, load_model, resolve_model, resolve_targets
 from .models.large import enable_gradient_checkpointing
+from .models.loading import check_max_length as check_positions
 from .runtime import Runtime, build_runtime, check_runtime
 from .step import MAX_SKIPPED_IN_A_ROW, Diverged, forward, optimizer_step  # noqa: F401 - forward: re-exported
 from .store import Store
@@ -189,6 +190,8 @@ def prepare(cfg: RunConfig, runtime: Runtime | None = None, resume: TrainState |
     # a method that targets nothing (prompt-type, LayerNorm tuning) gets no targets: none is adapted or recorded
     targets = [] if cfg.targets == ALL or method.capabilities.targets == "none" else resolve_targets(model, cfg.targets)
     kind.check_max_length(cfg, loaded.tokenizer, train_ex)
+    # a longer input fails at the first step
+    check_positions(cfg.max_length, model.config, cfg.model, method.extra_positions(), cfg.method)
     train = kind.encode(task, train_ex, loaded.tokenizer, cfg, model, "train")
     evals = {k: kind.encode(task, v, loaded.tokenizer, cfg, model, k) for k, v in eval_ex.items()}
 
@@ -302,13 +305,15 @@ def train(p: Prepared, store: Store | None = None, key: str = "", progress: bool
     step, in_a_row = state.step, 0
     tracked = trackers if trackers is not None else Trackers([], key, {}, Path("."))
 
-    def save() -> None:
+    def save(rng: dict | None = None) -> Path:
         state.step, state.drawn, state.eval_s = step, drawn, eval_s
         state.counters = {n: getattr(timer, n) for n in ("tokens", "padded_tokens", "examples", "times")}
         state.counters["train_s"] = train_s0 + time.perf_counter() - t_train - (eval_s - eval_s0)
         state.capture(p, scaler)
+        if rng is not None:
+            state.blobs["rng"] = rng
         state.trackers = tracked.run_ids()
-        checkpoints.save(state)
+        return checkpoints.save(state)
 
     drawn = state.drawn
     with checkpoint.deferred_interrupts(checkpoints is not None) as interrupted:
@@ -370,8 +375,17 @@ def train(p: Prepared, store: Store | None = None, key: str = "", progress: bool
             setattr(timer, name, int(accel.reduce(torch.tensor(getattr(timer, name), device=device), "sum")))
     if bar is not None:
         bar.close()
-    t = time.perf_counter()
-    final = evaluate_all(p) if evaluates else {}
+    t, rng = time.perf_counter(), checkpoint.rng_state()
+    try:
+        final = evaluate_all(p) if evaluates else {}
+    except KeyboardInterrupt:  # Ctrl-C while evaluating: stored cancelled, and a rerun only evaluates
+        if checkpoints is not None:
+            save(rng)
+        raise
+    except Exception as e:  # the trained state is kept: a rerun evaluates it without training again
+        eval_s += time.perf_counter() - t
+        kept = save(rng) if checkpoints is not None else None  # the RNG as the evaluation found it
+        raise EvaluationFailed(p.total_steps, kept, rows[flushed:], e) from e
     eval_s += time.perf_counter() - t
     if accel is not None:
         accel.wait_for_everyone()
@@ -381,6 +395,19 @@ def train(p: Prepared, store: Store | None = None, key: str = "", progress: bool
     return {"scores": final, "evals": [tuple(e) for e in evals], "curve": [tuple(r) for r in rows[flushed:]],
             "timer": timer, "train_s": train_s, "eval_s": eval_s, "skipped_steps": skipped,
             "resumed_from_step": p.resume.step if p.resume is not None else None}
+
+
+class EvaluationFailed(RuntimeError):
+    """Training ended, the final evaluation raised. ``checkpoint``: the trained state, saved (None: checkpoints
+    are off); ``curve``: the curve rows not yet in the store."""
+
+    def __init__(self, steps: int, checkpoint: Path | None, curve: list, cause: BaseException) -> None:
+        kept = (f"the trained state is kept in {checkpoint}: run it again to evaluate it without training"
+                if checkpoint is not None else "this run keeps no checkpoint (checkpoint_every 0, or data-parallel), "
+                "so the trained state is lost")
+        super().__init__(f"training finished ({steps} steps) and the final evaluation failed "
+                         f"({type(cause).__name__}: {cause}); {kept}.")
+        self.checkpoint, self.curve = checkpoint, curve
 
 
 def _progress(p: Prepared, enabled: bool, initial: int = 0):
@@ -407,7 +434,7 @@ def best_dev(task: Task, evals: list[tuple[int, dict[str, float]]]) -> dict[str,
 
 
 def run(cfg: RunConfig, store: Store | None = None, progress: bool | None = None,
-        tags: dict | None = None) -> dict[str, Any]:
+        tags: dict | None = None, force: bool = False) -> dict[str, Any]:
     """One run end to end: set up (all validation first), train, evaluate, store. Returns the stored record.
 
     Bad input raises :class:`ConfigError` before anything is stored. A non-finite loss stores the run as
@@ -417,6 +444,9 @@ def run(cfg: RunConfig, store: Store | None = None, progress: bool | None = None
     checkpoint of this key is there (an earlier attempt was killed, cancelled or failed; not a done run redone by
     ``--force``), the run continues from it and ``details.resumed_from_step`` says from where. The checkpoints are
     removed when the run is done, unless ``keep_checkpoints``.
+
+    A key that is ``done`` in the store is trained again only with ``force`` (the store's claim decides, so a run
+    that a sweep finished while this one was set up is returned as stored, not trained again).
     """
     cfg = cfg.resolved()
     progress = cfg.progress if progress is None else progress
@@ -452,7 +482,11 @@ def run(cfg: RunConfig, store: Store | None = None, progress: bool | None = None
                         resume.trackers if resume else None)
     if store is not None:
         try:
-            store.start(key, cfg.to_dict(), prov, tags, main_metric)
+            store.start(key, cfg.to_dict(), prov, tags, main_metric, redo_done=force)
+        except AlreadyDone as e:
+            trackers.finish("cancelled")
+            print(f"note: {e}", file=sys.stderr)
+            return store.get(key) or {}
         except BaseException:
             trackers.finish("failed")
             raise
@@ -469,7 +503,8 @@ def run(cfg: RunConfig, store: Store | None = None, progress: bool | None = None
     status, error, scores = "done", None, {}
     if resume is not None:
         details["resumed_from_step"] = resume.step
-        print(f"run {key}: resuming from step {resume.step} of {p.total_steps} ({resume.path})", file=sys.stderr)
+        print(f"run {key}: resuming from step {resume.step} of {p.total_steps} ({resume.path})"
+              + ("; training had finished: evaluating it" if resume.step >= p.total_steps else ""), file=sys.stderr)
     try:
         with MemorySampler(device) as sampler:  # memory over training: mean and p99 beside the peak
             out = train(p, store, key, progress, checkpoints, trackers)
@@ -497,6 +532,13 @@ def run(cfg: RunConfig, store: Store | None = None, progress: bool | None = None
             store.add_curves(key, e.curve)
     except KeyboardInterrupt:
         status, error = "cancelled", "interrupted (Ctrl-C or SIGTERM)"
+        raise
+    except EvaluationFailed as e:  # trained: the record says so, the curves and the checkpoint stay
+        status, error = "failed", f"{e}\n{traceback.format_exc(limit=8)}"
+        details["failed_in"] = "final evaluation"
+        details["trained_checkpoint"] = str(e.checkpoint) if e.checkpoint is not None else None
+        if store is not None:
+            store.add_curves(key, e.curve)
         raise
     except BaseException as e:  # noqa: BLE001 - recorded, then re-raised (SystemExit too: never stored as done)
         status, error = "failed", f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=8)}"

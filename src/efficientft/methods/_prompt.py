@@ -43,6 +43,10 @@ class PromptMethod(PeftMethod):
     def config_kwargs(self, model: nn.Module, targets: list[Target], ctx: Context) -> dict[str, Any]:
         return {"num_virtual_tokens": self.args.num_virtual_tokens, **self.prompt_kwargs()}
 
+    def extra_positions(self) -> int:
+        """The virtual tokens take positions (prefix tuning's too: the input's positions start after them)."""
+        return int(self.args.num_virtual_tokens)
+
     def merge(self, model: nn.Module) -> nn.Module:
         raise ConfigError(f"method {self.name!r} changes the input sequence, not the weights: it has nothing to "
                           "merge; export its adapter instead.")

@@ -113,6 +113,11 @@ class Method:
         """A sentence appended to the "rank is larger than" error, for methods whose largest rank is not ``rank``."""
         return ""
 
+    def extra_positions(self) -> int:
+        """Sequence positions the method puts before the input (prompt-type methods' virtual tokens): the loop
+        checks ``max_length`` plus these against the model's positions."""
+        return 0
+
     def check_targets(self, model: nn.Module, targets: list[Target]) -> None:
         """Refuse, from the declared capabilities, targets the method cannot adapt: slices of a fused projection
         (unless ``fused_slices``) and modules smaller than the method's rank (where ``rank``)."""

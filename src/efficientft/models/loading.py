@@ -22,7 +22,7 @@ import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn as nn
@@ -246,6 +246,33 @@ def fingerprint(path: str) -> str:
     return digest
 
 
+# models whose position ids start after the padding index (RoBERTa's ``padding_idx + 1``): that many fewer are usable
+_OFFSET_POSITIONS = frozenset({"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "data2vec-text",
+                               "roberta-prelayernorm", "mpnet", "longformer"})
+
+
+def max_positions(config: Any) -> int | None:
+    """How many tokens the model reads at once: its position table (GPT-2's ``n_positions``, the others'
+    ``max_position_embeddings``, less RoBERTa's padding offset); None when its config names none. The one place
+    that answers it: the loop refuses a longer ``max_length``, generation cuts prompts to fit."""
+    n = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+    if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
+        return None
+    if getattr(config, "model_type", None) in _OFFSET_POSITIONS and isinstance(config.pad_token_id, int):
+        n -= config.pad_token_id + 1
+    return n
+
+
+def check_max_length(max_length: int, config: Any, name: str, extra: int = 0, method: str = "") -> None:
+    """Refuse (before training) a ``max_length`` beyond the model's positions: it fails at the first step.
+    ``extra``: positions ``method`` puts before the input (virtual tokens)."""
+    n = max_positions(config)
+    if n is not None and max_length + extra > n:
+        plus = f" plus the {extra} virtual tokens of method {method!r}" if extra else ""
+        raise ConfigError(f"max_length {max_length}{plus} is longer than model {name!r} reads: it has {n} positions; "
+                          f"give --max-length {n - extra} or less.")
+
+
 def describe(model: nn.Module) -> dict:
     cfg = getattr(model, "config", None)
     keys = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "n_embd", "n_layer")
@@ -254,4 +281,5 @@ def describe(model: nn.Module) -> dict:
     }
 
 
-__all__ = ["Loaded", "load_model", "clear_backbone_cache", "resolve_model", "fingerprint", "describe", "bundled_minilm"]
+__all__ = ["Loaded", "load_model", "clear_backbone_cache", "resolve_model", "fingerprint", "describe", "bundled_minilm",
+           "max_positions", "check_max_length"]

@@ -43,7 +43,8 @@ class SFTEncoded(Encoded):
     """One split of a generation task: token ids and per-token labels (training), or prompts to generate from.
 
     ``targets[i]`` are example i's labels (-100 where no loss is taken); ``prompts``/``gold`` feed generation;
-    ``filter``/``max_new_tokens`` are the evaluation protocol of the split.
+    ``filter``/``max_new_tokens`` are the evaluation protocol of the split; ``max_prompt_tokens``: prompts are cut
+    from the left to this many tokens, so that prompt + new tokens fit the model's positions (None: uncut).
     """
 
     targets: list[np.ndarray] = field(default_factory=list)
@@ -56,6 +57,7 @@ class SFTEncoded(Encoded):
     max_new_tokens: int = 64
     stop: tuple[str, ...] = ()
     add_special_tokens: bool = True  # how the prompts are tokenised (False: a chat template's text holds them)
+    max_prompt_tokens: int | None = None
 
     def collate(self, idx: list[int] | np.ndarray, pad_id: int) -> dict[str, torch.Tensor]:
         """Right-padded ids, attention mask and labels (-100 on padding)."""
@@ -113,16 +115,25 @@ def encode_sft(rows: list, tokenizer: Any, template: str, max_length: int, train
     return SFTEncoded(ids, None, np.asarray(kept, dtype=np.int64), stats, targets)
 
 
-def encode_prompts(rows: list, tokenizer: Any, template: str, spec: tuple[str, int, tuple[str, ...]]) -> SFTEncoded:
-    """An evaluation split: the rendered prompts, their gold answers and the split's protocol."""
+def encode_prompts(rows: list, tokenizer: Any, template: str, spec: tuple[str, int, tuple[str, ...]],
+                   max_prompt_tokens: int | None = None) -> SFTEncoded:
+    """An evaluation split: the rendered prompts, their gold answers and the split's protocol. Prompts longer
+    than ``max_prompt_tokens`` are cut from the left when generating (the question's end, next to the answer,
+    stays) and counted in ``stats``, as training counts what its cutoff truncated."""
     from .templates import get_template, render_prompt
 
     prompts = [render_prompt(template, ex.instruction, ex.input, tokenizer) for ex in rows]
     ids = [np.asarray(prompt_ids(tokenizer, q, template), dtype=np.int32) for q in prompts]
+    stats = {}
+    if max_prompt_tokens is not None:
+        stats = {"examples": len(rows), "truncated": sum(len(i) > max_prompt_tokens for i in ids),
+                 "prompt_cutoff_len": max_prompt_tokens}
+        ids = [i[-max_prompt_tokens:] for i in ids]
     filt, max_new, stop = spec
-    return SFTEncoded(ids, None, np.arange(len(rows)), {}, [], prompts, [ex.id for ex in rows],
+    return SFTEncoded(ids, None, np.arange(len(rows)), stats, [], prompts, [ex.id for ex in rows],
                       [_question(ex) for ex in rows], [ex.answer if ex.answer is not None else ex.output for ex in rows],
-                      [ex.output for ex in rows], filt, max_new, tuple(stop), get_template(template).add_special_tokens)
+                      [ex.output for ex in rows], filt, max_new, tuple(stop), get_template(template).add_special_tokens,
+                      max_prompt_tokens)
 
 
 def _question(ex: Any) -> str:
@@ -181,7 +192,9 @@ class GenerationKind(TaskKind):
                 raise ConfigError(f"max_length {cfg.max_length} leaves no response token in any training example "
                                   f"(prompts are up to {longest} tokens); give --max-length {longest + 64} or more.")
             return enc
-        return encode_prompts(examples.rows, tokenizer, template, task.eval_spec(split))
+        spec = task.eval_spec(split)
+        return encode_prompts(examples.rows, tokenizer, template, spec,
+                              prompt_room(model.config, cfg.max_new_tokens or spec[1], tokenizer, cfg.model))
 
     def batch_weight(self, batch: dict[str, torch.Tensor]) -> int:
         """Target tokens: the positions the causal LM loss counts (labels shifted by one, -100 skipped)."""
@@ -198,7 +211,7 @@ class GenerationKind(TaskKind):
         with p.runtime.autocast():
             out = generate(p.model, p.tokenizer, enc.prompts, p.cfg.max_new_tokens or enc.max_new_tokens, enc.stop,
                            batch_size=p.cfg.eval_batch_size, device=p.device,
-                           add_special_tokens=enc.add_special_tokens)
+                           add_special_tokens=enc.add_special_tokens, max_prompt_tokens=enc.max_prompt_tokens)
         p.model.train(was_training)
         rows = []
         for i, text in enumerate(out.texts):
@@ -237,6 +250,21 @@ class GenerationKind(TaskKind):
             batches.append(sft.collate(list(range(len(chunk))), p.info["pad_id"]))
         p.kind_state["forgetting_batches"] = batches
         p.info["forgetting"] = {"source": source, "texts": len(enc), "lm_loss_before": lm_loss(p, batches)}
+
+
+def prompt_room(config: Any, max_new_tokens: int, tokenizer: Any, name: str) -> int | None:
+    """How many prompt tokens fit the model's positions beside ``max_new_tokens`` (None: no fixed table);
+    refuses, before training, new tokens that leave no room for a prompt."""
+    from ..models.loading import max_positions
+
+    n = max_positions(config)
+    if n is None:
+        return None
+    least = tokenizer.num_special_tokens_to_add() + 1
+    if n - max_new_tokens < least:
+        raise ConfigError(f"max_new_tokens {max_new_tokens} leaves no room for a prompt: model {name!r} has {n} "
+                          f"positions for prompt and answer together; give --max-new-tokens {n - least} or less.")
+    return n - max_new_tokens
 
 
 def tokenizer_ids(tokenizer: Any, text: str) -> list[int]:
