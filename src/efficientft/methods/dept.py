@@ -2,12 +2,13 @@
 Fine-tuning", ICLR 2024, arXiv 2309.05173; reference code github.com/ZhengxiangShi/DePT, ``PromptTuningLoRAConfig``).
 
 Prompt tuning's n-token prompt is decomposed into a shorter prompt P ∈ R^{m×d} and a low-rank update of the frozen
-input embeddings X ∈ R^{s×d} of the s positions of an input (§2, Eq. 2-3)::
+input embeddings X ∈ R^{s×d} of the s positions of an input (the paper's decomposition, written out; the
+reference's ``PeftModel.forward`` for ``PROMPT_TUNING_LORA`` computes exactly this)::
 
     X' = X + (α/√r) · A B,   A ∈ R^{s×r},  B ∈ R^{r×d};      input = [P; X']
 
-with the same trainable count as prompt tuning at n = m + r(s + d)/d (the paper: T5-base, d = 768, s = 256,
-n = 100 → m = 40, r = 45, 76,800 parameters; the reference's run script uses m = 40, r = 45). The update is
+with the same trainable count as prompt tuning at n = m + r(s + d)/d (the reference's run script: T5-base,
+d = 768, ``MAX_LENGTH`` s = 256, m = 40, r = 45: 76,800 parameters, prompt tuning's at n = 100). The update is
 *positional*: row i of A B is added to the embedding at position i of every input, whatever its token; s is the
 run's max_length (the reference sets it to ``max_seq_length``), so a shorter, dynamically padded batch uses the
 first rows (the reference pads to s; the extra rows of a padded position are masked out there, so the outputs are
@@ -15,7 +16,8 @@ the same). A is drawn as a Kaiming-uniform matrix (a = √5) and B is zero, so t
 tuning; the scale is α/√r with the reference's α = 8. The prompt starts random (the reference's default, without
 ``--text_init``).
 
-The two parts learn at two rates (§2, "two learning rates"; the reference builds two AdamW groups): the run's
+The two parts learn at two rates (the paper's "two different learning rates"; the reference's ``train.py``
+builds two AdamW groups, ``lora_embedding_lr`` for A and B): the run's
 ``lr`` for the prompt (and the task head), ``embedding_lr`` for A and B. Both follow the run's schedule, as both
 groups do under the reference's linear scheduler.
 

@@ -1,14 +1,15 @@
 """LoFiT, Localized Fine-Tuning on LLM Representations (Yin, Ye & Durrett 2024, NeurIPS, arXiv 2406.01563;
 reference code github.com/fc2869/lo-fit, ``lofit_trainer.py`` and the attention of ``models/modeling_llama.py``).
 
-Two stages on the outputs z_l^i ∈ R^{d_head} of the attention heads (what the output projection W_o reads, §3):
+Two stages on the outputs z_l^i ∈ R^{d_head} of the attention heads (what the output projection W_o reads;
+the reference applies both to ``attn_output`` before ``o_proj``):
 
-1. **Head selection** (Eq. 1): every head's output is rescaled, z ← (1 + A_l^i) ⊙ z, with A ~ N(0, 10⁻³) trained
+1. **Head selection**: every head's output is rescaled, z ← (1 + A_l^i) ⊙ z, with A ~ N(0, σ²), σ = 10⁻³, trained
    under the loss + ``l1_lambda`` · Σ|A| (5e-4) and AdamW at ``select_lr`` (5e-3, linear decay), the base frozen.
    A head's importance is ‖A_l^i‖₂; the top K heads are kept (``top_k``; 0: 3% of all heads, at least one: the
-   paper localises to about 3%).
-2. **Bias tuning** (Eq. 2): a fresh model (A dropped, the task head back at its initial values) learns offsets
-   z ← z + v_l^i on the K selected heads only, v ~ N(0, 10⁻³), without L1. The other heads have no parameter at all,
+   paper localises to about 3%, e.g. the reference's Llama 2-7B scripts tune 32 of 1,024 heads).
+2. **Bias tuning**: a fresh model (A dropped, the task head back at its initial values) learns offsets
+   z ← z + v_l^i on the K selected heads only, v ~ N(0, σ²), without L1. The other heads have no parameter at all,
    so they are exactly untouched. Trainable parameters: K · d_head (+ the task head).
 
 Stage 1 runs inside :meth:`init_from_data`, before the optimizer exists, for ``select_steps`` batches (0: the run's
