@@ -46,8 +46,9 @@ def test_suite_loads_and_validates(path, glue_dir):
     assert all(r.tags["suite"] == suite.name and r.tags["label"] for r in runs)
 
 
-def test_all_methods_suite_names_every_registered_method():
-    suite = load_suite(CONFIGS[0].parent / "all-methods.yaml")
+@pytest.mark.parametrize("name", ["all-methods", "method-catalog"])
+def test_method_suites_name_every_registered_method(name):
+    suite = load_suite(CONFIGS[0].parent / f"{name}.yaml")
     used = {r.cfg.method for r in suite.expand({"progress": False})}
     assert used == set(METHODS.names())
 

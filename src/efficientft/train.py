@@ -198,7 +198,7 @@ def prepare(cfg: RunConfig, runtime: Runtime | None = None, resume: TrainState |
     per_epoch = math.ceil(len(train) / cfg.batch_size)
     total = cfg.steps or max(1, math.ceil((cfg.epochs or DEFAULT_EPOCHS) * per_epoch / cfg.grad_accum))
     ctx = Context(heads=kind.heads(model), total_steps=total, num_labels=task.num_labels, seed=cfg.seed,
-                  base_model=loaded.path, peft_task_type=kind.peft_task_type)
+                  base_model=loaded.path, peft_task_type=kind.peft_task_type, max_length=cfg.max_length)
     torch.manual_seed(cfg.seed)  # adapter initialisation depends on the seed only
     model = method.prepare(model, targets, ctx).to(device)
     pad_id = loaded.tokenizer.pad_token_id

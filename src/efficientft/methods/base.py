@@ -52,6 +52,9 @@ class Context:
     # PEFT's task type for this task kind ("SEQ_CLS" for classification, "CAUSAL_LM" for generation): the task kind
     # decides it, methods pass it on and never choose it.
     peft_task_type: str = "SEQ_CLS"
+    # The run's max_length (input tokens per example; 0 where unknown): DePT's embedding update has one row per
+    # position.
+    max_length: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
