@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from . import checkpoint, provenance, sharding
+from . import checkpoint, content, provenance, sharding
 from .checkpoint import TrainState
 from .config import DEFAULT_EPOCHS, RunConfig
 from .data import Encoded, TrainBatches
@@ -100,6 +100,7 @@ class Prepared:
     predictions: dict[str, list[dict]] = field(default_factory=dict)
     eval_cost: dict[str, float] = field(default_factory=dict)
     kind_state: dict[str, Any] = field(default_factory=dict)  # the kind's own working state (not recorded)
+    inputs: dict[str, Any] = field(default_factory=dict)  # the content of what it read (kept in its checkpoints)
 
     @property
     def device(self) -> torch.device:
@@ -196,6 +197,9 @@ def prepare(cfg: RunConfig, runtime: Runtime | None = None, resume: TrainState |
                   base_model=loaded.path, peft_task_type=kind.peft_task_type)
     torch.manual_seed(cfg.seed)  # adapter initialisation depends on the seed only
     model = method.prepare(model, targets, ctx).to(device)
+    inputs = read_inputs(cfg, loaded.path, train_ex, eval_ex)
+    if resume is not None:
+        resume = fitting_checkpoint(resume, inputs, model)
     pad_id = loaded.tokenizer.pad_token_id
     batches = TrainBatches(train, cfg.batch_size, pad_id, cfg.seed, cfg.bucket)
     if resume is not None:
@@ -233,10 +237,39 @@ def prepare(cfg: RunConfig, runtime: Runtime | None = None, resume: TrainState |
         features.check("train")  # a model or method the cache cannot serve fails here, before training
         info["feature_cache"] = {"layers": features.list_name, "first_trained_layer": features.k}
     prepared = Prepared(cfg, task, method, model, loaded.tokenizer, runtime, train, evals, total, groups, optimizer,
-                        scheduler, base_params, info, features, resume)
+                        scheduler, base_params, info, features, resume, inputs=inputs)
     kind.before_training(prepared)  # e.g. the LM loss on held-out text before any step (the forgetting baseline)
     info["setup_s"] = time.perf_counter() - t0
     return prepared
+
+
+def read_inputs(cfg: RunConfig, model_path: str, train_ex: Examples, eval_ex: dict[str, Examples]) -> dict[str, Any]:
+    """What the run read, by content: the model folder's config and weights, the files of each data split (the
+    GLUE folder, ``--train-data``, the user's files), the forgetting file; the checkpoint keeps it."""
+    inputs: dict[str, Any] = {"model": content.folder_sha256(model_path) or model_path}
+    for split, ex in [("train", train_ex), *eval_ex.items()]:
+        inputs[f"{split} data"] = content.fingerprint(ex.files)
+    if cfg.forgetting_file:
+        inputs["forgetting file"] = content.file_sha256(cfg.forgetting_file) or cfg.forgetting_file
+    return inputs
+
+
+def fitting_checkpoint(resume: TrainState, inputs: dict[str, Any], model: nn.Module) -> TrainState | None:
+    """``resume`` when it was trained on these inputs and fits the prepared model; else None, and one line on
+    stderr that says why the run trains from scratch (the checkpoint is then replaced, never resumed wrongly)."""
+    changed = resume.changed_inputs(inputs)
+    misfits = [] if changed else resume.misfits(model)
+    if changed:
+        why = f"it was saved from other inputs: the {', the '.join(changed)} changed since"
+    elif misfits:
+        why = f"it does not fit this run's model (its trainable weights differ: {', '.join(misfits[:3])})"
+    else:
+        if resume.inputs is None:
+            print(f"note: checkpoint {resume.path} predates input fingerprints; resuming without checking that the "
+                  f"model and data are the ones it trained on.", file=sys.stderr)
+        return resume
+    print(f"note: checkpoint {resume.path} is not resumed, {why}; training from scratch.", file=sys.stderr)
+    return None
 
 
 def device_batches(p: Prepared, start: int = 0):
@@ -275,6 +308,7 @@ def train(p: Prepared, store: Store | None = None, key: str = "", progress: bool
     scaler = runtime.grad_scaler()
     timer = StepTimer(device)
     state = p.resume or TrainState()
+    state.inputs = p.inputs
     if p.resume is not None:
         state.restore(p, scaler)  # the RNG last: nothing below draws from it before the first step
         for name, value in state.counters.items():  # the cost figures count the whole run, every attempt
@@ -411,10 +445,11 @@ def run(cfg: RunConfig, store: Store | None = None, progress: bool | None = None
     Bad input raises :class:`ConfigError` before anything is stored. A non-finite loss stores the run as
     ``diverged``; any other exception as ``failed`` (and is re-raised); Ctrl-C as ``cancelled``.
 
-    With a store, the run checkpoints into ``checkpoints/<key>/`` beside it (``checkpoint_every``); when a
-    checkpoint of this key is there (an earlier attempt was killed, cancelled or failed; not a done run redone by
-    ``--force``), the run continues from it and ``details.resumed_from_step`` says from where. The checkpoints are
-    removed when the run is done, unless ``keep_checkpoints``.
+    With a store, the run checkpoints into the store's ``<store>.checkpoints/<key>/`` beside it
+    (``checkpoint_every``); when a checkpoint of this key is there (an earlier attempt was killed, cancelled or
+    failed; not a done run redone by ``--force``) and was trained on the same model and data (by content), the run
+    continues from it and ``details.resumed_from_step`` says from where. The checkpoints are removed when the run is
+    done, unless ``keep_checkpoints``.
     """
     cfg = cfg.resolved()
     progress = cfg.progress if progress is None else progress
@@ -431,8 +466,10 @@ def run(cfg: RunConfig, store: Store | None = None, progress: bool | None = None
         folder = checkpoint.folder_for(store.path, key)
     resume = None
     if folder is not None and store.status(key) != "done":
+        checkpoint.adopt_legacy(store.path, key)
         resume = checkpoint.Checkpoints(folder, 0).latest()
     p = prepare(cfg, runtime, resume)
+    resume = p.resume  # None when the checkpoint was saved from other inputs (prepare said so)
     checkpoints = None
     if folder is not None and cfg.checkpoint_every != 0:  # 0: off, not even on SIGTERM
         every = cfg.checkpoint_every if cfg.checkpoint_every is not None else checkpoint.default_every(p.total_steps)
