@@ -205,3 +205,19 @@ def test_a_checkpoint_where_earlier_versions_saved_it_is_resumed(tiny_bert, tmp_
     rec = run(cfg, Store(db))
     assert rec["details"]["resumed_from_step"] == 4 and not (tmp_path / "checkpoints").exists()
     assert torch.isfinite(torch.tensor(rec["main_score"]))
+
+
+def test_a_file_rewritten_with_the_same_size_and_times_is_hashed_again(tmp_path):
+    """The digest cache is keyed by stat; a rewrite that keeps size and mtime (a copy tool, a fast rewrite within
+    the clock's granularity) must not serve the old digest."""
+    import hashlib
+    import os
+
+    from efficientft.content import file_sha256, folder_sha256
+
+    f = _write(tmp_path / "m" / "config.json", '{"a": 1}')
+    for text in ('{"a": 1}', '{"a": 2}'):
+        f.write_text(text)
+        os.utime(f, ns=(1_000_000_000, 1_000_000_000))
+        assert file_sha256(f) == hashlib.sha256(text.encode()).hexdigest()
+        assert folder_sha256(tmp_path / "m") == hashlib.sha256(b"config.json" + text.encode()).hexdigest()
