@@ -221,3 +221,22 @@ def test_a_file_rewritten_with_the_same_size_and_times_is_hashed_again(tmp_path)
         os.utime(f, ns=(1_000_000_000, 1_000_000_000))
         assert file_sha256(f) == hashlib.sha256(text.encode()).hexdigest()
         assert folder_sha256(tmp_path / "m") == hashlib.sha256(b"config.json" + text.encode()).hexdigest()
+
+
+def test_a_method_state_that_does_not_load_is_not_resumed(tiny_bert, tmp_path, monkeypatch, capsys):
+    """SIFT's chosen entries shape its trainable weights: a checkpoint whose method state this code cannot load
+    (saved by another version) starts the run over, in one line, instead of a KeyError on every rerun."""
+    db = tmp_path / "runs.sqlite"
+    cfg = _config(tiny_bert, "sift")
+    path = _killed(monkeypatch, cfg, db)
+    state = TrainState.read(path)
+    name = sorted(state.blobs["method"])[0]
+    state.blobs["method"][name + ".old"] = state.blobs["method"].pop(name)
+    state.save(path.parent)
+    capsys.readouterr()
+    rec = run(cfg, Store(db))
+    assert rec["status"] == "done" and "resumed_from_step" not in rec["details"]
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"note: checkpoint {path} is not resumed, its sift state does not load (KeyError: '{name}'); training from "
+        f"scratch."]
+    assert rec["scores"] == run(cfg, Store(tmp_path / "straight.sqlite"))["scores"]

@@ -195,15 +195,16 @@ def prepare(cfg: RunConfig, runtime: Runtime | None = None, resume: TrainState |
     total = cfg.steps or max(1, math.ceil((cfg.epochs or DEFAULT_EPOCHS) * per_epoch / cfg.grad_accum))
     ctx = Context(heads=kind.heads(model), total_steps=total, num_labels=task.num_labels, seed=cfg.seed,
                   base_model=loaded.path, peft_task_type=kind.peft_task_type)
+    inputs = read_inputs(cfg, loaded.path, train_ex, eval_ex)
+    if resume is not None and not_resumed(resume, inputs_changed(resume, inputs)):
+        resume = None
     torch.manual_seed(cfg.seed)  # adapter initialisation depends on the seed only
     model = method.prepare(model, targets, ctx).to(device)
-    inputs = read_inputs(cfg, loaded.path, train_ex, eval_ex)
-    if resume is not None:
-        resume = fitting_checkpoint(resume, inputs, model)
     pad_id = loaded.tokenizer.pad_token_id
     batches = TrainBatches(train, cfg.batch_size, pad_id, cfg.seed, cfg.bucket)
     if resume is not None:
-        method.load_state_dict(model, resume.blobs["method"])
+        if not_resumed(resume, method_state_misfit(method, model, resume)):  # the method's state is half restored:
+            return prepare(cfg, runtime)  # prepare again, from scratch
     else:
         method.init_from_data(model, ({k: v.to(device) for k, v in b.items()} for b in batches.forever()))
     if runtime.sharded:  # before the optimizer exists: it must hold the sharded parameters
@@ -254,22 +255,32 @@ def read_inputs(cfg: RunConfig, model_path: str, train_ex: Examples, eval_ex: di
     return inputs
 
 
-def fitting_checkpoint(resume: TrainState, inputs: dict[str, Any], model: nn.Module) -> TrainState | None:
-    """``resume`` when it was trained on these inputs and fits the prepared model; else None, and one line on
-    stderr that says why the run trains from scratch (the checkpoint is then replaced, never resumed wrongly)."""
+def method_state_misfit(method: Method, model: nn.Module, resume: TrainState) -> str:
+    """Restore the method's own state from ``resume`` (its ranks and chosen entries shape the trainable weights),
+    then say why the checkpoint does not fit the prepared model ("": it fits)."""
+    try:
+        method.load_state_dict(model, resume.blobs["method"])
+    except Exception as e:  # noqa: BLE001 - a state this code cannot load is a checkpoint that does not fit
+        return f"its {method.name} state does not load ({type(e).__name__}: {e})"
+    misfits = resume.misfits(model)
+    return f"it does not fit this run's model (its trainable weights differ: {', '.join(misfits[:3])})" if misfits else ""
+
+
+def inputs_changed(resume: TrainState, inputs: dict[str, Any]) -> str:
+    """Which inputs differ from those ``resume`` trained on, in words ("": the same)."""
+    if resume.inputs is None:
+        print(f"note: checkpoint {resume.path} predates input fingerprints; resuming without checking that the "
+              f"model and data are the ones it trained on.", file=sys.stderr)
     changed = resume.changed_inputs(inputs)
-    misfits = [] if changed else resume.misfits(model)
-    if changed:
-        why = f"it was saved from other inputs: the {', the '.join(changed)} changed since"
-    elif misfits:
-        why = f"it does not fit this run's model (its trainable weights differ: {', '.join(misfits[:3])})"
-    else:
-        if resume.inputs is None:
-            print(f"note: checkpoint {resume.path} predates input fingerprints; resuming without checking that the "
-                  f"model and data are the ones it trained on.", file=sys.stderr)
-        return resume
-    print(f"note: checkpoint {resume.path} is not resumed, {why}; training from scratch.", file=sys.stderr)
-    return None
+    return f"it was saved from other inputs: the {', the '.join(changed)} changed since" if changed else ""
+
+
+def not_resumed(resume: TrainState, why: str) -> bool:
+    """Say in one line why ``resume`` is not resumed (``why``: empty when it is) and that the run starts over; the
+    checkpoint is then replaced, never resumed onto other inputs or left to fail every rerun."""
+    if why:
+        print(f"note: checkpoint {resume.path} is not resumed, {why}; training from scratch.", file=sys.stderr)
+    return bool(why)
 
 
 def device_batches(p: Prepared, start: int = 0):
