@@ -15,8 +15,9 @@ kill while saving leaves the previous checkpoint intact; only the newest ``keep`
 Checkpoints live beside the store, in a folder of that store's own (``runs.sqlite.checkpoints/<run key>/``: two
 stores in one folder never share or delete each other's), and are removed when the run is ``done`` unless
 ``keep_checkpoints``. They are not part of the run's identity: a resumed run is the uninterrupted run. A checkpoint
-records the content of what the run read (:func:`efficientft.content.fingerprint` of the model and data files); a
-run resumes from it only when it reads the same, else it says which input changed and trains from scratch.
+records the content of what the run read (:mod:`efficientft.content`: the model folder's config and weights, each
+split's data files, the forgetting file); a run resumes from it only when it reads the same, else it says which
+input changed and trains from scratch.
 """
 
 from __future__ import annotations
