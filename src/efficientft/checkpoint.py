@@ -12,8 +12,12 @@ Format: one folder per checkpoint, ``tensors.safetensors`` (every tensor) and ``
 unpickled when a checkpoint is read. A checkpoint is written into a temporary folder and renamed into place, so a
 kill while saving leaves the previous checkpoint intact; only the newest ``keep`` are kept.
 
-Checkpoints live in ``<folder of the store>/checkpoints/<run key>/`` and are removed when the run is ``done``
-unless ``keep_checkpoints``. They are not part of the run's identity: a resumed run is the uninterrupted run.
+Checkpoints live beside the store, in a folder of that store's own (``runs.sqlite.checkpoints/<run key>/``: two
+stores in one folder never share or delete each other's), and are removed when the run is ``done`` unless
+``keep_checkpoints``. They are not part of the run's identity: a resumed run is the uninterrupted run. A checkpoint
+records the content of what the run read (:mod:`efficientft.content`: the model folder's config and weights, each
+split's data files, the forgetting file); a run resumes from it only when it reads the same, else it says which
+input changed and trains from scratch.
 """
 
 from __future__ import annotations
@@ -50,8 +54,22 @@ def default_every(total_steps: int) -> int:
 
 
 def folder_for(store_path: str | os.PathLike, key: str) -> Path:
-    """Where the checkpoints of run ``key`` live: beside the store, ``checkpoints/<key>/``."""
-    return Path(store_path).parent / "checkpoints" / key
+    """Where the checkpoints of run ``key`` live: beside the store, in the store's own ``<store>.checkpoints/<key>/``
+    (``runs.sqlite`` → ``runs.sqlite.checkpoints/``)."""
+    store = Path(store_path)
+    return store.parent / f"{store.name}.checkpoints" / key
+
+
+def adopt_legacy(store_path: str | os.PathLike, key: str) -> None:
+    """Move the checkpoints of ``key`` from where earlier versions saved them (``checkpoints/<key>/`` beside the
+    store, shared by every store of that folder) into this store's folder, when this store has none yet."""
+    old, new = Path(store_path).parent / "checkpoints" / key, folder_for(store_path, key)
+    if latest(old) is None or latest(new) is not None:
+        return
+    shutil.rmtree(new, ignore_errors=True)
+    new.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(old, new)
+    remove(old)  # the shared ``checkpoints`` folder, when it is left empty
 
 
 class Incompatible(RuntimeError):
@@ -139,6 +157,20 @@ class TrainState:
     blobs: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None  # the folder it was read from
     trackers: dict[str, str] = field(default_factory=dict)  # tracker name -> its run id, to continue that run
+    inputs: dict[str, Any] | None = None  # the content of what the run read (None: saved before it was recorded)
+
+    # ------------------------------------------------------------------ does it belong to this run?
+    def changed_inputs(self, inputs: dict[str, Any]) -> list[str]:
+        """The inputs (``model``, ``train`` data, ...) whose content differs from what this checkpoint trained on."""
+        if self.inputs is None:
+            return []
+        return [name for name in sorted(set(self.inputs) | set(inputs)) if self.inputs.get(name) != inputs.get(name)]
+
+    def misfits(self, model: Any) -> list[str]:
+        """The trainable weights this checkpoint lacks, has in excess, or has in another shape than ``model``."""
+        params = {n: q for n, q in model.named_parameters() if q.requires_grad}
+        saved = self.blobs["model"]
+        return sorted(set(saved) ^ set(params)) or [n for n, t in saved.items() if t.shape != params[n].shape]
 
     # ------------------------------------------------------------------ model, optimizer, ... <-> blobs
     def capture(self, p: Any, scaler: Any = None) -> None:
@@ -159,7 +191,7 @@ class TrainState:
         the RNG last, so that nothing after it draws before the next step."""
         b = self.blobs
         params = {n: q for n, q in p.model.named_parameters() if q.requires_grad}
-        bad = sorted(set(b["model"]) ^ set(params)) or [n for n, t in b["model"].items() if t.shape != params[n].shape]
+        bad = self.misfits(p.model)
         if bad:
             raise Incompatible(f"checkpoint {self.path} does not fit this run's model (its trainable weights differ: "
                                f"{', '.join(bad[:3])}); delete {self.path.parent if self.path else 'it'} to train "
@@ -188,7 +220,7 @@ class TrainState:
         meta = {
             "format": FORMAT, "step": self.step, "drawn": self.drawn, "curve": self.curve, "evals": self.evals,
             "skipped": self.skipped, "counters": self.counters, "eval_s": self.eval_s,
-            "trackers": self.trackers, "blobs": packer.pack(self.blobs, "b"),
+            "trackers": self.trackers, "inputs": self.inputs, "blobs": packer.pack(self.blobs, "b"),
         }
         tmp = folder / f".tmp-{PREFIX}{self.step}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -212,7 +244,7 @@ class TrainState:
             raise ValueError(f"checkpoint {path} has format {meta.get('format')!r}, this version reads {FORMAT}")
         blobs = Tensors(load_file(str(path / TENSORS))).unpack(meta["blobs"])
         return cls(meta["step"], meta["drawn"], meta["curve"], meta["evals"], meta["skipped"], meta["counters"],
-                   meta["eval_s"], blobs, path, meta.get("trackers", {}))
+                   meta["eval_s"], blobs, path, meta.get("trackers", {}), meta.get("inputs"))
 
 
 def latest(folder: Path) -> Path | None:
@@ -224,7 +256,7 @@ def latest(folder: Path) -> Path | None:
 
 
 def remove(folder: Path) -> None:
-    """Delete a run's checkpoints (and the ``checkpoints`` folder when it is left empty)."""
+    """Delete a run's checkpoints (and the store's checkpoints folder when it is left empty)."""
     shutil.rmtree(folder, ignore_errors=True)
     try:
         folder.parent.rmdir()

@@ -62,6 +62,7 @@ class RunConfig:
                                help="GLUE task (rte, sst2, ...; see `eft tasks`) or a name for --train-file data")
     method: str = setting("lora", Rule("text"), group=TRAIN, help="fine-tuning method (see `eft methods`)")
     model: str = setting(DEFAULT_MODEL, Rule("text"), group=TRAIN, sweep_flag=True,  # eft sweep --model: an override
+                         content=True,  # a local folder: its config and weights; a hub id or minilm: the name
                          help="hub id or local model folder (default: the bundled all-MiniLM-L6-v2)")
     targets: str = setting(DEFAULT_TARGETS, Rule("text"), group=TRAIN,
                            help="roles (qv, qkv, qkvo, all-linear, q,v,ffn_up) or module-name patterns")
@@ -127,9 +128,10 @@ class RunConfig:
     max_new_tokens: int | None = setting(None, _OPT_COUNT, key="when_set", group=DATA,
                                          help="generation: tokens generated per answer (default: each eval set's own)")
     train_data: str | None = setting(None, Rule("text", optional=True), key="when_set", group=DATA, sweep_flag=True,
+                                     content=True,
                                      help="training set of a generation suite: a JSON/JSONL file (commonsense_170k, "
                                           "math_10k, MetaMathQA) or a source: boolq, arc_e, arc_c, obqa")
-    forgetting_file: str | None = setting(None, Rule("text", optional=True), key="when_set", group=DATA,
+    forgetting_file: str | None = setting(None, Rule("text", optional=True), key="when_set", group=DATA, content=True,
                                           help="generation: held-out text (.txt lines or .jsonl 'text') whose LM "
                                                "loss before/after training is the forgetting score")
     # environment (not part of the run's identity)
@@ -251,13 +253,24 @@ class RunConfig:
                   default_max_grad_norm=DEFAULTS["max_grad_norm"])
 
     def identity(self) -> dict[str, Any]:
-        """The fields that define the experiment (everything but where things live and how they are shown)."""
+        """The fields that define the experiment (everything but where things live and how they are shown).
+
+        A local file or folder is named by its content (``sha256:<hex>``), not by its path: an edited file is a
+        new experiment, the same file reached by another path the same one. The user's data files are named by
+        the hashes :func:`resolve_custom` records, their paths left out."""
+        from .content import identity
+
         d = self.to_dict()
         for name in ENVIRONMENT_FIELDS:
             d.pop(name, None)
         for name, default in KEY_WHEN_SET.items():
             if d.get(name) == default:
                 d.pop(name)
+        for name in CONTENT_FIELDS:
+            if isinstance(d.get(name), str):
+                d[name] = identity(d[name], _read_first(name))
+        if d.get("custom") and "sha256" in d["custom"]:
+            d["custom"] = {k: v for k, v in d["custom"].items() if k not in ("train", "dev")}
         return d
 
     def key(self) -> str:
@@ -315,6 +328,8 @@ ENVIRONMENT_FIELDS = frozenset(name for name, s in SETTINGS.items() if s.key == 
 DEFAULTS: dict[str, Any] = {f.name: f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
                             for f in fields(RunConfig)}
 KEY_WHEN_SET = {name: DEFAULTS[name] for name, s in SETTINGS.items() if s.key == "when_set"}
+# Settings that may name a local file or folder: the key holds its content hash (efficientft.content.identity).
+CONTENT_FIELDS = tuple(name for name, s in SETTINGS.items() if s.content)
 # Settings a file may not make: they are a decision the user takes on the command line, each time.
 FILE_ONLY_FLAGS = {name: s.flag_name(name) for name, s in SETTINGS.items() if s.cli_only}
 _RATIO = positive()
@@ -327,6 +342,19 @@ def refuse_file_only_flags(d: dict, where: str) -> None:
         if name in d and d[name] not in (False, None):
             raise ConfigError(f"{where}: {name} cannot be set in a file (it lets a model's own code run on this "
                               f"machine); pass {flag} on the command line instead.")
+
+
+def _read_first(name: str) -> tuple[str, ...]:
+    """Names its reader takes before a local path of that name: the bundled model's aliases, the training sources."""
+    if name == "model":
+        from .models.loading import ALIASES
+
+        return ALIASES
+    if name == "train_data":
+        from .tasks.generative import SOURCES
+
+        return tuple(SOURCES)
+    return ()
 
 
 def _coerce(name: str, value: Any, where: str = "") -> Any:
@@ -392,7 +420,7 @@ def _check_custom(task: str, custom: dict) -> None:
 def resolve_custom(task: str, custom: dict) -> dict[str, Any]:
     """The user's data named by what it is: the column spec made explicit, the SHA-256 of each file, and the task
     label ``<name>@<hash8>`` (a hash of both), so runs on different files never share a key or a table cell."""
-    from .provenance import file_sha256
+    from .content import file_sha256
 
     spec = {k: v for k, v in custom.items() if k != "sha256"}
     if spec.get("type") == "generation":  # instruction rows have fixed keys; the answer type is their protocol

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import platform
 import socket
@@ -15,6 +14,7 @@ from pathlib import Path
 import torch
 
 from . import __version__
+from .content import file_sha256  # noqa: F401 - data files in a run's provenance
 
 PACKAGES = ("torch", "transformers", "peft", "accelerate", "datasets", "numpy", "scikit-learn", "scipy",
             "safetensors", "tokenizers", "galore-torch", "ray")
@@ -68,25 +68,6 @@ def _cpu_name() -> str:
     except OSError:
         pass
     return platform.processor()
-
-
-_FILE_HASHES: dict[tuple, str] = {}
-
-
-def file_sha256(path: str) -> str:
-    """SHA-256 of a data file (cached by size and mtime); hub sources are named, not hashed."""
-    p = Path(path)
-    if not p.is_file():
-        return ""
-    st = p.stat()
-    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _FILE_HASHES:
-        h = hashlib.sha256()
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 22), b""):
-                h.update(chunk)
-        _FILE_HASHES[key] = h.hexdigest()
-    return _FILE_HASHES[key]
 
 
 def command_line() -> str:

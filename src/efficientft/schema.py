@@ -175,7 +175,8 @@ class Setting:
     one in cli.py). ``in_suite``: a suite may set it; ``sweep_flag``: ``eft sweep`` has the same flag (for the
     environment settings a suite leaves to the command line). ``cli_only``: the setting may come only from the
     command line, never from a file (a run config or a suite). ``nested_axes``: a mapping whose values may each be a
-    suite axis (``method_args: {rank: [8, 16]}``).
+    suite axis (``method_args: {rank: [8, 16]}``). ``content``: a local file or folder the value names enters the
+    key by its content (:func:`efficientft.content.identity`), not by its path.
     """
 
     rule: Rule
@@ -189,6 +190,7 @@ class Setting:
     sweep_flag: bool = False
     cli_only: bool = False
     nested_axes: bool = False
+    content: bool = False
 
     def flag_name(self, name: str) -> str | None:
         return f"--{name.replace('_', '-')}" if self.flag == AUTO_FLAG else self.flag

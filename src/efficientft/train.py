@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from . import checkpoint, provenance, sharding
+from . import checkpoint, content, provenance, sharding
 from .checkpoint import TrainState
 from .config import DEFAULT_EPOCHS, RunConfig
 from .data import Encoded, TrainBatches
@@ -102,6 +102,7 @@ class Prepared:
     predictions: dict[str, list[dict]] = field(default_factory=dict)
     eval_cost: dict[str, float] = field(default_factory=dict)
     kind_state: dict[str, Any] = field(default_factory=dict)  # the kind's own working state (not recorded)
+    inputs: dict[str, Any] = field(default_factory=dict)  # the content of what it read (kept in its checkpoints)
 
     @property
     def device(self) -> torch.device:
@@ -199,12 +200,16 @@ def prepare(cfg: RunConfig, runtime: Runtime | None = None, resume: TrainState |
     total = cfg.steps or max(1, math.ceil((cfg.epochs or DEFAULT_EPOCHS) * per_epoch / cfg.grad_accum))
     ctx = Context(heads=kind.heads(model), total_steps=total, num_labels=task.num_labels, seed=cfg.seed,
                   base_model=loaded.path, peft_task_type=kind.peft_task_type, max_length=cfg.max_length)
+    inputs = read_inputs(cfg, loaded.path, train_ex, eval_ex)
+    if resume is not None and not_resumed(resume, inputs_changed(resume, inputs)):
+        resume = None
     torch.manual_seed(cfg.seed)  # adapter initialisation depends on the seed only
     model = method.prepare(model, targets, ctx).to(device)
     pad_id = loaded.tokenizer.pad_token_id
     batches = TrainBatches(train, cfg.batch_size, pad_id, cfg.seed, cfg.bucket)
     if resume is not None:
-        method.load_state_dict(model, resume.blobs["method"])
+        if not_resumed(resume, method_state_misfit(method, model, resume)):  # the method's state is half restored:
+            return prepare(cfg, runtime)  # prepare again, from scratch
     else:
         method.init_from_data(model, ({k: v.to(device) for k, v in b.items()} for b in batches.forever()))
     if runtime.sharded:  # before the optimizer exists: it must hold the sharded parameters
@@ -238,10 +243,49 @@ def prepare(cfg: RunConfig, runtime: Runtime | None = None, resume: TrainState |
         features.check("train")  # a model or method the cache cannot serve fails here, before training
         info["feature_cache"] = {"layers": features.list_name, "first_trained_layer": features.k}
     prepared = Prepared(cfg, task, method, model, loaded.tokenizer, runtime, train, evals, total, groups, optimizer,
-                        scheduler, base_params, info, features, resume)
+                        scheduler, base_params, info, features, resume, inputs=inputs)
     kind.before_training(prepared)  # e.g. the LM loss on held-out text before any step (the forgetting baseline)
     info["setup_s"] = time.perf_counter() - t0
     return prepared
+
+
+def read_inputs(cfg: RunConfig, model_path: str, train_ex: Examples, eval_ex: dict[str, Examples]) -> dict[str, Any]:
+    """What the run read, by content: the model folder's config and weights, the files of each data split (the
+    GLUE folder, ``--train-data``, the user's files), the forgetting file; the checkpoint keeps it."""
+    inputs: dict[str, Any] = {"model": content.folder_sha256(model_path) or model_path}
+    for split, ex in [("train", train_ex), *eval_ex.items()]:
+        inputs[f"{split} data"] = content.fingerprint(ex.files)
+    if cfg.forgetting_file:
+        inputs["forgetting file"] = content.file_sha256(cfg.forgetting_file) or cfg.forgetting_file
+    return inputs
+
+
+def method_state_misfit(method: Method, model: nn.Module, resume: TrainState) -> str:
+    """Restore the method's own state from ``resume`` (its ranks and chosen entries shape the trainable weights),
+    then say why the checkpoint does not fit the prepared model ("": it fits)."""
+    try:
+        method.load_state_dict(model, resume.blobs["method"])
+    except Exception as e:  # noqa: BLE001 - a state this code cannot load is a checkpoint that does not fit
+        return f"its {method.name} state does not load ({type(e).__name__}: {e})"
+    misfits = resume.misfits(model)
+    return f"it does not fit this run's model (its trainable weights differ: {', '.join(misfits[:3])})" if misfits else ""
+
+
+def inputs_changed(resume: TrainState, inputs: dict[str, Any]) -> str:
+    """Which inputs differ from those ``resume`` trained on, in words ("": the same)."""
+    if resume.inputs is None:
+        print(f"note: checkpoint {resume.path} predates input fingerprints; resuming without checking that the "
+              f"model and data are the ones it trained on.", file=sys.stderr)
+    changed = resume.changed_inputs(inputs)
+    return f"it was saved from other inputs: the {', the '.join(changed)} changed since" if changed else ""
+
+
+def not_resumed(resume: TrainState, why: str) -> bool:
+    """Say in one line why ``resume`` is not resumed (``why``: empty when it is) and that the run starts over; the
+    checkpoint is then replaced, never resumed onto other inputs or left to fail every rerun."""
+    if why:
+        print(f"note: checkpoint {resume.path} is not resumed, {why}; training from scratch.", file=sys.stderr)
+    return bool(why)
 
 
 def device_batches(p: Prepared, start: int = 0):
@@ -280,6 +324,7 @@ def train(p: Prepared, store: Store | None = None, key: str = "", progress: bool
     scaler = runtime.grad_scaler()
     timer = StepTimer(device)
     state = p.resume or TrainState()
+    state.inputs = p.inputs
     if p.resume is not None:
         state.restore(p, scaler)  # the RNG last: nothing below draws from it before the first step
         for name, value in state.counters.items():  # the cost figures count the whole run, every attempt
@@ -440,10 +485,11 @@ def run(cfg: RunConfig, store: Store | None = None, progress: bool | None = None
     Bad input raises :class:`ConfigError` before anything is stored. A non-finite loss stores the run as
     ``diverged``; any other exception as ``failed`` (and is re-raised); Ctrl-C as ``cancelled``.
 
-    With a store, the run checkpoints into ``checkpoints/<key>/`` beside it (``checkpoint_every``); when a
-    checkpoint of this key is there (an earlier attempt was killed, cancelled or failed; not a done run redone by
-    ``--force``), the run continues from it and ``details.resumed_from_step`` says from where. The checkpoints are
-    removed when the run is done, unless ``keep_checkpoints``.
+    With a store, the run checkpoints into the store's ``<store>.checkpoints/<key>/`` beside it
+    (``checkpoint_every``); when a checkpoint of this key is there (an earlier attempt was killed, cancelled or
+    failed; not a done run redone by ``--force``) and was trained on the same model and data (by content), the run
+    continues from it and ``details.resumed_from_step`` says from where. The checkpoints are removed when the run is
+    done, unless ``keep_checkpoints``.
 
     A key that is ``done`` in the store is trained again only with ``force`` (the store's claim decides, so a run
     that a sweep finished while this one was set up is returned as stored, not trained again).
@@ -463,8 +509,10 @@ def run(cfg: RunConfig, store: Store | None = None, progress: bool | None = None
         folder = checkpoint.folder_for(store.path, key)
     resume = None
     if folder is not None and store.status(key) != "done":
+        checkpoint.adopt_legacy(store.path, key)
         resume = checkpoint.Checkpoints(folder, 0).latest()
     p = prepare(cfg, runtime, resume)
+    resume = p.resume  # None when the checkpoint was saved from other inputs (prepare said so)
     checkpoints = None
     if folder is not None and cfg.checkpoint_every != 0:  # 0: off, not even on SIGTERM
         every = cfg.checkpoint_every if cfg.checkpoint_every is not None else checkpoint.default_every(p.total_steps)

