@@ -90,6 +90,12 @@ def test_adversarial_extraction(name, text, want):
     ("gsm8k", "18.00001", "18", True),
     ("gsm8k", "18.001", "18", False),
     ("gsm8k", "3/4", "0.75", True),
+    ("gsm8k", "0.5", ".5", True),  # a leading dot is the decimal point, not punctuation
+    ("gsm8k", "5", ".5", False),
+    ("number", "0.5", "$.50", True),
+    ("number", "50", "$.50", False),
+    ("number", "5", "5.", True),  # a trailing dot ends the sentence
+    ("number", "50", "50%.", True),
     ("number", "576", "576.0", True),
     ("number", "576.0009", "576.0", True),  # LLM-Adapters' tolerance: |pred - gold| <= 0.001
     ("number", "576.01", "576.0", False),

@@ -120,3 +120,18 @@ def test_speed_flags_reach_the_config(tmp_path):
     assert cfg.feature_cache is True and cfg.bucket is False and cfg.precision == "auto"
     cfg = config_from_args(build_parser().parse_args(["run", "--config", str(yaml)]))
     assert cfg.bucket is True and cfg.feature_cache is False  # an absent flag does not override the file
+
+
+def test_max_grad_norm_0_is_no_clipping_in_a_file_as_on_the_command_line(tmp_path):
+    """One rule converts 0 to None (no clipping) wherever the value is written; a run file used to refuse it."""
+    from efficientft.cli import build_parser, config_from_args
+    from efficientft.config import RunConfig
+
+    yaml = tmp_path / "run.yaml"
+    yaml.write_text("task: rte\nmax_grad_norm: 0\n")
+    from_file = config_from_args(build_parser().parse_args(["run", "--config", str(yaml)]))
+    from_flag = config_from_args(build_parser().parse_args(["run", "--task", "rte", "--max-grad-norm", "0"]))
+    from_dict = RunConfig.from_dict({"task": "rte", "max_grad_norm": 0.0})  # a suite's run
+    assert from_file.max_grad_norm is None and from_flag.max_grad_norm is None and from_dict.max_grad_norm is None
+    assert from_file.key() == from_flag.key() == from_dict.key() == RunConfig(task="rte", max_grad_norm=None).key()
+    assert from_file.key() != RunConfig(task="rte").key()  # the default clips at 1.0

@@ -125,3 +125,25 @@ def test_run_already_done_with_a_new_export_dir_is_refused(store, tiny_bert, tmp
     with pytest.raises(ConfigError, match="its weights were not exported to"):  # the Python API: the same rule
         eft.run(cfg, store=store)
     assert eft.run(cfg.replace(export_dir=None), store=store)["scores"] == {"dev/accuracy": 0.5}  # no training
+
+
+@pytest.mark.parametrize("suffix", ["jsonl", "csv", "parquet"])
+def test_export_keeps_every_float_bit(store, suffix, tmp_path):
+    """pandas' JSON writer keeps 15 significant digits: 0.1 + 0.2 was exported as 0.3 and 1/3 lost its last bits."""
+    values = {"a": 0.1 + 0.2, "b": 1 / 3, "c": 2.0 ** -1074, "d": 123456789.12345679}
+    store.start("k", {"task": "rte", "lr": 0.1 + 0.2}, {}, {}, "dev/a")
+    store.add_curves("k", [("train", 1, "loss", 1 / 3)])
+    store.finish("k", "done", {f"dev/{k}": v for k, v in values.items()}, {"wall_s": float("nan")}, {}, None, 1 / 3)
+    out = tmp_path / f"runs.{suffix}"
+    export_store(store, out)
+    if suffix == "jsonl":
+        (row,) = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+        (curve,) = [json.loads(line) for line in side_path(out, "curves").read_text(encoding="utf-8").splitlines()]
+        assert row["cost.wall_s"] is None and curve["value"] == 1 / 3  # NaN is null, as pandas writes it
+    else:
+        row, curve = read_frame(out).iloc[0].to_dict(), read_frame(side_path(out, "curves")).iloc[0].to_dict()
+        assert curve["value"] == 1 / 3
+    for k, v in values.items():
+        assert row[f"scores.dev/{k}"] == v, (k, row[f"scores.dev/{k}"], v)
+    assert row["config.lr"] == 0.1 + 0.2 and row["main_score"] == 1 / 3
+    assert list(read_frame(out)["scores.dev/a"]) == [0.1 + 0.2]

@@ -160,3 +160,48 @@ def test_generation_stops_at_the_eos_training_appends_even_if_the_model_config_n
     loaded = load_model(str(path), 0, kind=GENERATION)
     loaded.model.generation_config.eos_token_id = 2
     assert set(_eos_ids(loaded.model, loaded.tokenizer)) == {2, loaded.tokenizer.sep_token_id}
+
+
+@pytest.mark.parametrize("name, content, msg", [
+    ("mm.json", '[{"query": "1+1?", "response": "2"}, {"query": null, "response": "3"}]',
+     "mm.json: row 2: the text field 'query' is null; it must be a string."),
+    ("mm.jsonl", '{"query": "1+1?", "response": "2"}\n{"query": 7, "response": "3"}\n',
+     "mm.jsonl:2: the text field 'query' is the number 7; it must be a string."),
+    ("mm.jsonl", '{"query": "1+1?", "response": "  "}\n', "mm.jsonl:1: the text field 'response' is empty"),
+    ("mm.jsonl", '{"query": "1+1?", "response": "2"}\n{"query": "x"}\n', "mm.jsonl:2: no 'response' field"),
+    ("mm.jsonl", b'{"query": "1+1?", "response": "\xff"}\n', "mm.jsonl:1: not UTF-8"),
+])
+def test_metamath_rows_are_checked_as_every_training_row(name, content, msg, capsys, causal_llama, tmp_path):
+    """A MetaMathQA --train-data file is refused row by row like --train-file rows: `"query": null` used to train
+    on the text "None", a number raised a traceback."""
+    path = tmp_path / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    err = _refused(["--task", "gsm8k", "--train-data", str(path), "--model", str(causal_llama), "--steps", "1",
+                    "--store", str(tmp_path / "s.sqlite")], capsys)
+    assert msg in err
+    assert not (tmp_path / "s.sqlite").exists() or Store(tmp_path / "s.sqlite").runs() == []
+
+
+@pytest.mark.parametrize("name, content, msg", [
+    ("held.json", '"the cat sat on the mat"', "held.json holds 'the cat sat on the mat'; a forgetting file in JSON "
+                                             "holds strings or objects with a 'text' key, in one array."),
+    ("held.json", '{"text": "the cat sat"}', "held.json holds a mapping of 1 key(s)"),
+    ("held.json", '["the cat", 3]', "held.json: item 2 is the number 3"),
+    ("held.jsonl", '{"text": "the cat"}\n{"txt": "the dog"}\n', "held.jsonl:2: an object with no 'text' key"),
+    ("held.jsonl", '{"text": "the cat"}\n{"text": null}\n', "held.jsonl:2: the text field 'text' is null"),
+    ("held.txt", b"the cat\n\xff\n", "held.txt:2: not UTF-8"),
+])
+def test_a_forgetting_file_that_is_not_a_list_of_texts_is_refused(name, content, msg, causal_llama, tmp_path):
+    """A JSON string used to be read as one text per character, an object as its keys."""
+    path = tmp_path / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(ConfigError) as e:
+        prepare(gen_config(causal_llama, forgetting_file=str(path)))
+    assert msg in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_forgetting_file_in_json_holds_strings_or_text_objects(causal_llama, tmp_path):
+    path = tmp_path / "held.json"
+    path.write_text(json.dumps(["the cat sat on the mat", {"text": "the dog ran in the park"}]))
+    p = prepare(gen_config(causal_llama, forgetting_file=str(path)))
+    assert p.info["forgetting"]["texts"] == 2

@@ -145,3 +145,16 @@ def test_damaged_sample_file(tmp_path, text):
     (tmp_path / "partial" / "QQP" / "official_train_sample_8999.json").write_text(text)
     with pytest.raises(ConfigError, match=r"official_train_sample_8999.json: not the partial/ sample layout"):
         get_task("qqp-sample").load("train", DataOptions(str(tmp_path)))
+
+
+@pytest.mark.parametrize("row, msg", [
+    ('{"text_a": null, "text_b": "b", "label": "1"}', "json:0: the text field 'text_a' is null"),
+    ('{"text_a": "a", "text_b": 7, "label": "1"}', "json:0: the text field 'text_b' is the number 7"),
+    ('{"text_a": " ", "text_b": "b", "label": "1"}', "json:0: the text field 'text_a' is empty"),
+])
+def test_sample_file_rows_are_checked_as_every_training_row(tmp_path, row, msg):
+    """A null text used to train on the text "None"."""
+    (tmp_path / "partial" / "QQP").mkdir(parents=True)
+    (tmp_path / "partial" / "QQP" / "official_train_sample_8999.json").write_text(f'{{"0": {row}}}')
+    with pytest.raises(ConfigError, match=msg):
+        get_task("qqp-sample").load("train", DataOptions(str(tmp_path)))

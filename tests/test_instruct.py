@@ -135,11 +135,11 @@ def test_user_rows_jsonl_and_json_array(tmp_path):
                                             r"has: output\)"),
     ("d.json", '[{"instruction": "a", "output": "b"}, {"instruction": "a"}]', "text",
      r"d.json: row 2: no 'output' field"),
-    ("d.jsonl", '{"instruction": 3, "output": "b"}\n', "text", r"d.jsonl:1: 'instruction' is the number 3; it "
-                                                               r"must be a string"),
-    ("d.jsonl", '{"instruction": "a", "output": "  "}\n', "text", r"d.jsonl:1: 'output' is empty"),
+    ("d.jsonl", '{"instruction": 3, "output": "b"}\n', "text", r"d.jsonl:1: the text field 'instruction' is "
+                                                               r"the number 3; it must be a string"),
+    ("d.jsonl", '{"instruction": "a", "output": "  "}\n', "text", r"d.jsonl:1: the text field 'output' is empty"),
     ("d.jsonl", '{"instruction": "a", "input": ["x"], "output": "b"}\n', "text",
-     r"d.jsonl:1: 'input' is a list of 1 item\(s\); it must be a string"),
+     r"d.jsonl:1: the text field 'input' is a list of 1 item\(s\); it must be a string"),
     ("d.jsonl", '{"instruction": "a", "output": "b", "answer": true}\n', "text",
      r"d.jsonl:1: 'answer' is the boolean true; it must be a string or a number"),
     ("d.jsonl", '{"instruction": "a", "output": "b", "answer": ""}\n', "text", r"d.jsonl:1: 'answer' is empty"),

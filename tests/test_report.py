@@ -526,3 +526,24 @@ def test_csv_with_a_named_selection_split_and_an_empty_cell(report_store):
         r = build(report_store, select_lr=on)
         lines = tables.csv_table(r.table, r.collection).splitlines()
         assert len({len(line.split(",")) for line in lines}) == 1 and len(lines) == len(r.table.rows) + 1
+
+
+def test_a_configuration_whose_runs_mix_fresh_and_reused_processes_is_flagged(tmp_path):
+    """Peak memory of a run that was not the first in its process may be an earlier run's: the cost table marks a
+    configuration whose runs mix the two modes (records that predate ``fresh_process`` say nothing)."""
+    from efficientft.config import RunConfig
+
+    store = Store(tmp_path / "s.sqlite")
+    for method, fresh in (("lora", (True, True, False)), ("full", (True, True, True)), ("dora", (None, None, False))):
+        for seed, f in enumerate(fresh):
+            cfg = RunConfig(task="sst2", method=method, lr=1e-3, steps=10, seed=seed).resolved()
+            store.start(cfg.key(), cfg.to_dict(), {}, {"suite": "s"}, "dev/accuracy")
+            details = {} if f is None else {"fresh_process": f}
+            store.finish(cfg.key(), "done", {"dev/accuracy": 0.5}, {"peak_memory_mb": 100.0 + seed}, details,
+                         main_score=0.5)
+    rep = build(store)
+    flagged = {c.label.split()[0]: c.mixed_processes for c in rep.costs}
+    assert flagged == {"lora": True, "full": False, "dora": False}, flagged
+    doc = markdown_document(rep)
+    lines = {line.split("|")[1].split()[0]: line for line in doc.splitlines() if line.startswith("| ") and "MB" not in line}
+    assert "| 102" + tables.MIXED_PROCESSES + " |" in lines["lora"] and tables.MIXED_PROCESSES not in lines["full"]

@@ -309,3 +309,24 @@ def test_an_option_at_its_default_is_the_record_without_it(tmp_path):
         put(store, seed=seed + 3, score=0.7, **{name: default})
     rep = build(store)
     assert len(rep.table.rows) == 1 and rep.table.rows[0].scores[0].n == 6
+
+
+def test_a_custom_data_column_carries_its_hash_once(tmp_path):
+    """A resolved run of the user's data is named ``name@hash8`` by its content; the report used to append a
+    second digest of the same spec (``mine@h@h``) to that name in every header."""
+    from efficientft.config import resolve_custom
+
+    train, dev = tmp_path / "train.csv", tmp_path / "dev.csv"
+    train.write_text("text,label\na,x\nb,y\n")
+    dev.write_text("text,label\nc,x\nd,y\n")
+    resolved = resolve_custom("mine", {"train": str(train), "dev": str(dev)})
+    label = resolved["task"]
+    assert re.fullmatch(r"mine@[0-9a-f]{8}", label)
+    store = Store(tmp_path / "s.sqlite")
+    for seed in (0, 1, 2):
+        put(store, task=label, seed=seed, score=0.5, custom=resolved["custom"])
+    rep = build(store)
+    assert rep.table.tasks == [label] and rep.table.task_headers == [f"{label} (Acc.)"]
+    doc = markdown_document(rep)
+    assert label in doc and not re.search(r"@[0-9a-f]{8}@", doc)
+    assert len(build(store, tasks=["mine"]).table.tasks) == 1

@@ -3,6 +3,7 @@ claims, model selection and successive halving."""
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import os
 import signal
@@ -609,3 +610,31 @@ def test_a_pool_worker_whose_run_was_cancelled_exits_instead_of_taking_the_next_
     assert e.value.code == 128 + signal.SIGTERM
     monkeypatch.setattr(ex, "execute_one", lambda *a, **k: {"status": "done"})
     assert ex._pool_execute({"key": "k"}, "unused.sqlite") == {"status": "done"}
+
+
+def test_a_resumed_run_counts_only_the_steps_this_sweep_trained(tmp_path, tiny_bert, capsys, monkeypatch):
+    """Steps 1-4 were trained by the attempt that saved the checkpoint; the sweep that resumes it trains 5-8. Its
+    summary used to say 8 (the run's total), so summed over sweeps the first four steps counted twice."""
+    import efficientft.train as train_mod
+
+    p = tiny_suite(tmp_path, tiny_bert, """
+methods:
+  - {method: lora, targets: qv, method_args: {rank: 4}, checkpoint_every: 2}
+""", steps=8)
+    db = tmp_path / "s.sqlite"
+    real = train_mod.optimizer_step
+
+    def dying(prepared, micro, at, *a, **kw):
+        if at == 6:
+            raise RuntimeError("killed at step 6")
+        return real(prepared, micro, at, *a, **kw)
+
+    monkeypatch.setattr(train_mod, "optimizer_step", dying)
+    assert main(["sweep", str(p), "--store", str(db), "--json"]) == 1
+    first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    monkeypatch.setattr(train_mod, "optimizer_step", real)
+    assert main(["sweep", str(p), "--store", str(db), "--retry-failed", "--json"]) == 0
+    second = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    (rec,) = Store(db).runs("done")
+    assert rec["details"]["resumed_from_step"] == 4 and rec["cost"]["total_steps"] == 8
+    assert first["outcomes"] == {"failed": 1} and second["steps_trained"] == 4

@@ -1,6 +1,8 @@
 """The loop on tiny models: determinism, learning, precision, and what a stored run records."""
 
+import json
 import math
+import os
 
 import pytest
 import torch
@@ -99,3 +101,19 @@ def test_divergence_is_stored(tiny_bert, store, monkeypatch):
     rec = run(cfg, store)
     assert rec["status"] == "diverged" and rec["details"]["diverged_at_step"] == 1
     assert "loss became nan at step 1" in rec["error"]
+
+
+def test_each_run_records_whether_it_was_first_in_its_process(tiny_bert, tmp_path):
+    """Peak memory depends on it (a process's peak RSS never goes down): ``details.fresh_process`` is true for the
+    first run of a process (``eft run``, a sweep with --fresh-process) and false for the runs after it."""
+    import subprocess
+    import sys
+
+    code = ("import json, sys; from efficientft.store import Store; from efficientft.train import run; "
+            "from tests.conftest import tiny_config; s = Store(sys.argv[2]); "
+            "print(json.dumps([run(tiny_config(sys.argv[1], seed=k, steps=1), s)['details']['fresh_process'] "
+            "for k in (0, 1)]))")
+    out = subprocess.run([sys.executable, "-c", code, str(tiny_bert), str(tmp_path / "s.sqlite")], capture_output=True,
+                         text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == [True, False]

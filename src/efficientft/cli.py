@@ -162,8 +162,6 @@ def config_from_args(a: argparse.Namespace) -> RunConfig:
         refuse_file_only_flags(loaded, a.config)
         base.update(loaded)
     base.update(setting_values(a))  # every flag of the schema that was given
-    if a.max_grad_norm == 0:  # hand-written: on the command line, 0 turns clipping off
-        base["max_grad_norm"] = None
     margs = dict(base.get("method_args") or {})
     margs.update({k: getattr(a, k) for k in _METHOD_ARGS if getattr(a, k) is not None})
     margs.update(_parse_pairs(a.method_arg, "--method-arg"))

@@ -85,7 +85,8 @@ class RunConfig:
     batch_size: int = setting(16, _COUNT, group=OPTIM,
                               help="examples per micro-batch (the global batch when data-parallel)")
     grad_accum: int = setting(1, _COUNT, group=OPTIM, help="micro-batches per optimizer step")
-    max_grad_norm: float | None = setting(1.0, positive(optional=True), group=OPTIM,
+    max_grad_norm: float | None = setting(1.0, Rule("float", 0, None, low_open=True, optional=True, zero_is_none=True),
+                                          group=OPTIM,
                                           help="clip gradients to this norm (0: no clipping)")
     precision: str = setting("fp32", Rule("choice", choices=PRECISIONS), group=OPTIM,
                              help="autocast precision (auto: bf16 where the hardware computes it natively)")

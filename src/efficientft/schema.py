@@ -32,13 +32,14 @@ class Rule:
     optional: bool = False
     choices: tuple[str, ...] = ()
     hint: str = ""  # for a mapping: what it maps, with an example; for names: what they name
+    zero_is_none: bool = False  # 0 spells "off" (None), wherever the value is written: flag, run file or suite
 
     def accepted(self) -> str:
         """What the rule accepts, in words (the tail of every error message it gives)."""
         if self.kind in ("float", "int"):
             noun = "a number" if self.kind == "float" else "an integer"
             if self.low == 0 and self.low_open and self.high is None:
-                return "a positive number"
+                return "a positive number" + (" (0: none)" if self.zero_is_none else "")
             if self.kind == "int" and self.low == 1 and self.high == COUNT_MAX:
                 return f"a positive integer (at most {COUNT_MAX})"
             if self.low is not None and self.high is not None:
@@ -75,7 +76,8 @@ class Rule:
             if self.optional:
                 return None
             raise ConfigError(f"{name} must be {self.accepted()}, got None.")
-        return getattr(self, f"_{self.kind}")(name, value)
+        v = getattr(self, f"_{self.kind}")(name, value)
+        return None if self.zero_is_none and v == 0 else v
 
     # ------------------------------------------------------------------ one converter per kind
     def _float(self, name: str, value: Any) -> float:

@@ -43,6 +43,22 @@ def describe(value: object) -> str:
     return f"a {type(value).__name__}"
 
 
+def text_field(value: object, name: str, where: str, *, empty_ok: bool = False) -> str:
+    """A text field of one training or evaluation row, checked the same way for every data format: a string (not
+    null, a number or a list), not blank unless ``empty_ok``, and real text (JSON may escape half of a UTF-16
+    surrogate pair, ``\\ud800``, which the tokenizer cannot encode). ``where`` is the row's ``file:line``."""
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: the text field {name!r} is {describe(value)}; it must be a string.")
+    if not empty_ok and not value.strip():
+        raise ConfigError(f"{where}: the text field {name!r} is empty; every example needs its {name}.")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ConfigError(f"{where}: the text field {name!r} holds {value[e.start]!r}, half of a UTF-16 surrogate "
+                          "pair (a broken \\u escape); it is not text.") from None
+    return value
+
+
 def read_text(path: Path, what: str = "data file") -> str:
     """The text of a UTF-8 file (a leading byte-order mark is dropped); anything else is one clear error."""
     if not path.exists():

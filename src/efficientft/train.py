@@ -478,6 +478,18 @@ def best_dev(task: Task, evals: list[tuple[int, dict[str, float]]]) -> dict[str,
     return out
 
 
+# Runs started in this process so far. A process's peak memory (peak RSS on a CPU) never goes down, so a run that is
+# not the first in its process may report an earlier run's peak: each run records whether it was first
+# (``details.fresh_process``), and the report flags a configuration whose runs mix the two.
+_runs_in_process = 0
+
+
+def _first_in_process() -> bool:
+    global _runs_in_process
+    _runs_in_process += 1
+    return _runs_in_process == 1
+
+
 def run(cfg: RunConfig, store: Store | None = None, progress: bool | None = None,
         tags: dict | None = None, force: bool = False) -> dict[str, Any]:
     """One run end to end: set up (all validation first), train, evaluate, store. Returns the stored record.
@@ -494,6 +506,7 @@ def run(cfg: RunConfig, store: Store | None = None, progress: bool | None = None
     A key that is ``done`` in the store is trained again only with ``force`` (the store's claim decides, so a run
     that a sweep finished while this one was set up is returned as stored, not trained again).
     """
+    fresh_process = _first_in_process()
     cfg = cfg.resolved()
     progress = cfg.progress if progress is None else progress
     key = cfg.key()
@@ -547,7 +560,8 @@ def run(cfg: RunConfig, store: Store | None = None, progress: bool | None = None
         "processes": runtime.num_processes,
     }
     cost["trainable_fraction"] = cost["trainable_params"] / max(1, p.base_params)
-    details = {"groups": describe_groups(p.groups), "info": p.info, "method_args": p.method.args_dict()}
+    details = {"groups": describe_groups(p.groups), "info": p.info, "method_args": p.method.args_dict(),
+               "fresh_process": fresh_process}
     status, error, scores = "done", None, {}
     if resume is not None:
         details["resumed_from_step"] = resume.step

@@ -99,7 +99,9 @@ class GaLore(FullFineTuning):
     def optimizer(self, groups: list[dict], lr: float, weight_decay: float) -> torch.optim.Optimizer:
         from galore_torch import GaLoreAdamW
 
-        return GaLoreAdamW(groups, lr=lr, weight_decay=weight_decay, eps=1e-8, no_deprecation_warning=True)
+        optimizer = GaLoreAdamW(groups, lr=lr, weight_decay=weight_decay, eps=1e-8, no_deprecation_warning=True)
+        optimizer.register_step_post_hook(lambda opt, args, kwargs: _dense_projectors(opt))
+        return optimizer
 
     def optimizer_state(self, optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
         """Adam's moments (rank-r for projected weights) and each projector's orthogonal matrix."""
@@ -138,3 +140,17 @@ class GaLore(FullFineTuning):
                 m = fields["ortho_matrix"]
                 projector.ortho_matrix = None if m is None else m.to(params[int(i)].device)
                 optimizer.state[params[int(i)]]["projector"] = projector
+
+
+def _dense_projectors(optimizer: torch.optim.Optimizer) -> None:
+    """Each projector's matrix as a dense (row-major) tensor of its own, after every step.
+
+    ``galore_torch`` keeps a slice of the SVD's output (``Vh[:r]`` or ``U[:, :r]``), a strided view of a column-major
+    matrix. A checkpoint restores it dense, and a matmul over the same numbers in another layout takes another
+    kernel path: the resumed run drifted by ~1e-6 from the uninterrupted one. Made dense here, the projector is
+    the same tensor whether it was computed or restored (and no longer holds the whole SVD factor alive)."""
+    for state in optimizer.state.values():
+        projector = state.get("projector")
+        if projector is not None and projector.ortho_matrix is not None:
+            m = projector.ortho_matrix
+            projector.ortho_matrix = [x.contiguous() for x in m] if isinstance(m, (list, tuple)) else m.contiguous()

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import ENVIRONMENT_FIELDS, KEY_WHEN_SET
+from ..config import _LABEL_HASH, ENVIRONMENT_FIELDS, KEY_WHEN_SET  # _LABEL_HASH: resolve's data label
 from ..errors import ConfigError, did_you_mean
 from ..store import Store
 from .stats import Summary, summarize
@@ -60,15 +60,19 @@ def task_key(cfg: dict) -> str:
     ``custom`` (the user's files, columns, label type and, where recorded, file hashes) decides what a run read;
     two runs of task ``mine`` on different files must not share a cell. With hashes in the spec, file paths are
     left out of the digest (the same files copied elsewhere are the same data); without them, paths stand in.
-    A GLUE task (no ``custom``) keeps its plain name, so existing tables keep their columns.
+    A GLUE task (no ``custom``) keeps its plain name, so existing tables keep their columns. A run resolved with
+    file hashes is already named by its data (``name@hash8``, by the same rule): that name is the key, not a second
+    digest appended to it (``name@h@h``); any other run's digest replaces a ``@hash8`` its name may carry.
     """
     task = str(cfg.get("task"))
     spec = cfg.get("custom")
     if spec in (None, {}, ""):
         return task
     if isinstance(spec, dict) and any("hash" in str(k) or "sha" in str(k) for k in spec):
+        if _LABEL_HASH.search(task):
+            return task
         spec = {k: v for k, v in spec.items() if k not in _FILE_KEYS}
-    return f"{task}@{hashlib.sha256(_freeze(spec).encode()).hexdigest()[:8]}"
+    return f"{_LABEL_HASH.sub('', task)}@{hashlib.sha256(_freeze(spec).encode()).hexdigest()[:8]}"
 
 
 def _canon(v: Any) -> Any:
@@ -249,7 +253,8 @@ def collect(store: Store, split: str = "dev", tasks: Iterable[str] | None = None
     tid = {r["run_key"]: task_key(r["config"]) for r in records}  # the data each run read: its column
     task_list = [t.strip() for t in tasks] if tasks else None
     method_list = [m.strip() for m in methods] if methods else None
-    known_tasks = sorted({str(r["config"].get("task")) for r in records} | set(tid.values()))
+    names = {k: {t, _LABEL_HASH.sub("", t)} for k, t in tid.items()}  # "mine" selects every mine@hash8
+    known_tasks = sorted({str(r["config"].get("task")) for r in records} | set().union(*names.values()))
     known_methods = sorted({str(r["config"].get("method")) for r in records})
     for name, asked, known in (("task", task_list, known_tasks), ("method", method_list, known_methods)):
         for a in asked or []:
@@ -257,7 +262,7 @@ def collect(store: Store, split: str = "dev", tasks: Iterable[str] | None = None
                 raise ConfigError(f"no runs of {name} {a!r} in {store.path}.{did_you_mean(a, known)} "
                                   f"The store has {name}s: {', '.join(map(str, known))}.")
     records = [r for r in records
-               if (task_list is None or r["config"].get("task") in task_list or tid[r["run_key"]] in task_list)
+               if (task_list is None or r["config"].get("task") in task_list or names[r["run_key"]] & set(task_list))
                and (method_list is None or r["config"].get("method") in method_list)
                and _matches_tags(r, tags or {})]
     not_done = [r for r in records if r["status"] != "done"]
@@ -288,7 +293,8 @@ def collect(store: Store, split: str = "dev", tasks: Iterable[str] | None = None
     name_of = {tid[r["run_key"]]: r["config"].get("task") for r in scored}  # column -> its task's name
     task_order = sorted(name_of, key=_task_rank)
     if task_list:  # in the order asked; a name stands for every data set of that name
-        task_order = list(dict.fromkeys(c for t in task_list for c in task_order if t in (c, name_of[c])))
+        task_order = list(dict.fromkeys(c for t in task_list for c in task_order
+                                        if t in (c, name_of[c], _LABEL_HASH.sub("", c))))
 
     flats = {r["run_key"]: _flat(r["config"]) for r in scored}
     names = sorted({k for f in flats.values() for k in f})

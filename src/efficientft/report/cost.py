@@ -28,6 +28,7 @@ class CostRow:
     peak_memory_mb: float
     wall_per_run_s: float
     wall_s: float
+    mixed_processes: bool = False  # some runs ran first in a fresh process, others after earlier runs in theirs
 
 
 @dataclass
@@ -59,8 +60,16 @@ def cost_rows(col: Collection) -> list[CostRow]:
         out.append(CostRow(row.label, len(runs), min(params, default=math.nan), max(params, default=math.nan),
                            _median(_values(runs, "median_step_s")), max(_values(runs, "peak_memory_mb"),
                                                                          default=math.nan),
-                           _median(wall), sum(wall)))
+                           _median(wall), sum(wall), _mixes_processes(runs)))
     return out
+
+
+def _mixes_processes(runs: list[dict]) -> bool:
+    """Whether some runs were the first in their process and others were not (``details.fresh_process``): a
+    process's peak memory only grows, so their peak-memory figures measure different things. Records from before
+    the field existed say nothing and are left out."""
+    seen = {(r.get("details") or {}).get("fresh_process") for r in runs}
+    return {True, False} <= seen
 
 
 def spent(records: Iterable[dict]) -> Spent:

@@ -202,10 +202,15 @@ COST_HEADERS = ("Configuration", "Runs", "Params", "Median step (s)", "Peak memo
                 "Wall, all runs (h)")
 
 
+# A peak-memory cell whose runs mix fresh processes with processes that had run earlier runs (their peak included).
+MIXED_PROCESSES = " ⚠ mixed: fresh and reused processes"
+
+
 def cost_cells(c) -> list[str]:
     """A cost row's cells as text, in :data:`COST_HEADERS` order."""
     return [str(c.label), str(c.runs), fmt_params(c.params_min, c.params_max) if math.isfinite(c.params_min) else "–",
-            _g3(c.median_step_s), _g3(c.peak_memory_mb, 0), _g3(c.wall_per_run_s, 1), _g3(c.wall_s / 3600, 2)]
+            _g3(c.median_step_s), _g3(c.peak_memory_mb, 0) + (MIXED_PROCESSES if c.mixed_processes else ""),
+            _g3(c.wall_per_run_s, 1), _g3(c.wall_s / 3600, 2)]
 
 
 def _g3(v: float, digits: int = 3) -> str:

@@ -28,6 +28,17 @@ Outcome = dict[str, Any]
 Item = dict[str, Any]  # {"key", "config" (resolved RunConfig as a dict), "tags", "describe"}
 
 
+def steps_trained(record: dict) -> int | None:
+    """The optimizer steps this attempt trained: a resumed run's steps before its checkpoint were trained (and
+    counted) by the attempt that saved it, and a diverged run stopped at the step it diverged at."""
+    total = (record.get("cost") or {}).get("total_steps")
+    if total is None:
+        return None
+    details = record.get("details") or {}
+    end = details.get("diverged_at_step") or total if record.get("status") == "diverged" else total
+    return max(0, end - (details.get("resumed_from_step") or 0))
+
+
 def execute_one(item: Item, store_path: str, retry_failed: bool = False, reclaim: bool = False) -> Outcome:
     """Claim, train and store one run; never raises for a failed run (only for Ctrl-C)."""
     from ..config import RunConfig
@@ -44,7 +55,7 @@ def execute_one(item: Item, store_path: str, retry_failed: bool = False, reclaim
     try:
         rec = run(cfg, store, progress=False, tags=tags)
         out.update(status=rec["status"], error=rec.get("error"), main_score=rec.get("main_score"),
-                   main_metric=rec.get("main_metric"), steps=(rec.get("cost") or {}).get("total_steps"))
+                   main_metric=rec.get("main_metric"), steps=steps_trained(rec))
     except ClaimLost as e:  # another run (--reclaim) owns the key now: its record stands, ours is not a failure
         out.update(status="skipped", reason="taken over", error=str(e))
     except Exception as e:  # noqa: BLE001 - a failing run must not stop the sweep

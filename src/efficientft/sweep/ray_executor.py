@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..store import Store
-from .executors import Item, Outcome
+from .executors import Item, Outcome, steps_trained
 
 
 def _ray_trial(item: Item) -> tuple[dict, list, float]:
@@ -128,7 +128,7 @@ class RayExecutor:
                 store.import_run(record, curves)
                 out.update(status=record["status"], error=record.get("error"), worker=record.get("worker"),
                            main_score=record.get("main_score"), main_metric=record.get("main_metric"),
-                           steps=(record.get("cost") or {}).get("total_steps"))
+                           steps=steps_trained(record))
             except Exception as e:  # noqa: BLE001 - the task or its node died
                 error = f"Ray task failed: {type(e).__name__}: {e}"
                 if store.holds(item["key"]):  # not when the claim was taken over (the record says so in error)

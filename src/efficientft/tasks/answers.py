@@ -156,8 +156,9 @@ def extract(name: str, generated: str) -> str | None:
 
 
 def to_number(s: str) -> float | None:
-    """A number spelled as ``1234``, ``1,234``, ``-3``, ``5.00``, ``$5``, ``50%`` or ``3/4``; None otherwise."""
-    s = s.strip().replace(",", "").strip(" $%.")
+    """A number spelled as ``1234``, ``1,234``, ``-3``, ``5.00``, ``.5``, ``$5``, ``50%``, ``5.`` or ``3/4``;
+    None otherwise. Only a trailing dot (the end of a sentence) is dropped: a leading one is the decimal point."""
+    s = s.strip().replace(",", "").lstrip(" $").rstrip(" %.")
     if "/" in s:
         num, _, den = s.partition("/")
         a, b = to_number(num), to_number(den)

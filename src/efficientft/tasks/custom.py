@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, did_you_mean
-from ..textfile import describe, jsonl_records, table_records
+from ..textfile import describe, jsonl_records, table_records, text_field
 from .base import DataOptions, Examples, Task, float_labels, label_ids
 from .metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS
 
@@ -294,16 +294,7 @@ def _field(record: dict, name: str, where: str) -> Any:
 
 
 def _text(value: Any, name: str, where: str) -> str:
-    if not isinstance(value, str):
-        raise ConfigError(f"{where}: the text field {name!r} is {describe(value)}; a text field must be a string.")
-    if not value.strip():
-        raise ConfigError(f"{where}: the text field {name!r} is empty; every example needs its text.")
-    try:
-        value.encode("utf-8")  # JSON may escape half of a surrogate pair (\ud800): not text, the tokenizer fails
-    except UnicodeEncodeError as e:
-        raise ConfigError(f"{where}: the text field {name!r} holds {value[e.start]!r}, half of a UTF-16 surrogate "
-                          "pair (a broken \\u escape); it is not text.") from None
-    return value
+    return text_field(value, name, where)
 
 
 def _check_columns(path: Path, have: list[str], need: tuple[str, ...]) -> None:

@@ -8,7 +8,6 @@ on every set of its suite; its evaluation splits are the sets' names and ``dev/e
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -152,15 +151,13 @@ def _is_metamath(path: Path) -> bool:
 
 
 def _read_metamath(path: Path) -> list:
-    from .instruct import InstructExample
+    """MetaMathQA rows, read and checked as every other training row is (one object per row, ``query`` and
+    ``response`` non-empty strings; a defect is one line naming the file and row)."""
+    from .instruct import InstructExample, read_rows, string_field
 
-    text = path.read_text(encoding="utf-8")
-    try:
-        rows = json.loads(text) if text.lstrip().startswith("[") else [json.loads(x) for x in text.splitlines()
-                                                                      if x.strip()]
-        return [InstructExample(f"{path.stem}:{i}", r["query"], "", r["response"], None) for i, r in enumerate(rows)]
-    except (ValueError, KeyError, TypeError) as e:
-        raise ConfigError(f"{path}: not a MetaMathQA file (JSON rows with query and response): {e}.") from None
+    rows, where = read_rows(path, "query and response")
+    return [InstructExample(f"{path.stem}:{i}", string_field(r, "query", w), "", string_field(r, "response", w), None)
+            for i, (r, w) in enumerate(zip(rows, where, strict=True))]
 
 
 # ---------------------------------------------------------------------------------------------- the tasks

@@ -27,6 +27,7 @@ import torch.nn as nn
 
 from ..data import Encoded
 from ..errors import ConfigError
+from ..textfile import describe, read_text, text_field
 from .kinds import TaskKind
 
 if TYPE_CHECKING:
@@ -307,19 +308,38 @@ def forgetting_texts(p: Prepared) -> tuple[list[str], str]:
 
 
 def read_text_file(path: Path) -> list[str]:
-    """Held-out text: a .txt file (one text per non-empty line) or JSON lines / a JSON array with ``text``."""
-    if not path.is_file():
-        raise ConfigError(f"forgetting_file {str(path)!r} does not exist.")
-    raw = path.read_text(encoding="utf-8")
-    if path.suffix.lower() in (".jsonl", ".json"):
+    """Held-out text: a .txt file (one text per non-empty line), or JSON (an array) / JSON Lines (one item per line)
+    whose items are strings or objects with a ``text`` string. Anything else (a JSON string or object, whose
+    characters or keys would be read as texts) is one clear line naming the file and item."""
+    raw = read_text(path, "forgetting_file")
+    what = "a forgetting file in JSON holds strings or objects with a 'text' key"
+    if path.suffix.lower() == ".json":
         try:
-            rows = json.loads(raw) if path.suffix.lower() == ".json" else [json.loads(x) for x in raw.splitlines()
-                                                                            if x.strip()]
-            texts = [r if isinstance(r, str) else r["text"] for r in rows]
-        except (ValueError, TypeError, KeyError):
-            raise ConfigError(f"{path}: a forgetting file in JSON holds strings or objects with a 'text' key.") from None
+            rows = json.loads(raw)
+        except (ValueError, RecursionError) as e:
+            raise ConfigError(f"{path}: not valid JSON ({str(e)[:80]}); {what}.") from None
+        if not isinstance(rows, list):
+            raise ConfigError(f"{path} holds {describe(rows)}; {what}, in one array.")
+        items = [(r, f"{path}: item {i + 1}") for i, r in enumerate(rows)]
+    elif path.suffix.lower() == ".jsonl":
+        items = []
+        for n, line in enumerate(raw.split("\n"), start=1):
+            if line.strip():
+                try:
+                    items.append((json.loads(line), f"{path}:{n}"))
+                except (ValueError, RecursionError) as e:
+                    raise ConfigError(f"{path}:{n}: not valid JSON ({str(e)[:80]}); {what}, one per line.") from None
     else:
-        texts = [line for line in raw.splitlines() if line.strip()]
+        items = [(line, f"{path}:{n}") for n, line in enumerate(raw.splitlines(), start=1) if line.strip()]
+    texts = []
+    for item, where in items:
+        if isinstance(item, dict):
+            if "text" not in item:
+                raise ConfigError(f"{where}: an object with no 'text' key; {what}.")
+            item = item["text"]
+        elif not isinstance(item, str):
+            raise ConfigError(f"{where} is {describe(item)}; {what}.")
+        texts.append(text_field(item, "text", where))
     if not texts:
         raise ConfigError(f"forgetting_file {str(path)!r} holds no text.")
     return texts

@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass, field
 
 from ..errors import ConfigError
-from ..textfile import read_text
+from ..textfile import read_text, text_field
 from .base import DataOptions, Examples, Task, float_labels, label_ids, read_table
 
 HUB_DATASET = "nyu-mll/glue"
@@ -123,6 +123,9 @@ class GlueSampleTask(Task):
             raise ConfigError(f"{path}: not the partial/ sample layout (a JSON object of numbered records, each "
                               "with text_a, text_b and label); fetch the file again.") from None
         where = [f"{path}:{k}" for k in keys]
+        for (_, a, b), w in zip(rows, where, strict=True):  # the same checks as every other training row
+            text_field(a, "text_a", w)
+            text_field(b, "text_b", w)
         labels = label_ids([r[0] for r in rows], self.label_values, where)
         return Examples([r[1] for r in rows], [r[2] for r in rows], labels, (str(path),))
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, unknown
-from ..textfile import _DuplicateKey, _unique_keys, describe, jsonl_records, read_text
+from ..textfile import _DuplicateKey, _unique_keys, describe, jsonl_records, read_text, text_field
 from .answers import extract, to_number
 
 ENV_LLM_ADAPTERS_DIR = "EFT_LLM_ADAPTERS_DIR"
@@ -135,24 +135,15 @@ def suite_sets(suite: str) -> list[tuple[EvalSet, Path]]:
             if not (s.optional and not (root / s.path).is_file())]
 
 
-def _string(row: dict, key: str, where: str, *, required: bool = True, empty_ok: bool = False) -> str:
-    """A string field of a row; missing, null (when required), non-string or empty values are errors."""
-    if key not in row or row[key] is None:
+def string_field(row: dict, key: str, where: str, *, required: bool = True, empty_ok: bool = False) -> str:
+    """A string field of a row (an optional one may be missing or null); the value is checked by
+    :func:`~efficientft.textfile.text_field`, as every training row's text is."""
+    if key not in row or (row[key] is None and not required):
         if not required:
             return ""
         have = ", ".join(map(str, row)) or "no keys"
         raise ConfigError(f"{where}: no {key!r} field; every row needs it (this row has: {have}).")
-    value = row[key]
-    if not isinstance(value, str):
-        raise ConfigError(f"{where}: {key!r} is {describe(value)}; it must be a string.")
-    if not empty_ok and not value.strip():
-        raise ConfigError(f"{where}: {key!r} is empty; every row needs its {key}.")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as e:
-        raise ConfigError(f"{where}: {key!r} holds {value[e.start]!r}, half of a UTF-16 surrogate pair (a broken "
-                          "\\u escape); it is not text.") from None
-    return value
+    return text_field(row[key], key, where, empty_ok=empty_ok)
 
 
 def _json_array(path: Path) -> tuple[list[Any], list[str]]:
@@ -172,8 +163,9 @@ def _json_array(path: Path) -> tuple[list[Any], list[str]]:
     return data, [f"{path}: row {i + 1}" for i in range(len(data))]
 
 
-def _rows(path: Path) -> tuple[list[Any], list[str]]:
-    """(rows, locations) of a JSON array file or a JSON Lines file; anything else is one clear error."""
+def read_rows(path: Path, fields: str = "instruction and output") -> tuple[list[Any], list[str]]:
+    """(rows, locations) of a JSON array file or a JSON Lines file of objects (``fields`` names what a row holds,
+    for the messages); anything else is one clear error."""
     suffix = path.suffix.lower()
     if suffix not in (".json", ".jsonl"):
         raise ConfigError(f"{path}: unknown data format {suffix!r}; instruction data is .json (an array of "
@@ -184,10 +176,10 @@ def _rows(path: Path) -> tuple[list[Any], list[str]]:
     else:
         _, rows, where = jsonl_records(path)
     if not rows:
-        raise ConfigError(f"{path} has no examples; give at least one row with instruction and output.")
+        raise ConfigError(f"{path} has no examples; give at least one row with {fields}.")
     for row, w in zip(rows, where, strict=True):
         if not isinstance(row, dict):
-            raise ConfigError(f"{w} is {describe(row)}, not an object with instruction and output.")
+            raise ConfigError(f"{w} is {describe(row)}, not an object with {fields}.")
     return rows, where
 
 
@@ -226,12 +218,12 @@ def read_instruct_file(path: str | os.PathLike, answer_type: str = "text") -> li
     if answer_type not in ANSWER_TYPES:
         raise unknown("answer type", answer_type, ANSWER_TYPES)
     path = Path(path)
-    rows, where = _rows(path)
+    rows, where = read_rows(path)
     out = []
     for i, (row, w) in enumerate(zip(rows, where, strict=True)):
-        instruction = _string(row, "instruction", w)
-        input_ = _string(row, "input", w, required=False, empty_ok=True)
-        output = _string(row, "output", w)
+        instruction = string_field(row, "instruction", w)
+        input_ = string_field(row, "input", w, required=False, empty_ok=True)
+        output = string_field(row, "output", w)
         out.append(InstructExample(f"{path.stem}:{i}", instruction, input_, output,
                                    _answer(row, output, answer_type, w)))
     return out
@@ -250,7 +242,7 @@ def read_gsm8k(path: str | os.PathLike, calculator_annotations: bool = False) ->
         raise ConfigError(f"{path} has no examples.")
     out = []
     for i, (row, w) in enumerate(zip(rows, where, strict=True)):
-        question, solution = _string(row, "question", w), _string(row, "answer", w)
+        question, solution = string_field(row, "question", w), string_field(row, "answer", w)
         if "####" not in solution:
             raise ConfigError(f"{w}: the answer has no '#### N' line; a GSM8K solution ends with its final answer.")
         gold = solution.rsplit("####", 1)[1].strip().replace(",", "")
@@ -280,12 +272,12 @@ def read_llm_adapters(path: str | os.PathLike) -> list[InstructExample]:
         if not isinstance(row, dict):
             raise ConfigError(f"{w} is {describe(row)}, not an object.")
         out.append(InstructExample(
-            f"{path.parent.name}/{path.stem}:{i}", _string(row, "instruction", w),
-            _string(row, "input", w, required=False, empty_ok=True),
-            _string(row, "output", w, required=False, empty_ok=True), _string(row, "answer", w).strip()))
+            f"{path.parent.name}/{path.stem}:{i}", string_field(row, "instruction", w),
+            string_field(row, "input", w, required=False, empty_ok=True),
+            string_field(row, "output", w, required=False, empty_ok=True), string_field(row, "answer", w).strip()))
     return out
 
 
 __all__ = ["ANSWER_FILTERS", "ANSWER_TYPES", "ENV_GSM8K_DIR", "ENV_LLM_ADAPTERS_DIR", "SUITES", "TRAIN_FILES",
            "EvalSet", "InstructExample", "data_file", "gsm8k_dir", "llm_adapters_dir", "read_gsm8k",
-           "read_instruct_file", "read_llm_adapters", "suite_sets"]
+           "read_instruct_file", "read_llm_adapters", "read_rows", "string_field", "suite_sets"]
