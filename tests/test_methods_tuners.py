@@ -163,6 +163,28 @@ def test_boft_is_a_product_of_orthogonal_butterfly_factors_with_a_row_scale(tiny
     assert not torch.allclose(w.norm(dim=1), w0.norm(dim=1))
 
 
+def test_boft_counts_the_skew_part_of_each_block_and_leaves_peft_unpatched(tiny_bert):
+    import peft.tuners.boft.layer as peft_boft
+
+    kernel, fetch = peft_boft.FastBlockDiag, peft_boft.get_fbd_cuda
+    forward, delta = peft_boft.Linear.forward, peft_boft.Linear.get_delta_weight
+    method, model, targets = build(tiny_bert, "boft", block_size=4, n_butterfly_factor=2)
+    # Liu et al. 2024 (arXiv 2311.06243): a b×b block acts through its skew-symmetric part, b(b−1)/2 free numbers
+    per_module = 2 * (HIDDEN // 4) * (4 * 3 // 2) + HIDDEN  # m factors × d/b blocks × 6, plus the row scales s
+    assert method.trainable_parameters(model) == len(targets) * per_module + HEAD_BERT
+    assert sum(p.numel() for p in trainable(model).values()) == len(targets) * (2 * 8 * 16 + HIDDEN) + HEAD_BERT
+    # PEFT's module and classes are as they were: only this model's layers compute block_diag with torch
+    assert (peft_boft.FastBlockDiag, peft_boft.get_fbd_cuda) == (kernel, fetch)
+    assert (peft_boft.Linear.forward, peft_boft.Linear.get_delta_weight) == (forward, delta)
+    perturb(model, scale=0.5)
+    lay = layer(model, "layer.0.attention.self.value")
+    x = torch.randn(3, HIDDEN)
+    with torch.no_grad():
+        r, s = lay.get_delta_weight("default")
+        w0 = lay.get_base_layer().weight
+        torch.testing.assert_close(lay(x), x @ r @ w0.T * s.T + lay.get_base_layer().bias, atol=1e-5, rtol=1e-4)
+
+
 def test_hra_is_a_product_of_householder_reflections_identity_at_init(tiny_bert):
     _, model, targets = build(tiny_bert, "hra", rank=4)
     assert sum(p.numel() for n, p in trainable(model).items() if "hra_u" in n) == len(targets) * 4 * HIDDEN
