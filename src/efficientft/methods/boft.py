@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.nn as nn
 
 from ..models.roles import Target
@@ -77,12 +78,13 @@ class BOFT(LinearOnly, PeftMethod):
         with _butterfly_kept():
             return _use_torch_block_diag(super().reload(base, out_dir, targets, ctx))
 
-    def trainable_parameters(self, model: nn.Module) -> int:
-        """The paper's count: b(b−1)/2 free parameters per skew-symmetric b×b block, not PEFT's stored b²."""
-        blocks = [p for n, p in model.named_parameters() if p.requires_grad and ".boft_R." in f".{n}."]
-        stored = sum(p.numel() for p in blocks)
-        skew = sum(p[..., 0, 0].numel() * p.shape[-1] * (p.shape[-1] - 1) // 2 for p in blocks)
-        return super().trainable_parameters(model) - stored + skew
+    def free_values(self, name: str, param: torch.Tensor) -> torch.Tensor:
+        """A b×b block R acts through (R − Rᵀ)/2 only: its b(b−1)/2 entries above the diagonal (PEFT stores b²)."""
+        if ".boft_R." not in f".{name}.":
+            return param
+        b = param.shape[-1]
+        i, j = torch.triu_indices(b, b, offset=1)
+        return (param - param.transpose(-1, -2))[..., i, j] / 2
 
     def config_kwargs(self, model: nn.Module, targets: list[Target], ctx: Context) -> dict[str, Any]:
         return {"boft_block_size": self.args.block_size, "boft_n_butterfly_factor": self.args.n_butterfly_factor,
