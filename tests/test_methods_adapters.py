@@ -222,9 +222,31 @@ def test_pfeiffer_reads_the_normalised_output_of_the_ffn_block(family, tiny_bert
             assert not torch.allclose(out, ln(s), atol=1e-3)
 
 
-def test_compacter_defaults_follow_the_compacter_plus_plus_configuration():
+def test_compacter_defaults_follow_the_compacter_plus_plus_configuration(tiny_bert):
+    """rabeehk/compacter compacter++.json: task_reduction_factor 32, hypercomplex_division 4, non_linearity
+    gelu_new, unfreeze_layer_norms, phm_c_init normal with phm_init_range 1e-4, W's factors Glorot-uniform."""
+    from transformers.activations import NewGELUActivation
+
+    from efficientft.methods.compacter import PHMLinear, SharedRule
+
     args = get_method("compacter").from_config({}).args
-    assert (args.reduction_factor, args.phm_dim, args.nonlinearity) == (32, 4, "gelu")
+    assert (args.reduction_factor, args.phm_dim, args.nonlinearity, args.layer_norm) == (32, 4, "gelu_new", True)
+    torch.manual_seed(0)
+    a = SharedRule(16, torch.zeros(1)).A.detach()  # 4096 entries: the std within 3%
+    assert abs(float(a.mean())) < 1e-5 and float(a.std()) == pytest.approx(1e-4, rel=0.03)
+
+    before = logits(fresh(tiny_bert))
+    method, model, _ = prepared("compacter", tiny_bert)
+    adapter = model.bert.encoder.layer[0].output.dense.adapter
+    x = torch.linspace(-4, 4, 101)
+    torch.testing.assert_close(adapter.act(x), NewGELUActivation()(x))  # gelu_new, not erf GELU
+    assert not torch.allclose(adapter.act(x), torch.nn.functional.gelu(x), atol=1e-5, rtol=0)
+    phm = [m for m in model.modules() if isinstance(m, PHMLinear)]
+    assert all(m.s.any() and m.t.any() for m in phm)  # W_up is not zeroed: near the base model, not at it
+    torch.testing.assert_close(logits(model), before, atol=1e-4, rtol=0)
+    norms = {n for n, _ in model.named_parameters() if "LayerNorm" in n}  # every norm, the embeddings' too
+    assert norms and norms <= set(trainable(model))
+    assert model.bert.embeddings.LayerNorm.weight.requires_grad
 
 
 @pytest.mark.parametrize(("raw", "msg"), [
@@ -233,7 +255,7 @@ def test_compacter_defaults_follow_the_compacter_plus_plus_configuration():
     ({"lr_ratio": 4.0}, "lr_ratio 4 (W_v's rate) cannot apply to method 'pfeiffer': it trains no parameter of W_v; "
                         "drop the ratio (it must be 1 for this method)."),
     ({"method_args": {"nonlinearity": "swish"}},
-     "method 'pfeiffer': nonlinearity must be one of relu, gelu, silu, tanh, identity, got 'swish'."),
+     "method 'pfeiffer': nonlinearity must be one of relu, gelu, silu, tanh, identity, gelu_new, got 'swish'."),
     ({"method_args": {"bottleneck": -1}}, "method 'pfeiffer': bottleneck must be a positive integer, got -1."),
     ({"method": "parallel_adapter", "method_args": {"positions": "ffn,mlp"}},
      "method 'parallel_adapter': positions must be attn, ffn or attn,ffn, got 'ffn,mlp'."),
@@ -383,14 +405,15 @@ def test_compacter_is_a_kronecker_sum_with_one_shared_a_and_counts_exactly(famil
     model_dir = {"bert": tiny_bert, "llama": tiny_llama, "gpt2": tiny_gpt2}[family]
     before = logits(fresh(model_dir))
     method, model, ctx = prepared("compacter", model_dir, {"phm_dim": 4, "phm_rank": 2})
-    assert torch.equal(logits(model), before)  # W_up = 0 at init
+    torch.testing.assert_close(logits(model), before, atol=1e-4, rtol=0)  # A at std 1e-4: next to the base model
 
     phm = [m for m in model.modules() if isinstance(m, PHMLinear)]
     assert len(phm) == 2 * 2  # down and up, in each of 2 layers (after the FFN only)
     assert len({id(m.rule.A) for m in phm}) == 1  # the slow weights A_i: one tensor for every layer
     assert len([k for k in model.state_dict() if k.endswith(".A")]) == 1  # saved once
     d, m, n, r = 32, 4, 4, 2  # m = 32 // 32 = 1, rounded up to a multiple of n
-    want = n ** 3 + 2 * (2 * r * (d + m) + m + d) + head_numel(model)
+    norms = {"bert": 2 * 2 * 2 * d + 2 * d, "llama": 2 * 2 * d + d, "gpt2": 2 * 2 * 2 * d + 2 * d}[family]
+    want = n ** 3 + 2 * (2 * r * (d + m) + m + d) + norms + head_numel(model)  # every norm trains (final/embedding)
     assert method.trainable_parameters(model) == want
 
     steps(method, model)

@@ -26,6 +26,7 @@ capabilities (``targets="positions"``, ``v_role=False``), before a model loads.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,8 +40,10 @@ from ..models.fused import replace_module, weight_shape
 from ..models.roles import Target, family_of, linear_modules, role_of
 from .base import Context, Method, positive_int
 
-ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh,
-                                           "identity": nn.Identity}
+# gelu_new: GELU's tanh approximation (transformers' name; the Compacter++ configuration's non_linearity)
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh,
+                                                   "identity": nn.Identity,
+                                                   "gelu_new": functools.partial(nn.GELU, approximate="tanh")}
 POSITIONS = ("attn", "ffn")
 # The sub-layer's first projection (reads its input x) and last one (writes its output h), by role.
 _ENDS = {"attn": ("q", "o"), "ffn": ("ffn_up", "ffn_down")}
