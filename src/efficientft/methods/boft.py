@@ -12,7 +12,7 @@ d_in. Defaults: the paper's GLUE setting (b = 8, m = 2).
 
 Trainable count: each b×b block acts only through its skew-symmetric part Q = (R − Rᵀ)/2 (the Cayley transform
 (I + Q)(I − Q)⁻¹ of OFT/BOFT, §3 of both papers), which has b(b−1)/2 free parameters; PEFT stores the whole b×b
-block (b² numbers, 64 vs 28 at b = 8: 2.3× the paper's count). :meth:`BOFT.trainable_parameters` counts
+block (b² numbers, 64 vs 28 at b = 8: 2.3× the paper's count). :meth:`BOFT.free_values` gives
 m · (d_in / b) · b(b−1)/2 per module, plus the d_out row scales s and the head, as the paper counts BOFT's
 parameters (and as PEFT's own OFT stores them); the optimizer still holds the full blocks.
 
