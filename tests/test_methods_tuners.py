@@ -197,6 +197,8 @@ def test_boft_counts_the_skew_part_of_each_block_and_leaves_peft_unpatched(tiny_
     assert sum(p.numel() for p in trainable(model).values()) == len(targets) * (2 * 8 * 16 + HIDDEN) + HEAD_BERT
     # PEFT's module and classes are as they were: only this model's layers compute block_diag with torch
     assert (peft_boft.FastBlockDiag, peft_boft.get_fbd_cuda) == (kernel, fetch)
+    for obj in (kernel, fetch, forward, delta):  # PEFT's own, whatever ran before this test
+        assert obj.__module__ == "peft.tuners.boft.layer" and obj.__name__ != "<lambda>"
     assert (peft_boft.Linear.forward, peft_boft.Linear.get_delta_weight) == (forward, delta)
     perturb(model, scale=0.5)
     lay = layer(model, "layer.0.attention.self.value")
