@@ -81,7 +81,10 @@ def test_bottleneck_adapter_is_identity_at_init_counts_exactly_trains_and_reload
     args, per_layer = ADAPTERS[name]
     before = logits(fresh(model_dir))
     method, model, ctx = prepared(name, model_dir, args)
-    assert torch.equal(logits(model), before)  # W_up = 0: exactly the base model
+    if name == "houlsby":  # adapter-bert's near-identity init: both weights at std 1e-3, so next to the base model
+        torch.testing.assert_close(logits(model), before, atol=1e-4, rtol=0)
+    else:
+        assert torch.equal(logits(model), before)  # W_up = 0: exactly the base model
 
     d, m, layers = 32, 4, 2
     want = layers * per_layer * (2 * d * m + m + d) + head_numel(model)
@@ -95,6 +98,41 @@ def test_bottleneck_adapter_is_identity_at_init_counts_exactly_trains_and_reload
     assert not torch.allclose(logits(model), before)
     assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if n in frozen)
     check_export_reload(name, method, model, model_dir, tmp_path, ctx)
+
+
+def test_adapters_and_ssf_draw_their_reference_initialisation(tiny_bert):
+    """Each as its authors' code draws it, on tensors big enough for a 3% tolerance on the std."""
+    from efficientft.methods.ssf import ScaleShift
+
+    def stats(t):
+        t = t.detach()
+        return float(t.mean()), float(t.std()), float(t.abs().max())
+
+    like, d = torch.zeros(1), 1024
+    torch.manual_seed(0)
+    # Houlsby (google-research/adapter-bert): both weights truncated-normal, std 1e-3, cut at ±2 std; zero biases
+    houlsby = get_method("houlsby").from_config({}).build(d, like)
+    for w in (houlsby.down.weight, houlsby.up.weight):
+        mean, std, top = stats(w)
+        assert w.numel() == d * d // 16 and top <= 2e-3 and abs(mean) < 1e-5
+        assert std == pytest.approx(1e-3 * 0.8796, rel=0.03)  # the std of N(0, σ²) cut at ±2σ
+    assert not houlsby.down.bias.any() and not houlsby.up.bias.any()
+    # parallel adapter (He et al., init_option "lora"): W_down ~ U(±1/√d), W_up = 0, zero biases
+    par = get_method("parallel_adapter").from_config({}).build(d, like)
+    _, std, top = stats(par.down.weight)
+    assert top <= d ** -0.5 and std == pytest.approx((3 * d) ** -0.5, rel=0.03)
+    assert not par.up.weight.any() and not par.up.bias.any() and not par.down.bias.any()
+    # SSF (dongzelian/SSF): γ ~ N(1, 0.02²), β ~ N(0, 0.02²)
+    ss = ScaleShift(100_000, like)
+    (g_mean, g_std, _), (b_mean, b_std, _) = stats(ss.scale), stats(ss.shift)
+    assert g_mean == pytest.approx(1.0, abs=1e-3) and g_std == pytest.approx(0.02, rel=0.03)
+    assert b_mean == pytest.approx(0.0, abs=1e-3) and b_std == pytest.approx(0.02, rel=0.03)
+    # and a prepared model holds them (not only the builders)
+    _, model, _ = prepared("houlsby", tiny_bert, {"bottleneck": 4})
+    up = model.bert.encoder.layer[0].output.dense.adapter.up.weight
+    assert up.any() and up.abs().max() <= 2e-3
+    _, model, _ = prepared("ssf", tiny_bert)
+    assert not torch.equal(model.bert.encoder.layer[0].attention.self.value.ssf["v"].scale, torch.ones(32))
 
 
 def _capture(module, store, key):
@@ -184,9 +222,31 @@ def test_pfeiffer_reads_the_normalised_output_of_the_ffn_block(family, tiny_bert
             assert not torch.allclose(out, ln(s), atol=1e-3)
 
 
-def test_compacter_defaults_follow_the_compacter_plus_plus_configuration():
+def test_compacter_defaults_follow_the_compacter_plus_plus_configuration(tiny_bert):
+    """rabeehk/compacter compacter++.json: task_reduction_factor 32, hypercomplex_division 4, non_linearity
+    gelu_new, unfreeze_layer_norms, phm_c_init normal with phm_init_range 1e-4, W's factors Glorot-uniform."""
+    from transformers.activations import NewGELUActivation
+
+    from efficientft.methods.compacter import PHMLinear, SharedRule
+
     args = get_method("compacter").from_config({}).args
-    assert (args.reduction_factor, args.phm_dim, args.nonlinearity) == (32, 4, "gelu")
+    assert (args.reduction_factor, args.phm_dim, args.nonlinearity, args.layer_norm) == (32, 4, "gelu_new", True)
+    torch.manual_seed(0)
+    a = SharedRule(16, torch.zeros(1)).A.detach()  # 4096 entries: the std within 3%
+    assert abs(float(a.mean())) < 1e-5 and float(a.std()) == pytest.approx(1e-4, rel=0.03)
+
+    before = logits(fresh(tiny_bert))
+    method, model, _ = prepared("compacter", tiny_bert)
+    adapter = model.bert.encoder.layer[0].output.dense.adapter
+    x = torch.linspace(-4, 4, 101)
+    torch.testing.assert_close(adapter.act(x), NewGELUActivation()(x))  # gelu_new, not erf GELU
+    assert not torch.allclose(adapter.act(x), torch.nn.functional.gelu(x), atol=1e-5, rtol=0)
+    phm = [m for m in model.modules() if isinstance(m, PHMLinear)]
+    assert all(m.s.any() and m.t.any() for m in phm)  # W_up is not zeroed: near the base model, not at it
+    torch.testing.assert_close(logits(model), before, atol=1e-4, rtol=0)
+    norms = {n for n, _ in model.named_parameters() if "LayerNorm" in n}  # every norm, the embeddings' too
+    assert norms and norms <= set(trainable(model))
+    assert model.bert.embeddings.LayerNorm.weight.requires_grad
 
 
 @pytest.mark.parametrize(("raw", "msg"), [
@@ -195,7 +255,7 @@ def test_compacter_defaults_follow_the_compacter_plus_plus_configuration():
     ({"lr_ratio": 4.0}, "lr_ratio 4 (W_v's rate) cannot apply to method 'pfeiffer': it trains no parameter of W_v; "
                         "drop the ratio (it must be 1 for this method)."),
     ({"method_args": {"nonlinearity": "swish"}},
-     "method 'pfeiffer': nonlinearity must be one of relu, gelu, silu, tanh, identity, got 'swish'."),
+     "method 'pfeiffer': nonlinearity must be one of relu, gelu, silu, tanh, identity, gelu_new, got 'swish'."),
     ({"method_args": {"bottleneck": -1}}, "method 'pfeiffer': bottleneck must be a positive integer, got -1."),
     ({"method": "parallel_adapter", "method_args": {"positions": "ffn,mlp"}},
      "method 'parallel_adapter': positions must be attn, ffn or attn,ffn, got 'ffn,mlp'."),
@@ -298,12 +358,12 @@ def test_bitfit_refuses_llama_whose_projections_have_no_bias(tiny_llama):
 
 # ------------------------------------------------------------------------------------------------------------- SSF
 @pytest.mark.parametrize("family", ["bert", "llama", "gpt2"])
-def test_ssf_is_identity_at_init_counts_two_per_output_feature_merges_and_reloads(family, tiny_bert, tiny_llama,
+def test_ssf_starts_near_identity_counts_two_per_output_feature_merges_and_reloads(family, tiny_bert, tiny_llama,
                                                                                tiny_gpt2, tmp_path):
     model_dir = {"bert": tiny_bert, "llama": tiny_llama, "gpt2": tiny_gpt2}[family]
     before = logits(fresh(model_dir))
     method, model, ctx = prepared("ssf", model_dir)
-    assert torch.equal(logits(model), before)  # γ = 1, β = 0
+    torch.testing.assert_close(logits(model), before, atol=0.1, rtol=0)  # γ ~ N(1, 0.02²), β ~ N(0, 0.02²)
     rows = {"bert": 32 + 32, "llama": 32 + 16, "gpt2": 32 + 32}[family]  # q + v outputs (LLaMA: 2 KV heads of 8)
     assert method.trainable_parameters(model) == 2 * 2 * rows + head_numel(model)  # 2 layers, γ and β
 
@@ -345,14 +405,15 @@ def test_compacter_is_a_kronecker_sum_with_one_shared_a_and_counts_exactly(famil
     model_dir = {"bert": tiny_bert, "llama": tiny_llama, "gpt2": tiny_gpt2}[family]
     before = logits(fresh(model_dir))
     method, model, ctx = prepared("compacter", model_dir, {"phm_dim": 4, "phm_rank": 2})
-    assert torch.equal(logits(model), before)  # W_up = 0 at init
+    torch.testing.assert_close(logits(model), before, atol=1e-4, rtol=0)  # A at std 1e-4: next to the base model
 
     phm = [m for m in model.modules() if isinstance(m, PHMLinear)]
     assert len(phm) == 2 * 2  # down and up, in each of 2 layers (after the FFN only)
     assert len({id(m.rule.A) for m in phm}) == 1  # the slow weights A_i: one tensor for every layer
     assert len([k for k in model.state_dict() if k.endswith(".A")]) == 1  # saved once
     d, m, n, r = 32, 4, 4, 2  # m = 32 // 32 = 1, rounded up to a multiple of n
-    want = n ** 3 + 2 * (2 * r * (d + m) + m + d) + head_numel(model)
+    norms = {"bert": 2 * 2 * 2 * d + 2 * d, "llama": 2 * 2 * d + d, "gpt2": 2 * 2 * 2 * d + 2 * d}[family]
+    want = n ** 3 + 2 * (2 * r * (d + m) + m + d) + norms + head_numel(model)  # every norm trains (final/embedding)
     assert method.trainable_parameters(model) == want
 
     steps(method, model)

@@ -124,6 +124,28 @@ def test_lokr_update_is_a_kronecker_product(tiny_bert):
     assert w1.numel() + w2.numel() < HIDDEN * HIDDEN / 4
 
 
+@pytest.mark.parametrize(("rank", "alpha", "both"), [(4, 8, False), (1, 3, True)])
+def test_lokr_output_moves_by_alpha_over_r_times_the_kronecker_product(tiny_bert, rank, alpha, both):
+    """ΔW = (α/r) · W₁ ⊗ W₂ (Yeh et al. 2024, arXiv 2309.14859), read from the layer's output, with W₁, W₂ rebuilt
+    from whichever factors PEFT stores (W₂ = B A below its size; W₁ too under decompose_both)."""
+    _, model, _ = build(tiny_bert, "lokr", rank=rank, alpha=alpha, decompose_both=both)
+    perturb(model)
+    lay = layer(model, "layer.0.attention.self.query")
+
+    def factor(k):
+        full = getattr(lay, f"lokr_{k}")
+        if "default" in full:
+            return full["default"].detach()
+        return getattr(lay, f"lokr_{k}_a")["default"].detach() @ getattr(lay, f"lokr_{k}_b")["default"].detach()
+
+    if both:
+        assert "default" in lay.lokr_w1_a  # W₁ really is factorised here
+    want = (alpha / rank) * torch.kron(factor("w1"), factor("w2"))
+    x = torch.randn(5, HIDDEN)
+    with torch.no_grad():
+        torch.testing.assert_close(lay(x) - lay.get_base_layer()(x), x @ want.T, atol=1e-5, rtol=1e-4)
+
+
 # ------------------------------------------------------------------------------------- OFT, BOFT, HRA (orthogonal)
 def test_oft_rotates_with_an_orthogonal_block_diagonal_matrix_that_keeps_row_angles(tiny_llama):
     _, model, targets = build(tiny_llama, "oft", block_size=8)
@@ -161,6 +183,30 @@ def test_boft_is_a_product_of_orthogonal_butterfly_factors_with_a_row_scale(tiny
     torch.testing.assert_close(cos(w, dim=1) @ cos(w, dim=1).T, cos(w0, dim=1) @ cos(w0, dim=1).T, atol=1e-5,
                                rtol=1e-4)  # angles between rows kept; s rescales rows
     assert not torch.allclose(w.norm(dim=1), w0.norm(dim=1))
+
+
+def test_boft_counts_the_skew_part_of_each_block_and_leaves_peft_unpatched(tiny_bert):
+    import peft.tuners.boft.layer as peft_boft
+
+    kernel, fetch = peft_boft.FastBlockDiag, peft_boft.get_fbd_cuda
+    forward, delta = peft_boft.Linear.forward, peft_boft.Linear.get_delta_weight
+    method, model, targets = build(tiny_bert, "boft", block_size=4, n_butterfly_factor=2)
+    # Liu et al. 2024 (arXiv 2311.06243): a b×b block acts through its skew-symmetric part, b(b−1)/2 free numbers
+    per_module = 2 * (HIDDEN // 4) * (4 * 3 // 2) + HIDDEN  # m factors × d/b blocks × 6, plus the row scales s
+    assert method.trainable_parameters(model) == len(targets) * per_module + HEAD_BERT
+    assert sum(p.numel() for p in trainable(model).values()) == len(targets) * (2 * 8 * 16 + HIDDEN) + HEAD_BERT
+    # PEFT's module and classes are as they were: only this model's layers compute block_diag with torch
+    assert (peft_boft.FastBlockDiag, peft_boft.get_fbd_cuda) == (kernel, fetch)
+    for obj in (kernel, fetch, forward, delta):  # PEFT's own, whatever ran before this test
+        assert obj.__module__ == "peft.tuners.boft.layer" and obj.__name__ != "<lambda>"
+    assert (peft_boft.Linear.forward, peft_boft.Linear.get_delta_weight) == (forward, delta)
+    perturb(model, scale=0.5)
+    lay = layer(model, "layer.0.attention.self.value")
+    x = torch.randn(3, HIDDEN)
+    with torch.no_grad():
+        r, s = lay.get_delta_weight("default")
+        w0 = lay.get_base_layer().weight
+        torch.testing.assert_close(lay(x), x @ r @ w0.T * s.T + lay.get_base_layer().bias, atol=1e-5, rtol=1e-4)
 
 
 def test_hra_is_a_product_of_householder_reflections_identity_at_init(tiny_bert):
@@ -242,6 +288,25 @@ def test_randlora_reaches_full_rank_from_frozen_shared_random_bases(tiny_bert):
     perturb(model)
     w0, w = merged_weight(model, "layer.0.attention.self.query")
     assert torch.linalg.matrix_rank(w - w0) == HIDDEN  # full rank, with bases of rank 4
+
+
+def test_randlora_delta_is_the_papers_sum_of_scaled_random_bases(tiny_bert):
+    """ΔW = (α/r) Σ_i B_i Λ_i A Γ_i (arXiv 2502.00987, Eq. 3 with PEFT's shared "unique base" A): Λ_i = diag(λ[:, i])
+    scales the r directions of term i, Γ_i = diag(γ[i]) the input features; the default α = 20·r."""
+    r, n = 4, HIDDEN // 4
+    _, model, _ = build(tiny_bert, "randlora", rank=r)  # alpha None: 20·r, so α/r = 20
+    perturb(model)
+    lay = layer(model, "layer.0.attention.self.query")
+    a = lay.randlora_A["default"][:, 0, :HIDDEN]  # (r, d): one A for every term
+    b = lay.randlora_B["default"][:HIDDEN, :n, :].flatten(1)  # (d_out, N·r): column k·N + i is B_i's k-th
+    lam, gam = lay.randlora_lambda["default"].detach(), lay.randlora_gamma["default"].detach()  # (r, N), (N, d)
+    terms = [b[:, [k * n + i for k in range(r)]] @ torch.diag(lam[:, i]) @ a @ torch.diag(gam[i]) for i in range(n)]
+    want = 20.0 * sum(terms)
+    x = torch.randn(5, HIDDEN)
+    with torch.no_grad():
+        torch.testing.assert_close(lay(x) - lay.get_base_layer()(x), x @ want.T, atol=1e-5, rtol=1e-4)
+    w0, w = merged_weight(model, "layer.0.attention.self.query")
+    torch.testing.assert_close(w - w0, want, atol=1e-5, rtol=1e-4)
 
 
 def test_shira_trains_a_fixed_sparse_mask_of_entries(tiny_bert):
@@ -459,6 +524,36 @@ def test_loftq_starts_from_an_nf4_base_plus_a_low_rank_term_closer_to_w_than_nf4
         torch.testing.assert_close(lay(x), x @ start.T + lay.get_base_layer().bias, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("iters", [1, 4])
+def test_loftq_alternates_exactly_iters_times_and_each_alternation_lowers_the_error(tiny_bert, monkeypatch, iters):
+    """Li et al. 2024 (arXiv 2310.08659), Algorithm 1: T alternations of Q_t = q_N(W − L_{t−1}), L_t = SVD_r(W − Q_t);
+    counted at the quantizer, and ‖W − Q_t − L_t‖ (read from the next call's input W − L_t) falls each time."""
+    import efficientft.methods.loftq as loftq
+
+    real, calls = loftq.quantize_roundtrip, []
+
+    def counted(w, bits):
+        q = real(w, bits)
+        calls.append((w.detach().clone(), q.detach().clone()))
+        return q
+
+    monkeypatch.setattr(loftq, "quantize_roundtrip", counted)
+    base = load(tiny_bert)
+    w = base.bert.encoder.layer[0].attention.self.query.weight.detach().clone()
+    _, model, targets = build(tiny_bert, "loftq", base=base, rank=4, iters=iters)
+    assert len(calls) == len(targets) * iters  # q and v of 2 layers, T quantizations each
+    mine = calls[:iters]  # layer 0's query comes first
+    assert torch.equal(mine[0][0], w)  # L_0 = 0: the first quantizes W itself
+    errors = [(w - mine[0][1]).norm()]  # QLoRA's start: W − q_N(W)
+    errors += [(x - q_prev).norm() for (x, _), (_, q_prev) in zip(mine[1:], mine[:-1], strict=True)]
+    lay = layer(model, "layer.0.attention.self.query")
+    q = lay.get_base_layer().weight.detach()
+    lowrank = lay.scaling["default"] * lay.lora_B["default"].weight @ lay.lora_A["default"].weight
+    errors.append((w - q - lowrank).norm())
+    assert torch.equal(q, mine[-1][1])  # the base is the last alternation's Q
+    assert all(later < earlier for earlier, later in zip(errors[:-1], errors[1:], strict=True)), errors
+
+
 # ------------------------------------------------------------------------------------------------- CorDA
 def layer_inputs(model_dir, module, data):
     """Each sequence's inputs to ``module`` in the original model (eval mode), one forward per sequence."""
@@ -506,3 +601,4 @@ def test_methods_that_target_nothing_get_no_targets_even_on_gpt2(name, tiny_gpt2
     p = prepare(tiny_config(tiny_gpt2, method=name, method_args={}, steps=1))
     assert p.info["targets"] == []
     assert p.method.trainable_parameters(p.model) > 0
+

@@ -1,9 +1,10 @@
 """What the bottleneck adapters share (Houlsby, Pfeiffer, parallel, Compacter): the bottleneck, where it goes and
 how it is prepared (export and reload are the default's: the trained tensors, on a base prepared the same way).
 
-A bottleneck adapter is ``A(z) = s · W_up f(W_down z)`` with W_down: d → m, W_up: m → d (each with a bias) and
-W_up = 0, b_up = 0 at init, so the adapted model computes exactly the base model before training (Houlsby et al.
-2019, §2.1: "near-identity initialisation"). It is inserted at *sub-layer positions*, not on linear modules:
+A bottleneck adapter is ``A(z) = s · W_up f(W_down z)`` with W_down: d → m, W_up: m → d (each with a bias, zero at
+init), close to zero at init so that the adapted model starts at (or next to) the base model (Houlsby et al. 2019,
+§2.1: "near-identity initialisation"); each method draws W_down, W_up as its reference code does
+(:func:`linear_bottleneck`'s ``init``). It is inserted at *sub-layer positions*, not on linear modules:
 
 - **series** (Houlsby, Compacter++): ``h ← h + A(h)`` on the output h of a sub-layer's last projection (the
   attention output projection W_o, or the FFN's down projection), before the residual connection and norm;
@@ -25,7 +26,9 @@ capabilities (``targets="positions"``, ``v_role=False``), before a model loads.
 
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -37,8 +40,10 @@ from ..models.fused import replace_module, weight_shape
 from ..models.roles import Target, family_of, linear_modules, role_of
 from .base import Context, Method, positive_int
 
-ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh,
-                                           "identity": nn.Identity}
+# gelu_new: GELU's tanh approximation (transformers' name; the Compacter++ configuration's non_linearity)
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh,
+                                                   "identity": nn.Identity,
+                                                   "gelu_new": functools.partial(nn.GELU, approximate="tanh")}
 POSITIONS = ("attn", "ffn")
 # The sub-layer's first projection (reads its input x) and last one (writes its output h), by role.
 _ENDS = {"attn": ("q", "o"), "ffn": ("ffn_up", "ffn_down")}
@@ -86,15 +91,20 @@ class Bottleneck(nn.Module):
         return out * self.scale if self.scale != 1.0 else out
 
 
-def linear_bottleneck(d: int, m: int, nonlinearity: str, like: torch.Tensor, scale: float = 1.0) -> Bottleneck:
-    """Plain linear W_down, W_up (with biases): W_down ~ N(0, 10⁻²) (Houlsby et al.'s near-zero init), W_up = 0."""
+def linear_bottleneck(d: int, m: int, nonlinearity: str, like: torch.Tensor, scale: float = 1.0,
+                      init: Callable[[nn.Linear, nn.Linear], None] | None = None) -> Bottleneck:
+    """Plain linear W_down, W_up with zero biases; ``init(down, up)`` draws the weights (each method's reference
+    initialisation), by default W_down ~ N(0, 10⁻²), W_up = 0."""
     down = nn.Linear(d, m, dtype=like.dtype, device=like.device)
     up = nn.Linear(m, d, dtype=like.dtype, device=like.device)
     with torch.no_grad():
-        nn.init.normal_(down.weight, std=1e-2)
         down.bias.zero_()
-        up.weight.zero_()
         up.bias.zero_()
+        if init is not None:
+            init(down, up)
+        else:
+            nn.init.normal_(down.weight, std=1e-2)
+            up.weight.zero_()
     return Bottleneck(down, up, nonlinearity, scale)
 
 

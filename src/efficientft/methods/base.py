@@ -212,8 +212,14 @@ class Method:
 
     # ------------------------------------------------------------------ cost and export
     def trainable_parameters(self, model: nn.Module) -> int:
-        """The number of parameters the method trains (exact; methods that train part of a tensor override)."""
-        return sum(p.numel() for p in _unique(model.parameters()) if p.requires_grad)
+        """The number of parameters the method trains, as its paper counts them: the free values
+        (:meth:`free_values`) of every trainable tensor. The cost record and every table read this."""
+        return sum(self.free_values(n, p).numel() for n, p in model.named_parameters() if p.requires_grad)
+
+    def free_values(self, name: str, param: torch.Tensor) -> torch.Tensor:
+        """The values of the trainable tensor ``name`` that act independently: the tensor itself, unless the method
+        stores a redundant form (BOFT's b×b blocks act only through their skew-symmetric part)."""
+        return param
 
     def merge(self, model: nn.Module) -> nn.Module:
         """The model with what was learned folded into plain weights (same outputs, no adapter modules)."""
@@ -300,13 +306,6 @@ def clear_export_dir(out_dir: Path, overwrite: bool = False) -> None:
             else:
                 entry.unlink()
     out_dir.mkdir(parents=True, exist_ok=True)
-
-
-def _unique(params: typing.Iterable[nn.Parameter]) -> list[nn.Parameter]:
-    seen: dict[int, nn.Parameter] = {}
-    for p in params:
-        seen.setdefault(id(p), p)
-    return list(seen.values())
 
 
 def _coerce(method: str, name: str, value: Any, hint: Any) -> Any:

@@ -10,19 +10,29 @@ A trained scale s per output row (ones at init) changes row norms but not the an
 ``BOFTConfig`` (boft_block_size, boft_n_butterfly_factor, boft_dropout). nn.Linear only; b·2^(m−1) must divide
 d_in. Defaults: the paper's GLUE setting (b = 8, m = 2).
 
+Trainable count: each b×b block acts only through its skew-symmetric part Q = (R − Rᵀ)/2 (the Cayley transform
+(I + Q)(I − Q)⁻¹ of OFT/BOFT, §3 of both papers), which has b(b−1)/2 free parameters; PEFT stores the whole b×b
+block (b² numbers, 64 vs 28 at b = 8: 2.3× the paper's count). :meth:`BOFT.free_values` gives
+m · (d_in / b) · b(b−1)/2 per module, plus the d_out row scales s and the head, as the paper counts BOFT's
+parameters (and as PEFT's own OFT stores them); the optimizer still holds the full blocks.
+
 PEFT 0.21.2 silently sets m = 1 (BOFT becomes OFT) whenever its CUDA block-diagonal kernel cannot be compiled, on
 every CPU and on GPUs without ninja (and its own fallback computes only m = 1): :func:`_butterfly_kept` makes PEFT
-build the m factors asked for, with torch's ``block_diag`` in place of the kernel, in ``prepare`` and ``reload``.
+build the m factors asked for, in ``prepare`` and ``reload``; where the kernel does not load, only the BOFT layers
+of that model compute their block-diagonal step with torch's ``block_diag`` (:func:`_use_torch_block_diag`). PEFT's
+module is left as it was: other models in the process, and PEFT's own BOFT, are unchanged.
 """
 
 from __future__ import annotations
 
+import types
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.nn as nn
 
 from ..models.roles import Target
@@ -62,11 +72,19 @@ class BOFT(LinearOnly, PeftMethod):
 
     def prepare(self, model: nn.Module, targets: list[Target], ctx: Context) -> nn.Module:
         with _butterfly_kept():
-            return super().prepare(model, targets, ctx)
+            return _use_torch_block_diag(super().prepare(model, targets, ctx))
 
     def reload(self, base: nn.Module, out_dir: Path, targets: list[Target], ctx: Context) -> nn.Module:
         with _butterfly_kept():
-            return super().reload(base, out_dir, targets, ctx)
+            return _use_torch_block_diag(super().reload(base, out_dir, targets, ctx))
+
+    def free_values(self, name: str, param: torch.Tensor) -> torch.Tensor:
+        """A b×b block R acts through (R − Rᵀ)/2 only: its b(b−1)/2 entries above the diagonal (PEFT stores b²)."""
+        if ".boft_R." not in f".{name}.":
+            return param
+        b = param.shape[-1]
+        i, j = torch.triu_indices(b, b, offset=1)
+        return (param - param.transpose(-1, -2))[..., i, j] / 2
 
     def config_kwargs(self, model: nn.Module, targets: list[Target], ctx: Context) -> dict[str, Any]:
         return {"boft_block_size": self.args.block_size, "boft_n_butterfly_factor": self.args.n_butterfly_factor,
@@ -74,20 +92,46 @@ class BOFT(LinearOnly, PeftMethod):
 
 @contextmanager
 def _butterfly_kept() -> Iterator[None]:
-    """While PEFT builds BOFT layers, tell it its CUDA kernel exists (its only reason to drop to m = 1). Where the
-    kernel does not load, its block-diagonal step is replaced by torch's ``block_diag`` (the same matrices, with
-    autograd), which PEFT's own fallback cannot do for m > 1."""
+    """While PEFT builds BOFT layers, tell it its CUDA kernel exists (its only reason to drop to m = 1); PEFT's
+    ``get_fbd_cuda`` is restored on leaving."""
     import peft.tuners.boft.layer as layer
-    import torch
 
     real = layer.get_fbd_cuda
-    if not (torch.cuda.is_available() and real() is not None):
-        layer.FastBlockDiag = TorchBlockDiag
     layer.get_fbd_cuda = lambda: True
     try:
         yield
     finally:
         layer.get_fbd_cuda = real
+
+
+def _use_torch_block_diag(model: nn.Module) -> nn.Module:
+    """Where PEFT's CUDA kernel does not load, give this model's BOFT layers a ``forward`` and
+    ``get_delta_weight`` that compute the block-diagonal step with torch (:class:`TorchBlockDiag`): copies of
+    PEFT's functions whose global ``FastBlockDiag`` is ours, bound to each layer, so PEFT's classes and module
+    stay as they are."""
+    import peft.tuners.boft.layer as layer
+    import torch
+
+    if torch.cuda.is_available() and layer.get_fbd_cuda() is not None:
+        return model
+    for m in model.modules():
+        if isinstance(m, layer.BOFTLayer):
+            for name in ("forward", "get_delta_weight"):
+                setattr(m, name, types.MethodType(_with_torch_block_diag(getattr(type(m), name)), m))
+    return model
+
+
+_COPIES: dict[Any, Any] = {}
+
+
+def _with_torch_block_diag(fn: Any) -> Any:
+    """A copy of PEFT's function ``fn`` that reads ``FastBlockDiag`` as :class:`TorchBlockDiag` (made once)."""
+    if fn not in _COPIES:
+        scope = {**fn.__globals__, "FastBlockDiag": TorchBlockDiag}
+        copy = types.FunctionType(fn.__code__, scope, fn.__name__, fn.__defaults__, fn.__closure__)
+        copy.__kwdefaults__, copy.__qualname__ = fn.__kwdefaults__, fn.__qualname__
+        _COPIES[fn] = copy
+    return _COPIES[fn]
 
 
 class TorchBlockDiag:

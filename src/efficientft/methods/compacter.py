@@ -7,11 +7,15 @@ B_i ∈ R^{(k/n)×(d/n)} for a k × d weight (§3, "Parameterized hypercomplex m
 makes B_i low rank, ``W = Σ_i A_i ⊗ (s_i t_iᵀ)`` with s_i ∈ R^{(k/n)×r}, t_i ∈ R^{r×(d/n)} (§3, "low-rank
 parameterized hypercomplex multiplication"; the paper uses r = 1), and shares the "slow" weights A_i across all
 adapter layers (one A for every PHM layer of the model). Trainable: n³ (the shared A) +
-L · [2r(d + m) + m + d] + head, for L layers, hidden size d and bottleneck m (a multiple of n: d // reduction
-factor, rounded up). At init W_up = 0 (its s_i are zero), so the model starts as the base model.
+L · [2r(d + m) + m + d] + every norm of the model + head, for L layers, hidden size d and bottleneck m (a multiple
+of n: d // reduction factor, rounded up).
 
 Defaults follow the authors' Compacter++ configuration (rabeehk/compacter ``seq2seq/configs/compacter++.json``):
-reduction factor 32 (``task_reduction_factor``), n = 4 (``hypercomplex_division``), GELU. Placement follows their
+reduction factor 32 (``task_reduction_factor``), n = 4 (``hypercomplex_division``), ``gelu_new`` (GELU's tanh
+approximation), every layer norm of the model trains (``unfreeze_layer_norms``: all of T5's, the final ones too;
+``layer_norm`` here), and the initialisation of their PHM layers: A normal with std 10⁻⁴ (``phm_c_init`` normal,
+``phm_init_range`` 1e-4), the s_i and t_i Glorot-uniform (``hypercomplex_nonlinearity``), zero biases, W_up not
+zeroed, so the model starts next to the base model (W ≈ 10⁻⁴ in scale), not exactly at it. Placement follows their
 code too, not AdapterHub's Pfeiffer placement: their T5 FFN sub-layer applies the adapter to the FFN's output
 before the dropout and residual (``y = adapter(DenseReluDense(LN(x))); x + dropout(y)``), which is Houlsby's FFN
 position, so Compacter++ here is a series adapter on the FFN's last projection.
@@ -28,6 +32,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..models.roles import Target
+from ..strategy import is_norm
 from . import register
 from ._adapters import AdapterMethod, Bottleneck, BottleneckArgs
 from .base import Context, positive_int
@@ -36,15 +41,19 @@ from .capabilities import Capabilities
 
 @dataclass
 class CompacterArgs(BottleneckArgs):
-    nonlinearity: str = "gelu"
+    nonlinearity: str = "gelu_new"  # the authors' non_linearity
     reduction_factor: int = 32  # d / m (the authors' Compacter++ configuration: task_reduction_factor 32)
     phm_dim: int = 4  # n: Kronecker products per weight (the paper's default)
     phm_rank: int = 1  # r: the rank of each B_i = s_i t_iᵀ (the paper uses 1)
+    layer_norm: bool = True  # train every norm of the model (the authors' unfreeze_layer_norms)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         positive_int("phm_dim", self.phm_dim)
         positive_int("phm_rank", self.phm_rank)
+
+
+PHM_INIT_RANGE = 1e-4  # the std of A (the authors' phm_init_range)
 
 
 class SharedRule(nn.Module):
@@ -53,7 +62,7 @@ class SharedRule(nn.Module):
     def __init__(self, n: int, like: torch.Tensor) -> None:
         super().__init__()
         self.A = nn.Parameter(torch.empty(n, n, n, dtype=like.dtype, device=like.device))
-        nn.init.normal_(self.A, std=0.01)
+        nn.init.normal_(self.A, std=PHM_INIT_RANGE)
 
 
 class PHMLinear(nn.Module):
@@ -63,7 +72,7 @@ class PHMLinear(nn.Module):
     model's state dict, its export and its checkpoints hold A once, not once per layer.
     """
 
-    def __init__(self, d_in: int, d_out: int, rule: SharedRule, rank: int, zero: bool, owner: bool) -> None:
+    def __init__(self, d_in: int, d_out: int, rule: SharedRule, rank: int, owner: bool) -> None:
         super().__init__()
         a = rule.A
         n = a.shape[0]
@@ -76,8 +85,6 @@ class PHMLinear(nn.Module):
         for p in (self.s, self.t):
             bound = math.sqrt(6.0 / (p.shape[1] + p.shape[2]))  # Glorot-uniform, per B_i factor
             nn.init.uniform_(p, -bound, bound)
-        if zero:
-            nn.init.zeros_(self.s)
 
     @property
     def rule(self) -> SharedRule:
@@ -114,6 +121,12 @@ class Compacter(AdapterMethod):
             return self.args.bottleneck
         return max(n, math.ceil(d // self.args.reduction_factor / n) * n)
 
+    def extra_trainable(self, model: nn.Module) -> list[str]:
+        if not self.args.layer_norm:
+            return []
+        return [f"{n}.{pn}" for n, m in model.named_modules() if is_norm(m)
+                for pn, _ in m.named_parameters(recurse=False)]
+
     def prepare(self, model: nn.Module, targets: list[Target], ctx: Context) -> nn.Module:
         self._rule: SharedRule | None = None  # one new A per prepared model, shared by all its PHM layers
         return super().prepare(model, targets, ctx)
@@ -124,6 +137,6 @@ class Compacter(AdapterMethod):
             self._rule = SharedRule(self.args.phm_dim, like)
         rule = self._rule
         m = self.bottleneck_size(d)
-        down = PHMLinear(d, m, rule, self.args.phm_rank, zero=False, owner=owner)
-        up = PHMLinear(m, d, rule, self.args.phm_rank, zero=True, owner=False)
+        down = PHMLinear(d, m, rule, self.args.phm_rank, owner=owner)
+        up = PHMLinear(m, d, rule, self.args.phm_rank, owner=False)
         return Bottleneck(down, up, self.args.nonlinearity)

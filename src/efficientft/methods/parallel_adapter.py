@@ -3,8 +3,10 @@ arXiv 2110.04366; the "parallel" variant of LLM-Adapters, Hu et al. 2023).
 
 The adapter reads the sub-layer's *input* x and is added to its output h: ``h ← h + s · W_up f(W_down x)``
 (He et al. §3, Table 1 "Parallel Adapter", times the scaling s of their "scaled PA": s = 4 at the FFN is their
-best setting, §4). ``positions`` chooses the sub-layer(s): ``ffn`` (default), ``attn``, or ``attn,ffn``. W_up = 0 at init,
-so the model starts as the base model; only the adapters and the task head train: L · P · (2dm + m + d) + head
+best setting, §4). ``positions`` chooses the sub-layer(s): ``ffn`` (default), ``attn``, or ``attn,ffn``. Initialised as
+the authors' code does under their scripts' ``ffn_adapter_init_option="lora"`` (jxhe/unify-parameter-efficient-tuning,
+``petl/petl_factory.py`` ``Adapter_Layer``): W_down ~ kaiming_uniform(a=√5) = U(±1/√d), W_up = 0, zero biases, so
+the model starts as the base model; only the adapters and the task head train: L · P · (2dm + m + d) + head
 for P positions.
 """
 
@@ -45,4 +47,10 @@ class ParallelAdapterMethod(AdapterMethod):
         return check_positions(self.args.positions)
 
     def build(self, d: int, like: torch.Tensor) -> nn.Module:
-        return linear_bottleneck(d, self.args.size(d), self.args.nonlinearity, like, self.args.scaling)
+        return linear_bottleneck(d, self.args.size(d), self.args.nonlinearity, like, self.args.scaling, init=lora_init)
+
+
+def lora_init(down: nn.Linear, up: nn.Linear) -> None:
+    """He et al.'s ``init_option="lora"``: W_down as nn.Linear draws it (kaiming_uniform, a=√5), W_up = 0."""
+    nn.init.kaiming_uniform_(down.weight, a=math.sqrt(5))
+    nn.init.zeros_(up.weight)

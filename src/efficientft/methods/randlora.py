@@ -1,10 +1,11 @@
 """RandLoRA (Albert et al. 2025, "RandLoRA: Full-rank parameter-efficient fine-tuning of large models", ICLR 2025,
 arXiv 2502.00987).
 
-    ΔW = (α/r) · Σ_{i=1}^{N} B_i Λ_i A_i Γ_i,   N = ⌈min(d_out, d_in)/r⌉
+    ΔW = (α/r) · Σ_{i=1}^{N} B_i Λ_i A Γ_i,   N = ⌈min(d_out, d_in)/r⌉
 
-B_i ∈ R^{d_out×r} and A_i ∈ R^{r×d_in} are frozen random bases shared by all layers (from a seeded generator);
-only the diagonal scalings Λ_i ∈ R^{r×r} and Γ_i ∈ R^{min(d)×min(d)} train (Λ starts at zero, so ΔW = 0 at
+B_i ∈ R^{max(d)×r} (N distinct ones) and A ∈ R^{r×min(d)} are frozen random bases shared by all layers (from a
+seeded generator); PEFT uses one A for all N terms (its "unique base"; the B_i differ, so the terms still span the
+full space). Only the diagonal scalings Λ_i ∈ R^{r×r} and Γ_i ∈ R^{min(d)×min(d)} train (Λ starts at zero, so ΔW = 0 at
 init). The N bases together span the full space, so the update can have full rank, unlike LoRA's rank r, at
 r·N + N·min(d) parameters per module. PEFT's ``RandLoraConfig`` (r, randlora_alpha = 20·r by default as in
 PEFT, sparse bases, dropout, projection_prng_key = the run's seed).

@@ -1,8 +1,9 @@
 """SSF, Scaling & Shifting Your Features (Lian et al. 2022, NeurIPS, arXiv 2210.08823).
 
 After each targeted operation a learned scale γ and shift β act on its output features, ``y = γ ⊙ x + β``
-(§3.2); only γ, β (and the task head) train, 2 × out_features per targeted module. γ = 1 and β = 0 at init, so the
-model starts as the base model. Because the transform is linear and follows a linear layer, it re-parameterises
+(§3.2); only γ, β (and the task head) train, 2 × out_features per targeted module. Initialised as the authors'
+code does (dongzelian/SSF, ``init_ssf_scale_shift``): γ ~ N(1, 0.02²), β ~ N(0, 0.02²), so the model starts next
+to the base model, not exactly at it. Because the transform is linear and follows a linear layer, it re-parameterises
 into that layer (§3.2, "re-parameterization"): ``W' = diag(γ) W``, ``b' = γ ⊙ b + β``, so :meth:`SSF.merge` leaves a
 plain model with no extra inference cost. On GPT-2's fused ``c_attn`` each chosen role's rows get their own γ, β
 (under ``ssf.<role>``), so "qv" leaves K's outputs untouched and λ finds W_v's. λ multiplies the rate of W_v's
@@ -28,12 +29,16 @@ from ._adapters import float_like
 from .base import Context, Method
 from .capabilities import Capabilities
 
+INIT_STD = 0.02  # the reference's std of γ around 1 and of β around 0
+
 
 class ScaleShift(nn.Module):
     def __init__(self, rows: int, like: torch.Tensor) -> None:
         super().__init__()
-        self.scale = nn.Parameter(torch.ones(rows, dtype=like.dtype, device=like.device))
-        self.shift = nn.Parameter(torch.zeros(rows, dtype=like.dtype, device=like.device))
+        self.scale = nn.Parameter(torch.empty(rows, dtype=like.dtype, device=like.device))
+        self.shift = nn.Parameter(torch.empty(rows, dtype=like.dtype, device=like.device))
+        nn.init.normal_(self.scale, mean=1.0, std=INIT_STD)
+        nn.init.normal_(self.shift, std=INIT_STD)
 
 
 class SSFProjection(nn.Module):
@@ -75,7 +80,7 @@ class SSFProjection(nn.Module):
 
 @register("ssf")
 class SSF(Method):
-    summary = "SSF (Lian et al. 2022): y = gamma ⊙ x + beta after the targets (1, 0 at init); merges into W, b"
+    summary = "SSF (Lian et al. 2022): y = gamma ⊙ x + beta after the targets (near 1, 0 at init); merges into W, b"
     capabilities = Capabilities(targets="linear", fused_slices=True, v_role=True, quantized_base=True, merge=True,
                                 export="efficientft")
 
