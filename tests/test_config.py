@@ -96,3 +96,26 @@ def test_speed_options_enter_the_key_only_when_set():
     blob = json.dumps(legacy, sort_keys=True, separators=(",", ":"), default=str)
     assert base.key() == hashlib.sha256(blob.encode()).hexdigest()[:16]
     assert len({base.key(), base.replace(bucket=True).key(), base.replace(feature_cache=True).key()}) == 3
+
+
+def test_a_corrected_method_is_another_experiment_and_an_unchanged_one_keeps_its_key(monkeypatch):
+    """A correction that changes what a method computes under the same arguments (its ``revision``) changes the
+    run key, so a result stored before the correction is never "already done"; revision 1 adds nothing to the key."""
+    import hashlib
+    import json
+
+    from efficientft.methods import get_method
+
+    def unrevised_key(cfg):
+        blob = json.dumps(cfg.resolved().identity(), sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    lora = RunConfig(method="lora")
+    assert get_method("lora").revision == 1 and lora.key() == unrevised_key(lora)
+    for name in ("sora", "kasa", "pfeiffer", "compacter", "houlsby", "ssf", "parallel_adapter"):
+        cfg = RunConfig(method=name)
+        assert get_method(name).revision == 2, name
+        assert cfg.key() != unrevised_key(cfg), name
+    before = lora.key()
+    monkeypatch.setattr(get_method("lora"), "revision", 2)
+    assert lora.key() != before

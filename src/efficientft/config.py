@@ -276,7 +276,14 @@ class RunConfig:
 
     def key(self) -> str:
         """A stable hash of the resolved :meth:`identity`: the run's key in the results store."""
-        blob = json.dumps(self.resolved().identity(), sort_keys=True, separators=(",", ":"), default=str)
+        from .methods import get_method
+
+        resolved = self.resolved()
+        identity = resolved.identity()
+        revision = get_method(resolved.method).revision  # a corrected method is another experiment
+        if revision > 1:
+            identity["method_revision"] = revision
+        blob = json.dumps(identity, sort_keys=True, separators=(",", ":"), default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     # ------------------------------------------------------------------ (de)serialisation

@@ -67,6 +67,10 @@ class Method:
     # What the method can do: declared in each registered method's own class body (``register`` refuses a class
     # that inherits it, so a variant never passes for its parent); read by prepare, validation and the tests.
     capabilities: ClassVar[Capabilities] = Capabilities()
+    # What the method computes, under the same arguments: raise it when a correction changes that (SoRA's
+    # threshold, an initialisation that now follows the paper). Above 1 it enters the run key, so a result stored
+    # by an earlier revision is never taken as this one's ("already done"); at 1 keys stay as they always were.
+    revision: ClassVar[int] = 1
 
     def __init__(self, args: Any = None) -> None:
         self.args = args if args is not None else self.Args()

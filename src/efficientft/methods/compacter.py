@@ -103,6 +103,7 @@ class PHMLinear(nn.Module):
 @register("compacter")
 class Compacter(AdapterMethod):
     summary = "Compacter++ (Karimi Mahabadi et al. 2021): FFN adapter of Kronecker sums, A shared across layers"
+    revision = 2  # Compacter++'s configuration: gelu_new, A ~ N(0, 1e-4²), W_up drawn, norms trained
     capabilities = Capabilities(targets="positions", v_role=False, quantized_base=True, merge=False,
                                 export="efficientft")
     Args = CompacterArgs

@@ -40,6 +40,7 @@ class HoulsbyArgs(BottleneckArgs):
 @register("houlsby")
 class Houlsby(AdapterMethod):
     summary = "Houlsby adapters (2019): bottlenecks after attention and FFN (+ layer norms); near-identity init"
+    revision = 2  # both projections drawn truncated-normal with std 1e-3, as adapter-bert's (was N(0, 1e-2) and zero)
     capabilities = Capabilities(targets="positions", v_role=False, quantized_base=True, merge=False,
                                 export="efficientft")
     Args = HoulsbyArgs

@@ -94,6 +94,7 @@ class KasaLinear(nn.Module):
 class Kasa(Method):
     summary = "KaSA (Wang et al. 2025): drop W's r smallest singular triplets; SVD-form update with learned singular values"
     Args = KasaArgs
+    revision = 2  # the regulariser is the mean over modules and the singular-value offsets are drawn, as the reference's
     capabilities = Capabilities(rank=True, quantized_base=False, quantized_base_reason=DENSE_BASE, merge=True,
                                 export="efficientft")
 

@@ -38,6 +38,7 @@ class ParallelArgs(BottleneckArgs):
 @register("parallel_adapter")
 class ParallelAdapterMethod(AdapterMethod):
     summary = "parallel adapter (He et al. 2022): h + s·W_up f(W_down x) beside the FFN (or attention)"
+    revision = 2  # W_down Kaiming-uniform, W_up zero, as the reference's lora init (was N(0, 1e-2))
     capabilities = Capabilities(targets="positions", v_role=False, quantized_base=True, merge=False,
                                 export="efficientft")
     Args = ParallelArgs

@@ -22,6 +22,7 @@ from .capabilities import Capabilities
 @register("pfeiffer")
 class Pfeiffer(AdapterMethod):
     summary = "Pfeiffer adapters (AdapterFusion 2021): one bottleneck after each FFN block's norm; W_up = 0 at init"
+    revision = 2  # the adapter reads LN(h+x), AdapterHub's Pfeiffer placement (it read the raw FFN output)
     capabilities = Capabilities(targets="positions", v_role=False, quantized_base=True, merge=False,
                                 export="efficientft")
     Args = BottleneckArgs

@@ -118,6 +118,7 @@ class Sora(Method):
     summary = ("SoRA (Ding et al. 2023): gated LoRA, gates soft-thresholded by ξ each step to prune rank "
                "(rank, sparse_lambda, xi)")
     Args = SoraArgs
+    revision = 2  # gates drawn, an L1 term and a constant threshold ξ: it prunes, as the reference code does
     capabilities = Capabilities(rank=True, quantized_base=False, quantized_base_reason=(
                                     "its gated factors are sized from, and merged into, the dense base weight W"),
                                 merge=True, export="efficientft")

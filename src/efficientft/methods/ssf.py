@@ -81,6 +81,7 @@ class SSFProjection(nn.Module):
 @register("ssf")
 class SSF(Method):
     summary = "SSF (Lian et al. 2022): y = gamma ⊙ x + beta after the targets (near 1, 0 at init); merges into W, b"
+    revision = 2  # γ ~ N(1, 0.02²), β ~ N(0, 0.02²), as the reference code's (was exactly 1 and 0)
     capabilities = Capabilities(targets="linear", fused_slices=True, v_role=True, quantized_base=True, merge=True,
                                 export="efficientft")
 
