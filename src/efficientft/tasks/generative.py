@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..textfile import read_text
 from .base import DataOptions, Examples, Task
 from .instruct import ANSWER_FILTERS, TRAIN_FILES
 from .kinds import TaskKind
@@ -149,7 +150,7 @@ def _is_metamath(path: Path) -> bool:
 def _read_metamath(path: Path) -> list:
     from .instruct import InstructExample
 
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path, "--train-data file")  # not UTF-8 or binary: one line naming the byte offset
     try:
         rows = json.loads(text) if text.lstrip().startswith("[") else [json.loads(x) for x in text.splitlines()
                                                                       if x.strip()]

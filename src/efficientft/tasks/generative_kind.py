@@ -27,6 +27,7 @@ import torch.nn as nn
 
 from ..data import Encoded
 from ..errors import ConfigError
+from ..textfile import read_text
 from .kinds import TaskKind
 
 if TYPE_CHECKING:
@@ -282,7 +283,7 @@ def read_text_file(path: Path) -> list[str]:
     """Held-out text: a .txt file (one text per non-empty line) or JSON lines / a JSON array with ``text``."""
     if not path.is_file():
         raise ConfigError(f"forgetting_file {str(path)!r} does not exist.")
-    raw = path.read_text(encoding="utf-8")
+    raw = read_text(path, "forgetting_file")  # not UTF-8 or binary: one line naming the byte offset
     if path.suffix.lower() in (".jsonl", ".json"):
         try:
             rows = json.loads(raw) if path.suffix.lower() == ".json" else [json.loads(x) for x in raw.splitlines()

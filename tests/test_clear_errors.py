@@ -1,0 +1,52 @@
+"""Bad input is one clear line (what was wrong, what is accepted) and exit 2 before training, never a traceback:
+cases found by a hostile hour (issue 22, section 5)."""
+
+from __future__ import annotations
+
+import pytest
+
+from efficientft.cli import main
+from efficientft.errors import ConfigError
+from efficientft.store import Store
+
+LATIN1 = "caf\xe9 au lait\n".encode("latin-1")  # byte 0xe9 at offset 3 is not UTF-8
+
+
+def _one_line(capsys, command: str) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"eft {command}: error: ") and "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+# ---------------------------------------------------------------------------------------------- text that is not UTF-8
+def test_suite_show_of_a_binary_file_is_one_line(tmp_path, capsys):
+    p = tmp_path / "s.yaml"
+    p.write_bytes(b"name: x\n\xff\xfe\x00\x01")
+    assert main(["suite", "show", str(p)]) == 2
+    assert _one_line(capsys, "suite") == (f"eft suite: error: {p}:2: a NUL byte at byte offset 10: this is binary "
+                                          "data, not .yaml text; save the data as UTF-8 text.")
+    p.write_bytes(b"name: x\n" + LATIN1)
+    assert main(["suite", "show", str(p)]) == 2
+    assert "s.yaml:2: not UTF-8 (byte 0xe9 at byte offset 11 cannot be decoded" in _one_line(capsys, "suite")
+
+
+def test_a_forgetting_file_that_is_not_utf8_is_one_line_before_training(causal_llama, tmp_path, capsys):
+    held = tmp_path / "held.txt"
+    held.write_bytes(LATIN1)
+    assert main(["run", "--model", str(causal_llama), "--task", "synthetic-reverse", "--steps", "1",
+                 "--max-train", "4", "--max-eval", "2", "--max-length", "32", "--batch-size", "2",
+                 "--forgetting-file", str(held), "--store", str(tmp_path / "s.sqlite")]) == 2
+    assert _one_line(capsys, "run") == (f"eft run: error: {held}:1: not UTF-8 (byte 0xe9 at byte offset 3 cannot "
+                                        "be decoded: invalid continuation byte); save the file as UTF-8.")
+    assert not (tmp_path / "s.sqlite").exists() or not Store(tmp_path / "s.sqlite").runs()
+
+
+def test_a_metamath_file_that_is_not_utf8_names_the_file_and_offset(tmp_path):
+    from efficientft.tasks.generative import read_train_data
+
+    p = tmp_path / "mm.jsonl"
+    p.write_bytes(b'{"query": "What is 2+3?", "response": "5"}\n{"query": "caf\xe9", "response": "1"}\n')
+    with pytest.raises(ConfigError) as e:
+        read_train_data(str(p))
+    assert str(e.value) == (f"{p}:2: not UTF-8 (byte 0xe9 at byte offset 57 cannot be decoded: invalid "
+                            "continuation byte); save the file as UTF-8.")
