@@ -50,3 +50,25 @@ def test_a_metamath_file_that_is_not_utf8_names_the_file_and_offset(tmp_path):
         read_train_data(str(p))
     assert str(e.value) == (f"{p}:2: not UTF-8 (byte 0xe9 at byte offset 57 cannot be decoded: invalid "
                             "continuation byte); save the file as UTF-8.")
+
+
+# ---------------------------------------------------------------------------------------------- suite names
+def test_a_folder_named_like_a_shipped_suite_takes_the_suite_and_says_so(tmp_path, monkeypatch, capsys):
+    from efficientft.suites import SUITES
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "quick").mkdir()  # e.g. the output folder of an earlier `eft report --out quick`
+    assert main(["suite", "show", "quick"]) == 0
+    out, err = capsys.readouterr()
+    assert out == (SUITES.folder / "quick.yaml").read_text(encoding="utf-8")
+    assert err.strip() == (f"suite 'quick': ./quick here is a folder, not a suite file; using the shipped suite "
+                           f"{SUITES.folder / 'quick.yaml'}.")
+    assert main(["sweep", "quick", "--dry-run", "--store", str(tmp_path / "s.sqlite")]) == 0
+    out, err = capsys.readouterr()
+    assert "suite quick: " in out and "using the shipped suite" in err
+    # a file of that name is the user's own, and that is said too
+    (tmp_path / "quick").rmdir()
+    (tmp_path / "quick").write_text((SUITES.folder / "quick.yaml").read_text(encoding="utf-8"))
+    assert main(["suite", "show", "quick"]) == 0
+    assert capsys.readouterr().err.strip() == ("suite 'quick': using the file ./quick here, not the shipped suite "
+                                               "of that name (rename the file to use the shipped one).")
