@@ -72,3 +72,29 @@ def test_a_folder_named_like_a_shipped_suite_takes_the_suite_and_says_so(tmp_pat
     assert main(["suite", "show", "quick"]) == 0
     assert capsys.readouterr().err.strip() == ("suite 'quick': using the file ./quick here, not the shipped suite "
                                                "of that name (rename the file to use the shipped one).")
+
+
+# ---------------------------------------------------------------------------------------------- model folders
+def test_a_pickle_bin_model_folder_is_refused_saying_why_and_how_to_convert(tiny_bert, tmp_path, capsys):
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    m = tmp_path / "bin-model"
+    shutil.copytree(tiny_bert, m)
+    torch.save(load_file(m / "model.safetensors"), m / "pytorch_model.bin")  # what safe_serialization=False wrote
+    (m / "model.safetensors").unlink()
+    db = tmp_path / "s.sqlite"
+    assert main(["run", "--model", str(m), "--task", "rte", "--steps", "1", "--store", str(db)]) == 2
+    err = _one_line(capsys, "run")
+    assert err.startswith(f"eft run: error: model directory {str(m)!r} has only pickle weights (pytorch_model.bin): "
+                          "only safetensors weights are read (a pickle .bin/.pt file can run code when it is "
+                          "loaded); convert each file once, e.g. python -c ")
+    assert not db.exists() or not Store(db).runs()
+    # the conversion it names gives a folder that loads (torch.load with weights_only=True runs no code)
+    command = err.split("e.g. python -c ", 1)[1].strip('"')
+    exec(compile(command, "<conversion>", "exec"), {})
+    from efficientft.models.loading import resolve_model
+
+    assert resolve_model(str(m)) == str(m.resolve())
