@@ -98,3 +98,86 @@ def test_a_pickle_bin_model_folder_is_refused_saying_why_and_how_to_convert(tiny
     from efficientft.models.loading import resolve_model
 
     assert resolve_model(str(m)) == str(m.resolve())
+
+
+# ---------------------------------------------------------------------------------------------- data parallel
+class TwoProcesses:
+    """accelerate.Accelerator of a 2-process data-parallel launch, without launching (as test_sharding fakes it)."""
+
+    num_processes, process_index, is_main_process, device = 2, 0, True, __import__("torch").device("cpu")
+    distributed_type = None
+
+    def __init__(self, cpu: bool) -> None:
+        self.cpu = cpu
+
+
+def test_a_batch_that_would_leave_a_process_empty_is_refused_before_training(tiny_bert, glue_dir, monkeypatch):
+    import accelerate
+
+    from efficientft.config import RunConfig
+    from efficientft.runtime import build_runtime, check_shards
+    from efficientft.train import prepare
+
+    monkeypatch.setattr(accelerate, "Accelerator", TwoProcesses)
+    monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
+    # 9 examples in batches of 8: the second batch of every epoch has 1 example for 2 processes
+    cfg = RunConfig(model=str(tiny_bert), task="rte", steps=3, max_train=9, max_eval=8, max_length=32, batch_size=8,
+                    device="cpu", data_dir=str(glue_dir), progress=False)
+    with pytest.raises(ConfigError) as e:
+        prepare(cfg, build_runtime(cfg, world_size=2))
+    assert str(e.value) == ("the 9 training example(s) leave a last batch of 1 in every epoch, fewer than the 2 "
+                            "data-parallel processes (each needs at least one example of every batch); use a "
+                            "training set whose size is a multiple of batch_size 8 or leaves at least 2 over "
+                            "(e.g. --max-train 8), or fewer processes.")
+    check_shards(10, 8, 2)  # a last batch of 2: one example each
+    check_shards(16, 8, 2)
+    check_shards(9, 8, 1)  # one process takes any batch
+    with pytest.raises(ConfigError, match="the 1 training example"):
+        check_shards(1, 8, 2)  # fewer examples than processes: no size helps
+
+
+# ---------------------------------------------------------------------------------------------- sizes
+@pytest.mark.parametrize("tuner", ["loha", "vera"])  # vera: shared projections (buffers) and per-module vectors
+def test_a_peft_tuner_too_large_for_memory_is_refused_before_allocating(tuner, tiny_bert, glue_dir, tmp_path,
+                                                                         capsys):
+    import resource
+
+    db = tmp_path / "s.sqlite"
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    with open("/proc/self/status") as f:
+        size = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+    # without the check PEFT's allocation of ~12 GB then fails at once, instead of filling a shared machine
+    resource.setrlimit(resource.RLIMIT_AS, (size + (4 << 30), hard))
+    try:
+        code = main(["run", "--model", str(tiny_bert), "--task", "rte", "--method", "peft", "--method-arg",
+                     f"tuner={tuner}", "--method-arg", "r=100000000", "--steps", "1", "--max-train", "8",
+                     "--max-eval", "8", "--max-length", "32", "--batch-size", "8", "--data-dir", str(glue_dir),
+                     "--store", str(db)])
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+    assert code == 2
+    err = _one_line(capsys, "run")
+    assert err.startswith(f"eft run: error: method 'peft': tuner {tuner!r} with r=100000000 on 4 module(s) needs "
+                          "about ")
+    assert "GiB to train its adapters, more than the " in err and err.endswith("choose smaller sizes.")
+    need = float(err.split("needs about ")[1].split(" GiB")[0].replace(",", ""))
+    # LoHa: 4 factors of 32 x r per module; VeRA: A (r x 32) and B (32 x r) frozen, λ_d (r) trained per module
+    assert need == pytest.approx({"loha": 4 * 16 * 4 * 32 * 1e8, "vera": 4 * 2 * 32 * 1e8 + 4 * 16 * 1e8}[tuner]
+                                 / 2**30, rel=1e-3)
+
+
+def test_a_peft_tuner_that_fits_is_estimated_and_trains(tiny_bert):
+    from efficientft.methods.base import Context
+    from efficientft.methods.peft_generic import GenericPeft, _adapter_bytes
+    from efficientft.models.loading import load_model
+    from efficientft.models.roles import resolve_targets
+
+    model = load_model(str(tiny_bert), 2).model
+    targets = resolve_targets(model, "qv")
+    method = GenericPeft.from_config({"tuner": "loha", "r": 4})
+    ctx = Context(heads=["classifier"], total_steps=1, num_labels=2, seed=0, base_model=str(tiny_bert),
+                  peft_task_type="SEQ_CLS")
+    need = _adapter_bytes(method.peft_config(model, targets, ctx), model, targets)
+    wrapped = method.prepare(model, targets, ctx)
+    trained = sum(p.numel() for n, p in wrapped.named_parameters() if p.requires_grad and "hada" in n)
+    assert need == 16 * trained == 16 * 4 * (4 * 4 * 32)
