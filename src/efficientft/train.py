@@ -32,7 +32,7 @@ from .methods import get_method
 from .methods.base import Context, Method, check_export_dir
 from .models import ALL, describe, fingerprint, load_model, resolve_model, resolve_targets
 from .models.large import enable_gradient_checkpointing
-from .runtime import Runtime, build_runtime, check_runtime
+from .runtime import Runtime, build_runtime, check_runtime, check_shards
 from .step import MAX_SKIPPED_IN_A_ROW, Diverged, forward, optimizer_step  # noqa: F401 - forward: re-exported
 from .store import Store
 from .strategy import Strategy, check_ratios_applied, describe_groups
@@ -189,6 +189,7 @@ def prepare(cfg: RunConfig, runtime: Runtime | None = None, resume: TrainState |
     kind.check_max_length(cfg, loaded.tokenizer, train_ex)
     train = kind.encode(task, train_ex, loaded.tokenizer, cfg, model, "train")
     evals = {k: kind.encode(task, v, loaded.tokenizer, cfg, model, k) for k, v in eval_ex.items()}
+    check_shards(len(train), cfg.batch_size, runtime.num_processes)  # no process may get an empty batch
 
     per_epoch = math.ceil(len(train) / cfg.batch_size)
     total = cfg.steps or max(1, math.ceil((cfg.epochs or DEFAULT_EPOCHS) * per_epoch / cfg.grad_accum))
