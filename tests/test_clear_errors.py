@@ -3,6 +3,8 @@ cases found by a hostile hour (issue 22, section 5)."""
 
 from __future__ import annotations
 
+import traceback
+
 import pytest
 
 from efficientft.cli import main
@@ -181,3 +183,53 @@ def test_a_peft_tuner_that_fits_is_estimated_and_trains(tiny_bert):
     wrapped = method.prepare(model, targets, ctx)
     trained = sum(p.numel() for n, p in wrapped.named_parameters() if p.requires_grad and "hada" in n)
     assert need == 16 * trained == 16 * 4 * (4 * 4 * 32)
+
+
+# ---------------------------------------------------------------------------------------------- the Python API
+NOWHERE = {"task": "rte", "model": "/nonexistent/model"}  # a config that passed the check fails fast: never trains
+@pytest.mark.parametrize("call, message", [
+    (lambda eft, db: eft.run(None, store=db),
+     "config must be a RunConfig or a mapping of its fields, e.g. {'task': 'rte', 'method': 'lora'}; got NoneType "
+     "None."),
+    (lambda eft, db: eft.run("rte", store=db), "config must be a RunConfig or a mapping of its fields"),
+    (lambda eft, db: eft.run(NOWHERE, store=db, force="yes"), "force must be True or False; got str 'yes'."),
+    (lambda eft, db: eft.run(NOWHERE, store=5),
+     "store must be a Store, a path (str or Path) or None (the default store); got int 5."),
+    (lambda eft, db: eft.runs_frame({}), "store must be a Store, a path (str or Path) or None (the default store); "
+                                         "got dict {}."),  # {} is falsy: it silently read the default store
+    (lambda eft, db: eft.runs_frame(db, status=5),
+     "status must be a list of names (or one comma-separated string); got int 5."),
+    (lambda eft, db: eft.load_suite(None),
+     "suite must be a shipped suite's name (see list_suites()) or a suite file's path; got NoneType None."),
+    (lambda eft, db: eft.load_suite({"name": "mine", "methods": [{"method": "lora"}]}),
+     "suite must be a shipped suite's name or the path of a suite file, not a mapping; write the mapping to a YAML "
+     "file (yaml.safe_dump) and pass its path."),
+    (lambda eft, db: eft.run_suite(3, store=db),
+     "suite must be a shipped suite's name (see list_suites()) or a suite file's path; got int 3."),
+    (lambda eft, db: eft.table_frame("table.csv"),
+     "rep must be a Report (what build_report() returns); got str 'table.csv'."),
+    (lambda eft, db: eft.build_report(db, digit=2),
+     "build_report() has no option 'digit'. Did you mean 'digits'? Options: tags, metrics, pairs, test, digits, ci."),
+])
+def test_api_misuse_is_one_clear_type_error(call, message, tmp_path):
+    import efficientft as eft
+
+    db = tmp_path / "s.sqlite"
+    Store(db)
+    with pytest.raises(TypeError) as e:
+        call(eft, str(db))
+    assert str(e.value).startswith(message)
+    assert not [f for f in traceback.extract_tb(e.value.__traceback__)
+                if "site-packages" in f.filename or "pathlib" in f.filename]  # raised by us, not deep inside
+
+
+def test_api_names_given_as_one_string_are_names_not_characters(tmp_path, monkeypatch):
+    import efficientft as eft
+    from efficientft.report import build as build_module
+
+    seen = {}
+    monkeypatch.setattr(build_module, "build", lambda store, split, tasks, methods, **kw: seen.update(
+        tasks=tasks, methods=methods))
+    Store(tmp_path / "s.sqlite")
+    eft.build_report(str(tmp_path / "s.sqlite"), tasks="rte", methods="lora, full")
+    assert seen == {"tasks": ["rte"], "methods": ["lora", "full"]}  # not ['r', 't', 'e'] ("no runs of task 'r'")
