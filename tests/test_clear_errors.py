@@ -233,3 +233,24 @@ def test_api_names_given_as_one_string_are_names_not_characters(tmp_path, monkey
     Store(tmp_path / "s.sqlite")
     eft.build_report(str(tmp_path / "s.sqlite"), tasks="rte", methods="lora, full")
     assert seen == {"tasks": ["rte"], "methods": ["lora", "full"]}  # not ['r', 't', 'e'] ("no runs of task 'r'")
+
+
+# ---------------------------------------------------------------------------------------------- eft sweep --dry-run
+def test_dry_run_only_reads_a_store_in_a_read_only_folder_and_creates_no_absent_one(tmp_path, monkeypatch, capsys):
+    """A guard (this already held before issue 22): tests run as root, where chmod does not stop writes, so a
+    read-only folder is what os.access reports; the plan then opens SQLite immutable and leaves no -wal/-shm."""
+    import os
+
+    from efficientft.store import Store
+
+    ro = tmp_path / "ro"
+    Store(ro / "s.sqlite")  # an empty store, as `eft run` creates it
+    before = {p.name: p.read_bytes() for p in ro.iterdir()}
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if mode & os.W_OK and str(p).startswith(str(ro))
+                        else real(p, mode, **kw))
+    assert main(["sweep", "sweep-check", "--dry-run", "--store", str(ro / "s.sqlite")]) == 0
+    assert "to run." in capsys.readouterr().out
+    assert {p.name: p.read_bytes() for p in ro.iterdir()} == before  # no -wal, no -shm, the file as it was
+    assert main(["sweep", "sweep-check", "--dry-run", "--store", str(tmp_path / "absent" / "s.sqlite")]) == 0
+    assert not (tmp_path / "absent").exists()
