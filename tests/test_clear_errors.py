@@ -139,24 +139,42 @@ def test_a_batch_that_would_leave_a_process_empty_is_refused_before_training(tin
 
 
 # ---------------------------------------------------------------------------------------------- sizes
-@pytest.mark.parametrize("tuner", ["loha", "vera"])  # vera: shared projections (buffers) and per-module vectors
-def test_a_peft_tuner_too_large_for_memory_is_refused_before_allocating(tuner, tiny_bert, glue_dir, tmp_path,
-                                                                         capsys):
+def _run_with_little_memory(model, glue_dir, tmp_path, *flags: str) -> int:
+    """``eft run`` of a tiny run with ``flags`` in this process, its address space capped 4 GiB above what it
+    holds: an allocation of ~12 GB then fails at once instead of filling a shared machine."""
     import resource
 
-    db = tmp_path / "s.sqlite"
     soft, hard = resource.getrlimit(resource.RLIMIT_AS)
     with open("/proc/self/status") as f:
         size = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
-    # without the check PEFT's allocation of ~12 GB then fails at once, instead of filling a shared machine
     resource.setrlimit(resource.RLIMIT_AS, (size + (4 << 30), hard))
     try:
-        code = main(["run", "--model", str(tiny_bert), "--task", "rte", "--method", "peft", "--method-arg",
-                     f"tuner={tuner}", "--method-arg", "r=100000000", "--steps", "1", "--max-train", "8",
+        return main(["run", "--model", str(model), "--task", "rte", *flags, "--steps", "1", "--max-train", "8",
                      "--max-eval", "8", "--max-length", "32", "--batch-size", "8", "--data-dir", str(glue_dir),
-                     "--store", str(db)])
+                     "--store", str(tmp_path / "s.sqlite")])
     finally:
         resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+@pytest.mark.parametrize("flags, what", [
+    (("--method", "houlsby", "--method-arg", "bottleneck=100000000"), "method 'houlsby' (bottleneck=100000000, "),
+    (("--method", "prompt_tuning", "--method-arg", "num_virtual_tokens=100000000"),
+     "method 'prompt_tuning' (num_virtual_tokens=100000000"),
+])
+def test_any_method_whose_sizes_cannot_be_allocated_is_one_line(flags, what, tiny_bert, glue_dir, tmp_path, capsys):
+    """Named methods are not estimated in advance; an allocation that fails is still the CLI's one line."""
+    assert _run_with_little_memory(tiny_bert, glue_dir, tmp_path, *flags) == 2
+    err = _one_line(capsys, "run")
+    assert err.startswith(f"eft run: error: {what}") and err.endswith(
+        "ran out of memory allocating one tensor of 11.9 GiB on this model; choose smaller sizes."), err
+    assert not Store(tmp_path / "s.sqlite").runs() or Store(tmp_path / "s.sqlite").runs()[0]["status"] != "done"
+
+
+@pytest.mark.parametrize("tuner", ["loha", "vera"])  # vera: shared projections (buffers) and per-module vectors
+def test_a_peft_tuner_too_large_for_memory_is_refused_before_allocating(tuner, tiny_bert, glue_dir, tmp_path,
+                                                                         capsys):
+    code = _run_with_little_memory(tiny_bert, glue_dir, tmp_path, "--method", "peft", "--method-arg",
+                                   f"tuner={tuner}", "--method-arg", "r=100000000")
     assert code == 2
     err = _one_line(capsys, "run")
     assert err.startswith(f"eft run: error: method 'peft': tuner {tuner!r} with r=100000000 on 4 module(s) needs "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 import sys
 import time
 import traceback
@@ -196,7 +197,16 @@ def prepare(cfg: RunConfig, runtime: Runtime | None = None, resume: TrainState |
     ctx = Context(heads=kind.heads(model), total_steps=total, num_labels=task.num_labels, seed=cfg.seed,
                   base_model=loaded.path, peft_task_type=kind.peft_task_type)
     torch.manual_seed(cfg.seed)  # adapter initialisation depends on the seed only
-    model = method.prepare(model, targets, ctx).to(device)
+    try:
+        model = method.prepare(model, targets, ctx).to(device)
+    except (MemoryError, RuntimeError) as e:  # sizes that do not fit (a rank of 10**8): one line, not a traceback
+        if not isinstance(e, MemoryError) and "can't allocate memory" not in str(e) and "out of memory" not in str(e):
+            raise
+        args = ", ".join(f"{k}={v}" for k, v in method.args_dict().items()) or "its defaults"
+        size = re.search(r"[Tt]ried to allocate (\d+) bytes", str(e))
+        what = f"one tensor of {int(size.group(1)) / 2**30:,.1f} GiB" if size else "its adapters"
+        raise ConfigError(f"method {cfg.method!r} ({args}) ran out of memory allocating {what} on this model; "
+                          "choose smaller sizes.") from None
     pad_id = loaded.tokenizer.pad_token_id
     batches = TrainBatches(train, cfg.batch_size, pad_id, cfg.seed, cfg.bucket)
     if resume is not None:

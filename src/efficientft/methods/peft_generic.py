@@ -138,11 +138,6 @@ class GenericPeft(PeftMethod):
                 raise
             raise ConfigError(f"method 'peft': PEFT's tuner {self.args.tuner!r} cannot be applied to this model "
                               f"with these arguments: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-        except (MemoryError, RuntimeError) as e:  # a size the estimate could not see (see check_memory)
-            if not isinstance(e, MemoryError) and "alloc" not in str(e) and "out of memory" not in str(e):
-                raise
-            raise ConfigError(f"method 'peft': PEFT's tuner {self.args.tuner!r} ran out of memory building its "
-                              f"adapters with {self._sizes()}; choose smaller sizes.") from None
 
     def check_memory(self, model: nn.Module, targets: list[Target], ctx: Context) -> None:
         """Refuse adapters that cannot fit in memory, before PEFT allocates them.
@@ -152,7 +147,7 @@ class GenericPeft(PeftMethod):
         size is counted exactly by building the tuner on meta-device copies of the targeted modules (PEFT's own
         code, so its own size rules; nothing is allocated); training needs 16 bytes per trainable value (fp32
         weight, gradient, two AdamW moments) and 4 per frozen one. A tuner that cannot be built on the meta
-        device is not estimated (PEFT's allocation error is then turned into one line by :meth:`prepare`).
+        device is not estimated (a failed allocation is then one line, as for every method: ``train.prepare``).
         """
         need = _adapter_bytes(self.peft_config(model, targets, ctx), model, targets)
         if need is None:
