@@ -138,6 +138,20 @@ def test_a_batch_that_would_leave_a_process_empty_is_refused_before_training(tin
         check_shards(1, 8, 2)  # fewer examples than processes: no size helps
 
 
+def test_a_truncated_safetensors_file_is_one_line(tiny_bert, glue_dir, tmp_path, capsys):
+    import shutil
+
+    m = tmp_path / "cut-model"
+    shutil.copytree(tiny_bert, m)
+    weights = (m / "model.safetensors").read_bytes()
+    (m / "model.safetensors").write_bytes(weights[:-5000])  # an interrupted download
+    assert main(["run", "--model", str(m), "--task", "rte", "--steps", "1", "--max-train", "8", "--max-eval", "8",
+                 "--data-dir", str(glue_dir), "--store", str(tmp_path / "s.sqlite")]) == 2
+    assert _one_line(capsys, "run") == (
+        f"eft run: error: model {str(m)!r}: a weights file is not a complete safetensors file (Error while "
+        "deserializing header: incomplete metadata, file not fully covered); download or save the model again.")
+
+
 # ---------------------------------------------------------------------------------------------- sizes
 def _run_with_little_memory(model, glue_dir, tmp_path, *flags: str) -> int:
     """``eft run`` of a tiny run with ``flags`` in this process, its address space capped 4 GiB above what it

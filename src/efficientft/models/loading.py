@@ -203,10 +203,17 @@ def _load_from_disk(name: str, path: str, num_labels: int, trust_remote_code: bo
         extra = {"quantization_config": quantization_config(quant[0], quant[1], heads),
                  "device_map": {"": _map_device(quant[2])}}
     # A checkpoint's own head may have another number of labels: it is then re-initialised for this task.
-    model, info = auto.from_pretrained(  # safetensors only: a pickle checkpoint can run code as it loads
-        path, config=config, trust_remote_code=trust_remote_code, ignore_mismatched_sizes=True, use_safetensors=True,
-        output_loading_info=True, **({"dtype": dtype} if dtype is not None else {}), **extra,
-    )
+    from safetensors import SafetensorError
+
+    try:
+        model, info = auto.from_pretrained(  # safetensors only: a pickle checkpoint can run code as it loads
+            path, config=config, trust_remote_code=trust_remote_code, ignore_mismatched_sizes=True,
+            use_safetensors=True, output_loading_info=True, **({"dtype": dtype} if dtype is not None else {}),
+            **extra,
+        )
+    except SafetensorError as e:  # a truncated or damaged download: one line, not the reader's traceback
+        raise ConfigError(f"model {name!r}: a weights file is not a complete safetensors file ({e}); download or "
+                          "save the model again.") from None
     if quant is not None:
         from .large import own_full_precision_tensors
 
