@@ -152,6 +152,20 @@ def test_a_truncated_safetensors_file_is_one_line(tiny_bert, glue_dir, tmp_path,
         "deserializing header: incomplete metadata, file not fully covered); download or save the model again.")
 
 
+def test_a_model_folder_without_a_tokenizer_is_refused(tiny_bert, glue_dir, tmp_path, capsys):
+    """transformers builds a tokenizer of 5 special tokens for such a folder: every word would be [UNK]."""
+    import shutil
+
+    m = tmp_path / "no-tokenizer"
+    shutil.copytree(tiny_bert, m, ignore=shutil.ignore_patterns("tokenizer*", "vocab*", "special_tokens*"))
+    assert main(["run", "--model", str(m), "--task", "rte", "--steps", "1", "--max-train", "8", "--max-eval", "8",
+                 "--max-length", "32", "--data-dir", str(glue_dir), "--store", str(tmp_path / "s.sqlite")]) == 2
+    assert _one_line(capsys, "run") == (
+        f"eft run: error: model directory {str(m)!r} has no tokenizer (none of tokenizer.json, tokenizer_config.json,"
+        " vocab.txt, vocab.json, tokenizer.model, spiece.model, sentencepiece.bpe.model); save the tokenizer beside "
+        "the model (tokenizer.save_pretrained(DIR)).")
+
+
 # ---------------------------------------------------------------------------------------------- sizes
 def _run_with_little_memory(model, glue_dir, tmp_path, *flags: str) -> int:
     """``eft run`` of a tiny run with ``flags`` in this process, its address space capped 4 GiB above what it

