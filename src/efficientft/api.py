@@ -8,12 +8,13 @@ follow the command line's rules (a finished run is not trained again; bad input 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import RunConfig
-from .errors import ConfigError
+from .errors import ConfigError, did_you_mean
 from .store import Store, open_store
 
 if TYPE_CHECKING:
@@ -21,6 +22,32 @@ if TYPE_CHECKING:
 
     from .report.build import Report
     from .sweep.suite import Suite
+
+
+# ---------------------------------------------------------------------------------------------- misuse
+# A notebook calls these with whatever is at hand; a wrong type is one TypeError sentence naming the argument, what
+# it got and what is accepted, raised here rather than as an AttributeError or a pathlib error from deep inside.
+def _got(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 60 else text[:57] + '...'}"
+
+
+def _expect(value: Any, types: type | tuple[type, ...], what: str, accepted: str) -> None:
+    if not isinstance(value, types) or isinstance(value, bool) and bool not in (types if isinstance(types, tuple)
+                                                                                else (types,)):
+        raise TypeError(f"{what} must be {accepted}; got {_got(value)}.")
+
+
+def _names(value: str | Iterable[str] | None, what: str) -> list[str] | None:
+    """A list of names from a list, or from one string (comma-separated, as on the command line: a string is not
+    taken for the list of its characters)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [x.strip() for x in value.split(",") if x.strip()]
+    if not isinstance(value, Iterable) or isinstance(value, Mapping) or not all(isinstance(x, str) for x in value):
+        raise TypeError(f"{what} must be a list of names (or one comma-separated string); got {_got(value)}.")
+    return list(value)
 
 
 def run(config: RunConfig | dict[str, Any], store: Store | str | Path | None = None, force: bool = False,
@@ -33,6 +60,10 @@ def run(config: RunConfig | dict[str, Any], store: Store | str | Path | None = N
     """
     from .train import run as train_run
 
+    _expect(config, (RunConfig, Mapping), "config", "a RunConfig or a mapping of its fields, e.g. {'task': 'rte', "
+            "'method': 'lora'}")
+    _expect(force, bool, "force", "True or False")
+    _expect(progress, bool, "progress", "True or False")
     cfg = config if isinstance(config, RunConfig) else RunConfig.from_dict(dict(config), where="run config")
     cfg = cfg.resolved()
     db = open_store(store)
@@ -66,6 +97,10 @@ def load_suite(suite: str | Path) -> Suite:
     ``suite.expand()`` lists its runs (each a ``PlannedRun`` with ``.cfg``, ``.key`` and ``.tags``)."""
     from .sweep.suite import load_suite as load
 
+    if isinstance(suite, Mapping):
+        raise TypeError("suite must be a shipped suite's name or the path of a suite file, not a mapping; write "
+                        "the mapping to a YAML file (yaml.safe_dump) and pass its path.")
+    _expect(suite, (str, os.PathLike), "suite", "a shipped suite's name (see list_suites()) or a suite file's path")
     return load(suite)
 
 
@@ -86,9 +121,10 @@ def run_suite(suite: Suite | str | Path, store: Store | str | Path | None = None
     """
     from .sweep.runner import SweepOptions, environment
     from .sweep.runner import sweep as run_sweep
+    from .sweep.suite import Suite
     from .train import check_inputs
 
-    s = suite if not isinstance(suite, (str, Path)) else load_suite(suite)
+    s = suite if isinstance(suite, Suite) else load_suite(suite)
     opts = SweepOptions(executor=executor, workers=workers, retry_failed=retry_failed,
                         env=environment(data_dir, device))
     problems = check_inputs([r.cfg for r in s.expand(opts.env)])
@@ -102,6 +138,8 @@ def runs_frame(store: Store | str | Path | None = None, status: str | Sequence[s
     (``config.lr``, ``scores.dev/accuracy``, ``cost.wall_s``, ``provenance.code.commit``, ``tags.label``)."""
     from .export import runs_frame as frame
 
+    if status is not None and not isinstance(status, str):
+        status = _names(status, "status")
     return frame(open_store(store, create=False), status)
 
 
@@ -109,7 +147,7 @@ def curves_frame(store: Store | str | Path | None = None, keys: Sequence[str] | 
     """Per-step curves (train loss, lr, grad norm; evaluation scores) in long format, for the given run keys."""
     from .export import curves_frame as frame
 
-    return frame(open_store(store, create=False), keys)
+    return frame(open_store(store, create=False), _names(keys, "keys"))
 
 
 def build_report(store: Store | str | Path | None = None, split: str = "dev", tasks: Sequence[str] | None = None,
@@ -121,10 +159,20 @@ def build_report(store: Store | str | Path | None = None, split: str = "dev", ta
     DataFrame, ``rep.comparisons`` the paired comparisons; ``options`` are :func:`efficientft.report.build.build`'s
     (``tags``, ``metrics``, ``pairs``, ``test``, ``digits``).
     """
-    from .report.build import build, write
+    import inspect
 
+    from .report.build import build, parse_formats, write
+
+    known = [k for k in inspect.signature(build).parameters if k not in ("store", "split", "tasks", "methods",
+                                                                         "select_lr")]
+    for k in options:
+        if k not in known:
+            raise TypeError(f"build_report() has no option {k!r}.{did_you_mean(k, known)} Options: "
+                            f"{', '.join(known)}.")
+    if isinstance(formats, str):
+        formats = parse_formats(formats)
     db = open_store(store, create=False)
-    rep = build(db, split, tasks, methods, select_lr=select_lr, **options)
+    rep = build(db, split, _names(tasks, "tasks"), _names(methods, "methods"), select_lr=select_lr, **options)
     if out is not None:
         write(rep, db, Path(out), formats, plots=plots)
     return rep
@@ -136,6 +184,8 @@ def table_frame(rep: Report) -> pd.DataFrame:
 
     import pandas as pd
 
+    from .report.build import Report
     from .report.tables import csv_table
 
+    _expect(rep, Report, "rep", "a Report (what build_report() returns)")
     return pd.read_csv(io.StringIO(csv_table(rep.table, rep.collection)))

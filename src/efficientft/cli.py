@@ -243,8 +243,9 @@ def cmd_suites(a: argparse.Namespace) -> int:
 
 def cmd_suite(a: argparse.Namespace) -> int:
     from .suites import resolve_suite
+    from .textfile import read_text
 
-    sys.stdout.write(resolve_suite(a.name).read_text(encoding="utf-8"))
+    sys.stdout.write(read_text(resolve_suite(a.name), "suite file"))
     return 0
 
 

@@ -93,6 +93,23 @@ def check_runtime(runtime: Runtime, cfg: RunConfig) -> None:
                               f"runtime from the config (build_runtime(cfg)).")
 
 
+def check_shards(examples: int, batch_size: int, processes: int) -> None:
+    """Every process of a data-parallel launch needs at least one example of every batch it is handed.
+
+    A global batch is split between the processes (``tensor_split``); the short last batch of an epoch (``examples``
+    modulo ``batch_size``) with fewer examples than processes would leave some of them an empty batch, on which
+    the model's forward fails mid-run. ``batch_size`` being a multiple of the processes is checked when the runtime
+    is built; the training set's size is known only once it is encoded, so this runs then, before training.
+    """
+    last = (examples % batch_size or batch_size) if examples >= batch_size else examples
+    if processes > 1 and last < processes:
+        fix = f" (e.g. --max-train {examples - last})" if examples - last >= processes else ""
+        raise ConfigError(f"the {examples} training example(s) leave a last batch of {last} in every epoch, fewer "
+                          f"than the {processes} data-parallel processes (each needs at least one example of every "
+                          f"batch); use a training set whose size is a multiple of batch_size {batch_size} or leaves "
+                          f"at least {processes} over{fix}, or fewer processes.")
+
+
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

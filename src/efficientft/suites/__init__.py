@@ -7,6 +7,7 @@ that other shipped YAML (task files) can be addressed the same way.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,14 +39,26 @@ class Shipped:
     def resolve(self, ref: str | Path) -> Path:
         """An existing file as given, else the shipped file of that name.
 
+        A bare shipped name that is also an entry of the working directory is ambiguous, so the choice is said on
+        stderr: a file there is the user's own and wins; a folder cannot be a suite, so the shipped file is taken.
+
         A reference that looks like a path (a folder in it, or a ``.yaml`` suffix) but is not a file is an error
         that names the shipped file of the same stem, so ``configs/quick.yaml`` from older instructions says to
         use ``quick``.
         """
         p = Path(ref)
-        if p.is_file():
-            return p
         known = self.names()
+        bare = str(ref) in known and len(p.parts) == 1  # a shipped name that is also an entry of this folder
+        if p.is_file():
+            if bare:
+                print(f"{self.kind} {str(ref)!r}: using the file ./{p} here, not the shipped {self.kind} of that name "
+                      f"(rename the file to use the shipped one).", file=sys.stderr)
+            return p
+        if p.is_dir() and bare:  # a folder is no suite: the name can only mean the shipped one
+            shipped = self.path(str(ref))
+            print(f"{self.kind} {str(ref)!r}: ./{p} here is a folder, not a {self.kind} file; using the shipped "
+                  f"{self.kind} {shipped}.", file=sys.stderr)
+            return shipped
         if p.is_dir():
             raise ConfigError(f"{str(p)!r} is a folder, not a {self.kind} file; pass a .yaml file or the name of a "
                               f"shipped {self.kind}: {', '.join(known)}.")
