@@ -167,6 +167,15 @@ def test_a_model_folder_without_a_tokenizer_is_refused(tiny_bert, glue_dir, tmp_
 
 
 # ---------------------------------------------------------------------------------------------- sizes
+def test_virtual_tokens_that_alone_fill_the_model_are_one_line(tiny_bert, glue_dir, tmp_path, capsys):
+    """A prompt longer than every position the model has is refused by its size, before anything is allocated."""
+    assert _run_with_little_memory(tiny_bert, glue_dir, tmp_path, "--method", "prompt_tuning", "--method-arg",
+                                   "num_virtual_tokens=100000000") == 2
+    assert _one_line(capsys, "run") == (
+        f"eft run: error: the 100000000 virtual tokens of method 'prompt_tuning' alone fill model {str(tiny_bert)!r}, "
+        "which reads 128 positions; give the method fewer virtual tokens (at most 127).")
+
+
 def _run_with_little_memory(model, glue_dir, tmp_path, *flags: str) -> int:
     """``eft run`` of a tiny run with ``flags`` in this process, its address space capped 4 GiB above what it
     holds: an allocation of ~12 GB then fails at once instead of filling a shared machine."""
@@ -186,8 +195,8 @@ def _run_with_little_memory(model, glue_dir, tmp_path, *flags: str) -> int:
 
 @pytest.mark.parametrize("flags, what", [
     (("--method", "houlsby", "--method-arg", "bottleneck=100000000"), "method 'houlsby' (bottleneck=100000000, "),
-    (("--method", "prompt_tuning", "--method-arg", "num_virtual_tokens=100000000"),
-     "method 'prompt_tuning' (num_virtual_tokens=100000000"),
+    (("--method", "parallel_adapter", "--method-arg", "bottleneck=100000000"),
+     "method 'parallel_adapter' (bottleneck=100000000, "),
 ])
 def test_any_method_whose_sizes_cannot_be_allocated_is_one_line(flags, what, tiny_bert, glue_dir, tmp_path, capsys):
     """Named methods are not estimated in advance; an allocation that fails is still the CLI's one line."""

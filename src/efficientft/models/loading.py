@@ -272,6 +272,9 @@ def check_max_length(max_length: int, config: Any, name: str, extra: int = 0, me
     """Refuse (before training) a ``max_length`` beyond the model's positions: it fails at the first step.
     ``extra``: positions ``method`` puts before the input (virtual tokens)."""
     n = max_positions(config)
+    if n is not None and extra >= n:
+        raise ConfigError(f"the {extra} virtual tokens of method {method!r} alone fill model {name!r}, which reads "
+                          f"{n} positions; give the method fewer virtual tokens (at most {n - 1}).")
     if n is not None and max_length + extra > n:
         plus = f" plus the {extra} virtual tokens of method {method!r}" if extra else ""
         raise ConfigError(f"max_length {max_length}{plus} is longer than model {name!r} reads: it has {n} positions; "
