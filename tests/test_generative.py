@@ -17,7 +17,8 @@ from tests.gen_fixtures import gen_config
 
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_every_method_trains_a_few_steps_on_a_tiny_causal_llama(method, causal_llama):
-    if METHODS.get(method).test_args("llama") is None:  # refuses LLaMA by design (BitFit: no Q/V biases)
+    cls = METHODS.get(method)  # refuses LLaMA (BitFit: no Q/V biases) or generation (DePT) by design
+    if cls.test_args("llama") is None or not cls.capabilities.generation:
         with pytest.raises(ConfigError) as e:
             prepare(gen_config(causal_llama, method=method, steps=2))
         assert method in str(e.value) and "\n" not in str(e.value)
