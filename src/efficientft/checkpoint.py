@@ -295,9 +295,11 @@ class Checkpoints:
 
 
 @contextmanager
-def deferred_interrupts(enabled: bool = True) -> Iterator[Callable[[], bool]]:
+def deferred_interrupts(enabled: bool = True, defer: bool = True) -> Iterator[Callable[[], bool]]:
     """While training, SIGINT and SIGTERM set a flag that the loop reads at the end of each step (it then saves a
     checkpoint of a consistent state, not of a half-done step, and stops); a second signal interrupts at once.
+    ``defer=False`` (the final evaluation: the trained state is consistent, no step to finish): either signal
+    raises KeyboardInterrupt at once, so SIGTERM stops it as Ctrl-C does and the caller saves the trained state.
     Yields the flag's reader. Only in the main thread (elsewhere signals cannot be caught: nothing changes)."""
     if not enabled or threading.current_thread() is not threading.main_thread():
         yield lambda: False
@@ -305,7 +307,7 @@ def deferred_interrupts(enabled: bool = True) -> Iterator[Callable[[], bool]]:
     hit: list[int] = []
 
     def handler(signum: int, frame: Any) -> None:
-        if hit:
+        if hit or not defer:
             raise KeyboardInterrupt
         hit.append(signum)
 

@@ -420,8 +420,8 @@ def train(p: Prepared, store: Store | None = None, key: str = "", progress: bool
                 if store is not None:  # flush so a long run's curve is visible (and kept) while it trains
                     store.add_curves(key, [tuple(r) for r in rows[flushed:]])
                     flushed = len(rows)
-            if checkpoints is not None and step != p.total_steps and (
-                    interrupted() or checkpoints.every and step % checkpoints.every == 0):
+            if checkpoints is not None and (interrupted() or  # the last step too: a rerun then only evaluates
+                                            step != p.total_steps and checkpoints.every and step % checkpoints.every == 0):
                 save()
             if interrupted():
                 raise KeyboardInterrupt
@@ -433,8 +433,9 @@ def train(p: Prepared, store: Store | None = None, key: str = "", progress: bool
         bar.close()
     t, rng = time.perf_counter(), checkpoint.rng_state()
     try:
-        final = evaluate_all(p) if evaluates else {}
-    except KeyboardInterrupt:  # Ctrl-C while evaluating: stored cancelled, and a rerun only evaluates
+        with checkpoint.deferred_interrupts(checkpoints is not None, defer=False):  # SIGTERM is Ctrl-C here
+            final = evaluate_all(p) if evaluates else {}
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM while evaluating: stored cancelled, and a rerun only evaluates
         if checkpoints is not None:
             save(rng)
         raise
