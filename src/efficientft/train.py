@@ -550,19 +550,20 @@ def run(cfg: RunConfig, store: Store | None = None, progress: bool | None = None
         "comparable": p.task.comparable,
     }
     main_metric = f"dev/{p.task.main_metric}"
-    trackers = Trackers(cfg.tracker if runtime.is_main else [], key, cfg.to_dict(),  # a failure: before the store
-                        store.path.parent if store is not None else Path("."), resume.step if resume else 0,
-                        resume.trackers if resume else None)
     if store is not None:
         try:
             store.start(key, cfg.to_dict(), prov, tags, main_metric, redo_done=force)
         except AlreadyDone as e:
-            trackers.finish("cancelled")
             print(f"note: {e}", file=sys.stderr)
             return store.get(key) or {}
-        except BaseException:
-            trackers.finish("failed")
-            raise
+    try:  # after the claim: a run that is not trained opens no tracker run
+        trackers = Trackers(cfg.tracker if runtime.is_main else [], key, cfg.to_dict(),
+                            store.path.parent if store is not None else Path("."), resume.step if resume else 0,
+                            resume.trackers if resume else None)
+    except BaseException:
+        if store is not None:  # a tracker that cannot start leaves the store as it was
+            store.unclaim(key)
+        raise
     if resume is None and folder is not None:  # a fresh start (--force): checkpoints left by an earlier attempt go
         checkpoint.remove(folder)
     cost: dict[str, Any] = {
