@@ -411,6 +411,18 @@ def test_prefix_tuning_refuses_a_classifier_that_takes_no_past_key_values_in_one
                           "(DistilBertModel) takes")
 
 
+@pytest.mark.parametrize("name", ["prompt_tuning", "p_tuning"])
+def test_prompt_methods_train_a_model_whose_config_names_its_sizes_otherwise(name, tiny_distilbert):
+    """Was: PEFT's "Please specify `token_dim`" traceback; the sizes now come from the model (token = embedding)."""
+    from efficientft.train import run
+
+    rec = run(tiny_config(tiny_distilbert, method=name, method_args={"num_virtual_tokens": 5}, steps=2,
+                          max_train=16, max_eval=8, max_length=32))
+    head = (HIDDEN * HIDDEN + HIDDEN) + (HIDDEN * 2 + 2)  # DistilBERT's pre_classifier and classifier
+    encoder = 0 if name == "prompt_tuning" else (HIDDEN * 128 + 128) + (128 * 128 + 128) + (128 * HIDDEN + HIDDEN)
+    assert rec["status"] == "done" and rec["cost"]["trainable_params"] == 5 * HIDDEN + encoder + head
+
+
 @pytest.mark.parametrize("name", ["prompt_tuning", "prefix_tuning", "p_tuning"])
 def test_prompt_methods_train_and_generate_on_a_causal_lm(name, tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
