@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 
 from ..content import WEIGHT_SUFFIXES, folder_sha256
-from ..errors import ConfigError
+from ..errors import ConfigError, not_a_folder
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
@@ -66,7 +66,7 @@ def resolve_model(name: str) -> str:
     looks_local = p.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1
     if looks_local:
         if not p.is_dir():
-            raise ConfigError(f"model directory {name!r} does not exist.")
+            raise not_a_folder("model directory", name)
         if not (p / "config.json").is_file():
             raise ConfigError(f"model directory {name!r} has no config.json; it is not a Hugging Face model folder.")
         weights = sorted(f.name for f in p.iterdir() if f.suffix in WEIGHT_SUFFIXES)
