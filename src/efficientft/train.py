@@ -598,7 +598,8 @@ def run(cfg: RunConfig, store: Store | None = None, progress: bool | None = None
             if p.predictions:  # every prediction of the final evaluation, for reports and audits
                 store.add_predictions(key, p.predictions)
         if cfg.export_dir and runtime.is_main:
-            details["export"] = {"dir": cfg.export_dir, **p.method.export(p.model, Path(cfg.export_dir), cfg.overwrite)}
+            exported = p.method.export(p.model, Path(cfg.export_dir), cfg.overwrite, p.tokenizer)
+            details["export"] = {"dir": cfg.export_dir, **exported}
     except Diverged as e:
         status, error = "diverged", str(e)
         details["diverged_at_step"] = e.step
