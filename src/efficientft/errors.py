@@ -47,3 +47,9 @@ def not_a_folder(kind: str, path: str | os.PathLike, where: str = "") -> ConfigE
     exist" about a file that is there sends the user looking for the wrong mistake). ``where``: where it came from."""
     what = "is a file, not a folder" if os.path.exists(path) else "does not exist"
     return ConfigError(f"{kind} {str(path)!r} {what}{f' ({where})' if where else ''}.")
+
+
+def not_a_file(kind: str, path: str | os.PathLike) -> ConfigError:
+    """The error for a path that should be a file: it does not exist, or it is something else (a folder)."""
+    what = "is a folder, not a file" if os.path.isdir(path) else "does not exist"
+    return ConfigError(f"{kind} {str(path)!r} {what}.")
