@@ -92,3 +92,29 @@ def test_run_after_warm_load_gives_the_same_scores_as_a_cold_one(headless_bert, 
     warm = run(cfg, store)
     assert warm["scores"] == cold["scores"]
     assert store.curves(warm["run_key"]) == curve
+
+
+def test_a_model_resaved_with_the_same_sizes_and_times_is_not_served_from_the_cache(tmp_path, tiny_bert):
+    """The cache was keyed by each file's size and mtime: other weights written within the clock's granularity
+    (or with their times set back) were served stale. It is keyed by content now."""
+    import os
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    model = tmp_path / "m"
+    shutil.copytree(tiny_bert, model)
+    weights = model / "model.safetensors"
+    clear_backbone_cache()
+    load_model(str(model), 2)
+    load_model(str(model), 2)
+    assert len(loading._BACKBONES) == 1  # kept: the next load of the same model comes from memory
+    tensors = load_file(str(weights))
+    name = next(n for n in tensors if n.endswith("query.weight"))
+    tensors[name] = tensors[name] + 1.0
+    st = weights.stat()
+    save_file(tensors, str(weights), metadata={"format": "pt"})
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (weights.stat().st_size, weights.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    loaded = load_model(str(model), 2).model.state_dict()
+    assert torch.equal(loaded[name], tensors[name])

@@ -5,6 +5,7 @@ evaluations every 3 steps, once straight through and once "killed" in the middle
 4 is the last one: the work of step 5 is lost), then resumed. Scores and every curve point must be equal (==).
 """
 
+import json
 import os
 import signal
 import subprocess
@@ -161,6 +162,29 @@ def test_an_unreadable_checkpoint_is_set_aside_and_the_run_starts_over(tiny_bert
     err = capsys.readouterr().err
     assert f"note: checkpoint {path} cannot be read (JSONDecodeError: " in err
     assert "set aside as .unreadable-step-000000004, training from scratch." in err
+
+
+@pytest.mark.parametrize("field, value, said", [
+    ("step", "4", 'holds "4" as \'step\''),  # was: TypeError in run(), after the claim
+    ("curve", 5, "holds 5 as 'curve'"),  # was: TypeError when training resumed: a failed run on every rerun
+    ("evals", {"a": 1}, 'holds {"a": 1} as \'evals\''),
+    ("trackers", [1], "holds [1] as 'trackers'"),  # was: resumed, silently
+    (None, None, "holds a JSON list, not an object"),
+])
+def test_a_state_file_that_parses_but_holds_other_things_is_set_aside(tiny_bert, tmp_path, monkeypatch, capsys,
+                                                                      field, value, said):
+    """A damaged or edited state.json that is still JSON is unreadable as one that is not: one line, a fresh start."""
+    db = tmp_path / "runs.sqlite"
+    cfg = _config(tiny_bert, "lora")
+    path = _killed_once(monkeypatch, cfg, db)
+    meta = json.loads((path / "state.json").read_text())
+    (path / "state.json").write_text(json.dumps([meta] if field is None else {**meta, field: value}))
+    capsys.readouterr()
+    rec = run(cfg, Store(db))
+    assert rec["status"] == "done" and "resumed_from_step" not in rec["details"]
+    notes = [line for line in capsys.readouterr().err.splitlines() if "checkpoint" in line]
+    assert notes == [f"note: checkpoint {path} cannot be read (ValueError: its state.json {said}); set aside as "
+                     ".unreadable-step-000000004, training from scratch."]
 
 
 def test_a_checkpoint_that_does_not_fit_the_model_is_not_resumed_and_the_run_says_so(tiny_bert, tmp_path,

@@ -83,6 +83,27 @@ def test_bad_input_is_one_clear_error_with_exit_code_2(args, msg, tmp_path, caps
     assert not (tmp_path / "s.sqlite").exists() or Store(tmp_path / "s.sqlite").runs() == []
 
 
+@pytest.mark.parametrize("flag, kind", [("--data-dir", "data directory"), ("--model", "model directory")])
+def test_a_file_given_for_a_folder_is_called_a_file(flag, kind, tmp_path, capsys, tiny_bert):
+    """Was: "does not exist", about a file that is there."""
+    given = tmp_path / "model.safetensors"
+    given.write_bytes(b"x")
+    model = [] if flag == "--model" else ["--model", str(tiny_bert)]
+    code = main(["run", "--steps", "1", "--store", str(tmp_path / "s.sqlite"), *model, flag, str(given)])
+    where = " (from --data-dir or EFT_DATA_DIR)" if flag == "--data-dir" else ""
+    assert code == 2
+    assert capsys.readouterr().err.strip() == f"eft run: error: {kind} '{given}' is a file, not a folder{where}."
+
+
+@pytest.mark.parametrize("flag, kind", [("--train-file", "data file"), ("--config", "config file")])
+def test_a_folder_given_for_a_file_is_called_a_folder(flag, kind, tmp_path, capsys, tiny_bert):
+    """Was: "does not exist", about a folder that is there."""
+    code = main(["run", "--steps", "1", "--store", str(tmp_path / "s.sqlite"), "--model", str(tiny_bert), flag,
+                 str(tmp_path)])
+    assert code == 2
+    assert capsys.readouterr().err.strip() == f"eft run: error: {kind} '{tmp_path}' is a folder, not a file."
+
+
 def test_model_dir_without_weights(tmp_path, capsys):
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "config.json").write_text("{}")

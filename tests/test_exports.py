@@ -94,3 +94,17 @@ def test_overwrite_refuses_a_file_and_a_folder_holding_the_working_directory(tin
     with pytest.raises(ConfigError, match="holds the current working directory"):
         run(tiny_config(tiny_bert, export_dir=str(work), overwrite=True), store)
     assert (work / "src").is_dir()
+
+
+@pytest.mark.parametrize("method", [name for name in METHODS.names() if METHODS.get(name).capabilities.export == "model"])
+def test_an_exported_model_folder_is_a_model_the_next_run_takes(method, tiny_bert, store, tmp_path, capsys):
+    """A method whose export is a whole model folder (full, GaLore, MeZO...) saves the run's tokenizer beside it;
+    was: no tokenizer files, so `eft run --model <export>` was refused."""
+    out = tmp_path / "export"
+    args = {"method_args": {"rank": 4}} if method == "galore" else {"method_args": {}}
+    rec = run(tiny_config(tiny_bert, method=method, steps=2, export_dir=str(out), **args), store)
+    assert rec["status"] == "done" and "tokenizer_config.json" in rec["details"]["export"]["files"]
+    capsys.readouterr()
+    code = main(["run", "--model", str(out), "--task", "rte", "--method", "lora", "--steps", "1", "--max-train", "8",
+                 "--max-eval", "8", "--max-length", "32", "--no-progress", "--store", str(tmp_path / "s2.sqlite")])
+    assert code == 0, capsys.readouterr().err

@@ -411,6 +411,43 @@ def test_prefix_tuning_refuses_a_classifier_that_takes_no_past_key_values_in_one
                           "(DistilBertModel) takes")
 
 
+@pytest.fixture(scope="module")
+def tiny_albert(tmp_path_factory, minilm_dir):
+    """ALBERT's embeddings (16 wide) are narrower than its hidden size (32): a virtual token is an embedding."""
+    from transformers import AlbertConfig, AlbertForSequenceClassification, AutoTokenizer
+
+    torch.manual_seed(0)
+    cfg = AlbertConfig(vocab_size=30522, embedding_size=16, hidden_size=HIDDEN, num_hidden_layers=LAYERS,
+                       num_attention_heads=4, intermediate_size=64, max_position_embeddings=128)
+    path = tmp_path_factory.mktemp("tiny-albert")
+    AlbertForSequenceClassification(cfg).save_pretrained(str(path))
+    AutoTokenizer.from_pretrained(str(minilm_dir)).save_pretrained(str(path))
+    return path
+
+
+@pytest.mark.parametrize("name", ["prompt_tuning", "p_tuning"])
+def test_prompt_tokens_are_as_wide_as_the_input_embeddings(name, tiny_albert):
+    """Was: "Sizes of tensors must match" at the first step (PEFT sized the tokens by hidden_size)."""
+    from efficientft.train import run
+
+    rec = run(tiny_config(tiny_albert, method=name, method_args={"num_virtual_tokens": 5}, steps=2,
+                          max_train=16, max_eval=8, max_length=32))
+    encoder = 0 if name == "prompt_tuning" else (16 * 128 + 128) + (128 * 128 + 128) + (128 * 16 + 16)
+    assert rec["status"] == "done" and rec["cost"]["trainable_params"] == 5 * 16 + encoder + HEAD_BERT
+
+
+@pytest.mark.parametrize("name", ["prompt_tuning", "p_tuning"])
+def test_prompt_methods_train_a_model_whose_config_names_its_sizes_otherwise(name, tiny_distilbert):
+    """Was: PEFT's "Please specify `token_dim`" traceback; the sizes now come from the model (token = embedding)."""
+    from efficientft.train import run
+
+    rec = run(tiny_config(tiny_distilbert, method=name, method_args={"num_virtual_tokens": 5}, steps=2,
+                          max_train=16, max_eval=8, max_length=32))
+    head = (HIDDEN * HIDDEN + HIDDEN) + (HIDDEN * 2 + 2)  # DistilBERT's pre_classifier and classifier
+    encoder = 0 if name == "prompt_tuning" else (HIDDEN * 128 + 128) + (128 * 128 + 128) + (128 * HIDDEN + HIDDEN)
+    assert rec["status"] == "done" and rec["cost"]["trainable_params"] == 5 * HIDDEN + encoder + head
+
+
 @pytest.mark.parametrize("name", ["prompt_tuning", "prefix_tuning", "p_tuning"])
 def test_prompt_methods_train_and_generate_on_a_causal_lm(name, tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM

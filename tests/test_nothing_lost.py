@@ -207,6 +207,54 @@ def test_ctrl_c_in_the_final_evaluation_keeps_the_trained_state(tiny_bert, tmp_p
     assert steps == [] and again["status"] == "done" and again["details"]["resumed_from_step"] == 4
 
 
+class _Killed(BaseException):
+    """What SIGTERM's default action does to the process (it dies), as an exception pytest survives."""
+
+
+@pytest.mark.parametrize("when", ["final evaluation", "last step"])
+def test_sigterm_at_the_end_of_training_keeps_the_trained_state(tiny_bert, tmp_path, monkeypatch, when):
+    """SIGTERM in the final evaluation stops it as Ctrl-C does (was: the process died, nothing saved), and SIGTERM
+    during the last step saves the trained state (was: stopped without a checkpoint); a rerun only evaluates."""
+    import os
+    import signal
+
+    from tests.test_checkpoint import _config
+
+    cfg = _config(tiny_bert, "lora", steps=4, eval_every=0, checkpoint_every=None)
+    db = tmp_path / "s.sqlite"
+    real_eval, real_step = train_mod.evaluate_all, train_mod.optimizer_step
+
+    def die(signum, frame):
+        raise _Killed
+
+    def terminated_eval(p):
+        monkeypatch.setattr(train_mod, "evaluate_all", real_eval)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real_eval(p)
+
+    def terminated_step(p, micro, step, *a, **kw):
+        out = real_step(p, micro, step, *a, **kw)
+        if step == 4:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    if when == "final evaluation":
+        monkeypatch.setattr(train_mod, "evaluate_all", terminated_eval)
+    else:
+        monkeypatch.setattr(train_mod, "optimizer_step", terminated_step)
+    old = signal.signal(signal.SIGTERM, die)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train_mod.run(cfg, Store(db))
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    assert Store(db).get(cfg.resolved().key())["status"] == "cancelled"
+    steps = []
+    monkeypatch.setattr(train_mod, "optimizer_step", lambda *a, **kw: steps.append(1) or real_step(*a, **kw))
+    again = train_mod.run(cfg, Store(db))
+    assert steps == [] and again["status"] == "done" and again["details"]["resumed_from_step"] == 4
+
+
 def test_virtual_tokens_count_against_the_model_positions(tiny_bert, tmp_path, capsys):
     db = tmp_path / "s.sqlite"
     args = run_args(tiny_bert, db)

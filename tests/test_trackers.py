@@ -160,3 +160,51 @@ def test_a_resumed_run_continues_its_mlflow_run(tiny_bert, tmp_path, monkeypatch
     last = {m.step: m.value for m in client.get_metric_history(runs[0].info.run_id, "train.loss")}
     assert sorted(last.items()) == [(s, pytest.approx(v)) for _, s, n, v in curves if n == "loss"]  # steps 1..8
     assert runs[0].data.params["method"] == "lora"
+
+
+def test_a_run_that_is_not_trained_opens_no_tracker_run(tiny_bert, tmp_path, monkeypatch, capsys):
+    """A key a sweep finishes while `eft run` sets it up is not trained, and no MLflow run is left behind (was: an
+    empty run, KILLED): trackers start after the store's claim."""
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    import efficientft.train as train_mod
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    db = tmp_path / "runs.sqlite"
+    cfg = tiny_config(tiny_bert, steps=2, tracker=["mlflow"])
+    key, real_prepare = cfg.resolved().key(), train_mod.prepare
+
+    def prepare_while_a_sweep_finishes(*a, **kw):
+        p = real_prepare(*a, **kw)
+        sweep = Store(db)
+        assert sweep.claim(key, cfg.resolved().to_dict())[0]
+        sweep.finish(key, "done", {"dev/accuracy": 0.5}, main_score=0.5)
+        return p
+
+    monkeypatch.setattr(train_mod, "prepare", prepare_while_a_sweep_finishes)
+    rec = run(cfg, Store(db))
+    assert rec["scores"] == {"dev/accuracy": 0.5} and "was finished by" in capsys.readouterr().err
+    client = MlflowClient(tracking_uri=(tmp_path / "mlruns").resolve().as_uri())
+    experiment = client.get_experiment_by_name("efficientft")
+    assert experiment is None or client.search_runs([experiment.experiment_id]) == []
+
+
+def test_a_tracker_that_cannot_start_leaves_an_earlier_record_as_it_was(tiny_bert, tmp_path, monkeypatch, capsys):
+    """The tracker starts after the claim; when it cannot, the claim is given back: the cancelled record, its
+    attempts and its (empty) history are those before the try."""
+    class NotLoggedIn:
+        def __init__(self, *a):
+            raise RuntimeError("api_key not configured (no-tty)")
+
+    db = tmp_path / "s.sqlite"
+    cfg = tiny_config(tiny_bert, steps=2)
+    key = cfg.resolved().key()
+    store = Store(db)
+    assert store.claim(key, cfg.resolved().to_dict(), {"suite": "mine"})[0]
+    store.finish(key, "cancelled", error="interrupted")
+    before = Store(db).get(key)
+    monkeypatch.setitem(trackers._CLASSES, "tensorboard", NotLoggedIn)
+    with pytest.raises(ConfigError, match="tracker 'tensorboard' could not start"):
+        run(tiny_config(tiny_bert, steps=2, tracker=["tensorboard"]), Store(db))
+    assert Store(db).get(key) == before and Store(db).history(key) == [] and Store(db).owner(key) is None

@@ -240,11 +240,45 @@ class TrainState:
         from safetensors.torch import load_file
 
         meta = json.loads((path / STATE).read_text())
+        if not isinstance(meta, dict):
+            raise ValueError(f"its {STATE} holds a JSON {type(meta).__name__}, not an object")
         if meta.get("format") != FORMAT:
             raise ValueError(f"checkpoint {path} has format {meta.get('format')!r}, this version reads {FORMAT}")
+        _check_state(meta)
         blobs = Tensors(load_file(str(path / TENSORS))).unpack(meta["blobs"])
         return cls(meta["step"], meta["drawn"], meta["curve"], meta["evals"], meta["skipped"], meta["counters"],
                    meta["eval_s"], blobs, path, meta.get("trackers", {}), meta.get("inputs"))
+
+
+def _is(value: Any, kind: type | tuple[type, ...]) -> bool:
+    return isinstance(value, kind) and not isinstance(value, bool)
+
+
+# what each field of state.json holds; a file that parses but holds something else (a damaged or edited file) is
+# unreadable as a whole, as one that does not parse: the run says so in one line and starts over
+_FIELDS: dict[str, Callable[[Any], bool]] = {
+    "step": lambda v: _is(v, int) and v >= 0,
+    "drawn": lambda v: _is(v, int) and v >= 0,
+    "curve": lambda v: _is(v, list) and all(_is(r, list) and len(r) == 4 and _is(r[1], int) for r in v),
+    "evals": lambda v: _is(v, list) and all(_is(e, list) and len(e) == 2 and _is(e[1], dict) for e in v),
+    "skipped": lambda v: _is(v, list) and all(_is(s, int) for s in v),
+    "counters": lambda v: _is(v, dict),
+    "eval_s": lambda v: _is(v, (int, float)) and v >= 0,
+    "trackers": lambda v: _is(v, dict) and all(_is(i, str) for i in v.values()),
+    "inputs": lambda v: v is None or _is(v, dict),
+    "blobs": lambda v: _is(v, dict),
+}
+
+
+def _check_state(meta: dict[str, Any]) -> None:
+    """Raise ValueError naming the first field of a checkpoint's state that is missing or not what it holds."""
+    for name, fits in _FIELDS.items():
+        if name not in meta and name in ("trackers", "inputs"):  # absent from older checkpoints
+            continue
+        if name not in meta:
+            raise ValueError(f"its {STATE} has no {name!r}")
+        if not fits(meta[name]):
+            raise ValueError(f"its {STATE} holds {json.dumps(meta[name])[:60]} as {name!r}")
 
 
 def latest(folder: Path) -> Path | None:
@@ -295,9 +329,11 @@ class Checkpoints:
 
 
 @contextmanager
-def deferred_interrupts(enabled: bool = True) -> Iterator[Callable[[], bool]]:
+def deferred_interrupts(enabled: bool = True, defer: bool = True) -> Iterator[Callable[[], bool]]:
     """While training, SIGINT and SIGTERM set a flag that the loop reads at the end of each step (it then saves a
     checkpoint of a consistent state, not of a half-done step, and stops); a second signal interrupts at once.
+    ``defer=False`` (the final evaluation: the trained state is consistent, no step to finish): either signal
+    raises KeyboardInterrupt at once, so SIGTERM stops it as Ctrl-C does and the caller saves the trained state.
     Yields the flag's reader. Only in the main thread (elsewhere signals cannot be caught: nothing changes)."""
     if not enabled or threading.current_thread() is not threading.main_thread():
         yield lambda: False
@@ -305,7 +341,7 @@ def deferred_interrupts(enabled: bool = True) -> Iterator[Callable[[], bool]]:
     hit: list[int] = []
 
     def handler(signum: int, frame: Any) -> None:
-        if hit:
+        if hit or not defer:
             raise KeyboardInterrupt
         hit.append(signum)
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError, did_you_mean
+from .errors import ConfigError, did_you_mean, not_a_file
 from .schema import COUNT_MAX, SEED_MAX, Rule, Setting, positive, setting
 from .yaml_limits import read_yaml
 
@@ -442,7 +442,7 @@ def resolve_custom(task: str, custom: dict) -> dict[str, Any]:
     for split in ("train", "dev"):
         if spec.get(split):
             if not Path(spec[split]).is_file():
-                raise ConfigError(f"data file {spec[split]!r} does not exist.")
+                raise not_a_file("data file", spec[split])
             hashes[split] = file_sha256(spec[split])
     spec["sha256"] = hashes
     blob = json.dumps({k: v for k, v in spec.items() if k not in ("train", "dev")}, sort_keys=True, default=str)

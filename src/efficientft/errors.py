@@ -7,6 +7,7 @@ line prints its message without a traceback and exits with status 2.
 from __future__ import annotations
 
 import difflib
+import os
 from collections.abc import Iterable
 
 
@@ -39,3 +40,16 @@ def unknown(kind: str, name: str, choices: Iterable[str]) -> ConfigError:
     """The standard error for an unknown name: what was asked, the closest match, everything accepted."""
     choices = sorted(choices)
     return ConfigError(f"unknown {kind} {name!r}.{did_you_mean(name, choices)} Known {kind}s: {', '.join(choices)}.")
+
+
+def not_a_folder(kind: str, path: str | os.PathLike, where: str = "") -> ConfigError:
+    """The error for a path that should be a folder: it does not exist, or it is a file (said as such: "does not
+    exist" about a file that is there sends the user looking for the wrong mistake). ``where``: where it came from."""
+    what = "is a file, not a folder" if os.path.exists(path) else "does not exist"
+    return ConfigError(f"{kind} {str(path)!r} {what}{f' ({where})' if where else ''}.")
+
+
+def not_a_file(kind: str, path: str | os.PathLike) -> ConfigError:
+    """The error for a path that should be a file: it does not exist, or it is something else (a folder)."""
+    what = "is a folder, not a file" if os.path.isdir(path) else "does not exist"
+    return ConfigError(f"{kind} {str(path)!r} {what}.")

@@ -139,6 +139,7 @@ class Store:
         self.timeout = timeout
         self.readonly = readonly
         self._held: dict[str, str] = {}  # run key -> token of the claim this instance holds
+        self._before: dict[str, tuple] = {}  # run key -> (its row before our claim, the history row it added)
         if self.path.is_dir():
             raise StoreError(f"results store {self.path} is a folder; pass --store with a file path.")
         if readonly:
@@ -247,13 +248,17 @@ class Store:
             if status in ("failed", "diverged") and not retry_failed:
                 return False, status
             shadow = status == "done"
+            if not mine:
+                self._before[key] = (dict(old) if old is not None else None, None)
             attempts = lease["attempts"] if mine else (old["attempts"] if old is not None else 0) + 1
             created = old["created_at"] if old is not None else now()
             tags = {**(json.loads(old["tags"] or "{}") if old is not None else {}), **(tags or {})}
             if not shadow:
                 if old is not None and status != "running":
-                    db.execute("INSERT INTO history (run_key, replaced_at, record) VALUES (?,?,?)",
-                               (key, now(), _json(self._record(old))))
+                    added = db.execute("INSERT INTO history (run_key, replaced_at, record) VALUES (?,?,?)",
+                                       (key, now(), _json(self._record(old))))
+                    if not mine:
+                        self._before[key] = (dict(old), added.lastrowid)
                 row = _row(key, config, tags=tags, attempts=attempts, worker=me, created_at=created,
                            started_at=now())
                 if status == "running":  # taken over: keep what the row knew
@@ -267,6 +272,23 @@ class Store:
                 db.execute("DELETE FROM pending_curves WHERE run_key=?", (key,))
             self._held[key] = token
             return True, "running" if lease is not None else status
+
+    def unclaim(self, key: str) -> None:
+        """Give back a claim this instance took and wrote no outcome under (a tracker that could not start): the
+        key's row and history are as they were before the claim, as if the run had never been tried."""
+        held, (old, added) = self._held.pop(key, None), self._before.pop(key, (None, None))
+        with self.transaction() as db:
+            lease = db.execute("SELECT * FROM claims WHERE run_key=?", (key,)).fetchone()
+            if lease is None or lease["token"] != held:
+                return
+            db.execute("DELETE FROM claims WHERE run_key=?", (key,))
+            if lease["shadow"]:  # the done record was never touched
+                return
+            db.execute("DELETE FROM runs WHERE run_key=?", (key,))
+            if old is not None:
+                _put(db, "runs", old)
+            if added is not None:
+                db.execute("DELETE FROM history WHERE rowid=?", (added,))
 
     def holds(self, key: str) -> bool:
         """Does this instance hold a claim on ``key`` that it has not finished (it may have been taken over)?"""

@@ -420,8 +420,8 @@ def train(p: Prepared, store: Store | None = None, key: str = "", progress: bool
                 if store is not None:  # flush so a long run's curve is visible (and kept) while it trains
                     store.add_curves(key, [tuple(r) for r in rows[flushed:]])
                     flushed = len(rows)
-            if checkpoints is not None and step != p.total_steps and (
-                    interrupted() or checkpoints.every and step % checkpoints.every == 0):
+            if checkpoints is not None and (interrupted() or  # the last step too: a rerun then only evaluates
+                                            step != p.total_steps and checkpoints.every and step % checkpoints.every == 0):
                 save()
             if interrupted():
                 raise KeyboardInterrupt
@@ -433,8 +433,9 @@ def train(p: Prepared, store: Store | None = None, key: str = "", progress: bool
         bar.close()
     t, rng = time.perf_counter(), checkpoint.rng_state()
     try:
-        final = evaluate_all(p) if evaluates else {}
-    except KeyboardInterrupt:  # Ctrl-C while evaluating: stored cancelled, and a rerun only evaluates
+        with checkpoint.deferred_interrupts(checkpoints is not None, defer=False):  # SIGTERM is Ctrl-C here
+            final = evaluate_all(p) if evaluates else {}
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM while evaluating: stored cancelled, and a rerun only evaluates
         if checkpoints is not None:
             save(rng)
         raise
@@ -549,19 +550,20 @@ def run(cfg: RunConfig, store: Store | None = None, progress: bool | None = None
         "comparable": p.task.comparable,
     }
     main_metric = f"dev/{p.task.main_metric}"
-    trackers = Trackers(cfg.tracker if runtime.is_main else [], key, cfg.to_dict(),  # a failure: before the store
-                        store.path.parent if store is not None else Path("."), resume.step if resume else 0,
-                        resume.trackers if resume else None)
     if store is not None:
         try:
             store.start(key, cfg.to_dict(), prov, tags, main_metric, redo_done=force)
         except AlreadyDone as e:
-            trackers.finish("cancelled")
             print(f"note: {e}", file=sys.stderr)
             return store.get(key) or {}
-        except BaseException:
-            trackers.finish("failed")
-            raise
+    try:  # after the claim: a run that is not trained opens no tracker run
+        trackers = Trackers(cfg.tracker if runtime.is_main else [], key, cfg.to_dict(),
+                            store.path.parent if store is not None else Path("."), resume.step if resume else 0,
+                            resume.trackers if resume else None)
+    except BaseException:
+        if store is not None:  # a tracker that cannot start leaves the store as it was
+            store.unclaim(key)
+        raise
     if resume is None and folder is not None:  # a fresh start (--force): checkpoints left by an earlier attempt go
         checkpoint.remove(folder)
     cost: dict[str, Any] = {
@@ -596,7 +598,8 @@ def run(cfg: RunConfig, store: Store | None = None, progress: bool | None = None
             if p.predictions:  # every prediction of the final evaluation, for reports and audits
                 store.add_predictions(key, p.predictions)
         if cfg.export_dir and runtime.is_main:
-            details["export"] = {"dir": cfg.export_dir, **p.method.export(p.model, Path(cfg.export_dir), cfg.overwrite)}
+            exported = p.method.export(p.model, Path(cfg.export_dir), cfg.overwrite, p.tokenizer)
+            details["export"] = {"dir": cfg.export_dir, **exported}
     except Diverged as e:
         status, error = "diverged", str(e)
         details["diverged_at_step"] = e.step

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, not_a_file
 
 MAX_VALUES = 100_000  # far above any real run config or suite; far below what hangs a copy or a hash
 
@@ -73,7 +73,7 @@ def read_yaml(path: Path, what: str, loader_cls: type[yaml.SafeLoader] = yaml.Sa
     from .textfile import read_text
 
     if not path.is_file():
-        raise ConfigError(f"{what} {str(path)!r} does not exist.")
+        raise not_a_file(what, path)
     loader = loader_cls(read_text(path, what))  # not UTF-8: one line, not a traceback
     loader.name = str(path)
     try:

@@ -41,7 +41,19 @@ class PromptMethod(PeftMethod):
         return {}
 
     def config_kwargs(self, model: nn.Module, targets: list[Target], ctx: Context) -> dict[str, Any]:
-        return {"num_virtual_tokens": self.args.num_virtual_tokens, **self.prompt_kwargs()}
+        return {"num_virtual_tokens": self.args.num_virtual_tokens, **self.model_sizes(model), **self.prompt_kwargs()}
+
+    def model_sizes(self, model: nn.Module) -> dict[str, int]:
+        """The sizes PEFT needs, read from the model: it looks for them in the config's dict under a few names
+        (``hidden_size``, ``n_embd``, ``d_model``), which DistilBERT's lacks (``dim``, ``n_layers``, ``n_heads``:
+        "Please specify `token_dim`"). Virtual tokens enter beside the input embeddings, so a token is as wide as
+        they are; layers and heads are read through the config's standard attribute names."""
+        config = model.config
+        sizes = {"num_layers": getattr(config, "num_hidden_layers", None),
+                 "num_attention_heads": getattr(config, "num_attention_heads", None)}
+        embeddings = model.get_input_embeddings()
+        sizes["token_dim"] = getattr(embeddings, "embedding_dim", None)
+        return {k: v for k, v in sizes.items() if isinstance(v, int) and not isinstance(v, bool)}
 
     def extra_positions(self) -> int:
         """The virtual tokens take positions (prefix tuning's too: the input's positions start after them)."""

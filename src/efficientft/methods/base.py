@@ -229,12 +229,15 @@ class Method:
         """The model with what was learned folded into plain weights (same outputs, no adapter modules)."""
         raise ConfigError(f"method {self.name!r} defines no merge; export its trained parameters instead.")
 
-    def export(self, model: nn.Module, out_dir: Path, overwrite: bool = False) -> dict[str, Any]:
+    def export(self, model: nn.Module, out_dir: Path, overwrite: bool = False, tokenizer: Any = None
+               ) -> dict[str, Any]:
         """Save what was learned into ``out_dir`` so it can be used later; returns a description of the files.
 
         The one entry point of every method's export: the folder must be new or empty (``overwrite``: emptied
         first), so that it holds this export and nothing else. A stale adapter file left beside a new one is
         loaded by stock PEFT as if it were the new one. Methods write their files in :meth:`write_export`.
+        An export that is a whole model folder (``capabilities.export == "model"``) gets the run's ``tokenizer``
+        beside it, so that it is a model folder ``--model`` takes (one without tokenizer files is refused).
         """
         if self.capabilities.export == "none":
             raise ConfigError(f"method {self.name!r} cannot export what it learned (its capabilities declare no "
@@ -242,6 +245,8 @@ class Method:
         out_dir = Path(out_dir)
         clear_export_dir(out_dir, overwrite)
         info = self.write_export(model, out_dir)
+        if tokenizer is not None and self.capabilities.export == "model":
+            tokenizer.save_pretrained(str(out_dir))
         info["files"] = sorted(f.name for f in out_dir.iterdir())
         return info
 

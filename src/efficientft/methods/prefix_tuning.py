@@ -15,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import torch.nn as nn
+
 from . import register
 from ._prompt import PromptArgs, PromptMethod
 from .base import positive_int
@@ -39,6 +41,10 @@ class PrefixTuning(PromptMethod):
                                 gradient_checkpointing=False,  # PEFT refuses it: the prefixes enter as a cache
                                 classifier_inputs=("past_key_values",))
     peft_config_name = "PrefixTuningConfig"
+
+    def model_sizes(self, model: nn.Module) -> dict[str, int]:
+        """PEFT's own reading: a prefix is sized by the attention layers (key/value heads), not the embeddings."""
+        return {}
 
     def prompt_kwargs(self) -> dict[str, Any]:
         return {"prefix_projection": self.args.prefix_projection,

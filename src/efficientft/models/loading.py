@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn as nn
 
-from ..content import WEIGHT_SUFFIXES, folder_sha256
-from ..errors import ConfigError
+from ..content import WEIGHT_SUFFIXES, folder_sha256, model_file
+from ..errors import ConfigError, not_a_folder
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
@@ -66,7 +66,7 @@ def resolve_model(name: str) -> str:
     looks_local = p.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1
     if looks_local:
         if not p.is_dir():
-            raise ConfigError(f"model directory {name!r} does not exist.")
+            raise not_a_folder("model directory", name)
         if not (p / "config.json").is_file():
             raise ConfigError(f"model directory {name!r} has no config.json; it is not a Hugging Face model folder.")
         weights = sorted(f.name for f in p.iterdir() if f.suffix in WEIGHT_SUFFIXES)
@@ -118,11 +118,13 @@ _SEEN: set[tuple] = set()  # loaded once from disk, not yet kept
 
 
 def _stamp(path: str) -> tuple:
-    """Size and mtime of a local model's files: a re-saved model is not served from a stale cache."""
-    p = Path(path)
-    if not p.is_dir():
+    """What a local model folder holds, by content (:mod:`efficientft.content`: its config and weights, then its
+    other files, the tokenizer's): a re-saved model is never served from a stale cache, even one whose files kept
+    their sizes and times. The digests are cached by stat as content caches them (the run hashes the same model
+    files again for its inputs: read once)."""
+    if not Path(path).is_dir():
         return ()
-    return tuple(sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in p.iterdir() if f.is_file()))
+    return folder_sha256(path), folder_sha256(path, lambda name: not model_file(name))
 
 
 def clear_backbone_cache() -> None:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import ConfigError, not_a_folder
 from ..textfile import csv_rows
 
 if TYPE_CHECKING:
@@ -80,7 +80,7 @@ class DataOptions:
             )
         p = Path(d).expanduser()
         if not p.is_dir():
-            raise ConfigError(f"data directory {str(p)!r} does not exist (from --data-dir or {ENV_DATA_DIR}).")
+            raise not_a_folder("data directory", p, f"from --data-dir or {ENV_DATA_DIR}")
         return p
 
 
