@@ -196,7 +196,7 @@ def test_the_report_cost_table_shows_tokens_per_s_and_mfu(stored):
     assert rows[0].tokens_per_s == pytest.approx(rec["cost"]["tokens_per_s"])
     assert rows[0].mfu == pytest.approx(rec["cost"]["mfu"])
     line = md_costs(rows).splitlines()[2]
-    assert f"{100 * rec['cost']['mfu']:,.3f}" in line and f"{rec['cost']['tokens_per_s']:,.0f}" in line
+    assert f"{100 * rec['cost']['mfu']:,.1f}" in line and f"{rec['cost']['tokens_per_s']:,.0f}" in line
 
 
 def test_the_report_csv_table_has_tokens_per_s_and_mfu(stored):

@@ -210,7 +210,7 @@ def cost_cells(c) -> list[str]:
     """A cost row's cells as text, in :data:`COST_HEADERS` order."""
     return [str(c.label), str(c.runs), fmt_params(c.params_min, c.params_max) if math.isfinite(c.params_min) else "–",
             _g3(c.median_step_s), _g3(c.peak_memory_mb, 0) + (MIXED_PROCESSES if c.mixed_processes else ""),
-            _g3(c.wall_per_run_s, 1), _g3(c.wall_s / 3600, 2), _g3(c.tokens_per_s, 0), _g3(100 * c.mfu)]
+            _g3(c.wall_per_run_s, 1), _g3(c.wall_s / 3600, 2), _g3(c.tokens_per_s, 0), _g3(100 * c.mfu, 1)]
 
 
 def _g3(v: float, digits: int = 3) -> str:
