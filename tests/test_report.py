@@ -457,6 +457,8 @@ def test_cost_per_configuration_and_compute_in_the_store(rep, report_store):
         assert c.peak_memory_mb == pytest.approx(max(r["cost"]["peak_memory_mb"] for r in runs))
         assert c.wall_s == pytest.approx(sum(r["cost"]["wall_s"] for r in runs))
         assert c.wall_per_run_s == pytest.approx(np.median([r["cost"]["wall_s"] for r in runs]))
+        assert c.tokens_per_s == pytest.approx(np.median([r["cost"]["tokens_per_s"] for r in runs]))
+        assert c.mfu == pytest.approx(np.median([r["cost"]["mfu"] for r in runs]))
     s = rep.spent
     assert s.runs == len(everything) and s.by_status == {"done": len(everything) - 1, "failed": 1}
     assert s.wall_s == pytest.approx(sum((r["cost"] or {}).get("wall_s", 0) for r in everything))
@@ -464,6 +466,7 @@ def test_cost_per_configuration_and_compute_in_the_store(rep, report_store):
     doc = markdown_document(rep)
     assert f"{len(everything)} runs ({len(everything) - 1} done, 1 failed)" in doc
     assert "| Configuration | Runs | Params | Median step (s) | Peak memory (MB) |" in doc
+    assert "| Wall, all runs (h) | Tokens/s | MFU (%) |" in doc
 
 
 def test_plot_error_bars_are_95_percent_confidence_intervals(rep, report_store):

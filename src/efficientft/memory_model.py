@@ -127,4 +127,59 @@ def predict(shape: LlamaShape, weights: str, checkpointing: bool, batch: int, se
     return Prediction(runtime_bytes, w, adapter, acts, workspace)
 
 
-__all__ = ["LlamaShape", "SIZES", "Prediction", "predict", "lora_params", "NF4_BYTES", "WEIGHT_MODES"]
+# What :func:`predict_run` describes: the runs the formula was built for and checked against (BENCHMARKS.md §7)
+LLAMA_TYPES = ("llama", "mistral")
+SCOPE = "LoRA on targets qv of a LLaMA/Mistral-architecture classifier, fp32/bf16/NF4 weights, one process"
+
+
+def shape_of(config: object) -> LlamaShape | None:
+    """The :class:`LlamaShape` of a transformers config of a LLaMA-architecture model; None for any other."""
+    if getattr(config, "model_type", None) not in LLAMA_TYPES:
+        return None
+    try:
+        heads = int(config.num_attention_heads)  # type: ignore[attr-defined]
+        return LlamaShape(int(config.hidden_size), int(config.num_hidden_layers),  # type: ignore[attr-defined]
+                          int(config.intermediate_size), heads,  # type: ignore[attr-defined]
+                          int(getattr(config, "num_key_value_heads", None) or heads),
+                          int(config.vocab_size))  # type: ignore[attr-defined]
+    except (AttributeError, TypeError, ValueError):
+        return None
+
+
+def predict_run(config: object, *, method: str, targets: str, rank: object, classifier: bool, weights: str | None,
+                act_dtype: str, checkpointing: bool, tokens: int, num_labels: int, runtime_bytes: float,
+                sharded: bool = False, feature_cache: bool = False) -> tuple[Prediction | None, str]:
+    """The prediction for one run, or (None, why not) when the run is outside :data:`SCOPE`.
+
+    ``tokens``: the most tokens (padding included) of one micro-batch (activations scale with batch × length);
+    ``runtime_bytes``: what the process held before the model loaded (the CPU's RSS at the run's start; 0 on a GPU,
+    whose ``memory_allocated`` has no CUDA context).
+    """
+    shape = shape_of(config)
+    if shape is None:
+        why = f"model type {getattr(config, 'model_type', None)!r} is not LLaMA-architecture"
+    elif method != "lora" or targets != "qv" or not isinstance(rank, int):
+        why = f"method {method!r} on targets {targets!r} (the formula counts LoRA q,v's activations)"
+    elif not classifier:
+        why = "not a classifier (a language-model head's logits are not counted)"
+    elif weights not in WEIGHT_MODES or act_dtype not in BYTES:
+        why = f"weights {weights} computed in {act_dtype}"
+    elif sharded or feature_cache:
+        why = "sharded across processes" if sharded else "trained from a feature cache"
+    elif tokens <= 0:
+        why = "no training step"
+    else:
+        return predict(shape, weights, checkpointing, 1, tokens, rank, runtime_bytes, act_dtype, num_labels), ""
+    return None, f"outside the memory model ({SCOPE}): {why}"
+
+
+def compare(predicted_mb: float | None, measured_mb: object) -> dict[str, float | None]:
+    """The residual (measured − predicted, MB) and relative error ((predicted − measured) / measured) of a run."""
+    if predicted_mb is None or not isinstance(measured_mb, (int, float)) or measured_mb <= 0:
+        return {"predicted_peak_residual_mb": None, "predicted_peak_error": None}
+    return {"predicted_peak_residual_mb": measured_mb - predicted_mb,
+            "predicted_peak_error": (predicted_mb - measured_mb) / measured_mb}
+
+
+__all__ = ["LlamaShape", "SIZES", "Prediction", "predict", "lora_params", "NF4_BYTES", "WEIGHT_MODES",
+           "predict_run", "compare", "shape_of", "SCOPE"]

@@ -176,7 +176,9 @@ class MemorySampler:
 class StepTimer:
     """Wall time of each optimizer step (all its micro-batches; evaluation is outside); the median skips the warm-up
     steps. An fp16 step the GradScaler skipped is timed and counted too: its forward and backward were computed.
-    ``tokens`` counts non-padding tokens only (``padded_tokens`` all), so ``tokens_per_s`` is real text per second."""
+    ``tokens`` counts non-padding tokens only (``padded_tokens`` all), so ``tokens_per_s`` is real text per second.
+    ``token_pairs`` sums each example's non-padding length squared (the attention term of the model FLOPs,
+    :mod:`efficientft.flops`); ``longest_batch`` is the most tokens, padding included, of one micro-batch."""
 
     device: torch.device
     warmup: int = 3
@@ -184,6 +186,8 @@ class StepTimer:
     tokens: int = 0  # non-padding tokens trained on
     padded_tokens: int = 0
     examples: int = 0
+    token_pairs: int = 0
+    longest_batch: int = 0
     _t0: float = 0.0
 
     def start(self) -> None:
@@ -212,4 +216,5 @@ class StepTimer:
             "tokens_per_s": self.tokens / total if total else float("nan"),
             "examples_per_s": self.examples / total if total else float("nan"),
             "padding_fraction": 1 - self.tokens / self.padded_tokens if self.padded_tokens else 0.0,
+            "step_time_total_s": total,
         }

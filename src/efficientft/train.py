@@ -22,12 +22,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from . import checkpoint, content, provenance, sharding
+from . import checkpoint, content, memory_model, provenance, sharding
 from .checkpoint import TrainState
 from .config import DEFAULT_EPOCHS, RunConfig
 from .data import Encoded, TrainBatches
 from .errors import AlreadyDone, ConfigError
 from .features import FeatureCache
+from .flops import FlopShape, flop_shape, speed_cost
 from .meters import MemorySampler, PeakMemory, StepTimer
 from .methods import get_method
 from .methods.base import Context, Method, check_export_dir
@@ -104,6 +105,7 @@ class Prepared:
     eval_cost: dict[str, float] = field(default_factory=dict)
     kind_state: dict[str, Any] = field(default_factory=dict)  # the kind's own working state (not recorded)
     inputs: dict[str, Any] = field(default_factory=dict)  # the content of what it read (kept in its checkpoints)
+    flop_shape: FlopShape | None = None  # what its model FLOPs are counted from (before sharding splits it)
 
     @property
     def device(self) -> torch.device:
@@ -223,6 +225,7 @@ def prepare(cfg: RunConfig, runtime: Runtime | None = None, resume: TrainState |
             return prepare(cfg, runtime)  # prepare again, from scratch
     else:
         method.init_from_data(model, ({k: v.to(device) for k, v in b.items()} for b in batches.forever()))
+    shape = flop_shape(model)
     if runtime.sharded:  # before the optimizer exists: it must hold the sharded parameters
         model = sharding.shard(model, runtime)
     groups = method.param_groups(model, Strategy(cfg.role_ratios), cfg.lr, cfg.weight_decay)
@@ -254,7 +257,7 @@ def prepare(cfg: RunConfig, runtime: Runtime | None = None, resume: TrainState |
         features.check("train")  # a model or method the cache cannot serve fails here, before training
         info["feature_cache"] = {"layers": features.list_name, "first_trained_layer": features.k}
     prepared = Prepared(cfg, task, method, model, loaded.tokenizer, runtime, train, evals, total, groups, optimizer,
-                        scheduler, base_params, info, features, resume, inputs=inputs)
+                        scheduler, base_params, info, features, resume, inputs=inputs, flop_shape=shape)
     kind.before_training(prepared)  # e.g. the LM loss on held-out text before any step (the forgetting baseline)
     info["setup_s"] = time.perf_counter() - t0
     return prepared
@@ -363,7 +366,8 @@ def train(p: Prepared, store: Store | None = None, key: str = "", progress: bool
 
     def save(rng: dict | None = None) -> Path:
         state.step, state.drawn, state.eval_s = step, drawn, eval_s
-        state.counters = {n: getattr(timer, n) for n in ("tokens", "padded_tokens", "examples", "times")}
+        state.counters = {n: getattr(timer, n) for n in ("tokens", "padded_tokens", "examples", "times",
+                                                         "token_pairs", "longest_batch")}
         state.counters["train_s"] = train_s0 + time.perf_counter() - t_train - (eval_s - eval_s0)
         state.capture(p, scaler)
         if rng is not None:
@@ -380,6 +384,8 @@ def train(p: Prepared, store: Store | None = None, key: str = "", progress: bool
             for _, batch in micro:
                 timer.tokens += int(batch["attention_mask"].sum())
                 timer.padded_tokens += batch["attention_mask"].numel()
+                timer.token_pairs += int((batch["attention_mask"].sum(1) ** 2).sum())
+                timer.longest_batch = max(timer.longest_batch, batch["attention_mask"].numel())
                 timer.examples += len(batch["labels"])
             try:
                 result = optimizer_step(p, micro, step + 1, scaler, runner, accel)
@@ -490,6 +496,26 @@ def best_dev(task: Task, evals: list[tuple[int, dict[str, float]]]) -> dict[str,
     return out
 
 
+def _predicted_memory(p: Prepared, tokens: int, rss_start: int) -> dict[str, Any]:
+    """The memory model's peak for this run (``predicted_peak_mb``), or None and why where it cannot describe it."""
+    cfg, runtime = p.cfg, p.runtime
+    frozen = next((q for q in p.model.parameters() if not q.requires_grad and q.dim() == 2), None)
+    weights = ("nf4" if runtime.quantize == "4bit" else None if frozen is None else
+               {torch.float32: "fp32", torch.bfloat16: "bf16"}.get(frozen.dtype))
+    act = (runtime.precision if runtime.autocast_dtype is not None else
+           (cfg.quant_compute_dtype or "fp32") if weights == "nf4" else (weights or "fp32"))
+    pred, why = memory_model.predict_run(
+        getattr(p.model, "config", None), method=cfg.method, targets=cfg.targets,
+        rank=p.method.args_dict().get("rank"),
+        classifier=p.task.kind.peft_task_type == "SEQ_CLS", weights=weights, act_dtype=act,
+        checkpointing=cfg.gradient_checkpointing, tokens=tokens, num_labels=p.task.num_labels,
+        runtime_bytes=0.0 if runtime.device.type == "cuda" else float(rss_start), sharded=runtime.sharded,
+        feature_cache=p.features is not None)
+    if pred is None:
+        return {"predicted_peak_mb": None, "predicted_peak_note": why}
+    return {"predicted_peak_mb": pred.total / 2**20, "predicted_peak_note": None}
+
+
 # Runs started in this process so far. A process's peak memory (peak RSS on a CPU) never goes down, so a run that is
 # not the first in its process may report an earlier run's peak: each run records whether it was first
 # (``details.fresh_process``), and the report flags a configuration whose runs mix the two.
@@ -585,7 +611,11 @@ def run(cfg: RunConfig, store: Store | None = None, progress: bool | None = None
             out = train(p, store, key, progress, checkpoints, trackers)
         cost.update(sampler.summary())
         scores = {**out["scores"], **best_dev(p.task, out["evals"])}
-        cost.update(out["timer"].summary())
+        timer = out["timer"]
+        cost.update(timer.summary())
+        cost.update(speed_cost(p.flop_shape, p.method.capabilities, timer.tokens, timer.token_pairs,
+                               sum(timer.times), device, runtime.precision))
+        cost.update(_predicted_memory(p, timer.longest_batch, memory.start))
         cost.update(train_s=out["train_s"], eval_s=out["eval_s"], **p.eval_cost)
         details["skipped_steps"] = out["skipped_steps"]
         if p.features is not None:
@@ -621,6 +651,8 @@ def run(cfg: RunConfig, store: Store | None = None, progress: bool | None = None
         raise
     finally:
         cost.update(memory.read())
+        if "predicted_peak_mb" in cost:
+            cost.update(memory_model.compare(cost["predicted_peak_mb"], cost.get("peak_memory_mb")))
         cost["wall_s"] = time.perf_counter() - t0
         main = scores.get(main_metric)
         try:

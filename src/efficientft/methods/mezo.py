@@ -134,7 +134,8 @@ def projected_gradient(params: list[torch.Tensor], loss_fn: Callable[[], float],
 # What both zeroth-order methods can do (each registered class names it in its own body, as registration requires)
 _ZO_CAPABILITIES = Capabilities(all_targets=True, fused_slices=True, v_role=True, quantized_base=False,
                                 gradient_checkpointing=False, quantized_base_reason=_QUANTIZED, merge=True,
-                                export="model", owns_update=True, clipping=False)
+                                export="model", owns_update=True, clipping=False,
+                                forward_passes=2, backward=False)
 
 
 class ZerothOrder(FullFineTuning):

@@ -39,7 +39,7 @@ REPLICATE_FIELDS = ("seed", "data_seed")
 # Fields that define a row's identity in a paper table, shown as their own columns.
 ROW_FIELDS = ("model", "method", "targets", "lr_ratio", "role_lr", "method_args", "lr")
 COST_FIELDS = ("trainable_params", "base_params", "trainable_fraction", "peak_memory_mb", "wall_s", "train_s",
-               "median_step_s", "tokens_per_s")
+               "median_step_s", "tokens_per_s", "mfu")
 _NEVER_PER_TASK = ("model", "method", "targets", "lr_ratio", "role_lr")  # a row's identity, even when per task
 _SKIP = set(ENVIRONMENT_FIELDS) | set(REPLICATE_FIELDS) | {"task", "custom"}
 

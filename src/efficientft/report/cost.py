@@ -2,7 +2,8 @@
 
 Per configuration (a table row): its runs in the table (under ``--select-lr``, the selected learning rate's), their
 trainable parameters, the median over runs of each run's median optimizer step, the largest peak memory, the
-median wall time per run and the wall time summed. For the store: every run it holds, whatever its status and
+median wall time per run and the wall time summed, the median tokens per second and the median model FLOPs
+utilisation (MFU, :mod:`efficientft.flops`; NaN where no run knows its device's peak). For the store: every run it holds, whatever its status and
 whether or not a table shows it (the learning rates not selected, failed and cancelled runs), so the compute a
 study spent is never under-reported.
 """
@@ -28,6 +29,8 @@ class CostRow:
     peak_memory_mb: float
     wall_per_run_s: float
     wall_s: float
+    tokens_per_s: float = math.nan
+    mfu: float = math.nan
     mixed_processes: bool = False  # some runs ran first in a fresh process, others after earlier runs in theirs
 
 
@@ -60,7 +63,8 @@ def cost_rows(col: Collection) -> list[CostRow]:
         out.append(CostRow(row.label, len(runs), min(params, default=math.nan), max(params, default=math.nan),
                            _median(_values(runs, "median_step_s")), max(_values(runs, "peak_memory_mb"),
                                                                          default=math.nan),
-                           _median(wall), sum(wall), _mixes_processes(runs)))
+                           _median(wall), sum(wall), _median(_values(runs, "tokens_per_s")),
+                           _median(_values(runs, "mfu")), _mixes_processes(runs)))
     return out
 
 

@@ -199,7 +199,7 @@ def md_comparisons(comps: Sequence[Comparison], digits: int = 2) -> str:
 
 
 COST_HEADERS = ("Configuration", "Runs", "Params", "Median step (s)", "Peak memory (MB)", "Wall per run (s)",
-                "Wall, all runs (h)")
+                "Wall, all runs (h)", "Tokens/s", "MFU (%)")
 
 
 # A peak-memory cell whose runs mix fresh processes with processes that had run earlier runs (their peak included).
@@ -210,7 +210,7 @@ def cost_cells(c) -> list[str]:
     """A cost row's cells as text, in :data:`COST_HEADERS` order."""
     return [str(c.label), str(c.runs), fmt_params(c.params_min, c.params_max) if math.isfinite(c.params_min) else "–",
             _g3(c.median_step_s), _g3(c.peak_memory_mb, 0) + (MIXED_PROCESSES if c.mixed_processes else ""),
-            _g3(c.wall_per_run_s, 1), _g3(c.wall_s / 3600, 2)]
+            _g3(c.wall_per_run_s, 1), _g3(c.wall_s / 3600, 2), _g3(c.tokens_per_s, 0), _g3(100 * c.mfu, 1)]
 
 
 def _g3(v: float, digits: int = 3) -> str:
@@ -330,7 +330,7 @@ def csv_table(t: Table, col: Collection) -> str:
         head += [f"{base}_mean", f"{base}_std", f"{task}_n", f"{base}_ci95_low", f"{base}_ci95_high"]
         if col.select_lr:
             head += [f"{task}_lr", f"{task}_lr_selected_on"]
-    head += ["avg_x100", "trainable_params", "peak_memory_mb", "wall_s", "seeds_min"]
+    head += ["avg_x100", "trainable_params", "peak_memory_mb", "wall_s", "seeds_min", "tokens_per_s", "mfu"]
     lines: list[list[object]] = [head]
     for tr in t.rows:
         line: list[object] = ["" if tr.row.fields.get(k) is None else fmt_value(tr.row.fields.get(k))
@@ -344,7 +344,8 @@ def csv_table(t: Table, col: Collection) -> str:
                 line += [_g(s.lr), s.basis]
         ns = [s.n for s in tr.scores if s is not None]
         line += [_g(tr.avg.mean) if tr.avg else "", _g(tr.row.cost("trainable_params", t.tasks)),
-                 _g(tr.row.cost("peak_memory_mb", t.tasks)), _g(tr.row.cost("wall_s", t.tasks)), min(ns) if ns else 0]
+                 _g(tr.row.cost("peak_memory_mb", t.tasks)), _g(tr.row.cost("wall_s", t.tasks)), min(ns) if ns else 0,
+                 _g(tr.row.cost("tokens_per_s", t.tasks)), _g(tr.row.cost("mfu", t.tasks))]
         lines.append(line)
     return _csv(lines)
 
