@@ -208,7 +208,7 @@ class Check:
         figure = (f"{loss_text(losses)} ({len(losses)} steps{f', {skipped} skipped by the GradScaler' if skipped else ''}); "
                   f"{cost.get('tokens_per_s', float('nan')):.0f} tokens/s; {mfu_text(record)}")
         if record["status"] != "done":
-            figure = f"status {record['status']}: {(record.get('error') or '').splitlines()[:1]}"
+            figure = f"status {record['status']}: {((record.get('error') or '').splitlines() or [''])[0][:160]}"
         self.row(what, figure, record["status"] == "done" and falls(losses))
 
     # H100: build + save the 1.0 B decoder in fp32 (~20 s), 2 runs x (load + quantize ~20 s, 6 steps, eval): ~90 s
