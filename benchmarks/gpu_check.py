@@ -36,6 +36,7 @@ import gc
 import io
 import math
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -320,10 +321,13 @@ def main(argv: list[str] | None = None) -> int:
               "for the rehearsal.", file=sys.stderr)
         return 2
     c = Check(a)
-    c.training()
-    c.section("QLoRA", c.qlora)
-    c.section("generation: batched greedy vs per-example generate", c.generation)
-    c.section("step time", c.step_time)
+    try:
+        c.training()
+        c.section("QLoRA", c.qlora)
+        c.section("generation: batched greedy vs per-example generate", c.generation)
+        c.section("step time", c.step_time)
+    finally:
+        shutil.rmtree(c.work, ignore_errors=True)  # the models and the store (4.4 GB for the 1 B decoder)
     wall = time.perf_counter() - c.t0
     text = (f"machine: {machine()}\n\n{table(['check', 'device', 'figure', 'result'], c.rows)}\n\n"
             f"{sum(r[3] == PASS for r in c.rows)} passed, {sum(r[3] == FAIL for r in c.rows)} failed, "
