@@ -54,7 +54,7 @@ def per_example(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: 
     texts, tokens = [], 0
     t0, c0 = time.perf_counter(), time.process_time()
     for p in prompts:
-        enc = tokenizer(p, return_tensors="pt")
+        enc = tokenizer(p, return_tensors="pt").to(model.device)
         with torch.inference_mode():
             out = model.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
                                  max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, pad_token_id=0)

@@ -100,3 +100,58 @@ def test_memory_model_counts_the_activations_autograd_saves():
         model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=torch.tensor([1]))
     predicted = predict(shape, "fp32", False, 1, seq, rank=4).activations
     assert abs(sum(saved.values()) / predicted - 1) < 0.1, (sum(saved.values()), predicted)
+
+
+GPU_CHECK_ROWS = [
+    *(f"eft run {m}, {p}" for p in ("bf16", "fp16") for m in ("LoRA Q,V λ=4", "DoRA Q,V", "full fine-tuning")),
+    "QLoRA NF4, LoRA Q,V r=16, with checkpointing: peak vs prediction",
+    "QLoRA NF4, LoRA Q,V r=16, without checkpointing: peak vs prediction",
+    "generation: batched greedy vs per-example generate",
+    "step time: LoRA Q,V vs the frozen-backbone floor",
+    "step time: LoRA Q,V vs full fine-tuning",
+]
+
+
+def _table_rows(text):
+    return [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines()
+            if line.startswith("| ") and not line.startswith("| check ")]
+
+
+def test_gpu_check_rehearses_every_check_on_a_cpu(tmp_path, monkeypatch, capsys):
+    """The GPU acceptance run in its CPU rehearsal (``--device cpu --tiny``): every row is there and passes, and
+    the table printed is the table written under $OUT."""
+    import gpu_check
+
+    monkeypatch.setenv("OUT", str(tmp_path))
+    code = gpu_check.main(["--device", "cpu", "--tiny"])
+    printed = capsys.readouterr().out
+    written = (tmp_path / "gpu_check.md").read_text(encoding="utf-8")
+    rows = _table_rows(written)
+    assert [r[0] for r in rows] == GPU_CHECK_ROWS
+    assert [r for r in rows if r[1] != "CPU" or r[3] != "pass"] == [], written
+    assert code == 0 and written.strip() in printed and "11 passed, 0 failed, 0 skipped" in written
+    figures = {r[0]: r[2] for r in rows}
+    assert "4/4 identical texts" in figures["generation: batched greedy vs per-example generate"]
+    assert "tokens/s" in figures["eft run LoRA Q,V λ=4, fp16"] and "MFU " in figures["eft run LoRA Q,V λ=4, fp16"]
+
+
+def test_gpu_check_runs_every_check_past_a_failure_and_stops_at_its_budget(tmp_path, monkeypatch, capsys):
+    """A check that raises fails its own row (with the error) and the exit status; the others still run. Past
+    ``--budget-s`` every section left is a 'skipped: budget' row, not a silent gap."""
+    import gpu_check
+
+    ran = []
+    monkeypatch.setattr(gpu_check.Check, "_train", lambda self, what, m, p: self.row(what, "stub", True))
+    monkeypatch.setattr(gpu_check.Check, "qlora", lambda self: ran.append("qlora"))
+    monkeypatch.setattr(gpu_check.Check, "generation", lambda self: 1 / 0)
+    monkeypatch.setattr(gpu_check.Check, "step_time", lambda self: ran.append("step time"))
+    code = gpu_check.main(["--device", "cpu", "--tiny", "--out", str(tmp_path / "t.md")])
+    rows = _table_rows((tmp_path / "t.md").read_text(encoding="utf-8"))
+    assert code == 1 and ran == ["qlora", "step time"] and len(rows) == 7
+    assert rows[-1] == ["generation: batched greedy vs per-example generate", "CPU",
+                        "ZeroDivisionError: division by zero", "FAIL"]
+    capsys.readouterr()
+    code = gpu_check.main(["--device", "cpu", "--tiny", "--budget-s", "0", "--out", str(tmp_path / "b.md")])
+    rows = _table_rows((tmp_path / "b.md").read_text(encoding="utf-8"))
+    assert code == 0 and len(rows) == 9 and {r[3] for r in rows} == {"skipped: budget"}
+    assert rows[0][0] == "eft run LoRA Q,V λ=4, bf16" and rows[-1][0] == "step time"
