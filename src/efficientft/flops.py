@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +42,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from .provenance import cpu_name
 
 # Dense peak TFLOP/s by (GPU name pattern, precision) from the vendors' data sheets (sparsity figures halved):
 # H100 SXM / H200: NVIDIA H100 and H200 Tensor Core GPU data sheets; H100 PCIe, H100 NVL: the H100 data sheet;
@@ -153,17 +154,6 @@ def gpu_peak(name: str, precision: str) -> float | None:
     return None
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
-
-
 def probe_cpu_peak(dtype: torch.dtype = torch.float32, seconds: float = PROBE_SECONDS) -> float:
     """The best FLOP/s of square matmuls (``F.linear``, the op a model's linear layers run) over about ``seconds``
     on this process's threads. The size is ``PROBE_SIZE`` unless a call would take over 50 ms (a CPU without native
@@ -202,7 +192,7 @@ def _cache_file() -> Path:
 def cpu_peak(precision: str) -> tuple[float, str]:
     """(peak FLOP/s, source) of this CPU for matmuls in ``precision``: probed once, then read from the cache."""
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
-    key = f"{cpu_model()} | threads={torch.get_num_threads()} | {precision}"
+    key = f"{cpu_name()} | threads={torch.get_num_threads()} | {precision}"
     path = _cache_file()
     try:
         cached = json.loads(path.read_text())
@@ -233,7 +223,7 @@ def device_peak(device: torch.device, precision: str) -> tuple[float | None, str
         return (peak, f"table: {name} {mp} dense") if peak else (None, f"unknown GPU {name!r} ({mp})")
     if device.type == "cpu":
         peak, source = cpu_peak(mp)
-        return peak, f"{source}: {cpu_model()}, {torch.get_num_threads()} threads, {mp}"
+        return peak, f"{source}: {cpu_name()}, {torch.get_num_threads()} threads, {mp}"
     return None, f"no peak known for device type {device.type!r}"
 
 

@@ -52,14 +52,14 @@ def package_versions() -> dict[str, str]:
 def hardware(device: torch.device) -> dict:
     info = {"machine": platform.machine(), "platform": platform.platform(), "host": socket.gethostname(),
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": str(device),
-            "processor": _cpu_name()}
+            "processor": cpu_name()}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
 
 
 @lru_cache(maxsize=1)
-def _cpu_name() -> str:
+def cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
