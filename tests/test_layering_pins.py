@@ -16,8 +16,8 @@ ENV = {"model": "gpt2", "train_data": "boolq"}
 
 
 def suite_keys(name: str) -> list[str]:
-    from efficientft.sweep.suite import load_suite
     from efficientft.sweep.runner import environment
+    from efficientft.sweep.suite import load_suite
 
     suite = load_suite(name)
     env = {**environment(None, None), **{k: v for k, v in ENV.items() if k in suite.requires}}
