@@ -66,6 +66,7 @@ def child(path: str, mode: str, batch: int, seq: int, steps: int, rank: int) -> 
     from efficientft.methods.base import Context
     from efficientft.models import head_modules, load_model, resolve_targets
     from efficientft.models.large import enable_gradient_checkpointing
+    from efficientft.models.loading import LoadOptions
     from efficientft.runtime import build_runtime
     from efficientft.strategy import Strategy
 
@@ -77,7 +78,7 @@ def child(path: str, mode: str, batch: int, seq: int, steps: int, rank: int) -> 
     compute = best_precision("cpu")
     if weights == "nf4":
         qcfg = RunConfig(model=path, quantize="4bit", quant_compute_dtype=compute, device=device.type)
-        model = load_model(path, 2, runtime=build_runtime(qcfg)).model
+        model = load_model(path, 2, LoadOptions.from_runtime(build_runtime(qcfg))).model
         precision = "fp32"
     else:
         model = load_model(path, 2).model

@@ -230,13 +230,12 @@ def test_two_runtimes_in_one_process_keep_their_own_settings(monkeypatch):
 
 
 def test_the_backbone_cache_keeps_loads_of_different_dtypes_apart(tiny_bert):
-    from efficientft.models.loading import clear_backbone_cache, load_model
-    from efficientft.runtime import Runtime
+    from efficientft.models.loading import LoadOptions, clear_backbone_cache, load_model
 
     clear_backbone_cache()
     load_model(str(tiny_bert), 2)
     load_model(str(tiny_bert), 2)  # kept in memory from now on
-    half = load_model(str(tiny_bert), 2, runtime=Runtime(torch.device("cpu"), load_dtype=torch.bfloat16)).model
+    half = load_model(str(tiny_bert), 2, LoadOptions(dtype=torch.bfloat16)).model
     full = load_model(str(tiny_bert), 2).model
     assert next(half.parameters()).dtype == torch.bfloat16 and next(full.parameters()).dtype == torch.float32
     clear_backbone_cache()
