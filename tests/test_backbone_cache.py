@@ -73,7 +73,7 @@ def test_warm_models_carry_their_path(tiny_bert):
     clear_backbone_cache()
     loads = [load_model(str(tiny_bert), 2) for _ in range(3)]  # cold, cold (kept), from memory
     for loaded in loads:
-        assert loaded.model.name_or_path == loaded.model.config._name_or_path == loaded.path
+        assert loaded.model.name_or_path == loaded.model.config.name_or_path == loaded.path
 
 
 def test_cache_keeps_one_backbone(tiny_bert, tiny_llama):

@@ -230,7 +230,7 @@ def load_model(name: str, num_labels: int, options: LoadOptions | None = None,
         None, config=copy.deepcopy(cached.config), state_dict={k: v.clone() for k, v in cached.state.items()},
         dtype=cached.dtype, ignore_mismatched_sizes=True, trust_remote_code=trust_remote_code,
     )
-    model.config._name_or_path = path
+    model.config.name_or_path = path  # the public setter of PretrainedConfig._name_or_path
     model.name_or_path = path  # from_pretrained(None) leaves the string "None", which PEFT takes for a hub id
     return Loaded(model, cached.tokenizer, path, cached.is_decoder)
 
