@@ -14,7 +14,7 @@ allocated inside the window. The same table is computed by :mod:`efficientft.mem
 optimizer state + activations + the runtime baseline, which each child measures as its RSS with the libraries
 imported, before the model exists) and the relative error is printed: the formula should be within 15 %.
 The NF4 mode builds its Runtime as a run does, so glibc's mmap threshold is the one a quantized CPU run sets
-(``meters.return_large_blocks``); the other modes keep glibc's default.
+(``allocator.return_large_blocks``); the other modes keep glibc's default.
 """
 
 from __future__ import annotations
