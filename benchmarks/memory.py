@@ -19,7 +19,7 @@ import torch
 from _common import machine
 
 from efficientft.config import RunConfig
-from efficientft.meters import PeakMemory, _read_status, release_freed_memory, rss_bytes
+from efficientft.meters import PeakMemory, read_status, release_freed_memory, rss_bytes
 
 
 def mb(x: float) -> str:
@@ -27,7 +27,7 @@ def mb(x: float) -> str:
 
 
 def phase(name: str) -> None:
-    print(f"| {name} | {mb(rss_bytes())} | {mb(_read_status('VmHWM') or 0)} |", flush=True)
+    print(f"| {name} | {mb(rss_bytes())} | {mb(read_status('VmHWM') or 0)} |", flush=True)
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ allocated inside the window. The same table is computed by :mod:`efficientft.mem
 optimizer state + activations + the runtime baseline, which each child measures as its RSS with the libraries
 imported, before the model exists) and the relative error is printed: the formula should be within 15 %.
 The NF4 mode builds its Runtime as a run does, so glibc's mmap threshold is the one a quantized CPU run sets
-(``meters.return_large_blocks``); the other modes keep glibc's default.
+(``allocator.return_large_blocks``); the other modes keep glibc's default.
 """
 
 from __future__ import annotations
@@ -66,6 +66,7 @@ def child(path: str, mode: str, batch: int, seq: int, steps: int, rank: int) -> 
     from efficientft.methods.base import Context
     from efficientft.models import head_modules, load_model, resolve_targets
     from efficientft.models.large import enable_gradient_checkpointing
+    from efficientft.models.loading import LoadOptions
     from efficientft.runtime import build_runtime
     from efficientft.strategy import Strategy
 
@@ -77,7 +78,7 @@ def child(path: str, mode: str, batch: int, seq: int, steps: int, rank: int) -> 
     compute = best_precision("cpu")
     if weights == "nf4":
         qcfg = RunConfig(model=path, quantize="4bit", quant_compute_dtype=compute, device=device.type)
-        model = load_model(path, 2, runtime=build_runtime(qcfg)).model
+        model = load_model(path, 2, LoadOptions.from_runtime(build_runtime(qcfg))).model
         precision = "fp32"
     else:
         model = load_model(path, 2).model

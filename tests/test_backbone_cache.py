@@ -73,7 +73,7 @@ def test_warm_models_carry_their_path(tiny_bert):
     clear_backbone_cache()
     loads = [load_model(str(tiny_bert), 2) for _ in range(3)]  # cold, cold (kept), from memory
     for loaded in loads:
-        assert loaded.model.name_or_path == loaded.model.config._name_or_path == loaded.path
+        assert loaded.model.name_or_path == loaded.model.config.name_or_path == loaded.path
 
 
 def test_cache_keeps_one_backbone(tiny_bert, tiny_llama):
@@ -118,3 +118,38 @@ def test_a_model_resaved_with_the_same_sizes_and_times_is_not_served_from_the_ca
     assert (weights.stat().st_size, weights.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
     loaded = load_model(str(model), 2).model.state_dict()
     assert torch.equal(loaded[name], tensors[name])
+
+
+class _TokenTagger:
+    """A head spec that is no task kind: the loader builds whatever head it is told (models know no tasks)."""
+
+    name = "token-tagger"
+
+    def model_class(self):
+        from transformers import AutoModelForTokenClassification
+
+        return AutoModelForTokenClassification
+
+    def configure(self, config, num_labels):
+        config.num_labels = num_labels
+
+    def configure_tokenizer(self, tokenizer):
+        tokenizer.padding_side = "left"
+
+
+def test_the_loader_builds_the_head_a_head_spec_names_and_caches_heads_apart(tiny_bert):
+    from transformers import BertForSequenceClassification, BertForTokenClassification
+
+    from efficientft.models.loading import LoadOptions
+
+    clear_backbone_cache()
+    for _ in range(3):  # cold, cold (kept), from memory
+        tagged = load_model(str(tiny_bert), 5, LoadOptions(), head=_TokenTagger())
+        assert type(tagged.model) is BertForTokenClassification and tagged.model.config.num_labels == 5
+    assert tagged.tokenizer.padding_side == "left"
+    classified = load_model(str(tiny_bert), 5).model  # the default head: sequence classification
+    assert type(classified) is BertForSequenceClassification and classified.config.problem_type == (
+        "single_label_classification")
+    half = load_model(str(tiny_bert), 5, LoadOptions(dtype=torch.bfloat16), head=_TokenTagger()).model
+    assert type(half) is BertForTokenClassification and next(half.parameters()).dtype == torch.bfloat16
+    clear_backbone_cache()

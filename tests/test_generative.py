@@ -158,7 +158,7 @@ def test_generation_stops_at_the_eos_training_appends_even_if_the_model_config_n
     from tests.gen_fixtures import save_causal
 
     path = save_causal(tmp_path / "m", "llama", minilm_dir)
-    loaded = load_model(str(path), 0, kind=GENERATION)
+    loaded = load_model(str(path), 0, head=GENERATION)
     loaded.model.generation_config.eos_token_id = 2
     assert set(_eos_ids(loaded.model, loaded.tokenizer)) == {2, loaded.tokenizer.sep_token_id}
 

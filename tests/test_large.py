@@ -286,10 +286,11 @@ def test_a_quantized_load_keeps_no_tensor_in_the_mapped_checkpoint_file(bert64):
     keeps every page of the file resident (the full-precision model's size in RSS, beside the 4-bit weights)."""
     from efficientft.config import RunConfig
     from efficientft.models import load_model
+    from efficientft.models.loading import LoadOptions
     from efficientft.runtime import build_runtime
 
     runtime = build_runtime(RunConfig(model=str(bert64), quantize="4bit", quant_compute_dtype="fp32", device="cpu"))
-    model = load_model(str(bert64), 2, runtime=runtime).model
+    model = load_model(str(bert64), 2, LoadOptions.from_runtime(runtime)).model
     ranges = []
     with open("/proc/self/maps") as f:
         for line in f:

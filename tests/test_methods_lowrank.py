@@ -8,11 +8,11 @@ from efficientft.errors import ConfigError
 from efficientft.methods import get_method
 from efficientft.methods._decomp import DiagAdapter
 from efficientft.methods.base import Context
+from efficientft.methods.capabilities import check_quantized
 from efficientft.methods.loldu import ldu_factors
 from efficientft.methods.paca import PartialColumns
 from efficientft.methods.sora import GatedLoRA, SparseAdamW, soft_threshold
 from efficientft.models import head_modules, resolve_targets
-from efficientft.models.large import check_quantized_method
 from efficientft.strategy import Strategy
 
 H = 16  # hidden size: W_q, W_v are 16 × 16
@@ -229,7 +229,7 @@ def test_refuses_a_quantized_base_with_its_reason(name):
     method = get_method(name)()
     assert method.capabilities.quantized_base is False
     with pytest.raises(ConfigError) as e:
-        check_quantized_method(method, "4bit")
+        check_quantized(method, "4bit")
     assert str(e.value).startswith(f"method '{name}' cannot train on a 4bit quantized base: "
                                    f"{method.capabilities.quantized_base_reason}. Methods that can: ")
 

@@ -160,15 +160,16 @@ def test_new_settings_are_validated_with_one_clear_line(capsys, tmp_path):
 
 def test_runtime_is_built_once_and_reaches_loading_and_training(tiny_bert, monkeypatch):
     from efficientft import train as T
+    from efficientft.models.loading import LoadOptions
     from efficientft.runtime import build_runtime
 
     built, seen = [], {}
     monkeypatch.setattr(T, "build_runtime", lambda cfg: built.append(build_runtime(cfg)) or built[-1])
     real_load, real_train = T.load_model, T.train
 
-    def load(name, num_labels, trust_remote_code, runtime, **kw):
-        seen["load"] = runtime
-        return real_load(name, num_labels, trust_remote_code, runtime, **kw)
+    def load(name, num_labels, options, **kw):
+        seen["load"] = options
+        return real_load(name, num_labels, options, **kw)
 
     def train(p, *a, **k):
         seen["train"] = p.runtime
@@ -178,7 +179,7 @@ def test_runtime_is_built_once_and_reaches_loading_and_training(tiny_bert, monke
     monkeypatch.setattr(T, "train", train)
     rec = T.run(tiny_config(tiny_bert, steps=1, max_train=8, max_eval=8, device="cpu"))
     assert rec["status"] == "done"
-    assert len(built) == 1 and seen["train"] is built[0] and seen["load"] is built[0]
+    assert len(built) == 1 and seen["train"] is built[0] and seen["load"] == LoadOptions.from_runtime(built[0])
 
 
 def test_precision_auto_is_resolved_by_the_runtime_not_run_as_fp16(tiny_bert, monkeypatch):
@@ -230,13 +231,12 @@ def test_two_runtimes_in_one_process_keep_their_own_settings(monkeypatch):
 
 
 def test_the_backbone_cache_keeps_loads_of_different_dtypes_apart(tiny_bert):
-    from efficientft.models.loading import clear_backbone_cache, load_model
-    from efficientft.runtime import Runtime
+    from efficientft.models.loading import LoadOptions, clear_backbone_cache, load_model
 
     clear_backbone_cache()
     load_model(str(tiny_bert), 2)
     load_model(str(tiny_bert), 2)  # kept in memory from now on
-    half = load_model(str(tiny_bert), 2, runtime=Runtime(torch.device("cpu"), load_dtype=torch.bfloat16)).model
+    half = load_model(str(tiny_bert), 2, LoadOptions(dtype=torch.bfloat16)).model
     full = load_model(str(tiny_bert), 2).model
     assert next(half.parameters()).dtype == torch.bfloat16 and next(full.parameters()).dtype == torch.float32
     clear_backbone_cache()

@@ -556,15 +556,14 @@ estimate: {step_s: {mrpc: 0.5}, overhead_s: 2}
 
 
 class _BusyPool:
-    """Stands in for the ProcessPoolExecutor: its worker processes are busy with a 120 s "run"."""
+    """Stands in for the ProcessPoolExecutor: its worker processes (started through the pool's context) are busy
+    with a 120 s "run"."""
 
-    def __init__(self, procs):
-        self._processes = {p.pid: p for p in procs}
+    def __init__(self):
         self.shut = None
 
     def shutdown(self, wait=True, cancel_futures=False):
         self.shut = (wait, cancel_futures)
-        self._processes = None  # as the real one does: the pool forgets its processes
 
 
 def test_an_aborted_pool_stops_its_workers_instead_of_waiting_for_their_runs():
@@ -573,12 +572,11 @@ def test_an_aborted_pool_stops_its_workers_instead_of_waiting_for_their_runs():
     worker is sent SIGTERM (its run then checkpoints at the end of its step), queued runs are dropped, nothing waits."""
     from efficientft.sweep.executors import LocalPool
 
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=time.sleep, args=(120,)) for _ in range(2)]
+    pool = LocalPool("unused.sqlite", 2)
+    procs = [pool._spawn.Process(target=time.sleep, args=(120,)) for _ in range(2)]
     for p in procs:
         p.start()
-    pool = LocalPool("unused.sqlite", 2)
-    pool._pool = fake = _BusyPool(procs)
+    pool._pool = fake = _BusyPool()
     start = time.time()
     try:
         pool.close(abort=True)

@@ -365,7 +365,7 @@ def _read_first(name: str) -> tuple[str, ...]:
     return ()
 
 
-def _coerce(name: str, value: Any, where: str = "") -> Any:
+def coerce_setting(name: str, value: Any, where: str = "") -> Any:
     """One field's value converted by its rule, its range not yet checked (for suites, which convert each value
     where it is written; the runs they expand to check the ranges)."""
     try:
@@ -409,14 +409,14 @@ def _check_role_lr(role_lr: dict) -> dict[str, float]:
     return out
 
 
-_LABEL_HASH = re.compile(r"@[0-9a-f]{8}$")
+LABEL_HASH = re.compile(r"@[0-9a-f]{8}$")
 
 
 def _check_custom(task: str, custom: dict) -> None:
     """The user's data may not borrow a GLUE task's name: its runs would fill that task's cells in a table."""
     from .tasks import TASKS
 
-    base = _LABEL_HASH.sub("", task)
+    base = LABEL_HASH.sub("", task)
     if canonical_task(base) in TASKS:
         raise ConfigError(f"task {task!r} is a GLUE task, so it cannot name your own data (--train-file / "
                           f"custom:); name it otherwise (e.g. --task my-{canonical_task(base)}) or leave --task out.")
@@ -446,7 +446,7 @@ def resolve_custom(task: str, custom: dict) -> dict[str, Any]:
             hashes[split] = file_sha256(spec[split])
     spec["sha256"] = hashes
     blob = json.dumps({k: v for k, v in spec.items() if k not in ("train", "dev")}, sort_keys=True, default=str)
-    label = f"{_LABEL_HASH.sub('', task)}@{hashlib.sha256(blob.encode()).hexdigest()[:8]}"
+    label = f"{LABEL_HASH.sub('', task)}@{hashlib.sha256(blob.encode()).hexdigest()[:8]}"
     return {"task": label, "custom": spec}
 
 

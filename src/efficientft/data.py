@@ -15,7 +15,7 @@ import os
 import threading
 import zipfile
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,10 +23,51 @@ import numpy as np
 import torch
 
 from .errors import ConfigError
-from .tasks import Examples
 
 _MEMORY: OrderedDict[str, Encoded] = OrderedDict()  # the most recently used splits of this process
 MEMORY_SPLITS = 16  # a sweep over a few tasks keeps all its splits; a long-lived worker does not grow forever
+
+
+@dataclass
+class Examples:
+    """One split as columns: one or two texts per example and a label (class id, or a float for regression)."""
+
+    text_a: list[str]
+    text_b: list[str] | None
+    labels: list
+    files: tuple[str, ...] = ()
+    skipped_rows: int = 0  # malformed rows left out by the reader (wrong number of columns)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, indices: Sequence[int]) -> Examples:
+        idx = list(indices)
+        return Examples(
+            [self.text_a[i] for i in idx],
+            None if self.text_b is None else [self.text_b[i] for i in idx],
+            [self.labels[i] for i in idx],
+            self.files,
+            self.skipped_rows,
+        )
+
+    def sample(self, n: int | None, seed: int) -> Examples:
+        """A seeded random subset of ``n`` examples (all of them when n is None or not smaller)."""
+        if n is None or n >= len(self):
+            return self
+        rng = np.random.default_rng(seed)
+        return self.subset(sorted(rng.choice(len(self), size=n, replace=False).tolist()))
+
+    def split_off(self, size: int | float, seed: int) -> tuple[Examples, Examples]:
+        """(rest, held_out): a seeded held-out part (a count, or a fraction when < 1) carved from this split."""
+        n = int(round(size * len(self))) if isinstance(size, float) and size < 1 else int(size)
+        if n <= 0 or n >= len(self):
+            raise ConfigError(
+                f"selection_size={size} leaves nothing to {'hold out' if n <= 0 else 'train on'}: "
+                f"the training split has {len(self)} examples; give a count below that or a fraction in (0, 1)."
+            )
+        perm = np.random.default_rng(seed).permutation(len(self)).tolist()
+        return self.subset(sorted(perm[n:])), self.subset(sorted(perm[:n]))
 
 
 @dataclass

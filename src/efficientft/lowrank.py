@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 
 
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
     dev = x.device.type
     return torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
 
@@ -33,7 +33,7 @@ class _LowRankAdd(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, base, x, a, b, scaling):
-        dtype = _compute_dtype(x)
+        dtype = compute_dtype(x)
         dev = x.device.type
         with torch.autocast(dev, enabled=False):
             x2 = x.reshape(-1, x.shape[-1]).to(dtype)

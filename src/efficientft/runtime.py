@@ -15,14 +15,43 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from . import sharding
+from .allocator import return_large_blocks
 from .errors import ConfigError
-from .meters import return_large_blocks
 
 if TYPE_CHECKING:
     from .config import RunConfig
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+SHARDED_LAUNCHES = ("FSDP", "DEEPSPEED")  # launches that shard the model (efficientft.sharding: FSDP2)
+
+
+def sharding_requested(accelerator: Any) -> str | None:
+    """The sharding a launch asked for: ``FSDP``, ``DEEPSPEED`` or None (plain data parallel).
+
+    Read from the launch's environment (``accelerate launch`` sets ``ACCELERATE_USE_FSDP``) as well as from the
+    accelerator, since accelerate on CPU silently falls back to plain data parallel.
+    """
+    for kind in SHARDED_LAUNCHES:
+        if os.environ.get(f"ACCELERATE_USE_{kind}", "").lower() == "true":
+            return kind
+    name = getattr(getattr(accelerator, "distributed_type", None), "name", "")
+    return name if name in SHARDED_LAUNCHES else None
+
+
+def check_launch(kind: str | None) -> None:
+    """Refuse what this loop cannot shard: DeepSpeed, FSDP version 1 (FSDP2 keeps parameter names), and the
+    accelerate config's CPU offload and activation checkpointing (not applied by this loop)."""
+    if kind == "DEEPSPEED":
+        raise ConfigError("DeepSpeed launches are not supported; for a model that does not fit one device use "
+                          "FSDP (accelerate launch --config_file <efficientft>/fsdp_accelerate.yaml).")
+    if kind == "FSDP" and os.environ.get("FSDP_VERSION", "2") != "2":
+        raise ConfigError(f"FSDP version {os.environ['FSDP_VERSION']} is not supported; set fsdp_version: 2 in "
+                          "the accelerate config (FSDP2, torch's fully_shard).")
+    if kind == "FSDP":  # options of the accelerate config this loop would otherwise silently not apply
+        for var, instead in (("FSDP_OFFLOAD_PARAMS", "drop fsdp_offload_params"),
+                             ("FSDP_ACTIVATION_CHECKPOINTING", "use --gradient-checkpointing instead")):
+            if os.environ.get(var, "").lower() == "true":
+                raise ConfigError(f"the accelerate config's {var.lower()} is not supported here; {instead}.")
 
 
 @dataclass(frozen=True)
@@ -44,7 +73,7 @@ class Runtime:
     quantize: str | None = None
     quant_compute_dtype: torch.dtype | None = None
     sharded: bool = False
-    returns_large_blocks: bool = False  # CPU, quantized base: glibc maps blocks >= 1 MiB (meters.return_large_blocks)
+    returns_large_blocks: bool = False  # CPU, quantized base: glibc maps blocks >= 1 MiB (allocator.return_large_blocks)
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
@@ -137,8 +166,8 @@ def build_runtime(cfg: RunConfig, world_size: int | None = None) -> Runtime:
         from accelerate import Accelerator
 
         accelerator = Accelerator(cpu=device.type == "cpu")
-        kind = sharding.requested(accelerator)
-        sharding.check_launch(kind)
+        kind = sharding_requested(accelerator)
+        check_launch(kind)
         sharded = kind == "FSDP"
         if cfg.checkpoint_every:  # the default (None) and 0 are off here; an explicit request is not ignored
             raise ConfigError(f"--checkpoint-every is not supported in a {accelerator.num_processes}-process "

@@ -17,7 +17,8 @@ GPU run takes (not run on a GPU here: none was lent). What is refused, each with
 DeepSpeed, FSDP version 1, the accelerate config's CPU offload and activation checkpointing (use
 ``--gradient-checkpointing``), fp16 (the GradScaler is not shard-aware), ``--quantize``, methods not declared to
 work sharded (``capabilities.sharding``: full, lora), the feature cache, step checkpoints and ``--export-dir`` (both
-would need a gathered full state dict).
+would need a gathered full state dict). The launch itself is read and checked where the runtime is built
+(:func:`efficientft.runtime.sharding_requested`, :func:`efficientft.runtime.check_launch`).
 """
 
 from __future__ import annotations
@@ -34,37 +35,7 @@ if TYPE_CHECKING:
     from .config import RunConfig
     from .runtime import Runtime
 
-SHARDED_LAUNCHES = ("FSDP", "DEEPSPEED")
 CONFIG = Path(__file__).parent / "fsdp_accelerate.yaml"  # the shipped accelerate launch config
-
-
-def requested(accelerator: Any) -> str | None:
-    """The sharding a launch asked for: ``FSDP``, ``DEEPSPEED`` or None (plain data parallel).
-
-    Read from the launch's environment (``accelerate launch`` sets ``ACCELERATE_USE_FSDP``) as well as from the
-    accelerator, since accelerate on CPU silently falls back to plain data parallel.
-    """
-    for kind in SHARDED_LAUNCHES:
-        if os.environ.get(f"ACCELERATE_USE_{kind}", "").lower() == "true":
-            return kind
-    name = getattr(getattr(accelerator, "distributed_type", None), "name", "")
-    return name if name in SHARDED_LAUNCHES else None
-
-
-def check_launch(kind: str | None) -> None:
-    """Refuse what this loop cannot shard: DeepSpeed, FSDP version 1 (FSDP2 keeps parameter names), and the
-    accelerate config's CPU offload and activation checkpointing (not applied by this loop)."""
-    if kind == "DEEPSPEED":
-        raise ConfigError("DeepSpeed launches are not supported; for a model that does not fit one device use "
-                          "FSDP (accelerate launch --config_file <efficientft>/fsdp_accelerate.yaml).")
-    if kind == "FSDP" and os.environ.get("FSDP_VERSION", "2") != "2":
-        raise ConfigError(f"FSDP version {os.environ['FSDP_VERSION']} is not supported; set fsdp_version: 2 in "
-                          "the accelerate config (FSDP2, torch's fully_shard).")
-    if kind == "FSDP":  # options of the accelerate config this loop would otherwise silently not apply
-        for var, instead in (("FSDP_OFFLOAD_PARAMS", "drop fsdp_offload_params"),
-                             ("FSDP_ACTIVATION_CHECKPOINTING", "use --gradient-checkpointing instead")):
-            if os.environ.get(var, "").lower() == "true":
-                raise ConfigError(f"the accelerate config's {var.lower()} is not supported here; {instead}.")
 
 
 def check_config(cfg: RunConfig, method: Any, precision: str) -> None:

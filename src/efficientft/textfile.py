@@ -137,16 +137,16 @@ def _width_error(path: Path, n: int, row: list[str], head: list[str], delimiter:
             f"({', '.join(head)}); {hint}.")
 
 
-class _DuplicateKey(Exception):
+class DuplicateKey(Exception):
     pass
 
 
-def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+def unique_keys(pairs: list[tuple[str, object]]) -> dict:
     """A JSON object's pairs as a dict; a repeated key would otherwise keep its last value silently."""
     out: dict = {}
     for k, v in pairs:
         if k in out:
-            raise _DuplicateKey(k)
+            raise DuplicateKey(k)
         out[k] = v
     return out
 
@@ -159,8 +159,8 @@ def jsonl_records(path: Path) -> tuple[list[str], list[dict], list[str]]:
         if not line.strip():
             continue
         try:
-            obj = json.loads(line, object_pairs_hook=_unique_keys)
-        except _DuplicateKey as e:
+            obj = json.loads(line, object_pairs_hook=unique_keys)
+        except DuplicateKey as e:
             raise ConfigError(f"{path}:{n}: the key {describe(e.args[0])} appears more than once in this object; "
                               "keys must be unique.") from None
         except json.JSONDecodeError as e:

@@ -35,6 +35,7 @@ from .methods.base import Context, Method, check_export_dir
 from .methods.capabilities import check_model
 from .models import ALL, describe, fingerprint, load_model, resolve_model, resolve_targets
 from .models.large import enable_gradient_checkpointing
+from .models.loading import LoadOptions
 from .models.loading import check_max_length as check_positions
 from .runtime import Runtime, build_runtime, check_runtime, check_shards
 from .step import MAX_SKIPPED_IN_A_ROW, Diverged, forward, optimizer_step  # noqa: F401 - forward: re-exported
@@ -185,7 +186,7 @@ def prepare(cfg: RunConfig, runtime: Runtime | None = None, resume: TrainState |
     train_ex, eval_ex = load_data(task, cfg)
 
     seed_everything(cfg.seed)  # the head's random init depends on the seed only
-    loaded = load_model(cfg.model, task.num_labels, cfg.trust_remote_code, runtime, kind=kind)
+    loaded = load_model(cfg.model, task.num_labels, LoadOptions.from_runtime(runtime, cfg.trust_remote_code), head=kind)
     model = loaded.model
     check_model(method, model, classifier=kind.peft_task_type == "SEQ_CLS")  # e.g. prefix tuning's cache argument
     if cfg.gradient_checkpointing:  # before the method wraps the model: every layer is checkpointed whole

@@ -90,7 +90,7 @@ class Method:
                     f"method {cls.name!r} takes no argument {k!r}.{did_you_mean(k, names)} It accepts: {accepted}."
                 )
         hints = typing.get_type_hints(cls.Args)
-        values = {k: _coerce(cls.name, k, v, hints.get(k)) for k, v in raw.items()}
+        values = {k: coerce_argument(cls.name, k, v, hints.get(k)) for k, v in raw.items()}
         try:
             return cls(cls.Args(**values))
         except ConfigError:
@@ -317,7 +317,7 @@ def clear_export_dir(out_dir: Path, overwrite: bool = False) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
 
 
-def _coerce(method: str, name: str, value: Any, hint: Any) -> Any:
+def coerce_argument(method: str, name: str, value: Any, hint: Any) -> Any:
     """Method arguments from the command line arrive as strings; convert to the declared type."""
     if value is None or hint is None:
         return value

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..lowrank import _compute_dtype
+from ..lowrank import compute_dtype
 from ..models.fused import out_major_weight, replace_module, weight_shape
 from ..models.roles import Target
 from . import register
@@ -52,7 +52,7 @@ class _PartialLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, w, cols, index, bias):
-        dtype = _compute_dtype(x)
+        dtype = compute_dtype(x)
         with torch.autocast(x.device.type, enabled=False):
             w_eff = w.index_copy(1, index, cols.to(w.dtype)).to(dtype)
             y = F.linear(x.to(dtype), w_eff, None if bias is None else bias.to(dtype))

@@ -37,7 +37,7 @@ import torch.nn as nn
 from ..errors import ConfigError, did_you_mean, unknown
 from ..models.roles import Target
 from . import register
-from .base import Context, Method, _coerce
+from .base import Context, Method, coerce_argument
 from .capabilities import Capabilities
 from .peft_backed import PeftMethod
 
@@ -268,9 +268,9 @@ def _check_type(tuner: str, name: str, value: Any, hint: Any) -> Any:
             items = [v.strip() for v in value.split(",") if v.strip()]
             inner = [typing.get_args(a) for a in allowed if typing.get_origin(a) is list]
             kind = inner[0][0] if inner and inner[0] and inner[0][0] in (int, float) else None
-            return [_coerce("peft", name, v, kind) for v in items] if kind else items
+            return [coerce_argument("peft", name, v, kind) for v in items] if kind else items
         if scalars:
-            return _coerce("peft", name, value, scalars[0])
+            return coerce_argument("peft", name, value, scalars[0])
     if any(isinstance(t, type) and isinstance(value, t) and not (isinstance(value, bool) and t in (int, float))
            for t in plain) or (float in plain and isinstance(value, int) and not isinstance(value, bool)):
         return value

@@ -5,8 +5,9 @@ backbone are stored in 4-bit NormalFloat (NF4) with double quantisation of the b
 8-bit, and dequantized block by block in the forward pass; 4-bit layers compute in ``quant_compute_dtype``. The
 task head is kept out of quantisation (it trains, and a 4-bit head would not): the head's module names are read
 from the architecture built on the meta device, so no weights are materialised twice. Only methods that declare
-``capabilities.quantized_base`` may run on such a base (:func:`check_quantized_method`): a method that trains or
-factorises the base weights themselves (full, GaLore, SIFT, PiSSA, OLoRA) needs them in full precision.
+``capabilities.quantized_base`` may run on such a base (:func:`efficientft.methods.capabilities.check_quantized`):
+a method that trains or factorises the base weights themselves (full, GaLore, SIFT, PiSSA, OLoRA) needs them in full
+precision.
 
 **Gradient checkpointing** recomputes each transformer layer's activations in the backward pass instead of keeping
 them. It is enabled with the *non-reentrant* variant of ``torch.utils.checkpoint``: the reentrant one returns no
@@ -21,17 +22,10 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from ..allocator import release_freed_memory
 from ..errors import ConfigError
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def check_quantized_method(method: Any, quantize: str | None) -> None:
-    """Refuse, before anything is loaded, a method that cannot train on a quantized base (naming why); read from
-    its declared ``capabilities.quantized_base``."""
-    from ..methods.capabilities import check_quantized
-
-    check_quantized(method, quantize)
 
 
 def quantization_config(quantize: str, compute_dtype: str | torch.dtype | None, skip: list[str]) -> Any:
@@ -89,8 +83,6 @@ def own_full_precision_tensors(model: nn.Module) -> None:
             for name, b in module._buffers.items():
                 if b is not None and b.device.type == "cpu":
                     module._buffers[name] = b.clone()
-    from ..meters import release_freed_memory
-
     release_freed_memory()
 
 
@@ -127,5 +119,5 @@ def enable_gradient_checkpointing(model: nn.Module) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
-__all__ = ["DTYPES", "check_quantized_method", "quantization_config", "head_names", "quantized_modules",
+__all__ = ["DTYPES", "quantization_config", "head_names", "quantized_modules",
            "is_quantized", "enable_gradient_checkpointing", "own_full_precision_tensors", "keep_one_layout"]

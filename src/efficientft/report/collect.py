@@ -25,7 +25,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import _LABEL_HASH, ENVIRONMENT_FIELDS, KEY_WHEN_SET  # _LABEL_HASH: resolve's data label
+from ..config import ENVIRONMENT_FIELDS, KEY_WHEN_SET, LABEL_HASH  # LABEL_HASH: resolve's data label
 from ..errors import ConfigError, did_you_mean
 from ..store import Store
 from .stats import Summary, summarize
@@ -69,10 +69,10 @@ def task_key(cfg: dict) -> str:
     if spec in (None, {}, ""):
         return task
     if isinstance(spec, dict) and any("hash" in str(k) or "sha" in str(k) for k in spec):
-        if _LABEL_HASH.search(task):
+        if LABEL_HASH.search(task):
             return task
         spec = {k: v for k, v in spec.items() if k not in _FILE_KEYS}
-    return f"{_LABEL_HASH.sub('', task)}@{hashlib.sha256(_freeze(spec).encode()).hexdigest()[:8]}"
+    return f"{LABEL_HASH.sub('', task)}@{hashlib.sha256(_freeze(spec).encode()).hexdigest()[:8]}"
 
 
 def _canon(v: Any) -> Any:
@@ -253,7 +253,7 @@ def collect(store: Store, split: str = "dev", tasks: Iterable[str] | None = None
     tid = {r["run_key"]: task_key(r["config"]) for r in records}  # the data each run read: its column
     task_list = [t.strip() for t in tasks] if tasks else None
     method_list = [m.strip() for m in methods] if methods else None
-    names = {k: {t, _LABEL_HASH.sub("", t)} for k, t in tid.items()}  # "mine" selects every mine@hash8
+    names = {k: {t, LABEL_HASH.sub("", t)} for k, t in tid.items()}  # "mine" selects every mine@hash8
     known_tasks = sorted({str(r["config"].get("task")) for r in records} | set().union(*names.values()))
     known_methods = sorted({str(r["config"].get("method")) for r in records})
     for name, asked, known in (("task", task_list, known_tasks), ("method", method_list, known_methods)):
@@ -294,7 +294,7 @@ def collect(store: Store, split: str = "dev", tasks: Iterable[str] | None = None
     task_order = sorted(name_of, key=_task_rank)
     if task_list:  # in the order asked; a name stands for every data set of that name
         task_order = list(dict.fromkeys(c for t in task_list for c in task_order
-                                        if t in (c, name_of[c], _LABEL_HASH.sub("", c))))
+                                        if t in (c, name_of[c], LABEL_HASH.sub("", c))))
 
     flats = {r["run_key"]: _flat(r["config"]) for r in scored}
     names = sorted({k for f in flats.values() for k in f})

@@ -24,7 +24,7 @@ from urllib.parse import quote
 from .collect import SPLIT_TITLES, Collection, task_title
 from .compare import NO_PAIRS, Comparison
 from .stats import FEW_SEEDS
-from .tables import COST_HEADERS, FEW, Score, Table, _p, ci_text, cost_cells, fmt_params, spent_text
+from .tables import COST_HEADERS, FEW, Score, Table, ci_text, cost_cells, fmt_params, p_text, spent_text
 from .values import number, show, sort_key
 
 
@@ -150,8 +150,8 @@ def comparisons_table(comps: Sequence[Comparison]) -> Markup:
             tag("td", task_title(c.task), class_="l"), tag("td", r.n),
             tag("td", show(100 * r.mean_diff, 2), data_sort=sort_key(100 * r.mean_diff)),
             tag("td", ci_text(r)),
-            tag("td", _p(r.p_value), data_sort=sort_key(r.p_value)),
-            tag("td", _p(r.p_holm), data_sort=sort_key(r.p_holm)), tag("td", show(r.d_z, 2)),
+            tag("td", p_text(r.p_value), data_sort=sort_key(r.p_value)),
+            tag("td", p_text(r.p_holm), data_sort=sort_key(r.p_holm)), tag("td", show(r.d_z, 2)),
             tag("td", " ".join(map(str, r.seeds)), class_="l"),
             tag("td", tag("span", f"⚠ n < {FEW_SEEDS}", class_="warn") if r.few else "", class_="l")))
     headers = [("A", True), ("B", True), ("Task", True), ("n", False), ("mean A−B (×100)", False),

@@ -193,8 +193,8 @@ def md_comparisons(comps: Sequence[Comparison], digits: int = 2) -> str:
         r = c.result
         warn = f"⚠ n < {FEW_SEEDS}" if r.few else ""
         lines.append(f"| {md_escape(c.a.label)} | {md_escape(c.b.label)} | {md_escape(task_title(c.task))} | {r.n} | "
-                     f"{_num(100 * r.mean_diff, digits)} | {ci_text(r, digits)} | {_p(r.p_value)} | "
-                     f"{_p(r.p_holm)} | {_num(r.d_z, 2)} | {warn} |")
+                     f"{_num(100 * r.mean_diff, digits)} | {ci_text(r, digits)} | {p_text(r.p_value)} | "
+                     f"{p_text(r.p_holm)} | {_num(r.d_z, 2)} | {warn} |")
     return "\n".join(lines)
 
 
@@ -241,7 +241,7 @@ def ci_text(r, digits: int = 2) -> str:
     return f"[{_num(100 * r.ci_low, digits)}, {_num(100 * r.ci_high, digits)}]"
 
 
-def _p(p: float) -> str:
+def p_text(p: float) -> str:
     if not math.isfinite(p):
         return "–"
     return "<0.001" if p < 0.001 else f"{p:.3f}"
@@ -291,8 +291,8 @@ def latex(t: Table, comps: Sequence[Comparison] = (), label: str = "tab:efficien
             r = c.result
             few = r"$^\dagger$" if r.few else ""
             out.append(" & ".join([tex_escape(c.a.label), tex_escape(c.b.label), tex_escape(task_title(c.task)),
-                                   f"{r.n}{few}", _num(100 * r.mean_diff, 2), tex_escape(_p(r.p_value)),
-                                   tex_escape(_p(r.p_holm)), tex_escape(_num(r.d_z, 2))]) + r" \\")
+                                   f"{r.n}{few}", _num(100 * r.mean_diff, 2), tex_escape(p_text(r.p_value)),
+                                   tex_escape(p_text(r.p_holm)), tex_escape(_num(r.d_z, 2))]) + r" \\")
         out += [r"\bottomrule", r"\end{tabular}"]
         if any(c.result.few for c in comps):
             out.append(r"\par\smallskip{\footnotesize $^\dagger$ fewer than " + str(FEW_SEEDS) +

@@ -127,6 +127,30 @@ def _init_worker(threads: int, devices: Any) -> None:
     _quiet()
 
 
+class SpawnRecorder:
+    """The ``spawn`` multiprocessing context, keeping the processes started through it.
+
+    ``ProcessPoolExecutor`` launches its workers with the context it is given (``mp_context``: documented), but
+    keeps them only in a private attribute; the pool's workers are read here instead (:meth:`LocalPool.close`
+    signals them). Everything else is the spawn context's own.
+    """
+
+    def __init__(self) -> None:
+        import multiprocessing as mp
+
+        self._ctx = mp.get_context("spawn")
+        self.processes: list = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ctx, name)
+
+    def Process(self, *args: Any, **kwargs: Any) -> Any:  # noqa: N802 - the context's own name
+        self.processes = [p for p in self.processes if p.exitcode is None]  # finished ones are forgotten
+        process = self._ctx.Process(*args, **kwargs)
+        self.processes.append(process)
+        return process
+
+
 def gpu_count() -> int:
     try:
         import torch
@@ -149,12 +173,12 @@ class LocalPool:
         # sweep the starting RSS rose from 432 to 632 MB, and small methods' peaks read above full fine-tuning's)
         self.fresh_process = fresh_process
         self._pool = None
+        self._spawn = SpawnRecorder()  # the pools' worker processes
 
     def _new_pool(self, workers: int):
-        import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
 
-        ctx = mp.get_context("spawn")
+        ctx = self._spawn
         threads = max(1, (os.cpu_count() or 1) // self.workers)  # as many as a worker of the full pool
         gpus = gpu_count()
         devices = None
@@ -231,7 +255,7 @@ class LocalPool:
         or SIGTERM sent to this process alone (``kill PID``, a scheduler) never reaches the workers, and the
         pool's exit handler would wait for their whole runs."""
         if self._pool is not None:
-            workers = list((getattr(self._pool, "_processes", None) or {}).values()) if abort else []
+            workers = list(self._spawn.processes) if abort else []
             self._pool.shutdown(wait=not abort, cancel_futures=True)
             for p in workers:
                 if p.is_alive():

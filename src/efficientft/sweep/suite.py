@@ -36,8 +36,8 @@ from ..config import (
     FILE_ONLY_FLAGS,
     SETTINGS,
     RunConfig,
-    _coerce,
     canonical_task,
+    coerce_setting,
 )
 from ..errors import ConfigError, did_you_mean
 from ..suites import resolve_suite
@@ -155,7 +155,7 @@ def _parse_spec(raw: Any, where: str, file: str, axes: str) -> Spec:
 def _field_value(path: Path_, value: Any, file: str, line: int, where: str) -> Any:
     if len(path) == 1:
         try:
-            return _coerce(path[0], value, "")
+            return coerce_setting(path[0], value, "")
         except ConfigError as e:
             raise ConfigError(f"{file}, line {line}: {where}: {str(e).lstrip(': ')}") from None
     return value
@@ -467,7 +467,7 @@ def _parse_selection(raw: dict, f: str) -> Selection | None:
     if not isinstance(s, dict):
         raise ConfigError(f"{f}, line {line}: selection: is a mapping (selection_size, select_by, over).")
     _keys(s, ("selection_size", "select_by", "over"), "selection", f)
-    size = _coerce("selection_size", s.get("selection_size", 0.1), f"{f}, line {line}: selection")
+    size = coerce_setting("selection_size", s.get("selection_size", 0.1), f"{f}, line {line}: selection")
     if not size > 0 or not math.isfinite(size):
         raise ConfigError(f"{f}, line {_line(s, 'selection_size')}: selection.selection_size must be > 0 "
                           f"(a fraction of train in (0, 1), or a count), got {size!r}.")

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, unknown
-from ..textfile import _DuplicateKey, _unique_keys, describe, jsonl_records, read_text, text_field
+from ..textfile import DuplicateKey, describe, jsonl_records, read_text, text_field, unique_keys
 from .answers import extract, to_number
 
 ENV_LLM_ADAPTERS_DIR = "EFT_LLM_ADAPTERS_DIR"
@@ -149,8 +149,8 @@ def string_field(row: dict, key: str, where: str, *, required: bool = True, empt
 def _json_array(path: Path) -> tuple[list[Any], list[str]]:
     """(rows, locations) of a file holding one JSON array."""
     try:
-        data = json.loads(read_text(path), object_pairs_hook=_unique_keys)
-    except _DuplicateKey as e:
+        data = json.loads(read_text(path), object_pairs_hook=unique_keys)
+    except DuplicateKey as e:
         raise ConfigError(f"{path}: the key {describe(e.args[0])} appears more than once in one object; keys must "
                           "be unique.") from None
     except json.JSONDecodeError as e:

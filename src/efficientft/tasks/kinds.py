@@ -28,6 +28,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ..models.loading import SEQUENCE_CLASSIFICATION
+
 if TYPE_CHECKING:
     from ..config import RunConfig
     from ..data import Encoded
@@ -36,7 +38,8 @@ if TYPE_CHECKING:
 
 
 class TaskKind:
-    """The contract every kind answers (the defaults are classification's)."""
+    """The contract every kind answers (the defaults are classification's); it is the model loader's
+    :class:`~efficientft.models.loading.HeadSpec` (``name``, ``model_class``, ``configure``, ``configure_tokenizer``)."""
 
     name: ClassVar[str] = ""
     peft_task_type: ClassVar[str] = "SEQ_CLS"
@@ -112,13 +115,10 @@ class ClassificationKind(TaskKind):
         return {}
 
     def model_class(self) -> Any:
-        from transformers import AutoModelForSequenceClassification
-
-        return AutoModelForSequenceClassification
+        return SEQUENCE_CLASSIFICATION.model_class()
 
     def configure(self, config: Any, num_labels: int) -> None:
-        config.num_labels = num_labels
-        config.problem_type = "regression" if num_labels == 1 else "single_label_classification"
+        SEQUENCE_CLASSIFICATION.configure(config, num_labels)
 
     def check_max_length(self, cfg: RunConfig, tokenizer: Any, examples: Any) -> None:
         from ..config import check_max_length
