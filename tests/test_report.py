@@ -266,6 +266,28 @@ def test_select_lr_keeps_the_best_mean_selection_score(report_store):
     assert basis == "dev (optimistic)" and lr == max(dev_means, key=dev_means.get)
 
 
+@pytest.mark.parametrize("by_lr", [
+    {1e-3: [0.5, 0.7, 0.6], 3e-3: [0.62, 0.61, 0.6]},  # 0.6 vs 0.61
+    {1e-3: [0.6, 0.6], 3e-3: [0.5, 0.7]},  # equal means: the first in order, in both
+    {1e-3: [0.1, 0.2, 0.3], 3e-3: [0.2, 0.2, 0.2]},  # means 0.2 - 1 ulp and 0.2 + 1 ulp (summed exactly)
+    {1e-3: [0.9, math.nan], 3e-3: [0.8, 0.85]},  # a NaN score does not count
+])
+def test_the_report_and_the_sweep_choose_one_way(by_lr):
+    """One rule (efficientft.choice) chooses the learning rate in the report and the configuration in a sweep."""
+    from efficientft.sweep.selection import select
+
+    def rec(lr, seed, s):
+        return {"run_key": f"{lr}-{seed}", "status": "done", "main_metric": "dev/accuracy",
+                "config": {"task": "rte", "method": "lora", "lr": lr, "seed": seed},
+                "scores": {"selection/accuracy": s, "dev/accuracy": s}}
+
+    recs = {lr: [rec(lr, i, s) for i, s in enumerate(ss)] for lr, ss in by_lr.items()}
+    lr, basis, means = select_lr(recs, "accuracy")
+    (row,) = select([r for rs in recs.values() for r in rs])
+    assert basis == "selection" and row["chosen"] == {"lr": lr}
+    assert means == {c["values"]["lr"]: c["select_mean"] for c in row["candidates"]}
+
+
 def test_the_optimistic_convention_chooses_the_lr_on_best_dev_and_says_so(report_store, capsys, tmp_path):
     """Beside the official protocol, the papers' convention: the lr with the best mean best-dev score, reported on
     best dev, labelled optimistic in the table's notes."""

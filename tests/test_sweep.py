@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from efficientft.cli import main
+from efficientft.config import RunConfig
 from efficientft.errors import ConfigError
 from efficientft.store import Store, worker_alive
 from efficientft.sweep import load_suite
@@ -137,6 +138,17 @@ def test_validation_errors_name_the_line(tmp_path, text, msg):
     with pytest.raises(ConfigError, match=msg) as e:
         load_suite(p).expand()
     assert str(p) in str(e.value)
+
+
+def test_a_failed_rule_is_located_by_its_field_not_by_the_message_text(tmp_path):
+    # method_args.lr also reads "lr" at the start of the message; the failed field is the grid's lr (line 4)
+    p = write(tmp_path, "defaults:\n  method_args: {lr: 0.1}\ngrid:\n  lr: [-1]\nmethods:\n  - method: lora\n")
+    with pytest.raises(ConfigError, match=r"s?\.yaml, line 4: lr must be a positive number, got -1") as e:
+        load_suite(p).expand()
+    assert "line 2" not in str(e.value)
+    with pytest.raises(ConfigError) as rule:  # the field is set where the rule fails, through from_dict's wrap
+        RunConfig.from_dict({"lr": -1}, where="run.yaml")
+    assert rule.value.field == "lr" and str(rule.value) == "run.yaml: lr must be a positive number, got -1."
 
 
 def test_all_errors_are_reported_together_before_anything_runs(tmp_path, capsys):

@@ -314,7 +314,7 @@ class RunConfig:
         try:
             return cls(**d)
         except ConfigError as e:
-            raise ConfigError(f"{at}{e}") from None
+            raise ConfigError(f"{at}{e}", field=e.field) from None
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> RunConfig:
@@ -371,7 +371,7 @@ def coerce_setting(name: str, value: Any, where: str = "") -> Any:
     try:
         return RULES[name].convert(name, value)
     except ConfigError as e:
-        raise ConfigError(f"{where}: {e}" if where else str(e)) from None
+        raise ConfigError(f"{where}: {e}" if where else str(e), field=e.field) from None
 
 
 def canonical_task(name: str) -> str:

@@ -12,7 +12,14 @@ from collections.abc import Iterable
 
 
 class ConfigError(ValueError):
-    """Bad input from the user: the message says what was wrong and what is accepted."""
+    """Bad input from the user: the message says what was wrong and what is accepted.
+
+    ``field``: the setting whose rule failed (``lr``, ``method_args.rank``), when one did; a suite reads it to
+    point at the line that set the field."""
+
+    def __init__(self, *args: object, field: str | None = None) -> None:
+        super().__init__(*args)
+        self.field = field
 
 
 class StoreError(ConfigError):

@@ -63,7 +63,7 @@ class Rule:
         :class:`ConfigError` names what is accepted."""
         v = self.convert(name, value)
         if v is not None and self.kind in ("float", "int") and (not math.isfinite(v) or not self._in_range(v)):
-            raise ConfigError(f"{name} must be {self.accepted()}, got {value!r}.")
+            raise ConfigError(f"{name} must be {self.accepted()}, got {value!r}.", field=name)
         return v
 
     def convert(self, name: str, value: Any) -> Any:
@@ -75,7 +75,7 @@ class Rule:
         if value is None:
             if self.optional:
                 return None
-            raise ConfigError(f"{name} must be {self.accepted()}, got None.")
+            raise ConfigError(f"{name} must be {self.accepted()}, got None.", field=name)
         v = getattr(self, f"_{self.kind}")(name, value)
         return None if self.zero_is_none and v == 0 else v
 
@@ -86,7 +86,7 @@ class Rule:
                 raise TypeError
             v = float(value)
         except (TypeError, ValueError, OverflowError):
-            raise ConfigError(f"{name} must be a number, got {value!r}.") from None
+            raise ConfigError(f"{name} must be a number, got {value!r}.", field=name) from None
         return v
 
     def _int(self, name: str, value: Any) -> int:
@@ -101,7 +101,7 @@ class Rule:
                     raise ValueError
                 v = int(f)
         except (TypeError, ValueError, OverflowError):
-            raise ConfigError(f"{name} must be an integer, got {value!r}.") from None
+            raise ConfigError(f"{name} must be an integer, got {value!r}.", field=name) from None
         return v
 
     def _bool(self, name: str, value: Any) -> bool:
@@ -109,26 +109,26 @@ class Rule:
             return value
         if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
             return value.strip().lower() in _TRUE
-        raise ConfigError(f"{name} must be true or false, got {value!r}.")
+        raise ConfigError(f"{name} must be true or false, got {value!r}.", field=name)
 
     def _text(self, name: str, value: Any) -> str:
         if not isinstance(value, str):
-            raise ConfigError(f"{name} must be text (a name), got {value!r} ({type(value).__name__}).")
+            raise ConfigError(f"{name} must be text (a name), got {value!r} ({type(value).__name__}).", field=name)
         if not value.strip():
-            raise ConfigError(f"{name} is empty; it must be text (a name).")
+            raise ConfigError(f"{name} is empty; it must be text (a name).", field=name)
         return value.strip()
 
     def _choice(self, name: str, value: Any) -> str:
         v = value.strip().lower() if isinstance(value, str) else value
         if v not in self.choices:
             raise ConfigError(f"{name} {value!r} is not known.{did_you_mean(str(v), self.choices)} "
-                              f"Accepted: {', '.join(self.choices)}.")
+                              f"Accepted: {', '.join(self.choices)}.", field=name)
         return v
 
     def _names(self, name: str, value: Any) -> list[str]:
         items = value.split(",") if isinstance(value, str) else value
         if not isinstance(items, (list, tuple)) or not all(isinstance(x, str) for x in items):
-            raise ConfigError(f"{name} must be {self.accepted()}, got {value!r}.")
+            raise ConfigError(f"{name} must be {self.accepted()}, got {value!r}.", field=name)
         out = [x.strip().lower() for x in items if x.strip()]
         if self.choices:
             for x in out:
@@ -137,10 +137,10 @@ class Rule:
 
     def _mapping(self, name: str, value: Any) -> dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{name} must be {self.accepted()}; got {value!r}.")
+            raise ConfigError(f"{name} must be {self.accepted()}; got {value!r}.", field=name)
         bad = [k for k in value if not isinstance(k, str)]
         if bad:
-            raise ConfigError(f"{name} has a key that is not text: {bad[0]!r}; keys are names.")
+            raise ConfigError(f"{name} has a key that is not text: {bad[0]!r}; keys are names.", field=name)
         return dict(value)
 
     def _in_range(self, v: float) -> bool:

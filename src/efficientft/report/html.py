@@ -21,8 +21,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import quote
 
-from .collect import SPLIT_TITLES, Collection, task_title
+from .collect import SPLIT_TITLES, Collection
 from .compare import NO_PAIRS, Comparison
+from .rows import task_title
 from .stats import FEW_SEEDS
 from .tables import COST_HEADERS, FEW, Score, Table, ci_text, cost_cells, fmt_params, p_text, spent_text
 from .values import number, show, sort_key

@@ -24,7 +24,8 @@ from matplotlib.ticker import EngFormatter, FixedLocator, NullFormatter, NullLoc
 
 from ..store import Store
 from ..tasks.metrics import METRIC_TITLES
-from .collect import Collection, Row, row_label, task_title
+from .collect import Collection, Row
+from .rows import row_label, task_title
 from .stats import Summary, pareto_front, summarize
 from .values import number
 

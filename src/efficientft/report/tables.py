@@ -16,8 +16,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ..tasks.metrics import METRIC_TITLES
-from .collect import SPLIT_TITLES, Collection, Row, task_title
+from .collect import SPLIT_TITLES, Collection, Row
 from .compare import NO_PAIRS, Comparison
+from .rows import task_title
 from .stats import FEW_SEEDS
 
 FIELD_TITLES = {"model": "Model", "method": "Method", "targets": "Targets", "rank": "Rank", "lr_ratio": "λ",

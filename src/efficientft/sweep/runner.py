@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError
-from ..store import Store, worker_alive
+from ..store import Store, skip_reason
 from ..tasks import ENV_DATA_DIR
 from .executors import InProcess, Item, LocalPool, Outcome
 from .selection import halving, over_values, select
@@ -94,17 +94,12 @@ def item(run: PlannedRun) -> Item:
 # ---------------------------------------------------------------------------------------------- plan and cost
 def state_of(record: dict | None, opts: SweepOptions) -> str:
     """What the sweep will do with a run: ``new`` / ``rerun`` (run it) or ``done`` / ``busy`` / ``failed`` ...
-    (skip it); mirrors :meth:`Store.claim`."""
+    (skip it); the store's policy (:func:`~efficientft.store.skip_reason`), which :meth:`Store.claim` applies."""
     if record is None:
         return "new"
-    st = record["status"]
-    if st == "done":
-        return "done"
-    if st == "running":
-        return "rerun" if opts.reclaim or worker_alive(record.get("worker")) is False else "busy"
-    if st in ("failed", "diverged"):
-        return "rerun" if opts.retry_failed else st
-    return "rerun"
+    why = skip_reason(record["status"], owner=record.get("worker"), retry_failed=opts.retry_failed,
+                      reclaim=opts.reclaim)
+    return "rerun" if why is None else "busy" if why == "running" else why
 
 
 def _train_size(cfg, cache: dict) -> int | None:

@@ -24,6 +24,7 @@ import statistics
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from ..choice import best, mean_score, score, scores
 from ..config import ENVIRONMENT_FIELDS
 
 CONVENTIONS = {
@@ -68,11 +69,6 @@ def metric_names(record: dict, by: str, convention: str) -> tuple[str, str]:
     return choose, f"dev/{main}"
 
 
-def _score(record: dict, name: str) -> float | None:
-    v = (record.get("scores") or {}).get(name)
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
-
-
 def summarise(values: Sequence[float]) -> dict[str, Any]:
     """Mean, sample std, n and the 95% confidence half-width (Student t) of per-seed scores."""
     n = len(values)
@@ -110,12 +106,10 @@ def select(records: Iterable[dict], by: str = "main", over: Sequence[str] = ("lr
             cands.setdefault(over_values(r["config"], over), []).append(r)
         table = []
         for values, rs in cands.items():
-            sel = [s for s in (_score(r, choose_m) for r in rs) if s is not None]
-            rep = [s for s in (_score(r, report_m) for r in rs) if s is not None]
             table.append({"values": dict(zip(over, values, strict=True)),
-                          "select_mean": statistics.fmean(sel) if sel else None, "n_select": len(sel),
-                          "report": summarise(rep), "seeds": [r["config"].get("seed") for r in rs],
-                          "scores": [_score(r, report_m) for r in rs], "keys": [r["run_key"] for r in rs]})
+                          "select_mean": mean_score(rs, choose_m), "n_select": len(scores(rs, choose_m)),
+                          "report": summarise(scores(rs, report_m)), "seeds": [r["config"].get("seed") for r in rs],
+                          "scores": [score(r, report_m) for r in rs], "keys": [r["run_key"] for r in rs]})
         first = recs[0]
         cfg = first["config"]
         row = {
@@ -125,13 +119,13 @@ def select(records: Iterable[dict], by: str = "main", over: Sequence[str] = ("lr
             "convention": convention, "convention_text": CONVENTIONS[convention], "selected_by": choose_m,
             "reported": report_m, "over": list(over), "candidates": table, "chosen": None, "note": "",
         }
-        scored = [c for c in table if c["select_mean"] is not None]
-        if not scored:
+        chosen = best({i: c["select_mean"] for i, c in enumerate(table)})  # first of equals, in the order above
+        if chosen is None:
             row["note"] = f"no {choose_m} scores: these runs had no selection split (suite selection: block)"
         else:
-            best = max(scored, key=lambda c: c["select_mean"])  # first of equals: the order is deterministic
-            row.update(chosen=best["values"], select_score=best["select_mean"], seeds=best["seeds"],
-                       scores=best["scores"], keys=best["keys"], **best["report"])
+            best_ = table[chosen]
+            row.update(chosen=best_["values"], select_score=best_["select_mean"], seeds=best_["seeds"],
+                       scores=best_["scores"], keys=best_["keys"], **best_["report"])
         rows.append(row)
     rows.sort(key=lambda r: (str(r["task"]), str(r["label"]), r["group"]))
     return rows

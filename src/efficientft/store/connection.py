@@ -1,5 +1,6 @@
-"""The results store's file: its schema and version, opening it (read-only without a single write), telling a
-store from anything else, and one clear :class:`~efficientft.errors.StoreError` for each way a file can be wrong.
+"""The results store's file and connection: its schema and version, opening it (read-only without a single write),
+telling a store from anything else, one clear :class:`~efficientft.errors.StoreError` for each way a file can be
+wrong, and the connection and write transaction every other part of the store goes through.
 
 ``PRAGMA user_version`` is the schema version. Version 0 is the unversioned layout EfficientFT wrote before
 versions existed (no ``claims``); it is read as it is and migrated in one transaction when first opened to write.
@@ -10,9 +11,11 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import StoreError
+from ..errors import StoreError
 
 SCHEMA_VERSION = 2  # 0: the unversioned layout (no claims); 1: claims and the pending curves of shadow attempts;
 # 2: the predictions of generation runs
@@ -125,3 +128,89 @@ def check_schema(db: sqlite3.Connection, path: Path, readonly: bool) -> None:
     # every version's tables are CREATE IF NOT EXISTS: running SCHEMA adds what an older store lacks
     db.executescript("BEGIN IMMEDIATE;" + SCHEMA + (V0_CLAIMS if "runs" in tables and version == 0 else "")
                      + f"PRAGMA user_version={SCHEMA_VERSION}; COMMIT;")
+
+DEFAULT_STORE = "results/eft.sqlite"
+ENV_STORE = "EFT_STORE"
+
+
+class Connection:
+    """Opening the store's file (created with its folder on first use, unless ``readonly``), its connections and
+    its write transaction."""
+
+    def __init__(self, path: str | os.PathLike | None = None, timeout: float = 60.0, readonly: bool = False) -> None:
+        self.path = self.default_path(path)
+        self.timeout = timeout
+        self.readonly = readonly
+        self._held: dict[str, str] = {}  # run key -> token of the claim this instance holds
+        self._before: dict[str, tuple] = {}  # run key -> (its row before our claim, the history row it added)
+        if self.path.is_dir():
+            raise StoreError(f"results store {self.path} is a folder; pass --store with a file path.")
+        if readonly:
+            if not self.path.is_file():
+                raise StoreError(f"no results store at {self.path}; run something first or pass --store PATH.")
+        else:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise StoreError(f"cannot create the folder of the results store {self.path}: "
+                                 f"{e.strerror or e}; pass --store with a writable path.") from None
+            if not os.access(self.path.parent, os.W_OK) or self.path.exists() and not os.access(self.path, os.W_OK):
+                # said now, before a run trains for an hour and then cannot store its outcome
+                raise StoreError(f"results store {self.path} is read-only (its file or folder cannot be written); "
+                                 f"`eft runs`, `show` and `report` can read it; to store runs pass --store with a "
+                                 f"writable file.")
+        self._open_checked()
+
+    @staticmethod
+    def default_path(path: str | os.PathLike | None = None) -> Path:
+        """The store's file: ``path``, else $EFT_STORE, else the default."""
+        return Path(path or os.environ.get(ENV_STORE) or DEFAULT_STORE)
+
+    # ------------------------------------------------------------------ opening
+    def _open(self) -> sqlite3.Connection:
+        return open_db(self.path, self.readonly, self.timeout)
+
+    @contextmanager
+    def _connect(self, setup: bool = True):
+        """A connection; any SQLite failure leaves as one :class:`StoreError` naming this file and the cause."""
+        try:
+            db = self._open()
+            try:
+                if setup and not self.readonly:
+                    db.execute("PRAGMA journal_mode=WAL")
+                    db.execute("PRAGMA synchronous=NORMAL")
+                yield db
+            finally:
+                db.close()
+        except sqlite3.DatabaseError as e:
+            raise store_error(self.path, e, self.timeout) from e
+
+    def _open_checked(self) -> None:
+        """Refuse a file that is not a store of a schema we read; migrate (or create) it when opened to write."""
+        with self._connect(setup=False) as db:  # no journal-mode switch before we know the file is ours
+            check_schema(db, self.path, self.readonly)
+
+    @contextmanager
+    def transaction(self):
+        """One atomic write: ``BEGIN IMMEDIATE`` takes the write lock up front, so concurrent writers queue."""
+        with self._connect() as db:
+            for attempt in range(50):
+                try:
+                    db.execute("BEGIN IMMEDIATE")
+                    break
+                except sqlite3.OperationalError as e:  # "database is locked" beyond busy_timeout
+                    if "locked" not in str(e) or attempt == 49:
+                        raise
+                    time.sleep(0.05 * (attempt + 1))
+            try:
+                yield db
+                db.execute("COMMIT")
+            except BaseException:
+                # SQLite has already rolled back after some errors (a full disk at COMMIT): a ROLLBACK then fails
+                # with "cannot rollback" and would hide the real error
+                if db.in_transaction:
+                    try:
+                        db.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass
+                raise
