@@ -63,6 +63,7 @@ def run(config: RunConfig | dict[str, Any], store: Store | str | Path | None = N
     """
     from .train import run as train_run
 
+    _expect(config, (RunConfig, Mapping), "config", _CONFIG)
     _expect(force, bool, "force", "True or False")
     _expect(progress, (bool, type(None)), "progress", "True or False (or None: the config's progress setting)")
     cfg = _config(config)
@@ -71,9 +72,12 @@ def run(config: RunConfig | dict[str, Any], store: Store | str | Path | None = N
     return existing if existing is not None else train_run(cfg, db, progress=progress, force=force)
 
 
+_CONFIG = "a RunConfig or a mapping of its fields, e.g. {'task': 'rte', 'method': 'lora'}"
+
+
 def _config(config: RunConfig | Mapping[str, Any]) -> RunConfig:
-    _expect(config, (RunConfig, Mapping), "config", "a RunConfig or a mapping of its fields, e.g. {'task': 'rte', "
-            "'method': 'lora'}")
+    """``config`` (a RunConfig or a mapping of its fields) resolved."""
+    _expect(config, (RunConfig, Mapping), "config", _CONFIG)
     cfg = config if isinstance(config, RunConfig) else RunConfig.from_dict(dict(config), where="run config")
     return cfg.resolved()
 
