@@ -17,6 +17,7 @@ from .config import RunConfig
 from .errors import ConfigError, did_you_mean
 from .export import FORMATS as EXPORT_FORMATS
 from .store import DEFAULT_STORE, ENV_STORE, Store, open_store  # noqa: F401 - the CLI names the default store
+from .sweep.options import SWEEP_SETTINGS  # run_suite's keywords and eft sweep's flags
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -215,7 +216,7 @@ def _with_sweep_settings(f: Callable[..., Any]) -> None:
     that the API and the CLI offer the same settings): keyword arguments derived from the one schema."""
     import inspect
 
-    from .sweep.options import SWEEP_DEFAULTS, SWEEP_SETTINGS
+    from .sweep.options import SWEEP_DEFAULTS
 
     sig = inspect.signature(f)
     params = [p for p in sig.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]

@@ -11,14 +11,13 @@ import json
 import sys
 
 from .. import api
-from ..sweep.options import SWEEP_SETTINGS
 from .flags import add_setting_flags, setting_values, store_arg
 
 
 def add_parser(sub) -> None:
     w = sub.add_parser("sweep", help="run a suite (YAML grid of runs); finished runs are skipped, killed ones resumed")
     w.add_argument("suite", help="a shipped suite's name (quick, paper-table2, ...; see `eft suites`) or a suite file")
-    add_setting_flags(w, settings=SWEEP_SETTINGS)  # how it runs, and the environment a suite leaves to the command line
+    add_setting_flags(w, settings=api.SWEEP_SETTINGS)  # how it runs, and the environment a suite leaves to the CLI
     w.add_argument("--dry-run", action="store_true", help="list the runs, what would happen to each, and the cost")
     w.add_argument("--json", action="store_true", help="print the plan or the summary as JSON")
     store_arg(w)
@@ -26,7 +25,7 @@ def add_parser(sub) -> None:
 
 def cmd_sweep(a: argparse.Namespace) -> int:
     suite = api.load_suite(a.suite)
-    settings = setting_values(a, SWEEP_SETTINGS)  # the flags given; the others keep the schema's defaults
+    settings = setting_values(a, api.SWEEP_SETTINGS)  # the flags given; the others keep the schema's defaults
     if a.dry_run:
         p = api.plan_suite(suite, a.store, **settings)
         print(json.dumps(api.plan_json(p), default=str) if a.json else api.plan_text(suite, p))
