@@ -112,3 +112,47 @@ def test_lm_eval_load_path_applies_the_adapter_to_a_causal_lm(tiny_llama, tmp_pa
         torch.testing.assert_close(loaded[name].detach(), v)
     with torch.no_grad():
         assert model(input_ids=torch.tensor([[1, 2, 3]])).logits.shape[-1] == model.config.vocab_size
+
+
+# ---------------------------------------------------------------------------------------------- sweep settings
+SWEEP_SETTINGS = {"workers", "executor", "retry_failed", "fresh_process", "reclaim", "early_stopping", "ray_address",
+                  "ray_num_cpus", "model", "train_data", "data_dir", "device"}
+
+
+def test_eft_sweep_and_run_suite_take_the_same_settings_from_one_schema():
+    """``eft sweep``'s flags, ``run_suite``'s and ``plan_suite``'s keyword arguments and the runner's options are
+    one list (the API lacked reclaim, fresh process, early stopping, Ray and the model override)."""
+    import argparse
+    import inspect
+
+    from efficientft.cli import build_parser
+    from efficientft.sweep.options import SWEEP_SETTINGS as SCHEMA
+    from efficientft.sweep.options import SweepOptions
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices["sweep"]
+    flags = {a.dest for a in sub._actions} - {"help", "suite", "dry_run", "json", "store"}  # what the command does
+    run_args = set(inspect.signature(efficientft.run_suite).parameters) - {"suite", "store", "log", "on_start"}
+    plan_args = set(inspect.signature(efficientft.plan_suite).parameters) - {"suite", "store"}
+    assert flags == run_args == plan_args == set(SCHEMA) == SWEEP_SETTINGS
+    defaults = {n: p.default for n, p in inspect.signature(efficientft.run_suite).parameters.items() if n in SCHEMA}
+    opts = SweepOptions()
+    assert {n: getattr(opts, n) for n in vars(opts) if n != "env"} == {n: v for n, v in defaults.items()
+                                                                      if n in vars(opts)}
+    assert defaults["early_stopping"] is True and defaults["reclaim"] is False and defaults["model"] is None
+    with pytest.raises(TypeError, match=r"no sweep setting 'worker'\. Did you mean 'workers'\?"):
+        efficientft.plan_suite("quick", worker=2)
+
+
+def test_run_suite_overrides_the_suites_model(tmp_path, tiny_bert, glue_dir, monkeypatch):
+    """``model=`` (``eft sweep --model``) reaches every run: the suite's own model does not exist."""
+    monkeypatch.setenv("EFT_DATA_DIR", str(glue_dir))
+    suite = tmp_path / "s.yaml"
+    suite.write_text(f"name: s\ndefaults: {{model: {tmp_path / 'no-such-model'}, task: rte, steps: 2, batch_size: 8, "
+                     f"max_train: 16, max_eval: 16, max_length: 32}}\nmethods:\n  - {{method: lora, "
+                     f"method_args: {{rank: 2}}}}\n")
+    db = tmp_path / "s.sqlite"
+    with pytest.raises(efficientft.ConfigError, match="inputs missing, nothing was run"):
+        efficientft.run_suite(suite, db, log=None)
+    summary = efficientft.run_suite(suite, db, log=None, model=str(tiny_bert))
+    assert summary["outcomes"] == {"done": 1}
+    assert [r["config"]["model"] for r in efficientft.Store(db).runs()] == [str(tiny_bert)]

@@ -25,24 +25,39 @@ _EXPORTS = {
     "PlannedRun": "sweep.suite", "Report": "report.build",
     "open_store": "store", "run": "api", "load_suite": "api", "list_suites": "api", "run_suite": "api",
     "runs_frame": "api", "curves_frame": "api", "build_report": "api", "table_frame": "api",
-    "export_store": "export",
+    "export_store": "export", "check_run": "api", "push_to_hub": "api", "plan_suite": "api", "plan_text": "api",
+    "plan_json": "api", "summary_text": "api", "runs_table": "api", "list_methods": "api", "list_tasks": "api",
+    "suite_text": "api", "export_runs": "api", "write_report": "api",
 }
 __all__ = [
     "__version__", "ConfigError", "RunConfig", "Store", "Suite", "PlannedRun", "Report", "open_store", "run",
     "load_suite", "list_suites", "run_suite", "runs_frame", "curves_frame", "build_report", "table_frame",
-    "export_store",
+    "export_store", "check_run", "push_to_hub", "plan_suite", "plan_text", "plan_json", "summary_text", "runs_table",
+    "list_methods", "list_tasks", "suite_text", "export_runs", "write_report",
 ]
 
 if TYPE_CHECKING:
     from .api import (
         build_report,
+        check_run,
         curves_frame,
+        export_runs,
+        list_methods,
         list_suites,
+        list_tasks,
         load_suite,
+        plan_json,
+        plan_suite,
+        plan_text,
+        push_to_hub,
         run,
         run_suite,
         runs_frame,
+        runs_table,
+        suite_text,
+        summary_text,
         table_frame,
+        write_report,
     )
     from .config import RunConfig
     from .errors import ConfigError

@@ -15,7 +15,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from ..config import LABEL_HASH, ENVIRONMENT_FIELDS, KEY_WHEN_SET  # LABEL_HASH: resolve's data label
+from ..config import ENVIRONMENT_FIELDS, KEY_WHEN_SET, LABEL_HASH  # LABEL_HASH: resolve's data label
 from .values import number, order_key
 
 # Fields that vary between the replicates of one cell (aggregated over, and used to pair runs).

@@ -122,9 +122,9 @@ def _init_worker(threads: int, devices: Any) -> None:
     import torch
 
     torch.set_num_threads(threads)
-    from ..cli import _quiet
+    from ..quiet import quiet_libraries
 
-    _quiet()
+    quiet_libraries()
 
 
 class SpawnRecorder:

@@ -30,11 +30,11 @@ def _ray_trial(item: Item) -> tuple[dict, list, float]:
     import tempfile
     from pathlib import Path
 
-    from ..cli import _quiet
     from ..config import RunConfig
+    from ..quiet import quiet_libraries
     from ..train import run
 
-    _quiet()
+    quiet_libraries()
     t0 = time.perf_counter()
     cfg = RunConfig.from_dict(item["config"])
     with tempfile.TemporaryDirectory(prefix="eft-ray-") as d:
@@ -78,10 +78,9 @@ class RayExecutor:
             kwargs["address"] = self.address
         else:
             kwargs["num_cpus"] = self.num_cpus
-            # local workers import efficientft from where this process does (a source checkout, too)
-            import efficientft
-
-            src = os.path.dirname(os.path.dirname(efficientft.__file__))
+            # local workers import efficientft from where this process does (a source checkout, too): the folder
+            # above the package (this file is efficientft/sweep/ray_executor.py)
+            src = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
             path = os.environ.get("PYTHONPATH", "")
             if src not in path.split(os.pathsep):
                 os.environ["PYTHONPATH"] = src + (os.pathsep + path if path else "")

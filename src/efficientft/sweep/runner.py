@@ -21,58 +21,17 @@ optimizer steps and compared with the full grid's; when the store also holds the
 from __future__ import annotations
 
 import math
-import os
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError
 from ..store import Store, skip_reason
-from ..tasks import ENV_DATA_DIR
 from .executors import InProcess, Item, LocalPool, Outcome
+from .options import EXECUTORS, SweepOptions, environment  # noqa: F401 - their home before the schema
 from .selection import halving, over_values, select
 from .suite import PlannedRun, Suite
-
-EXECUTORS = ("local", "ray")
-
-
-@dataclass
-class SweepOptions:
-    executor: str = "local"
-    workers: int = 1
-    retry_failed: bool = False
-    reclaim: bool = False
-    fresh_process: bool = False  # a process per run (local pool): memory figures free of earlier runs' residue
-    early_stopping: bool = True
-    ray_address: str | None = None
-    ray_num_cpus: int | None = None
-    env: dict[str, Any] = field(default_factory=dict)  # data_dir, device: not part of any key
-
-    def __post_init__(self) -> None:
-        if self.executor not in EXECUTORS:
-            raise ConfigError(f"executor {self.executor!r} is not known; accepted: {', '.join(EXECUTORS)}.")
-        if not isinstance(self.workers, int) or self.workers < 1:
-            raise ConfigError(f"--workers must be a positive integer, got {self.workers!r}.")
-
-
-def environment(data_dir: str | None = None, device: str | None = None, model: str | None = None,
-                train_data: str | None = None) -> dict[str, Any]:
-    """Fields set on every run from the command line: the environment (the data directory is resolved here so
-    remote workers get a path), and ``--model`` / ``--train-data``, which override the suite's (they are in every
-    run's key)."""
-    env: dict[str, Any] = {"progress": False}
-    if model:
-        env["model"] = model
-    if train_data:
-        env["train_data"] = train_data
-    d = data_dir or os.environ.get(ENV_DATA_DIR)
-    if d:
-        env["data_dir"] = os.path.abspath(os.path.expanduser(d))
-    if device:
-        env["device"] = device
-    return env
 
 
 def make_executor(opts: SweepOptions, store: Store):

@@ -1,25 +1,11 @@
-"""What ``eft sweep`` prints: the plan (``--dry-run``), one line per finished run, and the summary."""
+"""What ``eft sweep`` prints: the plan (``--dry-run``), and the summary with its model selection tables."""
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 from typing import Any
 
-from ..errors import ConfigError
 from ..report.text import fmt, table
-from ..store import Store
-from ..train import check_inputs
-from .runner import SweepOptions, environment, plan, sweep
-from .suite import load_suite
-
-
-def _options(a: argparse.Namespace) -> SweepOptions:
-    return SweepOptions(executor=a.executor, workers=a.workers, retry_failed=a.retry_failed, reclaim=a.reclaim,
-                        fresh_process=a.fresh_process,
-                        early_stopping=not a.no_early_stopping, ray_address=a.ray_address,
-                        ray_num_cpus=a.ray_num_cpus, env=environment(a.data_dir, a.device, a.model, a.train_data))
+from .suite import Suite
 
 
 def _duration(s: float | None) -> str:
@@ -32,23 +18,21 @@ def _duration(s: float | None) -> str:
     return f"{s / 3600:.1f} h"
 
 
-def dry_run(a: argparse.Namespace) -> int:
-    suite = load_suite(a.suite)
-    opts = _options(a)
-    # a plan only reads: an existing store is opened read-only, and a missing one is not created
-    path = Store.default_path(a.store)
-    p = plan(suite, Store(path, readonly=True) if path.exists() else None, opts)
-    if a.json:
-        rows = [{"key": x["run"].key, "run": x["run"].describe(), "state": x["state"], "steps": x["steps"],
-                 "est_s": x["est_s"], "basis": x["basis"], "tags": x["run"].tags} for x in p["runs"]]
-        print(json.dumps({**{k: v for k, v in p.items() if k != "runs"}, "runs": rows}, default=str))
-        return 0
+def plan_json(p: dict[str, Any]) -> dict[str, Any]:
+    """A plan (:func:`~efficientft.sweep.runner.plan`) as JSON-ready values: one row per run."""
+    rows = [{"key": x["run"].key, "run": x["run"].describe(), "state": x["state"], "steps": x["steps"],
+             "est_s": x["est_s"], "basis": x["basis"], "tags": x["run"].tags} for x in p["runs"]]
+    return {**{k: v for k, v in p.items() if k != "runs"}, "runs": rows}
+
+
+def plan_text(suite: Suite, p: dict[str, Any]) -> str:
+    """A plan as ``eft sweep --dry-run`` prints it: one row per run, then the counts and the estimated cost."""
     rows = [[i + 1, x["run"].key[:10], x["state"], x["run"].tags["label"], x["run"].describe(),
              x["steps"] if x["steps"] is not None else "?", _duration(x["est_s"])] for i, x in enumerate(p["runs"])]
-    print(table(("#", "run", "state", "label", "config", "steps", "est."), rows, align="rllllrr"))
+    lines = [table(("#", "run", "state", "label", "config", "steps", "est."), rows, align="rllllrr")]
     states = ", ".join(f"{n} {s}" for s, n in sorted(p["states"].items()))
     bases = sorted({x["basis"] for x in p["runs"] if x["state"] in ("new", "rerun")})
-    print(f"\nsuite {suite.name}: {p['planned']} runs ({states}); {p['to_run']} to run.")
+    lines.append(f"\nsuite {suite.name}: {p['planned']} runs ({states}); {p['to_run']} to run.")
     steps = f"{p['steps_to_run']:,} optimizer steps" + (f" (+{p['unknown_steps']} runs of unknown length: data "
                                                           f"not found)" if p["unknown_steps"] else "")
     if p["unknown_time"] == p["to_run"] and p["to_run"]:
@@ -56,33 +40,13 @@ def dry_run(a: argparse.Namespace) -> int:
     else:
         time_ = _duration(p["est_s"]) + (f" (+{p['unknown_time']} runs with no timing to go by)"
                                          if p["unknown_time"] else "")
-    print(f"estimated cost: {steps}; {time_} in one process (timings from: {', '.join(bases) or '-'}"
-          f"{'; ' + suite.estimate['note'] if suite.estimate.get('note') else ''}).")
+    lines.append(f"estimated cost: {steps}; {time_} in one process (timings from: {', '.join(bases) or '-'}"
+                 f"{'; ' + suite.estimate['note'] if suite.estimate.get('note') else ''}).")
     if "early_stopping" in p:
         es = p["early_stopping"]
-        print(f"early stopping (rungs {list(suite.rung_budgets)}, η={suite.early_stopping.reduction_factor:g}): "
-              f"{es['steps_early_stopping']:,} steps instead of {es['steps_full_grid']:,} for the full grid.")
-    return 0
-
-
-def run_sweep(a: argparse.Namespace) -> int:
-    suite = load_suite(a.suite)
-    opts = _options(a)
-    runs = suite.expand(opts.env)  # every config validated before the store is even opened
-    n = len(runs)
-    problems = check_inputs([r.cfg for r in runs])  # and every data set and model found, before any training
-    if problems:
-        raise ConfigError(f"{suite.path}: inputs missing, nothing was run:\n  " + "\n  ".join(problems))
-    store = Store(a.store)
-    print(f"suite {suite.name}: {n} runs, store {store.path}, "
-          f"{'Ray' if opts.executor == 'ray' else f'{opts.workers} worker(s)'}", file=sys.stderr)
-    log = (lambda line: print(line, file=sys.stderr)) if a.json else (lambda line: print(line, flush=True))
-    summary = sweep(suite, store, opts, log=log)
-    if a.json:
-        print(json.dumps(summary, default=str))
-    else:
-        print(summary_text(summary))
-    return 1 if summary["failed"] else 0
+        lines.append(f"early stopping (rungs {list(suite.rung_budgets)}, η={suite.early_stopping.reduction_factor:g}): "
+                     f"{es['steps_early_stopping']:,} steps instead of {es['steps_full_grid']:,} for the full grid.")
+    return "\n".join(lines)
 
 
 def summary_text(s: dict[str, Any]) -> str:
