@@ -30,13 +30,14 @@ import torch.nn as nn
 from ..errors import ConfigError, did_you_mean
 from ..models.roles import Target
 from ..strategy import Strategy, build_param_groups, roles_by_name
+from .args import MethodArgs, arg_of
 from .capabilities import Capabilities
 
 TRAINABLE_FILE = "trainable.safetensors"
 
 
 @dataclass
-class NoArgs:
+class NoArgs(MethodArgs):
     """A method without hyper-parameters of its own."""
 
 
@@ -90,7 +91,9 @@ class Method:
                     f"method {cls.name!r} takes no argument {k!r}.{did_you_mean(k, names)} It accepts: {accepted}."
                 )
         hints = typing.get_type_hints(cls.Args)
-        values = {k: _coerce(cls.name, k, v, hints.get(k)) for k, v in raw.items()}
+        # A field declared with arg() is converted by its rule (MethodArgs.__post_init__); others by type here.
+        ruled = {f.name for f in dataclasses.fields(cls.Args) if arg_of(f) is not None}
+        values = {k: v if k in ruled else _coerce(cls.name, k, v, hints.get(k)) for k, v in raw.items()}
         try:
             return cls(cls.Args(**values))
         except ConfigError:
@@ -345,8 +348,3 @@ def set_trainable(model: nn.Module, names: typing.Iterable[str]) -> None:
     for n, p in model.named_parameters():
         p.requires_grad = any(n == w or n.startswith(w + ".") for w in wanted)
 
-
-def positive_int(name: str, value: Any) -> None:
-    """For ``Args.__post_init__``: a ValueError that :meth:`Method.from_config` turns into a ConfigError."""
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}.")

@@ -35,25 +35,17 @@ from ..models.fused import out_major_weight, replace_module, weight_shape
 from ..models.roles import Target
 from . import register
 from ._decomp import DENSE_BASE, check_rank, freeze_but_heads, frozen, merge_modules, set_out_major
-from .base import Context, Method, positive_int
+from .args import NON_NEGATIVE, OPTIONAL_POSITIVE, POSITIVE_INT, MethodArgs, arg
+from .base import Context, Method
 from .capabilities import Capabilities
 
 
 @dataclass
-class KasaArgs:
-    rank: int = 8  # r: the smallest singular components dropped, and the rank of the update
-    alpha: float | None = None  # scaling s = alpha / rank (default alpha = rank: s = 1)
-    beta: float = 1e-4  # β: weight of ‖ΔΣ‖²
-    gamma: float = 1e-3  # γ: weight of the orthogonality of ΔU and ΔV
-
-    def __post_init__(self) -> None:
-        positive_int("rank", self.rank)
-        if self.alpha is not None and not self.alpha > 0:
-            raise ValueError(f"alpha must be > 0, got {self.alpha!r}.")
-        for name in ("beta", "gamma"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
-                raise ValueError(f"{name} must be a number >= 0, got {value!r}.")
+class KasaArgs(MethodArgs):
+    rank: int = arg(8, POSITIVE_INT)  # r: the smallest singular components dropped, and the rank of the update
+    alpha: float | None = arg(None, OPTIONAL_POSITIVE)  # scaling s = alpha / rank (default alpha = rank: s = 1)
+    beta: float = arg(1e-4, NON_NEGATIVE)  # β: weight of ‖ΔΣ‖²
+    gamma: float = arg(1e-3, NON_NEGATIVE)  # γ: weight of the orthogonality of ΔU and ΔV
 
 
 class KasaLinear(nn.Module):

@@ -26,22 +26,22 @@ import torch
 import torch.nn as nn
 
 from ..models.roles import Target
+from ..schema import Rule
 from . import register
-from .base import Context, Method, positive_int
+from .args import POSITIVE_INT, arg
+from .base import Context, Method
 from .capabilities import Capabilities
 from .lora import LoraArgs, LoraBacked
 
 
 @dataclass
 class LoftqArgs(LoraArgs):
-    bits: int = 4
-    iters: int = 1  # alternations T (the paper: 1 for 4-bit, up to 5)
+    bits: int = arg(4, Rule("int"))  # 4 (NF4) or 8 (int8): check()
+    iters: int = arg(1, POSITIVE_INT)  # alternations T (the paper: 1 for 4-bit, up to 5)
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    def check(self) -> None:
         if self.bits not in (4, 8):
             raise ValueError(f"bits must be 4 (NF4) or 8 (int8), got {self.bits!r}.")
-        positive_int("iters", self.iters)
 
 
 @register("loftq")

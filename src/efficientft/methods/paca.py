@@ -35,16 +35,14 @@ from ._decomp import (
     set_out_major,
     write_with_buffers,
 )
-from .base import Context, Method, positive_int
+from .args import POSITIVE_INT, MethodArgs, arg
+from .base import Context, Method
 from .capabilities import Capabilities
 
 
 @dataclass
-class PacaArgs:
-    rank: int = 8  # r: the number of columns of each targeted weight that train
-
-    def __post_init__(self) -> None:
-        positive_int("rank", self.rank)
+class PacaArgs(MethodArgs):
+    rank: int = arg(8, POSITIVE_INT)  # r: the number of columns of each targeted weight that train
 
 
 class _PartialLinear(torch.autograd.Function):

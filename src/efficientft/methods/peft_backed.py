@@ -12,19 +12,17 @@ A new PEFT tuner is one file like this (VeRA; its test then checks its defining 
 
     from dataclasses import dataclass
 
+    from ..schema import Rule
     from . import register
-    from .base import positive_int
+    from .args import POSITIVE_INT, MethodArgs, arg
     from .capabilities import Capabilities
     from .peft_backed import PeftMethod
 
 
     @dataclass
-    class VeraArgs:
-        rank: int = 16
-        d_initial: float = 0.1  # initial value of the trained scaling vector d
-
-        def __post_init__(self) -> None:
-            positive_int("rank", self.rank)
+    class VeraArgs(MethodArgs):
+        rank: int = arg(16, POSITIVE_INT)  # each field's rule: type, range, canonical form (methods/args.py)
+        d_initial: float = arg(0.1, Rule("float"))  # initial value of the trained scaling vector d
 
 
     @register("vera")

@@ -35,21 +35,18 @@ import torch.nn.functional as F
 from ..errors import ConfigError
 from ..models.fused import out_major_weight, replace_module
 from ..models.roles import Target
+from ..schema import Rule
 from ..strategy import Strategy
 from . import register
-from .base import TRAINABLE_FILE, Context, Method, positive_int
+from .args import POSITIVE_INT, MethodArgs, arg
+from .base import TRAINABLE_FILE, Context, Method
 from .capabilities import Capabilities
 
 
 @dataclass
-class SiftArgs:
-    sparse_rate: float = 0.01  # ρ: the fraction of each targeted weight's entries that trains
-    select_batches: int = 1  # training batches whose summed gradient chooses the entries (the reference: 1)
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.sparse_rate, (int, float)) or not 0 < self.sparse_rate <= 1:
-            raise ValueError(f"sparse_rate must be in (0, 1] (the paper uses about 0.01), got {self.sparse_rate!r}.")
-        positive_int("select_batches", self.select_batches)
+class SiftArgs(MethodArgs):
+    sparse_rate: float = arg(0.01, Rule("float", 0, 1, low_open=True), note="the paper uses about 0.01")  # ρ: the fraction of each targeted weight's entries that trains
+    select_batches: int = arg(1, POSITIVE_INT)  # training batches whose summed gradient chooses the entries (the reference: 1)
 
 
 class SparseIncrement(nn.Module):

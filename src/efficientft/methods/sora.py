@@ -42,27 +42,19 @@ from ..models.roles import Target
 from ..strategy import Strategy
 from . import register
 from ._decomp import freeze_but_heads, frozen, merge_modules, set_out_major
-from .base import Context, Method, positive_int
+from .args import NON_NEGATIVE, OPTIONAL_POSITIVE, POSITIVE_INT, MethodArgs, arg
+from .base import Context, Method
 from .capabilities import Capabilities
 
 GATE = "gate"
 
 
 @dataclass
-class SoraArgs:
-    rank: int = 8  # the starting rank r (the gates prune it)
-    alpha: float | None = None  # scaling s = alpha / rank (default alpha = rank: s = 1)
-    sparse_lambda: float = 10.0  # weight of the L1 term sparse_lambda · mean |g| in the loss (reference: 10)
-    xi: float = 3e-4  # ξ: subtracted from every |g| after each gate step, not scaled by lr (reference: 3e-4)
-
-    def __post_init__(self) -> None:
-        positive_int("rank", self.rank)
-        if self.alpha is not None and not self.alpha > 0:
-            raise ValueError(f"alpha must be > 0, got {self.alpha!r}.")
-        for name in ("sparse_lambda", "xi"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
-                raise ValueError(f"{name} must be a number >= 0, got {value!r}.")
+class SoraArgs(MethodArgs):
+    rank: int = arg(8, POSITIVE_INT)  # the starting rank r (the gates prune it)
+    alpha: float | None = arg(None, OPTIONAL_POSITIVE)  # scaling s = alpha / rank (default alpha = rank: s = 1)
+    sparse_lambda: float = arg(10.0, NON_NEGATIVE)  # weight of the L1 term sparse_lambda · mean |g| in the loss (reference: 10)
+    xi: float = arg(3e-4, NON_NEGATIVE)  # ξ: subtracted from every |g| after each gate step, not scaled by lr (reference: 3e-4)
 
 
 def soft_threshold(g: torch.Tensor, tau: float) -> torch.Tensor:
