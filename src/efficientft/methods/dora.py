@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..lowrank import lowrank_add
-from ..models.fused import out_major_weight, replace_module
+from ..models.fused import is_conv1d, out_major_weight, replace_module
 from ..models.roles import Target
 from . import register
 from .base import Context, Method
@@ -129,7 +129,7 @@ class DoraLinear(nn.Module):
         """The base module with the adapter folded into its weight."""
         w = self.merged_weight()
         target = self.base_layer.weight
-        target.copy_((w.t() if type(self.base_layer).__name__ == "Conv1D" else w).to(target.dtype))
+        target.copy_((w.t() if is_conv1d(self.base_layer) else w).to(target.dtype))
         return self.base_layer
 
 
@@ -180,7 +180,7 @@ class DoRA(Method):
         config = LoraConfig(
             task_type=self.ctx.peft_task_type, r=self.args.rank, lora_alpha=self.alpha, lora_dropout=self.args.dropout,
             target_modules=[t.name for t in self.targets], modules_to_save=list(self.ctx.heads), use_dora=True,
-            fan_in_fan_out=any(type(m.base_layer).__name__ == "Conv1D" for m in model.modules()
+            fan_in_fan_out=any(is_conv1d(m.base_layer) for m in model.modules()
                                if isinstance(m, DoraLinear)),
             base_model_name_or_path=self.ctx.base_model or None,
         )

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from ..models.fused import is_conv1d
 from ..models.roles import Target
 from ..schema import Rule
 from . import register
@@ -60,7 +61,7 @@ class LoftQ(LoraBacked):
         for m in model.modules():
             if isinstance(m, LoraLayer) and "default" in m.lora_A:
                 base = m.get_base_layer()
-                conv1d = type(base).__name__ == "Conv1D"  # GPT-2 stores W transposed
+                conv1d = is_conv1d(base)  # GPT-2 stores W transposed
                 w = (base.weight.T if conv1d else base.weight).detach().float()
                 q, a, b = loftq_factors(w, self.args.rank, float(m.scaling["default"]), self.args.bits,
                                         self.args.iters)

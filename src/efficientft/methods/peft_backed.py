@@ -49,6 +49,7 @@ from typing import Any, ClassVar
 import torch.nn as nn
 
 from ..errors import ConfigError
+from ..models.fused import is_conv1d
 from ..models.roles import Target
 from .base import Context, Method
 
@@ -75,9 +76,7 @@ class PeftMethod(Method):
         kwargs: dict[str, Any] = {"task_type": ctx.peft_task_type, "modules_to_save": list(ctx.heads)}
         if self.capabilities.targets != "none":
             kwargs["target_modules"] = [t.name for t in targets]
-            from transformers.pytorch_utils import Conv1D
-
-            if any(isinstance(model.get_submodule(t.name), Conv1D) for t in targets):
+            if any(is_conv1d(model.get_submodule(t.name)) for t in targets):
                 kwargs["fan_in_fan_out"] = True
         names = {f.name for f in dataclasses.fields(self.config_class())}
         return {k: v for k, v in kwargs.items() if k in names}

@@ -33,7 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from ..models.fused import out_major_weight, replace_module
+from ..models.fused import is_conv1d, out_major_weight, replace_module
 from ..models.roles import Target
 from ..schema import Rule
 from ..strategy import Strategy
@@ -156,7 +156,7 @@ class Sift(Method):
                 loss = model(**next(it)).loss
                 grads = torch.autograd.grad(loss, weights)  # no .grad is touched: the head starts clean
                 for s, g, (_, m) in zip(scores, grads, modules, strict=True):
-                    s += g.t() if type(m.base).__name__ == "Conv1D" else g
+                    s += g.t() if is_conv1d(m.base) else g
         finally:
             for w in weights:
                 w.requires_grad_(False)
