@@ -162,9 +162,15 @@ class Method:
         raise NotImplementedError
 
     def param_roles(self, model: nn.Module) -> dict[str, str | None]:
-        """Role of every trainable parameter (``"v"`` for W_v's, ``"head"`` for the head, None otherwise)."""
+        """Role of every trainable parameter (``"v"`` for W_v's, ``"head"`` for the head, None otherwise). Biases
+        have none, unless the capabilities declare ``v_bias`` (BitFit): then a targeted module's bias carries that
+        module's role, so W_v's bias learns at λ × the rate (it is all of W_v that trains)."""
         assert self.ctx is not None, "prepare() must run first"
-        return roles_by_name(model, self.targets, self.ctx.heads)
+        roles = roles_by_name(model, self.targets, self.ctx.heads)
+        if self.capabilities.v_bias:
+            of_bias = {f"{t.name}.bias": t.role for t in self.targets}
+            roles = {n: of_bias.get(n, r) for n, r in roles.items()}
+        return roles
 
     def lr_scales(self, model: nn.Module) -> dict[str, float]:
         """Per-parameter learning-rate factors of the method's own (LoRA+); multiplied with the strategy's."""
