@@ -33,10 +33,11 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..lowrank import lowrank_add
-from ..models.fused import is_conv1d, out_major_weight, replace_module
+from ..models.fused import is_conv1d, out_major_weight
 from ..models.roles import Target
 from . import register
-from .base import Context, Method
+from ._inject import WrapsTargets
+from .base import Context
 from .capabilities import Capabilities
 from .lora import LoraArgs
 
@@ -134,7 +135,7 @@ class DoraLinear(nn.Module):
 
 
 @register("dora")
-class DoRA(Method):
+class DoRA(WrapsTargets):
     """Our own layer (not PEFT's: see the module docstring); LoRA's arguments, PEFT's adapter format."""
 
     summary = "DoRA (Liu et al. 2024): magnitude · direction of W + (alpha/r)·BA; our fast layer, PEFT-format export"
@@ -150,25 +151,10 @@ class DoRA(Method):
     def alpha(self) -> float:
         return float(self.args.alpha if self.args.alpha is not None else self.args.rank)
 
-    def prepare(self, model: nn.Module, targets: list[Target], ctx: Context) -> nn.Module:
-        self.check_targets(model, targets)
-        self.targets, self.ctx = targets, ctx
-        for p in model.parameters():
-            p.requires_grad = False
-        for t in targets:
-            layer = DoraLinear(model.get_submodule(t.name), self.args.rank, self.alpha / self.args.rank,
-                               self.args.dropout)
-            replace_module(model, t.name, layer)
-        for h in ctx.heads:
-            for p in model.get_submodule(h).parameters():
-                p.requires_grad = True
-        return model
+    wrapper = DoraLinear
 
-    def merge(self, model: nn.Module) -> nn.Module:
-        for name, m in list(model.named_modules()):
-            if isinstance(m, DoraLinear):
-                replace_module(model, name, m.merged())
-        return model
+    def wrap(self, base: nn.Module, targets: list[Target]) -> nn.Module:
+        return DoraLinear(base, self.args.rank, self.alpha / self.args.rank, self.args.dropout)
 
     # ------------------------------------------------------------------ PEFT-format export
     def write_export(self, model: nn.Module, out_dir: Path) -> dict[str, Any]:

@@ -33,13 +33,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from ..models.fused import is_conv1d, out_major_weight, replace_module
+from ..models.fused import is_conv1d, out_major_weight
 from ..models.roles import Target
 from ..schema import Rule
 from ..strategy import Strategy
 from . import register
+from ._inject import WrapsTargets
 from .args import POSITIVE_INT, MethodArgs, arg
-from .base import TRAINABLE_FILE, Context, Method
+from .base import TRAINABLE_FILE, Context
 from .capabilities import Capabilities
 
 
@@ -117,7 +118,7 @@ def sparse_count(rate: float, numel: int) -> int:
 
 
 @register("sift")
-class Sift(Method):
+class Sift(WrapsTargets):
     summary = "SIFT (Song et al. 2024): sparse increments on the top-|gradient| entries (sparse_rate, ~1%)"
     capabilities = Capabilities(
         fused_slices=True, merge=True, export="efficientft", quantized_base=False,
@@ -126,20 +127,11 @@ class Sift(Method):
     )
     Args = SiftArgs
 
-    def prepare(self, model: nn.Module, targets: list[Target], ctx: Context) -> nn.Module:
-        self.targets, self.ctx = targets, ctx
-        for p in model.parameters():
-            p.requires_grad = False
-        by_module: dict[str, dict[str, tuple[int, int]]] = {}
-        for t in targets:
-            rows = t.out_slice or (0, out_major_weight(model.get_submodule(t.name)).shape[0])
-            by_module.setdefault(t.name, {})[t.role or "all"] = rows
-        for name, slices in by_module.items():
-            replace_module(model, name, SparseDelta(model.get_submodule(name), slices, self.args.sparse_rate))
-        for head in ctx.heads:
-            for p in model.get_submodule(head).parameters():
-                p.requires_grad = True
-        return model
+    wrapper = SparseDelta
+
+    def wrap(self, base: nn.Module, targets: list[Target]) -> nn.Module:
+        slices = {t.role or "all": t.out_slice or (0, out_major_weight(base).shape[0]) for t in targets}
+        return SparseDelta(base, slices, self.args.sparse_rate)
 
     def init_from_data(self, model: nn.Module, batches: typing.Iterable[dict]) -> None:
         """Choose the entries: top-k of |∂L/∂W| summed over the first ``select_batches`` batches (dropout off)."""
@@ -180,11 +172,6 @@ class Sift(Method):
         if unchosen:
             raise RuntimeError(f"SIFT: init_from_data must choose the entries before training ({unchosen[0]}).")
         return super().param_groups(model, strategy, lr, weight_decay)
-
-    def merge(self, model: nn.Module) -> nn.Module:
-        for name, m in _sparse_modules(model):
-            replace_module(model, name, m.merged())
-        return model
 
     def write_export(self, model: nn.Module, out_dir: Path) -> dict[str, Any]:
         """Our own safetensors: the chosen indices (``...sparse.<key>.index``, (2, k): rows, cols), values, head."""
