@@ -105,3 +105,33 @@ def test_every_registered_method_has_a_readme_row(capsys):
     assert len(table) == 2 + len(METHODS.names())
     missing = [row for row in table if row not in readme.splitlines()]
     assert not missing, f"README.md's method table differs from `eft methods --markdown` in: {missing[:3]}"
+
+
+def test_v_bias_is_read_by_the_contract_and_resume_is_gone(tiny_bert):
+    """``v_bias`` is what gives a targeted module's bias its role (no method re-implements it); ``resume`` was
+    declared by none and read by nothing, so it is no longer a capability (issue 24)."""
+    import dataclasses
+
+    from transformers import AutoModelForSequenceClassification
+
+    from efficientft.methods.base import Context
+    from efficientft.models import head_modules, resolve_targets
+
+    class Biases(Method):  # trains the targets' biases; declares v_bias, defines no param_roles of its own
+        name = "biases"
+        capabilities = Capabilities(v_bias=True)
+
+        def prepare(self, model, targets, ctx):
+            self.ctx, self.targets = ctx, targets
+            for n, p in model.named_parameters():
+                p.requires_grad = n in {f"{t.name}.bias" for t in targets}
+            return model
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2)
+    m = Biases()
+    m.prepare(model, resolve_targets(model, "qv"), Context(heads=head_modules(model)))
+    roles = m.param_roles(model)
+    assert {n: r for n, r in roles.items() if r} == {
+        f"bert.encoder.layer.{i}.attention.self.{w}.bias": r for i in range(2) for w, r in (("query", "q"),
+                                                                                             ("value", "v"))}
+    assert "resume" not in {f.name for f in dataclasses.fields(Capabilities)}

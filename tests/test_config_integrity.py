@@ -100,8 +100,8 @@ def test_a_file_error_names_the_file(tmp_path):
 
 
 @pytest.mark.parametrize("name,value,msg", [
-    ("alpha", "nan", "alpha must be float, got 'nan'"),
-    ("dropout", float("inf"), "dropout must be float"),
+    ("alpha", "nan", "alpha must be a positive number, got nan"),  # as a run setting's (lr) says it
+    ("dropout", float("inf"), r"dropout must be in \[0, 1\), got inf"),
 ])
 def test_method_float_arguments_are_finite(name, value, msg):
     with pytest.raises(ConfigError, match=msg):
@@ -114,7 +114,7 @@ def test_method_float_arguments_are_finite(name, value, msg):
     (["--warmup-ratio", "inf"], r"warmup_ratio must be in \[0, 1\), got inf"),
     (["--targets", "re:("], "is not a valid regular expression"),
     (["--batch-size", "0"], "batch_size must be a positive integer"),
-    (["--alpha", "nan"], "alpha must be float"),
+    (["--alpha", "nan"], "alpha must be a positive number, got nan"),
     (["--role-lr", "v=nan"], r"role_lr\['v'\] must be a positive number"),
 ])
 def test_cli_bad_values_exit_2_with_one_line(argv, msg, capsys, tmp_path):

@@ -241,3 +241,20 @@ def test_rslora_and_loraplus_on_fused_slices(tiny_gpt2):
     rates = {n: g["lr_scale"] for g in lp.param_groups(model, Strategy({"v": 2.0}), 1.0, 0.0) for n in g["names"]}
     assert rates["transformer.h.0.attn.c_attn.lora.v.B"] == 32.0 and rates["transformer.h.0.attn.c_attn.lora.v.A"] == 2.0
     assert rates["transformer.h.0.attn.c_attn.lora.q.B"] == 16.0 and rates["transformer.h.0.attn.c_attn.lora.q.A"] == 1.0
+
+
+def test_conv1d_is_recognised_by_type_not_by_class_name():
+    """GPT-2's Conv1D stores W as (in, out): a subclass of it under another name is transposed too, and a linear
+    layer that merely calls itself "Conv1D" is not (issue 24: one isinstance test, models/fused.is_conv1d)."""
+    from transformers.pytorch_utils import Conv1D
+
+    from efficientft.models.fused import is_conv1d, out_major_weight
+
+    class Projection(Conv1D):
+        pass
+
+    renamed = Projection(6, 4)  # 6 outputs, 4 inputs: weight stored (4, 6)
+    impostor = type("Conv1D", (torch.nn.Linear,), {})(4, 6)  # weight (6, 4), already out-major
+    assert is_conv1d(renamed) and not is_conv1d(impostor)
+    assert tuple(out_major_weight(renamed).shape) == (6, 4)
+    assert tuple(out_major_weight(impostor).shape) == (6, 4)

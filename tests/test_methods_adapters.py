@@ -256,7 +256,7 @@ def test_compacter_defaults_follow_the_compacter_plus_plus_configuration(tiny_be
                         "drop the ratio (it must be 1 for this method)."),
     ({"method_args": {"nonlinearity": "swish"}},
      "method 'pfeiffer': nonlinearity must be one of relu, gelu, silu, tanh, identity, gelu_new, got 'swish'."),
-    ({"method_args": {"bottleneck": -1}}, "method 'pfeiffer': bottleneck must be a positive integer, got -1."),
+    ({"method_args": {"bottleneck": -1}}, "method 'pfeiffer': bottleneck must be a non-negative integer (0: d // reduction_factor), got -1."),
     ({"method": "parallel_adapter", "method_args": {"positions": "ffn,mlp"}},
      "method 'parallel_adapter': positions must be attn, ffn or attn,ffn, got 'ffn,mlp'."),
 ])

@@ -208,3 +208,55 @@ def test_galore_records_optimizer_state_size(tiny_llama):
     assert cost["optimizer_state_bytes"] == 4 * cost["optimizer_state_numel"]
     full = run(tiny_config(tiny_llama, method="full", targets="qv", max_train=8, steps=2, max_eval=8))["cost"]
     assert full["optimizer_state_numel"] == 2 * (2 * (32 * 32 + 16 * 32) + 2 * 32)  # AdamW: two moments each
+
+
+def test_our_wrapping_methods_share_one_injection_skeleton(tiny_bert):
+    """DoRA, KaSA, PaCA, SoRA, SIFT, SSF, LoLDU and SVFit inject through one base (methods/_inject.WrapsTargets):
+    a new wrapper method is its wrap() alone, and gets the checks, the freezing, the roles and the merge from it
+    (issue 24)."""
+    from efficientft.methods import METHODS
+    from efficientft.methods._inject import WrapsTargets
+    from efficientft.methods.capabilities import Capabilities
+
+    own = {"dora", "kasa", "paca", "sora", "sift", "ssf", "loldu", "svfit"}
+    assert {n for n in own if issubclass(METHODS.get(n), WrapsTargets)} == own
+    assert not [n for n in own if "prepare" in METHODS.get(n).__dict__ and n not in ("paca", "ssf")]
+
+    class Gain(torch.nn.Module):  # y = g ⊙ base(x), g = 1 at init
+        def __init__(self, base):
+            super().__init__()
+            self.base, self.g = base, torch.nn.Parameter(torch.ones(base.out_features))
+
+        def forward(self, x):
+            return self.base(x) * self.g
+
+        @torch.no_grad()
+        def merged(self):
+            self.base.weight.mul_(self.g[:, None])
+            self.base.bias.mul_(self.g)
+            return self.base
+
+    class Gains(WrapsTargets):
+        name = "gains"
+        capabilities = Capabilities(merge=True)
+        wrapper = Gain
+
+        def wrap(self, base, targets):
+            return Gain(base)
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2).eval()
+    x = torch.randint(1, 1000, (2, 8))
+    m = Gains()
+    model = m.prepare(model, resolve_targets(model, "qv"), Context(heads=head_modules(model)))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert {n for n in trainable if not n.startswith("classifier.")} == {
+        f"bert.encoder.layer.{i}.attention.self.{w}.g" for i in range(2) for w in ("query", "value")}
+    assert m.param_roles(model)["bert.encoder.layer.0.attention.self.value.g"] == "v"
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n.endswith(".g"):
+                p.uniform_(0.5, 1.5)
+        before = model(input_ids=x).logits
+        merged = m.merge(model)
+        assert not any(isinstance(mod, Gain) for mod in merged.modules())
+        torch.testing.assert_close(merged(input_ids=x).logits, before)

@@ -399,8 +399,8 @@ def test_loraplus_gives_b_ratio_times_the_rate_and_composes_with_lambda(tiny_ber
 @pytest.mark.parametrize("name,args,message", [
     ("pissa", {"svd": "fast"}, "svd must be one of exact, randomized, got 'fast'"),
     ("pissa", {"niter": -1}, "niter must be a non-negative integer, got -1"),
-    ("loraplus", {"ratio": 0}, "ratio (B's learning rate over A's) must be a positive number, got 0.0"),
-    ("eva", {"rho": 0.5}, "rho must be a number in [1, 1000), got 0.5"),
+    ("loraplus", {"ratio": 0}, "ratio must be a positive number (B's learning rate over A's), got 0.0"),
+    ("eva", {"rho": 0.5}, "rho must be in [1, 1000), got 0.5"),
     ("eva", {"tau": 0}, "tau must be in (0, 1], got 0.0"),
     ("eva", {"init_batches": 0}, "init_batches must be a positive integer, got 0"),
     ("adalora", {"rank": 8, "init_r": 4}, "init_r (4) must be at least the target rank (8)"),
@@ -409,7 +409,7 @@ def test_loraplus_gives_b_ratio_times_the_rate_and_composes_with_lambda(tiny_ber
     ("adalora", {"orth_reg_weight": -1}, "orth_reg_weight must be a number >= 0, got -1.0"),
     ("adalora", {"delta_t": 0}, "delta_t must be a positive integer, got 0"),
     ("ia3", {"rank": 4}, "method 'ia3' takes no argument 'rank'"),
-    ("rslora", {"rank": "x"}, "rank must be int, got 'x'"),
+    ("rslora", {"rank": "x"}, "rank must be an integer, got 'x'"),
 ])
 def test_bad_method_arguments_are_config_errors(name, args, message):
     with pytest.raises(ConfigError) as e:

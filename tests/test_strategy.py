@@ -192,3 +192,28 @@ def test_run_refuses_a_too_small_max_length(tiny_bert, glue_dir, capsys, tmp_pat
                "--max-eval", "8", "--max-length", "2", "--store", str(tmp_path / "s.sqlite"), "--no-progress"])
     err = capsys.readouterr().err
     assert rc == 2 and "max_length 2 is too small" in err and "--max-length 5 or more" in err, err
+
+
+def test_norms_and_biases_are_recognised_by_type_not_by_name():
+    """No weight decay and no role for normalisation weights and biases, known by the module's type (torch's norm
+    classes, or a leaf with a 1-D gain and an epsilon: transformers' per-model RMSNorm classes), never by a class
+    or parameter name that merely contains "norm" or ends in "bias" (issue 24)."""
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    from efficientft.strategy import is_norm, no_decay
+
+    class Gain(torch.nn.Module):  # an RMSNorm under a name without "norm"
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.ones(4))
+            self.variance_epsilon = 1e-6
+
+    class LayerNormalisedProjection(torch.nn.Linear):  # a projection whose name contains "layernorm"
+        pass
+
+    assert is_norm(torch.nn.LayerNorm(4)) and is_norm(LlamaRMSNorm(4)) and is_norm(Gain())
+    assert not is_norm(LayerNormalisedProjection(4, 4)) and not is_norm(torch.nn.Embedding(3, 4))
+    linear = torch.nn.Linear(4, 4)
+    assert no_decay("layer.bias", linear) and not no_decay("layer.weight", linear)
+    assert not no_decay("layer.attn_bias", None)  # a parameter called attn_bias is not a module's bias
+    assert no_decay("ln.weight", Gain())

@@ -120,7 +120,7 @@ def test_sparse_mezo_leaves_the_large_entries_unchanged():
 def test_args_and_refusals(tiny_bert):
     with pytest.raises(ConfigError, match=r"sparsity must be in \[0, 1\)"):
         get_method("sparse_mezo").from_config({"sparsity": 1})
-    with pytest.raises(ConfigError, match="eps must be a number > 0"):
+    with pytest.raises(ConfigError, match="eps must be a positive number, got 0.0"):
         get_method("mezo").from_config({"eps": 0})
     with pytest.raises(ConfigError, match="--gradient-checkpointing saves activations for the backward pass; "
                                           "method 'mezo' has none"):

@@ -36,14 +36,31 @@ class Strategy:
         return float(self.ratios.get(role, 1.0)) if role else 1.0
 
 
+# torch's normalisation layers; nn.RMSNorm exists from torch 2.4
+NORM_TYPES: tuple[type[nn.Module], ...] = (nn.LayerNorm, nn.GroupNorm, *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()))
+
+
 def is_norm(module: nn.Module) -> bool:
-    name = type(module).__name__.lower()
-    return isinstance(module, (nn.LayerNorm, nn.GroupNorm)) or "layernorm" in name or "rmsnorm" in name
+    """A normalisation layer, recognised by type: torch's (:data:`NORM_TYPES`), or a leaf module whose only
+    parameters are a 1-D gain (and a 1-D bias) and which keeps an epsilon. The second form is transformers'
+    per-model RMSNorm classes (``LlamaRMSNorm``, ``Qwen2RMSNorm``, ``T5LayerNorm`` ...), which share no base class
+    to test with ``isinstance``; a class name is never read."""
+    if isinstance(module, NORM_TYPES):
+        return True
+    params = dict(module.named_parameters(recurse=False))
+    return (not any(True for _ in module.children()) and "weight" in params and set(params) <= {"weight", "bias"}
+            and all(p.dim() == 1 for p in params.values())
+            and isinstance(getattr(module, "variance_epsilon", getattr(module, "eps", None)), float))
+
+
+def is_bias(param_name: str) -> bool:
+    """A module's ``bias`` parameter (its attribute name, as torch registers it; not any name ending in "bias")."""
+    return param_name.rpartition(".")[2] == "bias"
 
 
 def no_decay(param_name: str, owner: nn.Module | None) -> bool:
     """Biases and normalisation weights get no weight decay (the usual convention, as in BERT's optimiser)."""
-    return param_name.endswith("bias") or (owner is not None and is_norm(owner))
+    return is_bias(param_name) or (owner is not None and is_norm(owner))
 
 
 def roles_by_name(model: nn.Module, targets: list[Target], heads: list[str]) -> dict[str, str | None]:

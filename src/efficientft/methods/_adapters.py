@@ -38,7 +38,8 @@ import torch.nn as nn
 from ..errors import ConfigError
 from ..models.fused import replace_module, weight_shape
 from ..models.roles import Target, family_of, linear_modules, role_of
-from .base import Context, Method, positive_int
+from .args import NON_NEGATIVE_INT, POSITIVE_INT, MethodArgs, arg, choice
+from .base import Context, Method
 
 # gelu_new: GELU's tanh approximation (transformers' name; the Compacter++ configuration's non_linearity)
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh,
@@ -49,25 +50,17 @@ POSITIONS = ("attn", "ffn")
 _ENDS = {"attn": ("q", "o"), "ffn": ("ffn_up", "ffn_down")}
 
 
-@dataclass
-class BottleneckArgs:
-    bottleneck: int = 0  # m; 0: d // reduction_factor
-    reduction_factor: int = 16  # d / m when bottleneck is 0 (Pfeiffer et al. 2021 use 16)
-    nonlinearity: str = "relu"
+NONLINEARITY = choice(*ACTIVATIONS)
 
-    def __post_init__(self) -> None:
-        if self.bottleneck != 0:
-            positive_int("bottleneck", self.bottleneck)
-        positive_int("reduction_factor", self.reduction_factor)
-        check_nonlinearity(self.nonlinearity)
+
+@dataclass
+class BottleneckArgs(MethodArgs):
+    bottleneck: int = arg(0, NON_NEGATIVE_INT, note="0: d // reduction_factor")  # m
+    reduction_factor: int = arg(16, POSITIVE_INT)  # d / m when bottleneck is 0 (Pfeiffer et al. 2021 use 16)
+    nonlinearity: str = arg("relu", NONLINEARITY)
 
     def size(self, d: int) -> int:
         return self.bottleneck or max(1, d // self.reduction_factor)
-
-
-def check_nonlinearity(name: str) -> None:
-    if name not in ACTIVATIONS:
-        raise ValueError(f"nonlinearity must be one of {', '.join(ACTIVATIONS)}, got {name!r}.")
 
 
 def check_positions(value: str) -> tuple[str, ...]:

@@ -1,6 +1,7 @@
 """Shared parts of the methods that re-parameterise a targeted weight from its own decomposition (LoLDU, SVFit)
 or train part of it in place (PaCA), and of SoRA and KaSA: rank checks, a frozen-factor diagonal
-adapter, and an export that carries the buffers a reload cannot recompute (PaCA's random columns).
+adapter, and an export that carries the buffers a reload cannot recompute (PaCA's random columns). The injection
+skeleton they share is :class:`~efficientft.methods._inject.WrapsTargets`.
 
 They need the dense base weight (an LU or SVD of it, or its columns), so none runs on a quantized base.
 """
@@ -15,9 +16,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from ..models.fused import out_major_weight, replace_module
+from ..models.fused import out_major_weight
 from ..models.roles import Target
-from .base import TRAINABLE_FILE, Method
+from ._inject import WrapsTargets
+from .base import TRAINABLE_FILE
 
 DENSE_BASE = "it decomposes or edits the dense base weight W, which a 4/8-bit layer does not hold"
 
@@ -34,14 +36,6 @@ def frozen(base: nn.Module) -> nn.Module:
     for p in base.parameters():
         p.requires_grad = False
     return base
-
-
-def freeze_but_heads(model: nn.Module, heads: list[str]) -> None:
-    for p in model.parameters():
-        p.requires_grad = False
-    for head in heads:
-        for p in model.get_submodule(head).parameters():
-            p.requires_grad = True
 
 
 @torch.no_grad()
@@ -91,38 +85,22 @@ class DiagAdapter(nn.Module):
         return self.base
 
 
-class Decomposed(Method):
+class Decomposed(WrapsTargets):
     """A method that re-parameterises each targeted weight as W_res + σ · Left diag(d) Right (:meth:`factors`)."""
 
     scaled: bool = False  # does a trainable scalar σ multiply the diagonal (LoLDU)?
+    wrapper = DiagAdapter  # no fused slices; the rank fits every weight (check_targets)
 
     def factors(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(Left, d, Right) of the rank-r term of ``w`` (float64, (out, in))."""
         raise NotImplementedError
 
-    def prepare(self, model: nn.Module, targets: list[Target], ctx: Any) -> nn.Module:
-        self.check_targets(model, targets)  # no fused slices; the rank fits every weight
-        self.targets, self.ctx = targets, ctx
-        freeze_but_heads(model, ctx.heads)
-        for t in targets:
-            base = model.get_submodule(t.name)
-            w = out_major_weight(base).detach()
-            left, d, right = self.factors(w.double())
-            residual = w.double() - (left * d) @ right
-            dt = w.dtype
-            replace_module(model, t.name, DiagAdapter(base, residual.to(dt), left.to(dt), right.to(dt), d.to(dt),
-                                                      self.scaled))
-        return model
-
-    def merge(self, model: nn.Module) -> nn.Module:
-        return merge_modules(model, DiagAdapter)
-
-
-def merge_modules(model: nn.Module, kind: type) -> nn.Module:
-    """Replace every ``kind`` module by its ``merged()`` base: a plain Hugging Face model again."""
-    for name, m in [(n, m) for n, m in model.named_modules() if isinstance(m, kind)]:
-        replace_module(model, name, m.merged())
-    return model
+    def wrap(self, base: nn.Module, targets: list[Target]) -> nn.Module:
+        w = out_major_weight(base).detach()
+        left, d, right = self.factors(w.double())
+        residual = w.double() - (left * d) @ right
+        dt = w.dtype
+        return DiagAdapter(base, residual.to(dt), left.to(dt), right.to(dt), d.to(dt), self.scaled)
 
 
 def write_with_buffers(model: nn.Module, out_dir: Path, method: str, kind: type,

@@ -21,16 +21,14 @@ import torch.nn as nn
 
 from ..errors import ConfigError
 from ..models.roles import Target
-from .base import Context, positive_int
+from .args import POSITIVE_INT, MethodArgs, arg
+from .base import Context
 from .peft_backed import PeftMethod
 
 
 @dataclass
-class PromptArgs:
-    num_virtual_tokens: int = 20
-
-    def __post_init__(self) -> None:
-        positive_int("num_virtual_tokens", self.num_virtual_tokens)
+class PromptArgs(MethodArgs):
+    num_virtual_tokens: int = arg(20, POSITIVE_INT)
 
 
 class PromptMethod(PeftMethod):

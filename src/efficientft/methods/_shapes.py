@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch.nn as nn
 
 from ..errors import ConfigError
-from ..models.fused import weight_shape
+from ..models.fused import is_conv1d, weight_shape
 from ..models.roles import Target
 
 
@@ -33,7 +33,7 @@ class LinearOnly:
 
     def check_targets(self, model: nn.Module, targets: list[Target]) -> None:
         super().check_targets(model, targets)  # type: ignore[misc]
-        conv = [t.name for t in targets if type(model.get_submodule(t.name)).__name__ == "Conv1D"]
+        conv = [t.name for t in targets if is_conv1d(model.get_submodule(t.name))]
         if conv:
             raise ConfigError(f"method {self.name!r}: PEFT's layers for it take nn.Linear only, and {conv[0]} is a "
                               "GPT-2 Conv1D; use lora, vera, fourierft or randlora there.")

@@ -37,8 +37,10 @@ import torch.nn as nn
 
 from ..errors import ConfigError
 from ..models.roles import Target
+from ..schema import Rule
 from . import register
-from .base import Context, positive_int
+from .args import NON_NEGATIVE, OPEN_FRACTION, POSITIVE_INT, arg
+from .base import Context
 from .capabilities import Capabilities
 from .lora import LoraArgs
 from .peft_backed import PeftMethod
@@ -46,35 +48,22 @@ from .peft_backed import PeftMethod
 
 @dataclass
 class AdaLoraArgs(LoraArgs):
-    init_r: int | None = None  # None: ceil(1.5 * rank)
-    tinit: float = 0.1  # initial warm-up without pruning: a fraction of the run (< 1) or steps
-    tfinal: float = 0.2  # final fine-tuning at the target budget: a fraction of the run (< 1) or steps
-    delta_t: int = 1  # steps between two budget allocations (PEFT's deltaT)
-    beta1: float = 0.85  # EMA of the sensitivity
-    beta2: float = 0.85  # EMA of the uncertainty
-    orth_reg_weight: float = 0.5  # γ of the orthogonality regulariser (PEFT's default)
+    init_r: int | None = arg(None, Rule("int", 1, None, optional=True))  # None: ceil(1.5 * rank)
+    tinit: float = arg(0.1, NON_NEGATIVE)  # initial warm-up without pruning: a fraction of the run (< 1) or steps
+    tfinal: float = arg(0.2, NON_NEGATIVE)  # final fine-tuning at the target budget: a fraction of the run (< 1) or steps
+    delta_t: int = arg(1, POSITIVE_INT)  # steps between two budget allocations (PEFT's deltaT)
+    beta1: float = arg(0.85, OPEN_FRACTION)  # EMA of the sensitivity
+    beta2: float = arg(0.85, OPEN_FRACTION)  # EMA of the uncertainty
+    orth_reg_weight: float = arg(0.5, NON_NEGATIVE)  # γ of the orthogonality regulariser (PEFT's default)
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.init_r is not None:
-            positive_int("init_r", self.init_r)
-            if self.init_r < self.rank:
-                raise ValueError(f"init_r ({self.init_r}) must be at least the target rank ({self.rank}).")
-        positive_int("delta_t", self.delta_t)
+    def check(self) -> None:
+        if self.init_r is not None and self.init_r < self.rank:
+            raise ValueError(f"init_r ({self.init_r}) must be at least the target rank ({self.rank}).")
         for name in ("tinit", "tfinal"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < math.inf or (
-                v >= 1 and not float(v).is_integer()
-            ):
+            if v >= 1 and not float(v).is_integer():
                 raise ValueError(f"{name} must be a fraction of the run in [0, 1) or a whole number of steps, "
                                  f"got {v!r}.")
-        for name in ("beta1", "beta2"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1:
-                raise ValueError(f"{name} must be in (0, 1), got {v!r}.")
-        w = self.orth_reg_weight
-        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w < math.inf:
-            raise ValueError(f"orth_reg_weight must be a number >= 0, got {w!r}.")
 
 
 def schedule_steps(value: float, total: int) -> int:

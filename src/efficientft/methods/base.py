@@ -30,13 +30,14 @@ import torch.nn as nn
 from ..errors import ConfigError, did_you_mean
 from ..models.roles import Target
 from ..strategy import Strategy, build_param_groups, roles_by_name
+from .args import MethodArgs, arg_of
 from .capabilities import Capabilities
 
 TRAINABLE_FILE = "trainable.safetensors"
 
 
 @dataclass
-class NoArgs:
+class NoArgs(MethodArgs):
     """A method without hyper-parameters of its own."""
 
 
@@ -90,7 +91,9 @@ class Method:
                     f"method {cls.name!r} takes no argument {k!r}.{did_you_mean(k, names)} It accepts: {accepted}."
                 )
         hints = typing.get_type_hints(cls.Args)
-        values = {k: coerce_argument(cls.name, k, v, hints.get(k)) for k, v in raw.items()}
+        # A field declared with arg() is converted by its rule (MethodArgs.__post_init__); others by type here.
+        ruled = {f.name for f in dataclasses.fields(cls.Args) if arg_of(f) is not None}
+        values = {k: v if k in ruled else coerce_argument(cls.name, k, v, hints.get(k)) for k, v in raw.items()}
         try:
             return cls(cls.Args(**values))
         except ConfigError:
@@ -159,9 +162,15 @@ class Method:
         raise NotImplementedError
 
     def param_roles(self, model: nn.Module) -> dict[str, str | None]:
-        """Role of every trainable parameter (``"v"`` for W_v's, ``"head"`` for the head, None otherwise)."""
+        """Role of every trainable parameter (``"v"`` for W_v's, ``"head"`` for the head, None otherwise). Biases
+        have none, unless the capabilities declare ``v_bias`` (BitFit): then a targeted module's bias carries that
+        module's role, so W_v's bias learns at λ × the rate (it is all of W_v that trains)."""
         assert self.ctx is not None, "prepare() must run first"
-        return roles_by_name(model, self.targets, self.ctx.heads)
+        roles = roles_by_name(model, self.targets, self.ctx.heads)
+        if self.capabilities.v_bias:
+            of_bias = {f"{t.name}.bias": t.role for t in self.targets}
+            roles = {n: of_bias.get(n, r) for n, r in roles.items()}
+        return roles
 
     def lr_scales(self, model: nn.Module) -> dict[str, float]:
         """Per-parameter learning-rate factors of the method's own (LoRA+); multiplied with the strategy's."""
@@ -345,8 +354,3 @@ def set_trainable(model: nn.Module, names: typing.Iterable[str]) -> None:
     for n, p in model.named_parameters():
         p.requires_grad = any(n == w or n.startswith(w + ".") for w in wanted)
 
-
-def positive_int(name: str, value: Any) -> None:
-    """For ``Args.__post_init__``: a ValueError that :meth:`Method.from_config` turns into a ConfigError."""
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}.")

@@ -61,13 +61,6 @@ class BitFit(Method):
     def test_args(cls, arch: str = "bert") -> dict[str, Any] | None:
         return None if arch == "llama" else {}  # LLaMA's projections have no biases: refused by design
 
-    def param_roles(self, model: nn.Module) -> dict[str, str | None]:
-        """A targeted module's bias carries that module's role: W_v's bias learns at λ × the rate (it is all of
-        W_v that trains); every other bias and the head keep the base rate."""
-        roles = super().param_roles(model)
-        of_bias = {f"{t.name}.bias": t.role for t in self.targets}
-        return {n: of_bias.get(n, r) for n, r in roles.items()}
-
     def merge(self, model: nn.Module) -> nn.Module:
         """Nothing to fold: the trained biases are the model's own."""
         return model

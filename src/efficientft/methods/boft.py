@@ -38,24 +38,21 @@ import torch.nn as nn
 from ..models.roles import Target
 from . import register
 from ._shapes import LinearOnly, check_divides
-from .base import Context, positive_int
+from .args import FRACTION, POSITIVE_INT, MethodArgs, arg
+from .base import Context
 from .capabilities import Capabilities
 from .peft_backed import PeftMethod
 
 
 @dataclass
-class BoftArgs:
-    block_size: int = 8
-    n_butterfly_factor: int = 2
-    dropout: float = 0.0
+class BoftArgs(MethodArgs):
+    block_size: int = arg(8, POSITIVE_INT)
+    n_butterfly_factor: int = arg(2, POSITIVE_INT)
+    dropout: float = arg(0.0, FRACTION)
 
-    def __post_init__(self) -> None:
-        positive_int("block_size", self.block_size)
-        positive_int("n_butterfly_factor", self.n_butterfly_factor)
+    def check(self) -> None:
         if self.n_butterfly_factor > 1 and self.block_size % 2:
             raise ValueError(f"block_size must be even when n_butterfly_factor > 1, got {self.block_size}.")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}.")
 
 
 @register("boft")

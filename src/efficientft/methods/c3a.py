@@ -18,7 +18,8 @@ import torch.nn as nn
 from ..models.roles import Target
 from . import register
 from ._shapes import LinearOnly, check_divides
-from .base import Context, positive_int
+from .args import POSITIVE_INT, MethodArgs, arg, choice
+from .base import Context
 from .capabilities import Capabilities
 from .peft_backed import PeftMethod
 
@@ -26,14 +27,9 @@ INITS = ("xavier_uniform", "kaiming_uniform", "gaussian", "zeros")
 
 
 @dataclass
-class C3aArgs:
-    block_size: int = 64  # divides 384 (MiniLM), 768, 1024, 4096
-    init: str = "xavier_uniform"
-
-    def __post_init__(self) -> None:
-        positive_int("block_size", self.block_size)
-        if self.init not in INITS:
-            raise ValueError(f"init must be one of {', '.join(INITS)}, got {self.init!r}.")
+class C3aArgs(MethodArgs):
+    block_size: int = arg(64, POSITIVE_INT)  # divides 384 (MiniLM), 768, 1024, 4096
+    init: str = arg("xavier_uniform", choice(*INITS))
 
 
 @register("c3a")

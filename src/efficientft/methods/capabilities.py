@@ -29,8 +29,9 @@ class Capabilities:
     # Does it train parameters that belong to W_v (so λ of the attention strategy has something to scale)? A method
     # without them refuses λ ≠ 1 with one line instead of silently ignoring it.
     v_role: bool = True
-    # Is W_v's bias one of those parameters (BitFit, whose only W_v parameter is the bias)? Elsewhere biases never
-    # get λ (DESIGN: the λ group is W_v's weights' parameters, not every 1-D tensor).
+    # Is W_v's bias one of those parameters (BitFit, whose only W_v parameter is the bias)? Then a targeted module's
+    # bias carries that module's role (Method.param_roles). Elsewhere biases never get λ (DESIGN: the λ group is
+    # W_v's weights' parameters, not every 1-D tensor).
     v_bias: bool = False
     # Has a rank (``method_args.rank``) that must fit every adapted module's shape.
     rank: bool = False
@@ -39,8 +40,6 @@ class Capabilities:
     quantized_base_reason: str = "it has not been made to work with a quantized base"
     # Works with generation tasks (causal LMs judged by what they generate).
     generation: bool = True
-    # Step checkpoints restore it exactly (its own state is in state_dict / load_state_dict).
-    resume: bool = True
     # Defines merge(): the learned update folded into plain weights.
     merge: bool = False
     # How export() writes what was learned: "peft" (a PEFT adapter folder), "efficientft" (our safetensors),

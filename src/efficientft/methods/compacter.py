@@ -34,23 +34,19 @@ from ..errors import ConfigError
 from ..models.roles import Target
 from ..strategy import is_norm
 from . import register
-from ._adapters import AdapterMethod, Bottleneck, BottleneckArgs
-from .base import Context, positive_int
+from ._adapters import NONLINEARITY, AdapterMethod, Bottleneck, BottleneckArgs
+from .args import BOOL, POSITIVE_INT, arg
+from .base import Context
 from .capabilities import Capabilities
 
 
 @dataclass
 class CompacterArgs(BottleneckArgs):
-    nonlinearity: str = "gelu_new"  # the authors' non_linearity
-    reduction_factor: int = 32  # d / m (the authors' Compacter++ configuration: task_reduction_factor 32)
-    phm_dim: int = 4  # n: Kronecker products per weight (the paper's default)
-    phm_rank: int = 1  # r: the rank of each B_i = s_i t_iᵀ (the paper uses 1)
-    layer_norm: bool = True  # train every norm of the model (the authors' unfreeze_layer_norms)
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        positive_int("phm_dim", self.phm_dim)
-        positive_int("phm_rank", self.phm_rank)
+    nonlinearity: str = arg("gelu_new", NONLINEARITY)  # the authors' non_linearity
+    reduction_factor: int = arg(32, POSITIVE_INT)  # d / m (the authors' Compacter++ configuration: task_reduction_factor 32)
+    phm_dim: int = arg(4, POSITIVE_INT)  # n: Kronecker products per weight (the paper's default)
+    phm_rank: int = arg(1, POSITIVE_INT)  # r: the rank of each B_i = s_i t_iᵀ (the paper uses 1)
+    layer_norm: bool = arg(True, BOOL)  # train every norm of the model (the authors' unfreeze_layer_norms)
 
 
 PHM_INIT_RANGE = 1e-4  # the std of A (the authors' phm_init_range)

@@ -29,7 +29,7 @@ import torch.nn as nn
 from ..errors import ConfigError
 from . import register
 from ._residual import ResidualLoRA
-from .base import positive_int
+from .args import POSITIVE_INT, arg, choice
 from .capabilities import Capabilities
 from .lora import LoraArgs
 
@@ -38,14 +38,8 @@ MODES = ("ipm", "kpm")
 
 @dataclass
 class CordaArgs(LoraArgs):
-    mode: str = "ipm"  # ipm: the r largest context-oriented components; kpm: the r smallest
-    init_batches: int = 8
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}.")
-        positive_int("init_batches", self.init_batches)
+    mode: str = arg("ipm", choice(*MODES))  # ipm: the r largest context-oriented components; kpm: the r smallest
+    init_batches: int = arg(8, POSITIVE_INT)
 
 
 @register("corda")

@@ -42,26 +42,19 @@ from ..models.roles import Target
 from ..strategy import Strategy
 from . import register
 from ._prompt import PromptMethod
-from .base import Context, Method, positive_int
+from .args import POSITIVE, POSITIVE_INT, MethodArgs, arg
+from .base import Context, Method
 from .capabilities import Capabilities
 
 UPDATE = "dept_update"  # the module holding A and B, attached to the base model
 
 
 @dataclass
-class DePTArgs:
-    num_virtual_tokens: int = 40  # m, the shorter prompt
-    rank: int = 45  # r of the embedding update A B
-    alpha: float = 8.0  # the update is scaled by alpha / sqrt(rank)
-    embedding_lr: float = 5.0e-4  # the learning rate of A and B (the prompt's is the run's lr)
-
-    def __post_init__(self) -> None:
-        positive_int("num_virtual_tokens", self.num_virtual_tokens)
-        positive_int("rank", self.rank)
-        for name in ("alpha", "embedding_lr"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf:
-                raise ValueError(f"{name} must be a positive number, got {v!r}.")
+class DePTArgs(MethodArgs):
+    num_virtual_tokens: int = arg(40, POSITIVE_INT)  # m, the shorter prompt
+    rank: int = arg(45, POSITIVE_INT)  # r of the embedding update A B
+    alpha: float = arg(8.0, POSITIVE)  # the update is scaled by alpha / sqrt(rank)
+    embedding_lr: float = arg(5.0e-4, POSITIVE)  # the learning rate of A and B (the prompt's is the run's lr)
 
 
 class EmbeddingUpdate(nn.Module):

@@ -33,10 +33,11 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..lowrank import lowrank_add
-from ..models.fused import out_major_weight, replace_module
+from ..models.fused import is_conv1d, out_major_weight
 from ..models.roles import Target
 from . import register
-from .base import Context, Method
+from ._inject import WrapsTargets
+from .base import Context
 from .capabilities import Capabilities
 from .lora import LoraArgs
 
@@ -129,12 +130,12 @@ class DoraLinear(nn.Module):
         """The base module with the adapter folded into its weight."""
         w = self.merged_weight()
         target = self.base_layer.weight
-        target.copy_((w.t() if type(self.base_layer).__name__ == "Conv1D" else w).to(target.dtype))
+        target.copy_((w.t() if is_conv1d(self.base_layer) else w).to(target.dtype))
         return self.base_layer
 
 
 @register("dora")
-class DoRA(Method):
+class DoRA(WrapsTargets):
     """Our own layer (not PEFT's: see the module docstring); LoRA's arguments, PEFT's adapter format."""
 
     summary = "DoRA (Liu et al. 2024): magnitude · direction of W + (alpha/r)·BA; our fast layer, PEFT-format export"
@@ -150,25 +151,10 @@ class DoRA(Method):
     def alpha(self) -> float:
         return float(self.args.alpha if self.args.alpha is not None else self.args.rank)
 
-    def prepare(self, model: nn.Module, targets: list[Target], ctx: Context) -> nn.Module:
-        self.check_targets(model, targets)
-        self.targets, self.ctx = targets, ctx
-        for p in model.parameters():
-            p.requires_grad = False
-        for t in targets:
-            layer = DoraLinear(model.get_submodule(t.name), self.args.rank, self.alpha / self.args.rank,
-                               self.args.dropout)
-            replace_module(model, t.name, layer)
-        for h in ctx.heads:
-            for p in model.get_submodule(h).parameters():
-                p.requires_grad = True
-        return model
+    wrapper = DoraLinear
 
-    def merge(self, model: nn.Module) -> nn.Module:
-        for name, m in list(model.named_modules()):
-            if isinstance(m, DoraLinear):
-                replace_module(model, name, m.merged())
-        return model
+    def wrap(self, base: nn.Module, targets: list[Target]) -> nn.Module:
+        return DoraLinear(base, self.args.rank, self.alpha / self.args.rank, self.args.dropout)
 
     # ------------------------------------------------------------------ PEFT-format export
     def write_export(self, model: nn.Module, out_dir: Path) -> dict[str, Any]:
@@ -180,7 +166,7 @@ class DoRA(Method):
         config = LoraConfig(
             task_type=self.ctx.peft_task_type, r=self.args.rank, lora_alpha=self.alpha, lora_dropout=self.args.dropout,
             target_modules=[t.name for t in self.targets], modules_to_save=list(self.ctx.heads), use_dora=True,
-            fan_in_fan_out=any(type(m.base_layer).__name__ == "Conv1D" for m in model.modules()
+            fan_in_fan_out=any(is_conv1d(m.base_layer) for m in model.modules()
                                if isinstance(m, DoraLinear)),
             base_model_name_or_path=self.ctx.base_model or None,
         )

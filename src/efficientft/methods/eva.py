@@ -25,8 +25,9 @@ from typing import Any
 import torch.nn as nn
 
 from ..errors import ConfigError
+from ..schema import Rule
 from . import register
-from .base import positive_int
+from .args import BOOL, POSITIVE_INT, arg
 from .capabilities import Capabilities
 from .lora import LoraArgs, LoraBacked
 
@@ -35,20 +36,10 @@ MAX_PASSES = 100  # forward passes over the init batches before EVA is declared 
 
 @dataclass
 class EvaArgs(LoraArgs):
-    init_batches: int = 8  # training batches whose layer inputs are decomposed
-    rho: float = 2.0  # a layer may receive up to rho·r components (1: no redistribution)
-    tau: float = 0.99  # convergence: cosine similarity of successive component estimates
-    whiten: bool = False  # scale A's rows by 1/√(singular value)
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        positive_int("init_batches", self.init_batches)
-        if isinstance(self.rho, bool) or not isinstance(self.rho, (int, float)) or not 1 <= self.rho < 1e3:
-            raise ValueError(f"rho must be a number in [1, 1000), got {self.rho!r}.")
-        if isinstance(self.tau, bool) or not isinstance(self.tau, (int, float)) or not 0 < self.tau <= 1:
-            raise ValueError(f"tau must be in (0, 1], got {self.tau!r}.")
-        if not isinstance(self.whiten, bool):
-            raise ValueError(f"whiten must be true or false, got {self.whiten!r}.")
+    init_batches: int = arg(8, POSITIVE_INT)  # training batches whose layer inputs are decomposed
+    rho: float = arg(2.0, Rule("float", 1, 1e3, high_open=True))  # a layer may receive up to rho·r components (1: no redistribution)
+    tau: float = arg(0.99, Rule("float", 0, 1, low_open=True))  # convergence: cosine similarity of successive component estimates
+    whiten: bool = arg(False, BOOL)  # scale A's rows by 1/√(singular value)
 
 
 @register("eva")

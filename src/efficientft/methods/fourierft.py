@@ -19,22 +19,19 @@ import torch.nn as nn
 from ..errors import ConfigError
 from ..models.fused import weight_shape
 from ..models.roles import Target
+from ..schema import SEED_MAX, Rule
 from . import register
-from .base import Context, positive_int
+from .args import POSITIVE, POSITIVE_INT, MethodArgs, arg
+from .base import Context
 from .capabilities import Capabilities
 from .peft_backed import PeftMethod
 
 
 @dataclass
-class FourierArgs:
-    n_frequency: int = 1000
-    scaling: float = 150.0
-    random_loc_seed: int = 777
-
-    def __post_init__(self) -> None:
-        positive_int("n_frequency", self.n_frequency)
-        if not self.scaling > 0:
-            raise ValueError(f"scaling must be > 0, got {self.scaling!r}.")
+class FourierArgs(MethodArgs):
+    n_frequency: int = arg(1000, POSITIVE_INT)
+    scaling: float = arg(150.0, POSITIVE)
+    random_loc_seed: int = arg(777, Rule("int", 0, SEED_MAX))
 
 
 @register("fourierft")

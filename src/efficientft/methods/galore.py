@@ -28,7 +28,8 @@ from ..models.fused import SlicedProjection
 from ..models.roles import Target
 from ..strategy import Strategy
 from . import register
-from .base import Context, positive_int
+from .args import POSITIVE, POSITIVE_INT, MethodArgs, arg, choice
+from .base import Context
 from .capabilities import Capabilities
 from .full import FullFineTuning
 
@@ -37,19 +38,11 @@ PROJECTOR_FIELDS = ("rank", "update_proj_gap", "scale", "proj_type", "ortho_matr
 
 
 @dataclass
-class GaloreArgs:
-    rank: int = 8
-    update_proj_gap: int = 500  # T: steps between refreshes of the projector (SVD of the current gradient)
-    scale: float = 4.0  # α: the projected-back update is multiplied by it
-    proj_type: str = "std"  # which side is projected; "std": the smaller dimension (galore_torch's names)
-
-    def __post_init__(self) -> None:
-        positive_int("rank", self.rank)
-        positive_int("update_proj_gap", self.update_proj_gap)
-        if not isinstance(self.scale, (int, float)) or not self.scale > 0:
-            raise ValueError(f"scale must be > 0, got {self.scale!r}.")
-        if self.proj_type not in PROJ_TYPES:
-            raise ValueError(f"proj_type must be one of {', '.join(PROJ_TYPES)}, got {self.proj_type!r}.")
+class GaloreArgs(MethodArgs):
+    rank: int = arg(8, POSITIVE_INT)
+    update_proj_gap: int = arg(500, POSITIVE_INT)  # T: steps between refreshes of the projector (SVD of the current gradient)
+    scale: float = arg(4.0, POSITIVE)  # α: the projected-back update is multiplied by it
+    proj_type: str = arg("std", choice(*PROJ_TYPES))  # which side is projected; "std": the smaller dimension (galore_torch's names)
 
 
 @register("galore")

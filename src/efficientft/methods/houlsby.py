@@ -19,7 +19,8 @@ import torch.nn as nn
 
 from ..strategy import is_norm
 from . import register
-from ._adapters import AdapterMethod, Bottleneck, BottleneckArgs, layer_of, linear_bottleneck
+from ._adapters import NONLINEARITY, AdapterMethod, Bottleneck, BottleneckArgs, layer_of, linear_bottleneck
+from .args import BOOL, arg
 from .capabilities import Capabilities
 
 INIT_SCALE = 1e-3  # adapter-bert's adapter_init_scale: the std of both weights
@@ -33,8 +34,8 @@ def near_identity(down: nn.Linear, up: nn.Linear) -> None:
 
 @dataclass
 class HoulsbyArgs(BottleneckArgs):
-    nonlinearity: str = "gelu"
-    layer_norm: bool = True  # train the layer norms of every transformer layer (§2.1)
+    nonlinearity: str = arg("gelu", NONLINEARITY)
+    layer_norm: bool = arg(True, BOOL)  # train the layer norms of every transformer layer (§2.1)
 
 
 @register("houlsby")

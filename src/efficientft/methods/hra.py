@@ -19,18 +19,18 @@ import torch.nn as nn
 from ..models.roles import Target
 from . import register
 from ._shapes import LinearOnly
-from .base import Context, positive_int
+from .args import BOOL, POSITIVE_INT, MethodArgs, arg
+from .base import Context
 from .capabilities import Capabilities
 from .peft_backed import PeftMethod
 
 
 @dataclass
-class HraArgs:
-    rank: int = 8
-    apply_gs: bool = False
+class HraArgs(MethodArgs):
+    rank: int = arg(8, POSITIVE_INT)
+    apply_gs: bool = arg(False, BOOL)
 
-    def __post_init__(self) -> None:
-        positive_int("rank", self.rank)
+    def check(self) -> None:
         if self.rank % 2:
             raise ValueError(f"rank must be even (HRA starts from pairs of equal reflections), got {self.rank}.")
 

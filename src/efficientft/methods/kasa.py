@@ -31,29 +31,21 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..models.fused import out_major_weight, replace_module, weight_shape
+from ..models.fused import out_major_weight, weight_shape
 from ..models.roles import Target
 from . import register
-from ._decomp import DENSE_BASE, check_rank, freeze_but_heads, frozen, merge_modules, set_out_major
-from .base import Context, Method, positive_int
+from ._decomp import DENSE_BASE, check_rank, frozen, set_out_major
+from ._inject import WrapsTargets
+from .args import NON_NEGATIVE, OPTIONAL_POSITIVE, POSITIVE_INT, MethodArgs, arg
 from .capabilities import Capabilities
 
 
 @dataclass
-class KasaArgs:
-    rank: int = 8  # r: the smallest singular components dropped, and the rank of the update
-    alpha: float | None = None  # scaling s = alpha / rank (default alpha = rank: s = 1)
-    beta: float = 1e-4  # β: weight of ‖ΔΣ‖²
-    gamma: float = 1e-3  # γ: weight of the orthogonality of ΔU and ΔV
-
-    def __post_init__(self) -> None:
-        positive_int("rank", self.rank)
-        if self.alpha is not None and not self.alpha > 0:
-            raise ValueError(f"alpha must be > 0, got {self.alpha!r}.")
-        for name in ("beta", "gamma"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
-                raise ValueError(f"{name} must be a number >= 0, got {value!r}.")
+class KasaArgs(MethodArgs):
+    rank: int = arg(8, POSITIVE_INT)  # r: the smallest singular components dropped, and the rank of the update
+    alpha: float | None = arg(None, OPTIONAL_POSITIVE)  # scaling s = alpha / rank (default alpha = rank: s = 1)
+    beta: float = arg(1e-4, NON_NEGATIVE)  # β: weight of ‖ΔΣ‖²
+    gamma: float = arg(1e-3, NON_NEGATIVE)  # γ: weight of the orthogonality of ΔU and ΔV
 
 
 class KasaLinear(nn.Module):
@@ -91,25 +83,24 @@ class KasaLinear(nn.Module):
 
 
 @register("kasa")
-class Kasa(Method):
+class Kasa(WrapsTargets):
     summary = "KaSA (Wang et al. 2025): drop W's r smallest singular triplets; SVD-form update with learned singular values"
     Args = KasaArgs
     revision = 2  # the regulariser is the mean over modules and the singular-value offsets are drawn, as the reference's
     capabilities = Capabilities(rank=True, quantized_base=False, quantized_base_reason=DENSE_BASE, merge=True,
                                 export="efficientft")
 
-    def prepare(self, model: nn.Module, targets: list[Target], ctx: Context) -> nn.Module:
-        self.check_targets(model, targets)  # no fused slices; the rank fits every weight
-        self.targets, self.ctx = targets, ctx
+    wrapper = KasaLinear
+
+    def check_targets(self, model: nn.Module, targets: list[Target]) -> None:
+        super().check_targets(model, targets)  # no fused slices; the rank fits every weight
         for t in targets:  # and at least one singular component stays in W_world
             shape = weight_shape(model.get_submodule(t.name))
             check_rank(self.args.rank, t.name, shape, limit=min(shape) - 1)
-        freeze_but_heads(model, ctx.heads)
+
+    def wrap(self, base: nn.Module, targets: list[Target]) -> nn.Module:
         alpha = self.args.alpha if self.args.alpha is not None else self.args.rank
-        for t in targets:
-            replace_module(model, t.name, KasaLinear(model.get_submodule(t.name), self.args.rank,
-                                                     alpha / self.args.rank))
-        return model
+        return KasaLinear(base, self.args.rank, alpha / self.args.rank)
 
     def regulariser(self, model: nn.Module) -> torch.Tensor:
         """The mean of the adapted modules' regularisers (the part of KaSA's loss beyond the task's)."""
@@ -122,5 +113,3 @@ class Kasa(Method):
         if self.args.beta or self.args.gamma:
             self.regulariser(model).backward()
 
-    def merge(self, model: nn.Module) -> nn.Module:
-        return merge_modules(model, KasaLinear)

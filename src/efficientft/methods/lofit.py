@@ -25,7 +25,6 @@ Capabilities: sub-layer positions (the attention output of every layer, via the 
 
 from __future__ import annotations
 
-import math
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +39,7 @@ from ..models.large import is_quantized
 from ..models.roles import Target, resolve_targets
 from . import register
 from ._adapters import float_like
+from .args import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, MethodArgs, arg
 from .base import TRAINABLE_FILE, Context, Method
 from .capabilities import Capabilities
 
@@ -47,23 +47,11 @@ INIT_STD = 1e-3  # the reference's σ for A and v
 
 
 @dataclass
-class LoFiTArgs:
-    top_k: int = 0  # heads to tune; 0: 3% of all heads (at least one)
-    select_steps: int = 0  # stage-1 batches; 0: the run's steps
-    select_lr: float = 5.0e-3  # stage 1's learning rate for A
-    l1_lambda: float = 5.0e-4  # stage 1's L1 weight on A
-
-    def __post_init__(self) -> None:
-        for name in ("top_k", "select_steps"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ValueError(f"{name} must be a non-negative integer (0: the default rule), got {v!r}.")
-        for name, low in (("select_lr", 0.0), ("l1_lambda", None)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or (
-                    v <= 0 if low is not None else v < 0):
-                raise ValueError(f"{name} must be a {'positive' if low is not None else 'non-negative'} number, "
-                                 f"got {v!r}.")
+class LoFiTArgs(MethodArgs):
+    top_k: int = arg(0, NON_NEGATIVE_INT, note="0: the default rule")  # heads to tune; 0: 3% of all heads (at least one)
+    select_steps: int = arg(0, NON_NEGATIVE_INT, note="0: the default rule")  # stage-1 batches; 0: the run's steps
+    select_lr: float = arg(5.0e-3, POSITIVE)  # stage 1's learning rate for A
+    l1_lambda: float = arg(5.0e-4, NON_NEGATIVE)  # stage 1's L1 weight on A
 
 
 class HeadOutputs(nn.Module):

@@ -25,23 +25,24 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from ..models.fused import is_conv1d
 from ..models.roles import Target
+from ..schema import Rule
 from . import register
-from .base import Context, Method, positive_int
+from .args import POSITIVE_INT, arg
+from .base import Context, Method
 from .capabilities import Capabilities
 from .lora import LoraArgs, LoraBacked
 
 
 @dataclass
 class LoftqArgs(LoraArgs):
-    bits: int = 4
-    iters: int = 1  # alternations T (the paper: 1 for 4-bit, up to 5)
+    bits: int = arg(4, Rule("int"))  # 4 (NF4) or 8 (int8): check()
+    iters: int = arg(1, POSITIVE_INT)  # alternations T (the paper: 1 for 4-bit, up to 5)
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    def check(self) -> None:
         if self.bits not in (4, 8):
             raise ValueError(f"bits must be 4 (NF4) or 8 (int8), got {self.bits!r}.")
-        positive_int("iters", self.iters)
 
 
 @register("loftq")
@@ -60,7 +61,7 @@ class LoftQ(LoraBacked):
         for m in model.modules():
             if isinstance(m, LoraLayer) and "default" in m.lora_A:
                 base = m.get_base_layer()
-                conv1d = type(base).__name__ == "Conv1D"  # GPT-2 stores W transposed
+                conv1d = is_conv1d(base)  # GPT-2 stores W transposed
                 w = (base.weight.T if conv1d else base.weight).detach().float()
                 q, a, b = loftq_factors(w, self.args.rank, float(m.scaling["default"]), self.args.bits,
                                         self.args.iters)

@@ -18,25 +18,18 @@ import torch.nn as nn
 from ..models.roles import Target
 from . import register
 from ._shapes import LinearOnly
-from .base import Context, positive_int
+from .args import FRACTION, OPTIONAL_POSITIVE, POSITIVE_INT, MethodArgs, arg
+from .base import Context
 from .capabilities import Capabilities
 from .peft_backed import PeftMethod
 
 
 @dataclass
-class LycorisArgs:
-    rank: int = 8
-    alpha: float | None = None  # None: α = r (scale 1)
-    rank_dropout: float = 0.0
-    module_dropout: float = 0.0
-
-    def __post_init__(self) -> None:
-        positive_int("rank", self.rank)
-        if self.alpha is not None and not self.alpha > 0:
-            raise ValueError(f"alpha must be > 0, got {self.alpha!r}.")
-        for name in ("rank_dropout", "module_dropout"):
-            if not 0 <= getattr(self, name) < 1:
-                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}.")
+class LycorisArgs(MethodArgs):
+    rank: int = arg(8, POSITIVE_INT)
+    alpha: float | None = arg(None, OPTIONAL_POSITIVE)  # None: α = r (scale 1)
+    rank_dropout: float = arg(0.0, FRACTION)
+    module_dropout: float = arg(0.0, FRACTION)
 
     def lycoris_kwargs(self) -> dict[str, Any]:
         return {"r": self.rank, "alpha": self.alpha if self.alpha is not None else self.rank,

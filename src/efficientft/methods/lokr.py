@@ -17,8 +17,10 @@ from typing import Any
 import torch.nn as nn
 
 from ..models.roles import Target
+from ..schema import Rule
 from . import register
 from ._shapes import LinearOnly
+from .args import BOOL, arg
 from .base import Context
 from .capabilities import Capabilities
 from .loha import LycorisArgs
@@ -27,14 +29,12 @@ from .peft_backed import PeftMethod
 
 @dataclass
 class LokrArgs(LycorisArgs):
-    decompose_both: bool = False
-    decompose_factor: int = -1
+    decompose_both: bool = arg(False, BOOL)
+    decompose_factor: int = arg(-1, Rule("int", -1, None))
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.decompose_factor != -1 and self.decompose_factor < 1:
-            raise ValueError(f"decompose_factor must be -1 (automatic) or a positive integer, got "
-                             f"{self.decompose_factor!r}.")
+    def check(self) -> None:
+        if self.decompose_factor == 0:
+            raise ValueError("decompose_factor must be -1 (automatic) or a positive integer, got 0.")
 
 
 @register("lokr")

@@ -21,16 +21,13 @@ import torch
 
 from . import register
 from ._decomp import DENSE_BASE, Decomposed
-from .base import positive_int
+from .args import POSITIVE_INT, MethodArgs, arg
 from .capabilities import Capabilities
 
 
 @dataclass
-class LolduArgs:
-    rank: int = 8  # r: the pivots of the LDU decomposition whose diagonal entries train
-
-    def __post_init__(self) -> None:
-        positive_int("rank", self.rank)
+class LolduArgs(MethodArgs):
+    rank: int = arg(8, POSITIVE_INT)  # r: the pivots of the LDU decomposition whose diagonal entries train
 
 
 def ldu_factors(w: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

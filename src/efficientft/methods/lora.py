@@ -26,23 +26,17 @@ from ..models.fused import FusedLoRA, replace_module, weight_shape
 from ..models.large import is_quantized
 from ..models.roles import Target
 from . import register
-from .base import Context, Method, positive_int
+from .args import FRACTION, OPTIONAL_POSITIVE, POSITIVE_INT, MethodArgs, arg
+from .base import Context, Method
 from .capabilities import Capabilities
 from .peft_backed import PeftMethod, is_peft
 
 
 @dataclass
-class LoraArgs:
-    rank: int = 8
-    alpha: float | None = None  # None: α = r, so the scale α/r is 1 (LoRA's GLUE setting for RoBERTa-base)
-    dropout: float = 0.0
-
-    def __post_init__(self) -> None:
-        positive_int("rank", self.rank)
-        if self.alpha is not None and not self.alpha > 0:
-            raise ValueError(f"alpha must be > 0, got {self.alpha!r}.")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}.")
+class LoraArgs(MethodArgs):
+    rank: int = arg(8, POSITIVE_INT)
+    alpha: float | None = arg(None, OPTIONAL_POSITIVE)  # None: α = r, so the scale α/r is 1 (LoRA's GLUE setting)
+    dropout: float = arg(0.0, FRACTION)
 
 
 class LoraBacked(PeftMethod):

@@ -11,25 +11,20 @@ W_q's B at η·ratio and its A at η. (PEFT's ``create_loraplus_optimizer`` woul
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 
 import torch.nn as nn
 
 from . import register
+from .args import POSITIVE, arg
 from .capabilities import Capabilities
 from .lora import FusedSlices, LoraArgs, LoraBacked
 
 
 @dataclass
 class LoraPlusArgs(LoraArgs):
-    ratio: float = 16.0  # η_B / η_A
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float)) or not 0 < self.ratio < math.inf:
-            raise ValueError(f"ratio (B's learning rate over A's) must be a positive number, got {self.ratio!r}.")
+    ratio: float = arg(16.0, POSITIVE, note="B's learning rate over A's")  # η_B / η_A
 
 
 @register("loraplus")

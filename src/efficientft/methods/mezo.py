@@ -36,13 +36,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn as nn
 
 from . import register
+from .args import FRACTION, POSITIVE, MethodArgs, arg
 from .capabilities import Capabilities
 from .full import FullFineTuning
 
@@ -50,27 +50,15 @@ _QUANTIZED = "it perturbs and updates the base weights themselves, which needs t
 
 
 @dataclass
-class MezoArgs:
-    eps: float = 1e-3  # ε: the perturbation scale (the paper's default)
-
-    def __post_init__(self) -> None:
-        _positive("eps", self.eps)
+class MezoArgs(MethodArgs):
+    eps: float = arg(1e-3, POSITIVE)  # ε: the perturbation scale (the paper's default)
 
 
 @dataclass
-class SparseMezoArgs:
-    eps: float = 1e-3
-    sparsity: float = 0.75  # the fraction of each tensor's entries (the largest |θ|) that is never perturbed
-
-    def __post_init__(self) -> None:
-        _positive("eps", self.eps)
-        if not isinstance(self.sparsity, (int, float)) or not 0 <= self.sparsity < 1:
-            raise ValueError(f"sparsity must be in [0, 1) (the fraction of entries left out), got {self.sparsity!r}.")
-
-
-def _positive(name: str, value: Any) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
-        raise ValueError(f"{name} must be a number > 0, got {value!r}.")
+class SparseMezoArgs(MethodArgs):
+    eps: float = arg(1e-3, POSITIVE)
+    # the fraction of each tensor's entries (the largest |θ|) that is never perturbed
+    sparsity: float = arg(0.75, FRACTION, note="the fraction of entries left out")
 
 
 class ForwardOnly(torch.optim.Optimizer):

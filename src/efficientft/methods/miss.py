@@ -19,20 +19,16 @@ import torch.nn as nn
 from ..models.roles import Target
 from . import register
 from ._shapes import LinearOnly
-from .base import Context, positive_int
+from .args import FRACTION, POSITIVE_INT, MethodArgs, arg
+from .base import Context
 from .capabilities import Capabilities
 from .peft_backed import PeftMethod
 
 
 @dataclass
-class MissArgs:
-    rank: int = 64
-    dropout: float = 0.0
-
-    def __post_init__(self) -> None:
-        positive_int("rank", self.rank)
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}.")
+class MissArgs(MethodArgs):
+    rank: int = arg(64, POSITIVE_INT)
+    dropout: float = arg(0.0, FRACTION)
 
 
 @register("miss")

@@ -20,23 +20,19 @@ import torch.nn as nn
 from ..models.roles import Target
 from . import register
 from ._shapes import LinearOnly, check_divides
-from .base import Context, positive_int
+from .args import BOOL, POSITIVE, POSITIVE_INT, MethodArgs, arg
+from .base import Context
 from .capabilities import Capabilities
 from .peft_backed import PeftMethod
 
 
 @dataclass
-class OftArgs:
-    block_size: int = 32
-    coft: bool = False  # constrained OFT: keep R within eps of I
-    eps: float = 6e-5
-    block_share: bool = False  # one Q for all blocks of a layer
-    cayley_neumann: bool = False
-
-    def __post_init__(self) -> None:
-        positive_int("block_size", self.block_size)
-        if not self.eps > 0:
-            raise ValueError(f"eps must be > 0, got {self.eps!r}.")
+class OftArgs(MethodArgs):
+    block_size: int = arg(32, POSITIVE_INT)
+    coft: bool = arg(False, BOOL)  # constrained OFT: keep R within eps of I
+    eps: float = arg(6e-5, POSITIVE)
+    block_share: bool = arg(False, BOOL)  # one Q for all blocks of a layer
+    cayley_neumann: bool = arg(False, BOOL)
 
 
 @register("oft")

@@ -16,6 +16,7 @@ from typing import Any
 import torch.nn as nn
 
 from ..errors import ConfigError
+from ..models.fused import is_conv1d
 from ..models.roles import Target
 from . import register
 from ._residual import ResidualLoRA
@@ -36,7 +37,7 @@ class OLoRA(ResidualLoRA):
 
     def check_targets(self, model: nn.Module, targets: list[Target]) -> None:
         super().check_targets(model, targets)
-        conv = [t.name for t in targets if type(model.get_submodule(t.name)).__name__ == "Conv1D"]
+        conv = [t.name for t in targets if is_conv1d(model.get_submodule(t.name))]
         if conv:
             raise ConfigError(f"method 'olora' cannot adapt transposed Conv1D weights ({conv[0]}); PEFT's OLoRA "
                               "initialisation assumes nn.Linear. Use pissa or lora there.")

@@ -13,9 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..schema import Rule
 from . import register
 from ._prompt import PromptArgs, PromptMethod
-from .base import positive_int
+from .args import POSITIVE_INT, arg
 from .capabilities import Capabilities
 
 ENCODERS = ("MLP", "LSTM")
@@ -23,12 +24,10 @@ ENCODERS = ("MLP", "LSTM")
 
 @dataclass
 class PTuningArgs(PromptArgs):
-    encoder: str = "MLP"
-    encoder_hidden_size: int = 128
+    encoder: str = arg("MLP", Rule("text"))  # PEFT's names, upper-case
+    encoder_hidden_size: int = arg(128, POSITIVE_INT)
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        positive_int("encoder_hidden_size", self.encoder_hidden_size)
+    def check(self) -> None:
         if self.encoder not in ENCODERS:
             raise ValueError(f"encoder must be one of {', '.join(ENCODERS)}, got {self.encoder!r}.")
 

@@ -22,29 +22,26 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..lowrank import compute_dtype
-from ..models.fused import out_major_weight, replace_module, weight_shape
+from ..models.fused import out_major_weight, weight_shape
 from ..models.roles import Target
 from . import register
 from ._decomp import (
     DENSE_BASE,
     check_rank,
-    freeze_but_heads,
     frozen,
     load_with_buffers,
-    merge_modules,
     set_out_major,
     write_with_buffers,
 )
-from .base import Context, Method, positive_int
+from ._inject import WrapsTargets
+from .args import POSITIVE_INT, MethodArgs, arg
+from .base import Context
 from .capabilities import Capabilities
 
 
 @dataclass
-class PacaArgs:
-    rank: int = 8  # r: the number of columns of each targeted weight that train
-
-    def __post_init__(self) -> None:
-        positive_int("rank", self.rank)
+class PacaArgs(MethodArgs):
+    rank: int = arg(8, POSITIVE_INT)  # r: the number of columns of each targeted weight that train
 
 
 class _PartialLinear(torch.autograd.Function):
@@ -96,22 +93,21 @@ class PartialColumns(nn.Module):
 
 
 @register("paca")
-class Paca(Method):
+class Paca(WrapsTargets):
     summary = "PaCA (Woo et al. 2025): train r random columns of each targeted weight in place, no adapter (rank)"
     Args = PacaArgs
     capabilities = Capabilities(rank=True, quantized_base=False, quantized_base_reason=DENSE_BASE, merge=True,
                                 export="efficientft")
 
+    wrapper = PartialColumns
+
     def prepare(self, model: nn.Module, targets: list[Target], ctx: Context) -> nn.Module:
-        self.check_targets(model, targets)
-        self.targets, self.ctx = targets, ctx
-        freeze_but_heads(model, ctx.heads)
-        gen = torch.Generator().manual_seed(int(ctx.seed))
-        for t in targets:
-            base = model.get_submodule(t.name)
-            index = torch.randperm(weight_shape(base)[1], generator=gen)[: self.args.rank].sort().values
-            replace_module(model, t.name, PartialColumns(base, index))
-        return model
+        self._gen = torch.Generator().manual_seed(int(ctx.seed))  # the columns of each target, in target order
+        return super().prepare(model, targets, ctx)
+
+    def wrap(self, base: nn.Module, targets: list[Target]) -> nn.Module:
+        index = torch.randperm(weight_shape(base)[1], generator=self._gen)[: self.args.rank].sort().values
+        return PartialColumns(base, index)
 
     def check_targets(self, model: nn.Module, targets: list[Target]) -> None:
         """Fused slices are refused as by every method without them; the rank counts columns, so it must fit
@@ -120,9 +116,6 @@ class Paca(Method):
         for t in targets:
             shape = weight_shape(model.get_submodule(t.name))
             check_rank(self.args.rank, t.name, shape, limit=shape[1])
-
-    def merge(self, model: nn.Module) -> nn.Module:
-        return merge_modules(model, PartialColumns)
 
     def write_export(self, model: nn.Module, out_dir: Path) -> dict[str, Any]:
         """The trained columns (``...cols``), their indices (``...index``) and the head."""

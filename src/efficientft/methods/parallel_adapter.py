@@ -18,20 +18,19 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from ..schema import Rule
 from . import register
 from ._adapters import AdapterMethod, BottleneckArgs, check_positions, linear_bottleneck
+from .args import POSITIVE, arg
 from .capabilities import Capabilities
 
 
 @dataclass
 class ParallelArgs(BottleneckArgs):
-    scaling: float = 4.0  # s
-    positions: str = "ffn"  # ffn, attn, or attn,ffn
+    scaling: float = arg(4.0, POSITIVE, note="He et al. use 4")  # s
+    positions: str = arg("ffn", Rule("text"))  # ffn, attn, or attn,ffn
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not isinstance(self.scaling, (int, float)) or not math.isfinite(self.scaling) or self.scaling <= 0:
-            raise ValueError(f"scaling must be a positive number (He et al. use 4), got {self.scaling!r}.")
+    def check(self) -> None:
         self.positions = ",".join(check_positions(self.positions))
 
 

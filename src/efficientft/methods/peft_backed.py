@@ -12,19 +12,17 @@ A new PEFT tuner is one file like this (VeRA; its test then checks its defining 
 
     from dataclasses import dataclass
 
+    from ..schema import Rule
     from . import register
-    from .base import positive_int
+    from .args import POSITIVE_INT, MethodArgs, arg
     from .capabilities import Capabilities
     from .peft_backed import PeftMethod
 
 
     @dataclass
-    class VeraArgs:
-        rank: int = 16
-        d_initial: float = 0.1  # initial value of the trained scaling vector d
-
-        def __post_init__(self) -> None:
-            positive_int("rank", self.rank)
+    class VeraArgs(MethodArgs):
+        rank: int = arg(16, POSITIVE_INT)  # each field's rule: type, range, canonical form (methods/args.py)
+        d_initial: float = arg(0.1, Rule("float"))  # initial value of the trained scaling vector d
 
 
     @register("vera")
@@ -51,6 +49,7 @@ from typing import Any, ClassVar
 import torch.nn as nn
 
 from ..errors import ConfigError
+from ..models.fused import is_conv1d
 from ..models.roles import Target
 from .base import Context, Method
 
@@ -77,9 +76,7 @@ class PeftMethod(Method):
         kwargs: dict[str, Any] = {"task_type": ctx.peft_task_type, "modules_to_save": list(ctx.heads)}
         if self.capabilities.targets != "none":
             kwargs["target_modules"] = [t.name for t in targets]
-            from transformers.pytorch_utils import Conv1D
-
-            if any(isinstance(model.get_submodule(t.name), Conv1D) for t in targets):
+            if any(is_conv1d(model.get_submodule(t.name)) for t in targets):
                 kwargs["fan_in_fan_out"] = True
         names = {f.name for f in dataclasses.fields(self.config_class())}
         return {k: v for k, v in kwargs.items() if k in names}

@@ -35,6 +35,7 @@ from typing import Any
 import torch.nn as nn
 
 from ..errors import ConfigError, did_you_mean, unknown
+from ..models.fused import is_conv1d
 from ..models.roles import Target
 from . import register
 from .base import Context, Method, coerce_argument
@@ -206,7 +207,7 @@ def _adapter_bytes(config: Any, model: nn.Module, targets: list[Target]) -> int 
             m = model.get_submodule(t.name)
             if type(m) is nn.Linear:
                 box[f"t{i}"] = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None)
-            elif isinstance(m, Conv1D):
+            elif is_conv1d(m):
                 box[f"t{i}"] = Conv1D(m.nf, m.weight.shape[0])
             else:
                 return None

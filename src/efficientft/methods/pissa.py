@@ -17,6 +17,7 @@ from typing import Any
 
 from . import register
 from ._residual import ResidualLoRA
+from .args import NON_NEGATIVE_INT, arg, choice
 from .capabilities import Capabilities
 from .lora import LoraArgs
 
@@ -25,15 +26,8 @@ SVD_KINDS = ("exact", "randomized")
 
 @dataclass
 class PissaArgs(LoraArgs):
-    svd: str = "exact"  # exact | randomized
-    niter: int = 4  # subspace iterations of the randomized SVD
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.svd not in SVD_KINDS:
-            raise ValueError(f"svd must be one of {', '.join(SVD_KINDS)}, got {self.svd!r}.")
-        if not isinstance(self.niter, int) or isinstance(self.niter, bool) or self.niter < 0:
-            raise ValueError(f"niter must be a non-negative integer, got {self.niter!r}.")
+    svd: str = arg("exact", choice(*SVD_KINDS))  # exact | randomized
+    niter: int = arg(4, NON_NEGATIVE_INT)  # subspace iterations of the randomized SVD
 
 
 @register("pissa")

@@ -19,18 +19,14 @@ import torch.nn as nn
 
 from . import register
 from ._prompt import PromptArgs, PromptMethod
-from .base import positive_int
+from .args import BOOL, POSITIVE_INT, arg
 from .capabilities import Capabilities
 
 
 @dataclass
 class PrefixArgs(PromptArgs):
-    prefix_projection: bool = False
-    encoder_hidden_size: int = 512
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        positive_int("encoder_hidden_size", self.encoder_hidden_size)
+    prefix_projection: bool = arg(False, BOOL)
+    encoder_hidden_size: int = arg(512, POSITIVE_INT)
 
 
 @register("prefix_tuning")

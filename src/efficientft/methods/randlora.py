@@ -20,25 +20,19 @@ import torch.nn as nn
 
 from ..models.roles import Target
 from . import register
-from .base import Context, positive_int
+from .args import BOOL, FRACTION, OPTIONAL_POSITIVE, POSITIVE_INT, MethodArgs, arg
+from .base import Context
 from .capabilities import Capabilities
 from .peft_backed import PeftMethod
 
 
 @dataclass
-class RandLoraArgs:
-    rank: int = 32
-    alpha: float | None = None  # None: 20·rank (PEFT's default 640 for r = 32)
-    sparse: bool = False  # ternary sparse bases (density 1/√D: very_sparse; 1/3: sparse)
-    very_sparse: bool = False
-    dropout: float = 0.0
-
-    def __post_init__(self) -> None:
-        positive_int("rank", self.rank)
-        if self.alpha is not None and not self.alpha > 0:
-            raise ValueError(f"alpha must be > 0, got {self.alpha!r}.")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}.")
+class RandLoraArgs(MethodArgs):
+    rank: int = arg(32, POSITIVE_INT)
+    alpha: float | None = arg(None, OPTIONAL_POSITIVE)  # None: 20·rank (PEFT's default 640 for r = 32)
+    sparse: bool = arg(False, BOOL)  # ternary sparse bases (density 1/√D: very_sparse; 1/3: sparse)
+    very_sparse: bool = arg(False, BOOL)
+    dropout: float = arg(0.0, FRACTION)
 
 
 @register("randlora")

@@ -15,13 +15,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import register
+from .args import OPTIONAL_POSITIVE, arg
 from .capabilities import Capabilities
 from .lora import FusedSlices, LoraArgs, LoraBacked
 
 
 @dataclass
 class RsLoraArgs(LoraArgs):
-    alpha: float | None = 8.0  # constant α: the scale is α/√r (None: α = r, i.e. γ_r = √r)
+    alpha: float | None = arg(8.0, OPTIONAL_POSITIVE)  # constant α: the scale is α/√r (None: α = r, i.e. γ_r = √r)
 
 
 @register("rslora")

@@ -18,17 +18,15 @@ import torch.nn as nn
 from ..models.roles import Target
 from . import register
 from ._shapes import LinearOnly
-from .base import Context, positive_int
+from .args import POSITIVE_INT, MethodArgs, arg
+from .base import Context
 from .capabilities import Capabilities
 from .peft_backed import PeftMethod
 
 
 @dataclass
-class ShiraArgs:
-    rank: int = 32  # the mask has as many entries as a rank-r LoRA has parameters: r·(d_out + d_in)
-
-    def __post_init__(self) -> None:
-        positive_int("rank", self.rank)
+class ShiraArgs(MethodArgs):
+    rank: int = arg(32, POSITIVE_INT)  # the mask has as many entries as a rank-r LoRA has parameters: r·(d_out + d_in)
 
 
 @register("shira")

@@ -33,23 +33,21 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from ..models.fused import out_major_weight, replace_module
+from ..models.fused import is_conv1d, out_major_weight
 from ..models.roles import Target
+from ..schema import Rule
 from ..strategy import Strategy
 from . import register
-from .base import TRAINABLE_FILE, Context, Method, positive_int
+from ._inject import WrapsTargets
+from .args import POSITIVE_INT, MethodArgs, arg
+from .base import TRAINABLE_FILE, Context
 from .capabilities import Capabilities
 
 
 @dataclass
-class SiftArgs:
-    sparse_rate: float = 0.01  # ρ: the fraction of each targeted weight's entries that trains
-    select_batches: int = 1  # training batches whose summed gradient chooses the entries (the reference: 1)
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.sparse_rate, (int, float)) or not 0 < self.sparse_rate <= 1:
-            raise ValueError(f"sparse_rate must be in (0, 1] (the paper uses about 0.01), got {self.sparse_rate!r}.")
-        positive_int("select_batches", self.select_batches)
+class SiftArgs(MethodArgs):
+    sparse_rate: float = arg(0.01, Rule("float", 0, 1, low_open=True), note="the paper uses about 0.01")  # ρ: the fraction of each targeted weight's entries that trains
+    select_batches: int = arg(1, POSITIVE_INT)  # training batches whose summed gradient chooses the entries (the reference: 1)
 
 
 class SparseIncrement(nn.Module):
@@ -120,7 +118,7 @@ def sparse_count(rate: float, numel: int) -> int:
 
 
 @register("sift")
-class Sift(Method):
+class Sift(WrapsTargets):
     summary = "SIFT (Song et al. 2024): sparse increments on the top-|gradient| entries (sparse_rate, ~1%)"
     capabilities = Capabilities(
         fused_slices=True, merge=True, export="efficientft", quantized_base=False,
@@ -129,20 +127,11 @@ class Sift(Method):
     )
     Args = SiftArgs
 
-    def prepare(self, model: nn.Module, targets: list[Target], ctx: Context) -> nn.Module:
-        self.targets, self.ctx = targets, ctx
-        for p in model.parameters():
-            p.requires_grad = False
-        by_module: dict[str, dict[str, tuple[int, int]]] = {}
-        for t in targets:
-            rows = t.out_slice or (0, out_major_weight(model.get_submodule(t.name)).shape[0])
-            by_module.setdefault(t.name, {})[t.role or "all"] = rows
-        for name, slices in by_module.items():
-            replace_module(model, name, SparseDelta(model.get_submodule(name), slices, self.args.sparse_rate))
-        for head in ctx.heads:
-            for p in model.get_submodule(head).parameters():
-                p.requires_grad = True
-        return model
+    wrapper = SparseDelta
+
+    def wrap(self, base: nn.Module, targets: list[Target]) -> nn.Module:
+        slices = {t.role or "all": t.out_slice or (0, out_major_weight(base).shape[0]) for t in targets}
+        return SparseDelta(base, slices, self.args.sparse_rate)
 
     def init_from_data(self, model: nn.Module, batches: typing.Iterable[dict]) -> None:
         """Choose the entries: top-k of |∂L/∂W| summed over the first ``select_batches`` batches (dropout off)."""
@@ -159,7 +148,7 @@ class Sift(Method):
                 loss = model(**next(it)).loss
                 grads = torch.autograd.grad(loss, weights)  # no .grad is touched: the head starts clean
                 for s, g, (_, m) in zip(scores, grads, modules, strict=True):
-                    s += g.t() if type(m.base).__name__ == "Conv1D" else g
+                    s += g.t() if is_conv1d(m.base) else g
         finally:
             for w in weights:
                 w.requires_grad_(False)
@@ -183,11 +172,6 @@ class Sift(Method):
         if unchosen:
             raise RuntimeError(f"SIFT: init_from_data must choose the entries before training ({unchosen[0]}).")
         return super().param_groups(model, strategy, lr, weight_decay)
-
-    def merge(self, model: nn.Module) -> nn.Module:
-        for name, m in _sparse_modules(model):
-            replace_module(model, name, m.merged())
-        return model
 
     def write_export(self, model: nn.Module, out_dir: Path) -> dict[str, Any]:
         """Our own safetensors: the chosen indices (``...sparse.<key>.index``, (2, k): rows, cols), values, head."""

@@ -37,32 +37,24 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..models.fused import out_major_weight, replace_module
+from ..models.fused import out_major_weight
 from ..models.roles import Target
 from ..strategy import Strategy
 from . import register
-from ._decomp import freeze_but_heads, frozen, merge_modules, set_out_major
-from .base import Context, Method, positive_int
+from ._decomp import frozen, set_out_major
+from ._inject import WrapsTargets
+from .args import NON_NEGATIVE, OPTIONAL_POSITIVE, POSITIVE_INT, MethodArgs, arg
 from .capabilities import Capabilities
 
 GATE = "gate"
 
 
 @dataclass
-class SoraArgs:
-    rank: int = 8  # the starting rank r (the gates prune it)
-    alpha: float | None = None  # scaling s = alpha / rank (default alpha = rank: s = 1)
-    sparse_lambda: float = 10.0  # weight of the L1 term sparse_lambda · mean |g| in the loss (reference: 10)
-    xi: float = 3e-4  # ξ: subtracted from every |g| after each gate step, not scaled by lr (reference: 3e-4)
-
-    def __post_init__(self) -> None:
-        positive_int("rank", self.rank)
-        if self.alpha is not None and not self.alpha > 0:
-            raise ValueError(f"alpha must be > 0, got {self.alpha!r}.")
-        for name in ("sparse_lambda", "xi"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
-                raise ValueError(f"{name} must be a number >= 0, got {value!r}.")
+class SoraArgs(MethodArgs):
+    rank: int = arg(8, POSITIVE_INT)  # the starting rank r (the gates prune it)
+    alpha: float | None = arg(None, OPTIONAL_POSITIVE)  # scaling s = alpha / rank (default alpha = rank: s = 1)
+    sparse_lambda: float = arg(10.0, NON_NEGATIVE)  # weight of the L1 term sparse_lambda · mean |g| in the loss (reference: 10)
+    xi: float = arg(3e-4, NON_NEGATIVE)  # ξ: subtracted from every |g| after each gate step, not scaled by lr (reference: 3e-4)
 
 
 def soft_threshold(g: torch.Tensor, tau: float) -> torch.Tensor:
@@ -114,7 +106,7 @@ class SparseAdamW(torch.optim.AdamW):
 
 
 @register("sora")
-class Sora(Method):
+class Sora(WrapsTargets):
     summary = ("SoRA (Ding et al. 2023): gated LoRA, gates soft-thresholded by ξ each step to prune rank "
                "(rank, sparse_lambda, xi)")
     Args = SoraArgs
@@ -123,15 +115,11 @@ class Sora(Method):
                                     "its gated factors are sized from, and merged into, the dense base weight W"),
                                 merge=True, export="efficientft")
 
-    def prepare(self, model: nn.Module, targets: list[Target], ctx: Context) -> nn.Module:
-        self.check_targets(model, targets)  # no fused slices; the rank fits every weight
-        self.targets, self.ctx = targets, ctx
-        freeze_but_heads(model, ctx.heads)
+    wrapper = GatedLoRA  # no fused slices; the rank fits every weight (check_targets)
+
+    def wrap(self, base: nn.Module, targets: list[Target]) -> nn.Module:
         alpha = self.args.alpha if self.args.alpha is not None else self.args.rank
-        for t in targets:
-            replace_module(model, t.name, GatedLoRA(model.get_submodule(t.name), self.args.rank,
-                                                    alpha / self.args.rank))
-        return model
+        return GatedLoRA(base, self.args.rank, alpha / self.args.rank)
 
     def param_groups(self, model: nn.Module, strategy: Strategy, lr: float, weight_decay: float) -> list[dict]:
         """The strategy's groups, each split into its gates (``gate``: no weight decay, proximal L1) and the rest."""
@@ -164,9 +152,6 @@ class Sora(Method):
     def effective_ranks(self, model: nn.Module) -> dict[str, int]:
         """The non-zero gates of every adapted module: the rank SoRA has kept."""
         return {n: int((m.gate != 0).sum()) for n, m in model.named_modules() if isinstance(m, GatedLoRA)}
-
-    def merge(self, model: nn.Module) -> nn.Module:
-        return merge_modules(model, GatedLoRA)
 
     def write_export(self, model: nn.Module, out_dir: Path) -> dict[str, Any]:
         info = super().write_export(model, out_dir)

@@ -20,13 +20,14 @@ import torch
 import torch.nn as nn
 
 from ..errors import ConfigError
-from ..models.fused import out_major_weight, replace_module, weight_shape
+from ..models.fused import out_major_weight, weight_shape
 from ..models.large import is_quantized
 from ..models.roles import Target
 from ..strategy import Strategy
 from . import register
 from ._adapters import float_like
-from .base import Context, Method
+from ._inject import WrapsTargets
+from .base import Context
 from .capabilities import Capabilities
 
 INIT_STD = 0.02  # the reference's std of γ around 1 and of β around 0
@@ -79,27 +80,21 @@ class SSFProjection(nn.Module):
 
 
 @register("ssf")
-class SSF(Method):
+class SSF(WrapsTargets):
     summary = "SSF (Lian et al. 2022): y = gamma ⊙ x + beta after the targets (near 1, 0 at init); merges into W, b"
     revision = 2  # γ ~ N(1, 0.02²), β ~ N(0, 0.02²), as the reference code's (was exactly 1 and 0)
     capabilities = Capabilities(targets="linear", fused_slices=True, v_role=True, quantized_base=True, merge=True,
                                 export="efficientft")
 
+    wrapper = SSFProjection
+
     def prepare(self, model: nn.Module, targets: list[Target], ctx: Context) -> nn.Module:
-        self.targets, self.ctx = targets, ctx
-        for p in model.parameters():
-            p.requires_grad = False
-        like = float_like(model)
-        by_module: dict[str, dict[str, tuple[int, int]]] = {}
-        for t in targets:
-            rows = t.out_slice or (0, weight_shape(model.get_submodule(t.name))[0])
-            by_module.setdefault(t.name, {})[t.role or "all"] = rows
-        for name, slices in by_module.items():
-            replace_module(model, name, SSFProjection(model.get_submodule(name), slices, like))
-        for n, p in model.named_parameters():
-            if ".ssf." in n or any(n.startswith(h + ".") for h in ctx.heads):
-                p.requires_grad = True
-        return model
+        self._like = float_like(model)  # γ and β in the model's float type (a 4/8-bit layer's weight is not)
+        return super().prepare(model, targets, ctx)
+
+    def wrap(self, base: nn.Module, targets: list[Target]) -> nn.Module:
+        slices = {t.role or "all": t.out_slice or (0, weight_shape(base)[0]) for t in targets}
+        return SSFProjection(base, slices, self._like)
 
     def param_groups(self, model: nn.Module, strategy: Strategy, lr: float, weight_decay: float) -> list[dict]:
         groups = super().param_groups(model, strategy, lr, weight_decay)
@@ -109,9 +104,7 @@ class SSF(Method):
         if is_quantized(model):
             raise ConfigError("method 'ssf' cannot merge into a quantized base (a 4/8-bit weight cannot be "
                               "rescaled in place); export γ, β instead.")
-        for name, m in [(n, m) for n, m in model.named_modules() if isinstance(m, SSFProjection)]:
-            replace_module(model, name, m.merged())
-        return model
+        return super().merge(model)
 
     def write_export(self, model: nn.Module, out_dir: Path) -> dict[str, Any]:
         info = super().write_export(model, out_dir)

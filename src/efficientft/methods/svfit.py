@@ -19,16 +19,13 @@ import torch
 
 from . import register
 from ._decomp import DENSE_BASE, Decomposed
-from .base import positive_int
+from .args import POSITIVE_INT, MethodArgs, arg
 from .capabilities import Capabilities
 
 
 @dataclass
-class SvfitArgs:
-    rank: int = 8  # r: the top singular values that train
-
-    def __post_init__(self) -> None:
-        positive_int("rank", self.rank)
+class SvfitArgs(MethodArgs):
+    rank: int = arg(8, POSITIVE_INT)  # r: the top singular values that train
 
 
 @register("svfit")

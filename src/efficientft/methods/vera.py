@@ -18,22 +18,19 @@ from typing import Any
 import torch.nn as nn
 
 from ..models.roles import Target
+from ..schema import Rule
 from . import register
-from .base import Context, positive_int
+from .args import FRACTION, POSITIVE_INT, MethodArgs, arg
+from .base import Context
 from .capabilities import Capabilities
 from .peft_backed import PeftMethod
 
 
 @dataclass
-class VeraArgs:
-    rank: int = 256
-    d_initial: float = 0.1
-    dropout: float = 0.0
-
-    def __post_init__(self) -> None:
-        positive_int("rank", self.rank)
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}.")
+class VeraArgs(MethodArgs):
+    rank: int = arg(256, POSITIVE_INT)
+    d_initial: float = arg(0.1, Rule("float"))
+    dropout: float = arg(0.0, FRACTION)
 
 
 @register("vera")

@@ -16,9 +16,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+def is_conv1d(module: nn.Module) -> bool:
+    """GPT-2's ``Conv1D`` (transformers.pytorch_utils): a linear layer that stores its weight as (in, out). The one
+    place that recognises it, by type (a subclass counts; a class that is only named so does not)."""
+    from transformers.pytorch_utils import Conv1D
+
+    return isinstance(module, Conv1D)
+
+
 def out_major_weight(module: nn.Module) -> torch.Tensor:
     """The weight as (out_features, in_features), whatever the layout (GPT-2's Conv1D stores it transposed)."""
-    return module.weight.t() if type(module).__name__ == "Conv1D" else module.weight
+    return module.weight.t() if is_conv1d(module) else module.weight
 
 
 def weight_shape(module: nn.Module) -> tuple[int, int]:
@@ -75,7 +83,7 @@ class SlicedProjection(nn.Module):
     def merged(self) -> nn.Module:
         """The original module with the trained slices written back into its weight."""
         w, b = self.full_weight()
-        if type(self.base).__name__ == "Conv1D":
+        if is_conv1d(self.base):
             self.base.weight.copy_(w.t())
         else:
             self.base.weight.copy_(w)

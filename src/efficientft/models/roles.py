@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch.nn as nn
 
 from ..errors import ConfigError, did_you_mean
+from .fused import is_conv1d
 
 ROLES = ("q", "k", "v", "o", "ffn_up", "ffn_gate", "ffn_down")
 ATTENTION_ROLES = ("q", "k", "v", "o")
@@ -88,7 +89,7 @@ def family_of(model: nn.Module) -> Family | None:
 
 
 def _is_projection(module: nn.Module) -> bool:
-    return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
+    return isinstance(module, nn.Linear) or is_conv1d(module)
 
 
 def linear_modules(model: nn.Module) -> list[str]:
