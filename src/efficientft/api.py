@@ -58,6 +58,7 @@ def run(config: RunConfig | dict[str, Any], store: Store | str | Path | None = N
     The record has ``status``, ``scores`` (``dev/<metric>``, ...), ``cost``, ``provenance`` and the resolved
     ``config``; ``force=True`` trains again (the earlier record goes to the store's history).
     """
+    from .resolve import resolve
     from .train import run as train_run
 
     _expect(config, (RunConfig, Mapping), "config", "a RunConfig or a mapping of its fields, e.g. {'task': 'rte', "
@@ -65,7 +66,7 @@ def run(config: RunConfig | dict[str, Any], store: Store | str | Path | None = N
     _expect(force, bool, "force", "True or False")
     _expect(progress, bool, "progress", "True or False")
     cfg = config if isinstance(config, RunConfig) else RunConfig.from_dict(dict(config), where="run config")
-    cfg = cfg.resolved()
+    cfg = resolve(cfg)
     db = open_store(store)
     existing = stored_done(db, cfg, force)
     return existing if existing is not None else train_run(cfg, db, progress=progress, force=force)
@@ -77,11 +78,14 @@ def stored_done(store: Store, cfg: RunConfig, force: bool = False) -> dict[str, 
     Only a training run exports weights, so a done run asked for an ``export_dir`` it was not exported to is a
     :class:`ConfigError` (train it again with ``force``) rather than a record that seems to have put them there.
     """
-    existing = store.get(cfg.key())
+    from .resolve import run_key
+
+    key = run_key(cfg)
+    existing = store.get(key)
     if existing is None or existing["status"] != "done" or force:
         return None
     if cfg.export_dir and not _exported_to(existing, cfg.export_dir):
-        raise ConfigError(f"run {cfg.key()} is already done in {store.path} and its weights were not exported to "
+        raise ConfigError(f"run {key} is already done in {store.path} and its weights were not exported to "
                           f"{cfg.export_dir} (only a training run exports): add --force to train it again.")
     return existing
 

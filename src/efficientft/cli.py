@@ -200,9 +200,10 @@ def _float(v: str, what: str) -> float:
 def cmd_run(a: argparse.Namespace) -> int:
     from .api import stored_done
     from .report.text import runs_table
+    from .resolve import resolve, run_key
     from .train import run
 
-    cfg = config_from_args(a).resolved()
+    cfg = resolve(config_from_args(a))
     if a.push_to_hub is not None:
         check_hub_repo(a.push_to_hub, cfg.export_dir)
     if cfg.export_dir:
@@ -210,7 +211,7 @@ def cmd_run(a: argparse.Namespace) -> int:
     store = Store(a.store)
     existing = stored_done(store, cfg, a.force)
     if existing is not None:
-        print(f"run {cfg.key()} is already done in {store.path}; showing it (use --force to run it again).",
+        print(f"run {run_key(cfg)} is already done in {store.path}; showing it (use --force to run it again).",
               file=sys.stderr)
         record = existing
     else:

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError
+from ..resolve import run_key
 from ..store import Store, worker_alive
 from ..tasks import ENV_DATA_DIR
 from .executors import InProcess, Item, LocalPool, Outcome
@@ -287,7 +288,7 @@ def _successive_halving(suite: Suite, runs: list[PlannedRun], store: Store, exec
                 for r in groups[g][c]:
                     cfg = r.cfg.replace(steps=budget)
                     tags = {**r.tags, "rung": rung, "budget": budget}
-                    batch.append(PlannedRun(cfg, cfg.key(), tags, r.where))
+                    batch.append(PlannedRun(cfg, run_key(cfg), tags, r.where))
         executor.run([item(r) for r in batch], on_result)
         steps_sh += len(batch) * budget
         keys_sh += [r.key for r in batch]
@@ -297,7 +298,7 @@ def _successive_halving(suite: Suite, runs: list[PlannedRun], store: Store, exec
             for c in cands:
                 vals = []
                 for r in groups[g][c]:
-                    rec = by_key.get(r.cfg.replace(steps=budget).key())
+                    rec = by_key.get(run_key(r.cfg.replace(steps=budget)))
                     vals.append(_selection_score(rec, sel.select_by))
                 ok = [v for v in vals if v is not None]
                 scores[c] = statistics.fmean(ok) if ok else None
