@@ -25,12 +25,12 @@ _EXPORTS = {
     "PlannedRun": "sweep.suite", "Report": "report.build",
     "open_store": "store", "run": "api", "load_suite": "api", "list_suites": "api", "run_suite": "api",
     "runs_frame": "api", "curves_frame": "api", "build_report": "api", "table_frame": "api",
-    "export_store": "export",
+    "export_store": "export", "run_key": "resolve",
 }
 __all__ = [
     "__version__", "ConfigError", "RunConfig", "Store", "Suite", "PlannedRun", "Report", "open_store", "run",
     "load_suite", "list_suites", "run_suite", "runs_frame", "curves_frame", "build_report", "table_frame",
-    "export_store",
+    "export_store", "run_key",
 ]
 
 if TYPE_CHECKING:
@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from .errors import ConfigError
     from .export import export_store
     from .report.build import Report
+    from .resolve import run_key
     from .store import Store, open_store
     from .sweep.suite import PlannedRun, Suite
 
