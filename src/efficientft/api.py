@@ -65,8 +65,9 @@ def run(config: RunConfig | dict[str, Any], store: Store | str | Path | None = N
             "'method': 'lora'}")
     _expect(force, bool, "force", "True or False")
     _expect(progress, bool, "progress", "True or False")
-    cfg = config if isinstance(config, RunConfig) else RunConfig.from_dict(dict(config), where="run config")
-    cfg = resolve(cfg)
+    where = "" if isinstance(config, RunConfig) else "run config"
+    cfg = config if isinstance(config, RunConfig) else RunConfig.from_dict(dict(config), where=where)
+    cfg = resolve(cfg, where)
     db = open_store(store)
     existing = stored_done(db, cfg, force)
     return existing if existing is not None else train_run(cfg, db, progress=progress, force=force)

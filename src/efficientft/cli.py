@@ -203,7 +203,7 @@ def cmd_run(a: argparse.Namespace) -> int:
     from .resolve import resolve, run_key
     from .train import run
 
-    cfg = resolve(config_from_args(a))
+    cfg = resolve(config_from_args(a), where=a.config or "")
     if a.push_to_hub is not None:
         check_hub_repo(a.push_to_hub, cfg.export_dir)
     if cfg.export_dir:

@@ -1,10 +1,11 @@
-"""The resolved configuration of one run: a typed dataclass, validated on construction, YAML in and out.
+"""The configuration of one run: a typed dataclass, checked on construction, YAML in and out (core: it needs no
+torch; :mod:`efficientft.resolve` joins it with its method, task, data and hardware).
 
 Every field that changes a result is part of the run's identity (:meth:`RunConfig.identity`, hashed into the run
-key by :func:`efficientft.resolve.run_key`); fields that only say
-where things live or how to show progress (``ENVIRONMENT_FIELDS``) are not, so the same experiment has the same key
-on every machine. Each field carries its whole :class:`~efficientft.schema.Setting` (rule, help, key policy, flag);
-the tables below the class and the command line (:mod:`efficientft.cli_flags`) are derived from them.
+key by :func:`efficientft.resolve.run_key`); fields that only say where things live or how to show progress
+(``ENVIRONMENT_FIELDS``) are not, so the same experiment has the same key on every machine. Each field carries
+its whole :class:`~efficientft.schema.Setting` (rule, help, key policy, flag); the tables below the class and the
+command line (:mod:`efficientft.cli_flags`) are derived from them.
 """
 
 from __future__ import annotations

@@ -30,12 +30,13 @@ from .vocab import parse_roles
 _RESOLVED_AS = "_resolved_as"  # set on a resolved config: its fields when resolved (a later change unsets it)
 
 
-def resolve(cfg: RunConfig) -> RunConfig:
+def resolve(cfg: RunConfig, where: str = "") -> RunConfig:
     """The config with every default made explicit (the method's arguments, the training length, ...).
 
     Two configs that mean the same experiment resolve to the same thing, and so get the same key. Refuses, in one
-    line, what the upper layers rule out (see :func:`checked`)."""
-    cfg = checked(cfg)
+    line, what the upper layers rule out (see :func:`checked`; ``where`` starts those messages as it starts the
+    config's own: the file it was read from, or ``run config``)."""
+    cfg = checked(cfg, where)
     method = get_method(cfg.method).from_config(cfg.method_args)
     check_method(cfg, method)  # a suite that asks what a method cannot do fails at expansion, before any run
     changes: dict[str, Any] = {"method": method.name, "method_args": method.args_dict()}
@@ -70,15 +71,20 @@ def run_key(cfg: RunConfig) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def checked(cfg: RunConfig) -> RunConfig:
+def checked(cfg: RunConfig, where: str = "") -> RunConfig:
     """The rules of a config that need tasks, the user's data or the strategy, in one line each: the task's one
     spelling (``RTE`` → ``rte``), the user's data spec (keys, types, labels, metrics; before any key) and name,
     and a λ for a role the targets leave out. Returns the config with its task's one spelling."""
     task = canonical_task(cfg.task)
-    if cfg.custom is not None:
-        check_spec({k: v for k, v in cfg.custom.items() if k != "sha256"})  # sha256: set by resolve_custom
-        _check_custom(task, cfg.custom)
-    _check_ratios_have_roles(cfg)
+    try:
+        if cfg.custom is not None:
+            check_spec({k: v for k, v in cfg.custom.items() if k != "sha256"})  # sha256: set by resolve_custom
+            _check_custom(task, cfg.custom)
+        _check_ratios_have_roles(cfg)
+    except ConfigError as e:
+        if not where:
+            raise
+        raise ConfigError(f"{where}: {e}") from None
     return cfg if task == cfg.task else cfg.replace(task=task)
 
 
