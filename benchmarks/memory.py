@@ -20,6 +20,7 @@ from _common import machine
 
 from efficientft.config import RunConfig
 from efficientft.meters import PeakMemory, read_status, release_freed_memory, rss_bytes
+from efficientft.resolve import resolve
 
 
 def mb(x: float) -> str:
@@ -46,8 +47,8 @@ def main() -> None:
     from efficientft import train as T
     from efficientft.tasks import get_task
 
-    cfg = RunConfig(task=a.task, method="lora", targets="qv", method_args={"rank": 8}, steps=a.steps,
-                    max_train=a.max_train, max_eval=a.max_eval, progress=False).resolved()
+    cfg = resolve(RunConfig(task=a.task, method="lora", targets="qv", method_args={"rank": 8}, steps=a.steps,
+                    max_train=a.max_train, max_eval=a.max_eval, progress=False))
     T.load_data(get_task(a.task), cfg)
     phase("reading the task's data")
     import peft  # noqa: F401

@@ -60,7 +60,8 @@ def child(path: str, mode: str, batch: int, seq: int, steps: int, rank: int) -> 
     import torch
 
     import efficientft.methods  # noqa: F401  (everything the run imports, before the baseline is read)
-    from efficientft.config import RunConfig, best_precision
+    from efficientft.config import RunConfig
+    from efficientft.hardware import best_precision
     from efficientft.meters import MemorySampler, PeakMemory, release_freed_memory, rss_bytes
     from efficientft.methods import get_method
     from efficientft.methods.base import Context

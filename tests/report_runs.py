@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from efficientft.resolve import resolve, run_key
 from efficientft.store import Store
 from efficientft.train import run
 from tests.conftest import tiny_config
@@ -41,8 +42,8 @@ def fill(path: Path, tiny_bert: Path) -> Store:
         torch.set_num_threads(threads)
     # a run that failed, with markup in its error text: listed, never in a cell
     bad = tiny_config(model, task="rte", method="lora", targets="qv", seed=9, lr=5e-2)
-    store.start(bad.resolved().key(), bad.resolved().to_dict(), {}, {"suite": "grid"}, "dev/accuracy")
-    store.finish(bad.resolved().key(), "failed", error="RuntimeError: <b>boom</b>")
+    store.start(run_key(bad), resolve(bad).to_dict(), {}, {"suite": "grid"}, "dev/accuracy")
+    store.finish(run_key(bad), "failed", error="RuntimeError: <b>boom</b>")
     return store
 
 

@@ -9,6 +9,7 @@ from efficientft.methods import METHODS, register
 from efficientft.methods.base import Method
 from efficientft.methods.capabilities import Capabilities
 from efficientft.methods.lora import LoRA
+from efficientft.resolve import run_key
 from tests.conftest import tiny_config
 
 
@@ -46,7 +47,7 @@ def test_a_method_without_w_v_parameters_refuses_lambda(nov, tiny_bert):
     assert str(e.value) == ("lr_ratio 4 (W_v's rate) cannot apply to method 'nov': it trains no parameter of W_v; "
                             "drop the ratio (it must be 1 for this method).")
     with pytest.raises(ConfigError, match=r"^role_lr v=2 cannot apply to method 'nov'"):
-        tiny_config(tiny_bert, method="nov", method_args={}, role_lr={"v": 2}).key()  # at expansion already
+        run_key(tiny_config(tiny_bert, method="nov", method_args={}, role_lr={"v": 2}))  # at expansion already
 
 
 def test_a_method_that_targets_nothing_refuses_targets(nov, tiny_bert):

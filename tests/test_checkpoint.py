@@ -22,6 +22,7 @@ from efficientft.checkpoint import TrainState, default_every, folder_for, latest
 from efficientft.cli import main
 from efficientft.config import RunConfig
 from efficientft.methods import METHODS
+from efficientft.resolve import run_key
 from efficientft.store import Store
 from efficientft.train import run
 from tests.conftest import skip_where_the_model_lacks_what_the_method_feeds, tiny_config
@@ -58,7 +59,7 @@ def _interrupted_then_resumed(monkeypatch, cfg, db):
     with pytest.raises(Killed):
         run(cfg, store)
     restore()
-    key = cfg.resolved().key()
+    key = run_key(cfg)
     saved = latest(folder_for(db, key))
     assert saved is not None and saved.name == "step-000000004"
     return run(cfg, Store(db)), Store(db).curves(key)
@@ -148,7 +149,7 @@ def _killed_once(monkeypatch, cfg, db):
     with pytest.raises(Killed):
         run(cfg, Store(db))
     restore()
-    return latest(folder_for(db, cfg.resolved().key()))
+    return latest(folder_for(db, run_key(cfg)))
 
 
 def test_an_unreadable_checkpoint_is_set_aside_and_the_run_starts_over(tiny_bert, tmp_path, monkeypatch, capsys):
@@ -224,7 +225,7 @@ def test_keep_checkpoints_and_force_does_not_resume_a_done_run(tiny_bert, tmp_pa
     db = tmp_path / "runs.sqlite"
     cfg = _config(tiny_bert, "lora", keep_checkpoints=True)
     run(cfg, Store(db))
-    folder = folder_for(db, cfg.resolved().key())
+    folder = folder_for(db, run_key(cfg))
     assert latest(folder).name == "step-000000006"
     restore = _kill_at(monkeypatch, 4)
     with pytest.raises(Killed):  # `eft run --force`: trains again from the start, and is killed at step 4

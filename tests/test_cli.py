@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from efficientft.cli import main
+from efficientft.resolve import run_key
 from efficientft.store import Store
 
 
@@ -154,5 +155,5 @@ def test_max_grad_norm_0_is_no_clipping_in_a_file_as_on_the_command_line(tmp_pat
     from_flag = config_from_args(build_parser().parse_args(["run", "--task", "rte", "--max-grad-norm", "0"]))
     from_dict = RunConfig.from_dict({"task": "rte", "max_grad_norm": 0.0})  # a suite's run
     assert from_file.max_grad_norm is None and from_flag.max_grad_norm is None and from_dict.max_grad_norm is None
-    assert from_file.key() == from_flag.key() == from_dict.key() == RunConfig(task="rte", max_grad_norm=None).key()
-    assert from_file.key() != RunConfig(task="rte").key()  # the default clips at 1.0
+    assert run_key(from_file) == run_key(from_flag) == run_key(from_dict) == run_key(RunConfig(task="rte", max_grad_norm=None))
+    assert run_key(from_file) != run_key(RunConfig(task="rte"))  # the default clips at 1.0

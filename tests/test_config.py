@@ -2,14 +2,15 @@ import pytest
 
 from efficientft.config import RunConfig
 from efficientft.errors import ConfigError
+from efficientft.resolve import resolve, run_key
 
 
 def test_key_is_stable_and_ignores_environment():
     a = RunConfig(task="rte", seed=1)
-    assert a.key() == RunConfig(task="rte", seed=1).key()
-    assert a.key() == a.replace(data_dir="/elsewhere", device="cpu", progress=False).key()
-    assert a.key() != a.replace(seed=2).key()
-    assert a.key() != a.replace(lr_ratio=4).key()
+    assert run_key(a) == run_key(RunConfig(task="rte", seed=1))
+    assert run_key(a) == run_key(a.replace(data_dir="/elsewhere", device="cpu", progress=False))
+    assert run_key(a) != run_key(a.replace(seed=2))
+    assert run_key(a) != run_key(a.replace(lr_ratio=4))
 
 
 def test_yaml_round_trip(tmp_path):
@@ -58,26 +59,26 @@ def test_unknown_field_and_bad_types(tmp_path):
 
 def test_defaults_resolve_to_the_same_key():
     # the method's default arguments and the default length are made explicit before hashing
-    assert RunConfig().key() == RunConfig(method_args={"rank": 8}).key() == RunConfig(epochs=3).key()
-    assert RunConfig().resolved().method_args == {"rank": 8, "alpha": None, "dropout": 0.0}
-    assert RunConfig().key() != RunConfig(method_args={"rank": 16}).key()
+    assert run_key(RunConfig()) == run_key(RunConfig(method_args={"rank": 8})) == run_key(RunConfig(epochs=3))
+    assert resolve(RunConfig()).method_args == {"rank": 8, "alpha": None, "dropout": 0.0}
+    assert run_key(RunConfig()) != run_key(RunConfig(method_args={"rank": 16}))
 
 
 def test_precision_auto_is_resolved_before_hashing(monkeypatch):
-    from efficientft import config as config_module
+    from efficientft import hardware
 
-    monkeypatch.setattr(config_module, "best_precision", lambda device="auto": "bf16")
+    monkeypatch.setattr(hardware, "best_precision", lambda device="auto": "bf16")
     auto = RunConfig(precision="auto")
-    assert auto.resolved().precision == "bf16"
-    assert auto.key() == RunConfig(precision="bf16").key() != RunConfig().key()
+    assert resolve(auto).precision == "bf16"
+    assert run_key(auto) == run_key(RunConfig(precision="bf16")) != run_key(RunConfig())
 
 
 @pytest.mark.parametrize("flags,want", [({"avx2", "avx512_bf16"}, "bf16"), ({"amx_bf16"}, "bf16"), ({"avx2"}, "fp32")])
 def test_best_precision_on_cpu_follows_native_bf16(monkeypatch, flags, want):
-    from efficientft import config as config_module
+    from efficientft import hardware
 
-    monkeypatch.setattr(config_module, "cpu_flags", lambda: flags)
-    assert config_module.best_precision("cpu") == want
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: flags)
+    assert hardware.best_precision("cpu") == want
 
 
 def test_speed_options_enter_the_key_only_when_set():
@@ -86,7 +87,7 @@ def test_speed_options_enter_the_key_only_when_set():
     # the key of a default run is what it was before these options existed
     added = ("bucket", "feature_cache", "gradient_checkpointing", "quantize", "quant_compute_dtype",
              "template", "train_on_inputs", "max_new_tokens", "train_data", "forgetting_file")
-    legacy = {k: v for k, v in base.resolved().to_dict().items() if k not in added}
+    legacy = {k: v for k, v in resolve(base).to_dict().items() if k not in added}
     for name in ("data_dir", "device", "progress", "export_dir", "overwrite", "trust_remote_code",
                  "checkpoint_every", "keep_checkpoints", "tracker"):
         legacy.pop(name)
@@ -94,8 +95,8 @@ def test_speed_options_enter_the_key_only_when_set():
     import json
 
     blob = json.dumps(legacy, sort_keys=True, separators=(",", ":"), default=str)
-    assert base.key() == hashlib.sha256(blob.encode()).hexdigest()[:16]
-    assert len({base.key(), base.replace(bucket=True).key(), base.replace(feature_cache=True).key()}) == 3
+    assert run_key(base) == hashlib.sha256(blob.encode()).hexdigest()[:16]
+    assert len({run_key(base), run_key(base.replace(bucket=True)), run_key(base.replace(feature_cache=True))}) == 3
 
 
 def test_a_corrected_method_is_another_experiment_and_an_unchanged_one_keeps_its_key(monkeypatch):
@@ -107,15 +108,15 @@ def test_a_corrected_method_is_another_experiment_and_an_unchanged_one_keeps_its
     from efficientft.methods import get_method
 
     def unrevised_key(cfg):
-        blob = json.dumps(cfg.resolved().identity(), sort_keys=True, separators=(",", ":"), default=str)
+        blob = json.dumps(resolve(cfg).identity(), sort_keys=True, separators=(",", ":"), default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     lora = RunConfig(method="lora")
-    assert get_method("lora").revision == 1 and lora.key() == unrevised_key(lora)
+    assert get_method("lora").revision == 1 and run_key(lora) == unrevised_key(lora)
     for name in ("sora", "kasa", "pfeiffer", "compacter", "houlsby", "ssf", "parallel_adapter"):
         cfg = RunConfig(method=name)
         assert get_method(name).revision == 2, name
-        assert cfg.key() != unrevised_key(cfg), name
-    before = lora.key()
+        assert run_key(cfg) != unrevised_key(cfg), name
+    before = run_key(lora)
     monkeypatch.setattr(get_method("lora"), "revision", 2)
-    assert lora.key() != before
+    assert run_key(lora) != before

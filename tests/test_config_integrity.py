@@ -10,16 +10,17 @@ import pytest
 from efficientft.cli import main
 from efficientft.config import RunConfig, load_yaml
 from efficientft.errors import ConfigError
+from efficientft.resolve import resolve, run_key
 
 
 # ---------------------------------------------------------------------------------------------- canonical forms
 def test_keys_of_canonical_configs_are_pinned():
     # Stored runs keep their keys: these are the keys these configs had before canonical forms existed.
-    assert RunConfig().key() == "952b6ddcd9e0ad6c"
-    assert RunConfig(task="rte").key() == "42cc1a40811c004f"
-    assert RunConfig(task="rte", targets="qv").key() == "42cc1a40811c004f"
-    assert RunConfig(task="rte", targets="qkv", lr_ratio=4).key() == "3daf8402bb6ad0a0"
-    assert RunConfig(task="sst2", targets="all-linear", lr=1e-3, seed=2).key() == "a099c0ef36d250fd"
+    assert run_key(RunConfig()) == "952b6ddcd9e0ad6c"
+    assert run_key(RunConfig(task="rte")) == "42cc1a40811c004f"
+    assert run_key(RunConfig(task="rte", targets="qv")) == "42cc1a40811c004f"
+    assert run_key(RunConfig(task="rte", targets="qkv", lr_ratio=4)) == "3daf8402bb6ad0a0"
+    assert run_key(RunConfig(task="sst2", targets="all-linear", lr=1e-3, seed=2)) == "a099c0ef36d250fd"
 
 
 @pytest.mark.parametrize("kw", [
@@ -29,11 +30,11 @@ def test_keys_of_canonical_configs_are_pinned():
 ])
 def test_spellings_of_one_experiment_share_its_key(kw):
     base = RunConfig(task="rte", device="cpu")
-    assert RunConfig(**{"task": "rte", "device": "cpu", **kw}).key() == base.key()
+    assert run_key(RunConfig(**{"task": "rte", "device": "cpu", **kw})) == run_key(base)
 
 
 def test_role_lr_keys_are_canonical():
-    assert RunConfig(targets="qkvo", role_lr={"V": 4, " o ": 2}).key() == RunConfig(targets="qkvo", role_lr={"o": 2, "v": 4}).key()
+    assert run_key(RunConfig(targets="qkvo", role_lr={"V": 4, " o ": 2})) == run_key(RunConfig(targets="qkvo", role_lr={"o": 2, "v": 4}))
     assert RunConfig(role_lr={"V": 4}).role_ratios == {"v": 4.0}
 
 
@@ -49,7 +50,7 @@ def test_canonical_targets(spec, want):
 
 
 def test_sst2_alias_is_the_same_task():
-    assert RunConfig(task="SST-2").task == "sst2"
+    assert resolve(RunConfig(task="SST-2")).task == "sst2"  # the one spelling is given by resolution
 
 
 # ---------------------------------------------------------------------------------------------- one rule per field
@@ -105,7 +106,7 @@ def test_a_file_error_names_the_file(tmp_path):
 ])
 def test_method_float_arguments_are_finite(name, value, msg):
     with pytest.raises(ConfigError, match=msg):
-        RunConfig(method_args={name: value}).resolved()
+        resolve(RunConfig(method_args={name: value}))
 
 
 @pytest.mark.parametrize("argv,msg", [
@@ -129,7 +130,7 @@ def test_cli_choices_are_case_folded():
     from efficientft.cli import build_parser, config_from_args
 
     a = build_parser().parse_args(["run", "--task", "RTE", "--precision", "FP32", "--targets", "v,q"])
-    cfg = config_from_args(a)
+    cfg = resolve(config_from_args(a))  # the task's one spelling is given by resolution (eft run resolves first)
     assert (cfg.task, cfg.precision, cfg.targets) == ("rte", "fp32", "qv")
 
 
@@ -243,8 +244,8 @@ def test_trust_remote_code_from_the_flag_is_in_the_config():
     from efficientft.cli import build_parser, config_from_args
 
     cfg = config_from_args(build_parser().parse_args(["run", "--task", "rte", "--trust-remote-code"]))
-    assert cfg.resolved().to_dict()["trust_remote_code"] is True  # what the run record stores
-    assert cfg.key() == cfg.replace(trust_remote_code=False).key()
+    assert resolve(cfg).to_dict()["trust_remote_code"] is True  # what the run record stores
+    assert run_key(cfg) == run_key(cfg.replace(trust_remote_code=False))
 
 
 # ---------------------------------------------------------------------------------------------- identity of data
@@ -258,27 +259,27 @@ def _files(tmp_path, name: str, rows: str):
 def test_custom_data_is_keyed_by_its_files(tmp_path):
     a_train, a_dev = _files(tmp_path, "a", "great,1\nawful,0\n")
     b_train, b_dev = _files(tmp_path, "b", "fine,1\npoor,0\n")
-    a = RunConfig(task="reviews", custom={"train": a_train, "dev": a_dev}).resolved()
-    b = RunConfig(task="reviews", custom={"train": b_train, "dev": b_dev}).resolved()
+    a = resolve(RunConfig(task="reviews", custom={"train": a_train, "dev": a_dev}))
+    b = resolve(RunConfig(task="reviews", custom={"train": b_train, "dev": b_dev}))
     assert a.task.startswith("reviews@") and b.task.startswith("reviews@") and a.task != b.task
-    assert a.key() != b.key()
+    assert run_key(a) != run_key(b)
     import hashlib
     from pathlib import Path
 
     assert a.custom["sha256"] == {s: hashlib.sha256(Path(f).read_bytes()).hexdigest()
                                   for s, f in (("train", a_train), ("dev", a_dev))}
     assert a.custom["text_columns"] == ["text"] and a.custom["label_column"] == "label"
-    assert a.resolved() == a and a.resolved().key() == a.key()  # resolving twice changes nothing
+    assert resolve(a) == a and run_key(resolve(a)) == run_key(a)  # resolving twice changes nothing
     # the same data spelt differently is the same run
     same = RunConfig(task="reviews", custom={"train": a_train, "dev": a_dev, "text_columns": "text"})
-    assert same.key() == a.key()
-    assert RunConfig(custom={"train": a_train, "dev": a_dev}).resolved().task.startswith("custom@")
+    assert run_key(same) == run_key(a)
+    assert resolve(RunConfig(custom={"train": a_train, "dev": a_dev})).task.startswith("custom@")
 
 
 def test_a_glue_name_cannot_label_custom_data(tmp_path, capsys):
     train, dev = _files(tmp_path, "a", "great,1\nawful,0\n")
     with pytest.raises(ConfigError, match="task 'rte' is a GLUE task, so it cannot name your own data"):
-        RunConfig(task="RTE", custom={"train": train, "dev": dev})
+        resolve(RunConfig(task="RTE", custom={"train": train, "dev": dev}))
     rc = main(["run", "--task", "rte", "--train-file", train, "--eval-file", dev, "--store", str(tmp_path / "s")])
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "is a GLUE task, so it cannot name your own data" in err
@@ -286,4 +287,4 @@ def test_a_glue_name_cannot_label_custom_data(tmp_path, capsys):
 
 def test_missing_custom_file_is_one_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="data file '.*nope.csv' does not exist"):
-        RunConfig(task="mine", custom={"train": str(tmp_path / "nope.csv"), "dev": str(tmp_path / "x")}).key()
+        run_key(RunConfig(task="mine", custom={"train": str(tmp_path / "nope.csv"), "dev": str(tmp_path / "x")}))

@@ -8,6 +8,7 @@ import pytest
 from efficientft.cli import main
 from efficientft.config import RunConfig
 from efficientft.errors import ConfigError
+from efficientft.resolve import resolve
 from efficientft.tasks import DataOptions, get_task
 from efficientft.tasks.base import read_table
 
@@ -156,8 +157,8 @@ def test_bad_specs_fail_on_construction(tmp_path, spec, msg):
     full = {"train": train, "dev": train, **spec}
     with pytest.raises(ConfigError, match=msg):
         get_task("custom", full)
-    with pytest.raises(ConfigError, match=msg):  # the run config refuses it before a run key is computed
-        RunConfig(task="custom", custom=full)
+    with pytest.raises(ConfigError, match=msg):  # resolving the run refuses it before a run key is computed
+        resolve(RunConfig(task="custom", custom=full))
 
 
 def test_f1_needs_two_classes(tmp_path):
@@ -207,7 +208,7 @@ def test_a_column_has_one_role(tmp_path, spec, msg):
     with pytest.raises(ConfigError, match=msg):
         get_task("custom", {"train": train, "dev": train, **spec})
     with pytest.raises(ConfigError, match=msg):
-        RunConfig(task="custom", custom={"train": train, "dev": train, **spec})
+        resolve(RunConfig(task="custom", custom={"train": train, "dev": train, **spec}))
 
 
 def test_jsonl_duplicate_keys(tmp_path):
@@ -236,7 +237,7 @@ def test_spec_takes_paths_and_refuses_empty_lists(tmp_path):
     train = Path(_write(tmp_path, "t.csv", GOOD))
     assert get_task("custom", {"train": train, "dev": train}).label_names == ("x", "y")
     with pytest.raises(ConfigError, match=r"custom data metrics is an empty list; give at least one name"):
-        RunConfig(task="custom", custom={"train": str(train), "dev": str(train), "metrics": []})
+        resolve(RunConfig(task="custom", custom={"train": str(train), "dev": str(train), "metrics": []}))
 
 
 def test_json_lines_named_csv(tmp_path):

@@ -10,6 +10,7 @@ import pytest
 from efficientft.cli import build_parser, config_from_args, main
 from efficientft.errors import ConfigError
 from efficientft.export import export_store, read_frame, runs_frame, side_path
+from efficientft.resolve import resolve, run_key
 
 
 @pytest.fixture
@@ -112,12 +113,12 @@ def test_run_already_done_with_a_new_export_dir_is_refused(store, tiny_bert, tmp
     """Only a training run exports: showing a done run must not pretend the weights are in --export-dir."""
     argv = ["run", "--model", str(tiny_bert), "--task", "rte", "--steps", "1", "--max-train", "8",
             "--store", str(store.path), "--export-dir", str(tmp_path / "adapter")]
-    cfg = config_from_args(build_parser().parse_args(argv)).resolved()
-    store.start(cfg.key(), cfg.to_dict())
-    store.finish(cfg.key(), "done", {"dev/accuracy": 0.5}, main_score=0.5)
+    cfg = resolve(config_from_args(build_parser().parse_args(argv)))
+    store.start(run_key(cfg), cfg.to_dict())
+    store.finish(run_key(cfg), "done", {"dev/accuracy": 0.5}, main_score=0.5)
     assert main(argv) == 2
     assert capsys.readouterr().err.strip() == (
-        f"eft run: error: run {cfg.key()} is already done in {store.path} and its weights were not exported to "
+        f"eft run: error: run {run_key(cfg)} is already done in {store.path} and its weights were not exported to "
         f"{tmp_path / 'adapter'} (only a training run exports): add --force to train it again.")
     assert not (tmp_path / "adapter").exists()
     import efficientft as eft

@@ -7,6 +7,7 @@ import torch
 from efficientft.data import eval_batches
 from efficientft.errors import ConfigError
 from efficientft.features import FeatureCache
+from efficientft.resolve import run_key
 from efficientft.train import forward, prepare, run
 from tests.conftest import tiny_config
 
@@ -109,4 +110,4 @@ def test_bucketing_cuts_padding_and_keeps_every_example(tiny_bert):
     frac_bucket, seen_bucket = padding(bucketed)
     assert seen_bucket == seen_plain == list(range(400))
     assert frac_bucket < 0.5 * frac_plain
-    assert cfg.key() != cfg.replace(bucket=True).key()
+    assert run_key(cfg) != run_key(cfg.replace(bucket=True))

@@ -18,6 +18,7 @@ import torch
 from efficientft.checkpoint import TrainState, folder_for, latest
 from efficientft.cli import main
 from efficientft.config import RunConfig
+from efficientft.resolve import resolve, run_key
 from efficientft.store import Store
 from efficientft.train import run
 from tests.gen_fixtures import causal_llama  # noqa: F401 - fixture
@@ -47,25 +48,25 @@ def test_a_local_file_is_keyed_by_its_content(field, tmp_path, monkeypatch):
     name = "train.json" if field == "train_data" else "held.txt"
     text = json.dumps(ROWS) if field == "train_data" else "one held-out line\nanother\n"
     f = _write(tmp_path / "data" / name, text)
-    key = RunConfig(task="gsm8k", model="some/causal-lm", **{field: str(f)}).key()
+    key = run_key(RunConfig(task="gsm8k", model="some/causal-lm", **{field: str(f)}))
     same = _other_spelling(f, tmp_path, monkeypatch)
-    assert RunConfig(task="gsm8k", model="some/causal-lm", **{field: same}).key() == key
+    assert run_key(RunConfig(task="gsm8k", model="some/causal-lm", **{field: same})) == key
     copy = _write(tmp_path / "copy" / name, text)  # the same content anywhere is the same run
-    assert RunConfig(task="gsm8k", model="some/causal-lm", **{field: str(copy)}).key() == key
+    assert run_key(RunConfig(task="gsm8k", model="some/causal-lm", **{field: str(copy)})) == key
     f.write_text(text.replace("e", "E"))  # the same length: only the bytes changed
-    assert RunConfig(task="gsm8k", model="some/causal-lm", **{field: same}).key() != key
+    assert run_key(RunConfig(task="gsm8k", model="some/causal-lm", **{field: same})) != key
 
 
 def test_names_the_reader_takes_first_stay_names(tmp_path, monkeypatch):
     """A file that happens to be called like a training source or the bundled model's alias is not what is read."""
     monkeypatch.chdir(tmp_path)
-    before = RunConfig(task="commonsense", model="some/causal-lm", train_data="boolq").key()
-    mini = RunConfig().key()
+    before = run_key(RunConfig(task="commonsense", model="some/causal-lm", train_data="boolq"))
+    mini = run_key(RunConfig())
     _write(tmp_path / "boolq", "[]")
     (tmp_path / "minilm").mkdir()
     _write(tmp_path / "minilm" / "config.json", "{}")
-    assert RunConfig(task="commonsense", model="some/causal-lm", train_data="boolq").key() == before
-    assert RunConfig().key() == mini == "952b6ddcd9e0ad6c"
+    assert run_key(RunConfig(task="commonsense", model="some/causal-lm", train_data="boolq")) == before
+    assert run_key(RunConfig()) == mini == "952b6ddcd9e0ad6c"
 
 
 def test_custom_data_is_keyed_by_content_not_by_its_paths(tmp_path, monkeypatch):
@@ -74,17 +75,17 @@ def test_custom_data_is_keyed_by_content_not_by_its_paths(tmp_path, monkeypatch)
     cfg = RunConfig(custom={"train": str(train), "dev": str(dev)})
     moved = RunConfig(custom={"train": _other_spelling(train, tmp_path, monkeypatch),
                               "dev": _other_spelling(dev, tmp_path, monkeypatch)})
-    assert moved.key() == cfg.key() and moved.resolved().task == cfg.resolved().task
+    assert run_key(moved) == run_key(cfg) and resolve(moved).task == resolve(cfg).task
 
 
 def test_a_local_model_folder_is_keyed_by_its_config_and_weights(tiny_bert, tmp_path, monkeypatch):
     a = shutil.copytree(tiny_bert, tmp_path / "a")
     b = shutil.copytree(tiny_bert, tmp_path / "b")
-    key = RunConfig(task="rte", model=str(a)).key()
-    assert RunConfig(task="rte", model=str(b)).key() == key
-    assert RunConfig(task="rte", model=_other_spelling(a, tmp_path, monkeypatch)).key() == key
+    key = run_key(RunConfig(task="rte", model=str(a)))
+    assert run_key(RunConfig(task="rte", model=str(b))) == key
+    assert run_key(RunConfig(task="rte", model=_other_spelling(a, tmp_path, monkeypatch))) == key
     _perturb(b)
-    assert RunConfig(task="rte", model=str(b)).key() != key
+    assert run_key(RunConfig(task="rte", model=str(b))) != key
 
 
 def _perturb(model_dir: Path) -> None:
@@ -119,7 +120,7 @@ def _killed(monkeypatch, cfg, db):
     with pytest.raises(Killed):
         run(cfg, Store(db))
     restore()
-    return latest(folder_for(db, cfg.resolved().key()))
+    return latest(folder_for(db, run_key(cfg)))
 
 
 def test_changed_model_weights_of_the_same_shapes_are_not_resumed(tiny_bert, tmp_path, monkeypatch):
@@ -162,7 +163,7 @@ def test_changed_glue_data_is_not_resumed(tiny_bert, glue_dir, tmp_path, monkeyp
     capsys.readouterr()
     rec = run(cfg, Store(db))
     assert rec["status"] == "done" and "resumed_from_step" not in rec["details"]
-    assert rec["run_key"] == cfg.resolved().key()
+    assert rec["run_key"] == run_key(cfg)
     assert f"note: checkpoint {path} is not resumed, it was saved from other inputs: the train data changed since; " \
            "training from scratch." in capsys.readouterr().err
     assert latest(folder_for(db, rec["run_key"])) is None  # replaced, then removed when done
@@ -195,7 +196,7 @@ def test_a_checkpoint_where_earlier_versions_saved_it_is_resumed(tiny_bert, tmp_
     db = tmp_path / "runs.sqlite"
     cfg = _config(tiny_bert, "lora")
     path = _killed(monkeypatch, cfg, db)
-    key = cfg.resolved().key()
+    key = run_key(cfg)
     old = tmp_path / "checkpoints" / key
     old.parent.mkdir()
     shutil.move(str(path.parent), str(old))

@@ -8,6 +8,7 @@ import torch
 
 from efficientft.config import RunConfig
 from efficientft.errors import ConfigError
+from efficientft.resolve import resolve, run_key
 from efficientft.step import accumulate
 from efficientft.tasks import get_task
 from efficientft.tasks.generative_kind import GENERATION, IGNORE, encode_sft
@@ -123,9 +124,9 @@ def test_classification_is_unchanged_by_the_kinds(tiny_bert):
 def test_generation_settings_on_a_classification_task_are_refused():
     with pytest.raises(ConfigError, match="template is a setting of generation tasks; task 'rte' is a "
                                           "classification task"):
-        RunConfig(task="rte", template="alpaca").key()
+        run_key(RunConfig(task="rte", template="alpaca"))
     with pytest.raises(ConfigError, match="train_on_inputs is a setting of generation tasks"):
-        RunConfig(task="stsb", train_on_inputs=True).key()
+        run_key(RunConfig(task="stsb", train_on_inputs=True))
 
 
 def test_feature_cache_is_refused_for_generation_in_one_line(causal_llama):
@@ -136,12 +137,12 @@ def test_feature_cache_is_refused_for_generation_in_one_line(causal_llama):
 
 def test_the_template_is_in_the_run_key_and_defaults_per_task():
     base = RunConfig(task="synthetic-reverse")
-    assert base.resolved().template == "plain" and RunConfig(task="gsm8k").resolved().template == "alpaca"
-    assert base.key() == base.replace(template="plain").key()  # the default spelled out: the same experiment
-    assert base.key() != base.replace(template="alpaca").key()
-    assert base.key() != base.replace(train_on_inputs=True).key()
+    assert resolve(base).template == "plain" and resolve(RunConfig(task="gsm8k")).template == "alpaca"
+    assert run_key(base) == run_key(base.replace(template="plain"))  # the default spelled out: the same experiment
+    assert run_key(base) != run_key(base.replace(template="alpaca"))
+    assert run_key(base) != run_key(base.replace(train_on_inputs=True))
     with pytest.raises(ConfigError, match="unknown prompt template 'alpacca'. Did you mean 'alpaca'?"):
-        base.replace(template="alpacca").key()
+        run_key(base.replace(template="alpacca"))
 
 
 def test_a_method_that_declares_no_generation_is_refused_in_one_line(causal_llama, monkeypatch):

@@ -14,6 +14,7 @@ import torch
 from efficientft.errors import ConfigError
 from efficientft.methods import METHODS
 from efficientft.methods.capabilities import Capabilities
+from efficientft.resolve import resolve, run_key
 from efficientft.step import accumulate, optimizer_step
 from efficientft.train import device_batches, prepare
 from tests.conftest import skip_where_the_model_lacks_what_the_method_feeds, tiny_config
@@ -63,8 +64,8 @@ def test_gradient_checkpointing_gives_the_same_gradients_and_losses(name, model_
 def test_gradient_checkpointing_is_in_the_key_only_when_set(tiny_bert):
     base = tiny_config(tiny_bert)
     assert "gradient_checkpointing" not in base.identity() and "quantize" not in base.identity()
-    assert tiny_config(tiny_bert, gradient_checkpointing=True).key() != base.key()
-    assert tiny_config(tiny_bert, quantize="4bit").key() != base.key()
+    assert run_key(tiny_config(tiny_bert, gradient_checkpointing=True)) != run_key(base)
+    assert run_key(tiny_config(tiny_bert, quantize="4bit")) != run_key(base)
 
 
 @pytest.mark.parametrize("raw,msg", [
@@ -79,10 +80,10 @@ def test_bad_large_model_settings_are_one_clear_line(tiny_bert, raw, msg):
 
 
 def test_quantize_4bit_resolves_its_compute_dtype_into_the_key(tiny_bert):
-    cfg = tiny_config(tiny_bert, quantize="4bit", device="cpu").resolved()
+    cfg = resolve(tiny_config(tiny_bert, quantize="4bit", device="cpu"))
     assert cfg.quant_compute_dtype in ("bf16", "fp32")
-    assert tiny_config(tiny_bert, quantize="4bit", device="cpu", quant_compute_dtype=cfg.quant_compute_dtype).key() \
-        == tiny_config(tiny_bert, quantize="4bit", device="cpu").key()
+    assert run_key(tiny_config(tiny_bert, quantize="4bit", device="cpu", quant_compute_dtype=cfg.quant_compute_dtype)) \
+        == run_key(tiny_config(tiny_bert, quantize="4bit", device="cpu"))
 
 
 # ---------------------------------------------------------------------------------------------- quantized bases

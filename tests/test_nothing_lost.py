@@ -9,6 +9,7 @@ import torch
 
 import efficientft.train as train_mod
 from efficientft.cli import main
+from efficientft.resolve import run_key
 from efficientft.store import Store
 from tests.test_store_integrity import key_of, run_args
 
@@ -19,7 +20,7 @@ SWEEP_TAGS = {"suite": "mine", "entry": 0, "label": "LoRA"}
 def test_a_run_a_sweep_finishes_during_set_up_is_not_trained_again(tiny_bert, tmp_path, capsys, monkeypatch):
     db = tmp_path / "s.sqlite"
     cfg = key_of(tiny_bert, db)
-    key, real_prepare = cfg.key(), train_mod.prepare
+    key, real_prepare = run_key(cfg), train_mod.prepare
 
     def prepare_while_a_sweep_finishes(*a, **kw):
         p = real_prepare(*a, **kw)  # `eft run` checked "already done" before this; a sweep worker now finishes it
@@ -46,9 +47,9 @@ def test_force_keeps_the_tags_of_the_record_it_replaces(tiny_bert, tmp_path, cap
     first = train_mod.run(cfg, Store(db), progress=False, tags=SWEEP_TAGS)  # as a sweep worker runs it
     assert first["status"] == "done" and first["tags"] == SWEEP_TAGS
     assert main(run_args(tiny_bert, db, "--force")) == 0
-    rec = Store(db).get(cfg.key())
+    rec = Store(db).get(run_key(cfg))
     assert rec["attempts"] == 2 and rec["finished_at"] >= first["finished_at"] and rec["tags"] == SWEEP_TAGS
-    assert [h["tags"] for h in Store(db).history(cfg.key())] == [SWEEP_TAGS]
+    assert [h["tags"] for h in Store(db).history(run_key(cfg))] == [SWEEP_TAGS]
 
 
 # ---------------------------------------------------------------------------------------------- inputs longer than the model
@@ -139,7 +140,7 @@ def test_a_failed_final_evaluation_keeps_the_trained_run_and_a_rerun_only_evalua
                                                          r"failed \(RuntimeError: evaluation blew up\); the trained "
                                                          r"state is kept in .*step-000000004: run it again"):
         train_mod.run(cfg, Store(db))
-    key = cfg.resolved().key()
+    key = run_key(cfg)
     rec = Store(db).get(key)
     assert rec["status"] == "failed" and rec["details"]["failed_in"] == "final evaluation"
     assert rec["error"].startswith("training finished (4 steps) and the final evaluation failed")
@@ -171,7 +172,7 @@ def test_a_deleted_mlflow_run_does_not_block_resume(tiny_bert, tmp_path, monkeyp
     with pytest.raises(Killed):
         train_mod.run(cfg, Store(db))
     restore()
-    key = cfg.resolved().key()
+    key = run_key(cfg)
     old = TrainState.read(latest(folder_for(db, key))).trackers["mlflow"]
     client = MlflowClient(tracking_uri=(tmp_path / "mlruns").resolve().as_uri())
     client.delete_run(old)
@@ -200,7 +201,7 @@ def test_ctrl_c_in_the_final_evaluation_keeps_the_trained_state(tiny_bert, tmp_p
     monkeypatch.setattr(train_mod, "evaluate_all", interrupted)
     with pytest.raises(KeyboardInterrupt):
         train_mod.run(cfg, Store(db))
-    assert Store(db).get(cfg.resolved().key())["status"] == "cancelled"
+    assert Store(db).get(run_key(cfg))["status"] == "cancelled"
     steps = []
     monkeypatch.setattr(train_mod, "optimizer_step", lambda *a, **kw: steps.append(1) or real_step(*a, **kw))
     again = train_mod.run(cfg, Store(db))
@@ -248,7 +249,7 @@ def test_sigterm_at_the_end_of_training_keeps_the_trained_state(tiny_bert, tmp_p
             train_mod.run(cfg, Store(db))
     finally:
         signal.signal(signal.SIGTERM, old)
-    assert Store(db).get(cfg.resolved().key())["status"] == "cancelled"
+    assert Store(db).get(run_key(cfg))["status"] == "cancelled"
     steps = []
     monkeypatch.setattr(train_mod, "optimizer_step", lambda *a, **kw: steps.append(1) or real_step(*a, **kw))
     again = train_mod.run(cfg, Store(db))

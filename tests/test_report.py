@@ -21,6 +21,7 @@ from efficientft.report.build import build, markdown_document, parse_formats
 from efficientft.report.collect import select_lr
 from efficientft.report.compare import POOLED
 from efficientft.report.stats import cohens_dz, holm, paired, pareto_front, summarize
+from efficientft.resolve import resolve, run_key
 from efficientft.store import Store
 from tests.report_runs import EVIL, EVIL_TAG, GRID
 
@@ -441,9 +442,9 @@ def test_cli_report_errors(tmp_path, capsys):
 def _synthetic(store, method, lr, entry, score, method_args=None, suite="catalog"):
     from efficientft.config import RunConfig
 
-    cfg = RunConfig(task="sst2", method=method, lr=lr, steps=10, method_args=method_args or {}).resolved()
-    store.start(cfg.key(), cfg.to_dict(), {}, {"suite": suite, "entry": entry, "label": method}, "dev/accuracy")
-    store.finish(cfg.key(), "done", {"dev/accuracy": score}, {"trainable_params": 100}, main_score=score)
+    cfg = resolve(RunConfig(task="sst2", method=method, lr=lr, steps=10, method_args=method_args or {}))
+    store.start(run_key(cfg), cfg.to_dict(), {}, {"suite": suite, "entry": entry, "label": method}, "dev/accuracy")
+    store.finish(run_key(cfg), "done", {"dev/accuracy": score}, {"trainable_params": 100}, main_score=score)
 
 
 def test_one_suite_keeps_its_order_and_method_arguments_are_not_shared(tmp_path):
@@ -521,9 +522,9 @@ def test_a_setting_of_one_task_only_is_that_tasks_protocol_not_a_row(tmp_path):
     store = Store(tmp_path / "s.sqlite")
     for task, metric, extra in (("sst2", "accuracy", {"max_train": 8000}), ("cola", "mcc", {})):
         for seed in (0, 1, 2):
-            cfg = RunConfig(task=task, method="lora", targets="qv", lr=2e-3, steps=10, seed=seed, **extra).resolved()
-            store.start(cfg.key(), cfg.to_dict(), {}, {"suite": "s", "entry": 0}, f"dev/{metric}")
-            store.finish(cfg.key(), "done", {f"dev/{metric}": 0.5 + seed / 10}, {"trainable_params": 10},
+            cfg = resolve(RunConfig(task=task, method="lora", targets="qv", lr=2e-3, steps=10, seed=seed, **extra))
+            store.start(run_key(cfg), cfg.to_dict(), {}, {"suite": "s", "entry": 0}, f"dev/{metric}")
+            store.finish(run_key(cfg), "done", {f"dev/{metric}": 0.5 + seed / 10}, {"trainable_params": 10},
                          main_score=0.5)
     rep = build(store)
     assert len(rep.table.rows) == 1 and set(rep.table.rows[0].row.cells) == {"sst2", "cola"}
@@ -561,10 +562,10 @@ def test_a_configuration_whose_runs_mix_fresh_and_reused_processes_is_flagged(tm
     store = Store(tmp_path / "s.sqlite")
     for method, fresh in (("lora", (True, True, False)), ("full", (True, True, True)), ("dora", (None, None, False))):
         for seed, f in enumerate(fresh):
-            cfg = RunConfig(task="sst2", method=method, lr=1e-3, steps=10, seed=seed).resolved()
-            store.start(cfg.key(), cfg.to_dict(), {}, {"suite": "s"}, "dev/accuracy")
+            cfg = resolve(RunConfig(task="sst2", method=method, lr=1e-3, steps=10, seed=seed))
+            store.start(run_key(cfg), cfg.to_dict(), {}, {"suite": "s"}, "dev/accuracy")
             details = {} if f is None else {"fresh_process": f}
-            store.finish(cfg.key(), "done", {"dev/accuracy": 0.5}, {"peak_memory_mb": 100.0 + seed}, details,
+            store.finish(run_key(cfg), "done", {"dev/accuracy": 0.5}, {"peak_memory_mb": 100.0 + seed}, details,
                          main_score=0.5)
     rep = build(store)
     flagged = {c.label.split()[0]: c.mixed_processes for c in rep.costs}

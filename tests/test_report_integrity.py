@@ -314,7 +314,7 @@ def test_an_option_at_its_default_is_the_record_without_it(tmp_path):
 def test_a_custom_data_column_carries_its_hash_once(tmp_path):
     """A resolved run of the user's data is named ``name@hash8`` by its content; the report used to append a
     second digest of the same spec (``mine@h@h``) to that name in every header."""
-    from efficientft.config import resolve_custom
+    from efficientft.resolve import resolve_custom
 
     train, dev = tmp_path / "train.csv", tmp_path / "dev.csv"
     train.write_text("text,label\na,x\nb,y\n")

@@ -9,6 +9,7 @@ import torch
 from efficientft.cli import build_parser, config_from_args, main
 from efficientft.config import ENVIRONMENT_FIELDS, KEY_WHEN_SET, SETTINGS, RunConfig
 from efficientft.errors import ConfigError
+from efficientft.resolve import run_key
 from efficientft.sweep.suite import load_suite
 from tests.conftest import tiny_config
 
@@ -34,7 +35,7 @@ from tests.conftest import tiny_config
       "checkpoint_every": 50, "keep_checkpoints": True, "tracker": ["wandb"]}, "42cc1a40811c004f"),
 ])
 def test_run_keys_of_stored_configs_do_not_change(kw, key):
-    assert RunConfig(**kw).key() == key
+    assert run_key(RunConfig(**kw)) == key
 
 
 def test_key_policy_is_read_from_the_schema():
@@ -47,8 +48,8 @@ def test_key_policy_is_read_from_the_schema():
     base = RunConfig(task="rte")
     q4 = base.replace(quantize="4bit", quant_compute_dtype="fp32")
     for other in (base.replace(gradient_checkpointing=True), q4, q4.replace(quant_compute_dtype="bf16")):
-        assert other.key() != base.key()  # set: a different experiment
-    assert q4.key() != q4.replace(quant_compute_dtype="bf16").key()
+        assert run_key(other) != run_key(base)  # set: a different experiment
+    assert run_key(q4) != run_key(q4.replace(quant_compute_dtype="bf16"))
 
 
 # ---------------------------------------------------------------------------------------------- derived flags
@@ -184,11 +185,11 @@ def test_runtime_is_built_once_and_reaches_loading_and_training(tiny_bert, monke
 
 def test_precision_auto_is_resolved_by_the_runtime_not_run_as_fp16(tiny_bert, monkeypatch):
     # prepare() of an unresolved config (benchmarks, notebooks) once autocast "auto" as fp16, without a GradScaler
-    from efficientft import config as config_module
+    from efficientft import hardware
     from efficientft.step import forward
     from efficientft.train import device_batches, prepare
 
-    monkeypatch.setattr(config_module, "best_precision", lambda device="auto": "fp32")
+    monkeypatch.setattr(hardware, "best_precision", lambda device="auto": "fp32")
     p = prepare(tiny_config(tiny_bert, precision="auto", max_train=8, max_eval=8, device="cpu"))
     assert p.runtime.precision == "fp32" and p.runtime.grad_scaler() is None
     idx, batch = next(device_batches(p))

@@ -19,6 +19,7 @@ import efficientft
 import efficientft.train as train_mod
 from efficientft.cli import main
 from efficientft.errors import StoreError
+from efficientft.resolve import resolve, run_key
 from efficientft.store import SCHEMA_VERSION, Store
 from efficientft.sweep.runner import SweepOptions, state_of
 from tests.conftest import tiny_config
@@ -37,7 +38,7 @@ def key_of(model, db):
     """The resolved config `eft run` builds from :func:`run_args`."""
     from efficientft.cli import build_parser, config_from_args
 
-    return config_from_args(build_parser().parse_args(run_args(model, db))).resolved()
+    return resolve(config_from_args(build_parser().parse_args(run_args(model, db))))
 
 
 # ---------------------------------------------------------------------------------------------- ownership
@@ -81,30 +82,30 @@ def test_a_sweep_run_taken_over_is_skipped_not_failed(store, monkeypatch):
     from efficientft.sweep import executors
 
     def trained_while_reclaimed(cfg, st, **kw):
-        st.start(cfg.key(), cfg.to_dict())
+        st.start(run_key(cfg), cfg.to_dict())
         thief = Store(st.path)
-        assert thief.claim(cfg.key(), cfg.to_dict(), reclaim=True)[0]
-        thief.start(cfg.key(), cfg.to_dict())
-        thief.finish(cfg.key(), "done", {"dev/accuracy": 0.99}, main_score=0.99)
-        st.finish(cfg.key(), "done", SCORES, main_score=0.625)
+        assert thief.claim(run_key(cfg), cfg.to_dict(), reclaim=True)[0]
+        thief.start(run_key(cfg), cfg.to_dict())
+        thief.finish(run_key(cfg), "done", {"dev/accuracy": 0.99}, main_score=0.99)
+        st.finish(run_key(cfg), "done", SCORES, main_score=0.625)
 
     monkeypatch.setattr(train_mod, "run", trained_while_reclaimed)
-    cfg = tiny_config("unused-model").resolved()
-    out = executors.execute_one({"key": cfg.key(), "config": cfg.to_dict()}, str(store.path))
+    cfg = resolve(tiny_config("unused-model"))
+    out = executors.execute_one({"key": run_key(cfg), "config": cfg.to_dict()}, str(store.path))
     assert out["status"] == "skipped" and out["reason"] == "taken over" and "was taken over by" in out["error"]
-    assert store.get(cfg.key())["scores"] == {"dev/accuracy": 0.99}
+    assert store.get(run_key(cfg))["scores"] == {"dev/accuracy": 0.99}
 
 
 def test_eft_run_refuses_a_key_another_live_run_trains(tiny_bert, tmp_path, capsys):
     db = tmp_path / "s.sqlite"
     cfg = key_of(tiny_bert, db)
     owner = Store(db)
-    owner.claim(cfg.key(), cfg.to_dict())  # a sweep worker of this (live) process trains it
+    owner.claim(run_key(cfg), cfg.to_dict())  # a sweep worker of this (live) process trains it
     assert main(run_args(tiny_bert, db)) == 2
     err = capsys.readouterr().err
-    assert f"eft run: error: run {cfg.key()} is being trained by {socket.gethostname()}:{os.getpid()}" in err
+    assert f"eft run: error: run {run_key(cfg)} is being trained by {socket.gethostname()}:{os.getpid()}" in err
     assert "Traceback" not in err
-    assert owner.status(cfg.key()) == "running" and owner.holds(cfg.key())
+    assert owner.status(run_key(cfg)) == "running" and owner.holds(run_key(cfg))
 
 
 def test_a_reclaimed_eft_run_keeps_the_new_owners_record_and_prints_its_scores(tiny_bert, tmp_path, capsys,

@@ -158,9 +158,10 @@ def test_role_targets_without_the_ratio_role_are_refused_before_any_model_loads(
     from efficientft.cli import main
     from efficientft.config import RunConfig
     from efficientft.errors import ConfigError
+    from efficientft.resolve import resolve
 
     with pytest.raises(ConfigError, match="role_lr o=2 would change nothing: .* targets 'qv' has role 'o'"):
-        RunConfig(targets="qv", role_lr={"o": 2})
+        resolve(RunConfig(targets="qv", role_lr={"o": 2}))  # resolution: before any model loads
     assert RunConfig(targets="qkvo", role_lr={"o": 2}).role_ratios == {"o": 2.0, "v": 1.0}
     rc = main(["run", "--task", "rte", "--targets", "qk", "--lr-ratio", "4", "--store", str(tmp_path / "s")])
     assert rc == 2 and capsys.readouterr().err == (

@@ -18,6 +18,7 @@ import pytest
 from efficientft.cli import main
 from efficientft.config import RunConfig
 from efficientft.errors import ConfigError
+from efficientft.resolve import run_key
 from efficientft.store import Store, worker_alive
 from efficientft.sweep import load_suite
 from efficientft.sweep.runner import SweepOptions, environment, plan, sweep
@@ -91,7 +92,7 @@ methods:
     # a selection group gathers the runs that differ only in lr and seed
     groups = {r.tags["group"] for r in by_entry[1]}
     assert len(groups) == 2  # one per λ
-    assert all(r.key == r.cfg.key() for r in runs)
+    assert all(r.key == run_key(r.cfg) for r in runs)
 
 
 @pytest.mark.parametrize(

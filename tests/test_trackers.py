@@ -9,6 +9,7 @@ from efficientft import trackers
 from efficientft.cli import main
 from efficientft.config import RunConfig
 from efficientft.errors import ConfigError
+from efficientft.resolve import resolve, run_key
 from efficientft.store import Store
 from efficientft.train import run
 from tests.conftest import tiny_config
@@ -48,7 +49,7 @@ def test_every_tracker_gets_the_run_key_config_curves_and_cost(tiny_bert, tmp_pa
     assert cfg.tracker == ["tensorboard", "mlflow", "wandb"]
     rec = run(cfg, Store(db))
     key = rec["run_key"]
-    assert key == cfg.replace(tracker=[]).key()  # trackers are not part of the run's identity
+    assert key == run_key(cfg.replace(tracker=[]))  # trackers are not part of the run's identity
     curves = Store(db).curves(key)
     loss = [(s, v) for k, s, n, v in curves if n == "loss"]
     dev = [(s, v) for k, s, n, v in curves if n == "dev/accuracy"]
@@ -173,12 +174,12 @@ def test_a_run_that_is_not_trained_opens_no_tracker_run(tiny_bert, tmp_path, mon
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     db = tmp_path / "runs.sqlite"
     cfg = tiny_config(tiny_bert, steps=2, tracker=["mlflow"])
-    key, real_prepare = cfg.resolved().key(), train_mod.prepare
+    key, real_prepare = run_key(cfg), train_mod.prepare
 
     def prepare_while_a_sweep_finishes(*a, **kw):
         p = real_prepare(*a, **kw)
         sweep = Store(db)
-        assert sweep.claim(key, cfg.resolved().to_dict())[0]
+        assert sweep.claim(key, resolve(cfg).to_dict())[0]
         sweep.finish(key, "done", {"dev/accuracy": 0.5}, main_score=0.5)
         return p
 
@@ -199,9 +200,9 @@ def test_a_tracker_that_cannot_start_leaves_an_earlier_record_as_it_was(tiny_ber
 
     db = tmp_path / "s.sqlite"
     cfg = tiny_config(tiny_bert, steps=2)
-    key = cfg.resolved().key()
+    key = run_key(cfg)
     store = Store(db)
-    assert store.claim(key, cfg.resolved().to_dict(), {"suite": "mine"})[0]
+    assert store.claim(key, resolve(cfg).to_dict(), {"suite": "mine"})[0]
     store.finish(key, "cancelled", error="interrupted")
     before = Store(db).get(key)
     monkeypatch.setitem(trackers._CLASSES, "tensorboard", NotLoggedIn)

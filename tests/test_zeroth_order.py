@@ -10,6 +10,7 @@ from efficientft.methods import get_method
 from efficientft.methods.base import Context
 from efficientft.methods.mezo import directions, projected_gradient, step_seed
 from efficientft.models import head_modules, resolve_targets
+from efficientft.resolve import resolve
 from efficientft.strategy import Strategy
 from efficientft.train import prepare, train
 from tests.conftest import tiny_config
@@ -170,7 +171,7 @@ def test_the_default_run_takes_the_unclipped_step(tiny_bert_no_dropout):
 
     cfg = tiny_config(tiny_bert_no_dropout, method="mezo", targets="qv", method_args={}, steps=1, batch_size=8,
                       max_train=8, max_eval=8, lr=1e-3, warmup_ratio=0.0, schedule="constant")
-    assert cfg.max_grad_norm == 1.0 and cfg.resolved().max_grad_norm is None  # the record says what ran
+    assert cfg.max_grad_norm == 1.0 and resolve(cfg).max_grad_norm is None  # the record says what ran
     p = prepare(cfg)
     params = params_of(p.optimizer)
     before = [q.detach().clone() for q in params]
@@ -198,8 +199,8 @@ def test_a_clipping_norm_is_refused_in_one_line(name, tiny_bert):
     from efficientft.config import RunConfig
 
     with pytest.raises(ConfigError) as e:
-        RunConfig(method=name, max_grad_norm=0.5).resolved()
+        resolve(RunConfig(method=name, max_grad_norm=0.5))
     assert str(e.value) == (f"method {name!r} owns its update and does not clip it (its paper's algorithm steps "
                             "unclipped), so max_grad_norm 0.5 would not apply; drop --max-grad-norm (or give 0).")
-    assert RunConfig(method=name, max_grad_norm=None).resolved().max_grad_norm is None
-    assert RunConfig(method="lora", max_grad_norm=0.5).resolved().max_grad_norm == 0.5  # others clip as asked
+    assert resolve(RunConfig(method=name, max_grad_norm=None)).max_grad_norm is None
+    assert resolve(RunConfig(method="lora", max_grad_norm=0.5)).max_grad_norm == 0.5  # others clip as asked

@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from .version import __version__
 
 # public name -> the module that defines it (no name equals a subpackage's: ``efficientft.report`` is a package)
 _EXPORTS = {
@@ -25,15 +25,15 @@ _EXPORTS = {
     "PlannedRun": "sweep.suite", "Report": "report.build",
     "open_store": "store", "run": "api", "load_suite": "api", "list_suites": "api", "run_suite": "api",
     "runs_frame": "api", "curves_frame": "api", "build_report": "api", "table_frame": "api",
-    "export_store": "export", "check_run": "api", "push_to_hub": "api", "plan_suite": "api", "plan_text": "api",
-    "plan_json": "api", "summary_text": "api", "runs_table": "api", "list_methods": "api", "list_tasks": "api",
-    "suite_text": "api", "export_runs": "api", "write_report": "api",
+    "export_store": "export", "run_key": "resolve", "check_run": "api", "push_to_hub": "api", "plan_suite": "api",
+    "plan_text": "api", "plan_json": "api", "summary_text": "api", "runs_table": "api", "list_methods": "api",
+    "list_tasks": "api", "suite_text": "api", "export_runs": "api", "write_report": "api",
 }
 __all__ = [
     "__version__", "ConfigError", "RunConfig", "Store", "Suite", "PlannedRun", "Report", "open_store", "run",
     "load_suite", "list_suites", "run_suite", "runs_frame", "curves_frame", "build_report", "table_frame",
-    "export_store", "check_run", "push_to_hub", "plan_suite", "plan_text", "plan_json", "summary_text", "runs_table",
-    "list_methods", "list_tasks", "suite_text", "export_runs", "write_report",
+    "export_store", "run_key", "check_run", "push_to_hub", "plan_suite", "plan_text", "plan_json", "summary_text",
+    "runs_table", "list_methods", "list_tasks", "suite_text", "export_runs", "write_report",
 ]
 
 if TYPE_CHECKING:
@@ -63,6 +63,7 @@ if TYPE_CHECKING:
     from .errors import ConfigError
     from .export import export_store
     from .report.build import Report
+    from .resolve import run_key
     from .store import Store, open_store
     from .sweep.suite import PlannedRun, Suite
 

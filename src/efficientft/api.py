@@ -76,16 +76,23 @@ def run(config: RunConfig | dict[str, Any], store: Store | str | Path | None = N
 _CONFIG = "a RunConfig or a mapping of its fields, e.g. {'task': 'rte', 'method': 'lora'}"
 
 
-def _config(config: RunConfig | Mapping[str, Any]) -> RunConfig:
-    """``config`` (a RunConfig or a mapping of its fields) resolved."""
+def _config(config: RunConfig | Mapping[str, Any], where: str | None = None) -> RunConfig:
+    """``config`` (a RunConfig or a mapping of its fields) resolved; ``where`` (a file name) starts every error
+    message (default: ``run config`` for a mapping, nothing for a RunConfig)."""
     _expect(config, (RunConfig, Mapping), "config", _CONFIG)
-    cfg = config if isinstance(config, RunConfig) else RunConfig.from_dict(dict(config), where="run config")
-    return cfg.resolved()
+    from .resolve import resolve
+
+    if where is None:
+        where = "" if isinstance(config, RunConfig) else "run config"
+    cfg = config if isinstance(config, RunConfig) else RunConfig.from_dict(dict(config), where=where)
+    return resolve(cfg, where)
 
 
-def check_run(config: RunConfig | dict[str, Any], push_to_hub: str | None = None) -> RunConfig:
+def check_run(config: RunConfig | dict[str, Any], push_to_hub: str | None = None, where: str | None = None
+              ) -> RunConfig:
     """The resolved config of a run, after the checks that must not cost a run: its settings, the export folder
     (it can be created and written) and, with ``push_to_hub``, the Hub repo id (an export folder is needed).
+    ``where`` (the config file's name) starts an error message.
 
     ``eft run`` calls this before it looks in the store; :func:`run` takes the config it returns."""
     from .hub import check_hub_repo
@@ -93,7 +100,9 @@ def check_run(config: RunConfig | dict[str, Any], push_to_hub: str | None = None
 
     if push_to_hub is not None:
         _expect(push_to_hub, str, "push_to_hub", "a Hub repo id like 'owner/name'")
-    cfg = _config(config)
+    if where is not None:
+        _expect(where, str, "where", "a file name (text)")
+    cfg = _config(config, where)
     if push_to_hub is not None:
         check_hub_repo(push_to_hub, cfg.export_dir)
     if cfg.export_dir:
@@ -112,17 +121,28 @@ def push_to_hub(repo: str, folder: str | Path, private: bool = True) -> str:
     return push(repo, Path(folder), private=private)
 
 
+def run_key(config: RunConfig | dict[str, Any]) -> str:
+    """The run's key in the results store: a hash of the resolved config's identity (method arguments, task,
+    data files by content, hardware precision made explicit). It replaces ``RunConfig.key()``."""
+    from .resolve import run_key as key_of
+
+    return key_of(_config(config))
+
+
 def stored_done(store: Store, cfg: RunConfig, force: bool = False) -> dict[str, Any] | None:
     """The stored record when ``cfg`` is already ``done`` (and not ``force``), so it is not trained again.
 
     Only a training run exports weights, so a done run asked for an ``export_dir`` it was not exported to is a
     :class:`ConfigError` (train it again with ``force``) rather than a record that seems to have put them there.
     """
-    existing = store.get(cfg.key())
+    from .resolve import run_key
+
+    key = run_key(cfg)
+    existing = store.get(key)
     if existing is None or existing["status"] != "done" or force:
         return None
     if cfg.export_dir and not _exported_to(existing, cfg.export_dir):
-        raise ConfigError(f"run {cfg.key()} is already done in {store.path} and its weights were not exported to "
+        raise ConfigError(f"run {key} is already done in {store.path} and its weights were not exported to "
                           f"{cfg.export_dir} (only a training run exports): add --force to train it again.")
     return existing
 

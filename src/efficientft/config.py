@@ -1,25 +1,27 @@
-"""The resolved configuration of one run: a typed dataclass, validated on construction, YAML in and out.
+"""The configuration of one run: a typed dataclass, checked on construction, YAML in and out (core: it needs no
+torch; :mod:`efficientft.resolve` joins it with its method, task, data and hardware).
 
-Every field that changes a result is part of the run's identity (:meth:`RunConfig.key`); fields that only say
-where things live or how to show progress (``ENVIRONMENT_FIELDS``) are not, so the same experiment has the same key
-on every machine. Each field carries its whole :class:`~efficientft.schema.Setting` (rule, help, key policy, flag);
-the tables below the class and the command line (:mod:`efficientft.cli_flags`) are derived from them.
+Every field that changes a result is part of the run's identity (:meth:`RunConfig.identity`, hashed into the run
+key by :func:`efficientft.resolve.run_key`); fields that only say where things live or how to show progress
+(``ENVIRONMENT_FIELDS``) are not, so the same experiment has the same key on every machine. Each field carries
+its whole :class:`~efficientft.schema.Setting` (rule, help, key policy, flag); the tables below the class and the
+command line (:mod:`efficientft.cli_flags`) are derived from them.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
-import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .errors import ConfigError, did_you_mean, not_a_file
+from .content import identity as content_identity
+from .errors import ConfigError, did_you_mean
+from .hardware import best_precision, cpu_flags  # noqa: F401 - the hardware probe's old home
 from .schema import COUNT_MAX, SEED_MAX, Rule, Setting, positive, setting
+from .vocab import MODEL_ALIASES, ROLES, TRAIN_SOURCES, canonical_targets, check_tracker_names
 from .yaml_limits import read_yaml
 
 DEFAULT_MODEL = "minilm"
@@ -163,8 +165,9 @@ class RunConfig:
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
         """Check every field against its :data:`RULES` entry (type, range, canonical form), then the rules that
-        tie fields together. Values are replaced by their canonical form, so ``4`` and ``4.0``, ``RTE`` and
-        ``rte``, ``q,v`` and ``qv`` give the same key."""
+        tie fields together. Values are replaced by their canonical form, so ``4`` and ``4.0``, ``q,v`` and ``qv``
+        give the same key. The rules that need tasks, data or methods (a task's one spelling, the user's data
+        spec, λ against the targets' roles) are checked when the run is resolved (:mod:`efficientft.resolve`)."""
         if self.task is None:
             self.task = CUSTOM_TASK if self.custom is not None else DEFAULT_TASK
         for name, rule in RULES.items():  # dataclass field order: the first bad field is the one reported
@@ -174,41 +177,15 @@ class RunConfig:
         if self.selection_size >= 1 and not self.selection_size.is_integer():  # a count is whole, not cut down
             raise ConfigError(f"selection_size must be a fraction of train in (0, 1) or a whole number of examples, "
                               f"got {self.selection_size!r}.")
-        from .models.roles import canonical_targets
-
         self.targets = canonical_targets(self.targets)
         self.method = self.method.lower()
-        self.task = canonical_task(self.task)
         self.role_lr = _check_role_lr(self.role_lr)
         if "v" in self.role_lr and self.lr_ratio != 1.0 and float(self.role_lr["v"]) != float(self.lr_ratio):
             raise ConfigError(f"lr_ratio={self.lr_ratio} and role_lr.v={self.role_lr['v']} disagree; give one of them.")
-        self._check_tracker_names()
+        self.tracker = check_tracker_names(self.tracker)  # names this version knows (the schema checked the type)
         if self.quant_compute_dtype is not None and self.quantize != "4bit":
             raise ConfigError(f"quant_compute_dtype is the compute dtype of 4-bit layers; it needs quantize 4bit, "
                               f"got quantize {self.quantize!r}.")
-        if self.custom is not None:
-            from .tasks.custom import check_spec  # keys, types, labels, metrics: before any key
-
-            check_spec({k: v for k, v in self.custom.items() if k != "sha256"})  # sha256: set by resolve
-            _check_custom(self.task, self.custom)
-        self._check_ratios_have_roles()
-
-    def _check_ratios_have_roles(self) -> None:
-        """Role targets say which roles train before any model loads, so a λ for a role they leave out is refused
-        here (a suite finds it before its first run); patterns and ``all`` are judged on the optimizer groups."""
-        from .models.roles import parse_roles
-        from .strategy import unapplied_ratio
-
-        roles = parse_roles(self.targets) if self.targets != "all" else None
-        for role, ratio in sorted(self.role_ratios.items()):
-            if roles is not None and ratio != 1.0 and role not in roles:
-                raise unapplied_ratio(role, ratio, self.method, self.targets, self.lr_ratio != 1.0)
-
-    def _check_tracker_names(self) -> None:
-        """The schema checks the type (a list of names); the names must be trackers this version knows."""
-        from .trackers import check_names
-
-        self.tracker = check_names(self.tracker)
 
     # ------------------------------------------------------------------ derived values
     @property
@@ -219,48 +196,12 @@ class RunConfig:
             ratios["v"] = float(self.lr_ratio)
         return ratios
 
-    def resolved(self) -> RunConfig:
-        """The config with every default made explicit (the method's arguments, the training length).
-
-        Two configs that mean the same experiment resolve to the same thing, and so get the same key.
-        """
-        from .methods import get_method
-
-        method = get_method(self.method).from_config(self.method_args)
-        self.check_method(method)  # a suite that asks what a method cannot do fails at expansion, before any run
-        changes: dict[str, Any] = {"method": method.name, "method_args": method.args_dict()}
-        if self.epochs is None and self.steps is None:
-            changes["epochs"] = DEFAULT_EPOCHS
-        if self.precision == "auto":  # resolved before hashing: the key names the precision that ran
-            changes["precision"] = best_precision(self.device)
-        if self.custom is not None:  # the user's data is named by what it holds (file hashes, columns)
-            changes.update(resolve_custom(self.task, self.custom))
-        task = _known_task(self.task, self.custom)
-        if task is not None:  # what the task kind fills in or refuses (a generation task's template)
-            changes.update(task.kind.resolve(self, task))
-        if self.quantize == "4bit" and self.quant_compute_dtype is None:  # the key names the dtype that ran
-            changes["quant_compute_dtype"] = best_precision(self.device)
-        if not method.capabilities.clipping:  # the key and the record say what ran: no clipping
-            changes["max_grad_norm"] = None
-        return self.replace(**changes)
-
-    def check_method(self, method: Any) -> None:
-        """Refuse what the method's declared capabilities rule out (targets, quantized base, λ), in one line."""
-        from .methods.capabilities import check_run
-
-        check_run(method, targets=self.targets, quantize=self.quantize, role_ratios=self.role_ratios,
-                  lr_ratio=self.lr_ratio, default_targets=DEFAULT_TARGETS, exporting=bool(self.export_dir),
-                  gradient_checkpointing=bool(self.gradient_checkpointing), max_grad_norm=self.max_grad_norm,
-                  default_max_grad_norm=DEFAULTS["max_grad_norm"])
-
     def identity(self) -> dict[str, Any]:
         """The fields that define the experiment (everything but where things live and how they are shown).
 
         A local file or folder is named by its content (``sha256:<hex>``), not by its path: an edited file is a
         new experiment, the same file reached by another path the same one. The user's data files are named by
-        the hashes :func:`resolve_custom` records, their paths left out."""
-        from .content import identity
-
+        the hashes :func:`efficientft.resolve.resolve_custom` records, their paths left out."""
         d = self.to_dict()
         for name in ENVIRONMENT_FIELDS:
             d.pop(name, None)
@@ -269,22 +210,10 @@ class RunConfig:
                 d.pop(name)
         for name in CONTENT_FIELDS:
             if isinstance(d.get(name), str):
-                d[name] = identity(d[name], _read_first(name))
+                d[name] = content_identity(d[name], _read_first(name))
         if d.get("custom") and "sha256" in d["custom"]:
             d["custom"] = {k: v for k, v in d["custom"].items() if k not in ("train", "dev")}
         return d
-
-    def key(self) -> str:
-        """A stable hash of the resolved :meth:`identity`: the run's key in the results store."""
-        from .methods import get_method
-
-        resolved = self.resolved()
-        identity = resolved.identity()
-        revision = get_method(resolved.method).revision  # a corrected method is another experiment
-        if revision > 1:
-            identity["method_revision"] = revision
-        blob = json.dumps(identity, sort_keys=True, separators=(",", ":"), default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict[str, Any]:
@@ -354,15 +283,7 @@ def refuse_file_only_flags(d: dict, where: str) -> None:
 
 def _read_first(name: str) -> tuple[str, ...]:
     """Names its reader takes before a local path of that name: the bundled model's aliases, the training sources."""
-    if name == "model":
-        from .models.loading import ALIASES
-
-        return ALIASES
-    if name == "train_data":
-        from .tasks.generative import SOURCES
-
-        return tuple(SOURCES)
-    return ()
+    return {"model": MODEL_ALIASES, "train_data": TRAIN_SOURCES}.get(name, ())
 
 
 def coerce_setting(name: str, value: Any, where: str = "") -> Any:
@@ -374,28 +295,8 @@ def coerce_setting(name: str, value: Any, where: str = "") -> Any:
         raise ConfigError(f"{where}: {e}" if where else str(e), field=e.field) from None
 
 
-def canonical_task(name: str) -> str:
-    """A GLUE task's one spelling (``RTE``, ``SST-2`` → ``rte``, ``sst2``); other names (the user's data) as given."""
-    from .tasks import ALIASES, TASKS
-
-    low = ALIASES.get(name.lower(), name.lower())
-    return low if low in TASKS else name
-
-
-def _known_task(name: str, custom: dict | None) -> Any:
-    """The task a config names, when it is known without reading data files (None: not known here, the run
-    reports it); the user's classification files are not read for this."""
-    from .tasks import TASKS, get_task
-
-    if custom is not None:
-        return get_task(name, custom) if custom.get("type") == "generation" else None
-    return get_task(name) if name in TASKS else None
-
-
 def _check_role_lr(role_lr: dict) -> dict[str, float]:
     """Role names case-folded and known, each ratio a positive finite number."""
-    from .models.roles import ROLES
-
     out: dict[str, float] = {}
     for raw, ratio in role_lr.items():
         role = raw.strip().lower()
@@ -409,47 +310,6 @@ def _check_role_lr(role_lr: dict) -> dict[str, float]:
     return out
 
 
-LABEL_HASH = re.compile(r"@[0-9a-f]{8}$")
-
-
-def _check_custom(task: str, custom: dict) -> None:
-    """The user's data may not borrow a GLUE task's name: its runs would fill that task's cells in a table."""
-    from .tasks import TASKS
-
-    base = LABEL_HASH.sub("", task)
-    if canonical_task(base) in TASKS:
-        raise ConfigError(f"task {task!r} is a GLUE task, so it cannot name your own data (--train-file / "
-                          f"custom:); name it otherwise (e.g. --task my-{canonical_task(base)}) or leave --task out.")
-    for split in ("train", "dev"):
-        if custom.get(split) is not None and not isinstance(custom[split], str):
-            raise ConfigError(f"custom.{split} must be a file path (text), got {custom[split]!r}.")
-
-
-def resolve_custom(task: str, custom: dict) -> dict[str, Any]:
-    """The user's data named by what it is: the column spec made explicit, the SHA-256 of each file, and the task
-    label ``<name>@<hash8>`` (a hash of both), so runs on different files never share a key or a table cell."""
-    from .content import file_sha256
-
-    spec = {k: v for k, v in custom.items() if k != "sha256"}
-    if spec.get("type") == "generation":  # instruction rows have fixed keys; the answer type is their protocol
-        spec.setdefault("answer", "text")
-    else:
-        text = spec.get("text_columns") or ["text"]
-        spec["text_columns"] = [c.strip() for c in text.split(",")] if isinstance(text, str) else list(text)
-        spec.setdefault("label_column", "label")
-        spec.setdefault("type", "classification")
-    hashes = {}
-    for split in ("train", "dev"):
-        if spec.get(split):
-            if not Path(spec[split]).is_file():
-                raise not_a_file("data file", spec[split])
-            hashes[split] = file_sha256(spec[split])
-    spec["sha256"] = hashes
-    blob = json.dumps({k: v for k, v in spec.items() if k not in ("train", "dev")}, sort_keys=True, default=str)
-    label = f"{LABEL_HASH.sub('', task)}@{hashlib.sha256(blob.encode()).hexdigest()[:8]}"
-    return {"task": label, "custom": spec}
-
-
 def check_max_length(max_length: int, tokenizer: Any, pair: bool) -> None:
     """A length that leaves no room for text after the tokenizer's special tokens truncates nothing (the
     tokenizer gives up and keeps whole inputs); refuse it, naming the minimum."""
@@ -459,26 +319,6 @@ def check_max_length(max_length: int, tokenizer: Any, pair: bool) -> None:
         kind = "a pair of texts" if pair else "one text"
         raise ConfigError(f"max_length {max_length} is too small: the tokenizer adds {specials} special tokens to "
                           f"{kind}, so at least {least} are needed (one per text); give --max-length {least} or more.")
-
-
-def best_precision(device: str = "auto") -> str:
-    """``bf16`` where the device computes in bf16 natively (a CUDA GPU that supports it, or a CPU with AVX-512
-    BF16 or AMX instructions), else ``fp32``."""
-    import torch
-
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    if use_cuda:
-        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if {"avx512_bf16", "amx_bf16"} & cpu_flags() else "fp32"
-
-
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags (Linux ``/proc/cpuinfo``; empty elsewhere)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return set(next((line for line in f if line.startswith("flags")), "").split())
-    except OSError:
-        return set()
 
 
 def load_yaml(path: str | Path) -> Any:

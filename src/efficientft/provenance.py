@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
 from .content import file_sha256  # noqa: F401 - data files in a run's provenance
+from .version import __version__
 
 PACKAGES = ("torch", "transformers", "peft", "accelerate", "datasets", "numpy", "scikit-learn", "scipy",
             "safetensors", "tokenizers", "galore-torch", "ray")

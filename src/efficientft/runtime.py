@@ -104,7 +104,7 @@ class Runtime:
 
 
 def resolved_precision(cfg: RunConfig) -> str:
-    from .config import best_precision
+    from .hardware import best_precision
 
     return best_precision(cfg.device) if cfg.precision == "auto" else cfg.precision
 

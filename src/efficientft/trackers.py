@@ -17,24 +17,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, did_you_mean
-
-# tracker name -> the module it needs (and the extra that installs it)
-TRACKERS = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
-
-
-def check_names(names: list[str]) -> list[str]:
-    """The tracker names (each entry may hold several, comma-separated), stripped and without repeats; an unknown
-    one is a ConfigError naming the accepted."""
-    out: list[str] = []
-    for raw in (part for entry in names for part in entry.split(",") if part.strip()):
-        name = raw.strip().lower()
-        if name not in TRACKERS:
-            raise ConfigError(f"tracker {raw!r} is not known.{did_you_mean(name, list(TRACKERS))} Accepted: "
-                              f"{', '.join(TRACKERS)} (several allowed, comma-separated).")
-        if name not in out:
-            out.append(name)
-    return out
+from .errors import ConfigError
+from .vocab import TRACKERS
+from .vocab import check_tracker_names as check_names  # noqa: F401 - its old home
 
 
 def check_installed(names: list[str]) -> None:

@@ -37,6 +37,7 @@ from .models import ALL, describe, fingerprint, load_model, resolve_model, resol
 from .models.large import enable_gradient_checkpointing
 from .models.loading import LoadOptions
 from .models.loading import check_max_length as check_positions
+from .resolve import check_method, checked, resolve, run_key
 from .runtime import Runtime, build_runtime, check_runtime, check_shards
 from .step import MAX_SKIPPED_IN_A_ROW, Diverged, forward, optimizer_step  # noqa: F401 - forward: re-exported
 from .store import Store
@@ -164,6 +165,7 @@ def prepare(cfg: RunConfig, runtime: Runtime | None = None, resume: TrainState |
     from data again (``init_from_data`` does not run), the rest when training starts (:func:`train`).
     """
     t0 = time.perf_counter()
+    cfg = checked(cfg)  # what needs tasks, data and the strategy (done already if resolved; prepare may get a raw one)
     check_installed(cfg.tracker)
     if cfg.export_dir:  # a used folder fails now, not after training
         check_export_dir(cfg.export_dir, cfg.overwrite)
@@ -179,7 +181,7 @@ def prepare(cfg: RunConfig, runtime: Runtime | None = None, resume: TrainState |
                           f"{kind.no_feature_cache_reason}; drop --feature-cache.")
     method_cls = get_method(cfg.method)
     method: Method = method_cls.from_config(cfg.method_args)
-    cfg.check_method(method)  # targets, quantized base and λ against the method's declared capabilities
+    check_method(cfg, method)  # targets, quantized base and λ against the method's declared capabilities
     kind.check_method(method)  # e.g. a method that declares it cannot train a generation task
     if runtime.sharded:
         sharding.check_config(cfg, method, runtime.precision)
@@ -546,9 +548,9 @@ def run(cfg: RunConfig, store: Store | None = None, progress: bool | None = None
     that a sweep finished while this one was set up is returned as stored, not trained again).
     """
     fresh_process = _first_in_process()
-    cfg = cfg.resolved()
+    cfg = resolve(cfg)
     progress = cfg.progress if progress is None else progress
-    key = cfg.key()
+    key = run_key(cfg)
     runtime = build_runtime(cfg)  # once: loading, training, the step and evaluation all use this one
     device = runtime.device
     if not runtime.is_main:

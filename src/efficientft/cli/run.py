@@ -95,11 +95,11 @@ def _float(v: str, what: str) -> float:
 
 
 def cmd_run(a: argparse.Namespace) -> int:
-    cfg = api.check_run(config_from_args(a), a.push_to_hub)
+    cfg = api.check_run(config_from_args(a), a.push_to_hub, where=a.config or "")
     store = api.open_store(a.store)
     existing = api.stored_done(store, cfg, a.force)
     if existing is not None:
-        print(f"run {cfg.key()} is already done in {store.path}; showing it (use --force to run it again).",
+        print(f"run {api.run_key(cfg)} is already done in {store.path}; showing it (use --force to run it again).",
               file=sys.stderr)
         record = existing
     else:

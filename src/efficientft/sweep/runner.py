@@ -27,6 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import ConfigError
+from ..resolve import run_key
 from ..store import Store, skip_reason
 from .executors import InProcess, Item, LocalPool, Outcome
 from .options import EXECUTORS, SweepOptions, environment  # noqa: F401 - their home before the schema
@@ -241,7 +242,7 @@ def _successive_halving(suite: Suite, runs: list[PlannedRun], store: Store, exec
                 for r in groups[g][c]:
                     cfg = r.cfg.replace(steps=budget)
                     tags = {**r.tags, "rung": rung, "budget": budget}
-                    batch.append(PlannedRun(cfg, cfg.key(), tags, r.where))
+                    batch.append(PlannedRun(cfg, run_key(cfg), tags, r.where))
         executor.run([item(r) for r in batch], on_result)
         steps_sh += len(batch) * budget
         keys_sh += [r.key for r in batch]
@@ -251,7 +252,7 @@ def _successive_halving(suite: Suite, runs: list[PlannedRun], store: Store, exec
             for c in cands:
                 vals = []
                 for r in groups[g][c]:
-                    rec = by_key.get(r.cfg.replace(steps=budget).key())
+                    rec = by_key.get(run_key(r.cfg.replace(steps=budget)))
                     vals.append(_selection_score(rec, sel.select_by))
                 ok = [v for v in vals if v is not None]
                 scores[c] = statistics.fmean(ok) if ok else None

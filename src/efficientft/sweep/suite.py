@@ -17,7 +17,7 @@ A suite is YAML::
 A list in ``grid`` or in a method entry (also inside ``method_args`` / ``role_lr``) is an axis; an entry's value
 replaces the grid's for that entry (so each method can have its own learning-rate grid). Precedence, last wins:
 defaults → grid → method entry → per_task. Every expanded run is validated (:class:`RunConfig` and the method's
-arguments via :meth:`RunConfig.resolved`) before anything runs; errors name the file, the line and the field.
+arguments via :func:`~efficientft.resolve.resolve`) before anything runs; errors name the file, the line and the field.
 """
 
 
@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import DEFAULT_TASK, RunConfig, canonical_task
+from ..config import DEFAULT_TASK, RunConfig
 from ..errors import ConfigError, did_you_mean
 from ..suites import resolve_suite
 from .expand import PlannedRun, _default_label, _locate, _to_config_dict, group_key
@@ -91,6 +91,8 @@ class Suite:
         ``env``: environment fields (data_dir, device, progress) set on every run; they do not change keys.
         All errors are collected and raised together as one :class:`ConfigError`.
         """
+        from ..resolve import canonical_task, run_key
+
         env = dict(env or {})
         missing = [k for k in self.requires if k not in env]
         if missing:
@@ -135,7 +137,7 @@ class Suite:
                     if str(e) not in errors:
                         errors.append(str(e))
                     continue
-                key = cfg.key()
+                key = run_key(cfg)
                 if key in seen:
                     continue
                 seen.add(key)
@@ -152,6 +154,7 @@ class Suite:
     def _config(self, values: dict[Path_, Any], origin: dict[Path_, int], env: dict, validate: bool,
                 fallback: int) -> RunConfig:
         from ..methods import METHODS
+        from ..resolve import resolve
         from ..tasks import get_task
 
         d = _to_config_dict(values)
@@ -168,7 +171,7 @@ class Suite:
                 raise ConfigError(f"{cfg_where(('task',))}: {e}") from None
         try:
             cfg = RunConfig.from_dict({**d, **env, "progress": env.get("progress", False)})
-            return cfg.resolved()
+            return resolve(cfg)
         except ConfigError as e:
             raise ConfigError(f"{self.path}, line {_locate(e, origin, fallback)}: {e}") from None
 
@@ -193,6 +196,8 @@ def load_suite(path: str | Path) -> Suite:
     """Read and check a suite's structure (expanding it with :meth:`Suite.expand` validates every run).
 
     ``path`` is a suite file or the name of a shipped suite (``quick``, ``paper-table2``; see ``eft suites``)."""
+    from ..resolve import canonical_task
+
     p = resolve_suite(path)
     raw = load_marked(p)
     f = str(p)

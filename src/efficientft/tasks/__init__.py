@@ -4,6 +4,7 @@ the LLM-Adapters suites, synthetic tasks) and the user's own files."""
 from __future__ import annotations
 
 from ..registry import Registry
+from ..vocab import TASK_ALIASES
 from .base import ENV_DATA_DIR, DataOptions, Examples, Task
 from .custom import CustomTask
 from .generative import custom_instruct_task, generative_tasks
@@ -13,8 +14,7 @@ TASKS: Registry[Task] = Registry("task")
 for _t in [*GLUE_TASKS, *SAMPLE_TASKS, *generative_tasks()]:
     TASKS.add(_t.name, _t)
 
-# Common spellings of the GLUE names.
-ALIASES = {"sst-2": "sst2", "sts-b": "stsb", "mnli-m": "mnli"}
+ALIASES = TASK_ALIASES  # common spellings of the GLUE names
 
 
 def get_task(name: str, custom: dict | None = None) -> Task:
