@@ -1,9 +1,13 @@
 """The one training loop, for every method: set-up → train → evaluate → record.
 
-Read top to bottom: :func:`run` resolves everything that can fail on bad input *before* the first step (task,
-method, data, model, targets), then trains with AdamW (or the method's optimizer), a warm-up + decay schedule,
-gradient accumulation, clipping and autocast, evaluating every ``eval_every`` steps and at the end. Methods act
-only through the hooks of :class:`~efficientft.methods.base.Method`.
+Read top to bottom: :func:`prepare` sets up a run in small steps and raises everything that can fail on bad input
+*before* the first step (task, method, data, model, targets); :class:`Trainer` trains it with AdamW (or the
+method's optimizer), a warm-up + decay schedule, gradient accumulation, clipping and autocast, evaluating every
+``eval_every`` steps and at the end, its progress on ``self`` (the :class:`~efficientft.checkpoint.TrainState` a
+checkpoint saves) and its curves, trackers and progress bar fed through one :class:`~efficientft.logger.Logger`;
+:func:`run` joins them under a :class:`~efficientft.recorder.Recorder` (the store's record, the status of each
+outcome). Methods act only through the hooks of :class:`~efficientft.methods.base.Method`; task kinds evaluate
+through :class:`~efficientft.tasks.base.EvalContext`, which :class:`Prepared` satisfies.
 """
 
 from __future__ import annotations
