@@ -155,3 +155,53 @@ def test_a_method_that_declares_no_generation_is_refused_in_one_line(causal_llam
     with pytest.raises(ConfigError, match=r"^method 'lora' does not train generation tasks \(its capabilities "
                                           r"declare generation: False\); choose another method"):
         prepare(gen_config(causal_llama))
+
+
+# ------------------------------------------------------------------- the kinds evaluate through a context (issue 24)
+def _context(p):
+    """Exactly what :class:`efficientft.tasks.base.EvalContext` names, and nothing of the loop's own object."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(cfg=p.cfg, task=p.task, model=p.model, tokenizer=p.tokenizer, evals=p.evals,
+                           kind_state=p.kind_state, device=p.device, pad_id=p.info["pad_id"], autocast=p.autocast,
+                           forward=p.forward)
+
+
+def test_a_kind_evaluates_through_the_context_and_returns_its_outcome(causal_llama, tiny_bert):
+    from tests.conftest import tiny_config
+
+    p = prepare(gen_config(causal_llama).resolved())
+    ctx = _context(p)
+    before = dict(vars(ctx))
+    out = GENERATION.evaluate(ctx, "dev")
+    assert set(out.scores) == {"exact_match"} and 0.0 <= out.scores["exact_match"] <= 1.0
+    assert len(out.predictions) == len(p.evals["dev"]) and {"id", "generated", "extracted", "gold", "correct"} <= set(
+        out.predictions[0])
+    assert set(out.cost) == {"generation_s", "generated_tokens"} and out.cost["generated_tokens"] > 0
+    summary = GENERATION.summarise(ctx, {"dev/exact_match": out.scores["exact_match"]})
+    assert summary["forgetting/lm_loss_before"] == p.info["forgetting"]["lm_loss_before"]
+    assert summary["forgetting/increase"] == pytest.approx(0.0, abs=1e-6)  # not trained: the same loss
+    assert vars(ctx) == before and p.predictions == {} and p.eval_cost == {}  # the kind wrote nothing
+
+    p = prepare(tiny_config(tiny_bert).resolved())
+    out = CLASSIFICATION.evaluate(_context(p), "dev")
+    assert set(out.scores) == {"accuracy"} and out.predictions is None and out.cost == {}
+
+
+def test_the_tasks_layer_imports_nothing_of_the_loop():
+    """Not at module level, not in a function, not under TYPE_CHECKING (``lint-imports`` checks the whole graph)."""
+    import ast
+    from pathlib import Path
+
+    import efficientft.tasks
+
+    loop = {"train", "step", "checkpoint", "recorder", "logger", "trackers", "features", "meters", "sharding"}
+    found = []
+    for path in Path(efficientft.tasks.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 2 and (node.module or "").split(".")[0] in loop:
+                found.append(f"{path.name}:{node.lineno} {node.module}")
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("efficientft.") \
+                    and node.module.split(".")[1] in loop:
+                found.append(f"{path.name}:{node.lineno} {node.module}")
+    assert found == []

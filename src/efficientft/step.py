@@ -9,13 +9,27 @@ from __future__ import annotations
 import math
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn as nn
 
-if TYPE_CHECKING:
-    from .train import Prepared
+
+class StepRun(Protocol):
+    """What a step reads of a prepared run (:class:`efficientft.train.Prepared` is one)."""
+
+    cfg: Any  # max_grad_norm
+    task: Any  # its kind weighs micro-batches
+    method: Any
+    model: nn.Module
+    runtime: Any  # autocast
+    groups: list[dict]
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    features: Any  # a FeatureCache, or None
+
+    @property
+    def device(self) -> torch.device: ...
 
 
 class Diverged(RuntimeError):
@@ -32,7 +46,7 @@ class Diverged(RuntimeError):
 MAX_SKIPPED_IN_A_ROW = 25
 
 
-def forward(p: Prepared, split: str, idx, batch: dict[str, torch.Tensor], runner: nn.Module | None = None):
+def forward(p: StepRun, split: str, idx, batch: dict[str, torch.Tensor], runner: nn.Module | None = None):
     """The model's forward on a batch of examples ``idx`` of ``split`` (from cached features where enabled).
 
     ``runner`` is what is called (the DDP-wrapped model in a data-parallel run); default ``p.model``.
@@ -42,13 +56,13 @@ def forward(p: Prepared, split: str, idx, batch: dict[str, torch.Tensor], runner
         return (runner or p.model)(**batch)
 
 
-def batch_weight(p: Prepared, batch: dict[str, torch.Tensor]) -> int:
+def batch_weight(p: StepRun, batch: dict[str, torch.Tensor]) -> int:
     """How much a micro-batch counts in its optimizer step: the units its loss is a mean over, as the task kind
     says (examples for classification, target tokens for generation)."""
     return p.task.kind.batch_weight(batch)
 
 
-def accumulate(p: Prepared, micro: list[tuple[Any, dict[str, torch.Tensor]]], step: int,
+def accumulate(p: StepRun, micro: list[tuple[Any, dict[str, torch.Tensor]]], step: int,
                scaler: torch.amp.GradScaler | None = None, runner: nn.Module | None = None,
                accel: Any = None) -> float:
     """Forward and backward over the micro-batches of one step; returns the step's mean loss.
@@ -94,7 +108,7 @@ def _grads_finite(params: list[torch.Tensor]) -> bool:
     return not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
 
 
-def optimizer_step(p: Prepared, micro: list[tuple[Any, dict[str, torch.Tensor]]], step: int,
+def optimizer_step(p: StepRun, micro: list[tuple[Any, dict[str, torch.Tensor]]], step: int,
                    scaler: torch.amp.GradScaler | None = None, runner: nn.Module | None = None,
                    accel: Any = None) -> StepResult:
     """One optimizer step over the micro-batches ``[(indices, batch), ...]``: forward, backward, method hooks,
@@ -135,7 +149,7 @@ def optimizer_step(p: Prepared, micro: list[tuple[Any, dict[str, torch.Tensor]]]
     return StepResult(loss, None if skipped else grad_norm, lr, skipped)
 
 
-def owned_step(p: Prepared, micro: list[tuple[Any, dict[str, torch.Tensor]]], step: int,
+def owned_step(p: StepRun, micro: list[tuple[Any, dict[str, torch.Tensor]]], step: int,
                runner: nn.Module | None = None, accel: Any = None) -> StepResult:
     """A step of a method that updates the weights itself from forward passes (``capabilities.owns_update``).
 

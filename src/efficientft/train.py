@@ -1,9 +1,13 @@
 """The one training loop, for every method: set-up → train → evaluate → record.
 
-Read top to bottom: :func:`run` resolves everything that can fail on bad input *before* the first step (task,
-method, data, model, targets), then trains with AdamW (or the method's optimizer), a warm-up + decay schedule,
-gradient accumulation, clipping and autocast, evaluating every ``eval_every`` steps and at the end. Methods act
-only through the hooks of :class:`~efficientft.methods.base.Method`.
+Read top to bottom: :func:`prepare` sets up a run in small steps and raises everything that can fail on bad input
+*before* the first step (task, method, data, model, targets); :class:`Trainer` trains it with AdamW (or the
+method's optimizer), a warm-up + decay schedule, gradient accumulation, clipping and autocast, evaluating every
+``eval_every`` steps and at the end, its progress on ``self`` (the :class:`~efficientft.checkpoint.TrainState` a
+checkpoint saves) and its curves, trackers and progress bar fed through one :class:`~efficientft.logger.Logger`;
+:func:`run` joins them under a :class:`~efficientft.recorder.Recorder` (the store's record, the status of each
+outcome). Methods act only through the hooks of :class:`~efficientft.methods.base.Method`; task kinds evaluate
+through :class:`~efficientft.tasks.base.EvalContext`, which :class:`Prepared` satisfies.
 """
 
 from __future__ import annotations
@@ -13,8 +17,7 @@ import random
 import re
 import sys
 import time
-import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,26 +25,28 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from . import checkpoint, content, memory_model, provenance, sharding
+from . import checkpoint, content, memory_model, sharding
 from .checkpoint import TrainState
 from .config import DEFAULT_EPOCHS, RunConfig
 from .data import Encoded, TrainBatches
-from .errors import AlreadyDone, ConfigError
+from .errors import ConfigError
 from .features import FeatureCache
 from .flops import FlopShape, flop_shape, speed_cost
-from .meters import MemorySampler, PeakMemory, StepTimer
+from .logger import Logger
+from .meters import MemorySampler, StepTimer
 from .methods import get_method
 from .methods.base import Context, Method, check_export_dir
 from .methods.capabilities import check_model
-from .models import ALL, describe, fingerprint, load_model, resolve_model, resolve_targets
+from .models import ALL, describe, load_model, resolve_model, resolve_targets
 from .models.large import enable_gradient_checkpointing
 from .models.loading import LoadOptions
 from .models.loading import check_max_length as check_positions
 from .resolve import check_method, checked, resolve, run_key
+from .recorder import EvaluationFailed, Recorder
 from .runtime import Runtime, build_runtime, check_runtime, check_shards
 from .step import MAX_SKIPPED_IN_A_ROW, Diverged, forward, optimizer_step  # noqa: F401 - forward: re-exported
 from .store import Store
-from .strategy import Strategy, check_ratios_applied, describe_groups
+from .strategy import Strategy, check_ratios_applied
 from .tasks import DataOptions, Examples, Task, get_task
 from .trackers import Trackers, check_installed
 
@@ -101,17 +106,29 @@ class Prepared:
     info: dict[str, Any] = field(default_factory=dict)
     features: FeatureCache | None = None
     resume: TrainState | None = None  # the checkpoint this run continues from
-    # what the task kind's evaluation leaves behind: the last predictions per split (generation: one row per
-    # example) and its cost figures (generation_s, generated_tokens), recorded apart from training time
+    # what the task kind's evaluations returned, kept by the loop (:func:`evaluate`): the last predictions per split
+    # (generation: one row per example) and its cost figures (generation_s, generated_tokens), recorded apart from
+    # training time
     predictions: dict[str, list[dict]] = field(default_factory=dict)
     eval_cost: dict[str, float] = field(default_factory=dict)
-    kind_state: dict[str, Any] = field(default_factory=dict)  # the kind's own working state (not recorded)
+    kind_state: Any = None  # the kind's own working state, from its ``before_training`` (not recorded)
     inputs: dict[str, Any] = field(default_factory=dict)  # the content of what it read (kept in its checkpoints)
     flop_shape: FlopShape | None = None  # what its model FLOPs are counted from (before sharding splits it)
 
+    # ---------------------------------------------- what a task kind evaluates through (tasks.base.EvalContext)
     @property
     def device(self) -> torch.device:
         return self.runtime.device
+
+    @property
+    def pad_id(self) -> int:
+        return self.info["pad_id"]
+
+    def autocast(self):
+        return self.runtime.autocast()
+
+    def forward(self, split: str, idx, batch: dict[str, torch.Tensor]):
+        return forward(self, split, idx, batch)
 
     def batches(self) -> TrainBatches:
         return TrainBatches(self.train, self.cfg.batch_size, self.info["pad_id"], self.cfg.seed, self.cfg.bucket)
@@ -166,25 +183,8 @@ def prepare(cfg: RunConfig, runtime: Runtime | None = None, resume: TrainState |
     """
     t0 = time.perf_counter()
     cfg = checked(cfg)  # what needs tasks, data and the strategy (done already if resolved; prepare may get a raw one)
-    check_installed(cfg.tracker)
-    if cfg.export_dir:  # a used folder fails now, not after training
-        check_export_dir(cfg.export_dir, cfg.overwrite)
-    if runtime is None:
-        runtime = build_runtime(cfg)
-    else:
-        check_runtime(runtime, cfg)
-    device = runtime.device
-    task = get_task(cfg.task, cfg.custom)
-    kind = task.kind  # the loop asks the kind; it never tests which kind it is
-    if cfg.feature_cache and not kind.supports_feature_cache:
-        raise ConfigError(f"feature_cache does not work with {kind.name} tasks such as {task.name!r}: "
-                          f"{kind.no_feature_cache_reason}; drop --feature-cache.")
-    method_cls = get_method(cfg.method)
-    method: Method = method_cls.from_config(cfg.method_args)
-    check_method(cfg, method)  # targets, quantized base and λ against the method's declared capabilities
-    kind.check_method(method)  # e.g. a method that declares it cannot train a generation task
-    if runtime.sharded:
-        sharding.check_config(cfg, method, runtime.precision)
+    runtime, task, method = _check_settings(cfg, runtime)
+    kind, device = task.kind, runtime.device  # the loop asks the kind; it never tests which kind it is
     train_ex, eval_ex = load_data(task, cfg)
 
     seed_everything(cfg.seed)  # the head's random init depends on the seed only
@@ -210,17 +210,7 @@ def prepare(cfg: RunConfig, runtime: Runtime | None = None, resume: TrainState |
     inputs = read_inputs(cfg, loaded.path, train_ex, eval_ex)
     if resume is not None and not_resumed(resume, inputs_changed(resume, inputs)):
         resume = None
-    torch.manual_seed(cfg.seed)  # adapter initialisation depends on the seed only
-    try:
-        model = method.prepare(model, targets, ctx).to(device)
-    except (MemoryError, RuntimeError) as e:  # sizes that do not fit (a rank of 10**8): one line, not a traceback
-        if not isinstance(e, MemoryError) and "can't allocate memory" not in str(e) and "out of memory" not in str(e):
-            raise
-        args = ", ".join(f"{k}={v}" for k, v in method.args_dict().items()) or "its defaults"
-        size = re.search(r"[Tt]ried to allocate (\d+) bytes", str(e))
-        what = f"one tensor of {int(size.group(1)) / 2**30:,.1f} GiB" if size else "its adapters"
-        raise ConfigError(f"method {cfg.method!r} ({args}) ran out of memory allocating {what} on this model; "
-                          "choose smaller sizes.") from None
+    model = _adapt(cfg, method, model, targets, ctx, device)
     pad_id = loaded.tokenizer.pad_token_id
     batches = TrainBatches(train, cfg.batch_size, pad_id, cfg.seed, cfg.bucket)
     if resume is not None:
@@ -231,13 +221,7 @@ def prepare(cfg: RunConfig, runtime: Runtime | None = None, resume: TrainState |
     shape = flop_shape(model)
     if runtime.sharded:  # before the optimizer exists: it must hold the sharded parameters
         model = sharding.shard(model, runtime)
-    groups = method.param_groups(model, Strategy(cfg.role_ratios), cfg.lr, cfg.weight_decay)
-    if not groups:
-        raise ConfigError(f"method {cfg.method!r} with targets {cfg.targets!r} left no parameter to train.")
-    check_ratios_applied(groups, cfg.role_ratios, cfg.method, cfg.targets, from_lr_ratio=cfg.lr_ratio != 1.0)
-    optimizer = method.optimizer(groups, cfg.lr, cfg.weight_decay)
-    warmup = int(round(cfg.warmup_ratio * total))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule_fn(cfg.schedule, warmup, total))
+    groups, optimizer, scheduler, warmup = _optimizer(cfg, method, model, total)
     info = {
         "model_path": loaded.path, "is_decoder": loaded.is_decoder,
         "pad_id": pad_id, "warmup_steps": warmup, "epochs": total * cfg.grad_accum / per_epoch,
@@ -252,18 +236,81 @@ def prepare(cfg: RunConfig, runtime: Runtime | None = None, resume: TrainState |
         info["encoding"] = encoding
     if runtime.sharded:
         info["sharding"] = sharding.describe(model, runtime)
-    features = None
-    if cfg.feature_cache:
-        features = FeatureCache(model, runtime.autocast)
-        for name, enc in [("train", train), *evals.items()]:
-            features.add_split(name, enc, pad_id)
-        features.check("train")  # a model or method the cache cannot serve fails here, before training
-        info["feature_cache"] = {"layers": features.list_name, "first_trained_layer": features.k}
+    features = _feature_cache(cfg, model, runtime, [("train", train), *evals.items()], pad_id, info)
     prepared = Prepared(cfg, task, method, model, loaded.tokenizer, runtime, train, evals, total, groups, optimizer,
                         scheduler, base_params, info, features, resume, inputs=inputs, flop_shape=shape)
-    kind.before_training(prepared)  # e.g. the LM loss on held-out text before any step (the forgetting baseline)
+    baseline = kind.before_training(prepared)  # e.g. the LM loss on held-out text before any step (forgetting)
+    if baseline is not None:
+        info.update(baseline.info)
+        prepared.kind_state = baseline.state
     info["setup_s"] = time.perf_counter() - t0
     return prepared
+
+
+def _check_settings(cfg: RunConfig, runtime: Runtime | None) -> tuple[Runtime, Task, Method]:
+    """What can be refused before reading any data: trackers, the export folder, the runtime, the task and the
+    method (against each other's declared capabilities)."""
+    check_installed(cfg.tracker)
+    if cfg.export_dir:  # a used folder fails now, not after training
+        check_export_dir(cfg.export_dir, cfg.overwrite)
+    if runtime is None:
+        runtime = build_runtime(cfg)
+    else:
+        check_runtime(runtime, cfg)
+    task = get_task(cfg.task, cfg.custom)
+    kind = task.kind
+    if cfg.feature_cache and not kind.supports_feature_cache:
+        raise ConfigError(f"feature_cache does not work with {kind.name} tasks such as {task.name!r}: "
+                          f"{kind.no_feature_cache_reason}; drop --feature-cache.")
+    method_cls = get_method(cfg.method)
+    method: Method = method_cls.from_config(cfg.method_args)
+    check_method(cfg, method)  # targets, quantized base and λ against the method's declared capabilities
+    kind.check_method(method)  # e.g. a method that declares it cannot train a generation task
+    if runtime.sharded:
+        sharding.check_config(cfg, method, runtime.precision)
+    return runtime, task, method
+
+
+def _adapt(cfg: RunConfig, method: Method, model: nn.Module, targets: list, ctx: Context,
+           device: torch.device) -> nn.Module:
+    """The method's adapters injected (or its trainable weights chosen), seeded by the run's seed only; sizes that
+    do not fit (a rank of 10**8) are one line, not a traceback."""
+    torch.manual_seed(cfg.seed)  # adapter initialisation depends on the seed only
+    try:
+        return method.prepare(model, targets, ctx).to(device)
+    except (MemoryError, RuntimeError) as e:
+        if not isinstance(e, MemoryError) and "can't allocate memory" not in str(e) and "out of memory" not in str(e):
+            raise
+        args = ", ".join(f"{k}={v}" for k, v in method.args_dict().items()) or "its defaults"
+        size = re.search(r"[Tt]ried to allocate (\d+) bytes", str(e))
+        what = f"one tensor of {int(size.group(1)) / 2**30:,.1f} GiB" if size else "its adapters"
+        raise ConfigError(f"method {cfg.method!r} ({args}) ran out of memory allocating {what} on this model; "
+                          "choose smaller sizes.") from None
+
+
+def _optimizer(cfg: RunConfig, method: Method, model: nn.Module, total: int) -> tuple[list[dict], Any, Any, int]:
+    """The parameter groups (learning rates by role), the optimizer, the warm-up + decay schedule, the warm-up."""
+    groups = method.param_groups(model, Strategy(cfg.role_ratios), cfg.lr, cfg.weight_decay)
+    if not groups:
+        raise ConfigError(f"method {cfg.method!r} with targets {cfg.targets!r} left no parameter to train.")
+    check_ratios_applied(groups, cfg.role_ratios, cfg.method, cfg.targets, from_lr_ratio=cfg.lr_ratio != 1.0)
+    optimizer = method.optimizer(groups, cfg.lr, cfg.weight_decay)
+    warmup = int(round(cfg.warmup_ratio * total))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule_fn(cfg.schedule, warmup, total))
+    return groups, optimizer, scheduler, warmup
+
+
+def _feature_cache(cfg: RunConfig, model: nn.Module, runtime: Runtime, splits: list[tuple[str, Encoded]], pad_id: int,
+                   info: dict[str, Any]) -> FeatureCache | None:
+    """The frozen layers' features of every split, computed once (``feature_cache``), or None."""
+    if not cfg.feature_cache:
+        return None
+    features = FeatureCache(model, runtime.autocast)
+    for name, enc in splits:
+        features.add_split(name, enc, pad_id)
+    features.check("train")  # a model or method the cache cannot serve fails here, before training
+    info["feature_cache"] = {"layers": features.list_name, "first_trained_layer": features.k}
+    return features
 
 
 def read_inputs(cfg: RunConfig, model_path: str, train_ex: Examples, eval_ex: dict[str, Examples]) -> dict[str, Any]:
@@ -312,8 +359,14 @@ def device_batches(p: Prepared, start: int = 0):
 
 
 def evaluate(p: Prepared, split: str) -> dict[str, float]:
-    """Scores of the current model on one evaluation split (the task kind says how it evaluates)."""
-    return p.task.kind.evaluate(p, split)
+    """Scores of the current model on one evaluation split (the task kind says how it evaluates); the loop keeps
+    what the kind returns beside them (its predictions, its cost figures)."""
+    out = p.task.kind.evaluate(p, split)
+    if out.predictions is not None:
+        p.predictions[split] = out.predictions
+    for name, value in out.cost.items():
+        p.eval_cost[name] = p.eval_cost.get(name, 0) + value
+    return out.scores
 
 
 def evaluate_all(p: Prepared) -> dict[str, float]:
@@ -324,7 +377,7 @@ def evaluate_all(p: Prepared) -> dict[str, float]:
 
 def train(p: Prepared, store: Store | None = None, key: str = "", progress: bool = True,
           checkpoints: checkpoint.Checkpoints | None = None, trackers: Trackers | None = None) -> dict[str, Any]:
-    """The loop. Returns scores, curves and timings; raises :class:`Diverged` on a non-finite loss.
+    """The loop (:class:`Trainer`). Returns scores, curves and timings; raises :class:`Diverged` on a non-finite loss.
 
     ``total_steps`` counts applied optimizer steps. Under fp16 a step the GradScaler skips (overflowing gradients)
     is tried again on the next batches, so the run still takes its whole schedule; the skipped attempts are timed
@@ -337,143 +390,166 @@ def train(p: Prepared, store: Store | None = None, key: str = "", progress: bool
     evaluation), and when SIGTERM or Ctrl-C arrives (at the end of the step under way, then the run stops as
     cancelled). A run prepared from a checkpoint (``p.resume``) continues from it exactly.
     """
-    cfg, model, device, runtime = p.cfg, p.model, p.device, p.runtime
-    scaler = runtime.grad_scaler()
-    timer = StepTimer(device)
-    state = p.resume or TrainState()
-    state.inputs = p.inputs
-    if p.resume is not None:
-        state.restore(p, scaler)  # the RNG last: nothing below draws from it before the first step
-        for name, value in state.counters.items():  # the cost figures count the whole run, every attempt
+    trainer = Trainer(p, store, key, progress, checkpoints, trackers)
+    trainer.train()
+    return trainer.outcome(trainer.evaluate())
+
+
+class Trainer:
+    """One prepared run's training, its progress on ``self``: :attr:`state` is exactly what a checkpoint saves (step,
+    data cursor, curves, evaluations, skipped steps, timer totals, evaluation time), written back into the model,
+    optimizer, scheduler, scaler and RNG (:meth:`save`, and :meth:`TrainState.restore` when ``p.resume``)."""
+
+    def __init__(self, p: Prepared, store: Store | None = None, key: str = "", progress: bool = True,
+                 checkpoints: checkpoint.Checkpoints | None = None, trackers: Trackers | None = None) -> None:
+        self.p, self.checkpoints, runtime = p, checkpoints, p.runtime
+        self.scaler = runtime.grad_scaler()
+        self.timer = StepTimer(p.device)
+        self.state = TrainState() if p.resume is None else replace(  # its own copy: p.resume stays as it was read
+            p.resume, curve=list(p.resume.curve), evals=list(p.resume.evals), skipped=list(p.resume.skipped))
+        self.state.inputs = p.inputs
+        self.resumed_from = p.resume.step if p.resume is not None else None
+        if p.resume is not None:
+            self._restore()
+        self.eval_s0 = self.state.eval_s  # this attempt's training time leaves out its evaluations
+        self.train_s0 = self.state.counters.get("train_s", 0.0)
+        self.batches = device_batches(p, self.state.drawn)
+        self.accel = runtime.accelerator
+        self.runner = p.model  # DDP: gradients averaged in backward; FSDP: the model is sharded (and averages) already
+        if self.accel is not None and not runtime.sharded:
+            self.runner = self.accel.prepare_model(p.model)
+        self.evaluates = runtime.is_main or runtime.sharded  # a sharded model's forward needs every process
+        self.log = Logger(self.state.curve, store, key, trackers if trackers is not None else
+                          Trackers([], key, {}, Path(".")), _progress(p, progress and runtime.is_main, self.state.step),
+                          replay=p.resume is not None)
+        self.in_a_row = 0  # fp16 steps the GradScaler skipped in a row
+        self.train_s = 0.0
+        p.model.train()
+        self.t_train = time.perf_counter()
+
+    def _restore(self) -> None:
+        """Continue from ``p.resume``: the model, optimizer, scheduler, scaler, then the RNG (nothing below draws
+        from it before the first step); the cost figures count the whole run, every attempt."""
+        self.state.restore(self.p, self.scaler)
+        for name, value in self.state.counters.items():
             if name != "train_s":
-                setattr(timer, name, value)
-        if store is not None:  # the store forgot the curve when this attempt started
-            store.add_curves(key, [tuple(r) for r in state.curve])
-    rows, evals, skipped = state.curve, state.evals, state.skipped
-    flushed = len(rows)
-    eval_s = eval_s0 = state.eval_s
-    train_s0 = state.counters.get("train_s", 0.0)
-    batches = device_batches(p, state.drawn)
-    accel = runtime.accelerator
-    main = runtime.is_main
-    runner = model  # DDP: gradients averaged in backward; FSDP: the model is sharded (and averages) already
-    if accel is not None and not runtime.sharded:
-        runner = accel.prepare_model(model)
-    evaluates = main or runtime.sharded  # a sharded model's forward needs every process (each gathers weights)
-    bar = _progress(p, progress and main, state.step)
-    ema = None
-    model.train()
-    t_train = time.perf_counter()
-    step, in_a_row = state.step, 0
-    tracked = trackers if trackers is not None else Trackers([], key, {}, Path("."))
+                setattr(self.timer, name, value)
 
-    def save(rng: dict | None = None) -> Path:
-        state.step, state.drawn, state.eval_s = step, drawn, eval_s
-        state.counters = {n: getattr(timer, n) for n in ("tokens", "padded_tokens", "examples", "times",
-                                                         "token_pairs", "longest_batch")}
-        state.counters["train_s"] = train_s0 + time.perf_counter() - t_train - (eval_s - eval_s0)
-        state.capture(p, scaler)
-        if rng is not None:
-            state.blobs["rng"] = rng
-        state.trackers = tracked.run_ids()
-        return checkpoints.save(state)
-
-    drawn = state.drawn
-    with checkpoint.deferred_interrupts(checkpoints is not None) as interrupted:
-        while step < p.total_steps:
-            timer.start()
-            micro = [_shard_indexed(*next(batches), accel) for _ in range(cfg.grad_accum)]
-            drawn += cfg.grad_accum
-            for _, batch in micro:
-                timer.tokens += int(batch["attention_mask"].sum())
-                timer.padded_tokens += batch["attention_mask"].numel()
-                timer.token_pairs += int((batch["attention_mask"].sum(1) ** 2).sum())
-                timer.longest_batch = max(timer.longest_batch, batch["attention_mask"].numel())
-                timer.examples += len(batch["labels"])
-            try:
-                result = optimizer_step(p, micro, step + 1, scaler, runner, accel)
-            except Diverged as e:
-                e.curve, e.skipped = rows[flushed:], skipped  # the curve so far is kept for diagnosis
-                raise
-            timer.stop()
-            if result.skipped:
-                skipped.append(step + 1)
-                in_a_row += 1
-                if in_a_row >= MAX_SKIPPED_IN_A_ROW:
-                    e = Diverged(step + 1, result.loss, rows[flushed:],
-                                 f"gradients were inf or NaN in {in_a_row} fp16 steps in a row at step {step + 1} "
-                                 "(the GradScaler skipped them all)")
-                    e.skipped = skipped
-                    raise e
+    def train(self) -> None:
+        """Optimizer steps up to ``total_steps``, evaluating every ``eval_every`` and checkpointing every
+        ``checkpoints.every`` steps; Ctrl-C or SIGTERM saves at the end of the step under way, then stops."""
+        p, cfg, s, checkpoints = self.p, self.p.cfg, self.state, self.checkpoints
+        with checkpoint.deferred_interrupts(checkpoints is not None) as interrupted:
+            while s.step < p.total_steps:
+                result = self._attempt()
+                if result.skipped:
+                    self._skipped(result)
+                    if interrupted():
+                        self.save()
+                        raise KeyboardInterrupt
+                    continue
+                s.step, self.in_a_row = s.step + 1, 0
+                self.log.step(s.step, result.loss, result.lr, result.grad_norm)
+                if self.evaluates and cfg.eval_every and s.step % cfg.eval_every == 0 and s.step != p.total_steps:
+                    self._evaluate_during()
+                if checkpoints is not None and (interrupted() or  # the last step too: a rerun then only evaluates
+                                                s.step != p.total_steps and checkpoints.every
+                                                and s.step % checkpoints.every == 0):
+                    self.save()
                 if interrupted():
-                    save()
                     raise KeyboardInterrupt
-                continue
-            step, in_a_row = step + 1, 0
-            ema = result.loss if ema is None else 0.9 * ema + 0.1 * result.loss
-            logged = {"loss": result.loss, "lr": result.lr}
-            if result.grad_norm is not None:
-                logged["grad_norm"] = result.grad_norm
-            rows += [["train", step, k, v] for k, v in logged.items()]
-            tracked.log(step, {f"train/{k}": v for k, v in logged.items()})
-            if bar is not None:
-                bar.set_postfix(loss=f"{ema:.4f}", refresh=False)
-                bar.update(1)
-            if evaluates and cfg.eval_every and step % cfg.eval_every == 0 and step != p.total_steps:
-                t = time.perf_counter()
-                scores = evaluate_all(p)
-                eval_s += time.perf_counter() - t
-                evals.append([step, scores])
-                rows += [["eval", step, k, v] for k, v in scores.items()]
-                tracked.log(step, scores)
-                if store is not None:  # flush so a long run's curve is visible (and kept) while it trains
-                    store.add_curves(key, [tuple(r) for r in rows[flushed:]])
-                    flushed = len(rows)
-            if checkpoints is not None and (interrupted() or  # the last step too: a rerun then only evaluates
-                                            step != p.total_steps and checkpoints.every and step % checkpoints.every == 0):
-                save()
-            if interrupted():
-                raise KeyboardInterrupt
-    train_s = train_s0 + time.perf_counter() - t_train - (eval_s - eval_s0)
-    if accel is not None:  # each process counted its own shard; throughput is the whole run's
-        for name in ("tokens", "padded_tokens", "examples"):
-            setattr(timer, name, int(accel.reduce(torch.tensor(getattr(timer, name), device=device), "sum")))
-    if bar is not None:
-        bar.close()
-    t, rng = time.perf_counter(), checkpoint.rng_state()
-    try:
-        with checkpoint.deferred_interrupts(checkpoints is not None, defer=False):  # SIGTERM is Ctrl-C here
-            final = evaluate_all(p) if evaluates else {}
-    except KeyboardInterrupt:  # Ctrl-C or SIGTERM while evaluating: stored cancelled, and a rerun only evaluates
-        if checkpoints is not None:
-            save(rng)
-        raise
-    except Exception as e:  # the trained state is kept: a rerun evaluates it without training again
-        eval_s += time.perf_counter() - t
-        kept = save(rng) if checkpoints is not None else None  # the RNG as the evaluation found it
-        raise EvaluationFailed(p.total_steps, kept, rows[flushed:], e) from e
-    eval_s += time.perf_counter() - t
-    if accel is not None:
-        accel.wait_for_everyone()
-    evals.append([p.total_steps, final])
-    rows += [["eval", p.total_steps, k, v] for k, v in final.items()]
-    tracked.log(p.total_steps, final)
-    return {"scores": final, "evals": [tuple(e) for e in evals], "curve": [tuple(r) for r in rows[flushed:]],
-            "timer": timer, "train_s": train_s, "eval_s": eval_s, "skipped_steps": skipped,
-            "resumed_from_step": p.resume.step if p.resume is not None else None}
+        self.train_s = self._train_s()
+        if self.accel is not None:  # each process counted its own shard; throughput is the whole run's
+            for name in ("tokens", "padded_tokens", "examples"):
+                setattr(self.timer, name, int(self.accel.reduce(torch.tensor(getattr(self.timer, name),
+                                                                              device=p.device), "sum")))
+        self.log.close()
 
+    def _attempt(self):
+        """One optimizer step's attempt: its micro-batches drawn (the data cursor moves), counted, stepped, timed."""
+        timer, cfg, s = self.timer, self.p.cfg, self.state
+        timer.start()
+        micro = [_shard_indexed(*next(self.batches), self.accel) for _ in range(cfg.grad_accum)]
+        s.drawn += cfg.grad_accum
+        for _, batch in micro:
+            timer.tokens += int(batch["attention_mask"].sum())
+            timer.padded_tokens += batch["attention_mask"].numel()
+            timer.token_pairs += int((batch["attention_mask"].sum(1) ** 2).sum())
+            timer.longest_batch = max(timer.longest_batch, batch["attention_mask"].numel())
+            timer.examples += len(batch["labels"])
+        try:
+            result = optimizer_step(self.p, micro, s.step + 1, self.scaler, self.runner, self.accel)
+        except Diverged as e:
+            e.curve, e.skipped = self.log.pending(), s.skipped  # the curve so far is kept for diagnosis
+            raise
+        timer.stop()
+        return result
 
-class EvaluationFailed(RuntimeError):
-    """Training ended, the final evaluation raised. ``checkpoint``: the trained state, saved (None: checkpoints
-    are off); ``curve``: the curve rows not yet in the store."""
+    def _skipped(self, result: Any) -> None:
+        """An fp16 step the GradScaler skipped; too many in a row are a divergence."""
+        s = self.state
+        s.skipped.append(s.step + 1)
+        self.in_a_row += 1
+        if self.in_a_row >= MAX_SKIPPED_IN_A_ROW:
+            e = Diverged(s.step + 1, result.loss, self.log.pending(),
+                         f"gradients were inf or NaN in {self.in_a_row} fp16 steps in a row at step {s.step + 1} "
+                         "(the GradScaler skipped them all)")
+            e.skipped = s.skipped
+            raise e
 
-    def __init__(self, steps: int, checkpoint: Path | None, curve: list, cause: BaseException) -> None:
-        kept = (f"the trained state is kept in {checkpoint}: run it again to evaluate it without training"
-                if checkpoint is not None else "this run keeps no checkpoint (checkpoint_every 0, or data-parallel), "
-                "so the trained state is lost")
-        super().__init__(f"training finished ({steps} steps) and the final evaluation failed "
-                         f"({type(cause).__name__}: {cause}); {kept}.")
-        self.checkpoint, self.curve = checkpoint, curve
+    def _evaluate_during(self) -> None:
+        """An evaluation between steps (``eval_every``); its curve rows are flushed to the store."""
+        t = time.perf_counter()
+        scores = evaluate_all(self.p)
+        self.state.eval_s += time.perf_counter() - t
+        self.state.evals.append([self.state.step, scores])
+        self.log.scores(self.state.step, scores)
+        self.log.flush()
+
+    def evaluate(self) -> dict[str, float]:
+        """The final evaluation. Ctrl-C or SIGTERM during it: the trained state is saved (a rerun only evaluates)
+        and the interrupt raised; any other failure: saved, raised as :class:`EvaluationFailed`."""
+        p, s = self.p, self.state
+        t, rng = time.perf_counter(), checkpoint.rng_state()
+        try:
+            with checkpoint.deferred_interrupts(self.checkpoints is not None, defer=False):  # SIGTERM is Ctrl-C here
+                final = evaluate_all(p) if self.evaluates else {}
+        except KeyboardInterrupt:
+            if self.checkpoints is not None:
+                self.save(rng)
+            raise
+        except Exception as e:  # the trained state is kept: a rerun evaluates it without training again
+            s.eval_s += time.perf_counter() - t
+            kept = self.save(rng) if self.checkpoints is not None else None  # the RNG as the evaluation found it
+            raise EvaluationFailed(p.total_steps, kept, self.log.pending(), e) from e
+        s.eval_s += time.perf_counter() - t
+        if self.accel is not None:
+            self.accel.wait_for_everyone()
+        s.evals.append([p.total_steps, final])
+        self.log.scores(p.total_steps, final)
+        return final
+
+    def outcome(self, final: dict[str, float]) -> dict[str, Any]:
+        """Scores, evaluations, the curve rows not yet stored, the timer and timings of the run."""
+        s = self.state
+        return {"scores": final, "evals": [tuple(e) for e in s.evals], "curve": [tuple(r) for r in self.log.pending()],
+                "timer": self.timer, "train_s": self.train_s, "eval_s": s.eval_s, "skipped_steps": s.skipped,
+                "resumed_from_step": self.resumed_from}
+
+    def _train_s(self) -> float:
+        return self.train_s0 + time.perf_counter() - self.t_train - (self.state.eval_s - self.eval_s0)
+
+    def save(self, rng: dict | None = None) -> Path:
+        """Checkpoint the whole training state (``rng``: the RNG as given, not as it is now)."""
+        s = self.state
+        s.counters = {n: getattr(self.timer, n) for n in ("tokens", "padded_tokens", "examples", "times",
+                                                          "token_pairs", "longest_batch")}
+        s.counters["train_s"] = self._train_s()
+        s.capture(self.p, self.scaler)
+        if rng is not None:
+            s.blobs["rng"] = rng
+        s.trackers = self.log.trackers.run_ids()
+        return self.checkpoints.save(s)
 
 
 def _progress(p: Prepared, enabled: bool, initial: int = 0):
@@ -497,6 +573,24 @@ def best_dev(task: Task, evals: list[tuple[int, dict[str, float]]]) -> dict[str,
     out = {k.replace("dev/", "best_dev/", 1): v for k, v in scores.items() if k.startswith("dev/")}
     out["best_dev/step"] = step
     return out
+
+
+def measured(p: Prepared, out: dict[str, Any], sampled: dict[str, Any], rss_start: int) -> tuple[dict, dict, dict]:
+    """What a trained run records: its scores (with the best-dev convention's), its cost figures (memory over
+    training ``sampled``, throughput, FLOPs, the memory model's prediction, timings, optimizer state) and details."""
+    scores = {**out["scores"], **best_dev(p.task, out["evals"])}
+    timer, runtime = out["timer"], p.runtime
+    cost = {**sampled, **timer.summary()}
+    cost.update(speed_cost(p.flop_shape, p.method.capabilities, timer.tokens, timer.token_pairs, sum(timer.times),
+                           runtime.device, runtime.precision))
+    cost.update(_predicted_memory(p, timer.longest_batch, rss_start))
+    cost.update(train_s=out["train_s"], eval_s=out["eval_s"], **p.eval_cost)
+    if p.features is not None:
+        cost["feature_cache_mb"] = p.features.nbytes / 2**20
+    state = p.method.optimizer_state(p.optimizer)
+    cost.update(optimizer_state_numel=sum(t.numel() for t in state),
+                optimizer_state_bytes=sum(t.numel() * t.element_size() for t in state))
+    return scores, cost, {"skipped_steps": out["skipped_steps"]}
 
 
 def _predicted_memory(p: Prepared, tokens: int, rss_start: int) -> dict[str, Any]:
@@ -536,7 +630,7 @@ def run(cfg: RunConfig, store: Store | None = None, progress: bool | None = None
     """One run end to end: set up (all validation first), train, evaluate, store. Returns the stored record.
 
     Bad input raises :class:`ConfigError` before anything is stored. A non-finite loss stores the run as
-    ``diverged``; any other exception as ``failed`` (and is re-raised); Ctrl-C as ``cancelled``.
+    ``diverged``; any other exception as ``failed`` (and is re-raised); Ctrl-C as ``cancelled`` (:class:`Recorder`).
 
     With a store, the run checkpoints into the store's ``<store>.checkpoints/<key>/`` beside it
     (``checkpoint_every``); when a checkpoint of this key is there (an earlier attempt was killed, cancelled or
@@ -552,123 +646,16 @@ def run(cfg: RunConfig, store: Store | None = None, progress: bool | None = None
     progress = cfg.progress if progress is None else progress
     key = run_key(cfg)
     runtime = build_runtime(cfg)  # once: loading, training, the step and evaluation all use this one
-    device = runtime.device
-    if not runtime.is_main:
-        store = None  # one process of a data-parallel run writes the record
-    memory = PeakMemory(device)
-    memory.reset()
-    t0 = time.perf_counter()
-    folder = None  # data-parallel runs are not checkpointed
-    if store is not None and runtime.accelerator is None:
-        folder = checkpoint.folder_for(store.path, key)
-    resume = None
-    if folder is not None and store.status(key) != "done":
-        checkpoint.adopt_legacy(store.path, key)
-        resume = checkpoint.Checkpoints(folder, 0).latest()
-    p = prepare(cfg, runtime, resume)
-    resume = p.resume  # None when the checkpoint was saved from other inputs (prepare said so)
-    checkpoints = None
-    if folder is not None and cfg.checkpoint_every != 0:  # 0: off, not even on SIGTERM
-        every = cfg.checkpoint_every if cfg.checkpoint_every is not None else checkpoint.default_every(p.total_steps)
-        checkpoints = checkpoint.Checkpoints(folder, every)
-    prov = {
-        "code": provenance.code_version(), "packages": provenance.package_versions(),
-        "hardware": provenance.hardware(device), "command": provenance.command_line(), "seed": cfg.seed,
-        "data_seed": cfg.data_seed, "data_files": {f: provenance.file_sha256(f) for f in p.info["data_files"]},
-        "model": {"name": cfg.model, "path": p.info["model_path"], "sha256": fingerprint(p.info["model_path"])},
-        "comparable": p.task.comparable,
-    }
-    main_metric = f"dev/{p.task.main_metric}"
-    if store is not None:
-        try:
-            store.start(key, cfg.to_dict(), prov, tags, main_metric, redo_done=force)
-        except AlreadyDone as e:
-            print(f"note: {e}", file=sys.stderr)
-            return store.get(key) or {}
-    try:  # after the claim: a run that is not trained opens no tracker run
-        trackers = Trackers(cfg.tracker if runtime.is_main else [], key, cfg.to_dict(),
-                            store.path.parent if store is not None else Path("."), resume.step if resume else 0,
-                            resume.trackers if resume else None)
-    except BaseException:
-        if store is not None:  # a tracker that cannot start leaves the store as it was
-            store.unclaim(key)
-        raise
-    if resume is None and folder is not None:  # a fresh start (--force): checkpoints left by an earlier attempt go
-        checkpoint.remove(folder)
-    cost: dict[str, Any] = {
-        "trainable_params": p.method.trainable_parameters(p.model), "base_params": p.base_params,
-        "total_params": sum(q.numel() for q in {id(q): q for q in p.model.parameters()}.values()),
-        "setup_s": p.info["setup_s"], "total_steps": p.total_steps, "epochs": p.info["epochs"],
-        "processes": runtime.num_processes,
-    }
-    cost["trainable_fraction"] = cost["trainable_params"] / max(1, p.base_params)
-    details = {"groups": describe_groups(p.groups), "info": p.info, "method_args": p.method.args_dict(),
-               "fresh_process": fresh_process}
-    status, error, scores = "done", None, {}
-    if resume is not None:
-        details["resumed_from_step"] = resume.step
-        print(f"run {key}: resuming from step {resume.step} of {p.total_steps} ({resume.path})"
-              + ("; training had finished: evaluating it" if resume.step >= p.total_steps else ""), file=sys.stderr)
-    try:
-        with MemorySampler(device) as sampler:  # memory over training: mean and p99 beside the peak
-            out = train(p, store, key, progress, checkpoints, trackers)
-        cost.update(sampler.summary())
-        scores = {**out["scores"], **best_dev(p.task, out["evals"])}
-        timer = out["timer"]
-        cost.update(timer.summary())
-        cost.update(speed_cost(p.flop_shape, p.method.capabilities, timer.tokens, timer.token_pairs,
-                               sum(timer.times), device, runtime.precision))
-        cost.update(_predicted_memory(p, timer.longest_batch, memory.start))
-        cost.update(train_s=out["train_s"], eval_s=out["eval_s"], **p.eval_cost)
-        details["skipped_steps"] = out["skipped_steps"]
-        if p.features is not None:
-            cost["feature_cache_mb"] = p.features.nbytes / 2**20
-        state = p.method.optimizer_state(p.optimizer)
-        cost.update(optimizer_state_numel=sum(t.numel() for t in state),
-                    optimizer_state_bytes=sum(t.numel() * t.element_size() for t in state))
-        if store is not None:
-            store.add_curves(key, out["curve"])
-            if p.predictions:  # every prediction of the final evaluation, for reports and audits
-                store.add_predictions(key, p.predictions)
+    # one process of a data-parallel run writes the record
+    recorder = Recorder(cfg, key, store if runtime.is_main else None, runtime, fresh_process)
+    p = prepare(cfg, runtime, recorder.resume_point())
+    if not recorder.claim(p, tags, force):
+        return recorder.stored()
+    with recorder:  # the outcome -> the run's status; the record is written whatever happens
+        with MemorySampler(runtime.device) as sampler:  # memory over training: mean and p99 beside the peak
+            out = train(p, recorder.store, key, progress, recorder.checkpoints, recorder.trackers)
+        recorder.trained(*measured(p, out, sampler.summary(), recorder.memory.start), out["curve"], p.predictions)
         if cfg.export_dir and runtime.is_main:
             exported = p.method.export(p.model, Path(cfg.export_dir), cfg.overwrite, p.tokenizer)
-            details["export"] = {"dir": cfg.export_dir, **exported}
-    except Diverged as e:
-        status, error = "diverged", str(e)
-        details["diverged_at_step"] = e.step
-        details["skipped_steps"] = e.skipped
-        if store is not None:
-            store.add_curves(key, e.curve)
-    except KeyboardInterrupt:
-        status, error = "cancelled", "interrupted (Ctrl-C or SIGTERM)"
-        raise
-    except EvaluationFailed as e:  # trained: the record says so, the curves and the checkpoint stay
-        status, error = "failed", f"{e}\n{traceback.format_exc(limit=8)}"
-        details["failed_in"] = "final evaluation"
-        details["trained_checkpoint"] = str(e.checkpoint) if e.checkpoint is not None else None
-        if store is not None:
-            store.add_curves(key, e.curve)
-        raise
-    except BaseException as e:  # noqa: BLE001 - recorded, then re-raised (SystemExit too: never stored as done)
-        status, error = "failed", f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=8)}"
-        raise
-    finally:
-        cost.update(memory.read())
-        if "predicted_peak_mb" in cost:
-            cost.update(memory_model.compare(cost["predicted_peak_mb"], cost.get("peak_memory_mb")))
-        cost["wall_s"] = time.perf_counter() - t0
-        main = scores.get(main_metric)
-        try:
-            if store is not None:
-                store.finish(key, status, scores, cost, details, error, main)
-            if status == "done" and folder is not None and not cfg.keep_checkpoints:
-                checkpoint.remove(folder)
-        finally:
-            trackers.log(p.total_steps, {f"cost/{k}": v for k, v in cost.items()})
-            trackers.finish(status)
-    record = store.get(key) if store is not None else None
-    if record is None:
-        record = {"run_key": key, "status": status, "config": cfg.to_dict(), "scores": scores, "cost": cost,
-                  "provenance": prov, "details": details, "error": error, "main_metric": main_metric,
-                  "main_score": scores.get(main_metric)}
-    return record
+            recorder.details["export"] = {"dir": cfg.export_dir, **exported}
+    return recorder.record()

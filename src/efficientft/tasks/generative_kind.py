@@ -32,8 +32,7 @@ from .kinds import TaskKind
 
 if TYPE_CHECKING:
     from ..config import RunConfig
-    from ..train import Prepared
-    from .base import Task
+    from .base import Baseline, EvalContext, Evaluation, Task
 
 IGNORE = -100  # the label of a position the loss skips (Hugging Face's ignore_index)
 FORGETTING_EXAMPLES = 32  # the default held-out slice: this many examples of the task's first evaluation set
@@ -202,14 +201,15 @@ class GenerationKind(TaskKind):
         return int((batch["labels"][:, 1:] != IGNORE).sum())
 
     @torch.no_grad()
-    def evaluate(self, p: Prepared, split: str) -> dict[str, float]:
+    def evaluate(self, p: EvalContext, split: str) -> Evaluation:
         from ..generation import generate
         from .answers import extract, is_correct
+        from .base import Evaluation
 
         enc: SFTEncoded = p.evals[split]  # type: ignore[assignment]
         was_training = p.model.training
         p.model.eval()
-        with p.runtime.autocast():
+        with p.autocast():
             out = generate(p.model, p.tokenizer, enc.prompts, p.cfg.max_new_tokens or enc.max_new_tokens, enc.stop,
                            batch_size=p.cfg.eval_batch_size, device=p.device,
                            add_special_tokens=enc.add_special_tokens, max_prompt_tokens=enc.max_prompt_tokens)
@@ -220,37 +220,38 @@ class GenerationKind(TaskKind):
             rows.append({"id": enc.example_ids[i], "question": enc.questions[i], "generated": text,
                          "extracted": pred, "gold": enc.gold[i], "correct": bool(is_correct(enc.filter, pred,
                                                                                           enc.gold[i]))})
-        p.predictions[split] = rows
-        p.eval_cost["generation_s"] = p.eval_cost.get("generation_s", 0.0) + out.seconds
-        p.eval_cost["generated_tokens"] = p.eval_cost.get("generated_tokens", 0) + out.new_tokens
-        return {"exact_match": float(np.mean([r["correct"] for r in rows])) if rows else float("nan")}
+        return Evaluation({"exact_match": float(np.mean([r["correct"] for r in rows])) if rows else float("nan")},
+                          rows, {"generation_s": out.seconds, "generated_tokens": out.new_tokens})
 
-    def summarise(self, p: Prepared, scores: dict[str, float]) -> dict[str, float]:
+    def summarise(self, p: EvalContext, scores: dict[str, float]) -> dict[str, float]:
         """A suite's average over its evaluation sets (as ``dev/exact_match``), and the forgetting score."""
         out: dict[str, float] = {}
         sets = [s for s in p.task.eval_splits if f"{s}/exact_match" in scores and not p.task.sets[s].extra]
         if "dev" not in p.task.eval_splits and sets:
             out["dev/exact_match"] = float(np.mean([scores[f"{s}/exact_match"] for s in sets]))
-        before = p.info.get("forgetting", {}).get("lm_loss_before")
+        before = (p.kind_state or {}).get("lm_loss_before")
         if before is not None:
             after = lm_loss(p, p.kind_state["forgetting_batches"])
             out.update({"forgetting/lm_loss": after, "forgetting/lm_loss_before": before,
                         "forgetting/increase": after - before})
         return out
 
-    def before_training(self, p: Prepared) -> None:
+    def before_training(self, p: EvalContext) -> Baseline | None:
+        from .base import Baseline
+
         texts, source = forgetting_texts(p)
         enc = [np.asarray(tokenizer_ids(p.tokenizer, t)[: p.cfg.max_length], dtype=np.int64) for t in texts]
         enc = [e for e in enc if len(e) > 1]
         if not enc:
-            return
+            return None
         batches = []
         for i in range(0, len(enc), p.cfg.eval_batch_size):
             chunk = enc[i: i + p.cfg.eval_batch_size]
             sft = SFTEncoded([e.astype(np.int32) for e in chunk], None, np.arange(len(chunk)), {}, list(chunk))
-            batches.append(sft.collate(list(range(len(chunk))), p.info["pad_id"]))
-        p.kind_state["forgetting_batches"] = batches
-        p.info["forgetting"] = {"source": source, "texts": len(enc), "lm_loss_before": lm_loss(p, batches)}
+            batches.append(sft.collate(list(range(len(chunk))), p.pad_id))
+        before = lm_loss(p, batches)
+        return Baseline({"forgetting": {"source": source, "texts": len(enc), "lm_loss_before": before}},
+                        {"forgetting_batches": batches, "lm_loss_before": before})
 
 
 def prompt_room(config: Any, max_new_tokens: int, tokenizer: Any, name: str) -> int | None:
@@ -273,7 +274,7 @@ def tokenizer_ids(tokenizer: Any, text: str) -> list[int]:
 
 
 @torch.no_grad()
-def lm_loss(p: Prepared, batches: list[dict[str, torch.Tensor]]) -> float:
+def lm_loss(p: EvalContext, batches: list[dict[str, torch.Tensor]]) -> float:
     """The mean next-token cross-entropy over every target token of ``batches``, from the logits: a method's own
     additions to the training loss (AdaLoRA's orthogonality regulariser) are not part of a language model's loss."""
     model = p.model
@@ -282,7 +283,7 @@ def lm_loss(p: Prepared, batches: list[dict[str, torch.Tensor]]) -> float:
     total, count = 0.0, 0
     for b in batches:
         b = {k: v.to(p.device) for k, v in b.items()}
-        with p.runtime.autocast():
+        with p.autocast():
             logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
         labels = b["labels"][:, 1:]
         # the text's own positions are the last ones: a prompt-type method (prompt tuning, P-tuning) puts its
@@ -295,7 +296,7 @@ def lm_loss(p: Prepared, batches: list[dict[str, torch.Tensor]]) -> float:
     return total / count if count else float("nan")
 
 
-def forgetting_texts(p: Prepared) -> tuple[list[str], str]:
+def forgetting_texts(p: EvalContext) -> tuple[list[str], str]:
     """The held-out text of the forgetting score: the user's file, else prompt + response of the first
     :data:`FORGETTING_EXAMPLES` examples of the task's first evaluation set."""
     path = p.cfg.forgetting_file

@@ -33,8 +33,7 @@ from ..models.loading import SEQUENCE_CLASSIFICATION
 if TYPE_CHECKING:
     from ..config import RunConfig
     from ..data import Encoded
-    from ..train import Prepared
-    from .base import Task
+    from .base import Baseline, EvalContext, Evaluation, Task
 
 
 class TaskKind:
@@ -79,15 +78,17 @@ class TaskKind:
         """The units a micro-batch's loss is a mean over, so accumulation weights micro-batches by them."""
         return int(batch["labels"].shape[0])
 
-    def evaluate(self, p: Prepared, split: str) -> dict[str, float]:  # pragma: no cover - abstract
+    def evaluate(self, p: EvalContext, split: str) -> Evaluation:  # pragma: no cover - abstract
+        """Scores of the current model on one evaluation split, with what the loop records beside them."""
         raise NotImplementedError
 
-    def summarise(self, p: Prepared, scores: dict[str, float]) -> dict[str, float]:
+    def summarise(self, p: EvalContext, scores: dict[str, float]) -> dict[str, float]:
         """Scores derived from all splits' scores (a suite's average); none by default."""
         return {}
 
-    def before_training(self, p: Prepared) -> None:
+    def before_training(self, p: EvalContext) -> Baseline | None:
         """Measure what must be measured on the model before its first step (the forgetting baseline)."""
+        return None
 
     def higher_is_better(self, metric: str) -> bool:
         return metric.rsplit("/", 1)[-1] not in self.lower_is_better
@@ -136,25 +137,25 @@ class ClassificationKind(TaskKind):
         return encode(examples, tokenizer, cfg.max_length, with_types)
 
     @torch.no_grad()
-    def evaluate(self, p: Prepared, split: str) -> dict[str, float]:
+    def evaluate(self, p: EvalContext, split: str) -> Evaluation:
         """Argmax (or the regression output) over length-sorted batches, scored by the task's metrics."""
         from ..data import eval_batches
-        from ..step import forward
+        from .base import Evaluation
         from .metrics import compute
 
         model, enc = p.model, p.evals[split]
         was_training = model.training
         model.eval()
         preds = np.zeros(len(enc), dtype=np.float64)
-        for idx, batch in eval_batches(enc, p.cfg.eval_batch_size, p.info["pad_id"]):
+        for idx, batch in eval_batches(enc, p.cfg.eval_batch_size, p.pad_id):
             batch = {k: v.to(p.device) for k, v in batch.items() if k != "labels"}
-            logits = forward(p, split, idx, batch).logits.float()
+            logits = p.forward(split, idx, batch).logits.float()
             out = logits[:, 0] if p.task.is_regression else logits.argmax(-1)
             preds[idx] = out.cpu().numpy()
         model.train(was_training)
         gold = enc.labels
         pred = preds if p.task.is_regression else preds.astype(np.int64)
-        return compute(p.task.metrics, pred, gold)
+        return Evaluation(compute(p.task.metrics, pred, gold))
 
 
 CLASSIFICATION = ClassificationKind()
