@@ -41,6 +41,7 @@ check-newest:
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) .venv-newest results .pytest_cache

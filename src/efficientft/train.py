@@ -41,8 +41,8 @@ from .models import ALL, describe, load_model, resolve_model, resolve_targets
 from .models.large import enable_gradient_checkpointing
 from .models.loading import LoadOptions
 from .models.loading import check_max_length as check_positions
-from .resolve import check_method, checked, resolve, run_key
 from .recorder import EvaluationFailed, Recorder
+from .resolve import check_method, checked, resolve, run_key
 from .runtime import Runtime, build_runtime, check_runtime, check_shards
 from .step import MAX_SKIPPED_IN_A_ROW, Diverged, forward, optimizer_step  # noqa: F401 - forward: re-exported
 from .store import Store

@@ -8,9 +8,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from ..registry import Registry
-
-METHODS: Registry[type] = Registry("method")
+from ._registry import METHODS
 
 
 def _import_all() -> None:

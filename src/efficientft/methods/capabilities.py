@@ -120,7 +120,7 @@ def check_quantized(method: Any, quantize: str | None) -> None:
     if not quantize or method.capabilities.quantized_base:
         return
     from ..errors import ConfigError
-    from . import METHODS
+    from ._registry import METHODS
 
     able = sorted(n for n, c in METHODS.items() if c.capabilities.quantized_base)
     raise ConfigError(f"method {method.name!r} cannot train on a {quantize} quantized base: "

@@ -5,18 +5,15 @@ from __future__ import annotations
 import csv
 import math
 import os
-from collections.abc import Sequence
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING
 
 from ..data import Examples  # the type lives in the core (data); tasks.Examples is its old name
 from ..errors import ConfigError, not_a_folder
 from ..textfile import csv_rows
 
 if TYPE_CHECKING:
-    from ..config import RunConfig
     from .kinds import TaskKind
 
 ENV_DATA_DIR = "EFT_DATA_DIR"
@@ -74,47 +71,6 @@ class Task:
 
     def load(self, split: str, data: DataOptions) -> Examples:  # pragma: no cover - abstract
         raise NotImplementedError
-
-
-class EvalContext(Protocol):
-    """What a task kind reads from a run to evaluate it (the training loop passes an object that satisfies it; the
-    tasks layer imports nothing of the loop). A kind reads these and returns its outcome; it writes nothing here."""
-
-    cfg: RunConfig  # read: eval_batch_size, max_length, max_new_tokens, forgetting_file
-    task: Task
-    model: Any  # the model being trained (``torch.nn.Module``)
-    tokenizer: Any
-    evals: dict[str, Any]  # the encoded evaluation splits, by name
-    kind_state: Any  # what the kind's :meth:`~.kinds.TaskKind.before_training` returned as its own state
-
-    @property
-    def device(self) -> Any: ...
-
-    @property
-    def pad_id(self) -> int: ...
-
-    def autocast(self) -> AbstractContextManager[Any]: ...
-
-    def forward(self, split: str, idx: Any, batch: dict[str, Any]) -> Any:
-        """The model's forward on a batch of examples ``idx`` of ``split`` (from cached features where enabled)."""
-
-
-@dataclass
-class Evaluation:
-    """What a task kind's evaluation of one split returns: its scores, and what the loop records beside them."""
-
-    scores: dict[str, float]
-    predictions: list[dict] | None = None  # one row per example (generation), stored with the run
-    cost: dict[str, float] = field(default_factory=dict)  # added up over evaluations (generation_s, generated_tokens)
-
-
-@dataclass
-class Baseline:
-    """What a task kind measures before the first step: figures to record (``details.info``) and its own state,
-    handed back as :attr:`EvalContext.kind_state`."""
-
-    info: dict[str, Any] = field(default_factory=dict)
-    state: Any = None
 
 
 def read_table(path: Path, delimiter: str = "\t", quoting: int = csv.QUOTE_NONE) -> list[list[str]]:

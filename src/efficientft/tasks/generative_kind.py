@@ -32,7 +32,7 @@ from .kinds import TaskKind
 
 if TYPE_CHECKING:
     from ..config import RunConfig
-    from .base import Baseline, EvalContext, Evaluation, Task
+    from .context import Baseline, EvalContext, Evaluation, GenerativeTaskView
 
 IGNORE = -100  # the label of a position the loss skips (Hugging Face's ignore_index)
 FORGETTING_EXAMPLES = 32  # the default held-out slice: this many examples of the task's first evaluation set
@@ -169,7 +169,7 @@ class GenerationKind(TaskKind):
         """None: a causal LM's ``lm_head`` is part of the model (on GPT-2 it *is* the input embeddings)."""
         return []
 
-    def resolve(self, cfg: RunConfig, task: Task) -> dict[str, Any]:
+    def resolve(self, cfg: RunConfig, task: GenerativeTaskView) -> dict[str, Any]:
         from .templates import get_template
 
         template = cfg.template or task.default_template
@@ -179,7 +179,7 @@ class GenerationKind(TaskKind):
                               "the suites (gsm8k, math, commonsense).")
         return {"template": template}
 
-    def encode(self, task: Task, examples: Any, tokenizer: Any, cfg: RunConfig, model: nn.Module,
+    def encode(self, task: GenerativeTaskView, examples: Any, tokenizer: Any, cfg: RunConfig, model: nn.Module,
                split: str) -> Encoded:
         template = cfg.template or task.default_template
         if split == "train":
@@ -204,7 +204,7 @@ class GenerationKind(TaskKind):
     def evaluate(self, p: EvalContext, split: str) -> Evaluation:
         from ..generation import generate
         from .answers import extract, is_correct
-        from .base import Evaluation
+        from .context import Evaluation
 
         enc: SFTEncoded = p.evals[split]  # type: ignore[assignment]
         was_training = p.model.training
@@ -237,7 +237,7 @@ class GenerationKind(TaskKind):
         return out
 
     def before_training(self, p: EvalContext) -> Baseline | None:
-        from .base import Baseline
+        from .context import Baseline
 
         texts, source = forgetting_texts(p)
         enc = [np.asarray(tokenizer_ids(p.tokenizer, t)[: p.cfg.max_length], dtype=np.int64) for t in texts]

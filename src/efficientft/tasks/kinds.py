@@ -33,7 +33,7 @@ from ..models.loading import SEQUENCE_CLASSIFICATION
 if TYPE_CHECKING:
     from ..config import RunConfig
     from ..data import Encoded
-    from .base import Baseline, EvalContext, Evaluation, Task
+    from .context import Baseline, EvalContext, Evaluation, TaskView
 
 
 class TaskKind:
@@ -51,7 +51,7 @@ class TaskKind:
 
     no_feature_cache_reason: ClassVar[str] = ""
 
-    def resolve(self, cfg: RunConfig, task: Task) -> dict[str, Any]:
+    def resolve(self, cfg: RunConfig, task: TaskView) -> dict[str, Any]:
         """Settings this kind fills in before the run key is computed (or refuses, with one line)."""
         return {}
 
@@ -70,7 +70,7 @@ class TaskKind:
 
         return head_modules(model)
 
-    def encode(self, task: Task, examples: Any, tokenizer: Any, cfg: RunConfig, model: nn.Module,
+    def encode(self, task: TaskView, examples: Any, tokenizer: Any, cfg: RunConfig, model: nn.Module,
                split: str) -> Encoded:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -105,7 +105,7 @@ class ClassificationKind(TaskKind):
     GENERATION_SETTINGS: ClassVar[tuple[str, ...]] = ("template", "train_on_inputs", "max_new_tokens", "train_data",
                                                       "forgetting_file")
 
-    def resolve(self, cfg: RunConfig, task: Task) -> dict[str, Any]:
+    def resolve(self, cfg: RunConfig, task: TaskView) -> dict[str, Any]:
         from ..config import DEFAULTS
         from ..errors import ConfigError
 
@@ -126,7 +126,7 @@ class ClassificationKind(TaskKind):
 
         check_max_length(cfg.max_length, tokenizer, pair=examples.text_b is not None)
 
-    def encode(self, task: Task, examples: Any, tokenizer: Any, cfg: RunConfig, model: nn.Module,
+    def encode(self, task: TaskView, examples: Any, tokenizer: Any, cfg: RunConfig, model: nn.Module,
                split: str) -> Encoded:
         import inspect
 
@@ -140,7 +140,7 @@ class ClassificationKind(TaskKind):
     def evaluate(self, p: EvalContext, split: str) -> Evaluation:
         """Argmax (or the regression output) over length-sorted batches, scored by the task's metrics."""
         from ..data import eval_batches
-        from .base import Evaluation
+        from .context import Evaluation
         from .metrics import compute
 
         model, enc = p.model, p.evals[split]
@@ -161,6 +161,6 @@ class ClassificationKind(TaskKind):
 CLASSIFICATION = ClassificationKind()
 
 
-def kind_of(task: Task) -> TaskKind:
+def kind_of(task: TaskView) -> TaskKind:
     """The kind a task declares (classification unless it says otherwise)."""
     return getattr(task, "kind", None) or CLASSIFICATION
