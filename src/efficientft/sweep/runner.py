@@ -248,15 +248,16 @@ def _successive_halving(suite: Suite, runs: list[PlannedRun], store: Store, exec
         keys_sh += [r.key for r in batch]
         by_key = {r.key: store.get(r.key) for r in batch}
         for g, cands in alive.items():
-            scores = {}
+            scores, metric = {}, _selection_metric(None, sel.select_by)
             for c in cands:
                 vals = []
                 for r in groups[g][c]:
                     rec = by_key.get(run_key(r.cfg.replace(steps=budget)))
                     vals.append(_selection_score(rec, sel.select_by))
+                    metric = _selection_metric(rec, sel.select_by) if rec is not None else metric
                 ok = [v for v in vals if v is not None]
                 scores[c] = statistics.fmean(ok) if ok else None
-            kept = halving(scores, es.reduction_factor)
+            kept = halving(scores, es.reduction_factor, metric)
             history[g].append({"rung": rung, "budget": budget,
                                "scores": [{"values": dict(zip(sel.over, c, strict=True)), "score": s}
                                           for c, s in scores.items()],
@@ -288,9 +289,14 @@ def _successive_halving(suite: Suite, runs: list[PlannedRun], store: Store, exec
     return out
 
 
+def _selection_metric(rec: dict | None, by: str) -> str:
+    """The score a run is chosen by: ``selection/<its main metric>``, or the one ``select_by`` names."""
+    main = ((rec or {}).get("main_metric") or "dev/accuracy").split("/", 1)[1]
+    return f"selection/{main}" if by == "main" else by
+
+
 def _selection_score(rec: dict | None, by: str) -> float | None:
     if rec is None or rec["status"] != "done":
         return None
-    main = (rec.get("main_metric") or "dev/accuracy").split("/", 1)[1]
-    v = (rec.get("scores") or {}).get(f"selection/{main}" if by == "main" else by)
+    v = (rec.get("scores") or {}).get(_selection_metric(rec, by))
     return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
