@@ -65,12 +65,13 @@ def state_of(record: dict | None, opts: SweepOptions) -> str:
 def _train_size(cfg, cache: dict) -> int | None:
     from ..tasks import DataOptions, get_task
 
-    k = (cfg.task, cfg.data_dir, cfg.data_source, str(cfg.custom), cfg.selection_size, cfg.data_seed)
+    k = (cfg.task, cfg.data_dir, cfg.data_source, str(cfg.custom), cfg.selection_size, cfg.selection_max,
+         cfg.data_seed)
     if k not in cache:
         try:
             train = get_task(cfg.task, cfg.custom).load("train", DataOptions(cfg.data_dir, cfg.data_source))
             if cfg.selection_size:
-                train, _ = train.split_off(cfg.selection_size, cfg.data_seed)
+                train, _ = train.split_off(cfg.selection_size, cfg.data_seed, cfg.selection_max)
             cache[k] = len(train)
         except (ConfigError, OSError):
             cache[k] = None
