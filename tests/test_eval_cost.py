@@ -93,6 +93,18 @@ def test_a_subsample_maps_its_examples_back_to_the_whole_split():
     assert Subsampled(Run(), 80, seed=3).evals["dev"] is enc  # a split no larger than the cap is scored whole
 
 
+def test_a_generation_splits_subsample_keeps_its_protocol():
+    from efficientft.tasks.generative_kind import SFTEncoded
+
+    enc = SFTEncoded([np.array([1, i]) for i in range(6)], None, np.arange(6), {"truncated": 2}, [],
+                     [f"q{i}" for i in range(6)], [f"id{i}" for i in range(6)], [f"Q{i}" for i in range(6)],
+                     [str(i) for i in range(6)], [f"o{i}" for i in range(6)], "number", 8, ("\n",))
+    sub = enc.subset([1, 4])
+    assert isinstance(sub, SFTEncoded) and sub.prompts == ["q1", "q4"] and sub.gold == ["1", "4"]
+    assert sub.example_ids == ["id1", "id4"] and list(sub.labels) == [1, 4] and sub.targets == []
+    assert (sub.filter, sub.max_new_tokens, sub.stop, sub.stats) == ("number", 8, ("\n",), {"truncated": 2})
+
+
 def test_keys_move_only_when_the_settings_are_set():
     plain = RunConfig(selection_size=0.1, eval_every=10)
     assert "selection_max" not in plain.identity() and "eval_every_max" not in plain.identity()
