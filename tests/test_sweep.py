@@ -464,10 +464,10 @@ def test_selection_chooses_on_the_selection_split_and_labels_the_convention():
 
 
 def test_halving_rule():
-    assert halving({"a": 0.5, "b": 0.9, "c": 0.7}, 3) == ["b"]
-    assert halving({"a": 0.5, "b": 0.9, "c": 0.7, "d": None, "e": 0.8, "f": 0.1}, 2) == ["b", "e", "c"]
-    assert halving({"a": None, "b": None}, 2) == ["a"]  # nothing scored: keep the first
-    assert halving({"a": 0.7, "b": 0.7}, 2) == ["a"]  # ties: the earlier candidate
+    assert halving({"a": 0.5, "b": 0.9, "c": 0.7}, 3, "selection/accuracy") == ["b"]
+    assert halving({"a": 0.5, "b": 0.9, "c": 0.7, "d": None, "e": 0.8, "f": 0.1}, 2, "selection/accuracy") == ["b", "e", "c"]
+    assert halving({"a": None, "b": None}, 2, "selection/accuracy") == ["a"]  # nothing scored: keep the first
+    assert halving({"a": 0.7, "b": 0.7}, 2, "selection/accuracy") == ["a"]  # ties: the earlier candidate
 
 
 def test_successive_halving_counts_compute_and_compares_with_the_full_grid(tmp_path, tiny_bert, glue_dir):

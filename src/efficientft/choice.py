@@ -3,7 +3,8 @@
 (:func:`efficientft.report.collect.select_lr`).
 
 A candidate's score is the mean of its runs' finite scores (a missing, non-finite or boolean score does not
-count); the best is the highest mean, the first of equal ones in the order the caller gives the candidates, so a
+count); the best is the highest mean, or the lowest for a metric that is better lower
+(:func:`efficientft.vocab.higher_is_better`: a loss, the forgetting score), the first of equal ones in the order the caller gives the candidates, so a
 choice never depends on dictionary or store order.
 """
 
@@ -13,6 +14,8 @@ import math
 import statistics
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
+
+from .vocab import higher_is_better
 
 K = TypeVar("K")
 
@@ -34,8 +37,9 @@ def mean_score(records: Iterable[dict], name: str) -> float | None:
     return statistics.fmean(found) if found else None
 
 
-def best(means: Mapping[K, Any]) -> K | None:
-    """The candidate with the highest mean (None means: not scored), the first of equals in ``means``' order;
-    None when no candidate is scored."""
+def best(means: Mapping[K, Any], metric: str) -> K | None:
+    """The candidate with the best mean of ``metric`` (the highest; the lowest where the metric is better lower),
+    None meaning not scored, the first of equals in ``means``' order; None when no candidate is scored."""
+    sign = 1.0 if higher_is_better(metric) else -1.0
     scored = [k for k, m in means.items() if m is not None]
-    return max(scored, key=lambda k: means[k]) if scored else None
+    return max(scored, key=lambda k: sign * means[k]) if scored else None

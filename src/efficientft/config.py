@@ -108,6 +108,12 @@ class RunConfig:
     eval_every: int = setting(0, Rule("int", 0, COUNT_MAX), group=DATA,
                               help="evaluate every N steps (and always at the end)")
     eval_batch_size: int = setting(64, _COUNT, group=DATA, help="examples per evaluation batch")
+    # evaluation cost (issue 25; in the key when set: they change the data a run trains on or the curves it records)
+    selection_max: int | None = setting(None, _OPT_COUNT, key="when_set", group=DATA,
+                                        help="cap the selection split at N examples (the rest stays in train)")
+    eval_every_max: int | None = setting(None, _OPT_COUNT, key="when_set", group=DATA,
+                                         help="score a seeded subsample of N examples per split at each "
+                                              "--eval-every evaluation (the final evaluation scores every example)")
     # speed options that change what is computed (in the key when set: they were added after runs were stored)
     bucket: bool = setting(False, _BOOL, key="when_set", group=OPTIM,
                            help="draw training batches from length buckets (less padding)")
@@ -177,6 +183,12 @@ class RunConfig:
         if self.selection_size >= 1 and not self.selection_size.is_integer():  # a count is whole, not cut down
             raise ConfigError(f"selection_size must be a fraction of train in (0, 1) or a whole number of examples, "
                               f"got {self.selection_size!r}.")
+        if self.selection_max is not None and not self.selection_size:
+            raise ConfigError(f"selection_max={self.selection_max} caps the selection split, but there is none; give "
+                              f"selection_size too (a count or a fraction of train).")
+        if self.eval_every_max is not None and not self.eval_every:
+            raise ConfigError(f"eval_every_max={self.eval_every_max} subsamples the evaluations between steps, but "
+                              f"there are none; give eval_every too (evaluate every N steps).")
         self.targets = canonical_targets(self.targets)
         self.method = self.method.lower()
         self.role_lr = _check_role_lr(self.role_lr)

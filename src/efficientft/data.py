@@ -8,6 +8,7 @@ over length-sorted batches with predictions put back in order.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -18,6 +19,7 @@ from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -53,14 +55,15 @@ class Examples:
 
     def sample(self, n: int | None, seed: int) -> Examples:
         """A seeded random subset of ``n`` examples (all of them when n is None or not smaller)."""
-        if n is None or n >= len(self):
-            return self
-        rng = np.random.default_rng(seed)
-        return self.subset(sorted(rng.choice(len(self), size=n, replace=False).tolist()))
+        idx = sample_indices(len(self), n, seed)
+        return self if idx is None else self.subset(idx)
 
-    def split_off(self, size: int | float, seed: int) -> tuple[Examples, Examples]:
-        """(rest, held_out): a seeded held-out part (a count, or a fraction when < 1) carved from this split."""
+    def split_off(self, size: int | float, seed: int, cap: int | None = None) -> tuple[Examples, Examples]:
+        """(rest, held_out): a seeded held-out part (a count, or a fraction when < 1) carved from this split, of at
+        most ``cap`` examples (``selection_max``: the rest stays in ``rest``). A capped part is the first ``cap``
+        of the uncapped one's seeded order."""
         n = int(round(size * len(self))) if isinstance(size, float) and size < 1 else int(size)
+        n = n if cap is None else min(n, cap)
         if n <= 0 or n >= len(self):
             raise ConfigError(
                 f"selection_size={size} leaves nothing to {'hold out' if n <= 0 else 'train on'}: "
@@ -68,6 +71,14 @@ class Examples:
             )
         perm = np.random.default_rng(seed).permutation(len(self)).tolist()
         return self.subset(sorted(perm[n:])), self.subset(sorted(perm[:n]))
+
+
+def sample_indices(total: int, n: int | None, seed: int) -> list[int] | None:
+    """The sorted indices of a seeded random subset of ``n`` of ``total`` examples; None (all of them) when n is
+    None or not smaller. The subsamples of ``max_train``/``max_eval`` and of ``eval_every_max``."""
+    if n is None or n >= total:
+        return None
+    return sorted(np.random.default_rng(seed).choice(total, size=n, replace=False).tolist())
 
 
 @dataclass
@@ -89,6 +100,18 @@ class Encoded:
     @property
     def lengths(self) -> np.ndarray:
         return np.fromiter((len(x) for x in self.ids), dtype=np.int64, count=len(self.ids))
+
+    def subset(self, idx: Sequence[int]) -> Encoded:
+        """The examples ``idx`` of this split, of the same class: every per-example field (a list or array with one
+        entry per example) indexed, the others (the split's protocol, ``stats``) kept."""
+        n, idx = len(self), list(idx)
+
+        def pick(v: Any) -> Any:
+            if isinstance(v, np.ndarray) and v.ndim and len(v) == n:
+                return v[idx]
+            return [v[i] for i in idx] if isinstance(v, list) and len(v) == n else v
+
+        return dataclasses.replace(self, **{f.name: pick(getattr(self, f.name)) for f in dataclasses.fields(self)})
 
 
 def cache_dir() -> Path:

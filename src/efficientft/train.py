@@ -28,7 +28,7 @@ import torch.nn as nn
 from . import checkpoint, content, memory_model, sharding
 from .checkpoint import TrainState
 from .config import DEFAULT_EPOCHS, RunConfig
-from .data import Encoded, TrainBatches
+from .data import Encoded, TrainBatches, sample_indices
 from .errors import ConfigError
 from .features import FeatureCache
 from .flops import FlopShape, flop_shape, speed_cost
@@ -140,7 +140,7 @@ def load_data(task: Task, cfg: RunConfig) -> tuple[Examples, dict[str, Examples]
     train = task.load("train", opts)
     evals: dict[str, Examples] = {}
     if cfg.selection_size:
-        train, selection = train.split_off(cfg.selection_size, cfg.data_seed)
+        train, selection = train.split_off(cfg.selection_size, cfg.data_seed, cfg.selection_max)
         evals["selection"] = selection.sample(cfg.max_eval, cfg.data_seed)
     train = train.sample(cfg.max_train, cfg.data_seed)
     for split in task.eval_splits:
@@ -161,7 +161,7 @@ def check_inputs(configs: list[RunConfig]) -> list[str]:
     seen: set[str] = set()
     for cfg in configs:
         data = (cfg.task, repr(cfg.custom), cfg.data_dir, cfg.data_source, cfg.train_data, cfg.selection_size,
-                cfg.max_train, cfg.max_eval, cfg.data_seed)
+                cfg.selection_max, cfg.max_train, cfg.max_eval, cfg.data_seed)
         for what, check in ((repr(data), lambda c=cfg: load_data(get_task(c.task, c.custom), c)),
                             (f"model {cfg.model}", lambda c=cfg: resolve_model(c.model))):
             if what in seen:
@@ -227,6 +227,8 @@ def prepare(cfg: RunConfig, runtime: Runtime | None = None, resume: TrainState |
         "pad_id": pad_id, "warmup_steps": warmup, "epochs": total * cfg.grad_accum / per_epoch,
         "targets": [{"module": t.name, "role": t.role, "rows": t.out_slice} for t in targets],
         "train_examples": len(train), "eval_examples": {k: len(v) for k, v in evals.items()},
+        **({"eval_examples_during": {k: min(len(v), cfg.eval_every_max) for k, v in evals.items()}}
+           if cfg.eval_every_max else {}),
         "data_files": sorted({f for ex in [train_ex, *eval_ex.values()] for f in ex.files}),
         "skipped_rows": sum(ex.skipped_rows for ex in [train_ex, *eval_ex.values()]),
         "model": describe(model), "task_kind": kind.name,
@@ -369,6 +371,26 @@ def evaluate(p: Prepared, split: str) -> dict[str, float]:
     return out.scores
 
 
+class Subsampled:
+    """The run as a task kind evaluates it between steps under ``eval_every_max``: each evaluation split cut to a
+    seeded subsample of at most that many examples (the same ones at every evaluation, so a curve compares like
+    with like); everything else is the run's (:class:`Prepared`). The final evaluation scores the whole splits."""
+
+    def __init__(self, p: Prepared, n: int, seed: int) -> None:
+        self.p = p
+        self.index = {k: sample_indices(len(e), n, seed) for k, e in p.evals.items()}
+        self.evals = {k: e if self.index[k] is None else e.subset(self.index[k]) for k, e in p.evals.items()}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.p, name)
+
+    def forward(self, split: str, idx, batch: dict[str, torch.Tensor]):
+        """The run's forward on examples ``idx`` of the subsample: their indices in the whole split (cached
+        features are stored by those)."""
+        full = self.index[split]
+        return self.p.forward(split, idx if full is None else [full[int(i)] for i in idx], batch)
+
+
 def evaluate_all(p: Prepared) -> dict[str, float]:
     """Every split's scores as ``<split>/<metric>``, plus what the kind derives from them (a suite's average)."""
     scores = {f"{split}/{m}": v for split in p.evals for m, v in evaluate(p, split).items()}
@@ -423,6 +445,7 @@ class Trainer:
                           Trackers([], key, {}, Path(".")), _progress(p, progress and runtime.is_main, self.state.step),
                           replay=p.resume is not None)
         self.in_a_row = 0  # fp16 steps the GradScaler skipped in a row
+        self.during: Subsampled | None = None  # what evaluations between steps score (eval_every_max)
         self.train_s = 0.0
         p.model.train()
         self.t_train = time.perf_counter()
@@ -499,8 +522,10 @@ class Trainer:
 
     def _evaluate_during(self) -> None:
         """An evaluation between steps (``eval_every``); its curve rows are flushed to the store."""
-        t = time.perf_counter()
-        scores = evaluate_all(self.p)
+        t, cfg = time.perf_counter(), self.p.cfg
+        if cfg.eval_every_max and self.during is None:
+            self.during = Subsampled(self.p, cfg.eval_every_max, cfg.data_seed)
+        scores = evaluate_all(self.during if self.during is not None else self.p)
         self.state.eval_s += time.perf_counter() - t
         self.state.evals.append([self.state.step, scores])
         self.log.scores(self.state.step, scores)

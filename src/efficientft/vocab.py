@@ -96,6 +96,19 @@ def check_tracker_names(names: list[str]) -> list[str]:
     return out
 
 
+# ------------------------------------------------------------------ metric direction (every choice reads it)
+# Scores where a smaller value is better, named without their split (``dev/lm_loss`` is ``lm_loss``): the LM loss,
+# its value before training and the forgetting score (``forgetting/increase``), the training loss. Every other
+# metric (accuracy, F1, MCC, correlations, exact match) is better larger. Selection, halving, the best-dev point,
+# the report's learning-rate choice, bold marks and ranks all ask :func:`higher_is_better`.
+LOWER_IS_BETTER = frozenset({"lm_loss", "lm_loss_before", "increase", "loss"})
+
+
+def higher_is_better(metric: str) -> bool:
+    """Whether a larger value of ``metric`` (``lm_loss`` or with its split, ``dev/lm_loss``) is better."""
+    return metric.rsplit("/", 1)[-1] not in LOWER_IS_BETTER
+
+
 # ------------------------------------------------------------------ names a reader takes before a local path
 # Common spellings of the GLUE names (the tasks registry reads them).
 TASK_ALIASES = {"sst-2": "sst2", "sts-b": "stsb", "mnli-m": "mnli"}

@@ -122,7 +122,8 @@ def _matches_tags(rec: dict, tags: dict[str, str]) -> bool:
 
 def select_lr(by_lr: dict[float, list[dict]], metric: str,
               on: str = "selection") -> tuple[float, str, dict[float, float]]:
-    """The learning rate of a cell: the best mean ``selection/<metric>`` over its seeds.
+    """The learning rate of a cell: the best mean ``selection/<metric>`` over its seeds (the lowest for a
+    lower-is-better metric, :func:`efficientft.vocab.higher_is_better`).
 
     When some learning rate has no selection score, falls back to ``dev/<metric>`` and says so
     ("dev (optimistic)": choosing on the reported split flatters every method). ``on="best_dev"`` (or ``"dev"``)
@@ -135,7 +136,7 @@ def select_lr(by_lr: dict[float, list[dict]], metric: str,
     for split, basis in order:
         means = {lr: mean_score(recs, f"{split}/{metric}") for lr, recs in by_lr.items()}
         if all(m is not None for m in means.values()):
-            return best({lr: means[lr] for lr in sorted(means, key=order_key)}), basis, means
+            return best({lr: means[lr] for lr in sorted(means, key=order_key)}, metric), basis, means
     return sorted(by_lr, key=order_key)[0], "none (no scores)", {}
 
 

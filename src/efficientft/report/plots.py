@@ -24,6 +24,7 @@ from matplotlib.ticker import EngFormatter, FixedLocator, NullFormatter, NullLoc
 
 from ..store import Store
 from ..tasks.metrics import METRIC_TITLES
+from ..vocab import higher_is_better
 from .collect import Collection, Row
 from .rows import row_label, task_title
 from .stats import Summary, pareto_front, summarize
@@ -115,7 +116,8 @@ def score_vs_cost(col: Collection, out: Path, stem: str) -> list[Path]:
             if math.isfinite(x) and math.isfinite(y):
                 ax.errorbar([x], [y], yerr=[e] if math.isfinite(e) else None, linestyle="none", capsize=3,
                             markersize=6, **_style(i))
-        front = pareto_front(pts)
+        higher = all(higher_is_better(col.metrics[t]) for t in (col.tasks if key == "avg" else [key]))
+        front = pareto_front(pts if higher else [(x, -y) for x, y in pts])  # the front wants higher-is-better
         if front:
             xs, ys = [pts[i][0] for i in front], [pts[i][1] for i in front]
             ax.step(xs, ys, where="post", color="0.4", linestyle="--", linewidth=1, marker="o", markersize=12,

@@ -2,9 +2,9 @@
 
 The layout follows Table 2 of arXiv 2410.02247 and most PEFT papers: a row per configuration, a column per task
 (named with its metric), the average over tasks and the trainable parameters; each cell is the mean ± standard
-deviation over seeds, scores ×100; the best value of a column is bold and the second underlined (ranked on the
-displayed, rounded values so that what looks tied is marked tied). A cell with fewer than three seeds carries a
-visible dagger in every format.
+deviation over seeds, scores ×100; the best value of a column (the lowest for a lower-is-better metric such as
+``lm_loss``) is bold and the second underlined (ranked on the displayed, rounded values so that what looks tied is
+marked tied). A cell with fewer than three seeds carries a visible dagger in every format.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ..tasks.metrics import METRIC_TITLES
+from ..vocab import higher_is_better
 from .collect import SPLIT_TITLES, Collection, Row
 from .compare import NO_PAIRS, Comparison
 from .rows import task_title
@@ -89,9 +90,10 @@ def fmt_params(lo: float, hi: float) -> str:
     return one(lo) if one(lo) == one(hi) else f"{one(lo)}–{one(hi)}"
 
 
-def _rank(scores: Sequence[Score | None], digits: int) -> None:
-    """Mark the best (1) and second-best (2) displayed values of a column; ties share the mark."""
-    vals = sorted({round(s.mean, digits) for s in scores if s is not None and math.isfinite(s.mean)}, reverse=True)
+def _rank(scores: Sequence[Score | None], digits: int, higher: bool) -> None:
+    """Mark the best (1) and second-best (2) displayed values of a column (the largest, or the smallest where
+    ``higher`` is False: a lower-is-better metric); ties share the mark."""
+    vals = sorted({round(s.mean, digits) for s in scores if s is not None and math.isfinite(s.mean)}, reverse=higher)
     for s in scores:
         if s is not None and math.isfinite(s.mean):
             v = round(s.mean, digits)
@@ -122,9 +124,11 @@ def build_table(col: Collection, digits: int = 1, ci: bool = False) -> Table:
         costs = [c for c in costs if math.isfinite(c)] or [math.nan]
         rows.append(TableRow(r, [fmt_value(r.fields.get(k)) for k in col.label_fields], scores, avg,
                              (min(costs), max(costs))))
+    higher = [higher_is_better(col.metrics[t]) for t in tasks]
     for j in range(len(tasks)):
-        _rank([tr.scores[j] for tr in rows], digits)
-    _rank([tr.avg for tr in rows], digits)
+        _rank([tr.scores[j] for tr in rows], digits, higher[j])
+    if len(set(higher)) == 1:  # an average over metrics of opposite directions has no best
+        _rank([tr.avg for tr in rows], digits, higher[0])
     spread = "mean ± standard deviation [95 % t confidence interval]" if ci else "mean ± standard deviation"
     caption = (f"Scores ×100 on the {SPLIT_TITLES[col.split]}, {spread} over seeds; best per column in "
                f"bold, second underlined; Avg. is the mean over tasks of the cell means; Params are trainable "

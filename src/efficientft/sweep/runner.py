@@ -65,12 +65,13 @@ def state_of(record: dict | None, opts: SweepOptions) -> str:
 def _train_size(cfg, cache: dict) -> int | None:
     from ..tasks import DataOptions, get_task
 
-    k = (cfg.task, cfg.data_dir, cfg.data_source, str(cfg.custom), cfg.selection_size, cfg.data_seed)
+    k = (cfg.task, cfg.data_dir, cfg.data_source, str(cfg.custom), cfg.selection_size, cfg.selection_max,
+         cfg.data_seed)
     if k not in cache:
         try:
             train = get_task(cfg.task, cfg.custom).load("train", DataOptions(cfg.data_dir, cfg.data_source))
             if cfg.selection_size:
-                train, _ = train.split_off(cfg.selection_size, cfg.data_seed)
+                train, _ = train.split_off(cfg.selection_size, cfg.data_seed, cfg.selection_max)
             cache[k] = len(train)
         except (ConfigError, OSError):
             cache[k] = None
@@ -248,15 +249,16 @@ def _successive_halving(suite: Suite, runs: list[PlannedRun], store: Store, exec
         keys_sh += [r.key for r in batch]
         by_key = {r.key: store.get(r.key) for r in batch}
         for g, cands in alive.items():
-            scores = {}
+            scores, metric = {}, _selection_metric(None, sel.select_by)
             for c in cands:
                 vals = []
                 for r in groups[g][c]:
                     rec = by_key.get(run_key(r.cfg.replace(steps=budget)))
                     vals.append(_selection_score(rec, sel.select_by))
+                    metric = _selection_metric(rec, sel.select_by) if rec is not None else metric
                 ok = [v for v in vals if v is not None]
                 scores[c] = statistics.fmean(ok) if ok else None
-            kept = halving(scores, es.reduction_factor)
+            kept = halving(scores, es.reduction_factor, metric)
             history[g].append({"rung": rung, "budget": budget,
                                "scores": [{"values": dict(zip(sel.over, c, strict=True)), "score": s}
                                           for c, s in scores.items()],
@@ -288,9 +290,14 @@ def _successive_halving(suite: Suite, runs: list[PlannedRun], store: Store, exec
     return out
 
 
+def _selection_metric(rec: dict | None, by: str) -> str:
+    """The score a run is chosen by: ``selection/<its main metric>``, or the one ``select_by`` names."""
+    main = ((rec or {}).get("main_metric") or "dev/accuracy").split("/", 1)[1]
+    return f"selection/{main}" if by == "main" else by
+
+
 def _selection_score(rec: dict | None, by: str) -> float | None:
     if rec is None or rec["status"] != "done":
         return None
-    main = (rec.get("main_metric") or "dev/accuracy").split("/", 1)[1]
-    v = (rec.get("scores") or {}).get(f"selection/{main}" if by == "main" else by)
+    v = (rec.get("scores") or {}).get(_selection_metric(rec, by))
     return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None

@@ -3,10 +3,10 @@
 Two conventions, always labelled:
 
 - ``selection`` (the fair one): per method configuration, the learning rate (or whatever ``over`` names) with the
-  best *mean* score over seeds on a selection split carved from train (seeded, ``selection_size``); reported is
+  best *mean* score over seeds (the highest, or the lowest for a lower-is-better metric such as ``lm_loss``) on a selection split carved from train (seeded, ``selection_size``); reported is
   that choice's final score on the official dev split, mean ± std over seeds. The dev split is never looked at
   to choose.
-- ``best_dev`` (what most papers report): the maximum over learning rates of the mean over seeds of the best dev
+- ``best_dev`` (what most papers report): the best (maximum, or minimum for a loss) over learning rates of the mean over seeds of the best dev
   score over evaluation points (``best_dev/<metric>``, stored by every run). It chooses *and* reports on dev, so
   it is optimistic; it is offered for comparison with published tables, labelled as such.
 
@@ -26,6 +26,7 @@ from typing import Any
 
 from ..choice import best, mean_score, score, scores
 from ..config import ENVIRONMENT_FIELDS
+from ..vocab import higher_is_better
 
 CONVENTIONS = {
     "selection": "chosen by the mean selection-split score over seeds (split carved from train); reported: the "
@@ -119,7 +120,7 @@ def select(records: Iterable[dict], by: str = "main", over: Sequence[str] = ("lr
             "convention": convention, "convention_text": CONVENTIONS[convention], "selected_by": choose_m,
             "reported": report_m, "over": list(over), "candidates": table, "chosen": None, "note": "",
         }
-        chosen = best({i: c["select_mean"] for i, c in enumerate(table)})  # first of equals, in the order above
+        chosen = best({i: c["select_mean"] for i, c in enumerate(table)}, choose_m)  # first of equals, in order
         if chosen is None:
             row["note"] = f"no {choose_m} scores: these runs had no selection split (suite selection: block)"
         else:
@@ -131,10 +132,12 @@ def select(records: Iterable[dict], by: str = "main", over: Sequence[str] = ("lr
     return rows
 
 
-def halving(scores: dict[Any, float | None], eta: float) -> list[Any]:
-    """Successive halving: the best ``max(1, floor(n / η))`` candidates by score (missing scores rank last;
-    among equal scores the earlier candidate wins)."""
+def halving(scores: dict[Any, float | None], eta: float, metric: str) -> list[Any]:
+    """Successive halving: the best ``max(1, floor(n / η))`` candidates by their score of ``metric`` (the highest,
+    or the lowest for a lower-is-better metric; missing scores rank last; among equal scores the earlier candidate
+    wins)."""
     keep = max(1, math.floor(len(scores) / eta))
+    sign = 1.0 if higher_is_better(metric) else -1.0
     order = sorted(enumerate(scores.items()),
-                   key=lambda x: (x[1][1] is None, -(x[1][1] if x[1][1] is not None else 0.0), x[0]))
+                   key=lambda x: (x[1][1] is None, -sign * (x[1][1] if x[1][1] is not None else 0.0), x[0]))
     return [c for _, (c, _) in order[:keep]]

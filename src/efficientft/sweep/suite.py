@@ -9,7 +9,8 @@ A suite is YAML::
       - {label: "LoRA QV", method: lora, targets: qv, lr_ratio: [2, 4, 8], lr: [5.0e-4, 1.0e-3],
          method_args: {rank: [8, 16]}}
     per_task: {mnli: {epochs: 1}}                                          # per-task overrides, applied last
-    selection: {selection_size: 0.1, select_by: main, over: [lr]}          # fair model selection (optional)
+    selection: {selection_size: 0.1, select_by: main, over: [lr]}          # fair model selection (optional;
+                                                                           # selection_max: N caps it at N examples)
     early_stopping: {rungs: [50, 100], reduction_factor: 3}                # successive halving (optional)
     estimate: {step_s: 0.25, overhead_s: 15}                               # --dry-run time hint (optional;
                                                                            # step_s: also {task: seconds})
@@ -118,6 +119,9 @@ class Suite:
                 if self.selection is not None:
                     values[("selection_size",)] = self.selection.selection_size
                     origin[("selection_size",)] = self.selection.line
+                    if self.selection.selection_max is not None:  # in the key only when given
+                        values[("selection_max",)] = self.selection.selection_max
+                        origin[("selection_max",)] = self.selection.line
                 for p, v in self.grid.fixed.items():
                     values[p], origin[p] = v, self.grid.lines[p]
                 for p, v in entry.fixed.items():

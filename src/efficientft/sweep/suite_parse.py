@@ -138,6 +138,7 @@ class Selection:
     """Fair model selection: choose ``over`` (the learning rate) on a selection split carved from train."""
 
     selection_size: float = 0.1
+    selection_max: int | None = None  # the largest selection split, in examples (None: as large as selection_size)
     select_by: str = "main"  # "main": selection/<the task's main metric>; or e.g. "selection/accuracy"
     over: tuple[str, ...] = ("lr",)
     line: int = 0
@@ -180,9 +181,11 @@ def _parse_selection(raw: dict, f: str) -> Selection | None:
         return None
     line = _line(raw, "selection")
     if not isinstance(s, dict):
-        raise ConfigError(f"{f}, line {line}: selection: is a mapping (selection_size, select_by, over).")
-    _keys(s, ("selection_size", "select_by", "over"), "selection", f)
+        raise ConfigError(f"{f}, line {line}: selection: is a mapping (selection_size, selection_max, select_by, "
+                          f"over).")
+    _keys(s, ("selection_size", "selection_max", "select_by", "over"), "selection", f)
     size = coerce_setting("selection_size", s.get("selection_size", 0.1), f"{f}, line {line}: selection")
+    cap = coerce_setting("selection_max", s.get("selection_max"), f"{f}, line {_line(s, 'selection_max')}: selection")
     if not size > 0 or not math.isfinite(size):
         raise ConfigError(f"{f}, line {_line(s, 'selection_size')}: selection.selection_size must be > 0 "
                           f"(a fraction of train in (0, 1), or a count), got {size!r}.")
@@ -199,7 +202,7 @@ def _parse_selection(raw: dict, f: str) -> Selection | None:
         if top not in FIELDS or top == "seed" or top in ENVIRONMENT_FIELDS:
             raise ConfigError(f"{f}, line {_line(s, 'over')}: selection.over names {name!r}, which is not a "
                               f"selectable field.{did_you_mean(top, FIELDS)}")
-    return Selection(float(size), by, tuple(str(o) for o in over), line)
+    return Selection(float(size), None if cap is None else int(cap), by, tuple(str(o) for o in over), line)
 
 
 def _parse_early_stopping(raw: dict, f: str) -> EarlyStopping | None:

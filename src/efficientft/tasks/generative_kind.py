@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -148,7 +148,6 @@ class GenerationKind(TaskKind):
     supports_feature_cache = False
     no_feature_cache_reason = ("its evaluation decodes with the KV cache, which runs every layer on each new token "
                                "(cached features of the prompt cannot serve it)")
-    lower_is_better: ClassVar[frozenset[str]] = frozenset({"lm_loss", "increase", "lm_loss_before"})
 
     def model_class(self) -> Any:
         from transformers import AutoModelForCausalLM

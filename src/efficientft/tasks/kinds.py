@@ -29,6 +29,7 @@ import torch
 import torch.nn as nn
 
 from ..models.loading import SEQUENCE_CLASSIFICATION
+from ..vocab import higher_is_better
 
 if TYPE_CHECKING:
     from ..config import RunConfig
@@ -43,8 +44,6 @@ class TaskKind:
     name: ClassVar[str] = ""
     peft_task_type: ClassVar[str] = "SEQ_CLS"
     supports_feature_cache: ClassVar[bool] = True
-    # metric name -> is a larger value better? (model selection, best-dev, tables)
-    lower_is_better: ClassVar[frozenset[str]] = frozenset()
 
     def model_class(self) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -91,7 +90,8 @@ class TaskKind:
         return None
 
     def higher_is_better(self, metric: str) -> bool:
-        return metric.rsplit("/", 1)[-1] not in self.lower_is_better
+        """Whether a larger ``metric`` is better: the core's one answer (:func:`efficientft.vocab.higher_is_better`)."""
+        return higher_is_better(metric)
 
     def check_max_length(self, cfg: RunConfig, tokenizer: Any, examples: Any) -> None:
         """Refuse a ``max_length`` the encoding cannot work with, naming the minimum."""
