@@ -162,7 +162,7 @@ def _context(p):
     """Exactly what :class:`efficientft.tasks.base.EvalContext` names, and nothing of the loop's own object."""
     from types import SimpleNamespace
 
-    return SimpleNamespace(cfg=p.cfg, task=p.task, model=p.model, tokenizer=p.tokenizer, evals=p.evals,
+    return SimpleNamespace(cfg=p.cfg, task=p.task, model=p.model, tokenizer=p.tokenizer, train=p.train, evals=p.evals,
                            kind_state=p.kind_state, device=p.device, pad_id=p.info["pad_id"], autocast=p.autocast,
                            forward=p.forward)
 
@@ -170,7 +170,7 @@ def _context(p):
 def test_a_kind_evaluates_through_the_context_and_returns_its_outcome(causal_llama, tiny_bert):
     from tests.conftest import tiny_config
 
-    p = prepare(gen_config(causal_llama).resolved())
+    p = prepare(resolve(gen_config(causal_llama)))
     ctx = _context(p)
     before = dict(vars(ctx))
     out = GENERATION.evaluate(ctx, "dev")
@@ -183,7 +183,7 @@ def test_a_kind_evaluates_through_the_context_and_returns_its_outcome(causal_lla
     assert summary["forgetting/increase"] == pytest.approx(0.0, abs=1e-6)  # not trained: the same loss
     assert vars(ctx) == before and p.predictions == {} and p.eval_cost == {}  # the kind wrote nothing
 
-    p = prepare(tiny_config(tiny_bert).resolved())
+    p = prepare(resolve(tiny_config(tiny_bert)))
     out = CLASSIFICATION.evaluate(_context(p), "dev")
     assert set(out.scores) == {"accuracy"} and out.predictions is None and out.cost == {}
 
