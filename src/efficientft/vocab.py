@@ -105,3 +105,14 @@ MODEL_ALIASES = ("minilm", "all-minilm-l6-v2", "sentence-transformers/all-minilm
 TRAIN_SOURCES = ("boolq", "arc_e", "arc_c", "obqa")
 # The user's data is labelled ``<name>@<hash8>`` by resolution (efficientft.resolve.resolve_custom).
 DATA_LABEL_HASH = re.compile(r"@[0-9a-f]{8}$")
+
+
+# ------------------------------------------------------------------ metric direction
+# Metric names (without the split) for which a smaller value is better; every other metric is better higher. The
+# report's did-not-learn mark (beating the trivial baseline means above it, or below it for these) reads it.
+LOWER_IS_BETTER = frozenset({"lm_loss", "lm_loss_before", "increase", "loss"})
+
+
+def higher_is_better(metric: str) -> bool:
+    """Whether a larger value of ``metric`` (``lm_loss`` or ``dev/lm_loss`` alike) is better."""
+    return metric.rsplit("/", 1)[-1] not in LOWER_IS_BETTER
