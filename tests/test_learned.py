@@ -67,6 +67,19 @@ def test_generation_baseline_is_the_most_frequent_train_answer_else_the_eval_one
     assert trivial_exact_match([], enc) == 0.5  # no training answers: the split's own most frequent ("7")
 
 
+def test_a_suites_average_has_the_average_baseline_of_its_sets():
+    from types import SimpleNamespace
+
+    from efficientft.tasks.generative_kind import GENERATION
+
+    sets = {"arc": SimpleNamespace(extra=False), "boolq": SimpleNamespace(extra=False),
+            "extra": SimpleNamespace(extra=True)}
+    p = SimpleNamespace(task=SimpleNamespace(eval_splits=("arc", "boolq", "extra"), sets=sets))
+    got = GENERATION.summarise_baselines(p, {"arc/exact_match": 0.25, "boolq/exact_match": 0.6,
+                                             "extra/exact_match": 0.0})
+    assert got == {"dev/exact_match": pytest.approx(0.425)}  # as summarise averages the scores: extras left out
+
+
 # ------------------------------------------------------------------------------------------- the verdict
 def test_cell_learned_judges_against_the_noise_of_the_seeds():
     assert not cell_learned([0.684, 0.684, 0.684], 0.684, True)  # every seed at the majority class
@@ -155,7 +168,7 @@ def test_eft_runs_and_show_say_which_run_did_not_learn(learned_store, capsys):
 
 
 def test_the_report_marks_the_cell_that_did_not_learn_and_plots_the_baseline(learned_store, tmp_path, monkeypatch):
-    from efficientft.report import plots
+    from efficientft.report import html, plots
     from efficientft.report.collect import collect
     from efficientft.report.tables import build_table, markdown
 
@@ -166,6 +179,7 @@ def test_the_report_marks_the_cell_that_did_not_learn_and_plots_the_baseline(lea
     assert lines["0.03"].split("|")[-4].strip() == "**100.0** †"  # one seed: the dagger; learned: no mark
     assert lines["1e-08"].split("|")[-4].strip() == "<u>35.9</u> † ✗"  # second of two, and did not learn
     assert any(n.startswith("✗ did not learn") for n in table.notes)
+    assert str(html.main_table(table)).count("✗ did not learn</span>") == 2  # its cell and its Avg.
 
     figures = []
     monkeypatch.setattr(plots, "_save", lambda fig, out, stem: figures.append(fig) or [])

@@ -599,7 +599,8 @@ def measured(p: Prepared, out: dict[str, Any], sampled: dict[str, Any], rss_star
                 optimizer_state_bytes=sum(t.numel() * t.element_size() for t in state))
     details: dict[str, Any] = {"skipped_steps": out["skipped_steps"]}
     if p.baselines:  # what the run had to beat, and whether it answered one thing (the report's learned mark)
-        details["baselines"] = {f"{split}/{m}": v for split, b in p.baselines.items() for m, v in b.items()}
+        baselines = {f"{split}/{m}": v for split, b in p.baselines.items() for m, v in b.items()}
+        details["baselines"] = {**baselines, **p.task.kind.summarise_baselines(p, baselines)}
         details["collapsed"] = dict(p.collapsed)
     return scores, cost, details
 

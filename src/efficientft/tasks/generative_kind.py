@@ -254,6 +254,13 @@ class GenerationKind(TaskKind):
                         "forgetting/increase": after - before})
         return out
 
+    def summarise_baselines(self, p: EvalContext, baselines: dict[str, float]) -> dict[str, float]:
+        """A suite's average's baseline: the mean of its sets' (as :meth:`summarise` averages their scores)."""
+        sets = [s for s in p.task.eval_splits if f"{s}/exact_match" in baselines and not p.task.sets[s].extra]
+        if "dev" in p.task.eval_splits or not sets:
+            return {}
+        return {"dev/exact_match": float(np.mean([baselines[f"{s}/exact_match"] for s in sets]))}
+
     def before_training(self, p: EvalContext) -> Baseline | None:
         from .context import Baseline
 

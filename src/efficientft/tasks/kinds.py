@@ -86,6 +86,10 @@ class TaskKind:
         """Scores derived from all splits' scores (a suite's average); none by default."""
         return {}
 
+    def summarise_baselines(self, p: EvalContext, baselines: dict[str, float]) -> dict[str, float]:
+        """The trivial baselines of what :meth:`summarise` derives, from the splits' (``<split>/<metric>``)."""
+        return {}
+
     def before_training(self, p: EvalContext) -> Baseline | None:
         """Measure what must be measured on the model before its first step (the forgetting baseline)."""
         return None
