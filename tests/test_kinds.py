@@ -162,7 +162,7 @@ def _context(p):
     """Exactly what :class:`efficientft.tasks.base.EvalContext` names, and nothing of the loop's own object."""
     from types import SimpleNamespace
 
-    return SimpleNamespace(cfg=p.cfg, task=p.task, model=p.model, tokenizer=p.tokenizer, evals=p.evals,
+    return SimpleNamespace(cfg=p.cfg, task=p.task, model=p.model, tokenizer=p.tokenizer, train=p.train, evals=p.evals,
                            kind_state=p.kind_state, device=p.device, pad_id=p.info["pad_id"], autocast=p.autocast,
                            forward=p.forward)
 
@@ -181,11 +181,13 @@ def test_a_kind_evaluates_through_the_context_and_returns_its_outcome(causal_lla
     summary = GENERATION.summarise(ctx, {"dev/exact_match": out.scores["exact_match"]})
     assert summary["forgetting/lm_loss_before"] == p.info["forgetting"]["lm_loss_before"]
     assert summary["forgetting/increase"] == pytest.approx(0.0, abs=1e-6)  # not trained: the same loss
-    assert vars(ctx) == before and p.predictions == {} and p.eval_cost == {}  # the kind wrote nothing
+    assert set(out.baselines) == {"exact_match"} and isinstance(out.collapsed, bool)  # the trivial answer's score
+    assert vars(ctx) == before and p.predictions == {} and p.eval_cost == {} and p.baselines == {}  # wrote nothing
 
     p = prepare(resolve(tiny_config(tiny_bert)))
     out = CLASSIFICATION.evaluate(_context(p), "dev")
     assert set(out.scores) == {"accuracy"} and out.predictions is None and out.cost == {}
+    assert set(out.baselines) == {"accuracy"} and isinstance(out.collapsed, bool)
 
 
 def test_the_tasks_layer_imports_nothing_of_the_loop():

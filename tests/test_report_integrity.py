@@ -209,7 +209,8 @@ def test_stored_text_where_numbers_belong(tmp_path):
     assert md.count("no score for this split") == 3
     row = run_row({"run_key": "k" * 20, "status": "done", "config": {"lr": "abc", "lr_ratio": "x", "seed": 0},
                    "cost": {"peak_memory_mb": "abc", "median_step_s": "x", "wall_s": "y"}, "main_score": "zz"})
-    assert row[5] == "n/a" and row[7] == "n/a" and row[10] == "n/a" and row[12:] == ["n/a", "n/a", "n/a"]
+    assert row[5] == "n/a" and row[7] == "n/a" and row[10] == "n/a" and row[11:13] == [None, "-"]  # no baseline
+    assert row[14:] == ["n/a", "n/a", "n/a"]
 
 
 def test_a_replicate_is_counted_once(tmp_path):

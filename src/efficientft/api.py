@@ -287,6 +287,20 @@ def runs_table(records: Sequence[Mapping[str, Any]]) -> str:
     return text(records)
 
 
+def learned(record: Mapping[str, Any]) -> dict[str, Any]:
+    """Whether a stored run's main score beat the trivial baseline it recorded (``eft show``'s ``learned``):
+    ``metric``, ``score``, ``baseline``, ``learned`` (None: no score or no baseline) and ``collapsed`` (its
+    predictions were one class or a constant on that split)."""
+    from .report.learned import run_learned
+
+    _expect(record, Mapping, "record", "a run record (Store.find(), run())")
+    baseline, ok = run_learned(record)
+    key = record.get("main_metric") or ""
+    split = key.split("/")[0].replace("best_dev", "dev")
+    return {"metric": key, "score": record.get("main_score"), "baseline": baseline if baseline == baseline else None,
+            "learned": ok, "collapsed": ((record.get("details") or {}).get("collapsed") or {}).get(split)}
+
+
 def list_methods() -> list[dict[str, Any]]:
     """The registered methods, by name: ``name``, ``summary``, ``capabilities`` (a mapping) and ``columns`` (the
     capabilities in words, as ``eft methods`` shows them: targets, λ on W_v, 4-bit base, merge, export)."""

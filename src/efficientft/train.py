@@ -111,6 +111,9 @@ class Prepared:
     # training time
     predictions: dict[str, list[dict]] = field(default_factory=dict)
     eval_cost: dict[str, float] = field(default_factory=dict)
+    # the trivial baselines of each split's metrics and whether its predictions collapsed (the last evaluation's)
+    baselines: dict[str, dict[str, float]] = field(default_factory=dict)
+    collapsed: dict[str, bool] = field(default_factory=dict)
     kind_state: Any = None  # the kind's own working state, from its ``before_training`` (not recorded)
     inputs: dict[str, Any] = field(default_factory=dict)  # the content of what it read (kept in its checkpoints)
     flop_shape: FlopShape | None = None  # what its model FLOPs are counted from (before sharding splits it)
@@ -368,6 +371,10 @@ def evaluate(p: Prepared, split: str) -> dict[str, float]:
         p.predictions[split] = out.predictions
     for name, value in out.cost.items():
         p.eval_cost[name] = p.eval_cost.get(name, 0) + value
+    if out.baselines:
+        p.baselines[split] = out.baselines
+    if out.collapsed is not None:
+        p.collapsed[split] = out.collapsed
     return out.scores
 
 
@@ -615,7 +622,12 @@ def measured(p: Prepared, out: dict[str, Any], sampled: dict[str, Any], rss_star
     state = p.method.optimizer_state(p.optimizer)
     cost.update(optimizer_state_numel=sum(t.numel() for t in state),
                 optimizer_state_bytes=sum(t.numel() * t.element_size() for t in state))
-    return scores, cost, {"skipped_steps": out["skipped_steps"]}
+    details: dict[str, Any] = {"skipped_steps": out["skipped_steps"]}
+    if p.baselines:  # what the run had to beat, and whether it answered one thing (the report's learned mark)
+        baselines = {f"{split}/{m}": v for split, b in p.baselines.items() for m, v in b.items()}
+        details["baselines"] = {**baselines, **p.task.kind.summarise_baselines(p, baselines)}
+        details["collapsed"] = dict(p.collapsed)
+    return scores, cost, details
 
 
 def _predicted_memory(p: Prepared, tokens: int, rss_start: int) -> dict[str, Any]:

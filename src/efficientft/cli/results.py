@@ -77,7 +77,8 @@ def cmd_show(a: argparse.Namespace) -> int:
     rec = store.find(a.run)
     if rec is None:
         raise ConfigError(f"no single run matches {a.run!r} in {store.path}; see `eft runs`.")
-    print(json.dumps(rec, indent=2, sort_keys=True, default=str))
+    # the record, and whether its main score beat the trivial baseline (computed here, not stored)
+    print(json.dumps({**rec, "learned": api.learned(rec)}, indent=2, sort_keys=True, default=str))
     return 0
 
 

@@ -27,6 +27,8 @@ from ..choice import best, mean_score
 from ..errors import ConfigError, did_you_mean
 from ..store import Store
 from ..vocab import DATA_LABEL_HASH as LABEL_HASH  # the label resolve gives user data
+from ..vocab import higher_is_better
+from .learned import baseline_of, cell_learned
 from .rows import (
     flat_config,
     freeze,
@@ -62,6 +64,8 @@ class Cell:
     basis: str = ""  # how lr was selected: "" (not selected), "selection", "dev (optimistic)"
     candidates: dict[float, float] = field(default_factory=dict)  # lr -> mean selection score, under select_lr
     superseded: list[dict] = field(default_factory=list)  # earlier runs of a replicate this cell has again
+    baseline: float = math.nan  # the trivial baseline its runs recorded for the score (mean over them; NaN: none)
+    learned: bool | None = None  # its runs beat the baseline beyond their noise (:mod:`.learned`); None: no baseline
 
     def cost(self, name: str) -> float:
         vals = [number((r.get("cost") or {}).get(name)) for r in self.runs]
@@ -263,8 +267,11 @@ def _cell(task: str, recs: list[dict], split: str, metric: str, select: bool | s
     by_rep = {replicate(r["config"]): r for r in recs}
     reps = sorted(by_rep, key=order_key)
     scores = {rep: number(by_rep[rep]["scores"][f"{split}/{metric}"]) for rep in reps}
+    baselines = [b for b in (baseline_of(by_rep[rep], f"{split}/{metric}") for rep in reps) if math.isfinite(b)]
+    baseline = sum(baselines) / len(baselines) if baselines else math.nan
+    learned = cell_learned(list(scores.values()), baseline, higher_is_better(metric)) if baselines else None
     return Cell(task, [by_rep[rep] for rep in reps], scores, summarize(list(scores.values())), lr, basis, candidates,
-                superseded)
+                superseded, baseline, learned)
 
 
 def _lr(r: dict) -> float | None:

@@ -7,6 +7,10 @@ raising λ on W_v help (``targets=qv, λ=k`` vs the same with ``λ=1``, and vs `
 split, never on the reported one)? Users name their own pairs with ``--compare A B``. Every pair compared on more than one task is also
 compared pooled over tasks (:data:`POOLED`): per seed, the mean over the tasks, paired by seed. Every p-value is
 also adjusted (Holm–Bonferroni, :func:`~efficientft.report.stats.holm`) over all the comparisons one call makes.
+
+A cell that did not learn (:mod:`.learned`: its runs do not beat the trivial baseline) is never averaged into a pooled
+comparison: the pooled line is over the tasks where both rows learned, and it names the tasks it left out
+(:attr:`Comparison.excluded`); a per-task comparison with such a cell names it (:attr:`Comparison.not_learned`).
 """
 
 from __future__ import annotations
@@ -33,6 +37,18 @@ class Comparison:
     b: Row
     task: str
     result: Paired
+    not_learned: tuple[str, ...] = ()  # "<row label> on <task>" of each compared cell that did not learn
+    excluded: tuple[str, ...] = ()  # pooled: the tasks left out because a cell there did not learn
+
+    @property
+    def caveat(self) -> str:
+        """What a reader must know before reading the line: the cells that did not learn, the tasks left out."""
+        parts = []
+        if self.not_learned:
+            parts.append("did not learn: " + "; ".join(self.not_learned))
+        if self.excluded:
+            parts.append("excludes " + ", ".join(self.excluded) + " (a cell did not learn)")
+        return " — ".join(parts)
 
 
 def _ratio(row: Row) -> float:
@@ -116,22 +132,36 @@ def compare(col: Collection, specs: Sequence[tuple[str, str]] | None = None, tes
     pairs = [(find_row(col.rows, a), find_row(col.rows, b)) for a, b in specs] if specs else default_pairs(col.rows)
     out = []
     for a, b in pairs:
-        per_task = {task: _pairing(a.cells[task], b.cells[task]) for task in col.tasks
-                    if task in a.cells and task in b.cells}
-        for task, (xa, xb) in per_task.items():
-            out.append(Comparison(a, b, task, paired(xa, xb, test)))
-        if len(per_task) > 1:
-            out.append(Comparison(a, b, POOLED, paired(*_pooled(list(per_task.values())), test)))
+        tasks = [task for task in col.tasks if task in a.cells and task in b.cells]
+        for task in tasks:
+            out.append(Comparison(a, b, task, paired(*_pairing(a.cells[task], b.cells[task]), test),
+                                  _not_learned(task, a, b)))
+        if len(tasks) > 1:
+            out.append(_pooled_comparison(a, b, {t: (a, b) for t in tasks}, test))
     for one, chosen, qkv in ([] if specs else best_ratio(col)):
         for task, row in chosen.items():
-            out.append(Comparison(row, qkv, task, paired(*_pairing(row.cells[task], qkv.cells[task]), test)))
+            out.append(Comparison(row, qkv, task, paired(*_pairing(row.cells[task], qkv.cells[task]), test),
+                                  _not_learned(task, row, qkv)))
         if len(chosen) > 1:
             bases = " / ".join(sorted({row.fields["basis"] for row in chosen.values()}))
             pooled = Row({**one.fields, "lr_ratio": "best"}, _best_label(one.label, f"per task, by {bases}"))
-            out.append(Comparison(pooled, qkv, POOLED, paired(*_pooled(
-                [_pairing(row.cells[t], qkv.cells[t]) for t, row in chosen.items()]), test)))
+            out.append(_pooled_comparison(pooled, qkv, {t: (row, qkv) for t, row in chosen.items()}, test))
     adjusted = holm([c.result.p_value for c in out])
     return [dataclasses.replace(c, result=dataclasses.replace(c.result, p_holm=p)) for c, p in zip(out, adjusted, strict=True)]
+
+
+def _not_learned(task: str, *rows: Row) -> tuple[str, ...]:
+    return tuple(f"{r.label} on {task}" for r in rows if r.cells[task].learned is False)
+
+
+def _pooled_comparison(a: Row, b: Row, by_task: dict[str, tuple[Row, Row]], test: str) -> Comparison:
+    """A against B pooled over the tasks of ``by_task`` (task -> the two rows compared there) where both cells
+    learned; the others are named in :attr:`Comparison.excluded`, never averaged in."""
+    learned = {t: rows for t, rows in by_task.items() if not _not_learned(t, *rows)}
+    excluded = tuple(t for t in by_task if t not in learned)
+    pairings = [_pairing(ra.cells[t], rb.cells[t]) for t, (ra, rb) in learned.items()]
+    result = paired(*_pooled(pairings), test) if pairings else paired({}, {}, test)
+    return Comparison(a, b, POOLED, result, excluded=excluded)
 
 
 def _pooled(pairings: list[tuple[dict, dict]]) -> tuple[dict, dict]:

@@ -23,6 +23,7 @@ from urllib.parse import quote
 
 from .collect import SPLIT_TITLES, Collection
 from .compare import NO_PAIRS, Comparison
+from .learned import NOT_LEARNED
 from .rows import task_title
 from .stats import FEW_SEEDS
 from .tables import COST_HEADERS, FEW, Score, Table, ci_text, cost_cells, fmt_params, p_text, spent_text
@@ -116,6 +117,9 @@ def _score_td(s: Score | None, digits: int, anchor: str = "") -> Markup:
         parts += [" ", tag("span", f"± {show(s.std, digits)}", class_="sd")]
     if s.few:
         parts += [" ", tag("span", f"{FEW} n={s.n}", class_="warn", title=f"fewer than {FEW_SEEDS} seeds (n={s.n})")]
+    if s.learned is False:
+        parts += [" ", tag("span", f"{NOT_LEARNED} did not learn", class_="warn",
+                           title=f"does not beat the trivial baseline ({show(s.baseline, digits)}) beyond its noise")]
     title = (f"n={s.n}; 95% CI [{show(s.ci_low, digits)}, {show(s.ci_high, digits)}]"
              + (f"; lr={show(s.lr)} (selected on {s.basis})" if s.basis and s.lr is not None else ""))
     return tag("td", *parts, data_sort=sort_key(s.mean), title=title)
@@ -154,7 +158,9 @@ def comparisons_table(comps: Sequence[Comparison]) -> Markup:
             tag("td", p_text(r.p_value), data_sort=sort_key(r.p_value)),
             tag("td", p_text(r.p_holm), data_sort=sort_key(r.p_holm)), tag("td", show(r.d_z, 2)),
             tag("td", " ".join(map(str, r.seeds)), class_="l"),
-            tag("td", tag("span", f"⚠ n < {FEW_SEEDS}", class_="warn") if r.few else "", class_="l")))
+            tag("td", tag("span", f"⚠ n < {FEW_SEEDS}", class_="warn") if r.few else "",
+                " " if r.few and c.caveat else "",
+                tag("span", f"{NOT_LEARNED} {c.caveat}", class_="warn") if c.caveat else "", class_="l")))
     headers = [("A", True), ("B", True), ("Task", True), ("n", False), ("mean A−B (×100)", False),
                ("95% CI", False), (f"p ({test})", False), ("p (Holm)", False), ("d_z", False), ("seeds", True), ("", True)]
     return _table("comparisons", headers, rows)

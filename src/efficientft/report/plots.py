@@ -17,6 +17,7 @@ import math
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from matplotlib.figure import Figure
 from matplotlib.text import Text
@@ -26,6 +27,7 @@ from ..store import Store
 from ..tasks.metrics import METRIC_TITLES
 from ..vocab import higher_is_better
 from .collect import Collection, Row
+from .learned import baseline_of
 from .rows import row_label, task_title
 from .stats import Summary, pareto_front, summarize
 from .values import number
@@ -79,6 +81,25 @@ def _half(s: Summary) -> float:
     return 100 * (s.ci_high - s.ci_low) / 2 if s.n > 1 else math.nan
 
 
+def task_baseline(col: Collection, task: str, split: str | None = None) -> float:
+    """The trivial baseline of ``task``'s score (×100): the mean over its runs of what each recorded for the
+    collection's split (or ``split``) and metric; NaN where none recorded one."""
+    key = f"{split or col.split}/{col.metrics[task]}"
+    vals = [b for r in col.rows if task in r.cells for run in r.cells[task].runs
+            if math.isfinite(b := baseline_of(run, key))]
+    return 100 * sum(vals) / len(vals) if vals else math.nan
+
+
+def draw_baseline(ax: Any, y: float) -> None:
+    """The trivial baseline as a dashed horizontal line, labelled on the plot (a flat line at 0 is the majority
+    class, not a score)."""
+    if not math.isfinite(y):
+        return
+    ax.axhline(y, color="0.35", linestyle="--", linewidth=1, label=f"trivial baseline ({y:.1f})", zorder=0)
+    ax.annotate(f"baseline {y:.1f}", (0.01, y), xycoords=("axes fraction", "data"), xytext=(0, 2),
+                textcoords="offset points", fontsize="x-small", color="0.35", va="bottom")
+
+
 def _targets(col: Collection) -> list[tuple[str, str, Callable[[Row], tuple[float, float]]]]:
     """(key, title, row → (mean, half-width of the 95 % CI over seeds) ×100) per task, plus the average over tasks
     when there are several (its interval: over the seeds every task has, of each seed's mean over the tasks)."""
@@ -108,6 +129,7 @@ def score_vs_cost(col: Collection, out: Path, stem: str) -> list[Path]:
     targets = _targets(col)
     fig, axes = _panels(len(targets))
     for ax, (key, title, score) in zip(axes, targets, strict=True):
+        draw_baseline(ax, _target_baseline(col, key))
         pts = []
         for i, r in enumerate(col.rows):
             x = r.cost(cost, col.tasks) if key == "avg" else (r.cells[key].cost(cost) if key in r.cells else math.nan)
@@ -145,7 +167,8 @@ def score_vs_lambda(col: Collection, out: Path) -> list[Path]:
         families[" ".join(f"{k}={v}" for k, v in sorted(r.fields.items()) if k != "lr_ratio")].append(r)
     targets = [t for t in _targets(col)]
     fig, axes = _panels(len(targets))
-    for ax, (_key, title, score) in zip(axes, targets, strict=True):
+    for ax, (key, title, score) in zip(axes, targets, strict=True):
+        draw_baseline(ax, _target_baseline(col, key))
         for i, rows in enumerate(families.values()):
             rows = sorted(rows, key=_lam)
             xs = [_lam(r) for r in rows]
@@ -170,6 +193,13 @@ def score_vs_lambda(col: Collection, out: Path) -> list[Path]:
                      fontsize="small", frameon=False)
     _literal(*leg.get_texts())
     return _save(fig, out, "score_vs_lambda")
+
+
+def _target_baseline(col: Collection, key: str) -> float:
+    """A panel's baseline: its task's, or for the average over tasks the mean of the tasks' baselines."""
+    if key != "avg":
+        return task_baseline(col, key)
+    return sum(task_baseline(col, t) for t in col.tasks) / len(col.tasks)
 
 
 def _lam(r: Row) -> float:
@@ -208,6 +238,7 @@ def curves(col: Collection, store: Store, out: Path) -> list[Path]:
         _literal(ax_l.set_title(f"{task_title(t)}: training loss (mean over seeds)", fontsize="medium"))
         ax_l.set_xlabel("step")
         ax_l.set_ylabel("loss")
+        draw_baseline(ax_e, task_baseline(col, t, "dev"))
         _literal(ax_e.set_title(f"{task_title(t)}: dev {metric} ×100", fontsize="medium"))
         ax_e.set_xlabel("step")
         ax_e.set_ylabel("score ×100")

@@ -4,7 +4,8 @@ The layout follows Table 2 of arXiv 2410.02247 and most PEFT papers: a row per c
 (named with its metric), the average over tasks and the trainable parameters; each cell is the mean ± standard
 deviation over seeds, scores ×100; the best value of a column (the lowest for a lower-is-better metric such as
 ``lm_loss``) is bold and the second underlined (ranked on the displayed, rounded values so that what looks tied is
-marked tied). A cell with fewer than three seeds carries a visible dagger in every format.
+marked tied). A cell with fewer than three seeds carries a visible dagger in every format, and a cell that did not
+learn (:mod:`.learned`) a ✗ with a legend; an Avg. over such a cell carries the ✗ too.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from ..tasks.metrics import METRIC_TITLES
 from ..vocab import higher_is_better
 from .collect import SPLIT_TITLES, Collection, Row
 from .compare import NO_PAIRS, Comparison
+from .learned import LEGEND, NOT_LEARNED
 from .rows import task_title
 from .stats import FEW_SEEDS
 
@@ -42,6 +44,8 @@ class Score:
     basis: str = ""
     run_keys: tuple[str, ...] = ()
     seeds: tuple = ()
+    learned: bool | None = None  # False: the runs do not beat the trivial baseline (:mod:`.learned`)
+    baseline: float = math.nan  # ×100, as the mean
 
     @property
     def few(self) -> bool:
@@ -117,9 +121,10 @@ def build_table(col: Collection, digits: int = 1, ci: bool = False) -> Table:
             s = c.summary
             scores.append(Score(100 * s.mean, 100 * s.std, s.n, 100 * s.ci_low, 100 * s.ci_high, lr=c.lr,
                                 basis=c.basis, run_keys=tuple(x["run_key"] for x in c.runs),
-                                seeds=tuple(k[0] for k in c.scores)))
+                                seeds=tuple(k[0] for k in c.scores), learned=c.learned, baseline=100 * c.baseline))
         full = all(s is not None for s in scores)
-        avg = Score(sum(s.mean for s in scores) / len(scores), n=min(s.n for s in scores)) if full and scores else None
+        avg = Score(sum(s.mean for s in scores) / len(scores), n=min(s.n for s in scores),
+                    learned=False if any(s.learned is False for s in scores) else None) if full and scores else None
         costs = [r.cells[t].cost("trainable_params") for t in tasks if t in r.cells]
         costs = [c for c in costs if math.isfinite(c)] or [math.nan]
         rows.append(TableRow(r, [fmt_value(r.fields.get(k)) for k in col.label_fields], scores, avg,
@@ -136,6 +141,8 @@ def build_table(col: Collection, digits: int = 1, ci: bool = False) -> Table:
     notes = []
     if any(s is not None and s.few for tr in rows for s in [*tr.scores]):
         notes.append(f"{FEW} fewer than {FEW_SEEDS} seeds in this cell: its spread is not reliable.")
+    if any(s is not None and s.learned is False for tr in rows for s in [*tr.scores, tr.avg]):
+        notes.append(LEGEND + f" An Avg. marked {NOT_LEARNED} averages such a cell.")
     if not all(col.comparable.values()):
         notes.append(f"{NOT_COMPARABLE} not evaluated on the official dev split (a sample); not comparable to "
                      f"published numbers.")
@@ -174,7 +181,7 @@ def md_score(s: Score | None, digits: int, ci: bool = False) -> str:
     std = f" ± {_num(s.std, digits)}" if math.isfinite(s.std) else ""
     interval = f" [{_num(s.ci_low, digits)}, {_num(s.ci_high, digits)}]" if ci and math.isfinite(s.ci_low) and \
         math.isfinite(s.ci_high) else ""
-    return m + std + interval + (f" {FEW}" if s.few else "")
+    return m + std + interval + (f" {FEW}" if s.few else "") + (f" {NOT_LEARNED}" if s.learned is False else "")
 
 
 def markdown(t: Table) -> str:
@@ -196,7 +203,8 @@ def md_comparisons(comps: Sequence[Comparison], digits: int = 2) -> str:
              "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
     for c in comps:
         r = c.result
-        warn = f"⚠ n < {FEW_SEEDS}" if r.few else ""
+        warn = " ".join(x for x in (f"⚠ n < {FEW_SEEDS}" if r.few else "", f"{NOT_LEARNED} {c.caveat}" if c.caveat
+                                    else "") if x)
         lines.append(f"| {md_escape(c.a.label)} | {md_escape(c.b.label)} | {md_escape(task_title(c.task))} | {r.n} | "
                      f"{_num(100 * r.mean_diff, digits)} | {ci_text(r, digits)} | {p_text(r.p_value)} | "
                      f"{p_text(r.p_holm)} | {_num(r.d_z, 2)} | {warn} |")
@@ -256,7 +264,7 @@ def p_text(p: float) -> str:
 _TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
         "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "<": r"\textless{}",
         ">": r"\textgreater{}", "|": r"\textbar{}", "λ": r"$\lambda$", "ρ": r"$\rho$", "±": r"$\pm$",
-        "†": r"$^\dagger$", "‡": r"$^\ddagger$", "–": "--", "×": r"$\times$", "−": "-", "⚠": "(!)"}
+        "†": r"$^\dagger$", "‡": r"$^\ddagger$", "–": "--", "×": r"$\times$", "−": "-", "⚠": "(!)", "✗": r"$^\times$"}
 
 
 def tex_escape(s: object) -> str:
@@ -270,7 +278,7 @@ def tex_score(s: Score | None, digits: int) -> str:
     m = _num(s.mean, digits)
     m = rf"\textbf{{{m}}}" if s.rank == 1 else rf"\underline{{{m}}}" if s.rank == 2 else m
     std = rf"{{\scriptsize $\pm${_num(s.std, digits)}}}" if math.isfinite(s.std) else ""
-    return m + std + (r"$^\dagger$" if s.few else "")
+    return m + std + (r"$^\dagger$" if s.few else "") + (r"$^\times$" if s.learned is False else "")
 
 
 def latex(t: Table, comps: Sequence[Comparison] = (), label: str = "tab:efficientft") -> str:
@@ -362,7 +370,7 @@ def csv_comparisons(comps: Sequence[Comparison]) -> str:
         r = c.result
         lines.append([c.a.label, c.b.label, c.task, r.n, " ".join(map(str, r.seeds)), _g(100 * r.mean_diff),
                       _g(100 * r.std_diff), _g(100 * r.ci_low), _g(100 * r.ci_high), _g(r.p_value), _g(r.p_holm), r.test,
-                      _g(r.d_z), f"n < {FEW_SEEDS}" if r.few else ""])
+                      _g(r.d_z), "; ".join(x for x in (f"n < {FEW_SEEDS}" if r.few else "", c.caveat) if x)])
     return _csv(lines)
 
 

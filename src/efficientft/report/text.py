@@ -6,6 +6,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from .learned import run_learned
 from .values import NOT_A_NUMBER, number, show
 
 
@@ -38,17 +39,19 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], align: str | No
 
 
 RUN_HEADERS = ("run", "status", "task", "method", "targets", "λ", "rank", "lr", "seed", "metric", "score",
-               "trainable", "peak MB", "step ms", "wall s")
+               "baseline", "learned?", "trainable", "peak MB", "step ms", "wall s")
 
 
 def run_row(rec: dict) -> list[Any]:
     """One line of ``eft runs`` / ``eft run`` for a stored record (stored text where a number belongs: ``n/a``)."""
     cfg, cost = rec.get("config", {}), rec.get("cost", {}) or {}
     metric = (rec.get("main_metric") or "").split("/")[-1]
+    baseline, learned = run_learned(rec)
     return [
         rec["run_key"][:10], rec["status"], cfg.get("task"), cfg.get("method"), cfg.get("targets"),
         show(cfg.get("lr_ratio", 1.0)), (cfg.get("method_args") or {}).get("rank", "-"),
         show(cfg.get("lr", 0)), cfg.get("seed"), metric, _stored(rec.get("main_score")),
+        baseline if math.isfinite(baseline) else None, learned_text(learned, rec),
         _stored(cost.get("trainable_params")), _scaled(cost.get("peak_memory_mb"), 1, 0),
         _scaled(cost.get("median_step_s"), 1000, 1), _scaled(cost.get("wall_s"), 1, 1),
     ]
@@ -73,4 +76,14 @@ def _scaled(v: Any, scale: float, digits: int) -> int | str | None:
 
 
 def runs_table(records: Sequence[dict]) -> str:
-    return table(RUN_HEADERS, [run_row(r) for r in records], align="llllllrrrlrrrrr")
+    return table(RUN_HEADERS, [run_row(r) for r in records], align="llllllrrrlrrlrrrr")
+
+
+def learned_text(learned: bool | None, rec: dict) -> str:
+    """``yes``, ``NO`` (did not beat the trivial baseline), ``NO (collapsed)`` where its predictions were one class
+    or a constant on the split of its main score, or ``-`` (no score or no recorded baseline)."""
+    if learned is None:
+        return "-"
+    split = (rec.get("main_metric") or "").split("/")[0].replace("best_dev", "dev")
+    collapsed = ((rec.get("details") or {}).get("collapsed") or {}).get(split)
+    return "yes" if learned else "NO (collapsed)" if collapsed else "NO"

@@ -47,6 +47,7 @@ class EvalContext(Protocol):
     task: TaskView
     model: Any  # the model being trained (``torch.nn.Module``)
     tokenizer: Any
+    train: Any  # the encoded training split (its labels or answers give the trivial baselines)
     evals: dict[str, Any]  # the encoded evaluation splits, by name
     kind_state: Any  # what the kind's :meth:`~.kinds.TaskKind.before_training` returned as its own state
 
@@ -69,6 +70,10 @@ class Evaluation:
     scores: dict[str, float]
     predictions: list[dict] | None = None  # one row per example (generation), stored with the run
     cost: dict[str, float] = field(default_factory=dict)  # added up over evaluations (generation_s, generated_tokens)
+    # each metric of the split scored on the trivial prediction (majority class, train mean, most frequent answer):
+    # what a run must beat to have learned anything (``details.baselines``)
+    baselines: dict[str, float] = field(default_factory=dict)
+    collapsed: bool | None = None  # the predictions are one class or a constant (``details.collapsed``)
 
 
 @dataclass

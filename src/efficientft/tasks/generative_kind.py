@@ -112,7 +112,8 @@ def encode_sft(rows: list, tokenizer: Any, template: str, max_length: int, train
         targets.append(lab)
         kept.append(i)
     stats = {"examples": len(rows), "truncated": truncated, "dropped_no_target": dropped, "cutoff_len": max_length}
-    return SFTEncoded(ids, None, np.asarray(kept, dtype=np.int64), stats, targets)
+    return SFTEncoded(ids, None, np.asarray(kept, dtype=np.int64), stats, targets,
+                      gold=[rows[i].answer for i in kept if rows[i].answer is not None])
 
 
 def encode_prompts(rows: list, tokenizer: Any, template: str, spec: tuple[str, int, tuple[str, ...]],
@@ -134,6 +135,21 @@ def encode_prompts(rows: list, tokenizer: Any, template: str, spec: tuple[str, i
                       [_question(ex) for ex in rows], [ex.answer if ex.answer is not None else ex.output for ex in rows],
                       [ex.output for ex in rows], filt, max_new, tuple(stop), get_template(template).add_special_tokens,
                       max_prompt_tokens)
+
+
+def trivial_exact_match(train_answers: list[str], enc: SFTEncoded) -> float:
+    """Exact match of answering every example with the most frequent gold answer of the training split (of the
+    evaluation split itself where the training data has no answers, e.g. free-form instruction data); ties: the
+    answer met first."""
+    from collections import Counter
+
+    from .answers import is_correct
+
+    answers = train_answers or enc.gold
+    if not answers or not enc.gold:
+        return float("nan")
+    top = Counter(answers).most_common(1)[0][0]
+    return float(np.mean([is_correct(enc.filter, top, g) for g in enc.gold]))
 
 
 def _question(ex: Any) -> str:
@@ -220,7 +236,9 @@ class GenerationKind(TaskKind):
                          "extracted": pred, "gold": enc.gold[i], "correct": bool(is_correct(enc.filter, pred,
                                                                                           enc.gold[i]))})
         return Evaluation({"exact_match": float(np.mean([r["correct"] for r in rows])) if rows else float("nan")},
-                          rows, {"generation_s": out.seconds, "generated_tokens": out.new_tokens})
+                          rows, {"generation_s": out.seconds, "generated_tokens": out.new_tokens},
+                          baselines={"exact_match": trivial_exact_match(p.train.gold, enc)},
+                          collapsed=len(rows) > 1 and len({r["extracted"] for r in rows}) == 1)
 
     def summarise(self, p: EvalContext, scores: dict[str, float]) -> dict[str, float]:
         """A suite's average over its evaluation sets (as ``dev/exact_match``), and the forgetting score."""
@@ -234,6 +252,13 @@ class GenerationKind(TaskKind):
             out.update({"forgetting/lm_loss": after, "forgetting/lm_loss_before": before,
                         "forgetting/increase": after - before})
         return out
+
+    def summarise_baselines(self, p: EvalContext, baselines: dict[str, float]) -> dict[str, float]:
+        """A suite's average's baseline: the mean of its sets' (as :meth:`summarise` averages their scores)."""
+        sets = [s for s in p.task.eval_splits if f"{s}/exact_match" in baselines and not p.task.sets[s].extra]
+        if "dev" in p.task.eval_splits or not sets:
+            return {}
+        return {"dev/exact_match": float(np.mean([baselines[f"{s}/exact_match"] for s in sets]))}
 
     def before_training(self, p: EvalContext) -> Baseline | None:
         from .context import Baseline

@@ -85,6 +85,10 @@ class TaskKind:
         """Scores derived from all splits' scores (a suite's average); none by default."""
         return {}
 
+    def summarise_baselines(self, p: EvalContext, baselines: dict[str, float]) -> dict[str, float]:
+        """The trivial baselines of what :meth:`summarise` derives, from the splits' (``<split>/<metric>``)."""
+        return {}
+
     def before_training(self, p: EvalContext) -> Baseline | None:
         """Measure what must be measured on the model before its first step (the forgetting baseline)."""
         return None
@@ -138,10 +142,12 @@ class ClassificationKind(TaskKind):
 
     @torch.no_grad()
     def evaluate(self, p: EvalContext, split: str) -> Evaluation:
-        """Argmax (or the regression output) over length-sorted batches, scored by the task's metrics."""
+        """Argmax (or the regression output) over length-sorted batches, scored by the task's metrics; with each
+        metric's trivial baseline (the training split's majority class or mean) and whether the predictions
+        collapsed to one class or a constant."""
         from ..data import eval_batches
         from .context import Evaluation
-        from .metrics import compute
+        from .metrics import collapsed, compute, trivial_baselines
 
         model, enc = p.model, p.evals[split]
         was_training = model.training
@@ -154,8 +160,11 @@ class ClassificationKind(TaskKind):
             preds[idx] = out.cpu().numpy()
         model.train(was_training)
         gold = enc.labels
-        pred = preds if p.task.is_regression else preds.astype(np.int64)
-        return Evaluation(compute(p.task.metrics, pred, gold))
+        regression = p.task.is_regression
+        pred = preds if regression else preds.astype(np.int64)
+        return Evaluation(compute(p.task.metrics, pred, gold),
+                          baselines=trivial_baselines(p.task.metrics, p.train.labels, gold, regression),
+                          collapsed=collapsed(pred, gold, regression))
 
 
 CLASSIFICATION = ClassificationKind()

@@ -94,3 +94,31 @@ METRIC_TITLES = {
 
 def compute(names: Sequence[str], pred: Sequence, gold: Sequence) -> dict[str, float]:
     return {name: METRICS[name](pred, gold) for name in names}
+
+
+def trivial_baselines(names: Sequence[str], train: Sequence, gold: Sequence, regression: bool) -> dict[str, float]:
+    """Each metric scored, by :func:`compute`, on the trivial prediction: the training split's majority class
+    (ties: the smallest label) or, for regression, the training mean, predicted for every example of ``gold``.
+
+    A constant has no correlation: Pearson and Spearman of it are 0 (the value :func:`pearson` gives a prediction
+    without variance), as MCC is 0 and F1 is that of always answering the majority class.
+    """
+    train = np.asarray(train)
+    if regression:
+        value = float(train.astype(np.float64).mean()) if len(train) else 0.0
+        pred = np.full(len(gold), value, dtype=np.float64)
+    else:
+        classes, counts = np.unique(train.astype(np.int64), return_counts=True)
+        pred = np.full(len(gold), int(classes[counts.argmax()]) if len(classes) else 0, dtype=np.int64)
+    return compute(names, pred, gold)
+
+
+def collapsed(pred: Sequence, gold: Sequence, regression: bool) -> bool:
+    """Whether predictions collapsed to one class or, for regression, a constant: a spread under 1 % of the gold
+    labels' (a regression head's outputs are never exactly equal in floating point). One example cannot say."""
+    p = np.asarray(pred, dtype=np.float64)
+    if len(p) < 2:
+        return False
+    if not regression:
+        return bool((p == p[0]).all())
+    return bool(p.std() <= 0.01 * float(np.asarray(gold, dtype=np.float64).std()))
