@@ -120,6 +120,29 @@ def test_fewer_than_two_tasks_or_entries_say_why_no_ranks(board_store):
     assert "The Friedman test needs at least 3 entries" in two.ranks.why_no_test
 
 
+def test_an_entry_missing_a_task_is_named_not_ranked(tmp_path):
+    store = fill(tmp_path / "eft.sqlite")
+    cfg = {"task": "stsb", "method": "ia3", "targets": "qv", "lr_ratio": 1.0, "lr": 3e-3, "seed": 0, "data_seed": 0,
+           "model": "tiny", "steps": 100, "method_args": {"rank": 8}}
+    store.start("extra", cfg, {}, {}, "dev/pearson")
+    store.finish("extra", "done", scores={"dev/pearson": 0.5})
+    lb = api.leaderboard(store.path)
+    assert len(lb.ranks.labels) == 4 and [lab.split()[0] for lab in lb.ranks.unranked] == ["ia3"]
+    assert "Not ranked (not scored on every task): ia3 qv" in api.leaderboard_markdown(lb)
+    one = next(e for e in _board(lb, "stsb").entries if e.row.fields["method"] == "ia3")
+    assert one.tied is None and one.vs_best.kind == "" and math.isnan(one.vs_best.p)  # 1 seed: untested
+    assert "| untested | – (no test) |" in api.leaderboard_markdown(lb)
+
+
+def test_without_the_stats_extra_ranks_say_what_to_install(board_store, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "scikit_posthocs", None)  # as if not installed
+    lb = api.leaderboard(board_store)
+    assert lb.ranks.nemenyi is None and math.isfinite(lb.ranks.friedman_p)
+    assert "install the stats extra (pip install 'efficientft[stats]', scikit-posthocs)" in lb.ranks.why_no_test
+
+
 def test_pareto_sets(lb):
     def names(task, cost):
         return sorted(" ".join(lab.split()[:2]) for lab in _board(lb, task).pareto[cost])

@@ -27,7 +27,7 @@ def _f(v: float, k: float, digits: int = 2) -> str:
 
 
 def _band(e: Entry) -> str:
-    return "best" if e.best else "tied" if e.tied else "no"
+    return "best" if e.best else "untested" if e.tied is None else "tied" if e.tied else "no"
 
 
 def _learned(e: Entry) -> str:
@@ -71,6 +71,8 @@ def ranks_text(lb: Leaderboard) -> list[str]:
     out = [f"Average rank over {len(r.tasks)} tasks ({', '.join(task_title(t) for t in r.tasks)}), 1 = best, "
            f"each task ranked in its metric's direction: "
            + "; ".join(f"{lab} {r.mean_rank[lab]:.2f}" for lab in r.labels) + "."]
+    if r.unranked:
+        out.append(f"Not ranked (not scored on every task): {'; '.join(r.unranked)}.")
     if math.isfinite(r.friedman_p):
         out.append(f"Friedman test: χ² = {r.friedman_stat:.3f}, p = {p_text(r.friedman_p)} "
                    f"({'the entries differ' if r.friedman_p <= lb.alpha else 'no difference shown'} at "
@@ -82,7 +84,7 @@ def ranks_text(lb: Leaderboard) -> list[str]:
 
 def _intro(lb: Leaderboard) -> str:
     col = lb.collection
-    return (f"Split: {SPLIT_TITLES[col.split]}. Per task: mean over seeds with its 95 % t interval; *tied* = not "
+    return (f"Split: {SPLIT_TITLES[col.split]}. Per task: mean over seeds with its 95 % t interval; tied = not "
             f"distinguishable from the best at α = {lb.alpha:g} (paired t-test over matched seeds, else Welch; "
             f"Holm-adjusted over the task's comparisons with the best). Reference: {lb.reference} "
             f"(on the same targets, when a method name), Holm-adjusted over the task's comparisons with it.")
@@ -122,7 +124,7 @@ def csv_text(lb: Leaderboard) -> str:
             costs = [getattr(c, a) if c else "" for a in ("params_min", "peak_memory_mb", "median_step_s",
                                                           "tokens_per_s")]
             lines.append([b.task, b.metric, b.higher, e.place, e.label, f.get("method"), f.get("targets"),
-                          f.get("lr_ratio"), s.n, s.mean, s.ci_low, s.ci_high, e.best, e.tied,
+                          f.get("lr_ratio"), s.n, s.mean, s.ci_low, s.ci_high, e.best, "" if e.tied is None else e.tied,
                           tb.kind if tb else "", tb.p if tb else "", tb.p_holm if tb else "", e.reference or "",
                           tr.kind if tr else "", tr.diff if tr else "", tr.p if tr else "", tr.p_holm if tr else "",
                           "" if e.learned is None else e.learned, e.tuning.search or "",

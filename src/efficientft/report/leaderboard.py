@@ -8,7 +8,8 @@ Student-t interval.
   (:func:`efficientft.vocab.higher_is_better`). Every other entry is tested against it — paired t-test over the seeds
   both ran when their seeds match, Welch's t-test otherwise — and the p-values are Holm-adjusted over the task's
   comparisons with the best (:func:`.stats.holm`). An entry not distinguishable from the best at α = 0.05 after the
-  adjustment (or that cannot be tested: one seed) is *tied*: a band, not one bold number.
+  adjustment is *tied*: a band, not one bold number. One that cannot be tested (fewer than 2 seeds on a side) is
+  neither tied nor beaten: it is marked untested.
 - **Against a reference** (LoRA on the same targets by default, λ = 1 preferred): each entry's difference with the
   same tests, Holm-adjusted over the task's comparisons with the reference.
 - **Across tasks**: each entry's average rank over the tasks where every entry has a score (rank 1 the best, ties
@@ -96,7 +97,7 @@ class Entry:
     cell: Cell
     place: int  # 1 = the best mean in the metric's direction
     best: bool
-    tied: bool  # not distinguishable from the best after Holm (the best itself included)
+    tied: bool | None  # not distinguishable from the best after Holm (the best itself included); None: untested
     vs_best: Test | None  # None for the best
     reference: str | None  # the reference entry's label; None: it is the reference, or the task has none
     vs_reference: Test | None
@@ -129,6 +130,7 @@ class Ranks:
     nemenyi: Any = None  # a DataFrame of pairwise p-values (labels × labels), for the CD diagram
     why: str = ""  # no ranks at all
     why_no_test: str = ""  # ranks, but no Friedman test / diagram
+    unranked: list[str] = field(default_factory=list)  # entries missing a task: not ranked
 
 
 @dataclass
@@ -252,7 +254,8 @@ def _task_board(col: Collection, task: str, ref_spec: str, fixed: Row | None, tr
     for i, r in enumerate(rows):
         c = r.cells[task]
         tb = vs_best[i]
-        entries.append(Entry(r, c, i + 1, r is best, tb is None or not tb.p_holm <= alpha, tb,
+        tied = True if tb is None else None if math.isnan(tb.p_holm) else bool(tb.p_holm > alpha)
+        entries.append(Entry(r, c, i + 1, r is best, tied, tb,
                              None if refs[i] is None or refs[i] is r else refs[i].label, vs_ref[i],
                              _learned(c, col.split, metric, hib), _tuning(c, trials)))
     board = TaskBoard(task, metric, hib, entries)
@@ -307,7 +310,8 @@ def _ranks(col: Collection, boards: list[TaskBoard]) -> Ranks:
                          index=col.tasks)
     mean_rank = ranks.mean(axis=0)
     order = sorted(labels, key=lambda lab: (mean_rank[lab], labels.index(lab)))
-    out = Ranks(order, {lab: float(mean_rank[lab]) for lab in order}, list(col.tasks))
+    out = Ranks(order, {lab: float(mean_rank[lab]) for lab in order}, list(col.tasks),
+                unranked=[r.label for r in col.rows if r not in full])
     if len(full) < 3:
         out.why_no_test = "The Friedman test needs at least 3 entries scored on every task; there are 2."
         return out
