@@ -81,3 +81,31 @@ def test_the_browser_check_sees_errors(tmp_path):
         b.open(err.as_uri())
         errs = b.errors()
         assert any("console: boom" in e for e in errs) and any("undefinedFn" in e for e in errs), errs
+
+
+def test_leaderboard_in_headless_chromium(tmp_path):
+    """``eft report --leaderboard``'s HTML: no console error, a table per task with the tied band shaded, the ranks,
+    and every plot (critical-difference diagram, Pareto plots) loaded as an image."""
+    from efficientft import api
+    from tests.board_runs import fill
+
+    fill(tmp_path / "eft.sqlite")
+    lb = api.leaderboard(tmp_path / "eft.sqlite", out=tmp_path / "lb")
+    with Browser() as b:
+        b.open((tmp_path / "lb" / "leaderboard.html").as_uri())
+        assert b.errors() == []
+        ev = b.evaluate
+        assert ev("document.title") == "EfficientFT leaderboard"
+        assert ev("document.querySelectorAll('table[id^=task-]').length") == len(lb.tasks) == 3
+        bands = ev("Array.from(document.querySelectorAll('#task-1 tbody tr')).map(r => r.className)")
+        assert bands == ["best", "tied", "tied", "no"]  # STS-B: DoRA, both LoRA entries tied, BitFit not
+        shaded = ev("getComputedStyle(document.querySelector('#task-1 tr.tied td')).backgroundColor")
+        assert shaded == "rgb(238, 247, 238)"
+        assert ev("document.body.textContent.includes('Friedman test: χ² = 6.310, p = 0.097')")
+        imgs = ev("Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth])")
+        assert sorted(a for a, _c, _w in imgs) == sorted(p.stem for p in lb.plots) and len(imgs) == 5
+        assert all(c and w > 300 for _a, c, w in imgs), imgs
+        # sorting by the score column puts the best last when ascending
+        ev("document.querySelectorAll('#task-1 thead th')[2].click()")
+        assert ev("document.querySelector('#task-1 tbody tr:last-child').className") == "best"
+        assert b.errors() == []

@@ -28,12 +28,14 @@ _EXPORTS = {
     "export_store": "export", "run_key": "resolve", "check_run": "api", "push_to_hub": "api", "plan_suite": "api",
     "plan_text": "api", "plan_json": "api", "summary_text": "api", "runs_table": "api", "list_methods": "api",
     "list_tasks": "api", "suite_text": "api", "export_runs": "api", "write_report": "api",
+    "leaderboard": "api", "leaderboard_markdown": "api",
 }
 __all__ = [
     "__version__", "ConfigError", "RunConfig", "Store", "Suite", "PlannedRun", "Report", "open_store", "run",
     "load_suite", "list_suites", "run_suite", "runs_frame", "curves_frame", "build_report", "table_frame",
     "export_store", "run_key", "check_run", "push_to_hub", "plan_suite", "plan_text", "plan_json", "summary_text",
-    "runs_table", "list_methods", "list_tasks", "suite_text", "export_runs", "write_report",
+    "runs_table", "list_methods", "list_tasks", "suite_text", "export_runs", "write_report", "leaderboard",
+    "leaderboard_markdown",
 ]
 
 if TYPE_CHECKING:
@@ -42,6 +44,8 @@ if TYPE_CHECKING:
         check_run,
         curves_frame,
         export_runs,
+        leaderboard,
+        leaderboard_markdown,
         list_methods,
         list_suites,
         list_tasks,

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from .report.build import Report
+    from .report.leaderboard import Leaderboard
     from .sweep.options import SweepOptions
     from .sweep.suite import Suite
 
@@ -409,6 +410,47 @@ def _report(store: Store | str | Path | None, split: str, tasks: Sequence[str] |
     rep = build(db, split, _names(tasks, "tasks"), _names(methods, "methods"), select_lr=select_lr, **options)
     files = write(rep, db, Path(out), formats, plots=plots) if out is not None else []
     return rep, files
+
+
+def leaderboard(store: Store | str | Path | None = None, split: str = "dev", tasks: Sequence[str] | None = None,
+                methods: Sequence[str] | None = None, select_lr: bool | str = False, reference: str | None = None,
+                out: str | Path | None = None, formats: Sequence[str] | str = ("md", "html", "csv"),
+                plots: bool = True, tags: dict[str, str] | None = None,
+                metrics: dict[str, str] | None = None) -> Leaderboard:
+    """The leaderboard of ``eft report --leaderboard`` (and its files in ``out`` when given): per task the mean
+    ± 95 % CI over seeds, the entries tied with the best (Holm-adjusted tests at α = 0.05), each entry against a
+    ``reference`` (default: LoRA on the same targets); across tasks the average rank, the Friedman test and a
+    critical-difference diagram; cost beside score with Pareto plots; tuning and the learned mark.
+    ``leaderboard_markdown(lb)`` is its Markdown."""
+    from .report.board_output import BOARD_FORMATS, write
+    from .report.build import parse_formats
+    from .report.leaderboard import build_leaderboard
+
+    if isinstance(formats, str):
+        formats = parse_formats(formats)
+    bad = [f for f in formats if f not in BOARD_FORMATS]
+    if bad:
+        raise ConfigError(f"the leaderboard has no {bad[0]} form; accepted formats: {', '.join(BOARD_FORMATS)}.")
+    if reference is not None:
+        _expect(reference, str, "reference", "a method name, an entry's label or key=value pairs")
+    if out is not None:
+        _expect(out, (str, os.PathLike), "out", "the path of the output folder")
+        from .outputs import check_output_dir
+
+        check_output_dir(out, "--out")
+    db = open_store(store, create=False)
+    lb = build_leaderboard(db, split, _names(tasks, "tasks"), _names(methods, "methods"), tags, metrics, select_lr,
+                           reference)
+    if out is not None:
+        write(lb, Path(out), formats, plots=plots)
+    return lb
+
+
+def leaderboard_markdown(lb: Leaderboard) -> str:
+    """A leaderboard (what :func:`leaderboard` returns) as one Markdown document."""
+    from .report.board_output import markdown
+
+    return markdown(lb)
 
 
 def table_frame(rep: Report) -> pd.DataFrame:

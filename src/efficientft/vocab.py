@@ -118,3 +118,13 @@ MODEL_ALIASES = ("minilm", "all-minilm-l6-v2", "sentence-transformers/all-minilm
 TRAIN_SOURCES = ("boolq", "arc_e", "arc_c", "obqa")
 # The user's data is labelled ``<name>@<hash8>`` by resolution (efficientft.resolve.resolve_custom).
 DATA_LABEL_HASH = re.compile(r"@[0-9a-f]{8}$")
+
+# ------------------------------------------------------------------ metric direction (one place knows it)
+# Metric names (without a split prefix) where a lower score is better: selection, halving, ranks, bold marks and
+# ties read :func:`higher_is_better`.
+LOWER_IS_BETTER = frozenset({"lm_loss", "increase", "lm_loss_before", "loss"})
+
+
+def higher_is_better(metric: str) -> bool:
+    """Whether a larger value of ``metric`` (``dev/lm_loss`` or ``lm_loss``) is better."""
+    return str(metric).rsplit("/", 1)[-1] not in LOWER_IS_BETTER

@@ -36,7 +36,8 @@ def _report_parser(sub) -> None:
     p = sub.add_parser("report", help="tables (Markdown, LaTeX, CSV), plots and one HTML report from a store")
     store_arg(p)
     p.add_argument("--out", default="results/report", help="output folder (default: results/report)")
-    p.add_argument("--format", default="md,html,latex,csv", help="comma-separated: md, html, latex, csv (default: all)")
+    p.add_argument("--format", default=None,
+                   help="comma-separated: md, html, latex, csv (default: all; with --leaderboard: md, html, csv)")
     p.add_argument("--split", default="dev", choices=("dev", "selection", "best_dev"),
                    help="which score is reported: dev, selection, or best_dev (the 'best dev score' convention)")
     p.add_argument("--tasks", help="only these tasks, in this column order (comma-separated)")
@@ -57,6 +58,13 @@ def _report_parser(sub) -> None:
     p.add_argument("--ci", action="store_true",
                    help="Markdown table cells also show the 95%% CI over seeds: mean ± std [low, high]")
     p.add_argument("--no-plots", action="store_true", help="tables only")
+    p.add_argument("--leaderboard", action="store_true",
+                   help="a leaderboard instead: per task mean ± 95%% CI, who is tied with the best (Holm, α=0.05), "
+                        "each entry against --reference; average ranks, Friedman test and critical-difference "
+                        "diagram across tasks; cost beside score with Pareto plots (leaderboard.md/.csv/.html)")
+    p.add_argument("--reference", metavar="ENTRY",
+                   help="with --leaderboard: the reference entry, a method (on the same targets; default: lora), "
+                        "an entry's label or key=value pairs (method=lora,targets=qv,lambda=1)")
 
 
 def cmd_runs(a: argparse.Namespace) -> int:
@@ -83,7 +91,15 @@ def cmd_show(a: argparse.Namespace) -> int:
 
 
 def cmd_report(a: argparse.Namespace) -> int:
-    rep, files = api.write_report(a.out, a.store, a.split, a.tasks or None, a.methods or None, a.select_lr, a.format,
+    if a.leaderboard:
+        if a.compare:
+            raise ConfigError("--compare is the report's; the leaderboard compares each entry with its --reference "
+                              "and with the best on each task.")
+        return _leaderboard(a)
+    if a.reference is not None:
+        raise ConfigError("--reference names the leaderboard's reference entry; add --leaderboard.")
+    rep, files = api.write_report(a.out, a.store, a.split, a.tasks or None, a.methods or None, a.select_lr,
+                                  a.format or "md,html,latex,csv",
                                   plots=not a.no_plots, tags=parse_pairs(a.tag, "--tag"),
                                   metrics=parse_pairs(a.metric, "--metric"),
                                   pairs=[tuple(c) for c in a.compare or []], test=a.test, digits=a.digits, ci=a.ci)
@@ -91,6 +107,17 @@ def cmd_report(a: argparse.Namespace) -> int:
     for note in rep.table.notes:
         print(note)
     print(f"wrote {len(files)} files to {a.out}: " + ", ".join(sorted({f.name for f in files if f.parent == Path(a.out)})),
+          file=sys.stderr)
+    return 0
+
+
+def _leaderboard(a: argparse.Namespace) -> int:
+    lb = api.leaderboard(a.store, a.split, a.tasks or None, a.methods or None, a.select_lr, a.reference, a.out,
+                         a.format or "md,html,csv", plots=not a.no_plots, tags=parse_pairs(a.tag, "--tag"),
+                         metrics=parse_pairs(a.metric, "--metric"))
+    print(api.leaderboard_markdown(lb), end="")
+    print(f"wrote {len(lb.files)} files to {a.out}: " + ", ".join(sorted({f.name for f in lb.files
+                                                                         if f.parent == Path(a.out)})),
           file=sys.stderr)
     return 0
 
