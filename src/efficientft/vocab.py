@@ -106,7 +106,7 @@ LOWER_IS_BETTER = frozenset({"lm_loss", "lm_loss_before", "increase", "loss"})
 
 def higher_is_better(metric: str) -> bool:
     """Whether a larger value of ``metric`` (``lm_loss`` or with its split, ``dev/lm_loss``) is better."""
-    return metric.rsplit("/", 1)[-1] not in LOWER_IS_BETTER
+    return str(metric).rsplit("/", 1)[-1] not in LOWER_IS_BETTER
 
 
 # ------------------------------------------------------------------ names a reader takes before a local path
@@ -118,13 +118,3 @@ MODEL_ALIASES = ("minilm", "all-minilm-l6-v2", "sentence-transformers/all-minilm
 TRAIN_SOURCES = ("boolq", "arc_e", "arc_c", "obqa")
 # The user's data is labelled ``<name>@<hash8>`` by resolution (efficientft.resolve.resolve_custom).
 DATA_LABEL_HASH = re.compile(r"@[0-9a-f]{8}$")
-
-# ------------------------------------------------------------------ metric direction (one place knows it)
-# Metric names (without a split prefix) where a lower score is better: selection, halving, ranks, bold marks and
-# ties read :func:`higher_is_better`.
-LOWER_IS_BETTER = frozenset({"lm_loss", "increase", "lm_loss_before", "loss"})
-
-
-def higher_is_better(metric: str) -> bool:
-    """Whether a larger value of ``metric`` (``dev/lm_loss`` or ``lm_loss``) is better."""
-    return str(metric).rsplit("/", 1)[-1] not in LOWER_IS_BETTER

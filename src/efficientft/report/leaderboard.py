@@ -38,6 +38,7 @@ from ..store import Store
 from ..vocab import higher_is_better
 from .collect import Cell, Collection, Row, collect, find_row
 from .cost import CostRow, cost_rows
+from .learned import cell_learned
 from .rows import flat_config, freeze
 from .stats import holm, paired, pareto_front
 from .values import number
@@ -48,22 +49,6 @@ DEFAULT_REFERENCE = "lora"
 BOARD_COSTS = {"trainable_params": ("trainable params", False), "peak_memory_mb": ("peak memory (MB)", False),
                "median_step_s": ("step time (s)", False), "tokens_per_s": ("tokens/s", True)}
 _BUDGET = ("steps", "epochs")  # a trial's budget (its rung), not a tuned setting
-
-
-def cell_learned(scores: list[float], baseline: float, higher_is_better: bool) -> bool:
-    """STAND-IN for ``efficientft.report.learned.cell_learned`` (wt-learn), same signature: the lead replaces it
-    with an import. Whether the runs beat the trivial baseline beyond their own noise: a one-sided one-sample t-test
-    at α = 0.05 (with one run, or no spread, its mean beating the baseline)."""
-    x = [s if higher_is_better else -s for s in scores if math.isfinite(s)]
-    b = baseline if higher_is_better else -baseline
-    if not x:
-        return False
-    mean = sum(x) / len(x)
-    if len(x) < 2 or len(set(x)) == 1:
-        return mean > b
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # nearly identical scores: scipy's precision note
-        return bool(mean > b and sps.ttest_1samp(x, b, alternative="greater").pvalue < ALPHA)
 
 
 @dataclass
