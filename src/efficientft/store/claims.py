@@ -263,18 +263,6 @@ class Claims:
                              f"worker was not stored ({outcome['status']}).") from None
         self._held.pop(key, None)
 
-    def add_sweep(self, suite: str, summary: dict) -> int:
-        """Record a sweep (what it planned, ran and skipped; its selection results); returns its id."""
-        with self.transaction() as db:
-            cur = db.execute("INSERT INTO sweeps (suite, started_at, summary) VALUES (?,?,?)",
-                             (suite, now(), _json(_clean(summary))))
-            return int(cur.lastrowid)
-
-    def update_sweep(self, sweep_id: int, summary: dict, finished: bool = True) -> None:
-        with self.transaction() as db:
-            db.execute("UPDATE sweeps SET summary=?, finished_at=? WHERE id=?",
-                       (_json(_clean(summary)), now() if finished else None, sweep_id))
-
     def add_curves(self, key: str, rows: Iterable[tuple[str, int, str, float]]) -> None:
         """Rows of (kind, step, name, value), e.g. ("train", 10, "loss", 0.69). Only the run's owner writes them
         (a run whose claim was taken over drops them); a shadow attempt's wait aside until it is done."""
