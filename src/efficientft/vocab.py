@@ -105,3 +105,13 @@ MODEL_ALIASES = ("minilm", "all-minilm-l6-v2", "sentence-transformers/all-minilm
 TRAIN_SOURCES = ("boolq", "arc_e", "arc_c", "obqa")
 # The user's data is labelled ``<name>@<hash8>`` by resolution (efficientft.resolve.resolve_custom).
 DATA_LABEL_HASH = re.compile(r"@[0-9a-f]{8}$")
+
+
+# ------------------------------------------------------------------ metric direction (selection, halving, search)
+# Metrics (without their split prefix) where a smaller value is better; every other metric is maximised.
+LOWER_IS_BETTER = ("lm_loss", "increase", "lm_loss_before", "loss")
+
+
+def higher_is_better(metric: str) -> bool:
+    """Whether a larger value of ``metric`` (``dev/lm_loss`` or ``lm_loss``) is better."""
+    return metric.split("/", 1)[-1] not in LOWER_IS_BETTER
