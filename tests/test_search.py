@@ -106,7 +106,17 @@ def test_the_shipped_search_runs_tags_its_trials_and_reports_the_choice_on_dev(t
             scores = stored[(number, study.split("/")[1])]
             sel = [v for k, v in scores.items() if k.startswith("selection/") and v == pytest.approx(value)]
             assert sel, (scores, value)
-    assert any("pruned at 4 steps" in line for line in lines)
+    # successive halving at the 4-step rung (eta 3, three trials): a trial goes on to the full budget iff its rung
+    # score is at least the best rung score so far in its configuration (Optuna's promotion rule)
+    pruned = 0
+    for c in configs:
+        trial_runs = [r for r in runs if r["tags"].get("search") == "search-check" and r["tags"]["group"] == c["group"]]
+        rung0 = sorted((r["tags"]["trial"], r["scores"][c["chosen_by"]]) for r in trial_runs if r["tags"]["rung"] == 0)
+        went_on = {r["tags"]["trial"] for r in trial_runs if r["tags"]["rung"] == 1}
+        for i, (trial, v) in enumerate(rung0):
+            assert (trial in went_on) == (v >= max(x for _, x in rung0[:i + 1])), (c["label"], c["task"], rung0)
+            pruned += trial not in went_on
+    assert sum(1 for line in lines if "pruned at 4 steps" in line) == pruned
     assert s["plot"] and all(Path(p).stat().st_size > 0 for p in s["plot"])
 
 
