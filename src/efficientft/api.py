@@ -216,12 +216,14 @@ def run_suite(suite: Suite | str | Path, store: Store | str | Path | None = None
     (counts per status), ``failed``, ``selection`` (the model selection results, when the suite has a
     ``selection:`` block), ``wall_s`` and ``steps_trained``.
     """
+    from .sweep.runner import check_options
     from .sweep.runner import sweep as run_sweep
     from .train import check_inputs
 
     s = _suite(suite)
     opts = _sweep_options(settings)
     runs = s.expand(opts.env)  # every config validated before the store is even opened
+    check_options(s, opts)
     problems = check_inputs([r.cfg for r in runs])  # and every data set and model found, before any training
     if problems:
         raise ConfigError(f"{s.path}: inputs missing, nothing was run:\n  " + "\n  ".join(problems))

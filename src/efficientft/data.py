@@ -126,13 +126,18 @@ def _tokenizer_id(tokenizer) -> str:
     sample of the vocabulary is not enough: the cache would serve one tokenizer's ids to the other.
     """
     h = hashlib.sha256(type(tokenizer).__name__.encode())
-    spec = None
+    spec = raw = None
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
         try:
-            spec = json.loads(backend.to_str())
+            raw = backend.to_str()
+            memo = (hashlib.sha256(raw.encode()).hexdigest(), len(tokenizer), tokenizer.padding_side,
+                    tokenizer.truncation_side, getattr(tokenizer, "do_lower_case", None))
+            if memo in _TOKENIZER_IDS:  # parsing and re-serialising a 30k vocabulary costs ~0.3 s per split
+                return _TOKENIZER_IDS[memo]
+            spec = json.loads(raw)
         except Exception:  # noqa: BLE001 - a backend that cannot serialise falls back to the vocabulary
-            spec = None
+            spec = raw = None
     if isinstance(spec, dict):
         for k in ("truncation", "padding"):  # per-call state the tokenizer sets itself, not behaviour
             spec.pop(k, None)
@@ -143,7 +148,13 @@ def _tokenizer_id(tokenizer) -> str:
             h.update(f"{tok}\x00{vocab[tok]}\x01".encode())
     h.update(repr((len(tokenizer), tokenizer.padding_side, tokenizer.truncation_side,
                    getattr(tokenizer, "do_lower_case", None))).encode())
+    if raw is not None:
+        _TOKENIZER_IDS[memo] = h.hexdigest()[:16]
     return h.hexdigest()[:16]
+
+
+# the ids of tokenizers already hashed in this process, by their exact serialisation and settings
+_TOKENIZER_IDS: dict[tuple, str] = {}
 
 
 def _cache_key(examples: Examples, tokenizer, max_length: int, with_types: bool) -> str:

@@ -72,6 +72,9 @@ class Method:
     # threshold, an initialisation that now follows the paper). Above 1 it enters the run key, so a result stored
     # by an earlier revision is never taken as this one's ("already done"); at 1 keys stay as they always were.
     revision: ClassVar[int] = 1
+    # Where a tuned learning rate is searched (log-uniform, low..high) when a suite's ``search:`` block does not
+    # say: each method ships the range its paper and practice use (adapters: 1e-5..1e-2 unless they say more).
+    lr_prior: ClassVar[tuple[float, float]] = (1e-5, 1e-2)
 
     def __init__(self, args: Any = None) -> None:
         self.args = args if args is not None else self.Args()

@@ -26,6 +26,7 @@ from .capabilities import Capabilities
 
 @register("bitfit")
 class BitFit(Method):
+    lr_prior = (1e-4, 1e-2)  # BitFit (Ben Zaken et al. 2022: 1e-4..1e-3)
     summary = "BitFit (Ben Zaken et al. 2022): only the bias terms of the targets train (targets 'all': every bias)"
     capabilities = Capabilities(targets="linear", all_targets=True, v_role=True, v_bias=True, quantized_base=False,
                                 quantized_base_reason="a 4/8-bit layer's bias can train, but no test shows it yet",

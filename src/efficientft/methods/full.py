@@ -21,6 +21,7 @@ from .capabilities import Capabilities
 
 @register("full")
 class FullFineTuning(Method):
+    lr_prior = (1e-5, 1e-4)  # BERT/RoBERTa fine-tuning (Devlin et al. 2019: 2e-5..5e-5)
     summary = "full fine-tuning of the targeted weights (targets 'all': every weight)"
     capabilities = Capabilities(
         all_targets=True, fused_slices=True, merge=True, export="model", quantized_base=False, sharding=True,

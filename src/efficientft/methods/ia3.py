@@ -31,6 +31,7 @@ FEEDFORWARD_ROLES = ("ffn_down",)
 @register("ia3")
 class IA3(PeftMethod):
     """PEFT's ``IA3Config``; the plumbing (export as a PEFT adapter folder, reload, merge) is PeftMethod's."""
+    lr_prior = (1e-3, 1e-2)  # (IA)³ (Liu et al. 2022: 3e-3)
 
     summary = "(IA)3 (Liu et al. 2022): learned vectors rescale the targets' activations (ones at init), via PEFT"
     capabilities = Capabilities(quantized_base=True, merge=True, export="peft")

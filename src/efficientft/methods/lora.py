@@ -43,6 +43,7 @@ class LoraBacked(PeftMethod):
     """PEFT's ``LoraConfig`` from :class:`LoraArgs` (rank, α, dropout) plus a variant's :meth:`peft_kwargs`,
     built with our plain-LoRA forward (:func:`efficientft.lowrank.use_fast_lora`: the same function, a faster
     backward) except over bitsandbytes layers, where PEFT's own quantized LoRA layers go."""
+    lr_prior = (1e-4, 3e-3)  # LoRA (Hu et al. 2021: 2e-4..5e-4 on GLUE) and its variants
 
     Args = LoraArgs
     peft_config_name = "LoraConfig"

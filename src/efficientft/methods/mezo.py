@@ -128,6 +128,7 @@ _ZO_CAPABILITIES = Capabilities(all_targets=True, fused_slices=True, v_role=True
 
 class ZerothOrder(FullFineTuning):
     """Full fine-tuning's targets and export, with the SPSA update of MeZO (masked by :meth:`masks`)."""
+    lr_prior = (1e-7, 1e-5)  # MeZO (Malladi et al. 2023: 1e-7..1e-6)
 
     def optimizer(self, groups: list[dict], lr: float, weight_decay: float) -> torch.optim.Optimizer:
         return ForwardOnly(groups, lr, weight_decay)

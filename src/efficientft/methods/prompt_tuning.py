@@ -19,6 +19,7 @@ from .capabilities import Capabilities
 
 @register("prompt_tuning")
 class PromptTuning(PromptMethod):
+    lr_prior = (1e-3, 3e-1)  # prompt tuning (Lester et al. 2021: 0.3)
     summary = "prompt tuning (Lester et al. 2021): n trained virtual-token embeddings prepended to the input, via PEFT"
     Args = PromptArgs
     capabilities = Capabilities(targets="none", v_role=False, quantized_base=True, export="peft")

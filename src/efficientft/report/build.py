@@ -107,8 +107,9 @@ def write(rep: Report, store: Store, out: Path, formats: Sequence[str] = FORMATS
     files: list[Path] = []
     if plots:
         from .plots import all_plots
+        from .search_plot import tuning_budget  # a store holding a search: best score against tuning budget
 
-        rep.plots = all_plots(rep.collection, store, out / "plots")
+        rep.plots = all_plots(rep.collection, store, out / "plots") + tuning_budget(store.runs(), out / "plots")
         files += rep.plots
     t, col = rep.table, rep.collection
     if "md" in formats:

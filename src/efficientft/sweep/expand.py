@@ -45,6 +45,11 @@ class PlannedRun:
         return " ".join(str(b) for b in bits)
 
 
+def item(run: PlannedRun) -> dict[str, Any]:
+    """What an executor takes: the key, the resolved config as a dict, the tags, a description."""
+    return {"key": run.key, "config": run.cfg.to_dict(), "tags": run.tags, "describe": run.describe()}
+
+
 def _locate(error: ConfigError, origin: dict[Path_, int], fallback: int) -> int:
     """The line that set the field whose rule failed (the error's ``field``); for an error that names no field
     (a rule tying fields together, a method's own arguments), the field its message mentions first, else
@@ -70,6 +75,36 @@ def _locate(error: ConfigError, origin: dict[Path_, int], fallback: int) -> int:
         if ("method_args",) in origin:
             return origin[("method_args",)]
     return min(found)[2] if found else fallback
+
+
+def takes(cfg: RunConfig, name: str) -> bool:
+    """Whether a searched field (``lr``, ``method_args.rank``) applies to this run: a method argument applies to
+    the methods that take it."""
+    import dataclasses
+
+    from ..methods import METHODS
+
+    top, _, sub = name.partition(".")
+    if top != "method_args" or not sub:
+        return True
+    return sub in {f.name for f in dataclasses.fields(METHODS.get(cfg.method).Args)}
+
+
+def apply_params(cfg: RunConfig, params: dict[str, Any], **fields: Any) -> RunConfig:
+    """``cfg`` with the sampled ``params`` (``{"lr": 1e-3, "method_args.rank": 8}``; those its method does not
+    take are left out) and ``fields`` set, resolved again (a value out of a rule's range is a ConfigError)."""
+    from ..resolve import resolve
+
+    d = {**cfg.to_dict(), **fields}
+    for name, v in params.items():
+        top, _, sub = name.partition(".")
+        if not takes(cfg, name):
+            continue
+        if sub:
+            d[top] = {**(d.get(top) or {}), sub: v}
+        else:
+            d[top] = v
+    return resolve(RunConfig.from_dict(d))
 
 
 def _default_label(cfg: RunConfig) -> str:

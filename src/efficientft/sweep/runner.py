@@ -29,7 +29,8 @@ from typing import Any
 from ..errors import ConfigError
 from ..resolve import run_key
 from ..store import Store, skip_reason
-from .executors import InProcess, Item, LocalPool, Outcome
+from .executors import InProcess, LocalPool, Outcome
+from .expand import item
 from .options import EXECUTORS, SweepOptions, environment  # noqa: F401 - their home before the schema
 from .selection import halving, over_values, select
 from .suite import PlannedRun, Suite
@@ -47,8 +48,15 @@ def make_executor(opts: SweepOptions, store: Store):
     return InProcess(path, opts.retry_failed, opts.reclaim)
 
 
-def item(run: PlannedRun) -> Item:
-    return {"key": run.key, "config": run.cfg.to_dict(), "tags": run.tags, "describe": run.describe()}
+def check_options(suite: Suite, opts: SweepOptions) -> None:
+    """What a suite cannot do with these options, refused before anything runs."""
+    if suite.search is not None:
+        from .search import optuna_or_error
+
+        optuna_or_error()  # installed (the search extra), before the store is opened
+    if suite.search is not None and opts.executor == "ray":
+        raise ConfigError(f"{suite.path}: a search: block runs with the local executors only (Optuna in this "
+                          f"process; Ray Tune is not wired yet); drop --executor ray.")
 
 
 # ---------------------------------------------------------------------------------------------- plan and cost
@@ -139,6 +147,10 @@ def plan(suite: Suite, store: Store | None, opts: SweepOptions) -> dict[str, Any
            "states": _count(x["state"] for x in rows)}
     if suite.early_stopping and opts.early_stopping:
         out["early_stopping"] = halving_cost(suite, runs)
+    if suite.search is not None:
+        from .search import search_cost
+
+        out["search"] = search_cost(suite, runs)
     return out
 
 
@@ -180,6 +192,7 @@ def _groups(suite: Suite, runs: list[PlannedRun]) -> dict[str, dict[tuple, list[
 def sweep(suite: Suite, store: Store, opts: SweepOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the suite; returns (and stores, in the ``sweeps`` table) a summary of what ran and what it chose."""
     runs = suite.expand(opts.env)  # every config validated before anything runs
+    check_options(suite, opts)
     executor = make_executor(opts, store)
     summary: dict[str, Any] = {"suite": suite.name, "path": str(suite.path), "executor": executor.name,
                                "workers": opts.workers, "planned": len(runs), "outcomes": {}}
@@ -194,7 +207,11 @@ def sweep(suite: Suite, store: Store, opts: SweepOptions, log: Callable[[str], N
         log(_line(out, counter["n"]))
 
     try:
-        if suite.early_stopping and opts.early_stopping:
+        if suite.search is not None:
+            from .search import run_search
+
+            summary["search"] = run_search(suite, runs, store, executor, on_result, log)
+        elif suite.early_stopping and opts.early_stopping:
             summary["early_stopping"] = _successive_halving(suite, runs, store, executor, on_result)
         else:
             executor.run([item(r) for r in runs], on_result)
@@ -208,7 +225,7 @@ def sweep(suite: Suite, store: Store, opts: SweepOptions, log: Callable[[str], N
     summary["steps_trained"] = sum(o.get("steps") or 0 for o in outcomes if o["status"] != "skipped")
     summary["failed"] = [{"key": o["key"], "run": o.get("describe"), "error": (o.get("error") or "")[:500]}
                          for o in outcomes if o["status"] in ("failed", "diverged")]
-    if suite.selection:  # over every full-budget run of the suite in the store (with early stopping: survivors,
+    if suite.selection and suite.search is None:  # over every full-budget run of the suite in the store (with early stopping: survivors,
         # plus the rest of the full grid if it was run too)
         records = [r for r in (store.get(x.key) for x in runs) if r is not None]
         summary["selection"] = {conv: select(records, suite.selection.select_by, suite.selection.over, conv)

@@ -44,6 +44,7 @@ from .suite_parse import (
     SUITE_KEYS,
     EarlyStopping,
     Path_,
+    Search,
     Selection,
     Spec,
     _line,
@@ -51,12 +52,13 @@ from .suite_parse import (
     _parse_estimate,
     _parse_max_runs,
     _parse_requires,
+    _parse_search,
     _parse_selection,
     _parse_spec,
 )
 
 __all__ = ["DEFAULT_MAX_RUNS", "ENTRY_KEYS", "ENV_MAX_RUNS", "FIELDS", "NESTED", "SUITE_KEYS", "EarlyStopping",
-           "PlannedRun", "Selection", "Spec", "Suite", "group_key", "load_marked", "load_suite"]
+           "PlannedRun", "Search", "Selection", "Spec", "Suite", "group_key", "load_marked", "load_suite"]
 
 
 @dataclass
@@ -75,6 +77,7 @@ class Suite:
     # settings the suite leaves to the command line (``requires: [model]``: no model it could name is on every
     # machine, e.g. a LLaMA for GSM8K); expanding without them is one clear error
     requires: tuple[str, ...] = ()
+    search: Search | None = None  # equal-budget tuning (sweep/search.py) instead of running the grid
 
     def size(self) -> int:
         """How many runs the grid expands to (before duplicates are dropped), counted without expanding it."""
@@ -146,7 +149,7 @@ class Suite:
                     continue
                 seen.add(key)
                 tags = {"suite": self.name, "label": label or _default_label(cfg), "entry": index, "cell": cell,
-                        "group": group_key(cfg, self.selection.over if self.selection else ("lr",))}
+                        "group": group_key(cfg, self.over)}
                 runs.append(PlannedRun(cfg, key, tags, where))
         if errors:
             more = f"\n(and {len(errors) - 10} more)" if len(errors) > 10 else ""
@@ -180,6 +183,8 @@ class Suite:
             raise ConfigError(f"{self.path}, line {_locate(e, origin, fallback)}: {e}") from None
 
     def _check_blocks(self, runs: list[PlannedRun]) -> None:
+        if self.search is not None:
+            self._check_search(runs)
         es = self.early_stopping
         if es is None:
             return
@@ -190,6 +195,42 @@ class Suite:
             if es.rungs[-1] >= r.cfg.steps:
                 raise ConfigError(f"{self.path}, line {es.line}: early_stopping rungs {list(es.rungs)} must stay "
                                   f"below the full budget of {r.cfg.steps} steps ({r.describe()}).")
+
+    def _check_search(self, runs: list[PlannedRun]) -> None:
+        """Every searched value at its bounds (each choice) valid for every configuration, before anything trains."""
+        from .expand import apply_params, takes
+
+        se = self.search
+        for name in se.space:
+            if not any(takes(r.cfg, name) for r in runs):
+                arg = name.partition(".")[2]
+                raise ConfigError(f"{self.path}, line {se.space_lines[name]}: search.space: unknown key {name!r}: "
+                                  f"no method of the suite takes the argument {arg!r} (methods: "
+                                  f"{', '.join(sorted({r.cfg.method for r in runs}))}).")
+        seen: set[str] = set()
+        for r in runs:
+            if r.cfg.steps is None:
+                raise ConfigError(f"{self.path}, line {se.line}: search needs runs measured in steps (its rungs are "
+                                  f"steps), but {r.describe()} ({r.where}) trains for epochs; give steps: instead.")
+            if r.tags["group"] in seen:
+                continue
+            seen.add(r.tags["group"])
+            for name, d in se.space.items():
+                if not takes(r.cfg, name):
+                    continue
+                for v in d.get("choice") or d.get("float") or d.get("int"):
+                    try:
+                        apply_params(r.cfg, {name: v})
+                    except ConfigError as e:
+                        raise ConfigError(f"{self.path}, line {se.space_lines[name]}: search.space.{name}: the value "
+                                          f"{v!r} is not valid for {r.describe()}: {e}") from None
+
+    @property
+    def over(self) -> tuple[str, ...]:
+        """What varies inside a selection group: the selected fields, or everything a search samples."""
+        if self.search is not None:
+            return ("lr", *(k for k in self.search.space if k != "lr"))
+        return self.selection.over if self.selection else ("lr",)
 
     @property
     def rung_budgets(self) -> tuple[int, ...]:
@@ -243,7 +284,14 @@ def load_suite(path: str | Path) -> Suite:
         entries=entries, per_task=per_task,
         selection=_parse_selection(raw, f), early_stopping=_parse_early_stopping(raw, f),
         estimate=_parse_estimate(raw, f), max_runs=_parse_max_runs(raw, f), requires=_parse_requires(raw, f),
+        search=_parse_search(raw, f),
     )
+    if suite.search is not None and suite.selection is None:
+        raise ConfigError(f"{f}, line {suite.search.line}: search scores its trials on a selection split carved "
+                          f"from train (never dev); add a selection: block.")
+    if suite.search is not None and suite.early_stopping is not None:
+        raise ConfigError(f"{f}, line {suite.early_stopping.line}: a search prunes its trials itself (successive "
+                          f"halving at its rungs); drop early_stopping: or search:.")
     if suite.early_stopping is not None and suite.selection is None:
         raise ConfigError(f"{f}, line {suite.early_stopping.line}: early_stopping ranks trials by their selection "
                           f"score; add a selection: block.")

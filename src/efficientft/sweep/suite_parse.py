@@ -15,7 +15,7 @@ from ..errors import ConfigError, did_you_mean
 from .marked_yaml import MarkedMap
 
 SUITE_KEYS = ("name", "description", "defaults", "grid", "methods", "per_task", "selection", "early_stopping",
-              "estimate", "max_runs", "requires")
+              "estimate", "max_runs", "requires", "search")
 DEFAULT_MAX_RUNS = 100_000  # a grid past this is a typo far more often than a plan; max_runs: or $EFT_MAX_RUNS
 ENV_MAX_RUNS = "EFT_MAX_RUNS"
 NESTED = tuple(n for n, s in SETTINGS.items() if s.nested_axes)  # mappings whose values may themselves be axes
@@ -151,6 +151,117 @@ class EarlyStopping:
     rungs: tuple[int, ...] = ()
     reduction_factor: float = 3.0
     line: int = 0
+
+
+@dataclass
+class Search:
+    """Equal-budget tuning (:mod:`.search`): per configuration, ``trials`` sampled from ``space`` (the learning
+    rate always: the method's ``lr_prior`` unless the space gives ``lr``), pruned by successive halving at the
+    rungs ``min_steps * reduction_factor**k`` below the full budget, the best re-run with ``final_seeds`` seeds."""
+
+    trials: int = 8
+    seed: int = 0
+    min_steps: int | None = None  # the first rung; None: full budget // reduction_factor**2
+    reduction_factor: int = 3
+    final_seeds: int = 3
+    space: dict[str, dict[str, Any]] = field(default_factory=dict)  # "method_args.rank" -> {"int": [4, 16], ...}
+    line: int = 0
+    space_lines: dict[str, int] = field(default_factory=dict)
+
+
+SEARCH_KEYS = ("trials", "seed", "min_steps", "reduction_factor", "final_seeds", "space")
+DISTRIBUTIONS = ("float", "int", "choice")
+# what a configuration is (method x targets x lambda x task) and what the search itself decides stay out of a space
+NOT_SEARCHED = ("seed", "task", "method", "targets", "steps", "epochs", "selection_size", "model", "custom")
+
+
+def _count_value(s: dict, k: str, default: Any, low: int, f: str, what: str) -> Any:
+    v = s.get(k, default)
+    if v is None and default is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int) or v < low:
+        raise ConfigError(f"{f}, line {_line(s, k)}: search.{k} must be a whole number >= {low} ({what}), got {v!r}.")
+    return v
+
+
+def _bound(v: Any) -> float | None:
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, (int, float)):
+        return float(v)
+    try:
+        return float(str(v))
+    except ValueError:
+        return None
+
+
+def _parse_space_entry(name: str, d: Any, f: str, line: int) -> dict[str, Any]:
+    how = ("{float: [low, high]}, {int: [low, high]} (either with log: true) or {choice: [a, b, ...]}")
+    if not isinstance(d, dict):
+        raise ConfigError(f"{f}, line {line}: search.space.{name} must be a distribution: {how}, got {d!r}.")
+    kinds = [k for k in d if k in DISTRIBUTIONS]
+    extra = [k for k in d if k not in DISTRIBUTIONS and k != "log"]
+    if extra or len(kinds) != 1:
+        bad = extra[0] if extra else ", ".join(map(str, kinds)) or "none"
+        raise ConfigError(f"{f}, line {line}: search.space.{name}: unknown distribution {bad!r}."
+                          f"{did_you_mean(str(bad), DISTRIBUTIONS)} Accepted: {how}.")
+    kind, log = kinds[0], d.get("log", False)
+    if not isinstance(log, bool):
+        raise ConfigError(f"{f}, line {line}: search.space.{name}.log must be true or false, got {log!r}.")
+    values = d[kind]
+    if kind == "choice":
+        if not isinstance(values, list) or not values or log:
+            raise ConfigError(f"{f}, line {line}: search.space.{name}: choice takes a non-empty list (and no log), "
+                              f"got {d!r}.")
+        return {"choice": list(values)}
+    bounds = [_bound(x) for x in values] if isinstance(values, list) and len(values) == 2 else [None]
+    if None in bounds or not all(math.isfinite(b) for b in bounds):
+        raise ConfigError(f"{f}, line {line}: search.space.{name}: {kind} takes [low, high] (two numbers), "
+                          f"got {values!r}.")
+    low, high = bounds
+    if kind == "int" and not all(float(b).is_integer() for b in bounds):
+        raise ConfigError(f"{f}, line {line}: search.space.{name}: int bounds must be whole numbers, got {values!r}.")
+    if low >= high:
+        raise ConfigError(f"{f}, line {line}: search.space.{name}: low must be below high, got [{low:g}, {high:g}].")
+    if log and low <= 0:
+        raise ConfigError(f"{f}, line {line}: search.space.{name}: a log distribution needs low > 0, got "
+                          f"[{low:g}, {high:g}].")
+    if kind == "int":
+        low, high = int(low), int(high)
+    return {kind: [low, high], "log": log}
+
+
+def _parse_search(raw: dict, f: str) -> Search | None:
+    s = raw.get("search")
+    if s is None:
+        return None
+    line = _line(raw, "search")
+    if not isinstance(s, dict):
+        raise ConfigError(f"{f}, line {line}: search: is a mapping ({', '.join(SEARCH_KEYS)}).")
+    _keys(s, SEARCH_KEYS, "search", f)
+    out = Search(trials=_count_value(s, "trials", 8, 1, f, "trials per configuration"),
+                 seed=_count_value(s, "seed", 0, 0, f, "the sampler's seed"),
+                 min_steps=_count_value(s, "min_steps", None, 1, f, "the first rung's optimizer steps"),
+                 reduction_factor=_count_value(s, "reduction_factor", 3, 2, f, "eta: 1/eta of the trials go on"),
+                 final_seeds=_count_value(s, "final_seeds", 3, 0, f, "seeds of the chosen configuration's re-runs"),
+                 line=line)
+    space = s.get("space") or {}
+    if not isinstance(space, dict):
+        raise ConfigError(f"{f}, line {_line(s, 'space')}: search.space maps a field (lr, method_args.rank, ...) to "
+                          f"a distribution.")
+    for name, d in space.items():
+        ln = _line(space, name)
+        name = str(name)
+        top, _, sub = name.partition(".")
+        ok = top in FIELDS and top not in NOT_SEARCHED and top not in ENVIRONMENT_FIELDS and \
+            (not sub if top not in NESTED else bool(sub) and "." not in sub)
+        if not ok:
+            raise ConfigError(f"{f}, line {ln}: search.space: unknown key {name!r}.{did_you_mean(top, FIELDS)} "
+                              f"Accepted: a run setting (lr, lr_ratio, weight_decay, ...) or a method argument "
+                              f"(method_args.rank); not {', '.join(NOT_SEARCHED)}.")
+        out.space[name] = _parse_space_entry(name, d, f, ln)
+        out.space_lines[name] = ln
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- loading

@@ -46,6 +46,11 @@ def plan_text(suite: Suite, p: dict[str, Any]) -> str:
         es = p["early_stopping"]
         lines.append(f"early stopping (rungs {list(suite.rung_budgets)}, η={suite.early_stopping.reduction_factor:g}): "
                      f"{es['steps_early_stopping']:,} steps instead of {es['steps_full_grid']:,} for the full grid.")
+    if "search" in p:
+        se = p["search"]
+        lines.append(f"search: the rows above are its {se['configurations']} configurations (their lr is sampled); "
+                     f"{se['trials']} trials, at most {se['steps_trials_at_most']:,} optimizer steps (pruning spends "
+                     f"less), then {se['steps_final']:,} steps of final re-runs.")
     return "\n".join(lines)
 
 
@@ -65,6 +70,8 @@ def summary_text(s: dict[str, Any]) -> str:
             lines.append("  same choice as the full grid: not measured (run with --no-early-stopping as well).")
         else:
             lines.append(f"  same choice as the full grid in {sum(same.values())} of {len(same)} groups.")
+    if s.get("search"):
+        lines += ["", search_table(s["search"])]
     for conv, rows in (s.get("selection") or {}).items():
         if rows:
             lines.append("")
@@ -83,3 +90,21 @@ def selection_table(rows: list[dict], convention: str) -> str:
     return head + "\n" + table(("task", "label", "chosen", "mean", "std", "n", "select", "note"),
                                [[fmt(c) if isinstance(c, float) else c for c in row] for row in body],
                                align="lllrrrrl")
+
+
+def search_table(se: dict[str, Any]) -> str:
+    """A search's outcome per configuration: its trials, the choice (on the selection split) and its dev score."""
+    rows = []
+    for c in se["configurations"]:
+        chosen = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in (c["chosen"] or {}).items())
+        t = c["trials"]
+        rows.append([c["task"], c["label"], f"{t['COMPLETE']}/{t['PRUNED']}/{t['FAIL']}", c["steps_spent"],
+                     chosen or "-", c["selection_score"], c.get("mean"), c.get("std"), len(c["final"])])
+    first = se["configurations"][0] if se["configurations"] else {}
+    head = (f"search {se['name']}: {se['trials']} trials per configuration (seed {se['seed']}, eta "
+            f"{se['reduction_factor']}); chosen by {first.get('chosen_by', 'selection')}, reported "
+            f"{first.get('reported_on', 'dev')} over the final seeds; Optuna storage {se['storage']}")
+    body = table(("task", "configuration", "done/pruned/failed", "steps", "chosen", "selection", "dev mean", "std",
+                  "seeds"), rows, align="llrrlrrrr")
+    plot = f"\nplot: {se['plot'][0]}" if se.get("plot") else ""
+    return f"{head}\n{body}{plot}"

@@ -1,0 +1,219 @@
+"""Equal-budget tuning on Optuna: a suite's ``search:`` block.
+
+For each configuration of the suite (an entry's grid cell without the searched fields and the seed: method ×
+targets × λ × task), one Optuna study samples ``trials`` hyperparameter sets — the learning rate always
+(log-uniform over the method's ``lr_prior`` unless the space gives ``lr``) and the fields the space declares — with
+a TPE sampler, and prunes them with Optuna's ``SuccessiveHalvingPruner`` (Jamieson & Talwalkar 2016; ASHA, Li et
+al. 2018) at the rungs ``min_steps · η^k`` below the full budget. Every configuration gets the same number of
+trials, rungs and full budget.
+
+A trial's rung is a stored run of its own with ``steps`` = the rung's budget, trained from scratch (its schedule
+decays over its own length: an honest short run, the same rule as the sweep's ``early_stopping``), scored on the
+selection split carved from train; its score is reported to the pruner at that step. Rung runs go through the
+sweep's executor, so each is a run in the results store (key, provenance, curves) tagged ``search``, ``trial``,
+``rung``. Selection reads only ``selection/<metric>`` (direction: :func:`efficientft.vocab.higher_is_better`);
+the chosen set is re-run with ``final_seeds`` new seeds at the full budget, tagged ``search_final``, and reported
+on the official dev split.
+
+Resumable: the studies live in ``<store>.optuna.sqlite`` beside the results store. The sampler is seeded by the
+search's seed and the number of finished trials, so a resumed search samples what an uninterrupted one would; a
+trial left running by a killed search is marked failed (``interrupted``) and not counted, and its replacement
+samples the same values again and finds its finished rung runs done in the store. The sweep's ``early_stopping``
+halving stays where it is: it halves a fixed grid synchronously, which Optuna's pruner (asynchronous, over sampled
+trials) does not express more simply.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from ..resolve import run_key
+from ..store import Store
+from ..vocab import higher_is_better
+from .expand import apply_params, item, takes
+from .suite import PlannedRun, Suite
+
+COUNTED = ("COMPLETE", "PRUNED", "FAIL")  # a failed trial counts (the same values fail the same way) unless it
+INTERRUPTED = "interrupted"  # was left running by a killed search (user attribute): then it is replaced
+
+
+def optuna_or_error():
+    try:
+        import optuna
+    except ImportError:
+        raise ConfigError("a suite's search: block needs Optuna: pip install 'efficientft[search]'.") from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna
+
+
+def storage_path(store: Store) -> Path:
+    p = Path(store.path)
+    return p.with_name(p.stem + ".optuna.sqlite")
+
+
+def rungs_of(search, steps: int) -> list[int]:
+    """The rung budgets below the full ``steps``: ``min_steps · η^k`` (Optuna's successive-halving rungs)."""
+    first = search.min_steps or max(1, steps // search.reduction_factor ** 2)
+    out, b = [], first
+    while b < steps:
+        out.append(b)
+        b *= search.reduction_factor
+    return out
+
+
+def search_cost(suite: Suite, runs: list[PlannedRun]) -> dict[str, int]:
+    """Optimizer steps of the search before running: at most (every trial through every rung) and the final
+    re-runs; pruning spends less."""
+    groups = {r.tags["group"]: r for r in runs}
+    at_most = sum(suite.search.trials * (sum(rungs_of(suite.search, r.cfg.steps)) + r.cfg.steps)
+                  for r in groups.values())
+    final = sum(suite.search.final_seeds * r.cfg.steps for r in groups.values())
+    return {"configurations": len(groups), "trials": suite.search.trials * len(groups),
+            "steps_trials_at_most": at_most, "steps_final": final}
+
+
+def metric_of(suite: Suite, cfg) -> str:
+    from ..tasks import get_task
+
+    by = suite.selection.select_by
+    return f"selection/{get_task(cfg.task, cfg.custom).main_metric}" if by == "main" else by
+
+
+def space_of(suite: Suite, cfg) -> dict[str, dict[str, Any]]:
+    """The distributions a configuration samples: ``lr`` (the method's prior unless the suite gives it) first."""
+    from ..methods import METHODS
+
+    low, high = METHODS.get(cfg.method).lr_prior
+    space = {"lr": {"float": [low, high], "log": True}}
+    space.update({k: v for k, v in suite.search.space.items() if takes(cfg, k)})
+    return space
+
+
+def _suggest(trial, name: str, d: dict[str, Any]) -> Any:
+    if "choice" in d:
+        return trial.suggest_categorical(name, d["choice"])
+    if "int" in d:
+        return trial.suggest_int(name, d["int"][0], d["int"][1], log=d["log"])
+    return trial.suggest_float(name, d["float"][0], d["float"][1], log=d["log"])
+
+
+def _score(rec: dict | None, metric: str) -> float | None:
+    if rec is None or rec["status"] != "done":
+        return None
+    v = (rec.get("scores") or {}).get(metric)
+    return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
+
+
+def _counted(study) -> list:
+    return [t for t in study.get_trials(deepcopy=False) if t.state.name in COUNTED and not t.user_attrs.get(INTERRUPTED)]
+
+
+def run_search(suite: Suite, runs: list[PlannedRun], store: Store, executor, on_result: Callable,
+               log: Callable[[str], None]) -> dict[str, Any]:
+    """Search every configuration of ``runs`` (the suite expanded), then re-run each choice; returns the summary."""
+    optuna = optuna_or_error()
+    se = suite.search
+    storage = optuna.storages.RDBStorage(f"sqlite:///{storage_path(store)}")
+    groups: dict[str, PlannedRun] = {}
+    for r in runs:  # one configuration per group; its first run (file order) gives the trials' seed
+        groups.setdefault(r.tags["group"], r)
+    out: dict[str, Any] = {"name": suite.name, "storage": str(storage_path(store)), "trials": se.trials,
+                           "seed": se.seed, "reduction_factor": se.reduction_factor, "configurations": []}
+
+    def train(run: PlannedRun) -> dict | None:
+        executor.run([item(run)], on_result)
+        return store.get(run.key)
+
+    for group, base in groups.items():
+        metric = metric_of(suite, base.cfg)
+        maximise = higher_is_better(metric)
+        full = base.cfg.steps
+        rungs = rungs_of(se, full)
+        space = space_of(suite, base.cfg)
+        study = optuna.create_study(
+            study_name=f"{suite.name}/{group}", storage=storage, load_if_exists=True,
+            direction="maximize" if maximise else "minimize",
+            pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=rungs[0] if rungs else full,
+                                                          reduction_factor=se.reduction_factor,
+                                                          min_early_stopping_rate=0))
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            storage.set_trial_user_attr(t._trial_id, INTERRUPTED, True)  # left running by a killed search
+            storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+            log(f"search {suite.name}: trial {t.number} of {base.tags['label']} ({base.cfg.task}) was interrupted; "
+                f"it is replaced")
+
+        while len(done := _counted(study)) < se.trials:
+            # seeded by (seed, finished trials): the same seed gives the same trials, resumed or not
+            study.sampler = optuna.samplers.TPESampler(seed=se.seed * 1_000_003 + len(done))
+            trial = study.ask()
+            params = {name: _suggest(trial, name, d) for name, d in space.items()}
+            state, value, note = optuna.trial.TrialState.FAIL, None, "failed"
+            for k, budget in enumerate([*rungs, full]):
+                try:
+                    cfg = apply_params(base.cfg, params, steps=budget)
+                except ConfigError as e:  # a sampled value no rule accepts: the trial fails, the search goes on
+                    note = f"failed: {e}"
+                    break
+                tags = {**base.tags, "search": suite.name, "trial": trial.number, "rung": k, "budget": budget,
+                        "full_steps": full, "params": params, "metric": metric}
+                v = _score(train(PlannedRun(cfg, run_key(cfg), tags, base.where)), metric)
+                if v is None:
+                    break
+                if budget < full:
+                    trial.report(v, budget)
+                    if trial.should_prune():
+                        state, note = optuna.trial.TrialState.PRUNED, f"pruned at {budget} steps ({metric} {v:.4f})"
+                        break
+                else:
+                    state, value, note = optuna.trial.TrialState.COMPLETE, v, f"{metric} {v:.4f}"
+            study.tell(trial, value if state == optuna.trial.TrialState.COMPLETE else None, state=state)
+            shown = ", ".join(f"{n}={x:.3g}" if isinstance(x, float) else f"{n}={x}" for n, x in params.items())
+            log(f"search {suite.name}: trial {trial.number} of {base.tags['label']} ({base.cfg.task}): {shown} -> "
+                f"{note}")
+        out["configurations"].append(_final(suite, base, study, metric, maximise, train, log))
+    from ..report.search_plot import tuning_budget
+
+    stem = Path(store.path).stem
+    out["plot"] = [str(p) for p in tuning_budget([r for r in store.runs() if (r.get("tags") or {}).get("search")
+                                                   == suite.name], Path(store.path).parent, f"{stem}.{suite.name}")]
+    return out
+
+
+def _final(suite: Suite, base: PlannedRun, study, metric: str, maximise: bool, train: Callable,
+           log: Callable[[str], None]) -> dict[str, Any]:
+    """The chosen set (best full-budget selection score) re-run with ``final_seeds`` new seeds, scored on dev."""
+    se = suite.search
+    trials = [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get(INTERRUPTED)]
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    row: dict[str, Any] = {
+        "group": base.tags["group"], "label": base.tags["label"], "task": base.cfg.task, "method": base.cfg.method,
+        "chosen_by": metric, "trials": {s: sum(t.state.name == s for t in trials) for s in COUNTED},
+        "steps_spent": sum(sum(t.intermediate_values) + (base.cfg.steps if t.state.name == "COMPLETE" else 0)
+                           for t in trials),
+        "chosen": None, "selection_score": None, "final": [],
+    }
+    if not complete:
+        log(f"search {suite.name}: no trial of {base.tags['label']} ({base.cfg.task}) finished; nothing to re-run")
+        return row
+    best = (max if maximise else min)(complete, key=lambda t: t.value)
+    row["chosen"], row["selection_score"], row["trial"] = dict(best.params), best.value, best.number
+    main = f"dev/{metric.split('/', 1)[1]}"
+    scores = []
+    for i in range(se.final_seeds):  # new seeds: the final runs are independent of the seed the trials used
+        cfg = apply_params(base.cfg, best.params, seed=base.cfg.seed + 1 + i)
+        tags = {**base.tags, "search_final": suite.name, "trial": best.number, "params": dict(best.params),
+                "chosen_by": metric}
+        rec = train(PlannedRun(cfg, run_key(cfg), tags, base.where))
+        v = _score(rec, main)
+        row["final"].append({"key": run_key(cfg), "seed": cfg.seed, main: v})
+        if v is not None:
+            scores.append(v)
+    row["reported_on"] = main
+    row["mean"] = statistics.fmean(scores) if scores else None
+    row["std"] = statistics.stdev(scores) if len(scores) > 1 else None
+    return row

@@ -1,0 +1,207 @@
+"""Equal-budget tuning on Optuna (issue 25 §2): a suite's ``search:`` block — the shipped example runs, trials are
+tagged and seeded, a SIGKILLed search resumes without losing a finished trial, a bad space is one line and exit 2
+before any training, and the final re-runs are reported on dev while the choice reads only the selection split."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("optuna")
+
+from efficientft.methods import METHODS  # noqa: E402
+from efficientft.store import Store  # noqa: E402
+from efficientft.sweep.options import SweepOptions, environment  # noqa: E402
+from efficientft.sweep.runner import sweep  # noqa: E402
+from efficientft.sweep.search import rungs_of, storage_path  # noqa: E402
+from efficientft.sweep.suite import load_suite  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = "task: rte\n  max_length: 32\n  batch_size: 8\n  max_train: 48\n  max_eval: 16\n  steps: {steps}"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def suite_file(tmp_path: Path, model: Path, search: str, methods: str | None = None, steps: int = 9) -> Path:
+    methods = methods or "  - {label: LoRA, method: lora, targets: qv, method_args: {rank: 4}}\n"
+    p = tmp_path / "search.yaml"
+    p.write_text(f"name: s\ndefaults:\n  model: {model}\n  {TINY.format(steps=steps)}\nmethods:\n{methods}"
+                 f"selection: {{selection_size: 16}}\nsearch: {search}\n")
+    return p
+
+
+def trials_of(store_path: Path) -> list[tuple]:
+    """(study, number, state, params, value) of every trial in the search's Optuna storage, read with sqlite3."""
+    db = sqlite3.connect(storage_path(Store(store_path)))
+    rows = db.execute("SELECT s.study_name, t.number, t.state, t.trial_id FROM trials t JOIN studies s "
+                      "ON s.study_id = t.study_id ORDER BY s.study_name, t.number").fetchall()
+    out = []
+    for study, number, state, tid in rows:
+        params = dict(db.execute("SELECT param_name, param_value FROM trial_params WHERE trial_id = ? ORDER BY "
+                                 "param_name", (tid,)).fetchall())
+        value = db.execute("SELECT value FROM trial_values WHERE trial_id = ?", (tid,)).fetchone()
+        out.append((study, number, state, params, value[0] if value else None))
+    db.close()
+    return out
+
+
+def test_rungs_are_optunas_successive_halving_rungs():
+    search = load_suite("search-check").search
+    assert rungs_of(search, 12) == [4]
+    assert rungs_of(search, 40) == [4, 12, 36]
+
+
+def test_the_shipped_search_runs_tags_its_trials_and_reports_the_choice_on_dev(tmp_path, tiny_bert, glue_dir):
+    suite = load_suite("search-check")
+    store = Store(tmp_path / "runs.sqlite")
+    lines: list[str] = []
+    s = sweep(suite, store, SweepOptions(env=environment(model=str(tiny_bert))), log=lines.append)["search"]
+    configs = s["configurations"]
+    assert len(configs) == 6 and {(c["method"], c["task"]) for c in configs} == \
+        {(m, t) for m in ("full", "lora", "bitfit") for t in ("rte", "mrpc")}
+    runs = store.runs()
+    for c in configs:  # the same number of trials for every method, each a stored, tagged run per rung
+        assert sum(c["trials"].values()) == 3
+        trial_runs = [r for r in runs if r["tags"].get("search") == "search-check" and r["tags"]["group"] == c["group"]]
+        assert {r["tags"]["rung"] for r in trial_runs} <= {0, 1} and {r["config"]["steps"] for r in trial_runs} <= {4, 12}
+        low, high = METHODS.get(c["method"]).lr_prior  # the learning rate from the method's prior
+        assert all(low <= r["config"]["lr"] <= high for r in trial_runs)
+        if c["method"] == "lora":
+            assert all(2 <= r["config"]["method_args"]["rank"] <= 8 for r in trial_runs)
+        # the choice: the best *selection* score among full-budget trials (never a dev score)
+        full = [r for r in trial_runs if r["config"]["steps"] == 12]
+        metric = c["chosen_by"]
+        assert metric.startswith("selection/")
+        best = max(full, key=lambda r: r["scores"][metric])
+        assert c["selection_score"] == pytest.approx(best["scores"][metric])
+        assert c["chosen"]["lr"] == pytest.approx(best["config"]["lr"])
+        # the final re-runs: 2 new seeds, full budget, tagged search_final, reported on dev
+        finals = [r for r in runs if r["tags"].get("search_final") == "search-check" and r["tags"]["group"] == c["group"]]
+        assert sorted(r["config"]["seed"] for r in finals) == [1, 2]
+        assert all(r["config"]["steps"] == 12 and r["config"]["lr"] == pytest.approx(c["chosen"]["lr"]) for r in finals)
+        dev = c["reported_on"]
+        assert dev == "dev/" + metric.split("/", 1)[1]
+        assert c["mean"] == pytest.approx(statistics.fmean(r["scores"][dev] for r in finals))
+    # the study's values are the runs' selection scores (Optuna never saw dev)
+    stored = {(r["tags"]["trial"], r["tags"]["group"]): r["scores"] for r in runs
+              if r["tags"].get("search") and r["config"]["steps"] == 12}
+    for study, number, state, _, value in trials_of(store.path):
+        if state == "COMPLETE":
+            scores = stored[(number, study.split("/")[1])]
+            sel = [v for k, v in scores.items() if k.startswith("selection/") and v == pytest.approx(value)]
+            assert sel, (scores, value)
+    # successive halving at the 4-step rung (eta 3, three trials): a trial goes on to the full budget iff its rung
+    # score is at least the best rung score so far in its configuration (Optuna's promotion rule)
+    pruned = 0
+    for c in configs:
+        trial_runs = [r for r in runs if r["tags"].get("search") == "search-check" and r["tags"]["group"] == c["group"]]
+        rung0 = sorted((r["tags"]["trial"], r["scores"][c["chosen_by"]]) for r in trial_runs if r["tags"]["rung"] == 0)
+        went_on = {r["tags"]["trial"] for r in trial_runs if r["tags"]["rung"] == 1}
+        for i, (trial, v) in enumerate(rung0):
+            assert (trial in went_on) == (v >= max(x for _, x in rung0[:i + 1])), (c["label"], c["task"], rung0)
+            pruned += trial not in went_on
+    assert sum(1 for line in lines if "pruned at 4 steps" in line) == pruned
+    assert s["plot"] and all(Path(p).stat().st_size > 0 for p in s["plot"])
+
+
+def test_the_same_seed_gives_the_same_trials(tmp_path, tiny_bert, glue_dir):
+    def params(seed: int, where: str) -> list[tuple]:
+        d = tmp_path / where
+        d.mkdir()
+        p = suite_file(d, tiny_bert, f"{{trials: 3, seed: {seed}, min_steps: 3, final_seeds: 0, "
+                                     f"space: {{method_args.rank: {{int: [2, 8]}}}}}}")
+        sweep(load_suite(p), Store(d / "runs.sqlite"), SweepOptions(env=environment()), log=lambda line: None)
+        return [(n, state, sorted(pr.items())) for _, n, state, pr, _ in trials_of(d / "runs.sqlite")]
+
+    a, b, c = params(0, "a"), params(0, "b"), params(1, "c")
+    assert len(a) == 3 and a == b
+    assert [x[2] for x in a] != [x[2] for x in c]
+
+
+def test_a_search_killed_with_sigkill_resumes_and_loses_no_finished_trial(tmp_path, tiny_bert, glue_dir):
+    p = suite_file(tmp_path, tiny_bert, "{trials: 6, min_steps: 3, final_seeds: 1}")
+    store = tmp_path / "runs.sqlite"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "EFT_DATA_DIR": str(glue_dir),
+           "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    cmd = [sys.executable, "-m", "efficientft.cli", "sweep", str(p), "--store", str(store)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    finished: list[tuple] = []
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+        try:
+            trials = trials_of(store)
+        except sqlite3.Error:
+            continue
+        finished = [t for t in trials if t[2] in ("COMPLETE", "PRUNED")]
+        if len(finished) >= 2 and any(t[2] == "RUNNING" and t[3] for t in trials):  # sampled, training
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, f"the search ended before it was killed: {proc.stderr.read()}"
+    finished = [t for t in trials_of(store) if t[2] in ("COMPLETE", "PRUNED")]
+    assert len(finished) >= 2
+
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "was interrupted; it is replaced" in out.stdout
+    after = trials_of(store)
+    for t in finished:  # every trial finished before the kill is still there, the same
+        assert t in after
+    counted = [t for t in after if t[2] in ("COMPLETE", "PRUNED", "FAIL")]
+    interrupted = [t for t in after if t[2] == "FAIL"]
+    assert len(counted) - len(interrupted) == 6 and len(interrupted) == 1
+    # the replacement samples what the interrupted trial sampled (seeded by the finished trials)
+    repl = [t for t in after if t[1] == interrupted[0][1] + 1]
+    assert repl and repl[0][3] == interrupted[0][3]
+    print("killed after", [t[1:] for t in finished], "\nresumed:", [t[1:] for t in after])
+
+
+@pytest.mark.parametrize("space, message", [
+    ("{method_args.rnk: {int: [2, 8]}}",
+     r"search\.space: unknown key 'method_args\.rnk': no method of the suite takes the argument 'rnk'"),
+    ("{dropout_rate: {float: [0.0, 0.1]}}", r"search\.space: unknown key 'dropout_rate'"),
+    ("{method_args.rank: {int: [8, 2]}}", r"search\.space\.method_args\.rank: low must be below high, got \[8, 2\]"),
+    ("{lr: {float: [0, 1.0e-3], log: true}}", r"search\.space\.lr: a log distribution needs low > 0"),
+    ("{lr: {uniform: [1.0e-4, 1.0e-3]}}", r"search\.space\.lr: unknown distribution 'uniform'"),
+    ("{method_args.rank: {int: [0, 8]}}", r"search\.space\.method_args\.rank: the value 0 is not valid for"),
+])
+def test_a_bad_space_is_one_line_and_exit_2_before_any_training(tmp_path, tiny_bert, glue_dir, capsys, space,
+                                                                message):
+    import re
+
+    from efficientft.cli import main
+
+    p = suite_file(tmp_path, tiny_bert, f"{{trials: 2, space: {space}}}")
+    store = tmp_path / "runs.sqlite"
+    rc = main(["sweep", str(p), "--store", str(store)])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1, err
+    assert re.search(message, err), err
+    assert ", line 13: " in err  # the search block's line in the suite file
+    assert not store.exists() and not (tmp_path / "runs.optuna.sqlite").exists()  # nothing was trained
+
+
+def test_a_search_with_the_ray_executor_is_refused_before_anything_runs(tmp_path, tiny_bert, glue_dir):
+    from efficientft.errors import ConfigError
+
+    p = suite_file(tmp_path, tiny_bert, "{trials: 2}")
+    with pytest.raises(ConfigError, match="search: block runs with the local executors only"):
+        sweep(load_suite(p), Store(tmp_path / "runs.sqlite"), SweepOptions(env=environment(), executor="ray"))
+    assert Store(tmp_path / "runs.sqlite").runs() == []
