@@ -114,6 +114,14 @@ class RunConfig:
     feature_cache: bool = setting(False, _BOOL, key="when_set", group=OPTIM,
                                   help="cache the hidden states of frozen lower layers and skip them (they run "
                                        "without dropout)")
+    # torch.compile of the training step (issue 26 §2). Not in the key: it computes what eager computes. Measured
+    # (benchmarks/compile.py, BENCHMARKS.md §10): losses of eager and compiled runs agree within 1e-6 relative
+    # (MiniLM LoRA q,v on SST-2; a tiny LLaMA) because inductor is told to draw dropout from torch's own generator
+    # (fallback_random), so a run's key, dropout masks and resume are the same either way. Off by default: on the
+    # 2-core CPU the first steps cost minutes of compilation and the compiled step was not faster.
+    compile: bool = setting(False, _BOOL, key="never", group=OPTIM,
+                            help="torch.compile the model for training steps (same numbers, not in the run key; "
+                                 "the first steps compile, evaluation runs eagerly)")
     # memory: carried by the schema and the Runtime; what they do is implemented with them (issue 12)
     gradient_checkpointing: bool = setting(False, _BOOL, key="when_set", group=MEMORY,
                                            help="recompute activations in the backward pass (less memory, slower)")
