@@ -3,6 +3,7 @@
 import argparse
 import sys
 
+import pytest
 import torch
 
 from efficientft.train import forward, prepare
@@ -155,3 +156,62 @@ def test_gpu_check_runs_every_check_past_a_failure_and_stops_at_its_budget(tmp_p
     rows = _table_rows((tmp_path / "b.md").read_text(encoding="utf-8"))
     assert code == 0 and len(rows) == 9 and {r[3] for r in rows} == {"skipped: budget"}
     assert rows[0][0] == "eft run LoRA Q,V λ=4, bf16" and rows[-1][0] == "step time"
+
+
+# ---------------------------------------------------------------------------------------------- --compile (issue 26 §2)
+def _losses(store, key):
+    return [v for kind, _, name, v in store.curves(key) if kind == "train" and name == "loss"]
+
+
+def test_compile_trains_like_eager_resumes_exactly_and_saves_the_modules_own_names(tiny_bert, tmp_path, monkeypatch):
+    """A compiled run (tiny BERT with dropout, LoRA q,v) has the eager run's key and losses (1e-5 relative), is
+    recorded as compiled, resumes exactly from a checkpoint, and its checkpoint and export name every tensor as
+    the module does (no ``_orig_mod.`` of the compiled wrapper)."""
+    from safetensors.torch import load_file
+
+    from efficientft.checkpoint import TrainState, folder_for, latest
+    from efficientft.resolve import run_key
+    from efficientft.store import Store
+    from efficientft.train import run
+    from tests.test_checkpoint import Killed, _kill_at
+
+    def cfg(**kw):
+        return tiny_config(tiny_bert, steps=6, batch_size=4, max_train=16, max_eval=8, max_length=32,
+                           checkpoint_every=2, **kw)
+
+    assert run_key(cfg(compile=True)) == run_key(cfg())  # the same computation, the same key
+    eager = run(cfg(), Store(tmp_path / "e.sqlite"))
+    compiled = run(cfg(compile=True, export_dir=str(tmp_path / "x")), Store(tmp_path / "c.sqlite"))
+    want, got = _losses(Store(tmp_path / "e.sqlite"), eager["run_key"]), \
+        _losses(Store(tmp_path / "c.sqlite"), compiled["run_key"])
+    assert len(got) == 6 and all(abs(a - b) <= 1e-5 * abs(a) for a, b in zip(want, got, strict=True)), (want, got)
+    assert compiled["details"]["compiled"]["backend"] == "inductor" and "compiled" not in eager["details"]
+    exported = [n for f in (tmp_path / "x").glob("*.safetensors") for n in load_file(str(f))]
+    assert exported and not [n for n in exported if "_orig_mod" in n], exported
+
+    db = tmp_path / "r.sqlite"
+    restore = _kill_at(monkeypatch, 4)
+    with pytest.raises(Killed):
+        run(cfg(compile=True), Store(db))
+    restore()
+    saved = TrainState.read(latest(folder_for(db, compiled["run_key"])))
+    assert saved.step == 2 and saved.blobs["model"] and not [n for n in saved.blobs["model"] if "_orig_mod" in n]
+    resumed = run(cfg(compile=True), Store(db))
+    assert resumed["details"]["resumed_from_step"] == 2
+    assert resumed["scores"] == compiled["scores"] and _losses(Store(db), resumed["run_key"]) == got
+
+
+def test_compile_refuses_what_it_does_not_support_in_one_line(tiny_bert, tmp_path, capsys, monkeypatch):
+    from efficientft.cli import main
+
+    args = ["run", "--model", str(tiny_bert), "--task", "rte", "--steps", "1", "--max-train", "8", "--max-eval", "4",
+            "--store", str(tmp_path / "s.sqlite"), "--compile"]
+    assert main([*args, "--feature-cache", "--targets", r"re:.*layer\.1\.attention\.self\.(query|value)"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("eft run: error: compile does not work with feature_cache (the cache swaps layers' forward during "
+                   "the step); drop --compile or --feature-cache.")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no C++ compiler on the PATH
+    monkeypatch.setenv("CXX", "")
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("eft run: error: compile needs a C++ compiler on a CPU"), err

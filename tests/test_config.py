@@ -89,7 +89,7 @@ def test_speed_options_enter_the_key_only_when_set():
              "template", "train_on_inputs", "max_new_tokens", "train_data", "forgetting_file")
     legacy = {k: v for k, v in resolve(base).to_dict().items() if k not in added}
     for name in ("data_dir", "device", "progress", "export_dir", "overwrite", "trust_remote_code",
-                 "checkpoint_every", "keep_checkpoints", "tracker"):
+                 "checkpoint_every", "keep_checkpoints", "tracker", "compile"):
         legacy.pop(name)
     import hashlib
     import json

@@ -33,6 +33,8 @@ from tests.conftest import tiny_config
     # the settings added with the schema: at their defaults, or never in the key, they change no key
     ({"task": "rte", "gradient_checkpointing": False, "quantize": None, "quant_compute_dtype": None,
       "checkpoint_every": 50, "keep_checkpoints": True, "tracker": ["wandb"]}, "42cc1a40811c004f"),
+    # compile computes what eager computes (BENCHMARKS.md §11): never in the key
+    ({"task": "rte", "compile": True}, "42cc1a40811c004f"),
 ])
 def test_run_keys_of_stored_configs_do_not_change(kw, key):
     assert run_key(RunConfig(**kw)) == key
@@ -40,7 +42,7 @@ def test_run_keys_of_stored_configs_do_not_change(kw, key):
 
 def test_key_policy_is_read_from_the_schema():
     assert {"data_dir", "device", "progress", "export_dir", "overwrite", "trust_remote_code", "checkpoint_every",
-            "keep_checkpoints", "tracker"} == ENVIRONMENT_FIELDS
+            "keep_checkpoints", "tracker", "compile"} == ENVIRONMENT_FIELDS
     assert KEY_WHEN_SET == {"bucket": False, "feature_cache": False, "gradient_checkpointing": False,
                             "quantize": None, "quant_compute_dtype": None, "template": None,
                             "train_on_inputs": False, "max_new_tokens": None, "train_data": None,

@@ -53,7 +53,7 @@ def forward(p: StepRun, split: str, idx, batch: dict[str, torch.Tensor], runner:
     """
     ctx = p.features.serving(split, idx, batch) if p.features is not None else nullcontext()
     with ctx, p.runtime.autocast():
-        return (runner or p.model)(**batch)
+        return (p.model if runner is None else runner)(**batch)  # a compiled module has no truth value
 
 
 def batch_weight(p: StepRun, batch: dict[str, torch.Tensor]) -> int:

@@ -13,8 +13,10 @@ through :class:`~efficientft.tasks.base.EvalContext`, which :class:`Prepared` sa
 from __future__ import annotations
 
 import math
+import os
 import random
 import re
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -117,6 +119,10 @@ class Prepared:
     kind_state: Any = None  # the kind's own working state, from its ``before_training`` (not recorded)
     inputs: dict[str, Any] = field(default_factory=dict)  # the content of what it read (kept in its checkpoints)
     flop_shape: FlopShape | None = None  # what its model FLOPs are counted from (before sharding splits it)
+    # ``compile``: ``torch.compile(model)``, what the training step calls. It shares ``model``'s parameters; the
+    # checkpoints, the export, evaluation and the method's hooks keep using ``model`` itself, so every saved name is
+    # the module's own (a compiled module's state dict would prefix each with ``_orig_mod.``)
+    compiled: nn.Module | None = None
 
     # ---------------------------------------------- what a task kind evaluates through (tasks.base.EvalContext)
     @property
@@ -224,6 +230,7 @@ def prepare(cfg: RunConfig, runtime: Runtime | None = None, resume: TrainState |
     shape = flop_shape(model)
     if runtime.sharded:  # before the optimizer exists: it must hold the sharded parameters
         model = sharding.shard(model, runtime)
+    compiled = _compile(model) if cfg.compile else None  # the method's modules in place, no optimizer state yet
     groups, optimizer, scheduler, warmup = _optimizer(cfg, method, model, total)
     info = {
         "model_path": loaded.path, "is_decoder": loaded.is_decoder,
@@ -243,7 +250,8 @@ def prepare(cfg: RunConfig, runtime: Runtime | None = None, resume: TrainState |
         info["sharding"] = sharding.describe(model, runtime)
     features = _feature_cache(cfg, model, runtime, [("train", train), *evals.items()], pad_id, info)
     prepared = Prepared(cfg, task, method, model, loaded.tokenizer, runtime, train, evals, total, groups, optimizer,
-                        scheduler, base_params, info, features, resume, inputs=inputs, flop_shape=shape)
+                        scheduler, base_params, info, features, resume, inputs=inputs, flop_shape=shape,
+                        compiled=compiled)
     baseline = kind.before_training(prepared)  # e.g. the LM loss on held-out text before any step (forgetting)
     if baseline is not None:
         info.update(baseline.info)
@@ -273,7 +281,36 @@ def _check_settings(cfg: RunConfig, runtime: Runtime | None) -> tuple[Runtime, T
     kind.check_method(method)  # e.g. a method that declares it cannot train a generation task
     if runtime.sharded:
         sharding.check_config(cfg, method, runtime.precision)
+    if cfg.compile:
+        check_compile(cfg, runtime)
     return runtime, task, method
+
+
+def check_compile(cfg: RunConfig, runtime: Runtime) -> None:
+    """``compile`` where it is known to work: one process (not data-parallel or FSDP, whose wrappers the step
+    calls), without the feature cache (its per-instance ``forward`` swaps change what the compiled graph traced),
+    and on a CPU with a C++ compiler (inductor writes and builds C++ there)."""
+    if runtime.num_processes > 1:
+        raise ConfigError(f"compile does not work with a {runtime.num_processes}-process (data-parallel or FSDP) "
+                          "run; drop --compile or run one process.")
+    if cfg.feature_cache:
+        raise ConfigError("compile does not work with feature_cache (the cache swaps layers' forward during the "
+                          "step); drop --compile or --feature-cache.")
+    if runtime.device.type == "cpu" and not _cpp_compiler():
+        raise ConfigError("compile needs a C++ compiler on a CPU (torch.compile builds C++ kernels): none of $CXX, "
+                          "g++, c++, clang++ was found; install one or drop --compile.")
+
+
+def _cpp_compiler() -> str | None:
+    names = [os.environ["CXX"]] if os.environ.get("CXX") else ["g++", "c++", "clang++"]
+    return next((path for path in map(shutil.which, names) if path), None)
+
+
+def _compile(model: nn.Module) -> nn.Module:
+    """The model compiled for the training step. Dynamic shapes from the start (every batch is padded to its own
+    longest example, so lengths vary and a static graph would be compiled twice); dropout drawn from torch's own
+    generator (``fallback_random``), so the masks, the losses and resume are those of the eager run."""
+    return torch.compile(model, dynamic=True, options={"fallback_random": True})
 
 
 def _adapt(cfg: RunConfig, method: Method, model: nn.Module, targets: list, ctx: Context,
@@ -444,7 +481,8 @@ class Trainer:
         self.train_s0 = self.state.counters.get("train_s", 0.0)
         self.batches = device_batches(p, self.state.drawn)
         self.accel = runtime.accelerator
-        self.runner = p.model  # DDP: gradients averaged in backward; FSDP: the model is sharded (and averages) already
+        self.runner = p.model if p.compiled is None else p.compiled  # the training step calls it (compile)
+        # DDP: gradients averaged in backward; FSDP: the model is sharded (and averages) already
         if self.accel is not None and not runtime.sharded:
             self.runner = self.accel.prepare_model(p.model)
         self.evaluates = runtime.is_main or runtime.sharded  # a sharded model's forward needs every process
@@ -627,6 +665,8 @@ def measured(p: Prepared, out: dict[str, Any], sampled: dict[str, Any], rss_star
         baselines = {f"{split}/{m}": v for split, b in p.baselines.items() for m, v in b.items()}
         details["baselines"] = {**baselines, **p.task.kind.summarise_baselines(p, baselines)}
         details["collapsed"] = dict(p.collapsed)
+    if p.compiled is not None:  # the first step's time includes compiling the graph
+        details["compiled"] = {"backend": "inductor", "first_step_s": timer.times[0] if timer.times else None}
     return scores, cost, details
 
 
