@@ -46,7 +46,7 @@ def test_key_policy_is_read_from_the_schema():
     assert KEY_WHEN_SET == {"bucket": False, "feature_cache": False, "gradient_checkpointing": False,
                             "quantize": None, "quant_compute_dtype": None, "template": None,
                             "train_on_inputs": False, "max_new_tokens": None, "train_data": None,
-                            "forgetting_file": None}
+                            "forgetting_file": None, "selection_max": None, "eval_every_max": None}
     base = RunConfig(task="rte")
     q4 = base.replace(quantize="4bit", quant_compute_dtype="fp32")
     for other in (base.replace(gradient_checkpointing=True), q4, q4.replace(quant_compute_dtype="bf16")):
@@ -74,7 +74,8 @@ FLAGGED = [n for n, s in SETTINGS.items() if s.flag_name(n) is not None]
 NEEDS = {"quant_compute_dtype": {"quantize": "4bit"},  # a setting that is only valid beside another
          **{n: {"task": "synthetic-reverse"} for n in ("template", "train_on_inputs", "max_new_tokens",
                                                       "forgetting_file")},
-         "train_data": {"task": "gsm8k"}}
+         "train_data": {"task": "gsm8k"},
+         "selection_max": {"selection_size": "0.1"}, "eval_every_max": {"eval_every": "10"}}
 
 
 def test_every_setting_with_a_flag_is_in_eft_run_help(capsys):
