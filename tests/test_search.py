@@ -118,6 +118,22 @@ def test_the_shipped_search_runs_tags_its_trials_and_reports_the_choice_on_dev(t
             pruned += trial not in went_on
     assert sum(1 for line in lines if "pruned at 4 steps" in line) == pruned
     assert s["plot"] and all(Path(p).stat().st_size > 0 for p in s["plot"])
+    # the leaderboard of the search's store: one entry per method and task (the chosen setting's seeded re-runs;
+    # trials are never entries), each with its tuned values and tuning budget, ranked across the two tasks
+    from efficientft.api import leaderboard
+
+    lb = leaderboard(store, out=tmp_path / "board")
+    assert sorted(b.task for b in lb.tasks) == ["mrpc", "rte"]
+    for board in lb.tasks:
+        assert sorted(e.row.fields["method"] for e in board.entries) == ["bitfit", "full", "lora"]
+        for e in board.entries:
+            c = next(c for c in configs if c["method"] == e.row.fields["method"] and c["task"] == board.task)
+            assert e.tuning.search == "search-check" and e.tuning.trials == 3
+            assert e.tuning.tuned["lr"] == pytest.approx(c["chosen"]["lr"])
+            assert e.cell.summary.mean == pytest.approx(c["mean"])
+            assert e.tied is not None and sum(x.best for x in board.entries) == 1
+    assert sorted(lb.ranks.labels) == sorted(e.row.label for e in lb.tasks[0].entries) or lb.ranks.why
+    assert (tmp_path / "board" / "leaderboard.md").is_file() and (tmp_path / "board" / "leaderboard.html").is_file()
 
 
 def test_the_same_seed_gives_the_same_trials(tmp_path, tiny_bert, glue_dir):

@@ -277,7 +277,9 @@ def _tuning(c: Cell, trials: list[dict]) -> Tuning:
                 if math.isfinite(number((t.get("cost") or {}).get("total_steps")))
                 else int(number(t["config"].get("steps")) if math.isfinite(number(t["config"].get("steps"))) else 0)
                 for t in mine)
-    return Tuning(search, tuned, len(mine), steps)
+    # a trial is stored as one run per rung it reached: count the trials, and every rung's steps as budget spent
+    numbers = {_tags(t).get("trial") for t in mine} - {None}
+    return Tuning(search, tuned, len(numbers) if numbers else len(mine), steps)
 
 
 def _ranks(col: Collection, boards: list[TaskBoard]) -> Ranks:
