@@ -221,3 +221,56 @@ def test_a_search_with_the_ray_executor_is_refused_before_anything_runs(tmp_path
     with pytest.raises(ConfigError, match="search: block runs with the local executors only"):
         sweep(load_suite(p), Store(tmp_path / "runs.sqlite"), SweepOptions(env=environment(), executor="ray"))
     assert Store(tmp_path / "runs.sqlite").runs() == []
+
+
+LAMBDA_ENTRIES = ("  - {label: QV, method: lora, targets: qv, method_args: {rank: 4}}\n"
+                  "  - {label: QV tuned, method: lora, targets: qv, method_args: {rank: 4},\n"
+                  "     search: {lr_ratio: {float: [1, 8], log: true}}}\n")
+
+
+def test_an_entry_searches_its_own_fields_as_one_configuration_of_its_own(tmp_path, tiny_bert, glue_dir):
+    """Issue 27's "Q,V with λ tuned (λ as one more searched hyperparameter)": an entry's ``search:`` samples λ for
+    that entry only; the λ = 1 entry beside it is another configuration with the same number of trials."""
+    p = suite_file(tmp_path, tiny_bert, "{trials: 2, seed: 0, min_steps: 3, final_seeds: 1}", LAMBDA_ENTRIES)
+    suite = load_suite(p)
+    plain, tuned = suite.expand()
+    assert plain.tags["group"] != tuned.tags["group"]
+    from efficientft.sweep.search import space_of
+
+    assert set(space_of(suite, plain.cfg, plain.tags["entry"])) == {"lr"}
+    assert space_of(suite, tuned.cfg, tuned.tags["entry"])["lr_ratio"] == {"float": [1.0, 8.0], "log": True}
+    store = Store(tmp_path / "runs.sqlite")
+    s = sweep(suite, store, SweepOptions(env=environment()), log=lambda line: None)["search"]
+    rows = {c["label"]: c for c in s["configurations"]}
+    assert sum(rows["QV"]["trials"].values()) == sum(rows["QV tuned"]["trials"].values()) == 2
+    trials = trials_of(tmp_path / "runs.sqlite")
+    by_study = {}
+    for study, _, _, params, _ in trials:
+        by_study.setdefault(study, []).append(params)
+    assert sorted(len(v) for v in by_study.values()) == [2, 2]
+    searched = [sorted(k for p in v for k in p) for v in by_study.values()]
+    assert sorted(map(tuple, map(sorted, map(set, searched)))) == [("lr",), ("lr", "lr_ratio")]
+    lambdas = {r["config"]["lr_ratio"] for r in store.runs() if r["tags"].get("label") == "QV tuned"}
+    assert len(lambdas) > 1 and all(1 <= x <= 8 for x in lambdas)  # lambda varies for the tuned entry only
+    assert {r["config"]["lr_ratio"] for r in store.runs() if r["tags"].get("label") == "QV"} == {1.0}
+
+
+@pytest.mark.parametrize("search, entries, message", [
+    (None, LAMBDA_ENTRIES, r"line 13: methods\[1\]\.search: an entry's searched fields are part of a search; add "
+                           r"a search: block"),
+    ("{trials: 2}", "  - {label: X, method: lora, lr_ratio: 4, search: {lr_ratio: {float: [1, 8]}}}\n",
+     r"methods\[0\] both sets and searches lr_ratio; keep one"),
+    ("{trials: 2}", "  - {label: X, method: lora, search: {lr_ratio: {float: [0, 8], log: true}}}\n",
+     r"methods\[0\]\.search\.lr_ratio: a log distribution needs low > 0"),
+    ("{trials: 2}", "  - {label: X, method: lora, search: {method_args.xi: {float: [0.1, 1]}}}\n",
+     r"methods\[0\]\.search: unknown key 'method_args.xi': method 'lora' takes no argument 'xi'"),
+])
+def test_a_bad_entry_search_is_one_line_before_any_training(tmp_path, tiny_bert, glue_dir, search, entries,
+                                                            message):
+    from efficientft.errors import ConfigError
+
+    p = suite_file(tmp_path, tiny_bert, search or "{trials: 2}", entries)
+    if search is None:
+        p.write_text(p.read_text().replace("search: {trials: 2}\n", ""))
+    with pytest.raises(ConfigError, match=message):
+        load_suite(p).expand()

@@ -84,13 +84,15 @@ def metric_of(suite: Suite, cfg) -> str:
     return f"selection/{get_task(cfg.task, cfg.custom).main_metric}" if by == "main" else by
 
 
-def space_of(suite: Suite, cfg) -> dict[str, dict[str, Any]]:
-    """The distributions a configuration samples: ``lr`` (the method's prior unless the suite gives it) first."""
+def space_of(suite: Suite, cfg, entry: int | None = None) -> dict[str, dict[str, Any]]:
+    """The distributions a configuration samples: ``lr`` (the method's prior unless the suite gives it) first, then
+    the suite's space and the method entry's own ``search:`` fields."""
     from ..methods import METHODS
 
     low, high = METHODS.get(cfg.method).lr_prior
     space = {"lr": {"float": [low, high], "log": True}}
-    space.update({k: v for k, v in suite.search.space.items() if takes(cfg, k)})
+    own = suite.space_for(entry) if entry is not None else suite.search.space
+    space.update({k: v for k, v in own.items() if takes(cfg, k)})
     return space
 
 
@@ -134,7 +136,7 @@ def run_search(suite: Suite, runs: list[PlannedRun], store: Store, executor, on_
         maximise = higher_is_better(metric)
         full = base.cfg.steps
         rungs = rungs_of(se, full)
-        space = space_of(suite, base.cfg)
+        space = space_of(suite, base.cfg, base.tags.get("entry"))
         study = optuna.create_study(
             study_name=f"{suite.name}/{group}", storage=storage, load_if_exists=True,
             direction="maximize" if maximise else "minimize",

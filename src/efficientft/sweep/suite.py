@@ -55,6 +55,7 @@ from .suite_parse import (
     _parse_search,
     _parse_selection,
     _parse_spec,
+    parse_space,
 )
 
 __all__ = ["DEFAULT_MAX_RUNS", "ENTRY_KEYS", "ENV_MAX_RUNS", "FIELDS", "NESTED", "SUITE_KEYS", "EarlyStopping",
@@ -78,6 +79,9 @@ class Suite:
     # machine, e.g. a LLaMA for GSM8K); expanding without them is one clear error
     requires: tuple[str, ...] = ()
     search: Search | None = None  # equal-budget tuning (sweep/search.py) instead of running the grid
+    # a method entry's own searched fields (its ``search:``), by entry index: (space, lines), added to search.space
+    # for that entry's configurations only (e.g. lambda searched for one "Q,V, lambda tuned" entry)
+    entry_spaces: dict[int, tuple[dict[str, dict[str, Any]], dict[str, int]]] = field(default_factory=dict)
 
     def size(self) -> int:
         """How many runs the grid expands to (before duplicates are dropped), counted without expanding it."""
@@ -109,7 +113,7 @@ class Suite:
                               f"{self.max_runs:,}; shrink the grid, or raise the limit with max_runs: in the suite "
                               f"or ${ENV_MAX_RUNS}.")
         runs: list[PlannedRun] = []
-        seen: set[str] = set()
+        seen: set[tuple[str, str]] = set()
         errors: list[str] = []
         for index, (label, entry) in enumerate(self.entries):
             where = f"{self.path}, line {entry.line} (methods[{index}])"
@@ -145,11 +149,12 @@ class Suite:
                         errors.append(str(e))
                     continue
                 key = run_key(cfg)
-                if key in seen:
+                group = group_key(cfg, self.over_for(index))
+                if (key, group) in seen:  # one run once; an entry that searches other fields is its own group
                     continue
-                seen.add(key)
+                seen.add((key, group))
                 tags = {"suite": self.name, "label": label or _default_label(cfg), "entry": index, "cell": cell,
-                        "group": group_key(cfg, self.over)}
+                        "group": group}
                 runs.append(PlannedRun(cfg, key, tags, where))
         if errors:
             more = f"\n(and {len(errors) - 10} more)" if len(errors) > 10 else ""
@@ -207,6 +212,13 @@ class Suite:
                 raise ConfigError(f"{self.path}, line {se.space_lines[name]}: search.space: unknown key {name!r}: "
                                   f"no method of the suite takes the argument {arg!r} (methods: "
                                   f"{', '.join(sorted({r.cfg.method for r in runs}))}).")
+        for index, (space, lines) in self.entry_spaces.items():
+            mine = [r for r in runs if r.tags["entry"] == index]
+            for name in space:
+                if mine and not any(takes(r.cfg, name) for r in mine):
+                    raise ConfigError(f"{self.path}, line {lines[name]}: methods[{index}].search: unknown key "
+                                      f"{name!r}: method {mine[0].cfg.method!r} takes no argument "
+                                      f"{name.partition('.')[2]!r}.")
         seen: set[str] = set()
         for r in runs:
             if r.cfg.steps is None:
@@ -215,14 +227,20 @@ class Suite:
             if r.tags["group"] in seen:
                 continue
             seen.add(r.tags["group"])
-            for name, d in se.space.items():
+            space, lines = dict(se.space), dict(se.space_lines)
+            where = {name: "search.space" for name in space}
+            extra, extra_lines = self.entry_spaces.get(r.tags["entry"], ({}, {}))
+            space.update(extra)
+            lines.update(extra_lines)
+            where.update({name: f"methods[{r.tags['entry']}].search" for name in extra})
+            for name, d in space.items():
                 if not takes(r.cfg, name):
                     continue
                 for v in d.get("choice") or d.get("float") or d.get("int"):
                     try:
                         apply_params(r.cfg, {name: v})
                     except ConfigError as e:
-                        raise ConfigError(f"{self.path}, line {se.space_lines[name]}: search.space.{name}: the value "
+                        raise ConfigError(f"{self.path}, line {lines[name]}: {where[name]}.{name}: the value "
                                           f"{v!r} is not valid for {r.describe()}: {e}") from None
 
     @property
@@ -231,6 +249,15 @@ class Suite:
         if self.search is not None:
             return ("lr", *(k for k in self.search.space if k != "lr"))
         return self.selection.over if self.selection else ("lr",)
+
+    def over_for(self, entry: int) -> tuple[str, ...]:
+        """:attr:`over` for one method entry: with a search, the entry's own searched fields too."""
+        own = self.entry_spaces.get(entry, ({}, {}))[0]
+        return (*self.over, *(k for k in own if k not in self.over))
+
+    def space_for(self, entry: int) -> dict[str, dict[str, Any]]:
+        """The fields a search samples for one entry's configurations: the suite's space, then the entry's own."""
+        return {**(self.search.space if self.search else {}), **self.entry_spaces.get(entry, ({}, {}))[0]}
 
     @property
     def rung_budgets(self) -> tuple[int, ...]:
@@ -257,6 +284,7 @@ def load_suite(path: str | Path) -> Suite:
         raise ConfigError(f"{f}, line {_line(raw, 'methods') or 1}: methods: must be a non-empty list of method "
                           f"entries (each a mapping with at least method:).")
     entries = []
+    entry_spaces = {}
     for i, e in enumerate(methods):
         where = f"methods[{i}]"
         if not isinstance(e, dict):
@@ -266,6 +294,8 @@ def load_suite(path: str | Path) -> Suite:
         if label is not None and not isinstance(label, str):
             raise ConfigError(f"{f}, line {_line(e, 'label')}: {where}.label must be text, got {label!r}.")
         entries.append((label, spec))
+        if e.get("search") is not None:
+            entry_spaces[i] = parse_space(e["search"], _line(e, "search"), f, f"{where}.search")
     per_task_raw = raw.get("per_task") or {}
     if not isinstance(per_task_raw, dict):
         raise ConfigError(f"{f}, line {_line(raw, 'per_task')}: per_task: maps a task name to field: value.")
@@ -284,8 +314,17 @@ def load_suite(path: str | Path) -> Suite:
         entries=entries, per_task=per_task,
         selection=_parse_selection(raw, f), early_stopping=_parse_early_stopping(raw, f),
         estimate=_parse_estimate(raw, f), max_runs=_parse_max_runs(raw, f), requires=_parse_requires(raw, f),
-        search=_parse_search(raw, f),
+        search=_parse_search(raw, f), entry_spaces=entry_spaces,
     )
+    if entry_spaces and suite.search is None:
+        i = min(entry_spaces)
+        raise ConfigError(f"{f}, line {_line(methods[i], 'search')}: methods[{i}].search: an entry's searched fields "
+                          f"are part of a search; add a search: block (trials, min_steps, ...).")
+    for i, (space, _lines) in entry_spaces.items():
+        fixed = [".".join(p) for p in (*entries[i][1].fixed, *entries[i][1].axes) if ".".join(p) in space]
+        if fixed:
+            raise ConfigError(f"{f}, line {_line(methods[i], 'search')}: methods[{i}] both sets and searches "
+                              f"{fixed[0]}; keep one.")
     if suite.search is not None and suite.selection is None:
         raise ConfigError(f"{f}, line {suite.search.line}: search scores its trials on a selection split carved "
                           f"from train (never dev); add a selection: block.")

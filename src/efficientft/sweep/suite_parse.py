@@ -19,7 +19,8 @@ SUITE_KEYS = ("name", "description", "defaults", "grid", "methods", "per_task", 
 DEFAULT_MAX_RUNS = 100_000  # a grid past this is a typo far more often than a plan; max_runs: or $EFT_MAX_RUNS
 ENV_MAX_RUNS = "EFT_MAX_RUNS"
 NESTED = tuple(n for n, s in SETTINGS.items() if s.nested_axes)  # mappings whose values may themselves be axes
-ENTRY_KEYS = ("label",)  # keys of a method entry that are not RunConfig fields
+ENTRY_KEYS = ("label", "search")  # keys of a method entry that are not RunConfig fields (search: its own searched
+# fields, added to the suite's search.space for that entry's configurations only)
 Path_ = tuple[str, ...]  # a field path: ("lr",) or ("method_args", "rank")
 
 
@@ -195,40 +196,61 @@ def _bound(v: Any) -> float | None:
         return None
 
 
-def _parse_space_entry(name: str, d: Any, f: str, line: int) -> dict[str, Any]:
+def _parse_space_entry(name: str, d: Any, f: str, line: int, where: str = "search.space") -> dict[str, Any]:
     how = ("{float: [low, high]}, {int: [low, high]} (either with log: true) or {choice: [a, b, ...]}")
     if not isinstance(d, dict):
-        raise ConfigError(f"{f}, line {line}: search.space.{name} must be a distribution: {how}, got {d!r}.")
+        raise ConfigError(f"{f}, line {line}: {where}.{name} must be a distribution: {how}, got {d!r}.")
     kinds = [k for k in d if k in DISTRIBUTIONS]
     extra = [k for k in d if k not in DISTRIBUTIONS and k != "log"]
     if extra or len(kinds) != 1:
         bad = extra[0] if extra else ", ".join(map(str, kinds)) or "none"
-        raise ConfigError(f"{f}, line {line}: search.space.{name}: unknown distribution {bad!r}."
+        raise ConfigError(f"{f}, line {line}: {where}.{name}: unknown distribution {bad!r}."
                           f"{did_you_mean(str(bad), DISTRIBUTIONS)} Accepted: {how}.")
     kind, log = kinds[0], d.get("log", False)
     if not isinstance(log, bool):
-        raise ConfigError(f"{f}, line {line}: search.space.{name}.log must be true or false, got {log!r}.")
+        raise ConfigError(f"{f}, line {line}: {where}.{name}.log must be true or false, got {log!r}.")
     values = d[kind]
     if kind == "choice":
         if not isinstance(values, list) or not values or log:
-            raise ConfigError(f"{f}, line {line}: search.space.{name}: choice takes a non-empty list (and no log), "
+            raise ConfigError(f"{f}, line {line}: {where}.{name}: choice takes a non-empty list (and no log), "
                               f"got {d!r}.")
         return {"choice": list(values)}
     bounds = [_bound(x) for x in values] if isinstance(values, list) and len(values) == 2 else [None]
     if None in bounds or not all(math.isfinite(b) for b in bounds):
-        raise ConfigError(f"{f}, line {line}: search.space.{name}: {kind} takes [low, high] (two numbers), "
+        raise ConfigError(f"{f}, line {line}: {where}.{name}: {kind} takes [low, high] (two numbers), "
                           f"got {values!r}.")
     low, high = bounds
     if kind == "int" and not all(float(b).is_integer() for b in bounds):
-        raise ConfigError(f"{f}, line {line}: search.space.{name}: int bounds must be whole numbers, got {values!r}.")
+        raise ConfigError(f"{f}, line {line}: {where}.{name}: int bounds must be whole numbers, got {values!r}.")
     if low >= high:
-        raise ConfigError(f"{f}, line {line}: search.space.{name}: low must be below high, got [{low:g}, {high:g}].")
+        raise ConfigError(f"{f}, line {line}: {where}.{name}: low must be below high, got [{low:g}, {high:g}].")
     if log and low <= 0:
-        raise ConfigError(f"{f}, line {line}: search.space.{name}: a log distribution needs low > 0, got "
+        raise ConfigError(f"{f}, line {line}: {where}.{name}: a log distribution needs low > 0, got "
                           f"[{low:g}, {high:g}].")
     if kind == "int":
         low, high = int(low), int(high)
     return {kind: [low, high], "log": log}
+
+
+def parse_space(space: Any, line: int, f: str, where: str) -> tuple[dict[str, dict[str, Any]], dict[str, int]]:
+    """A search space (``search.space``, or a method entry's ``search:``): field -> distribution, with lines."""
+    if not isinstance(space, dict):
+        raise ConfigError(f"{f}, line {line}: {where} maps a field (lr, method_args.rank, ...) to a distribution.")
+    out: dict[str, dict[str, Any]] = {}
+    lines: dict[str, int] = {}
+    for name, d in space.items():
+        ln = _line(space, name)
+        name = str(name)
+        top, _, sub = name.partition(".")
+        ok = top in FIELDS and top not in NOT_SEARCHED and top not in ENVIRONMENT_FIELDS and \
+            (not sub if top not in NESTED else bool(sub) and "." not in sub)
+        if not ok:
+            raise ConfigError(f"{f}, line {ln}: {where}: unknown key {name!r}.{did_you_mean(top, FIELDS)} "
+                              f"Accepted: a run setting (lr, lr_ratio, weight_decay, ...) or a method argument "
+                              f"(method_args.rank); not {', '.join(NOT_SEARCHED)}.")
+        out[name] = _parse_space_entry(name, d, f, ln, where)
+        lines[name] = ln
+    return out, lines
 
 
 def _parse_search(raw: dict, f: str) -> Search | None:
@@ -245,22 +267,7 @@ def _parse_search(raw: dict, f: str) -> Search | None:
                  reduction_factor=_count_value(s, "reduction_factor", 3, 2, f, "eta: 1/eta of the trials go on"),
                  final_seeds=_count_value(s, "final_seeds", 3, 0, f, "seeds of the chosen configuration's re-runs"),
                  line=line)
-    space = s.get("space") or {}
-    if not isinstance(space, dict):
-        raise ConfigError(f"{f}, line {_line(s, 'space')}: search.space maps a field (lr, method_args.rank, ...) to "
-                          f"a distribution.")
-    for name, d in space.items():
-        ln = _line(space, name)
-        name = str(name)
-        top, _, sub = name.partition(".")
-        ok = top in FIELDS and top not in NOT_SEARCHED and top not in ENVIRONMENT_FIELDS and \
-            (not sub if top not in NESTED else bool(sub) and "." not in sub)
-        if not ok:
-            raise ConfigError(f"{f}, line {ln}: search.space: unknown key {name!r}.{did_you_mean(top, FIELDS)} "
-                              f"Accepted: a run setting (lr, lr_ratio, weight_decay, ...) or a method argument "
-                              f"(method_args.rank); not {', '.join(NOT_SEARCHED)}.")
-        out.space[name] = _parse_space_entry(name, d, f, ln)
-        out.space_lines[name] = ln
+    out.space, out.space_lines = parse_space(s.get("space") or {}, _line(s, "space"), f, "search.space")
     return out
 
 
