@@ -1,6 +1,6 @@
 """The defining property of each method added from the field's list (issue 23 §2), under its default arguments:
 DePT's shorter prompt and positional low-rank embedding update with two learning rates; LoFiT's head selection and
-per-head offsets; HUT's Hadamard-updated weight."""
+per-head offsets. (HUT is not shipped: README, "Methods not shipped, and why".)"""
 
 from __future__ import annotations
 
