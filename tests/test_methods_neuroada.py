@@ -134,3 +134,56 @@ def test_training_moves_only_the_chosen_entries_and_merges_exactly(tiny_bert):
     for n in mods:
         w = out_major_weight(merged.get_submodule(n)).detach()
         assert int((w != w0[n]).sum()) == 32 * 2
+
+
+def test_the_papers_setting_all_linear_on_a_causal_lm_generates_and_merges():
+    """The paper's targets (every linear layer of LLaMA: q, k, v, o, gate, up, down) under the default top_k 1:
+    one delta per neuron, 256 neurons a layer here, nothing else trains (no head on a causal LM); it generates, and
+    the merged model gives the same logits."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from efficientft.methods.base import Context
+    from efficientft.models import resolve_targets
+
+    torch.manual_seed(0)
+    lm = LlamaForCausalLM(LlamaConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, pad_token_id=0))
+    method = get_method("neuroada").from_config({})
+    targets = resolve_targets(lm, "all-linear")
+    assert {t.name.rsplit(".", 1)[-1] for t in targets} == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                              "up_proj", "down_proj"}
+    model = method.prepare(lm, targets, Context(heads=[], peft_task_type="CAUSAL_LM"))
+    trainable = {n: q for n, q in model.named_parameters() if q.requires_grad}
+    assert all(n.endswith(".values") for n in trainable)
+    assert method.trainable_parameters(model) == 2 * (32 + 16 + 16 + 32 + 64 + 64 + 32) == 512
+    ids = torch.randint(1, 300, (2, 6), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for q in trainable.values():
+            q.normal_()  # not the zero start: a merge that dropped the deltas must fail
+        want = model.eval()(input_ids=ids).logits
+    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=3, do_sample=False)
+    assert out.shape == (2, 9) and torch.equal(out[:, :6], ids)
+    with torch.no_grad():
+        merged = method.merge(model)
+        torch.testing.assert_close(merged(input_ids=ids).logits, want, rtol=1e-5, atol=1e-5)
+    assert not deltas(merged)
+
+
+@pytest.mark.parametrize("top_k,percent", [(1, 0.020), (20, 0.404)])
+def test_counts_as_the_paper_reports_for_llama_7b(top_k, percent):
+    """The paper's (and its reference README's) trainable share on LLaMA-7B, all seven linear layers: 0.020 % at
+    k = 1 and 0.404 % at k = 20, i.e. d_out · k per weight over all 6.74 B parameters (shapes only, on the meta
+    device)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from efficientft.models import resolve_targets
+
+    with torch.device("meta"):
+        lm = LlamaForCausalLM(LlamaConfig(vocab_size=32000, hidden_size=4096, intermediate_size=11008,
+                                          num_hidden_layers=32, num_attention_heads=32))
+    method = get_method("neuroada").from_config({"top_k": top_k})
+    shapes = [out_major_weight(lm.get_submodule(t.name)).shape for t in resolve_targets(lm, "all-linear")]
+    assert len(shapes) == 32 * 7
+    total = sum(q.numel() for q in lm.parameters())
+    assert total == 6_738_415_616
+    assert round(100 * sum(method.count(o, i) for o, i in shapes) / total, 3) == percent
