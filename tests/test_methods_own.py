@@ -8,8 +8,9 @@ from transformers import AutoModelForSequenceClassification
 from efficientft.data import TrainBatches
 from efficientft.errors import ConfigError
 from efficientft.methods import get_method
+from efficientft.methods._sparse import SparseDelta
 from efficientft.methods.base import TRAINABLE_FILE, Context
-from efficientft.methods.sift import SparseDelta, sparse_count
+from efficientft.methods.sift import sparse_count
 from efficientft.models import head_modules, resolve_targets
 from efficientft.models.fused import out_major_weight
 from efficientft.train import prepare, run, train
