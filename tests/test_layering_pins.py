@@ -37,8 +37,12 @@ def record_shape(record: dict, prefix: str = "") -> list[str]:
 
 @pytest.mark.parametrize("name", SUITES)
 def test_every_shipped_suite_keeps_its_run_keys(name):
-    pinned = json.loads((FIXTURES / "suite_keys.json").read_text())
-    assert name in pinned, f"new suite {name}: add its keys to tests/fixtures/suite_keys.json"
+    path = FIXTURES / "suite_keys.json"
+    pinned = json.loads(path.read_text())
+    if os.environ.get("EFT_WRITE_PINS"):  # only to pin a deliberate change (a new method, a new budget)
+        pinned[name] = suite_keys(name)
+        path.write_text(json.dumps(dict(sorted(pinned.items())), indent=0) + "\n")
+    assert name in pinned, f"new suite {name}: add its keys to tests/fixtures/suite_keys.json (EFT_WRITE_PINS=1)"
     assert suite_keys(name) == pinned[name]
 
 
