@@ -651,7 +651,10 @@ def measured(p: Prepared, out: dict[str, Any], sampled: dict[str, Any], rss_star
     scores = {**out["scores"], **best_dev(p.task, out["evals"])}
     timer, runtime = out["timer"], p.runtime
     cost = {**sampled, **timer.summary()}
-    cost.update(speed_cost(p.flop_shape, p.method.capabilities, timer.tokens, timer.token_pairs, sum(timer.times),
+    # the shape at the end (a method that grows its rank trains its last shape; a resumed run starts from it), but
+    # a sharded model's whole shape is the one taken before sharding split it
+    shape = p.flop_shape if p.runtime.sharded else flop_shape(p.model)
+    cost.update(speed_cost(shape, p.method.capabilities, timer.tokens, timer.token_pairs, sum(timer.times),
                            runtime.device, runtime.precision))
     cost.update(_predicted_memory(p, timer.longest_batch, rss_start))
     cost.update(train_s=out["train_s"], eval_s=out["eval_s"], **p.eval_cost)
@@ -660,6 +663,8 @@ def measured(p: Prepared, out: dict[str, Any], sampled: dict[str, Any], rss_star
     state = p.method.optimizer_state(p.optimizer)
     cost.update(optimizer_state_numel=sum(t.numel() for t in state),
                 optimizer_state_bytes=sum(t.numel() * t.element_size() for t in state))
+    trainable = p.method.trainable_parameters(p.model)  # counted again at the end: a method that grows its rank
+    cost.update(trainable_params=trainable, trainable_fraction=trainable / max(1, p.base_params))  # ends above its start
     details: dict[str, Any] = {"skipped_steps": out["skipped_steps"]}
     if p.baselines:  # what the run had to beat, and whether it answered one thing (the report's learned mark)
         baselines = {f"{split}/{m}": v for split, b in p.baselines.items() for m, v in b.items()}
