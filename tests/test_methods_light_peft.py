@@ -55,23 +55,36 @@ def _estimated(args=None):
     model = _bert()
     method = METHODS.get("light_peft").from_config(args or {})
     model = method.prepare(model, resolve_targets(model, "all-linear"), Context(heads=["classifier"], total_steps=6))
-    masks = []
-    real = InputMask.__init__
+    loras = {n: m for n, m in model.named_modules() if isinstance(m, LightLoRA)}
+    masks, ranks, ratios = [], {n: [] for n in loras}, {n: [] for n in loras}
+    real = InputMask.__init__, LightLoRA.rank_importance, LightLoRA.forward
+    name = {id(m): n for n, m in loras.items()}
 
     def spy(self, *a, **k):
-        real(self, *a, **k)
+        real[0](self, *a, **k)
         masks.append(self)
 
-    InputMask.__init__ = spy
+    def rank_spy(self):
+        v = real[1](self)
+        ranks[name[id(self)]].append(v)
+        return v
+
+    def forward_spy(self, x):
+        out = real[2](self, x)
+        if self.recording:
+            ratios[name[id(self)]].append(self.last_ratio)
+        return out
+
+    InputMask.__init__, LightLoRA.rank_importance, LightLoRA.forward = spy, rank_spy, forward_spy
     try:
         method.init_from_data(model, _batches())
     finally:
-        InputMask.__init__ = real
-    return model, method, masks
+        InputMask.__init__, LightLoRA.rank_importance, LightLoRA.forward = real
+    return model, method, masks, ranks, ratios
 
 
 def test_light_peft_defaults_prune_the_lowest_masked_heads_and_neurons_and_the_lowest_lora_modules_and_ranks():
-    model, method, masks = _estimated()
+    model, method, masks, ranks_seen, ratios_seen = _estimated()
     a = method.args
     assert (a.rank, a.alpha, a.attn_ratio, a.ffn_ratio, a.module_ratio, a.rank_ratio) == (8, 16, 1 / 3, 1 / 3, .75, .5)
     heads = [m.mask.detach() for m in masks[0::2]]
@@ -99,6 +112,12 @@ def test_light_peft_defaults_prune_the_lowest_masked_heads_and_neurons_and_the_l
     assert not any(isinstance(m, InputMask) for m in model.modules())
     # LoRA modules: 75% of the 24 gone (lowest ‖ΔWx‖/‖Wx‖); ranks: half of the rest's (lowest first-order score)
     names = list(method.scores["modules"])
+    tokens = next(_batches())["attention_mask"].bool()
+    for n in names:  # the scores: means over the second half of the 6 steps (3), module ratios over real tokens
+        assert len(ranks_seen[n]) == len(ratios_seen[n]) == 3
+        torch.testing.assert_close(method.scores["ranks"][n], torch.stack(ranks_seen[n]).mean(0))
+        want = float(torch.stack([r[tokens].mean() for r in ratios_seen[n]]).mean())
+        assert method.scores["modules"][n] == pytest.approx(want, rel=1e-5)
     imp = np.array([method.scores["modules"][n] for n in names])
     assert len(names) == 6 * LAYERS and len(set(imp.tolist())) == len(imp)
     gone = _rule(imp, 0.75)
