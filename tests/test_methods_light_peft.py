@@ -231,3 +231,19 @@ def test_light_peft_refuses_head_pruning_where_query_heads_share_key_value_heads
     ok.init_from_data(model, _batches())
     mlp = model.model.layers[0].mlp  # LLaMA's gate projection loses the same neurons as the up projection
     assert mlp.gate_proj.weight.shape[0] == mlp.up_proj.weight.shape[0] == mlp.down_proj.weight.shape[1] < 64
+
+
+def test_light_peft_refuses_lambda_when_the_early_pruning_removed_every_w_v_module():
+    model = _bert()
+    method = METHODS.get("light_peft").from_config({})
+    model = method.prepare(model, resolve_targets(model, "qv"), Context(heads=["classifier"]))
+    lora = [n for n, m in model.named_modules() if isinstance(m, LightLoRA)]
+    structure = {"heads": {}, "neurons": {}, "ranks": {n: ([] if n.endswith("value") else [0, 1]) for n in lora}}
+    method.structure = structure
+    method.apply(model, structure)
+    assert method.param_groups(model, Strategy({}), 1e-3, 0.0)  # λ = 1: W_q's LoRA and the head train
+    with pytest.raises(ConfigError) as e:
+        method.param_groups(model, Strategy({"v": 4.0}), 1e-3, 0.0)
+    assert str(e.value) == ("method 'light_peft': a learning-rate ratio of 4 for role 'v' cannot apply: the early "
+                            "pruning removed every LoRA module of that role (module_ratio 0.75, rank_ratio 0.5); "
+                            "lower module_ratio, or drop the ratio.")

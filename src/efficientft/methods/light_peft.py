@@ -32,7 +32,7 @@ In this loop the estimation runs inside :meth:`init_from_data`, before the optim
 ``estimate_lr`` (linear decay, no weight decay: the reference trainer's defaults) on the LoRA factors, the masks and
 the task head; as the reference's second run loads the estimation's adapter file (the task head with it), the
 surviving LoRA factors and the head are kept, and the run trains them at its own rate. λ then applies to W_v's
-remaining A and B (a pruned W_v module has none: λ ≠ 1 is refused as for any role without parameters). The
+remaining A and B (where the pruning removed every W_v module, λ ≠ 1 is refused in one line naming it). The
 reference adapts query, key, value, both output projections and the intermediate projection (``--targets
 all-linear`` here); the run's targets decide. The structure is method state (checkpoints) and export metadata;
 reload prunes a fresh base the same way. Merge folds s·BA into the pruned weights: the merged model is the pruned
@@ -61,6 +61,7 @@ from ..errors import ConfigError
 from ..models.fused import is_conv1d, out_major_weight, replace_module, weight_shape
 from ..models.large import is_quantized
 from ..models.roles import Target, family_of, linear_modules, role_of
+from ..strategy import Strategy
 from . import register
 from ._adapters import float_like, layer_of
 from ._decomp import frozen, set_out_major
@@ -380,6 +381,19 @@ class LightPeft(WrapsTargets):
                 replace_module(model, name, m.base)
             elif len(ranks) < m.A.shape[0]:
                 m.keep(ranks=torch.tensor(ranks, dtype=torch.long))
+
+    def param_groups(self, model: nn.Module, strategy: Strategy, lr: float, weight_decay: float) -> list[dict]:
+        """The strategy's groups; a ratio for a role whose every LoRA module the early pruning removed is refused
+        here, naming the pruning (the loop's generic line would advise adding the role to --targets)."""
+        groups = super().param_groups(model, strategy, lr, weight_decay)
+        carried = {role for g in groups for role in g["roles"]}
+        for role in sorted({t.role for t in self.targets if t.role} - carried):
+            if strategy.multiplier(role) != 1.0:
+                raise ConfigError(f"method 'light_peft': a learning-rate ratio of {strategy.multiplier(role):g} for "
+                                  f"role {role!r} cannot apply: the early pruning removed every LoRA module of that "
+                                  f"role (module_ratio {self.args.module_ratio:g}, rank_ratio "
+                                  f"{self.args.rank_ratio:g}); lower module_ratio, or drop the ratio.")
+        return groups
 
     def kept_ranks(self, model: nn.Module) -> dict[str, int]:
         return {n: int(m.A.shape[0]) for n, m in self._modules(model).items()}
