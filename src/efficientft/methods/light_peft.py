@@ -24,9 +24,11 @@ with the pruned model and the pruned LoRA:
 
 "At or below the ratio quantile" is the reference's rule (``np.quantile``, linear interpolation, ``score >
 threshold`` kept), so n distinct scores lose ⌊(n − 1)·ratio⌋ + 1; a ratio of 0 prunes nothing (the reference skips
-it). Defaults are ``scripts/train.sh``'s: attn 1/3, ffn 1/3, module 0.75, rank 0.5, LoRA r 8, α 16, dropout 0.05,
-estimation lr 3e-4 (``estimate.sh``). The reference estimates for 800 steps (``estimate.sh``'s ``max_steps``), of a
-second training of 10 epochs; ``estimate_steps`` 0 takes 800, or the run's steps where it has fewer.
+it; one deviation: where tied head masks would prune a whole layer's heads, its best head stays, since attention
+cannot run without one). Defaults are ``scripts/train.sh``'s: attn 1/3, ffn 1/3, module 0.75, rank 0.5, LoRA r 8, α
+16, dropout 0.05, estimation lr 3e-4 (``estimate.sh``). The reference estimates for 800 steps (``estimate.sh``'s
+``max_steps``), of a second training of 10 epochs; ``estimate_steps`` 0 takes 800, or the run's steps where it has
+fewer.
 
 In this loop the estimation runs inside :meth:`init_from_data`, before the optimizer exists, with its own AdamW at
 ``estimate_lr`` (linear decay, no weight decay: the reference trainer's defaults) on the LoRA factors, the masks and
