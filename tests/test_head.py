@@ -127,7 +127,7 @@ def test_cls_pooler_trained_trains_and_counts_the_pooler_cls_pooler_leaves_it(ti
     frozen, trained = _prepared(tiny_bert, "cls-pooler"), _prepared(tiny_bert, "cls-pooler-trained")
     n_frozen = frozen.method.trainable_parameters(frozen.model)
     assert trained.method.trainable_parameters(trained.model) == n_frozen + POOLER
-    assert head_modules(trained.model.base_model.model) == ["classifier", "bert.pooler"]
+    assert head_modules(trained.model.base_model.model) == ["classifier", "bert.pooler.dense"]
     for p in (frozen, trained):
         before = _pooler(p)
         train(p, progress=False)
@@ -146,10 +146,12 @@ def test_cls_pooler_trained_trains_and_counts_the_pooler_cls_pooler_leaves_it(ti
     assert counts == {"cls-pooler": n_frozen, "cls-pooler-trained": n_frozen + POOLER}
 
 
-@pytest.mark.parametrize("method", ["lora", "full"])
+@pytest.mark.parametrize("method", ["lora", "full", "sift"])  # a PEFT adapter, a model folder, our own format
 @pytest.mark.parametrize("head", ["cls-pooler", "cls-pooler-trained", "mean"])
 def test_export_then_reload_gives_the_same_logits(head, method, tiny_bert, tmp_path):
-    p = _prepared(tiny_bert, head, method=method)
+    from efficientft.methods import METHODS
+
+    p = _prepared(tiny_bert, head, method=method, method_args=METHODS.get(method).test_args("bert"))
     train(p, progress=False)
     p.model.eval()
     batch = dict(_padded_batch(tiny_bert))
@@ -157,10 +159,10 @@ def test_export_then_reload_gives_the_same_logits(head, method, tiny_bert, tmp_p
         want = p.model(**batch).logits
     out = tmp_path / "export"
     info = p.method.export(p.model, out, tokenizer=p.tokenizer)
-    if method == "full":  # a model folder: its config.json records the head; auto reads it back
+    if p.method.capabilities.export == "model":  # a model folder: its config.json records the head; auto reads it
         assert json.loads((out / "config.json").read_text())["eft_head"] == head
         reloaded = load_model(str(out), 2, readout="auto").model
-    else:  # an adapter: applied to a base loaded with the run's head
+    else:  # an adapter or the trained tensors: applied to a base loaded with the run's head
         base = load_model(str(tiny_bert), 2, readout=head).model
         fresh = get_method(method).from_config(p.method.args_dict())
         reloaded = fresh.reload(base, out, resolve_targets(base, "qv"), Context(heads=head_modules(base)))
@@ -171,3 +173,14 @@ def test_export_then_reload_gives_the_same_logits(head, method, tiny_bert, tmp_p
     readme = (out / "README.md").read_text() if (out / "README.md").is_file() else ""
     assert ("computes **another function**" in readme) == (head == "mean")
     assert info.get("head") == ("mean" if head == "mean" else None)
+
+
+@pytest.mark.parametrize("head", ["mean", "cls-pooler-trained"])
+def test_the_feature_cache_serves_each_head_the_same_logits(head, tiny_bert):
+    """The mean pools with the mask of the model's own call, which the cached forward makes as the plain one does."""
+    from tests.test_features import TOP, _logits
+
+    cfg = tiny_config(tiny_bert, targets=TOP, max_eval=24, head=head)
+    plain, cached = prepare(cfg), prepare(cfg.replace(feature_cache=True))
+    assert cached.features.k == 1
+    torch.testing.assert_close(_logits(cached), _logits(plain), rtol=1e-5, atol=1e-6)

@@ -115,11 +115,13 @@ def apply_head(model: nn.Module, head: str) -> nn.Module:
 
 
 def trained_pooler(model: nn.Module) -> str | None:
-    """The pooler's module name when the model's head trains it (``cls-pooler-trained``), else None."""
+    """The pooler's trained module when the model's head trains it (``cls-pooler-trained``), else None: its
+    ``dense`` layer, which holds all its parameters (PEFT's merge of some tuners, BOFT's, unwraps a trained head
+    module as a layer with a ``weight``)."""
     config = getattr(model, "config", None)
     if getattr(config, CONFIG_KEY, None) != "cls-pooler-trained":
         return None
-    return f"{model.base_model_prefix}.pooler"
+    return f"{model.base_model_prefix}.pooler.dense"
 
 
 def export_note(model: nn.Module, out_dir: Path) -> dict[str, Any]:
