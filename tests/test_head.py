@@ -184,3 +184,16 @@ def test_the_feature_cache_serves_each_head_the_same_logits(head, tiny_bert):
     plain, cached = prepare(cfg), prepare(cfg.replace(feature_cache=True))
     assert cached.features.k == 1
     torch.testing.assert_close(_logits(cached), _logits(plain), rtol=1e-5, atol=1e-6)
+
+
+def test_a_quantized_base_keeps_a_trained_pooler_in_full_precision(tiny_bert):
+    """The modules bitsandbytes skips are read from the architecture built with the run's head recorded."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from efficientft.models.large import head_names
+
+    config = AutoConfig.from_pretrained(str(tiny_bert))
+    for head, want in (("cls-pooler", ["classifier"]), ("cls-pooler-trained", ["classifier", "bert.pooler.dense"])):
+        config.update({"eft_head": head})
+        with torch.device("meta"):
+            assert head_names(AutoModelForSequenceClassification.from_config(config)) == want
