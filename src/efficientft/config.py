@@ -21,7 +21,15 @@ from .content import identity as content_identity
 from .errors import ConfigError, did_you_mean
 from .hardware import best_precision, cpu_flags  # noqa: F401 - the hardware probe's old home
 from .schema import COUNT_MAX, SEED_MAX, Rule, Setting, positive, setting
-from .vocab import MODEL_ALIASES, ROLES, TRAIN_SOURCES, canonical_targets, check_tracker_names
+from .vocab import (
+    HEADS,
+    HEADS_KEYED_AS_BEFORE,
+    MODEL_ALIASES,
+    ROLES,
+    TRAIN_SOURCES,
+    canonical_targets,
+    check_tracker_names,
+)
 from .yaml_limits import read_yaml
 
 DEFAULT_MODEL = "minilm"
@@ -114,6 +122,15 @@ class RunConfig:
     eval_every_max: int | None = setting(None, _OPT_COUNT, key="when_set", group=DATA,
                                          help="score a seeded subsample of N examples per split at each "
                                               "--eval-every evaluation (the final evaluation scores every example)")
+    # how the classifier reads the encoder (issue 25 §1; models.heads declares the heads of each architecture and
+    # auto's choice). Resolved before the key; in it only when the resolved head is not the transformers head
+    # every run used before (the pooler frozen), so only runs whose head changed have new keys.
+    head: str = setting("auto", Rule("choice", choices=HEADS), key="when_set", keyed_as_default=HEADS_KEYED_AS_BEFORE,
+                        group=TRAIN,
+                        help="how the classifier reads the encoder: cls-pooler ([CLS] through the frozen pooler), "
+                             "cls-pooler-trained, mean (masked mean of the last hidden states), model (the "
+                             "architecture's own head), auto (its default: mean for sentence-transformers "
+                             "encoders such as minilm, cls-pooler for other BERT, model otherwise)")
     # speed options that change what is computed (in the key when set: they were added after runs were stored)
     bucket: bool = setting(False, _BOOL, key="when_set", group=OPTIM,
                            help="draw training batches from length buckets (less padding)")
@@ -225,8 +242,8 @@ class RunConfig:
         d = self.to_dict()
         for name in ENVIRONMENT_FIELDS:
             d.pop(name, None)
-        for name, default in KEY_WHEN_SET.items():
-            if d.get(name) == default:
+        for name in KEY_WHEN_SET:
+            if name in d and keyed_as_default(name, d[name]):
                 d.pop(name)
         for name in CONTENT_FIELDS:
             if isinstance(d.get(name), str):
@@ -285,6 +302,14 @@ ENVIRONMENT_FIELDS = frozenset(name for name, s in SETTINGS.items() if s.key == 
 DEFAULTS: dict[str, Any] = {f.name: f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
                             for f in fields(RunConfig)}
 KEY_WHEN_SET = {name: DEFAULTS[name] for name, s in SETTINGS.items() if s.key == "when_set"}
+
+
+def keyed_as_default(name: str, value: Any) -> bool:
+    """Whether a ``when_set`` setting's value computes what runs computed before the setting existed (its default,
+    or a resolved form of it): the key and the report leave it out."""
+    return value == KEY_WHEN_SET[name] or value in SETTINGS[name].keyed_as_default
+
+
 # Settings that may name a local file or folder: the key holds its content hash (efficientft.content.identity).
 CONTENT_FIELDS = tuple(name for name, s in SETTINGS.items() if s.content)
 # Settings a file may not make: they are a decision the user takes on the command line, each time.

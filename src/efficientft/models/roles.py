@@ -25,6 +25,7 @@ from ..vocab import (  # noqa: F401 - the role vocabulary lives in the core; imp
     parse_roles,
 )
 from .fused import is_conv1d
+from .heads import trained_pooler
 
 
 @dataclass(frozen=True)
@@ -89,14 +90,18 @@ def _is_projection(module: nn.Module) -> bool:
 
 def linear_modules(model: nn.Module) -> list[str]:
     """Names of the linear (and GPT-2 Conv1D) layers of the backbone, the head excluded."""
-    heads = set(head_modules(model))
-    return [n for n, m in model.named_modules() if _is_projection(m) and n.split(".")[0] not in heads]
+    heads = tuple(head_modules(model))
+    return [n for n, m in model.named_modules()
+            if _is_projection(m) and not any(n == h or n.startswith(h + ".") for h in heads)]
 
 
 def head_modules(model: nn.Module) -> list[str]:
-    """Top-level modules outside the backbone that hold parameters: the task head (``classifier``, ``score``...)."""
+    """Modules outside the backbone that hold parameters: the task head (``classifier``, ``score``...), and the
+    pooler when the run's head trains it (``cls-pooler-trained``, :mod:`efficientft.models.heads`)."""
     prefix = getattr(model, "base_model_prefix", "")
-    return [n for n, m in model.named_children() if n != prefix and any(True for _ in m.parameters())]
+    out = [n for n, m in model.named_children() if n != prefix and any(True for _ in m.parameters())]
+    pooler = trained_pooler(model)
+    return out + [pooler] if pooler else out
 
 
 def summarise_names(names: list[str], limit: int = 12) -> str:

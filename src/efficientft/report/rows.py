@@ -15,7 +15,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from ..config import ENVIRONMENT_FIELDS, KEY_WHEN_SET
+from ..config import ENVIRONMENT_FIELDS, KEY_WHEN_SET, keyed_as_default
 from ..vocab import DATA_LABEL_HASH as LABEL_HASH  # the label resolve gives user data
 from .values import number, order_key
 
@@ -89,7 +89,7 @@ def flat_config(cfg: dict) -> dict[str, Any]:
     the same experiment, not another row)."""
     out: dict[str, Any] = {}
     for k, v in cfg.items():
-        if k in _SKIP or (k in KEY_WHEN_SET and v == KEY_WHEN_SET[k]):
+        if k in _SKIP or (k in KEY_WHEN_SET and keyed_as_default(k, v)):
             continue
         if k == "method_args":
             out.update({str(a): b for a, b in (v or {}).items()})

@@ -28,7 +28,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..models.loading import SEQUENCE_CLASSIFICATION
+from ..errors import ConfigError
+from ..models.loading import SEQUENCE_CLASSIFICATION, resolve_head
 from ..vocab import higher_is_better
 
 if TYPE_CHECKING:
@@ -53,6 +54,17 @@ class TaskKind:
     def resolve(self, cfg: RunConfig, task: TaskView) -> dict[str, Any]:
         """Settings this kind fills in before the run key is computed (or refuses, with one line)."""
         return {}
+
+    def resolve_head(self, cfg: RunConfig) -> dict[str, Any]:
+        """The ``head`` setting made explicit for the run's model (or refused, with one line); none by default."""
+        if cfg.head != "auto":
+            raise ConfigError(f"head is a setting of classification tasks (how the classifier reads the encoder); a "
+                              f"{self.name} task reads the model's own output; drop head {cfg.head!r}.", field="head")
+        return {}
+
+    def readout(self, cfg: RunConfig) -> str | None:
+        """How the loaded classifier reads the encoder (:func:`efficientft.models.load_model`'s ``readout``)."""
+        return None
 
     def check_method(self, method: Any) -> None:
         """Refuse, in one line, a method whose declared capabilities do not cover this kind."""
@@ -111,13 +123,20 @@ class ClassificationKind(TaskKind):
 
     def resolve(self, cfg: RunConfig, task: TaskView) -> dict[str, Any]:
         from ..config import DEFAULTS
-        from ..errors import ConfigError
 
         for name in self.GENERATION_SETTINGS:
             if getattr(cfg, name) != DEFAULTS[name]:
                 raise ConfigError(f"{name} is a setting of generation tasks; task {task.name!r} is a "
                                   f"{'regression' if task.is_regression else 'classification'} task (see `eft tasks`).")
         return {}
+
+    def resolve_head(self, cfg: RunConfig) -> dict[str, Any]:
+        """The head the model's architecture takes for ``cfg.head`` (auto: its declared default), read from the
+        model's files; a head it cannot take is one line naming those it can."""
+        return {"head": resolve_head(cfg.head, cfg.model)}
+
+    def readout(self, cfg: RunConfig) -> str | None:
+        return cfg.head
 
     def model_class(self) -> Any:
         return SEQUENCE_CLASSIFICATION.model_class()
