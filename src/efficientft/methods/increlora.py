@@ -363,13 +363,13 @@ class IncreLoRA(WrapsTargets):
             raise ConfigError(f"method 'increlora': saved ranks for modules this model lacks: {unknown[:3]}.")
         for n, (active, count) in structure.items():
             m = sites[n]
-            grow = active - m.active
-            if grow < 0 or count - len(m.E) != grow:
+            if active < m.active or count - len(m.E) != active - m.active:
                 raise ConfigError(f"method 'increlora': saved ranks of {n} ({active} of {count}) do not follow "
                                   f"from its start ({m.active} of {len(m.E)}).")
-            if grow:
-                m.activate(grow)
-                m.add_components(grow, reserve=True)
+            while m.active < active:  # as the run grew it: reserves join, as many new ones follow
+                add = min(len(m.E) - m.active, active - m.active)
+                m.activate(add)
+                m.add_components(add, reserve=True)
         if done:
             self.finish(model)
 
