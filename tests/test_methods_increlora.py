@@ -95,6 +95,26 @@ def test_the_score_is_the_sensitivity_of_the_update_summed_over_micro_batches():
     assert m.sensitivity() == 0.0  # cleared for the next step
 
 
+def test_a_step_whose_score_was_not_taken_does_not_leak_into_the_next():
+    """An fp16 step the GradScaler skips calls no hook, so its (inf) ∂L/∂ΔW is not consumed; the optimizer clears
+    the factors' gradients, and the next step's score is its own: finite, and that step's alone."""
+    torch.manual_seed(0)
+    m = IncreLinear(nn.Linear(6, 5), init_r=1, reserve=1, alpha=16.0, dropout=0.0)
+    with torch.no_grad():
+        m.E[0].fill_(1.0)
+    m.scoring = True
+    x = torch.randn(3, 6)
+    (m(x).sum() * float("inf")).backward()  # the skipped step: no sensitivity() call
+    for q in m.parameters():
+        q.grad = None  # the step's zero_grad(set_to_none=True)
+    (m(x) ** 2).sum().backward()
+    got = m.sensitivity()
+    for q in m.parameters():
+        q.grad = None
+    (m(x) ** 2).sum().backward()
+    assert got == m.sensitivity() and 0 < got < float("inf")
+
+
 def test_a_group_that_joins_late_warms_up_again_over_the_steps_left():
     """The reference's Multi_LambdaLR: a group added after step 4 of 10 (warm-up 2) gets warm-up then decay over the
     6 steps left, from its own step 0; the first group keeps LambdaLR's schedule."""
@@ -171,9 +191,9 @@ def test_a_run_too_short_for_the_budget_is_refused_before_training(tiny_bert, tm
                  "--method-arg", "top_h=1", "--store", str(tmp_path / "s.sqlite")])
     assert code == 2
     assert capsys.readouterr().err.strip() == (
-        "eft run: error: increlora: growing 4 modules from rank 1 to 8 takes 7 rounds of 4 ranks every 1 steps "
-        "after 0, to step 8; the run has 5 steps. Train longer, or raise top_h or incre_rank, or lower init_warmup, "
-        "incre_interval or rank.")
+        "eft run: error: increlora: growing 4 modules from rank 1 to 8 takes 7 rounds of 4 ranks, one every 1 step "
+        "after step 0, to step 8; the run has 5 steps. Train longer, or raise top_h or incre_rank, or lower "
+        "init_warmup, incre_interval or rank.")
 
 
 def test_bad_arguments_are_one_line():

@@ -154,7 +154,11 @@ class IncreLinear(nn.Module):
         return (b @ (a * e)) * (self.alpha / self.active)
 
     def _keep_grad(self, g: torch.Tensor) -> None:
-        self.grad = g.detach() if self.grad is None else self.grad + g.detach()
+        """Sum ∂L/∂ΔW over a step's micro-batches. A step's first backward reaches ΔW before any factor's gradient
+        exists (the optimizer set them to None): then what is kept is from an earlier step that no hook consumed (an
+        fp16 step the GradScaler skipped, with inf gradients) and is dropped."""
+        fresh = self.A[0].grad is None
+        self.grad = g.detach() if fresh or self.grad is None else self.grad + g.detach()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         delta = self.delta()
@@ -247,7 +251,8 @@ class IncreLoRA(WrapsTargets):
         if total and last_step > total:
             raise ConfigError(
                 f"increlora: growing {modules} modules from rank {a.init_r} to {a.rank} takes {rounds} rounds of "
-                f"{per_round} ranks every {interval} steps after {warmup}, to step {last_step}; the run has {total} "
+                f"{per_round} ranks, one every {interval} step{'s' if interval > 1 else ''} after step {warmup}, to "
+                f"step {last_step}; the run has {total} "
                 "steps. Train longer, or raise top_h or incre_rank, or lower init_warmup, incre_interval or rank."
             )
         return warmup, interval
