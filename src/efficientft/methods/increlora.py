@@ -2,22 +2,24 @@
 Method for Parameter-Efficient Fine-tuning", arXiv 2308.12043; reference code github.com/FeiyuZhang98/IncreLoRA,
 ``loralib/loralib/increlora.py`` and the trainer's ``compute_svd_orth_regu`` and ``Multi_LambdaLR``).
 
-The update of each adapted weight is a sum of rank-1 components in SVD-like form (the paper's Eq. 3/4, AdaLoRA's
-form cut into components): ΔW = α / r_t · Σ_i λ_i P_i Q_i, P_i (out × 1) = ``B.i``, Q_i (1 × in) = ``A.i``,
-λ_i = ``E.i``, r_t the module's current rank. The rank *grows*, where AdaLoRA prunes:
+The update of each adapted weight is the paper's SVD-like sum of rank-1 components (AdaLoRA's P Λ Q cut into
+components, as the reference's ``SVDLinear`` stores them): ΔW = α / r_t · Σ_i λ_i P_i Q_i, P_i (out × 1) = ``B.i``,
+Q_i (1 × in) = ``A.i``, λ_i = ``E.i``, r_t the module's current rank. (The stored copies of the paper available here
+hold its abstract only; every rule below is read from the reference code, file and function named.) The rank
+*grows*, where AdaLoRA prunes:
 
 - every module starts at ``init_r`` components (1; λ = 0, P, Q ~ N(0, 0.02²)), the budget is ``rank`` per module on
   average (the total n · rank);
-- **importance** (the reference's backward hook on ΔW): s_t = Σ |ΔW ⊙ ∂L/∂ΔW| / √(out · in), smoothed as AdaLoRA's
+- **importance** (``SVDLinear.backward_hook``, on ΔW): s_t = Σ |ΔW ⊙ ∂L/∂ΔW| / √(out · in), smoothed as AdaLoRA's
   Ī_t = β₁ Ī_{t−1} + (1 − β₁) s_t, Ū_t = β₂ Ū_{t−1} + (1 − β₂) |s_t − Ī_t|, score S = Ī_t · Ū_t, updated every step
   until the budget is reached;
-- **allocation**: after ``init_warmup`` steps, every ``incre_interval`` steps (the reference's global step g,
-  g > init_warmup and g mod interval = 0), the ``top_h`` modules of highest score each gain ``incre_rank`` ranks, until
-  the total reaches the budget (the last round adds only what is left, so it lands on the budget exactly; the
-  reference's may overshoot by up to (top_h − 1) · incre_rank);
-- **advance learning**: every module holds ``incre_rank`` reserve components with λ = 10⁻⁵ frozen and P, Q training
-  from the start; a module that gains ranks turns its reserve λ trainable and gets new reserves. When the budget is
-  reached the reserves leave the update (λ = 0, as the reference zeroes them; their P, Q no longer count);
+- **allocation** (``RankAllocator.update_and_increase``, ``increase_to_target_rank``): after ``init_warmup``
+  steps, every ``incre_interval`` steps (the reference's global step g, g > init_warmup and g mod interval = 0),
+  the ``top_h`` modules of highest score each gain ``incre_rank`` ranks, until the total reaches the budget;
+- **advance learning** (``add_reserve_param``): every module holds ``incre_rank`` reserve components with
+  λ = 10⁻⁵ frozen and P, Q training from the start; a module that gains ranks turns its reserve λ trainable and
+  gets new reserves. When the budget is reached the reserves leave the update (λ = 0, as the reference zeroes
+  them; their P, Q no longer count);
 - **restart warm-up**: the parameters a growth adds join the optimizer as new groups (W_v's at λ × the rate, by the
   strategy) that warm up again and decay over the steps left (:class:`efficientft.train.Schedule`, the reference's
   ``Multi_LambdaLR``); they are clipped with the rest;
@@ -29,6 +31,14 @@ incre_rank = rank / 2 (its table 2→1, 4→2, 6→3, 8→4); ``init_warmup`` = 
 scripts use 100–1000 steps, 2–3% of their runs), ``top_h`` = 1/12 of the adapted modules (its SST-2 rank-8 script
 picks 6 of 72). A run too short to reach the budget is refused before training. The growth step, the rank pattern,
 the scores and the groups that joined are method state: a checkpoint after a growth resumes exactly.
+
+Where this differs from the reference, and why: exactly ``top_h`` modules grow (ties in module order; the
+reference takes every score ≥ the h-th, so ties grow more) and the last round adds only what is left, so the
+total lands on the budget (the reference's may overshoot by (top_h − 1) · incre_rank); the first reserves exist
+from the start, in the first groups (the reference adds them as a group before its first step, on the same
+schedule); a joined group's restarted warm-up is the run's ``warmup_ratio`` of the run (its scripts set
+warm-up = interval) and starts at this loop's first-step factor, where the reference's runs one step at the full
+rate and one at 0 (its LambdaLR quirk).
 """
 
 from __future__ import annotations
