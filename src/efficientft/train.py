@@ -49,7 +49,7 @@ from .resolve import check_method, checked, resolve, run_key
 from .runtime import Runtime, build_runtime, check_runtime, check_shards
 from .step import MAX_SKIPPED_IN_A_ROW, Diverged, forward, optimizer_step  # noqa: F401 - forward: re-exported
 from .store import Store
-from .strategy import Strategy, check_ratios_applied
+from .strategy import Strategy, check_ratios_applied, describe_groups
 from .tasks import DataOptions, Examples, Task, get_task
 from .trackers import Trackers, check_installed
 
@@ -87,6 +87,28 @@ def schedule_fn(kind: str, warmup: int, total: int):
         return max(0.0, 1 - progress)
 
     return f
+
+
+class Schedule(torch.optim.lr_scheduler.LambdaLR):
+    """The run's schedule (:func:`schedule_fn`) on every optimizer group, at its ``initial_lr``.
+
+    A group that joins the optimizer during training (a method that grows: IncreLoRA) carries ``start``, the step
+    after which it joined, and follows the schedule afresh from there over the steps left: warm-up again, then the
+    decay to 0 at the run's end (IncreLoRA's restart warm-up, arXiv 2308.12043; its reference code gives each new
+    group such a schedule). Groups without ``start`` get exactly what ``LambdaLR`` with :func:`schedule_fn` gives.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, kind: str, warmup: int, total: int) -> None:
+        self.kind, self.warmup, self.total = kind, warmup, total
+        super().__init__(optimizer, schedule_fn(kind, warmup, total))
+
+    def get_lr(self) -> list[float]:
+        out = []
+        for g in self.optimizer.param_groups:
+            start = int(g.get("start", 0))
+            fn = schedule_fn(self.kind, self.warmup, self.total - start) if start else self.lr_lambdas[0]
+            out.append(g["initial_lr"] * fn(self.last_epoch - start))
+        return out
 
 
 @dataclass
@@ -285,6 +307,10 @@ def _check_settings(cfg: RunConfig, runtime: Runtime | None) -> tuple[Runtime, T
     kind.check_method(method)  # e.g. a method that declares it cannot train a generation task
     if runtime.sharded:
         sharding.check_config(cfg, method, runtime.precision)
+    if method.capabilities.grows and runtime.num_processes > 1:
+        raise ConfigError(f"method {cfg.method!r} adds parameters during training, which a {runtime.num_processes}-"
+                          "process run cannot follow (its data-parallel wrapper holds the parameters it started "
+                          "with); run one process.")
     if cfg.compile:
         check_compile(cfg, runtime)
     return runtime, task, method
@@ -342,7 +368,7 @@ def _optimizer(cfg: RunConfig, method: Method, model: nn.Module, total: int) -> 
     check_ratios_applied(groups, cfg.role_ratios, cfg.method, cfg.targets, from_lr_ratio=cfg.lr_ratio != 1.0)
     optimizer = method.optimizer(groups, cfg.lr, cfg.weight_decay)
     warmup = int(round(cfg.warmup_ratio * total))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule_fn(cfg.schedule, warmup, total))
+    scheduler = Schedule(optimizer, cfg.schedule, warmup, total)
     return groups, optimizer, scheduler, warmup
 
 
@@ -655,9 +681,10 @@ def measured(p: Prepared, out: dict[str, Any], sampled: dict[str, Any], rss_star
     scores = {**out["scores"], **best_dev(p.task, out["evals"])}
     timer, runtime = out["timer"], p.runtime
     cost = {**sampled, **timer.summary()}
-    # the shape at the end (a method that grows its rank trains its last shape; a resumed run starts from it), but
+    # a method that grows (IncreLoRA, TriAdaptLoRA) trains its last shape, whatever step a resumed attempt began at;
     # a sharded model's whole shape is the one taken before sharding split it
-    shape = p.flop_shape if p.runtime.sharded else flop_shape(p.model)
+    grows = p.method.capabilities.grows
+    shape = flop_shape(p.model) if grows and not p.runtime.sharded else p.flop_shape
     cost.update(speed_cost(shape, p.method.capabilities, timer.tokens, timer.token_pairs, sum(timer.times),
                            runtime.device, runtime.precision))
     cost.update(_predicted_memory(p, timer.longest_batch, rss_start))
@@ -667,9 +694,11 @@ def measured(p: Prepared, out: dict[str, Any], sampled: dict[str, Any], rss_star
     state = p.method.optimizer_state(p.optimizer)
     cost.update(optimizer_state_numel=sum(t.numel() for t in state),
                 optimizer_state_bytes=sum(t.numel() * t.element_size() for t in state))
-    trainable = p.method.trainable_parameters(p.model)  # counted again at the end: a method that grows its rank
-    cost.update(trainable_params=trainable, trainable_fraction=trainable / max(1, p.base_params))  # ends above its start
     details: dict[str, Any] = {"skipped_steps": out["skipped_steps"]}
+    if grows:  # what the run ended with: IncreLoRA trains more at the end than at the start
+        cost.update(trainable_params=p.method.trainable_parameters(p.model))
+        cost["trainable_fraction"] = cost["trainable_params"] / max(1, p.base_params)
+        details["groups"] = describe_groups(p.groups)
     if p.baselines:  # what the run had to beat, and whether it answered one thing (the report's learned mark)
         baselines = {f"{split}/{m}": v for split, b in p.baselines.items() for m, v in b.items()}
         details["baselines"] = {**baselines, **p.task.kind.summarise_baselines(p, baselines)}

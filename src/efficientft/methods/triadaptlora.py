@@ -202,7 +202,7 @@ class TriAdaptLoRA(WrapsTargets):
     summary = ("TriAdaptLoRA (Liang et al. 2025): ΔW = s·B(L+U)A, L/U triangular; ranks grow where ‖C‖_F/n "
                "rose most, under a linear threshold schedule")
     Args = TriAdaptArgs
-    capabilities = Capabilities(rank=True, fused_slices=True, merge=True, export="efficientft",
+    capabilities = Capabilities(rank=True, fused_slices=True, merge=True, export="efficientft", grows=True,
                                 quantized_base_reason="its factors are merged into, and sized from, the dense base "
                                 "weight, and it has not been tested on a quantized base")
     lr_prior = (1e-4, 3e-3)  # LoRA's (the paper compares at LoRA's learning rates)
