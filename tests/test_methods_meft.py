@@ -171,3 +171,22 @@ def test_refusals_are_one_line():
                                           r"reversible backward already recomputes every layer"):
         check_run(METHODS.get("meft")(), targets="qv", quantize=None, role_ratios={}, lr_ratio=1.0,
                   default_targets="qv", gradient_checkpointing=True)
+
+
+@pytest.mark.parametrize("model, flags, message", [
+    ("tiny_llama", [], "method 'meft' makes BERT-family encoders reversible (post-norm layers with attention, "
+                       "intermediate and output blocks, as the reference's RevBertLayer); "
+                       "LlamaForSequenceClassification has none"),
+    ("tiny_bert", ["--gradient-checkpointing"], "method 'meft' cannot train with gradient checkpointing (its "
+                                                "reversible backward already recomputes every layer"),
+])
+def test_the_command_line_refuses_in_one_line_with_exit_2(model, flags, message, request, glue_dir, tmp_path, capsys):
+    from efficientft.cli import main
+
+    path = request.getfixturevalue(model)
+    capsys.readouterr()  # what building the fixture printed
+    assert main(["run", "--model", str(path), "--task", "rte", "--method", "meft", *flags, "--steps", "1",
+                 "--max-train", "8", "--max-eval", "8", "--max-length", "32", "--data-dir", str(glue_dir),
+                 "--store", str(tmp_path / "s.sqlite")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"eft run: error: {message}") and "\n" not in err and "Traceback" not in err, err
