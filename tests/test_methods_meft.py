@@ -58,7 +58,7 @@ def _max_rel(a, b):
 
 def test_reversible_backward_gives_autograds_gradients():
     """Defaults, fp32, 4 layers, dropout 0.1: the gradients the backward gets by rebuilding each layer's input
-    (dividing by λ = 0.1 each layer) are autograd's through the same forward within 1e-3 (measured 5.9e-5); in fp64
+    (dividing by λ = 0.1 each layer) are autograd's through the same forward within 1e-5 (measured 4.3e-7); in fp64
     they agree to 1e-7 for every variant (measured 7e-14 for MEFT1; MEFT3 divides by λβ = 0.01 a layer: 7e-10), so
     the inverse and the chain rule through it are exact, not approximate."""
     batch = _batch()
@@ -67,10 +67,24 @@ def test_reversible_backward_gives_autograds_gradients():
     rev, plain = _grads(model, True, batch), _grads(model, False, batch)
     assert set(rev) == set(plain) and len(rev) == 4 * 2 * 4 + 2  # 4 layers x 2 adapters x (2 weights, 2 biases)
     assert all(float(g.abs().sum()) > 0 for g in rev.values())
-    assert _max_rel(rev, plain) < 1e-3
+    assert _max_rel(rev, plain) < 1e-5
     for variant in ("meft1", "meft2", "meft3"):
         model = _meft(_tiny(4, torch.float64), variant=variant)
         assert _max_rel(_grads(model, True, batch), _grads(model, False, batch)) < 1e-7, variant
+
+
+def test_pretrained_gradients_survive_six_divisions_by_lambda(minilm_dir, monkeypatch):
+    """On MiniLM (6 trained layers, defaults, fp32) the bottom adapters' gradients are autograd's within 5e-3
+    (measured 5.9e-4): the streams are carried in float64. Carried in the model's fp32, as the reference code does,
+    the rounding of each rebuilt input grows tenfold a layer and they are 2.3e-2 off."""
+    g = torch.Generator().manual_seed(0)
+    batch = {"input_ids": torch.randint(1000, 20000, (8, 32), generator=g),
+             "attention_mask": torch.ones(8, 32, dtype=torch.long), "labels": torch.tensor([0, 1] * 4)}
+    torch.manual_seed(0)
+    model = _meft(AutoModelForSequenceClassification.from_pretrained(minilm_dir, num_labels=2))
+    assert _max_rel(_grads(model, True, batch), _grads(model, False, batch)) < 5e-3
+    monkeypatch.setattr(meft_mod, "STREAM", torch.float32)
+    assert _max_rel(_grads(model, True, batch), _grads(model, False, batch)) > 1e-2
 
 
 def test_recomputation_replays_the_forwards_dropout(monkeypatch):

@@ -29,10 +29,17 @@ The backward pass stores no activation inside the encoder: the forward keeps onl
 RNG states that drew each layer's dropout masks), and the backward rebuilds each layer's input from its output with
 the inverse above, recomputes F and G there, and back-propagates through them one layer at a time (the reference's
 ``RevBackProp``): the activation memory of the encoder does not grow with depth. The gradients are those of the
-forward up to the reconstruction's rounding, amplified by 1/λ and 1/β per layer; the paper therefore trains in
-fp32 (fp16 needs vanilla gradients for some layers, its Figure 7); under autocast the recomputation runs under the
-forward's autocast state, and the error grows with depth (bf16, 6 tiny layers: 2e-2 relative). Without gradients
-(evaluation) the layers run as a plain forward.
+forward up to the reconstruction's rounding, amplified by 1/λ and 1/β per layer. One deviation from the reference,
+numerical only: the two streams are carried in float64 (only their element-wise sums and scalings run there; F and
+G run in the model's dtype, and the output returns to it), so that rebuilding an input gives F and G back the very
+values the forward gave them. Carried in fp32, as the reference does, MiniLM's bottom adapters' gradients (MEFT1,
+6 layers) are 2.3e-2 off autograd's; in float64 5.9e-4; on 4 tiny layers 5.9e-5 → 4.3e-7 (MEFT3, which divides by
+λβ = 0.01 a layer: 0.26 → 7.8e-5). The stored output costs twice the bytes, still one layer's. The reference script
+trains in fp32
+(``FP16=false``) with every layer reversible (``REVLAYERS=12``; fewer, the rest with vanilla gradients, is the
+paper's Figure 7 setting, not reproduced here). Under autocast the recomputation runs under the forward's autocast
+state; the error grows with depth (bf16, 6 tiny layers: 1.1e-3 relative). Without gradients (evaluation) the layers
+run as a plain forward.
 
 Capabilities: BERT-family post-norm encoders (layers with ``attention``, ``intermediate``, ``output``, as the
 reference's ``RevBertLayer``; BERT, RoBERTa, MiniLM); a decoder's layer cache and a pre-norm layer are not made
@@ -65,6 +72,9 @@ from .capabilities import Capabilities
 
 # variant: (λ, β), the reference script's FACTOR1, FACTOR2 for each
 VARIANTS = {"meft1": (0.1, 1.0), "meft2": (1.0, 0.1), "meft3": (0.1, 0.1)}
+# The streams' dtype: only element-wise sums and scalings run in it (F and G run in the model's dtype), so that
+# rebuilding a layer's input feeds F and G the very values the forward fed them (see the module's docstring)
+STREAM = torch.float64
 INIT_STD = 0.02  # BERT's initializer_range, which the reference's _init_weights draws the adapters from
 
 
@@ -137,21 +147,23 @@ class ReversibleEncoder(nn.Module):
             return _first(layer(x, mask))
         return layer.feed_forward_chunk(x)
 
-    def run(self, x: torch.Tensor, mask: Any, rng: list | None = None) -> torch.Tensor:
-        """All layers on the stacked streams [h¹; h²]; ``rng`` (a list) receives each F's and G's RNG state."""
+    def run(self, x: torch.Tensor, mask: Any, dtype: torch.dtype, rng: list | None = None) -> torch.Tensor:
+        """All layers on the stacked streams [h¹; h²] (in STREAM, F and G in ``dtype``); ``rng`` (a list) receives
+        each F's and G's RNG state."""
         for i in range(len(self.layer)):
             x1, x2 = x.chunk(2, dim=-1)
             if rng is not None:
                 rng.append(_rng_state(x))
-            y1 = self.lam * x1 + self.F(i, x2, mask)
+            y1 = self.lam * x1 + self.F(i, x2.to(dtype), mask).to(x.dtype)
             if rng is not None:
                 rng.append(_rng_state(x))
-            y2 = self.beta * x2 + self.G(i, y1, mask)
+            y2 = self.beta * x2 + self.G(i, y1.to(dtype), mask).to(x.dtype)
             x = torch.cat([y2, y1] if self.swap else [y1, y2], dim=-1)
         return x
 
-    def invert(self, i: int, y: torch.Tensor, dy: torch.Tensor, mask: Any, rng: list, autocast: tuple,
-               params: list[nn.Parameter], grads: list[torch.Tensor | None]) -> tuple[torch.Tensor, torch.Tensor]:
+    def invert(self, i: int, y: torch.Tensor, dy: torch.Tensor, mask: Any, dtype: torch.dtype, rng: list,
+               autocast: tuple, params: list[nn.Parameter], grads: list[torch.Tensor | None]
+               ) -> tuple[torch.Tensor, torch.Tensor]:
         """Layer i's input and its gradient from its output y and the output's gradient dy (F and G recomputed under
         the forward's RNG states ``rng`` and ``autocast``); the parameters' gradients are added into ``grads``."""
         y1, y2 = y.chunk(2, dim=-1)
@@ -159,38 +171,40 @@ class ReversibleEncoder(nn.Module):
         if self.swap:
             (y1, y2), (dy1, dy2) = (y2, y1), (dy2, dy1)
         with torch.enable_grad():
-            y1 = y1.detach().requires_grad_(True)
+            u = y1.to(dtype).detach().requires_grad_(True)
             with _replay(rng[1], autocast, y):
-                g = self.G(i, y1, mask)
-            d = torch.autograd.grad(g, [y1, *params], dy2, allow_unused=True)
+                g = self.G(i, u, mask)
+            d = torch.autograd.grad(g, [u, *params], dy2.to(g.dtype), allow_unused=True)
         _accumulate(grads, d[1:])
         with torch.no_grad():
-            x2 = (y2 - g) / self.beta
-            dy1 = dy1 + d[0]
-        del g
+            x2 = (y2 - g.to(y.dtype)) / self.beta
+            dy1 = dy1 + d[0].to(dy.dtype)
+        del g, u
         with torch.enable_grad():
-            x2 = x2.detach().requires_grad_(True)
+            v = x2.to(dtype).detach().requires_grad_(True)
             with _replay(rng[0], autocast, y):
-                f = self.F(i, x2, mask)
-            d = torch.autograd.grad(f, [x2, *params], dy1, allow_unused=True)
+                f = self.F(i, v, mask)
+            d = torch.autograd.grad(f, [v, *params], dy1.to(f.dtype), allow_unused=True)
         _accumulate(grads, d[1:])
         with torch.no_grad():
-            x1 = (y1 - f) / self.lam
+            x1 = (y1 - f.to(y.dtype)) / self.lam
             dx1 = self.lam * dy1
-            dx2 = self.beta * dy2 + d[0]
-        return torch.cat([x1, x2.detach()], dim=-1), torch.cat([dx1, dx2], dim=-1)
+            dx2 = self.beta * dy2 + d[0].to(dy.dtype)
+        return torch.cat([x1, x2], dim=-1), torch.cat([dx1, dx2], dim=-1)
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: Any = None, *args: Any, **kwargs: Any) -> Any:
         from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttentions as Output
 
-        x = torch.cat([hidden_states, hidden_states], dim=-1)
+        dtype = hidden_states.dtype
+        stream = torch.float32 if hidden_states.device.type == "mps" else STREAM  # MPS has no float64
+        x = torch.cat([hidden_states, hidden_states], dim=-1).to(stream)
         params = [p for p in self.parameters() if p.requires_grad]
         if self.reversible and torch.is_grad_enabled() and (params or hidden_states.requires_grad):
-            y = _ReversibleBackprop.apply(self, attention_mask, x, *params)
+            y = _ReversibleBackprop.apply(self, attention_mask, dtype, x, *params)
         else:
-            y = self.run(x, attention_mask)
+            y = self.run(x, attention_mask, dtype)
         y1, y2 = y.chunk(2, dim=-1)
-        return Output(last_hidden_state=(y1 + y2) / 2)
+        return Output(last_hidden_state=((y1 + y2) / 2).to(dtype))
 
 
 def _rng_state(like: torch.Tensor) -> tuple:
@@ -226,10 +240,11 @@ class _ReversibleBackprop(torch.autograd.Function):
     """Forward without a graph, keeping only the output; backward layer by layer from the output (RevBackProp)."""
 
     @staticmethod
-    def forward(ctx: Any, encoder: ReversibleEncoder, mask: Any, x: torch.Tensor, *params: nn.Parameter) -> Any:
+    def forward(ctx: Any, encoder: ReversibleEncoder, mask: Any, dtype: torch.dtype, x: torch.Tensor,
+                *params: nn.Parameter) -> Any:
         rng: list = []
-        y = encoder.run(x, mask, rng)
-        ctx.encoder, ctx.mask, ctx.rng, ctx.autocast = encoder, mask, rng, _autocast_state(x)
+        y = encoder.run(x, mask, dtype, rng)
+        ctx.encoder, ctx.mask, ctx.dtype, ctx.rng, ctx.autocast = encoder, mask, dtype, rng, _autocast_state(x)
         ctx.save_for_backward(y)
         return y
 
@@ -240,8 +255,9 @@ class _ReversibleBackprop(torch.autograd.Function):
         params = [p for p in encoder.parameters() if p.requires_grad]
         grads: list[torch.Tensor | None] = [None] * len(params)
         for i in reversed(range(len(encoder.layer))):
-            y, dy = encoder.invert(i, y, dy, ctx.mask, ctx.rng[2 * i: 2 * i + 2], ctx.autocast, params, grads)
-        return (None, None, dy, *grads)
+            y, dy = encoder.invert(i, y, dy, ctx.mask, ctx.dtype, ctx.rng[2 * i: 2 * i + 2], ctx.autocast, params,
+                                   grads)
+        return (None, None, None, dy, *grads)
 
 
 def _encoder_of(model: nn.Module) -> tuple[str, nn.Module]:
