@@ -3,8 +3,8 @@ Memory Efficient Fine-Tuning", NeurIPS 2023, arXiv 2306.00477; reference code gi
 ``models/modeling_revbert.py`` and ``scripts/bert_glue.sh``).
 
 Adapters are inserted so that the frozen encoder becomes a reversible network of two streams, both started at the
-embeddings' output (h¹₀ = h²₀ = h₀), each layer n computing (the paper's reversible layer, the reference's
-``RevBertLayer.forward``)::
+embeddings' output (h¹₀ = h²₀ = h₀), each layer n computing (the reversible layer of the paper's Figure 4, as the
+reference's ``RevBertLayer.forward`` computes it)::
 
     h¹ₙ = λ h¹ₙ₋₁ + F(h²ₙ₋₁),      h²ₙ = β h²ₙ₋₁ + G(h¹ₙ)
 
@@ -16,7 +16,7 @@ two streams, (h¹_N + h²_N) / 2, as the reference's ``RevBertEncoder`` takes it
   adapter parallel to its FFN (added to the FFN's output before the residual and LayerNorm), G = an adapter;
   λ = 0.1, β = 1; the streams are swapped after each layer, so at initialisation (G ≈ 0, λ → 0) they carry the
   pre-trained hidden states (hₙ₋₁, hₙ): the pre-trained model's starting point, up to λ's leak;
-- **meft2**: F = an adapter, G = the layer; λ = 1, β = 0.1; swapped;
+- **meft2**: F = an adapter, G = the layer (with the FFN-parallel adapter); λ = 1, β = 0.1; swapped;
 - **meft3**: F = the attention block with an adapter in series on its output (before residual and LayerNorm), G = the
   FFN block with the parallel adapter; λ = β = 0.1; not swapped.
 
@@ -35,9 +35,8 @@ G run in the model's dtype, and the output returns to it), so that rebuilding an
 values the forward gave them. Carried in fp32, as the reference does, MiniLM's bottom adapters' gradients (MEFT1,
 6 layers) are 2.3e-2 off autograd's; in float64 5.9e-4; on 4 tiny layers 5.9e-5 → 4.3e-7 (MEFT3, which divides by
 λβ = 0.01 a layer: 0.26 → 7.8e-5). The stored output costs twice the bytes, still one layer's. The reference script
-trains in fp32
-(``FP16=false``) with every layer reversible (``REVLAYERS=12``; fewer, the rest with vanilla gradients, is the
-paper's Figure 7 setting, not reproduced here). Under autocast the recomputation runs under the forward's autocast
+trains in fp32 (``FP16=false``) with every layer reversible (``REVLAYERS=12``; fewer, the rest with vanilla
+gradients, is the paper's Figure 7 setting, not reproduced here). Under autocast the recomputation runs under the forward's autocast
 state; the error grows with depth (bf16, 6 tiny layers: 1.1e-3 relative). Without gradients (evaluation) the layers
 run as a plain forward.
 
