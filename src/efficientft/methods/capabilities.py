@@ -48,6 +48,7 @@ class Capabilities:
     # Trains with --gradient-checkpointing (prefix tuning's key/value cache cannot be recomputed by it, in PEFT; a
     # zeroth-order method has no backward pass to save activations for).
     gradient_checkpointing: bool = True
+    gradient_checkpointing_reason: str = "PEFT refuses it for this method"
     # Does the method perform its own parameter update (zeroth-order: forward passes only, no backward)?
     owns_update: bool = False
     # Does the run's gradient clipping (max_grad_norm) act on its update? A method that owns its update says so;
@@ -106,8 +107,8 @@ def check_run(method: Any, *, targets: str, quantize: str | None, role_ratios: M
         if caps.owns_update:
             raise ConfigError(f"--gradient-checkpointing saves activations for the backward pass; method {name!r} "
                               "has none (it updates from forward passes only): drop the flag.")
-        raise ConfigError(f"method {name!r} cannot train with gradient checkpointing (PEFT refuses it for this "
-                          "method); drop --gradient-checkpointing.")
+        raise ConfigError(f"method {name!r} cannot train with gradient checkpointing "
+                          f"({caps.gradient_checkpointing_reason}); drop --gradient-checkpointing.")
     if not caps.clipping and max_grad_norm is not None and max_grad_norm != default_max_grad_norm:
         raise ConfigError(f"method {name!r} owns its update and does not clip it (its paper's algorithm steps "
                           f"unclipped), so max_grad_norm {max_grad_norm:g} would not apply; drop --max-grad-norm "
