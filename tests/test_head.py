@@ -197,3 +197,17 @@ def test_a_quantized_base_keeps_a_trained_pooler_in_full_precision(tiny_bert):
         config.update({"eft_head": head})
         with torch.device("meta"):
             assert head_names(AutoModelForSequenceClassification.from_config(config)) == want
+
+
+def test_auto_that_could_not_see_the_model_when_keyed_refuses_a_head_the_key_does_not_say(minilm_dir, monkeypatch):
+    """A hub model not on this machine when the run was planned keeps ``auto`` in its key (keyed as the old head);
+    if, once loaded, auto would read it through another head (a sentence-transformers encoder: mean), the run is
+    refused in one line: one key never stands for two computations."""
+    import efficientft.tasks.kinds as kinds
+
+    monkeypatch.setattr(kinds, "resolve_head", lambda head, model: head)  # its files were not here when planned
+    cfg = resolve(tiny_config(minilm_dir, steps=1))
+    assert cfg.head == "auto"
+    with pytest.raises(ConfigError, match=r"head auto chose 'mean' when the model loaded, but the run was planned "
+                                          r"\(and keyed\) before its files were on this machine; give --head mean"):
+        prepare(cfg)

@@ -52,6 +52,7 @@ from .store import Store
 from .strategy import Strategy, check_ratios_applied, describe_groups
 from .tasks import DataOptions, Examples, Task, get_task
 from .trackers import Trackers, check_installed
+from .vocab import HEADS_KEYED_AS_BEFORE
 
 
 def seed_everything(seed: int) -> None:
@@ -256,6 +257,11 @@ def prepare(cfg: RunConfig, runtime: Runtime | None = None, resume: TrainState |
         model = sharding.shard(model, runtime)
     compiled = _compile(model) if cfg.compile else None  # the method's modules in place, no optimizer state yet
     groups, optimizer, scheduler, warmup = _optimizer(cfg, method, model, total)
+    chosen = getattr(loaded.model.config, HEAD_KEY, cfg.head)
+    if cfg.head == "auto" and chosen not in HEADS_KEYED_AS_BEFORE:  # one key, one computation: never two
+        raise ConfigError(f"model {cfg.model!r}: head auto chose {chosen!r} when the model loaded, but the run was "
+                          f"planned (and keyed) before its files were on this machine; give --head {chosen} (or "
+                          f"another head) so that the run's key says what it computes.", field="head")
     info = {
         "model_path": loaded.path, "is_decoder": loaded.is_decoder,
         "pad_id": pad_id, "warmup_steps": warmup, "epochs": total * cfg.grad_accum / per_epoch,
@@ -267,7 +273,7 @@ def prepare(cfg: RunConfig, runtime: Runtime | None = None, resume: TrainState |
         "skipped_rows": sum(ex.skipped_rows for ex in [train_ex, *eval_ex.values()]),
         "model": describe(model), "task_kind": kind.name,
         # the head auto chose when loading (a hub model whose files were not on this machine when it resolved)
-        **({"head": head} if (head := getattr(loaded.model.config, HEAD_KEY, cfg.head)) != cfg.head else {}),
+        **({"head": chosen} if chosen != cfg.head else {}),
     }
     encoding = {k: e.stats for k, e in [("train", train), *evals.items()] if e.stats}
     if encoding:  # e.g. how many examples the cutoff length truncated, per split
