@@ -54,9 +54,10 @@ def check_options(suite: Suite, opts: SweepOptions) -> None:
         from .search import optuna_or_error
 
         optuna_or_error()  # installed (the search extra), before the store is opened
-    if suite.search is not None and opts.executor == "ray":
-        raise ConfigError(f"{suite.path}: a search: block runs with the local executors only (Optuna in this "
-                          f"process; Ray Tune is not wired yet); drop --executor ray.")
+    if opts.executor == "ray":
+        from .ray_executor import ray_or_error
+
+        ray_or_error(tune=suite.search is not None)  # a search runs on Ray Tune (sweep/search_ray.py)
 
 
 # ---------------------------------------------------------------------------------------------- plan and cost
