@@ -37,6 +37,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..store import Store, skip_reason
+from .executors import steps_trained
 from .expand import item
 from .search import (
     Trial,
@@ -51,6 +52,7 @@ from .search import (
 )
 from .suite import PlannedRun, Suite
 
+NO_LOGGERS = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
 PAYLOAD = "eft_run"  # the result key that carries a rung's record to the driver (taken out there)
 
 
@@ -101,6 +103,7 @@ def tune_trials(suite: Suite, base: PlannedRun, metric: str, maximise: bool, sto
     """One configuration's search on Ray Tune; returns its finished trials (those of earlier runs too)."""
     import optuna
     from ray import tune
+    from ray.tune.logger import JsonLoggerCallback
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
@@ -140,11 +143,21 @@ def tune_trials(suite: Suite, base: PlannedRun, metric: str, maximise: bool, sto
     trainable = tune.with_resources(tune.with_parameters(_trainable, spec=spec),
                                     {"cpu": executor.cpus_per_run, "gpu": gpus})
     writer = _writer(store, executor, on_result, log, suite, base, metric, full, first, finished, done_path)
+    # reuse_actors: a trial's worker has torch and the model code imported already (seconds a trial on a CPU)
     tuner = tune.Tuner(trainable,
-                       tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=missing),
+                       tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=missing,
+                                                   reuse_actors=True),
                        run_config=tune.RunConfig(name=group, storage_path=str(where), verbose=0,
-                                                 callbacks=[writer]))
-    tuner.fit()
+                                                 callbacks=[writer, JsonLoggerCallback()]))
+    before = os.environ.get(NO_LOGGERS)
+    os.environ[NO_LOGGERS] = "1"  # the store is the record: Tune's result.json (what it reads back) and no more
+    try:
+        tuner.fit()
+    finally:
+        if before is None:
+            os.environ.pop(NO_LOGGERS, None)
+        else:
+            os.environ[NO_LOGGERS] = before
     return _load(done_path)
 
 
@@ -174,8 +187,8 @@ def _writer(store: Store, executor, on_result: Callable, log: Callable[[str], No
             store.import_run(record, curves)
             on_result({"key": key, "describe": what, "status": record["status"], "error": record.get("error"),
                        "worker": record.get("worker"), "main_score": record.get("main_score"),
-                       "main_metric": record.get("main_metric"), "steps": record["config"].get("steps"),
-                       "previous": previous})
+                       "main_metric": record.get("main_metric"), "steps": steps_trained(record),
+                       "previous": previous, "wall_s": (record.get("cost") or {}).get("wall_s", 0)})
 
         def _finish(self, trials, trial, failed: bool) -> None:
             number = first + trials.index(trial)
