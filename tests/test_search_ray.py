@@ -120,13 +120,21 @@ def test_a_search_runs_on_ray_tune_stores_its_trials_and_a_rerun_trains_nothing(
     assert {r["run_key"]: r["attempts"] for r in store.runs()} == {k: r["attempts"] for k, r in first.items()}
 
 
-def test_without_ray_the_executor_is_refused_in_one_line(tmp_path, tiny_bert, glue_dir, capsys, monkeypatch):
+@pytest.mark.parametrize("search, message", [
+    (True, "a search: block with --executor ray needs Ray Tune"),
+    (False, "--executor ray needs Ray"),  # a plain sweep too
+])
+def test_without_ray_the_executor_is_refused_in_one_line(tmp_path, tiny_bert, glue_dir, capsys, monkeypatch, search,
+                                                         message):
     from efficientft.cli import main
 
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    p = suite_file(tmp_path, tiny_bert)
+    if not search:
+        p.write_text(p.read_text().split("search:")[0])
     store = tmp_path / "runs.sqlite"
-    rc = main(["sweep", str(suite_file(tmp_path, tiny_bert)), "--executor", "ray", "--store", str(store)])
+    rc = main(["sweep", str(p), "--executor", "ray", "--store", str(store)])
     err = capsys.readouterr().err
     assert rc == 2 and len(err.strip().splitlines()) == 1, err
-    assert "a search: block with --executor ray needs Ray Tune" in err and "pip install 'efficientft[ray]'" in err
+    assert f"error: {message} (" in err and "pip install 'efficientft[ray]'" in err, err
     assert not store.exists()

@@ -211,7 +211,10 @@ def sweep(suite: Suite, store: Store, opts: SweepOptions, log: Callable[[str], N
         if suite.search is not None:
             from .search import run_search
 
-            summary["search"] = run_search(suite, runs, store, executor, on_result, log)
+            tune = None
+            if executor.name == "ray":  # the same search on Ray Tune
+                from .search_ray import tune_trials as tune
+            summary["search"] = run_search(suite, runs, store, executor, on_result, log, tune)
         elif suite.early_stopping and opts.early_stopping:
             summary["early_stopping"] = _successive_halving(suite, runs, store, executor, on_result)
         else:

@@ -161,11 +161,12 @@ def trial_line(suite: Suite, base: PlannedRun, number: int, params: dict[str, An
 
 
 def run_search(suite: Suite, runs: list[PlannedRun], store: Store, executor, on_result: Callable,
-               log: Callable[[str], None]) -> dict[str, Any]:
+               log: Callable[[str], None], tune: Callable | None = None) -> dict[str, Any]:
     """Search every configuration of ``runs`` (the suite expanded), then re-run each choice; returns the summary.
-    With the Ray executor the trials run on Ray Tune (:mod:`.search_ray`), else on Optuna in this process."""
+    The trials run on Optuna in this process, or on Ray Tune with ``tune`` (:func:`.search_ray.tune_trials`,
+    given by the runner with the Ray executor)."""
     se = suite.search
-    on_ray = executor.name == "ray"
+    on_ray = tune is not None
     where = str(tune_path(store)) if on_ray else str(storage_path(store))
     groups: dict[str, PlannedRun] = {}
     for r in runs:  # one configuration per group; its first run (file order) gives the trials' seed
@@ -179,10 +180,8 @@ def run_search(suite: Suite, runs: list[PlannedRun], store: Store, executor, on_
         return store.get(run.key)
 
     if on_ray:
-        from .search_ray import tune_trials
-
         def trials_of(base: PlannedRun, metric: str, maximise: bool) -> list[Trial]:
-            return tune_trials(suite, base, metric, maximise, store, executor, on_result, log)
+            return tune(suite, base, metric, maximise, store, executor, on_result, log)
     else:
         optuna = optuna_or_error()
         storage = optuna.storages.RDBStorage(f"sqlite:///{storage_path(store)}")
