@@ -52,12 +52,16 @@ from .search import (
 )
 from .suite import PlannedRun, Suite
 
-NO_LOGGERS = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
+TUNE_ENV = {  # set while a search runs
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",  # the store is the record: Tune's result.json (it reads it back) only
+    "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",  # a failed rung reports no score (ASHA skips it)
+}
 PAYLOAD = "eft_run"  # the result key that carries a rung's record to the driver (taken out there)
 
 
 def _trainable(config: dict[str, Any], *, spec: dict[str, Any]) -> None:
-    """One Tune trial, on a Ray worker: its rungs in order, each reported to ASHA (which may stop it there)."""
+    """One Tune trial, on a Ray worker: its rungs in order, each reported (``score`` to ASHA, which may stop it
+    there; ``value`` to OptunaSearch); a rung without a score ends the trial, failed."""
     from ray import tune
 
     from .ray_executor import _ray_trial
@@ -69,8 +73,8 @@ def _trainable(config: dict[str, Any], *, spec: dict[str, Any]) -> None:
         try:
             run = trial_run(spec["suite"], base, params, None, k, budget, metric)
         except ConfigError as e:  # a sampled value no rule accepts: the trial fails, the search goes on
-            tune.report({**result, "score": math.nan, "failed": f"failed: {e}"})
-            raise
+            tune.report({**result, "value": math.nan, "failed": f"failed: {e}"})
+            return
         known = spec["known"].get(run.key)
         if known is not None:  # in the store: not trained again
             status, scores = known
@@ -80,10 +84,10 @@ def _trainable(config: dict[str, Any], *, spec: dict[str, Any]) -> None:
             status, scores = record["status"], record.get("scores")
             result[PAYLOAD] = ("trained", record, curves, run.describe())
         v = score_of({"status": status, "scores": scores}, metric)
-        if v is None:
-            tune.report({**result, "score": math.nan, "failed": f"failed ({status})"})
-            raise RuntimeError(f"rung {k} ({budget} steps) of this trial {status}")
-        tune.report({**result, "score": v})
+        if v is None:  # no score for ASHA; NaN for Optuna, which stores the trial failed
+            tune.report({**result, "value": math.nan, "failed": f"failed ({status})"})
+            return
+        tune.report({**result, "score": v, "value": v})
 
 
 def _load(path: Path) -> list[Trial]:
@@ -127,7 +131,7 @@ def tune_trials(suite: Suite, base: PlannedRun, metric: str, maximise: bool, sto
              if skip_reason(r["status"], owner=r.get("worker"), retry_failed=executor.retry_failed,
                             reclaim=executor.reclaim) is not None}
     mode = "max" if maximise else "min"
-    searcher = OptunaSearch(space=distributions(optuna, space), metric="score", mode=mode,
+    searcher = OptunaSearch(space=distributions(optuna, space), metric="value", mode=mode,
                             sampler=optuna.samplers.TPESampler(seed=se.seed * 1_000_003 + len(finished)))
     for t in finished:  # what earlier runs of this search found, told to TPE
         searcher.add_evaluated_point(t.params, t.value, error=t.state == "FAIL", pruned=t.state == "PRUNED")
@@ -149,15 +153,16 @@ def tune_trials(suite: Suite, base: PlannedRun, metric: str, maximise: bool, sto
                                                    reuse_actors=True),
                        run_config=tune.RunConfig(name=group, storage_path=str(where), verbose=0,
                                                  callbacks=[writer, JsonLoggerCallback()]))
-    before = os.environ.get(NO_LOGGERS)
-    os.environ[NO_LOGGERS] = "1"  # the store is the record: Tune's result.json (what it reads back) and no more
+    before = {k: os.environ.get(k) for k in TUNE_ENV}
+    os.environ.update(TUNE_ENV)
     try:
         tuner.fit()
     finally:
-        if before is None:
-            os.environ.pop(NO_LOGGERS, None)
-        else:
-            os.environ[NO_LOGGERS] = before
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     return _load(done_path)
 
 
