@@ -138,3 +138,39 @@ def test_without_ray_the_executor_is_refused_in_one_line(tmp_path, tiny_bert, gl
     assert rc == 2 and len(err.strip().splitlines()) == 1, err
     assert f"error: {message} (" in err and "pip install 'efficientft[ray]'" in err, err
     assert not store.exists()
+
+
+def test_a_failed_rung_fails_its_trial_and_the_search_goes_on(tmp_path, tiny_bert, glue_dir):
+    import optuna
+
+    from efficientft.sweep.search import distributions, metric_of, space_of, trial_run
+
+    p = suite_file(tmp_path, tiny_bert)
+    p.write_text(p.read_text().replace("  - {label: LoRA, method: lora, targets: qv, method_args: {rank: 4}}\n", "")
+                 .replace("trials: 3", "trials: 2").replace("final_seeds: 1", "final_seeds: 0")
+                 .replace("space: {method_args.rank: {int: [2, 8]}}", "space: {}"))
+    suite = load_suite(p)
+    (base,) = suite.expand(environment())
+    # the first trial's values (OptunaSearch asks a TPE study seeded by the search's seed) and its first rung's run
+    sampler = optuna.samplers.TPESampler(seed=0)
+    first = optuna.create_study(sampler=sampler, direction="maximize").ask(distributions(optuna, space_of(suite,
+                                                                                                          base.cfg)))
+    run = trial_run(suite, base, first.params, 0, 0, 3, metric_of(suite, base.cfg))
+    store = Store(tmp_path / "runs.sqlite")
+    store.claim(run.key, run.cfg.to_dict(), run.tags)
+    store.finish(run.key, "failed", error="made to fail")  # stored failed: not trained again (no --retry-failed)
+    lines: list[str] = []
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}})
+    try:
+        s = sweep(suite, store, SweepOptions(executor="ray", env=environment()), log=lines.append)
+    finally:
+        ray.shutdown()
+    (c,) = s["search"]["configurations"]
+    assert c["trials"]["FAIL"] == 1 and sum(c["trials"].values()) == 2  # the failed trial counts; one more ran
+    assert any(line.endswith("-> failed (failed)") and "trial 0 of BitFit" in line for line in lines), lines
+    rec = store.get(run.key)
+    assert rec["status"] == "failed" and rec["error"] == "made to fail" and rec["attempts"] == 1
+    other = [r for r in store.runs() if r["tags"].get("trial") == 1]
+    assert other and all(r["status"] == "done" for r in other)
+    assert c["chosen"]["lr"] == pytest.approx(other[0]["config"]["lr"])
