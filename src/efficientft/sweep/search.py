@@ -118,6 +118,11 @@ def distributions(optuna, space: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def sampler_seed(search, finished: int) -> int:
+    """TPE's seed, by (the search's seed, finished trials): the same seed gives the same trials, resumed or not."""
+    return search.seed * 1_000_003 + finished
+
+
 def score_of(rec: dict | None, metric: str) -> float | None:
     if rec is None or rec["status"] != "done":
         return None
@@ -221,8 +226,7 @@ def _optuna_trials(optuna, storage, suite: Suite, base: PlannedRun, metric: str,
             f"it is replaced")
 
     while len(done := _counted(study)) < se.trials:
-        # seeded by (seed, finished trials): the same seed gives the same trials, resumed or not
-        study.sampler = optuna.samplers.TPESampler(seed=se.seed * 1_000_003 + len(done))
+        study.sampler = optuna.samplers.TPESampler(seed=sampler_seed(se, len(done)))
         trial = study.ask(distributions(optuna, space))
         params = dict(trial.params)
         state, value, note = optuna.trial.TrialState.FAIL, None, "failed"

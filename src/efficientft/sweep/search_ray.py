@@ -44,6 +44,7 @@ from .search import (
     distributions,
     pruned_note,
     rungs_of,
+    sampler_seed,
     score_of,
     space_of,
     trial_line,
@@ -132,7 +133,7 @@ def tune_trials(suite: Suite, base: PlannedRun, metric: str, maximise: bool, sto
                             reclaim=executor.reclaim) is not None}
     mode = "max" if maximise else "min"
     searcher = OptunaSearch(space=distributions(optuna, space), metric="value", mode=mode,
-                            sampler=optuna.samplers.TPESampler(seed=se.seed * 1_000_003 + len(finished)))
+                            sampler=optuna.samplers.TPESampler(seed=sampler_seed(se, len(finished))))
     for t in finished:  # what earlier runs of this search found, told to TPE
         searcher.add_evaluated_point(t.params, t.value, error=t.state == "FAIL", pruned=t.state == "PRUNED")
     scheduler = ASHAScheduler(time_attr="budget", metric="score", mode=mode, max_t=full,
