@@ -214,15 +214,6 @@ def test_a_bad_space_is_one_line_and_exit_2_before_any_training(tmp_path, tiny_b
     assert not store.exists() and not (tmp_path / "runs.optuna.sqlite").exists()  # nothing was trained
 
 
-def test_a_search_with_the_ray_executor_is_refused_before_anything_runs(tmp_path, tiny_bert, glue_dir):
-    from efficientft.errors import ConfigError
-
-    p = suite_file(tmp_path, tiny_bert, "{trials: 2}")
-    with pytest.raises(ConfigError, match="search: block runs with the local executors only"):
-        sweep(load_suite(p), Store(tmp_path / "runs.sqlite"), SweepOptions(env=environment(), executor="ray"))
-    assert Store(tmp_path / "runs.sqlite").runs() == []
-
-
 LAMBDA_ENTRIES = ("  - {label: QV, method: lora, targets: qv, method_args: {rank: 4}}\n"
                   "  - {label: QV tuned, method: lora, targets: qv, method_args: {rank: 4},\n"
                   "     search: {lr_ratio: {float: [1, 8], log: true}}}\n")

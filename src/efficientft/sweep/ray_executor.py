@@ -21,8 +21,21 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ..errors import ConfigError
 from ..store import Store
 from .executors import Item, Outcome, steps_trained
+
+
+def ray_or_error(tune: bool = False) -> None:
+    """Refuse ``--executor ray`` in one line when Ray (or Ray Tune, for a search) is not installed."""
+    try:
+        import ray  # noqa: F401
+
+        if tune:
+            import ray.tune  # noqa: F401
+    except ImportError as e:
+        what = "a search: block with --executor ray needs Ray Tune" if tune else "--executor ray needs Ray"
+        raise ConfigError(f"{what} ({e}): pip install 'efficientft[ray]'.") from None
 
 
 def _ray_trial(item: Item) -> tuple[dict, list, float]:
@@ -67,7 +80,8 @@ class RayExecutor:
         self.retry_failed, self.reclaim = retry_failed, reclaim
         self._started = False
 
-    def _init(self) -> None:
+    def start(self) -> None:
+        """Join the Ray cluster, or start a local Ray (once; a Ray already initialised is used as it is)."""
         import ray
 
         if ray.is_initialized():
@@ -100,7 +114,7 @@ class RayExecutor:
 
         if not items:
             return []
-        self._init()
+        self.start()
         gpus = self.gpus_per_run
         if gpus is None:
             gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0

@@ -54,9 +54,10 @@ def check_options(suite: Suite, opts: SweepOptions) -> None:
         from .search import optuna_or_error
 
         optuna_or_error()  # installed (the search extra), before the store is opened
-    if suite.search is not None and opts.executor == "ray":
-        raise ConfigError(f"{suite.path}: a search: block runs with the local executors only (Optuna in this "
-                          f"process; Ray Tune is not wired yet); drop --executor ray.")
+    if opts.executor == "ray":
+        from .ray_executor import ray_or_error
+
+        ray_or_error(tune=suite.search is not None)  # a search runs on Ray Tune (sweep/search_ray.py)
 
 
 # ---------------------------------------------------------------------------------------------- plan and cost
@@ -210,7 +211,10 @@ def sweep(suite: Suite, store: Store, opts: SweepOptions, log: Callable[[str], N
         if suite.search is not None:
             from .search import run_search
 
-            summary["search"] = run_search(suite, runs, store, executor, on_result, log)
+            tune = None
+            if executor.name == "ray":  # the same search on Ray Tune
+                from .search_ray import tune_trials as tune
+            summary["search"] = run_search(suite, runs, store, executor, on_result, log, tune)
         elif suite.early_stopping and opts.early_stopping:
             summary["early_stopping"] = _successive_halving(suite, runs, store, executor, on_result)
         else:

@@ -1,4 +1,4 @@
-"""Equal-budget tuning on Optuna: a suite's ``search:`` block.
+"""Equal-budget tuning on Optuna: a suite's ``search:`` block (on a Ray cluster, Ray Tune: :mod:`.search_ray`).
 
 For each configuration of the suite (an entry's grid cell without the searched fields and the seed: method ×
 targets × λ × task), one Optuna study samples ``trials`` hyperparameter sets — the learning rate always
@@ -21,6 +21,10 @@ trial left running by a killed search is marked failed (``interrupted``) and not
 samples the same values again and finds its finished rung runs done in the store. The sweep's ``early_stopping``
 halving stays where it is: it halves a fixed grid synchronously, which Optuna's pruner (asynchronous, over sampled
 trials) does not express more simply.
+
+With ``--executor ray`` the same search runs through Ray Tune (:mod:`.search_ray`): the same space, trials,
+rungs, metric and runs (:func:`trial_run` builds a rung's run for both), the same choice and final re-runs
+(:func:`_final` reads the :class:`Trial` records either engine returns).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +59,12 @@ def optuna_or_error():
 def storage_path(store: Store) -> Path:
     p = Path(store.path)
     return p.with_name(p.stem + ".optuna.sqlite")
+
+
+def tune_path(store: Store) -> Path:
+    """Where Ray Tune keeps its experiments (:mod:`.search_ray`): ``<store>.raytune/`` beside the store."""
+    p = Path(store.path).resolve()
+    return p.with_name(p.stem + ".raytune")
 
 
 def rungs_of(search, steps: int) -> list[int]:
@@ -96,15 +107,25 @@ def space_of(suite: Suite, cfg, entry: int | None = None) -> dict[str, dict[str,
     return space
 
 
-def _suggest(trial, name: str, d: dict[str, Any]) -> Any:
-    if "choice" in d:
-        return trial.suggest_categorical(name, d["choice"])
-    if "int" in d:
-        return trial.suggest_int(name, d["int"][0], d["int"][1], log=d["log"])
-    return trial.suggest_float(name, d["float"][0], d["float"][1], log=d["log"])
+def distributions(optuna, space: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The space as Optuna distributions: what a study's trial (here) or Ray Tune's ``OptunaSearch`` samples."""
+    out: dict[str, Any] = {}
+    for name, d in space.items():
+        if "choice" in d:
+            out[name] = optuna.distributions.CategoricalDistribution(d["choice"])
+        elif "int" in d:
+            out[name] = optuna.distributions.IntDistribution(d["int"][0], d["int"][1], log=d["log"])
+        else:
+            out[name] = optuna.distributions.FloatDistribution(d["float"][0], d["float"][1], log=d["log"])
+    return out
 
 
-def _score(rec: dict | None, metric: str) -> float | None:
+def sampler_seed(search, finished: int) -> int:
+    """TPE's seed, by (the search's seed, finished trials): the same seed gives the same trials, resumed or not."""
+    return search.seed * 1_000_003 + finished
+
+
+def score_of(rec: dict | None, metric: str) -> float | None:
     if rec is None or rec["status"] != "done":
         return None
     v = (rec.get("scores") or {}).get(metric)
@@ -115,69 +136,70 @@ def _counted(study) -> list:
     return [t for t in study.get_trials(deepcopy=False) if t.state.name in COUNTED and not t.user_attrs.get(INTERRUPTED)]
 
 
+@dataclass
+class Trial:
+    """A finished trial, as either engine (Optuna here, Ray Tune in :mod:`.search_ray`) reports it."""
+
+    number: int
+    state: str  # COMPLETE / PRUNED / FAIL
+    params: dict[str, Any]
+    value: float | None  # the full-budget selection score (COMPLETE only)
+    steps: int  # optimizer steps spent: the scored rungs below the full budget, and the full budget if COMPLETE
+
+
+def trial_run(suite: Suite, base: PlannedRun, params: dict[str, Any], number: int | None, rung: int, budget: int,
+              metric: str) -> PlannedRun:
+    """Rung ``rung`` of a trial: ``base`` with the sampled ``params`` and ``budget`` steps, tagged ``search``,
+    ``trial``, ``rung`` (its key is the config's alone: both engines build the same runs from the same values).
+    A value no rule accepts raises :class:`ConfigError`."""
+    cfg = apply_params(base.cfg, params, steps=budget)
+    tags = {**base.tags, "search": suite.name, "trial": number, "rung": rung, "budget": budget,
+            "full_steps": base.cfg.steps, "params": params, "metric": metric}
+    return PlannedRun(cfg, run_key(cfg), tags, base.where)
+
+
+def pruned_note(budget: int, metric: str, v: float) -> str:
+    return f"pruned at {budget} steps ({metric} {v:.4f})"
+
+
+def trial_line(suite: Suite, base: PlannedRun, number: int, params: dict[str, Any], note: str) -> str:
+    shown = ", ".join(f"{n}={x:.3g}" if isinstance(x, float) else f"{n}={x}" for n, x in params.items())
+    return f"search {suite.name}: trial {number} of {base.tags['label']} ({base.cfg.task}): {shown} -> {note}"
+
+
 def run_search(suite: Suite, runs: list[PlannedRun], store: Store, executor, on_result: Callable,
-               log: Callable[[str], None]) -> dict[str, Any]:
-    """Search every configuration of ``runs`` (the suite expanded), then re-run each choice; returns the summary."""
-    optuna = optuna_or_error()
+               log: Callable[[str], None], tune: Callable | None = None) -> dict[str, Any]:
+    """Search every configuration of ``runs`` (the suite expanded), then re-run each choice; returns the summary.
+    The trials run on Optuna in this process, or on Ray Tune with ``tune`` (:func:`.search_ray.tune_trials`,
+    given by the runner with the Ray executor)."""
     se = suite.search
-    storage = optuna.storages.RDBStorage(f"sqlite:///{storage_path(store)}")
+    on_ray = tune is not None
+    where = str(tune_path(store)) if on_ray else str(storage_path(store))
     groups: dict[str, PlannedRun] = {}
     for r in runs:  # one configuration per group; its first run (file order) gives the trials' seed
         groups.setdefault(r.tags["group"], r)
-    out: dict[str, Any] = {"name": suite.name, "storage": str(storage_path(store)), "trials": se.trials,
-                           "seed": se.seed, "reduction_factor": se.reduction_factor, "configurations": []}
+    out: dict[str, Any] = {"name": suite.name, "storage": where, "engine": "ray-tune" if on_ray else "optuna",
+                           "trials": se.trials, "seed": se.seed, "reduction_factor": se.reduction_factor,
+                           "configurations": []}
 
     def train(run: PlannedRun) -> dict | None:
         executor.run([item(run)], on_result)
         return store.get(run.key)
 
-    for group, base in groups.items():
+    if on_ray:
+        def trials_of(base: PlannedRun, metric: str, maximise: bool) -> list[Trial]:
+            return tune(suite, base, metric, maximise, store, executor, on_result, log)
+    else:
+        optuna = optuna_or_error()
+        storage = optuna.storages.RDBStorage(f"sqlite:///{storage_path(store)}")
+
+        def trials_of(base: PlannedRun, metric: str, maximise: bool) -> list[Trial]:
+            return _optuna_trials(optuna, storage, suite, base, metric, maximise, train, log)
+    for base in groups.values():
         metric = metric_of(suite, base.cfg)
         maximise = higher_is_better(metric)
-        full = base.cfg.steps
-        rungs = rungs_of(se, full)
-        space = space_of(suite, base.cfg, base.tags.get("entry"))
-        study = optuna.create_study(
-            study_name=f"{suite.name}/{group}", storage=storage, load_if_exists=True,
-            direction="maximize" if maximise else "minimize",
-            pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=rungs[0] if rungs else full,
-                                                          reduction_factor=se.reduction_factor,
-                                                          min_early_stopping_rate=0))
-        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-            storage.set_trial_user_attr(t._trial_id, INTERRUPTED, True)  # left running by a killed search
-            storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
-            log(f"search {suite.name}: trial {t.number} of {base.tags['label']} ({base.cfg.task}) was interrupted; "
-                f"it is replaced")
-
-        while len(done := _counted(study)) < se.trials:
-            # seeded by (seed, finished trials): the same seed gives the same trials, resumed or not
-            study.sampler = optuna.samplers.TPESampler(seed=se.seed * 1_000_003 + len(done))
-            trial = study.ask()
-            params = {name: _suggest(trial, name, d) for name, d in space.items()}
-            state, value, note = optuna.trial.TrialState.FAIL, None, "failed"
-            for k, budget in enumerate([*rungs, full]):
-                try:
-                    cfg = apply_params(base.cfg, params, steps=budget)
-                except ConfigError as e:  # a sampled value no rule accepts: the trial fails, the search goes on
-                    note = f"failed: {e}"
-                    break
-                tags = {**base.tags, "search": suite.name, "trial": trial.number, "rung": k, "budget": budget,
-                        "full_steps": full, "params": params, "metric": metric}
-                v = _score(train(PlannedRun(cfg, run_key(cfg), tags, base.where)), metric)
-                if v is None:
-                    break
-                if budget < full:
-                    trial.report(v, budget)
-                    if trial.should_prune():
-                        state, note = optuna.trial.TrialState.PRUNED, f"pruned at {budget} steps ({metric} {v:.4f})"
-                        break
-                else:
-                    state, value, note = optuna.trial.TrialState.COMPLETE, v, f"{metric} {v:.4f}"
-            study.tell(trial, value if state == optuna.trial.TrialState.COMPLETE else None, state=state)
-            shown = ", ".join(f"{n}={x:.3g}" if isinstance(x, float) else f"{n}={x}" for n, x in params.items())
-            log(f"search {suite.name}: trial {trial.number} of {base.tags['label']} ({base.cfg.task}): {shown} -> "
-                f"{note}")
-        out["configurations"].append(_final(suite, base, study, metric, maximise, train, log))
+        trials = trials_of(base, metric, maximise)
+        out["configurations"].append(_final(suite, base, trials, metric, maximise, train, log))
     from ..report.search_plot import tuning_budget
 
     stem = Path(store.path).stem
@@ -186,17 +208,62 @@ def run_search(suite: Suite, runs: list[PlannedRun], store: Store, executor, on_
     return out
 
 
-def _final(suite: Suite, base: PlannedRun, study, metric: str, maximise: bool, train: Callable,
+def _optuna_trials(optuna, storage, suite: Suite, base: PlannedRun, metric: str, maximise: bool, train: Callable,
+                   log: Callable[[str], None]) -> list[Trial]:
+    """One configuration's study: ask, train its rungs, tell, until ``trials`` are counted."""
+    se = suite.search
+    full = base.cfg.steps
+    rungs = rungs_of(se, full)
+    space = space_of(suite, base.cfg, base.tags.get("entry"))
+    study = optuna.create_study(
+        study_name=f"{suite.name}/{base.tags['group']}", storage=storage, load_if_exists=True,
+        direction="maximize" if maximise else "minimize",
+        pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=rungs[0] if rungs else full,
+                                                      reduction_factor=se.reduction_factor,
+                                                      min_early_stopping_rate=0))
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        storage.set_trial_user_attr(t._trial_id, INTERRUPTED, True)  # left running by a killed search
+        storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+        log(f"search {suite.name}: trial {t.number} of {base.tags['label']} ({base.cfg.task}) was interrupted; "
+            f"it is replaced")
+
+    while len(done := _counted(study)) < se.trials:
+        study.sampler = optuna.samplers.TPESampler(seed=sampler_seed(se, len(done)))
+        trial = study.ask(distributions(optuna, space))
+        params = dict(trial.params)
+        state, value, note = optuna.trial.TrialState.FAIL, None, "failed"
+        for k, budget in enumerate([*rungs, full]):
+            try:
+                run = trial_run(suite, base, params, trial.number, k, budget, metric)
+            except ConfigError as e:  # a sampled value no rule accepts: the trial fails, the search goes on
+                note = f"failed: {e}"
+                break
+            v = score_of(train(run), metric)
+            if v is None:
+                break
+            if budget < full:
+                trial.report(v, budget)
+                if trial.should_prune():
+                    state, note = optuna.trial.TrialState.PRUNED, pruned_note(budget, metric, v)
+                    break
+            else:
+                state, value, note = optuna.trial.TrialState.COMPLETE, v, f"{metric} {v:.4f}"
+        study.tell(trial, value if state == optuna.trial.TrialState.COMPLETE else None, state=state)
+        log(trial_line(suite, base, trial.number, params, note))
+    return [Trial(t.number, t.state.name, dict(t.params), t.value,
+                  sum(t.intermediate_values) + (full if t.state.name == "COMPLETE" else 0))
+            for t in study.get_trials(deepcopy=False) if not t.user_attrs.get(INTERRUPTED)]
+
+
+def _final(suite: Suite, base: PlannedRun, trials: list[Trial], metric: str, maximise: bool, train: Callable,
            log: Callable[[str], None]) -> dict[str, Any]:
     """The chosen set (best full-budget selection score) re-run with ``final_seeds`` new seeds, scored on dev."""
     se = suite.search
-    trials = [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get(INTERRUPTED)]
-    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    complete = [t for t in trials if t.state == "COMPLETE"]
     row: dict[str, Any] = {
         "group": base.tags["group"], "label": base.tags["label"], "task": base.cfg.task, "method": base.cfg.method,
-        "chosen_by": metric, "trials": {s: sum(t.state.name == s for t in trials) for s in COUNTED},
-        "steps_spent": sum(sum(t.intermediate_values) + (base.cfg.steps if t.state.name == "COMPLETE" else 0)
-                           for t in trials),
+        "chosen_by": metric, "trials": {s: sum(t.state == s for t in trials) for s in COUNTED},
+        "steps_spent": sum(t.steps for t in trials),
         "chosen": None, "selection_score": None, "final": [],
     }
     if not complete:
@@ -211,7 +278,7 @@ def _final(suite: Suite, base: PlannedRun, study, metric: str, maximise: bool, t
         tags = {**base.tags, "search_final": suite.name, "trial": best.number, "params": dict(best.params),
                 "chosen_by": metric}
         rec = train(PlannedRun(cfg, run_key(cfg), tags, base.where))
-        v = _score(rec, main)
+        v = score_of(rec, main)
         row["final"].append({"key": run_key(cfg), "seed": cfg.seed, main: v})
         if v is not None:
             scores.append(v)

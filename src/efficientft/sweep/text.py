@@ -103,7 +103,8 @@ def search_table(se: dict[str, Any]) -> str:
     first = se["configurations"][0] if se["configurations"] else {}
     head = (f"search {se['name']}: {se['trials']} trials per configuration (seed {se['seed']}, eta "
             f"{se['reduction_factor']}); chosen by {first.get('chosen_by', 'selection')}, reported "
-            f"{first.get('reported_on', 'dev')} over the final seeds; Optuna storage {se['storage']}")
+            f"{first.get('reported_on', 'dev')} over the final seeds; "
+            f"{'Ray Tune state' if se.get('engine') == 'ray-tune' else 'Optuna storage'} {se['storage']}")
     body = table(("task", "configuration", "done/pruned/failed", "steps", "chosen", "selection", "dev mean", "std",
                   "seeds"), rows, align="llrrlrrrr")
     plot = f"\nplot: {se['plot'][0]}" if se.get("plot") else ""
