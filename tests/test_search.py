@@ -134,6 +134,17 @@ def test_the_shipped_search_runs_tags_its_trials_and_reports_the_choice_on_dev(t
             assert e.tied is not None and sum(x.best for x in board.entries) == 1
     assert sorted(lb.ranks.labels) == sorted(e.row.label for e in lb.tasks[0].entries) or lb.ranks.why
     assert (tmp_path / "board" / "leaderboard.md").is_file() and (tmp_path / "board" / "leaderboard.html").is_file()
+    # the plain report of that store: the trials are tuning, not rows; each row is a chosen configuration's re-runs,
+    # and the table says which split chose them
+    from efficientft.api import build_report
+
+    rep = build_report(store)
+    in_rows = [run for r in rep.collection.rows for c in r.cells.values() for run in c.runs]
+    assert in_rows and all(run["tags"].get("search_final") == "search-check" for run in in_rows)
+    assert rep.collection.trials_left_out == sum(1 for r in runs if r["tags"].get("search")
+                                                 and not r["tags"].get("search_final"))
+    note = next(n for n in rep.table.notes if "tuned by the search 'search-check'" in n)
+    assert "chosen on selection/" in note and "optimistic" not in note
 
 
 def test_the_same_seed_gives_the_same_trials(tmp_path, tiny_bert, glue_dir):

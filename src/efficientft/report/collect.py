@@ -105,6 +105,15 @@ class Collection:
     select_lr: bool | str = False  # False, or the split the learning rate was chosen on
     method_settings: dict[str, dict[str, Any]] = field(default_factory=dict)  # method -> its own fixed arguments
     superseded: list[dict] = field(default_factory=list)  # done runs replaced in their cell by a later run
+    searches: dict[str, str] = field(default_factory=dict)  # search name -> the score that chose its configurations
+    trials_left_out: int = 0  # a search's trials: tuning, not results (the chosen configuration's runs are read)
+
+
+def is_trial(r: dict) -> bool:
+    """A search's trial (a rung run): how a configuration was tuned, not a result; its chosen configuration's
+    re-runs (tag ``search_final``) are the results."""
+    t = r.get("tags") or {}
+    return t.get("search") is not None and t.get("search_final") is None
 
 
 def _metric(rec: dict, key: str, overrides: dict[str, str]) -> str:
@@ -159,6 +168,10 @@ def collect(store: Store, split: str = "dev", tasks: Iterable[str] | None = None
     records = store.runs()
     if not records:
         raise ConfigError(f"the results store {store.path} has no runs; run something first (eft run / eft sweep).")
+    trials = sum(is_trial(r) for r in records)
+    searches = {str(t["search_final"]): str(t.get("chosen_by")) for r in records
+                if (t := r.get("tags") or {}).get("search_final") is not None}
+    records = [r for r in records if not is_trial(r)]
     tid = {r["run_key"]: task_key(r["config"]) for r in records}  # the data each run read: its column
     task_list = [t.strip() for t in tasks] if tasks else None
     method_list = [m.strip() for m in methods] if methods else None
@@ -239,7 +252,8 @@ def collect(store: Store, split: str = "dev", tasks: Iterable[str] | None = None
     superseded = [x for row in rows for c in row.cells.values() for x in c.superseded]
     return Collection(str(store.path), split, task_order, {t: metric_of[t] for t in task_order}, rows, shown,
                       common, per_task, not_done, unscored, comparable, choose_lr,
-                      {m: dict(sorted(v.items())) for m, v in sorted(method_settings.items())}, superseded)
+                      {m: dict(sorted(v.items())) for m, v in sorted(method_settings.items())}, superseded,
+                      searches, trials)
 
 
 def _cell(task: str, recs: list[dict], split: str, metric: str, select: bool | str) -> Cell:

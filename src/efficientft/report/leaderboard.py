@@ -36,7 +36,7 @@ from scipy import stats as sps
 from ..errors import ConfigError
 from ..store import Store
 from ..vocab import higher_is_better
-from .collect import Cell, Collection, Row, collect, find_row
+from .collect import Cell, Collection, Row, collect, find_row, is_trial
 from .cost import CostRow, cost_rows
 from .learned import cell_learned
 from .rows import flat_config, freeze
@@ -130,24 +130,8 @@ class Leaderboard:
     files: list[Path] = field(default_factory=list)
 
 
-class _Records:
-    """The store as :func:`.collect.collect` reads it, less the search trials (they are tuning, not entries)."""
-
-    def __init__(self, store: Store, records: list[dict]) -> None:
-        self.path = store.path
-        self._records = records
-
-    def runs(self, status: str | None = None) -> list[dict]:
-        return [r for r in self._records if status is None or r["status"] == status]
-
-
 def _tags(r: dict) -> dict:
     return r.get("tags") or {}
-
-
-def is_trial(r: dict) -> bool:
-    t = _tags(r)
-    return t.get("search") is not None and t.get("search_final") is None
 
 
 def build_leaderboard(store: Store, split: str = "dev", tasks: Sequence[str] | None = None,
@@ -160,7 +144,7 @@ def build_leaderboard(store: Store, split: str = "dev", tasks: Sequence[str] | N
         raise ConfigError(f"alpha must be between 0 and 1 (exclusive), got {alpha}.")
     records = store.runs()
     trials = [r for r in records if is_trial(r)]
-    col = collect(_Records(store, [r for r in records if not is_trial(r)]), split, tasks, methods,  # type: ignore[arg-type]
+    col = collect(store, split, tasks, methods,  # the search trials left out: tuning, not entries
                   tags, metrics, select_lr)
     ref_spec = (reference or DEFAULT_REFERENCE).strip()
     fixed = _fixed_reference(col, ref_spec, explicit=reference is not None)

@@ -146,6 +146,13 @@ def build_table(col: Collection, digits: int = 1, ci: bool = False) -> Table:
     if not all(col.comparable.values()):
         notes.append(f"{NOT_COMPARABLE} not evaluated on the official dev split (a sample); not comparable to "
                      f"published numbers.")
+    for name, chosen_by in sorted(col.searches.items()):
+        same = chosen_by.split("/", 1)[0] == col.split
+        notes.append(f"Configurations tuned by the search {name!r}: each row's hyperparameters were chosen on "
+                     f"{chosen_by}, and its seeded re-runs are scored here on the {SPLIT_TITLES[col.split]}"
+                     + (" — ⚠ the split that chose them: optimistic." if same else ".")
+                     + (f" The search's {col.trials_left_out} trial runs (tuning) are not rows." if col.trials_left_out
+                        else ""))
     if col.select_lr:
         bases = sorted({s.basis for tr in rows for s in tr.scores if s is not None})
         notes.append("Learning rate selected per cell by the best mean score on: " + ", ".join(bases) + ".")
