@@ -203,3 +203,29 @@ def test_exclude_modules_of_a_tuner_of_named_modules_is_peft_s(tiny_bert):
                                              "exclude_modules": ["embeddings.LayerNorm"]}))
     norms = {n.split(".ln_tuning_layers")[0] for n in _trained(p)}
     assert len(norms) == 4 and not any("embeddings" in n for n in norms)  # two per layer, not the embeddings'
+
+
+@pytest.mark.parametrize("args", [{"bias": "lora_only"}, {"lora_bias": True}])
+def test_a_merge_keeps_the_trained_biases(args, tiny_bert):
+    from efficientft.train import train
+
+    p = prepare(_cfg(tiny_bert, method_args={"tuner": "lora", "r": 2, **args}, lr=5e-2))
+    train(p, progress=False)
+    p.model.eval()
+    x = {"input_ids": torch.tensor([[101, 5, 6, 7, 102]]), "attention_mask": torch.ones(1, 5, dtype=torch.long)}
+    with torch.no_grad():
+        want = p.model(**x).logits
+        merged = p.method.merge(p.model)
+        assert not any("lora_" in n for n, _ in merged.named_parameters())
+        torch.testing.assert_close(merged(**x).logits, want)
+
+
+def test_a_pattern_is_matched_by_the_tuner_s_own_rule(tiny_bert):
+    """FourierFT's n_frequency_pattern takes effect on the modules its key names, and needs a dot before the key:
+    a module's full name is no key of it (PEFT's LoRA would take it), so it is refused, not ignored."""
+    args = {"tuner": "fourierft", "n_frequency": 6}
+    p = prepare(_cfg(tiny_bert, method_args={**args, "n_frequency_pattern": {"value": 10}}))
+    assert {n.split(".")[4]: s for n, s in _trained(p).items() if "layer.0." in n} == {"query": (6,), "value": (10,)}
+    full = "bert.encoder.layer.0.attention.self.query"
+    with pytest.raises(ConfigError, match=f"n_frequency_pattern key '{full}' sets none of this run's targets"):
+        prepare(_cfg(tiny_bert, method_args={**args, "n_frequency_pattern": {full: 10}}))

@@ -211,7 +211,7 @@ class GenericPeft(PeftMethod):
             if self.args.options.get("exclude_modules"):
                 targets = excluding(targets, self.args.options["exclude_modules"])
             for k in PATTERNS:
-                _check_pattern(k, self.args.options.get(k) or {}, targets)
+                _check_pattern(self.args.tuner, k, self.args.options.get(k) or {}, targets)
         self.check_memory(model, targets, ctx)
         try:
             return super().prepare(model, targets, ctx)
@@ -274,7 +274,9 @@ def _adapter_bytes(config: Any, model: nn.Module, targets: list[Target]) -> int 
                 return None
     base = {id(p) for p in box.parameters()}
     try:
-        patterns = {k: _per_target(getattr(config, k), targets, list(box)) for k in PATTERNS if getattr(config, k, None)}
+        tuner = str(getattr(config.peft_type, "value", config.peft_type)).lower()
+        patterns = {k: _per_target(tuner, getattr(config, k), targets, list(box)) for k in PATTERNS
+                    if getattr(config, k, None)}
         probe = dataclasses.replace(config, target_modules=list(box), modules_to_save=None, task_type=None, **patterns)
         with torch.device("meta"):
             wrapped = get_peft_model(box, probe)
@@ -333,11 +335,18 @@ def excluding(targets: list[Target], exclude: str | list[str]) -> list[Target]:
     return kept
 
 
-def _check_pattern(name: str, pattern: dict[str, Any], targets: list[Target]) -> None:
-    """Refuse a key of ``rank_pattern`` (alpha, n_frequency) that sets no target: PEFT would ignore it silently."""
-    from peft.utils.other import get_pattern_key
+def pattern_key(tuner: str, keys: list[str], name: str) -> str | None:
+    """The key of a ``rank_pattern`` (alpha, n_frequency) that sets module ``name``, by the tuner's own rule: PEFT's
+    ``get_pattern_key`` (the end of the name, after a dot), FourierFT's (a dot before the key required), OSF's
+    (anywhere in the name); the first key that matches, None if none does."""
+    rules = {"fourierft": lambda k: re.match(rf".*\.{k}$", name), "osf": lambda k: re.search(k, name)}
+    rule = rules.get(tuner, lambda k: re.match(rf"(.*\.)?({k})$", name))
+    return next((k for k in keys if rule(k)), None)
 
-    used = {get_pattern_key(list(pattern), t.name) for t in targets}
+
+def _check_pattern(tuner: str, name: str, pattern: dict[str, Any], targets: list[Target]) -> None:
+    """Refuse a key of ``rank_pattern`` (alpha, n_frequency) that sets no target: PEFT would ignore it silently."""
+    used = {pattern_key(tuner, list(pattern), t.name) for t in targets}
     idle = [k for k in pattern if k not in used]
     if idle:
         raise ConfigError(f"method 'peft': {name} key {idle[0]!r} sets none of this run's targets (a key is a "
@@ -345,12 +354,10 @@ def _check_pattern(name: str, pattern: dict[str, Any], targets: list[Target]) ->
                           f"layer\\.0\\..*value; targets: {', '.join(t.name for t in targets[:2])} ...).")
 
 
-def _per_target(pattern: dict[str, Any], targets: list[Target], names: list[str]) -> dict[str, Any]:
+def _per_target(tuner: str, pattern: dict[str, Any], targets: list[Target], names: list[str]) -> dict[str, Any]:
     """``pattern`` re-keyed by ``names`` (the targets' names in the memory probe), each with its target's value."""
-    from peft.utils.other import get_pattern_key
-
-    keys = [get_pattern_key(list(pattern), t.name) for t in targets]
-    return {n: pattern[k] for n, k in zip(names, keys, strict=True) if k in pattern}
+    keys = [pattern_key(tuner, list(pattern), t.name) for t in targets]
+    return {n: pattern[k] for n, k in zip(names, keys, strict=True) if k is not None}
 
 
 def _default(config_cls: type, name: str) -> Any:
