@@ -158,13 +158,16 @@ def test_every_refused_argument_is_a_tuner_field_and_its_default_is_accepted():
     fields = {f.name: f for f in dataclasses.fields(LoraConfig)}
     assert set(generic.REFUSED_ARGS) <= set(fields)
     m = PEFT.from_config({"tuner": "lora", "use_dora": False, "use_rslora": "false"})  # as if not given
-    assert m.args_dict() == {"tuner": "lora", "use_dora": False, "use_rslora": False}
+    assert m.args_dict() == {"tuner": "lora"}  # so the run key is the same as without them
 
 
 @pytest.mark.parametrize("args,msg", [
     (["--method-arg", "use_dora=true"], "method 'peft': use_dora makes the tuner DoRA; use --method dora."),
     (["--method-arg", "fan_in_fan_out=true"], "method 'peft': fan_in_fan_out is set by efficientft"),
     (["--method-arg", "modules_to_save=bert"], "method 'peft': modules_to_save is set by efficientft"),
+    (["--method-arg", "exclude_modules=query"], "method 'peft': exclude_modules 'query' excludes none of this run's "
+     "targets (bert.encoder.layer.0.attention.self.query, bert.encoder.layer.0.attention.self.value ...); a string "
+     "is a regular expression the whole module name must match"),
 ])
 def test_refusals_are_one_line_and_exit_2(args, msg, tiny_bert, tmp_path, capsys):
     code = main(["run", "--method", "peft", "--method-arg", "tuner=lora", "--steps", "1", "--max-train", "8",

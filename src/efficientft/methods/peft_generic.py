@@ -174,8 +174,9 @@ class GenericPeft(PeftMethod):
                 raise ConfigError(f"method 'peft': tuner {tuner!r} takes no argument {k!r}.{did_you_mean(k, names)} "
                                   f"It accepts: {', '.join(names)}.")
             options[k] = _check_type(tuner, k, v, hints[k])
-            if k in REFUSED_ARGS and options[k] != _default(config_cls, k):
-                raise ConfigError(f"method 'peft': {k} {REFUSED_ARGS[k]}.")
+            if k in REFUSED_ARGS:
+                if options.pop(k) != _default(config_cls, k):
+                    raise ConfigError(f"method 'peft': {k} {REFUSED_ARGS[k]}.")  # at its default: as if not given
         init = options.get("init_lora_weights")
         for prefix, (need, named) in NAMED_INIT.items():
             if isinstance(init, str) and init.lower().startswith(prefix):
