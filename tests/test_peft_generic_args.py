@@ -232,3 +232,5 @@ def test_a_pattern_is_matched_by_the_tuner_s_own_rule(tiny_bert):
     full = "bert.encoder.layer.0.attention.self.query"
     with pytest.raises(ConfigError, match=f"n_frequency_pattern key '{full}' sets none of this run's targets"):
         prepare(_cfg(tiny_bert, method_args={**args, "n_frequency_pattern": {full: 10}}))
+    with pytest.raises(ConfigError, match=f"block_size_pattern key '{full}' sets none of this run's targets"):
+        prepare(_cfg(tiny_bert, method_args={"tuner": "c3a", "block_size": 4, "block_size_pattern": {full: 8}}))

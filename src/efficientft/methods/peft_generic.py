@@ -23,7 +23,7 @@ methods), and the config fields of :data:`REFUSED_ARGS` given at other than thei
 ...). ``layers_to_transform`` and ``exclude_modules`` take effect here, not in PEFT (which skips the first for
 targets named in full, as this benchmark names them): the targets are narrowed, and a narrowing that names no
 target or leaves none is refused; ``layers_pattern`` is refused as unneeded. A key of ``rank_pattern`` (alpha,
-n_frequency) that sets no target is refused (PEFT ignores it), and the memory check counts the ranks it sets.
+n_frequency, block_size, lambda) that sets no target is refused (PEFT ignores it); the memory check counts it.
 ``bias`` (``all``, ``lora_only``) and ``lora_bias`` train biases: they are counted, and one inside a targeted
 module has that module's role (W_v's bias learns at λ × the rate).
 """
@@ -64,7 +64,7 @@ NAMED_INIT = {"eva": ("EVA's initialisation from data", "eva"), "corda": ("CorDA
 # the run's targets say (PEFT skips layers_to_transform for targets named in full, as this benchmark names them).
 NARROWING = ("layers_to_transform", "exclude_modules")
 # Per-module values keyed by a pattern of the module's name (PEFT's get_pattern_key): each key must reach a target.
-PATTERNS = ("rank_pattern", "alpha_pattern", "n_frequency_pattern")
+PATTERNS = ("rank_pattern", "alpha_pattern", "n_frequency_pattern", "block_size_pattern", "lambda_pattern")
 # Config fields (of any tuner) that make another method or need what the generic method does not do, unless given
 # at their default: why, and what to use instead.
 REFUSED_ARGS = {
@@ -337,16 +337,17 @@ def excluding(targets: list[Target], exclude: str | list[str]) -> list[Target]:
 
 
 def pattern_key(tuner: str, keys: list[str], name: str) -> str | None:
-    """The key of a ``rank_pattern`` (alpha, n_frequency) that sets module ``name``, by the tuner's own rule: PEFT's
-    ``get_pattern_key`` (the end of the name, after a dot), FourierFT's (a dot before the key required), OSF's
-    (anywhere in the name); the first key that matches, None if none does."""
-    rules = {"fourierft": lambda k: re.match(rf".*\.{k}$", name), "osf": lambda k: re.search(k, name)}
+    """The key of a ``rank_pattern`` (or another of :data:`PATTERNS`) that sets module ``name``, by the tuner's own
+    rule: PEFT's ``get_pattern_key`` (the end of the name, after a dot), FourierFT's and C3A's (a dot before the key
+    required), OSF's (anywhere in the name); the first key that matches, None if none does."""
+    dotted = lambda k: re.match(rf".*\.{k}$", name)  # noqa: E731
+    rules = {"fourierft": dotted, "c3a": dotted, "osf": lambda k: re.search(k, name)}
     rule = rules.get(tuner, lambda k: re.match(rf"(.*\.)?({k})$", name))
     return next((k for k in keys if rule(k)), None)
 
 
 def _check_pattern(tuner: str, name: str, pattern: dict[str, Any], targets: list[Target]) -> None:
-    """Refuse a key of ``rank_pattern`` (alpha, n_frequency) that sets no target: PEFT would ignore it silently."""
+    """Refuse a key of ``rank_pattern`` (or another of :data:`PATTERNS`) that sets no target: PEFT would ignore it."""
     used = {pattern_key(tuner, list(pattern), t.name) for t in targets}
     idle = [k for k in pattern if k not in used]
     if idle:
