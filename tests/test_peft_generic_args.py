@@ -234,3 +234,19 @@ def test_a_pattern_is_matched_by_the_tuner_s_own_rule(tiny_bert):
         prepare(_cfg(tiny_bert, method_args={**args, "n_frequency_pattern": {full: 10}}))
     with pytest.raises(ConfigError, match=f"block_size_pattern key '{full}' sets none of this run's targets"):
         prepare(_cfg(tiny_bert, method_args={"tuner": "c3a", "block_size": 4, "block_size_pattern": {full: 8}}))
+
+
+@pytest.mark.parametrize("init,b_zero", [(True, True), ("gaussian", True), (False, False), ("orthogonal", False)])
+def test_data_free_initialisations_take_effect(init, b_zero, tiny_bert):
+    """init_lora_weights that need no data and keep the base weights run here: B = 0 (True, gaussian) or not."""
+    p = _lora(tiny_bert, init_lora_weights=init)
+    b = p.model.base_model.model.bert.encoder.layer[0].attention.self.value.lora_B["default"].weight
+    assert bool(torch.all(b == 0)) == b_zero
+
+
+def test_the_accepted_arguments_leave_out_the_refused_ones(tiny_bert):
+    with pytest.raises(ConfigError) as e:
+        PEFT.from_config({"tuner": "lora", "rr": 4})
+    accepted = str(e.value).split("It accepts: ")[1].rstrip(".").split(", ")
+    assert "r" in accepted and "rank_pattern" in accepted and "bias" in accepted
+    assert not set(accepted) & set(generic.REFUSED_ARGS)

@@ -172,7 +172,7 @@ class GenericPeft(PeftMethod):
                                   "model), not by a method argument.")
             if k not in names:
                 raise ConfigError(f"method 'peft': tuner {tuner!r} takes no argument {k!r}.{did_you_mean(k, names)} "
-                                  f"It accepts: {', '.join(names)}.")
+                                  f"It accepts: {', '.join(n for n in names if n not in REFUSED_ARGS)}.")
             options[k] = _check_type(tuner, k, v, hints[k])
             if k in REFUSED_ARGS:
                 if options.pop(k) != _default(config_cls, k):
