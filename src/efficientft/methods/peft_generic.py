@@ -18,9 +18,14 @@ every tuner); the named methods that support one say so.
 What this method cannot do is refused in one line naming the method that can, never run silently as something
 else: a tuner that needs a hook after every step (AdaLoRA's rank allocation: ``--method adalora``), an
 ``init_lora_weights`` that needs data or a conversion at export (EVA, CorDA, LoftQ, PiSSA, OLoRA: their own
-methods). ``layers_to_transform`` takes effect here, not in PEFT (which skips it for targets named in full, as
-this benchmark names them): the targets are narrowed to those layers (a layer the model's targets do not have is
-refused), and ``layers_pattern`` is refused as unneeded.
+methods), and the config fields of :data:`REFUSED_ARGS` given at other than their default (``use_dora``: DoRA,
+``use_rslora``: rsLoRA, ``layer_replication``: a deeper model, ``target_parameters``: modules outside the targets
+...). ``layers_to_transform`` and ``exclude_modules`` take effect here, not in PEFT (which skips the first for
+targets named in full, as this benchmark names them): the targets are narrowed, and a narrowing that names no
+target or leaves none is refused; ``layers_pattern`` is refused as unneeded. A key of ``rank_pattern`` (alpha,
+n_frequency, block_size, lambda) that sets no target is refused (PEFT ignores it); the memory check counts it.
+``bias`` (``all``, ``lora_only``) and ``lora_bias`` train biases: they are counted, and one inside a targeted
+module has that module's role (W_v's bias learns at λ × the rate).
 """
 
 from __future__ import annotations
@@ -55,6 +60,41 @@ NAMED_INIT = {"eva": ("EVA's initialisation from data", "eva"), "corda": ("CorDA
               "loftq": ("LoftQ's quantised initialisation", "loftq"),
               "pissa": ("PiSSA's export as a plain LoRA delta: it changes the base weights", "pissa"),
               "olora": ("OLoRA's export as a plain LoRA delta: it changes the base weights", "olora")}
+# Arguments that choose which of the targets are adapted: applied to the targets here, so that what trains is what
+# the run's targets say (PEFT skips layers_to_transform for targets named in full, as this benchmark names them).
+NARROWING = ("layers_to_transform", "exclude_modules")
+# Per-module values keyed by a pattern of the module's name (PEFT's get_pattern_key): each key must reach a target.
+PATTERNS = ("rank_pattern", "alpha_pattern", "n_frequency_pattern", "block_size_pattern", "lambda_pattern")
+# Config fields (of any tuner) that make another method or need what the generic method does not do, unless given
+# at their default: why, and what to use instead.
+REFUSED_ARGS = {
+    "use_dora": "makes the tuner DoRA; use --method dora",
+    "use_rslora": "makes the tuner rsLoRA (scale α/√r); use --method rslora",
+    "loftq_config": "is LoftQ's (quantised initialisation); use --method loftq",
+    "eva_config": "is EVA's (initialisation from data); use --method eva",
+    "corda_config": "is CorDA's (initialisation from data); use --method corda",
+    "kasa_config": "is KaSA's; use --method kasa",
+    "lora_ga_config": "is LoRA-GA's, an initialisation from gradients on data that the generic method does not "
+                      "compute; use init_lora_weights true or gaussian",
+    "layer_replication": "changes the model's depth (it stacks copies of layers), which export and merge here do "
+                         "not reproduce; adapt the model as it is",
+    "target_parameters": "adapts parameters outside the run's targets; choose the modules with --targets",
+    "trainable_token_indices": "trains token embeddings outside the run's targets; use --method-arg "
+                               "tuner=trainable_tokens",
+    "ensure_weight_tying": "ties trained embeddings, which the generic method does not train",
+    "megatron_config": "is for Megatron-LM's parallel layers; efficientft loads transformers models",
+    "megatron_core": "is for Megatron-LM's parallel layers; efficientft loads transformers models",
+    "use_qalora": "is QA-LoRA's, for a GPTQ-quantised base, which the generic method refuses",
+    "qalora_group_size": "is QA-LoRA's, for a GPTQ-quantised base, which the generic method refuses",
+    "alora_invocation_tokens": "makes the tuner activated LoRA (adapting only after invocation tokens), which no "
+                               "task here puts in its inputs; drop it",
+    "velora_config": "makes the tuner VeLoRA (compressed activations in the backward pass), which is not checked "
+                     "here; drop it",
+    "monteclora_config": "makes the tuner MonteCLoRA (sampled LoRA factors), which is not checked here; drop it",
+    "use_bdlora": "makes the tuner block-diagonal LoRA (BD-LoRA), which is not checked here; drop it",
+    "arrow_config": "routes among several trained LoRA experts (Arrow); the generic method trains one adapter",
+    "runtime_config": "is a runtime setting of PEFT's; efficientft's runtime sets device and precision",
+}
 
 
 def tuner_configs() -> dict[str, type]:
@@ -132,8 +172,11 @@ class GenericPeft(PeftMethod):
                                   "model), not by a method argument.")
             if k not in names:
                 raise ConfigError(f"method 'peft': tuner {tuner!r} takes no argument {k!r}.{did_you_mean(k, names)} "
-                                  f"It accepts: {', '.join(names)}.")
+                                  f"It accepts: {', '.join(n for n in names if n not in REFUSED_ARGS)}.")
             options[k] = _check_type(tuner, k, v, hints[k])
+            if k in REFUSED_ARGS:
+                if options.pop(k) != _default(config_cls, k):
+                    raise ConfigError(f"method 'peft': {k} {REFUSED_ARGS[k]}.")  # at its default: as if not given
         init = options.get("init_lora_weights")
         for prefix, (need, named) in NAMED_INIT.items():
             if isinstance(init, str) and init.lower().startswith(prefix):
@@ -155,11 +198,21 @@ class GenericPeft(PeftMethod):
         return tuner_configs()[self.args.tuner]
 
     def config_kwargs(self, model: nn.Module, targets: list[Target], ctx: Context) -> dict[str, Any]:
-        return {k: v for k, v in self.args.options.items() if k != "layers_to_transform"}  # applied to the targets
+        return {k: v for k, v in self.args.options.items() if k not in self._narrowing()}  # applied to the targets
+
+    def _narrowing(self) -> tuple[str, ...]:
+        """The arguments applied to the targets; a tuner of modules named by ``target_modules`` (LayerNorm tuning)
+        has no targets, and PEFT applies them to the modules it names."""
+        return NARROWING if self.capabilities.targets != "none" else ()
 
     def prepare(self, model: nn.Module, targets: list[Target], ctx: Context) -> nn.Module:
-        if "layers_to_transform" in self.args.options:
-            targets = in_layers(targets, self.args.options["layers_to_transform"])
+        if self._narrowing():
+            if "layers_to_transform" in self.args.options:
+                targets = in_layers(targets, self.args.options["layers_to_transform"])
+            if self.args.options.get("exclude_modules"):
+                targets = excluding(targets, self.args.options["exclude_modules"])
+            for k in PATTERNS:
+                _check_pattern(self.args.tuner, k, self.args.options.get(k) or {}, targets)
         self.check_memory(model, targets, ctx)
         try:
             return super().prepare(model, targets, ctx)
@@ -168,6 +221,15 @@ class GenericPeft(PeftMethod):
                 raise
             raise ConfigError(f"method 'peft': PEFT's tuner {self.args.tuner!r} cannot be applied to this model "
                               f"with these arguments: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+
+    def param_roles(self, model: nn.Module) -> dict[str, str | None]:
+        """A bias the tuner trains inside a targeted module carries that module's role, so W_v's learns at λ × the
+        rate with W_v's adapter, as in BitFit: the module's own bias under ``bias`` ``all`` or ``lora_only`` (PEFT's
+        ``<module>.base_layer.bias``), the adapter's under ``lora_bias``. Other biases (``all``: LayerNorm's, W_k's
+        when not targeted) have none, at the base rate."""
+        inside = {f".{t.name}.": t.role for t in self.targets}
+        return {n: next((r for m, r in inside.items() if m in f".{n}"), role) if n.endswith(".bias") else role
+                for n, role in super().param_roles(model).items()}
 
     def check_memory(self, model: nn.Module, targets: list[Target], ctx: Context) -> None:
         """Refuse adapters that cannot fit in memory, before PEFT allocates them.
@@ -213,7 +275,10 @@ def _adapter_bytes(config: Any, model: nn.Module, targets: list[Target]) -> int 
                 return None
     base = {id(p) for p in box.parameters()}
     try:
-        probe = dataclasses.replace(config, target_modules=list(box), modules_to_save=None, task_type=None)
+        tuner = str(getattr(config.peft_type, "value", config.peft_type)).lower()
+        patterns = {k: _per_target(tuner, getattr(config, k), targets, list(box)) for k in PATTERNS
+                    if getattr(config, k, None)}
+        probe = dataclasses.replace(config, target_modules=list(box), modules_to_save=None, task_type=None, **patterns)
         with torch.device("meta"):
             wrapped = get_peft_model(box, probe)
     except Exception:  # noqa: BLE001 - a tuner that needs real data to initialise: no estimate
@@ -251,6 +316,56 @@ def in_layers(targets: list[Target], layers: int | list[int]) -> list[Target]:
         raise ConfigError(f"method 'peft': layers_to_transform {', '.join(map(str, missing or wanted))} names no "
                           f"layer of this model's targets ({span}).")
     return [t for t in targets if index.get(t.name) in wanted]
+
+
+def excluding(targets: list[Target], exclude: str | list[str]) -> list[Target]:
+    """The targets ``exclude_modules`` does not name, by PEFT's rule (``check_target_module_exists``): a string is a
+    regular expression the whole module name must match; a list names modules by their name or its last parts."""
+    def named(name: str) -> bool:
+        if isinstance(exclude, str):
+            return re.fullmatch(exclude, name) is not None
+        return any(name == e or name.endswith(f".{e}") for e in exclude)
+
+    kept = [t for t in targets if not named(t.name)]
+    if len(kept) == len(targets) or not kept:
+        what = "none" if kept else "all"
+        raise ConfigError(f"method 'peft': exclude_modules {exclude!r} excludes {what} of this run's targets "
+                          f"({', '.join(t.name for t in targets[:2])}{' ...' if len(targets) > 2 else ''}); a "
+                          "string is a regular expression the whole module name must match, a list names modules "
+                          "by their last dotted parts (query), and --targets chooses the targets.")
+    return kept
+
+
+def pattern_key(tuner: str, keys: list[str], name: str) -> str | None:
+    """The key of a ``rank_pattern`` (or another of :data:`PATTERNS`) that sets module ``name``, by the tuner's own
+    rule: PEFT's ``get_pattern_key`` (the end of the name, after a dot), FourierFT's and C3A's (a dot before the key
+    required), OSF's (anywhere in the name); the first key that matches, None if none does."""
+    dotted = lambda k: re.match(rf".*\.{k}$", name)  # noqa: E731
+    rules = {"fourierft": dotted, "c3a": dotted, "osf": lambda k: re.search(k, name)}
+    rule = rules.get(tuner, lambda k: re.match(rf"(.*\.)?({k})$", name))
+    return next((k for k in keys if rule(k)), None)
+
+
+def _check_pattern(tuner: str, name: str, pattern: dict[str, Any], targets: list[Target]) -> None:
+    """Refuse a key of ``rank_pattern`` (or another of :data:`PATTERNS`) that sets no target: PEFT would ignore it."""
+    used = {pattern_key(tuner, list(pattern), t.name) for t in targets}
+    idle = [k for k in pattern if k not in used]
+    if idle:
+        raise ConfigError(f"method 'peft': {name} key {idle[0]!r} sets none of this run's targets (a key is a "
+                          f"regular expression matching the end of a module name after a dot, such as query or "
+                          f"layer\\.0\\..*value; targets: {', '.join(t.name for t in targets[:2])} ...).")
+
+
+def _per_target(tuner: str, pattern: dict[str, Any], targets: list[Target], names: list[str]) -> dict[str, Any]:
+    """``pattern`` re-keyed by ``names`` (the targets' names in the memory probe), each with its target's value."""
+    keys = [pattern_key(tuner, list(pattern), t.name) for t in targets]
+    return {n: pattern[k] for n, k in zip(names, keys, strict=True) if k is not None}
+
+
+def _default(config_cls: type, name: str) -> Any:
+    """The default of a config field (its default factory's value)."""
+    f = next(f for f in dataclasses.fields(config_cls) if f.name == name)
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
 
 
 def _check_type(tuner: str, name: str, value: Any, hint: Any) -> Any:
