@@ -67,6 +67,31 @@ def test_rungs_are_optunas_successive_halving_rungs():
     assert rungs_of(search, 40) == [4, 12, 36]
 
 
+def test_default_rungs_are_budget_over_eta_squared_and_over_eta_with_nothing_just_below_the_budget():
+    from efficientft.sweep.suite_parse import Search
+
+    assert rungs_of(Search(), 1000) == [112, 336]  # floor division gave 111, 333 and 999: a rung as dear as the run
+    assert rungs_of(Search(), 600) == [67, 201] and rungs_of(Search(), 300) == [34, 102]
+    assert all(len(rungs_of(Search(), n)) == 2 and rungs_of(Search(), n)[-1] < n / 2 for n in range(9, 3000, 7))
+
+
+def test_a_dry_run_sizes_a_search_in_cpu_hours_from_the_suite_estimate(glue_dir, tmp_path):
+    from efficientft.api import plan_suite, plan_text
+
+    suite = load_suite("paper-claims")
+    plan = plan_suite(suite, tmp_path / "none.sqlite")
+    se, est = plan["search"], suite.estimate
+    groups = {r["run"].tags["group"]: r["run"].cfg for r in plan["runs"]}
+    assert se["configurations"] == len(groups) == 20 and se["unknown_time"] == 0
+    final = sum(5 * (c.steps * est["step_s"][c.task] + est["overhead_s"]) for c in groups.values())
+    assert se["seconds_final"] == pytest.approx(final)
+    at_most = sum(8 * (sum([*rungs_of(suite.search, c.steps), c.steps]) * est["step_s"][c.task]
+                       + 3 * est["overhead_s"]) for c in groups.values())
+    assert se["seconds_trials_at_most"] == pytest.approx(at_most)
+    assert se["seconds_trials_expected"] < at_most / 2
+    assert "CPU-hours" in plan_text(suite, plan).splitlines()[-1]
+
+
 def test_the_shipped_search_runs_tags_its_trials_and_reports_the_choice_on_dev(tmp_path, tiny_bert, glue_dir):
     suite = load_suite("search-check")
     store = Store(tmp_path / "runs.sqlite")

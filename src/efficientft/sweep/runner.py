@@ -151,7 +151,11 @@ def plan(suite: Suite, store: Store | None, opts: SweepOptions) -> dict[str, Any
     if suite.search is not None:
         from .search import search_cost
 
-        out["search"] = search_cost(suite, runs)
+        def run_timing(r: PlannedRun) -> tuple[float | None, float]:
+            step_s, over_s, _ = timing.get(tuple(getattr(r.cfg, k) for k in _LIKE)) or _timing(r.cfg, done, suite)
+            return step_s, over_s
+
+        out["search"] = search_cost(suite, runs, run_timing)
     return out
 
 

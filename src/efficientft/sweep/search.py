@@ -68,8 +68,10 @@ def tune_path(store: Store) -> Path:
 
 
 def rungs_of(search, steps: int) -> list[int]:
-    """The rung budgets below the full ``steps``: ``min_steps · η^k`` (Optuna's successive-halving rungs)."""
-    first = search.min_steps or max(1, steps // search.reduction_factor ** 2)
+    """The rung budgets below the full ``steps``: ``min_steps · η^k`` (Optuna's successive-halving rungs). The
+    default first rung is ⌈steps / η²⌉, so that the rungs are steps/η², steps/η and nothing just below the full
+    budget (⌊1000 / 9⌋ = 111 would give 111, 333 and 999: a third rung that costs as much as the full one)."""
+    first = search.min_steps or max(1, math.ceil(steps / search.reduction_factor ** 2))
     out, b = [], first
     while b < steps:
         out.append(b)
@@ -77,15 +79,35 @@ def rungs_of(search, steps: int) -> list[int]:
     return out
 
 
-def search_cost(suite: Suite, runs: list[PlannedRun]) -> dict[str, int]:
-    """Optimizer steps of the search before running: at most (every trial through every rung) and the final
-    re-runs; pruning spends less."""
+def search_cost(suite: Suite, runs: list[PlannedRun], timing: Callable[[PlannedRun], tuple[float | None, float]]
+                | None = None) -> dict[str, Any]:
+    """Optimizer steps of the search before running: at most (every trial through every rung), as successive
+    halving expects (1/η of the trials go on at each rung; Optuna's asynchronous pruner lets a few more through:
+    the early trials of a rung have nothing to lose to), and the final re-runs. ``timing``: a configuration's
+    (seconds per step, seconds per run besides its steps), to give the same in CPU-seconds (None where unknown)."""
+    se = suite.search
     groups = {r.tags["group"]: r for r in runs}
-    at_most = sum(suite.search.trials * (sum(rungs_of(suite.search, r.cfg.steps)) + r.cfg.steps)
-                  for r in groups.values())
-    final = sum(suite.search.final_seeds * r.cfg.steps for r in groups.values())
-    return {"configurations": len(groups), "trials": suite.search.trials * len(groups),
-            "steps_trials_at_most": at_most, "steps_final": final}
+    out: dict[str, Any] = {"configurations": len(groups), "trials": se.trials * len(groups),
+                           "steps_trials_at_most": 0, "steps_trials_expected": 0, "steps_final": 0,
+                           "seconds_trials_at_most": 0.0, "seconds_trials_expected": 0.0, "seconds_final": 0.0,
+                           "unknown_time": 0}
+    for r in groups.values():
+        budgets = [*rungs_of(se, r.cfg.steps), r.cfg.steps]
+        going = [se.trials / se.reduction_factor ** k for k in range(len(budgets))]  # trials reaching each rung
+        at_most = (se.trials * sum(budgets), se.trials * len(budgets))  # (steps, runs)
+        expected = (sum(n * b for n, b in zip(going, budgets, strict=True)), sum(going))
+        final = (se.final_seeds * r.cfg.steps, se.final_seeds)
+        out["steps_trials_at_most"] += at_most[0]
+        out["steps_trials_expected"] += round(expected[0])
+        out["steps_final"] += final[0]
+        step_s, over_s = timing(r) if timing is not None else (None, 0.0)
+        if step_s is None:
+            out["unknown_time"] += 1
+            continue
+        for k, (steps, n) in (("at_most", at_most), ("expected", expected), ("final", final)):
+            key = f"seconds_trials_{k}" if k != "final" else "seconds_final"
+            out[key] += steps * step_s + n * over_s
+    return out
 
 
 def metric_of(suite: Suite, cfg) -> str:

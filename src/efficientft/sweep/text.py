@@ -51,6 +51,13 @@ def plan_text(suite: Suite, p: dict[str, Any]) -> str:
         lines.append(f"search: the rows above are its {se['configurations']} configurations (their lr is sampled); "
                      f"{se['trials']} trials, at most {se['steps_trials_at_most']:,} optimizer steps (pruning spends "
                      f"less), then {se['steps_final']:,} steps of final re-runs.")
+        if se["unknown_time"] < se["configurations"]:
+            hours = lambda s: f"{s / 3600:,.1f} CPU-hours"  # noqa: E731 - one core per worker
+            unknown = f" ({se['unknown_time']} configurations with no timing to go by)" if se["unknown_time"] else ""
+            lines.append(f"search cost: trials {hours(se['seconds_trials_expected'])} as successive halving expects "
+                         f"({se['steps_trials_expected']:,} steps; at most {hours(se['seconds_trials_at_most'])}), "
+                         f"final re-runs {hours(se['seconds_final'])}; in all about "
+                         f"{hours(se['seconds_trials_expected'] + se['seconds_final'])}{unknown}.")
     return "\n".join(lines)
 
 
