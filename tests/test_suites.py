@@ -15,7 +15,7 @@ from efficientft.sweep import load_suite
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "src" / "efficientft" / "suites").glob("*.yaml"))
 # configs/ (the suites RESULTS.md, the issues and suite comments name: all-methods, method-catalog, paper-claims,
-# paper-table2): links to shipped suites, so that `eft sweep configs/X.yaml` and `eft sweep X` are one file,
+# paper-table2, strategy): links to shipped suites, so that `eft sweep configs/X.yaml` and `eft sweep X` are one file,
 # validated like every shipped suite.
 REPO_CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 
@@ -26,7 +26,7 @@ def test_every_suite_file_is_one_the_package_lists():
 
 def test_the_repository_configs_are_shipped_suites():
     assert [p.name for p in REPO_CONFIGS] == ["all-methods.yaml", "method-catalog.yaml", "paper-claims.yaml",
-                                             "paper-table2.yaml"]
+                                             "paper-table2.yaml", "strategy.yaml"]
     for p in REPO_CONFIGS:
         assert p.is_symlink() and p.resolve() in {c.resolve() for c in CONFIGS}, p
         assert load_suite(p).name == p.stem
