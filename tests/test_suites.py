@@ -42,7 +42,7 @@ def test_suite_loads_and_validates(path, glue_dir):
     given = {"model": "some/causal-lm", "train_data": "boolq"}  # what `eft sweep --model/--train-data` would give
     env = {"data_dir": str(glue_dir), "progress": False, **{k: given[k] for k in suite.requires}}
     runs = suite.expand(env)  # validates every run, methods included
-    assert runs and len({r.key for r in runs}) == len(runs)
+    assert runs and len({(r.key, r.tags["group"]) for r in runs}) == len(runs)  # a search entry may share a base
     assert all(r.tags["suite"] == suite.name and r.tags["label"] for r in runs)
 
 
