@@ -201,20 +201,3 @@ def test_bad_arguments_are_one_line():
         METHODS.get("increlora").from_config({"init_r": 9})
     with pytest.raises(ConfigError, match=r"incre_interval must be a fraction of the run in \[0, 1\) or a whole"):
         METHODS.get("increlora").from_config({"incre_interval": 2.5})
-
-
-def test_a_data_parallel_run_is_refused_before_a_model_loads(tiny_bert, monkeypatch):
-    """Each process's DDP wrapper holds the parameters it started with: what a growth adds would not be averaged."""
-    import dataclasses
-    from types import SimpleNamespace
-
-    from efficientft.runtime import build_runtime
-
-    cfg = tiny_config(tiny_bert, method="increlora", method_args={}, steps=12)
-    runtime = dataclasses.replace(build_runtime(cfg), accelerator=SimpleNamespace(num_processes=2))
-    monkeypatch.setattr(train_mod, "load_model", lambda *a, **k: pytest.fail("loaded a model before refusing"))
-    with pytest.raises(ConfigError) as e:
-        prepare(cfg, runtime)
-    assert str(e.value) == ("method 'increlora' adds parameters during training, which a 2-process run cannot "
-                            "follow (its data-parallel wrapper holds the parameters it started with); run one "
-                            "process.")
