@@ -311,6 +311,10 @@ def _check_settings(cfg: RunConfig, runtime: Runtime | None) -> tuple[Runtime, T
         raise ConfigError(f"method {cfg.method!r} adds parameters during training, which a {runtime.num_processes}-"
                           "process run cannot follow (its data-parallel wrapper holds the parameters it started "
                           "with); run one process.")
+    if method.capabilities.grows and cfg.compile:
+        raise ConfigError(f"method {cfg.method!r} adds parameters during training, which compile cannot follow (each "
+                          "growth changes the compiled graph's parameters: it recompiles or falls back to eager, so "
+                          "its step times would mislead); drop --compile.")
     if cfg.compile:
         check_compile(cfg, runtime)
     return runtime, task, method
