@@ -201,3 +201,29 @@ def test_bad_arguments_are_one_line():
         METHODS.get("increlora").from_config({"init_r": 9})
     with pytest.raises(ConfigError, match=r"incre_interval must be a fraction of the run in \[0, 1\) or a whole"):
         METHODS.get("increlora").from_config({"incre_interval": 2.5})
+
+
+def test_the_orthogonality_regulariser_is_the_references_over_every_component_and_2n_terms():
+    """The reference trainer's ``compute_svd_orth_regu`` (FeiyuZhang98/IncreLoRA, NLU/src/transformers/trainer.py):
+    per module ‖PᵀP − I‖_F and ‖QQᵀ − I‖_F over *all* its components (reserves included), summed, divided by the
+    number of terms 2n; the loss adds reg_orth_coef times it. Value and gradient by hand (d‖M‖_F = ⟨M, dM⟩/‖M‖_F)."""
+    torch.manual_seed(0)
+    model = nn.ModuleDict({"a": IncreLinear(nn.Linear(6, 5), init_r=2, reserve=1, alpha=16.0, dropout=0.0),
+                           "b": IncreLinear(nn.Linear(4, 7), init_r=1, reserve=2, alpha=16.0, dropout=0.0)})
+    method = METHODS.get("increlora").from_config({"reg_orth_coef": 0.3})
+    method.done = True  # the regulariser only: no score, no growth
+    method.after_backward(model, 1)
+    want_value, n_terms = 0.0, 0
+    for m in model.values():
+        q, p = torch.cat(list(m.A)).detach().double(), torch.cat(list(m.B), 1).detach().double()  # 3 rows / columns
+        assert q.shape[0] == p.shape[1] == 3  # active and reserve components alike
+        mq, mp = q @ q.T - torch.eye(3, dtype=q.dtype), p.T @ p - torch.eye(3, dtype=p.dtype)
+        nq, np_ = float((mq**2).sum().sqrt()), float((mp**2).sum().sqrt())
+        want_value += nq + np_
+        n_terms += 2
+        grad_q, grad_p = 2 * mq @ q / nq, 2 * p @ mp / np_  # of ‖QQᵀ − I‖_F and ‖PᵀP − I‖_F
+        for i in range(3):
+            torch.testing.assert_close(m.A[i].grad.double(), 0.3 / 4 * grad_q[i:i + 1])
+            torch.testing.assert_close(m.B[i].grad.double(), 0.3 / 4 * grad_p[:, i:i + 1])
+    assert n_terms == 4
+    assert float(method.regulariser(model).detach()) == pytest.approx(want_value / n_terms, rel=1e-6)
