@@ -66,7 +66,7 @@ def test_the_modules_that_grow_are_those_of_highest_score(tiny_bert, monkeypatch
     sites = [m for m in p.model.modules() if isinstance(m, IncreLinear)]
     for m, v in zip(sites, (1.0, 4.0, 2.0, 3.0), strict=True):
         m.fake = v
-    monkeypatch.setattr(IncreLinear, "sensitivity", lambda self: self.fake)
+    monkeypatch.setattr(IncreLinear, "sensitivity", lambda self, loss_scale=1.0: self.fake)
     train(p, progress=False)
     assert [m.active for m in sites] == [1, 3, 1, 3]
     scores = p.method.scores()
@@ -227,3 +227,29 @@ def test_the_orthogonality_regulariser_is_the_references_over_every_component_an
             torch.testing.assert_close(m.B[i].grad.double(), 0.3 / 4 * grad_p[:, i:i + 1])
     assert n_terms == 4
     assert float(method.regulariser(model).detach()) == pytest.approx(want_value / n_terms, rel=1e-6)
+
+
+def test_under_loss_scaling_the_scores_are_those_of_the_true_gradients(tiny_bert):
+    """fp16's GradScaler multiplies the loss (so ∂L/∂ΔW, which the hook keeps) by its scale and unscales only the
+    parameters' gradients: the score must not carry it. The same run with a scale that changes between steps (as
+    it halves at an overflow and grows back) and without one: the same scores, step by step."""
+    from efficientft.step import optimizer_step
+    from efficientft.train import device_batches
+
+    seen: list[list[dict]] = []
+    for scales in (None, [2.0**16, 2.0**3, 2.0**10, 2.0**10]):
+        p = prepare(tiny_config(tiny_bert, method="increlora", steps=8,
+                                method_args={"rank": 2, "top_h": 1, "init_warmup": 1, "incre_interval": 1}))
+        scaler = torch.amp.GradScaler("cpu", init_scale=scales[0]) if scales else None
+        batches = device_batches(p)
+        seen.append([])
+        for step in range(1, 5):
+            if scaler is not None and step > 1:
+                scaler.update(new_scale=scales[step - 1])
+            assert not optimizer_step(p, [next(batches)], step, scaler).skipped
+            seen[-1].append({k: dict(getattr(p.method, k)) for k in ("ipt", "avg", "unc")})
+    plain, scaled = seen
+    assert plain[0]["ipt"] and all(v > 0 for v in plain[-1]["ipt"].values())
+    for a, b in zip(plain, scaled, strict=True):
+        for k in a:
+            assert b[k] == pytest.approx(a[k], rel=1e-5), k

@@ -76,6 +76,9 @@ class Method:
     # Where a tuned learning rate is searched (log-uniform, low..high) when a suite's ``search:`` block does not
     # say: each method ships the range its paper and practice use (adapters: 1e-5..1e-2 unless they say more).
     lr_prior: ClassVar[tuple[float, float]] = (1e-5, 1e-2)
+    # The factor the step's backward multiplied the loss by (fp16's GradScaler; 1 otherwise), set by the step before
+    # after_backward: the parameters' gradients are unscaled by then, a gradient the method kept itself is not.
+    loss_scale: float = 1.0
 
     def __init__(self, args: Any = None) -> None:
         self.args = args if args is not None else self.Args()

@@ -10,7 +10,8 @@ hold its abstract only; every rule below is read from the reference code, file a
 
 - every module starts at ``init_r`` components (1; λ = 0, P, Q ~ N(0, 0.02²)), the budget is ``rank`` per module on
   average (the total n · rank);
-- **importance** (``SVDLinear.backward_hook``, on ΔW): s_t = Σ |ΔW ⊙ ∂L/∂ΔW| / √(out · in), smoothed as AdaLoRA's
+- **importance** (``SVDLinear.backward_hook``, on ΔW; under fp16 the GradScaler's loss scale is divided out of the
+  kept ∂L/∂ΔW): s_t = Σ |ΔW ⊙ ∂L/∂ΔW| / √(out · in), smoothed as AdaLoRA's
   Ī_t = β₁ Ī_{t−1} + (1 − β₁) s_t, Ū_t = β₂ Ū_{t−1} + (1 − β₂) |s_t − Ī_t|, score S = Ī_t · Ū_t, updated every step
   until the budget is reached;
 - **allocation** (``RankAllocator.update_and_increase``, ``increase_to_target_rank``): after ``init_warmup``
@@ -177,11 +178,13 @@ class IncreLinear(nn.Module):
         return self.base(x) + F.linear(self.dropout(x), delta.to(x.dtype))
 
     @torch.no_grad()
-    def sensitivity(self) -> float:
-        """s = Σ |ΔW ⊙ ∂L/∂ΔW| / √(out · in) for the step's gradient (summed over its micro-batches), then cleared."""
+    def sensitivity(self, loss_scale: float = 1.0) -> float:
+        """s = Σ |ΔW ⊙ ∂L/∂ΔW| / √(out · in) for the step's gradient (summed over its micro-batches), then cleared.
+        The kept gradient is the backward's, ``loss_scale`` times the true one under fp16 (the GradScaler unscales
+        the parameters' gradients only): divided out, so the score does not jump when the scale changes."""
         if self.grad is None:
             return 0.0
-        s = float((self.delta() * self.grad).abs().sum() / math.sqrt(self.out_f * self.in_f))
+        s = float((self.delta() * (self.grad / loss_scale)).abs().sum() / math.sqrt(self.out_f * self.in_f))
         self.grad = None
         return s
 
@@ -309,7 +312,7 @@ class IncreLoRA(WrapsTargets):
         b1, b2 = float(self.args.beta1), float(self.args.beta2)
         sites = _sites(model)
         for name, m in sites:
-            s = m.sensitivity()
+            s = m.sensitivity(self.loss_scale)
             self.ipt[name] = s
             self.avg[name] = b1 * self.avg.get(name, 0.0) + (1 - b1) * s
             self.unc[name] = b2 * self.unc.get(name, 0.0) + (1 - b2) * abs(s - self.avg[name])
