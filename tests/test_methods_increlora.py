@@ -253,3 +253,46 @@ def test_under_loss_scaling_the_scores_are_those_of_the_true_gradients(tiny_bert
     for a, b in zip(plain, scaled, strict=True):
         for k in a:
             assert b[k] == pytest.approx(a[k], rel=1e-5), k
+
+
+def test_retired_reserves_are_frozen_out_of_the_optimizer_and_uncounted(tiny_bert):
+    """At the budget the reserves act nowhere (λ = 0): their P, Q stop training and leave the optimizer, so the
+    trainable count and the FLOPs' trainable parameters agree (both leave them out)."""
+    from efficientft.flops import flop_shape
+
+    p = prepare(tiny_config(tiny_bert, method="increlora", steps=8,
+                            method_args={"rank": 2, "top_h": 2, "init_warmup": 1, "incre_interval": 1}))
+    train(p, progress=False)
+    method, named = p.method, dict(p.model.named_parameters())
+    assert method.done and len(method.retired) == 8  # 4 modules × one reserve's P and Q
+    retired = [named[n] for n in method.retired]
+    assert not any(q.requires_grad for q in retired)
+    held = {id(q) for g in p.optimizer.param_groups for q in g["params"]}
+    assert not any(id(q) in held or q in p.optimizer.state for q in retired)
+    assert flop_shape(p.model).trainable == method.trainable_parameters(p.model)
+
+
+def test_a_run_resumed_after_the_budget_is_reached_equals_the_uninterrupted_run(tiny_bert, tmp_path, monkeypatch):
+    """The budget is reached at step 4, before the checkpoint of step 4: the retired reserves are frozen (not in
+    the checkpoint's trainable weights) but the orthogonality term still reads them, so the method state keeps
+    them; every adapter tensor, the curves and the cost figures of the resumed run are the uninterrupted run's."""
+    finals: list[dict] = []
+    real = train_mod.measured
+
+    def keep(p, *a, **k):
+        finals.append({n: q.detach().clone() for n, q in p.model.named_parameters()
+                       if q.requires_grad or n in p.method.retired})
+        return real(p, *a, **k)
+
+    monkeypatch.setattr(train_mod, "measured", keep)
+    cfg = _config(tiny_bert, "increlora", method_args={"rank": 2, "top_h": 2, "init_warmup": 1,
+                                                         "incre_interval": 1})
+    straight = run(cfg, Store(tmp_path / "a" / "runs.sqlite"))
+    resumed, curves = _interrupted_then_resumed(monkeypatch, cfg, tmp_path / "b" / "runs.sqlite")
+    assert resumed["details"]["resumed_from_step"] == 4
+    a, b = finals
+    assert a.keys() == b.keys() and sum(".A." in n for n in a) == 4 * 3  # 2 active and 1 retired P, 4 modules
+    assert all(torch.equal(a[n], b[n]) for n in a)
+    assert curves == Store(tmp_path / "a" / "runs.sqlite").curves(straight["run_key"])
+    for figure in ("trainable_params", "total_params", "model_flops"):
+        assert resumed["cost"][figure] == straight["cost"][figure], figure

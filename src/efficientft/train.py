@@ -44,7 +44,7 @@ from .models.heads import CONFIG_KEY as HEAD_KEY
 from .models.large import enable_gradient_checkpointing
 from .models.loading import LoadOptions
 from .models.loading import check_max_length as check_positions
-from .recorder import EvaluationFailed, Recorder
+from .recorder import EvaluationFailed, Recorder, total_params
 from .resolve import check_method, checked, resolve, run_key
 from .runtime import Runtime, build_runtime, check_runtime, check_shards
 from .step import MAX_SKIPPED_IN_A_ROW, Diverged, forward, optimizer_step  # noqa: F401 - forward: re-exported
@@ -573,6 +573,10 @@ class Trainer:
         timer.start()
         micro = [_shard_indexed(*next(self.batches), self.accel) for _ in range(cfg.grad_accum)]
         s.drawn += cfg.grad_accum
+        if self.p.method.capabilities.grows:  # this step's parameters, for its FLOPs (growth acts in its hooks)
+            shape, tokens = flop_shape(self.p.model), sum(int(b["attention_mask"].sum()) for _, b in micro)
+            timer.frozen_param_tokens += tokens * shape.frozen
+            timer.trainable_param_tokens += tokens * shape.trainable
         for _, batch in micro:
             timer.tokens += int(batch["attention_mask"].sum())
             timer.padded_tokens += batch["attention_mask"].numel()
@@ -647,7 +651,8 @@ class Trainer:
         """Checkpoint the whole training state (``rng``: the RNG as given, not as it is now)."""
         s = self.state
         s.counters = {n: getattr(self.timer, n) for n in ("tokens", "padded_tokens", "examples", "times",
-                                                          "token_pairs", "longest_batch")}
+                                                          "token_pairs", "longest_batch", "frozen_param_tokens",
+                                                          "trainable_param_tokens")}
         s.counters["train_s"] = self._train_s()
         s.capture(self.p, self.scaler)
         if rng is not None:
@@ -685,10 +690,14 @@ def measured(p: Prepared, out: dict[str, Any], sampled: dict[str, Any], rss_star
     scores = {**out["scores"], **best_dev(p.task, out["evals"])}
     timer, runtime = out["timer"], p.runtime
     cost = {**sampled, **timer.summary()}
-    # a method that grows (IncreLoRA, TriAdaptLoRA) trains its last shape, whatever step a resumed attempt began at;
+    # a method that grows (IncreLoRA, TriAdaptLoRA) trains more parameters as it goes: its FLOPs count each step's
+    # own (the timer's sums over every attempt, resumed or not, over its tokens: the token-weighted mean shape);
     # a sharded model's whole shape is the one taken before sharding split it
     grows = p.method.capabilities.grows
-    shape = flop_shape(p.model) if grows and not p.runtime.sharded else p.flop_shape
+    shape = p.flop_shape
+    if grows and shape is not None and timer.tokens:
+        shape = replace(shape, frozen=timer.frozen_param_tokens / timer.tokens,
+                        trainable=timer.trainable_param_tokens / timer.tokens)
     cost.update(speed_cost(shape, p.method.capabilities, timer.tokens, timer.token_pairs, sum(timer.times),
                            runtime.device, runtime.precision))
     cost.update(_predicted_memory(p, timer.longest_batch, rss_start))
@@ -699,8 +708,8 @@ def measured(p: Prepared, out: dict[str, Any], sampled: dict[str, Any], rss_star
     cost.update(optimizer_state_numel=sum(t.numel() for t in state),
                 optimizer_state_bytes=sum(t.numel() * t.element_size() for t in state))
     details: dict[str, Any] = {"skipped_steps": out["skipped_steps"]}
-    if grows:  # what the run ended with: IncreLoRA trains more at the end than at the start
-        cost.update(trainable_params=p.method.trainable_parameters(p.model))
+    if grows:  # what the run ended with: IncreLoRA trains (and holds) more at the end than at the start
+        cost.update(trainable_params=p.method.trainable_parameters(p.model), total_params=total_params(p.model))
         cost["trainable_fraction"] = cost["trainable_params"] / max(1, p.base_params)
         details["groups"] = describe_groups(p.groups)
     if p.baselines:  # what the run had to beat, and whether it answered one thing (the report's learned mark)
