@@ -122,7 +122,7 @@ class Recorder:
             "trainable_params": p.method.trainable_parameters(p.model), "base_params": p.base_params,
             "total_params": total_params(p.model),
             "setup_s": p.info["setup_s"], "total_steps": p.total_steps, "epochs": p.info["epochs"],
-            "processes": self.runtime.num_processes,
+            "processes": self.runtime.num_processes, **p.estimate_cost,
         })
         cost["trainable_fraction"] = cost["trainable_params"] / max(1, p.base_params)
         self.details.update({"groups": describe_groups(p.groups), "info": p.info, "method_args": p.method.args_dict(),

@@ -146,6 +146,9 @@ class Prepared:
     # checkpoints, the export, evaluation and the method's hooks keep using ``model`` itself, so every saved name is
     # the module's own (a compiled module's state dict would prefix each with ``_orig_mod.``)
     compiled: nn.Module | None = None
+    # what the method trained on the run's data before its steps (``Method.estimate_cost``: Light-PEFT's estimation),
+    # as cost figures recorded beside the run's own training: estimate_steps, _tokens, _s and _flops
+    estimate_cost: dict[str, float] = field(default_factory=dict)
 
     # ---------------------------------------------- what a task kind evaluates through (tasks.base.EvalContext)
     @property
@@ -244,6 +247,7 @@ def prepare(cfg: RunConfig, runtime: Runtime | None = None, resume: TrainState |
     if resume is not None and not_resumed(resume, inputs_changed(resume, inputs)):
         resume = None
     model = _adapt(cfg, method, model, targets, ctx, device)
+    adapted = flop_shape(model)  # what a method's training before the run's steps trains (Light-PEFT's estimation)
     pad_id = loaded.tokenizer.pad_token_id
     batches = TrainBatches(train, cfg.batch_size, pad_id, cfg.seed, cfg.bucket)
     if resume is not None:
@@ -252,6 +256,7 @@ def prepare(cfg: RunConfig, runtime: Runtime | None = None, resume: TrainState |
     else:
         method.init_from_data(model, ({k: v.to(device) for k, v in b.items()} for b in batches.forever()))
     shape = flop_shape(model)
+    estimate = method.estimate_cost()  # restored with the method's state on a resumed run
     if runtime.sharded:  # before the optimizer exists: it must hold the sharded parameters
         model = sharding.shard(model, runtime)
     compiled = _compile(model) if cfg.compile else None  # the method's modules in place, no optimizer state yet
@@ -278,6 +283,10 @@ def prepare(cfg: RunConfig, runtime: Runtime | None = None, resume: TrainState |
     prepared = Prepared(cfg, task, method, model, loaded.tokenizer, runtime, train, evals, total, groups, optimizer,
                         scheduler, base_params, info, features, resume, inputs=inputs, flop_shape=shape,
                         compiled=compiled)
+    if estimate:  # training on the run's data before its steps (setup_s includes its time)
+        prepared.estimate_cost = {"estimate_steps": estimate["steps"], "estimate_tokens": estimate["tokens"],
+                                  "estimate_s": estimate["s"],
+                                  "estimate_flops": adapted.flops(estimate["tokens"], estimate["token_pairs"])}
     baseline = kind.before_training(prepared)  # e.g. the LM loss on held-out text before any step (forgetting)
     if baseline is not None:
         info.update(baseline.info)

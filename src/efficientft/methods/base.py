@@ -198,6 +198,13 @@ class Method:
     def init_from_data(self, model: nn.Module, batches: typing.Iterable[dict]) -> None:
         """Data-driven initialisation (EVA), run once before the optimizer is built."""
 
+    def estimate_cost(self) -> dict[str, float] | None:
+        """The training :meth:`init_from_data` did on the run's data before the run's own steps (Light-PEFT's
+        estimation), or None where it trains none: ``steps``, ``tokens`` (non-padding), ``token_pairs`` (Σ of each
+        example's length squared, for the attention FLOPs) and ``s`` (seconds). Method state, so a resumed run
+        records it too; the loop records it beside the run's own training (``estimate_*`` cost figures)."""
+        return None
+
     def after_backward(self, model: nn.Module, step: int) -> None:
         """After gradients exist, before clipping and the optimizer step (SIFT masks gradients here)."""
 
