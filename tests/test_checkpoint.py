@@ -77,7 +77,7 @@ def test_resumed_run_equals_the_uninterrupted_run(name, tiny_bert, tmp_path, mon
     assert len([c for c in curves if c[2] == "loss"]) == 8 and {c[1] for c in curves if c[0] == "eval"} == {3, 6, 8}
     assert "resumed_from_step" not in straight["details"]
     for figure in ("tokens_trained", "examples_trained", "steps_timed", "padding_fraction", "optimizer_state_numel",
-                   "trainable_params", "model_flops"):  # the cost figures count the whole run, not the last attempt
+                   "trainable_params", "total_params", "model_flops"):  # the whole run's, not the last attempt's
         assert resumed["cost"][figure] == straight["cost"][figure], figure
     assert not folder_for(tmp_path / "b" / "runs.sqlite", resumed["run_key"]).exists()  # removed when done
 

@@ -66,7 +66,7 @@ def test_the_modules_that_grow_are_those_of_highest_score(tiny_bert, monkeypatch
     sites = [m for m in p.model.modules() if isinstance(m, IncreLinear)]
     for m, v in zip(sites, (1.0, 4.0, 2.0, 3.0), strict=True):
         m.fake = v
-    monkeypatch.setattr(IncreLinear, "sensitivity", lambda self: self.fake)
+    monkeypatch.setattr(IncreLinear, "sensitivity", lambda self, loss_scale=1.0: self.fake)
     train(p, progress=False)
     assert [m.active for m in sites] == [1, 3, 1, 3]
     scores = p.method.scores()
@@ -203,18 +203,96 @@ def test_bad_arguments_are_one_line():
         METHODS.get("increlora").from_config({"incre_interval": 2.5})
 
 
-def test_a_data_parallel_run_is_refused_before_a_model_loads(tiny_bert, monkeypatch):
-    """Each process's DDP wrapper holds the parameters it started with: what a growth adds would not be averaged."""
-    import dataclasses
-    from types import SimpleNamespace
+def test_the_orthogonality_regulariser_is_the_references_over_every_component_and_2n_terms():
+    """The reference trainer's ``compute_svd_orth_regu`` (FeiyuZhang98/IncreLoRA, NLU/src/transformers/trainer.py):
+    per module ‖PᵀP − I‖_F and ‖QQᵀ − I‖_F over *all* its components (reserves included), summed, divided by the
+    number of terms 2n; the loss adds reg_orth_coef times it. Value and gradient by hand (d‖M‖_F = ⟨M, dM⟩/‖M‖_F)."""
+    torch.manual_seed(0)
+    model = nn.ModuleDict({"a": IncreLinear(nn.Linear(6, 5), init_r=2, reserve=1, alpha=16.0, dropout=0.0),
+                           "b": IncreLinear(nn.Linear(4, 7), init_r=1, reserve=2, alpha=16.0, dropout=0.0)})
+    method = METHODS.get("increlora").from_config({"reg_orth_coef": 0.3})
+    method.done = True  # the regulariser only: no score, no growth
+    method.after_backward(model, 1)
+    want_value, n_terms = 0.0, 0
+    for m in model.values():
+        q, p = torch.cat(list(m.A)).detach().double(), torch.cat(list(m.B), 1).detach().double()  # 3 rows / columns
+        assert q.shape[0] == p.shape[1] == 3  # active and reserve components alike
+        mq, mp = q @ q.T - torch.eye(3, dtype=q.dtype), p.T @ p - torch.eye(3, dtype=p.dtype)
+        nq, np_ = float((mq**2).sum().sqrt()), float((mp**2).sum().sqrt())
+        want_value += nq + np_
+        n_terms += 2
+        grad_q, grad_p = 2 * mq @ q / nq, 2 * p @ mp / np_  # of ‖QQᵀ − I‖_F and ‖PᵀP − I‖_F
+        for i in range(3):
+            torch.testing.assert_close(m.A[i].grad.double(), 0.3 / 4 * grad_q[i:i + 1])
+            torch.testing.assert_close(m.B[i].grad.double(), 0.3 / 4 * grad_p[:, i:i + 1])
+    assert n_terms == 4
+    assert float(method.regulariser(model).detach()) == pytest.approx(want_value / n_terms, rel=1e-6)
 
-    from efficientft.runtime import build_runtime
 
-    cfg = tiny_config(tiny_bert, method="increlora", method_args={}, steps=12)
-    runtime = dataclasses.replace(build_runtime(cfg), accelerator=SimpleNamespace(num_processes=2))
-    monkeypatch.setattr(train_mod, "load_model", lambda *a, **k: pytest.fail("loaded a model before refusing"))
-    with pytest.raises(ConfigError) as e:
-        prepare(cfg, runtime)
-    assert str(e.value) == ("method 'increlora' adds parameters during training, which a 2-process run cannot "
-                            "follow (its data-parallel wrapper holds the parameters it started with); run one "
-                            "process.")
+def test_under_loss_scaling_the_scores_are_those_of_the_true_gradients(tiny_bert):
+    """fp16's GradScaler multiplies the loss (so ∂L/∂ΔW, which the hook keeps) by its scale and unscales only the
+    parameters' gradients: the score must not carry it. The same run with a scale that changes between steps (as
+    it halves at an overflow and grows back) and without one: the same scores, step by step."""
+    from efficientft.step import optimizer_step
+    from efficientft.train import device_batches
+
+    seen: list[list[dict]] = []
+    for scales in (None, [2.0**16, 2.0**3, 2.0**10, 2.0**10]):
+        p = prepare(tiny_config(tiny_bert, method="increlora", steps=8,
+                                method_args={"rank": 2, "top_h": 1, "init_warmup": 1, "incre_interval": 1}))
+        scaler = torch.amp.GradScaler("cpu", init_scale=scales[0]) if scales else None
+        batches = device_batches(p)
+        seen.append([])
+        for step in range(1, 5):
+            if scaler is not None and step > 1:
+                scaler.update(new_scale=scales[step - 1])
+            assert not optimizer_step(p, [next(batches)], step, scaler).skipped
+            seen[-1].append({k: dict(getattr(p.method, k)) for k in ("ipt", "avg", "unc")})
+    plain, scaled = seen
+    assert plain[0]["ipt"] and all(v > 0 for v in plain[-1]["ipt"].values())
+    for a, b in zip(plain, scaled, strict=True):
+        for k in a:
+            assert b[k] == pytest.approx(a[k], rel=1e-5), k
+
+
+def test_retired_reserves_are_frozen_out_of_the_optimizer_and_uncounted(tiny_bert):
+    """At the budget the reserves act nowhere (λ = 0): their P, Q stop training and leave the optimizer, so the
+    trainable count and the FLOPs' trainable parameters agree (both leave them out)."""
+    from efficientft.flops import flop_shape
+
+    p = prepare(tiny_config(tiny_bert, method="increlora", steps=8,
+                            method_args={"rank": 2, "top_h": 2, "init_warmup": 1, "incre_interval": 1}))
+    train(p, progress=False)
+    method, named = p.method, dict(p.model.named_parameters())
+    assert method.done and len(method.retired) == 8  # 4 modules × one reserve's P and Q
+    retired = [named[n] for n in method.retired]
+    assert not any(q.requires_grad for q in retired)
+    held = {id(q) for g in p.optimizer.param_groups for q in g["params"]}
+    assert not any(id(q) in held or q in p.optimizer.state for q in retired)
+    assert flop_shape(p.model).trainable == method.trainable_parameters(p.model)
+
+
+def test_a_run_resumed_after_the_budget_is_reached_equals_the_uninterrupted_run(tiny_bert, tmp_path, monkeypatch):
+    """The budget is reached at step 4, before the checkpoint of step 4: the retired reserves are frozen (not in
+    the checkpoint's trainable weights) but the orthogonality term still reads them, so the method state keeps
+    them; every adapter tensor, the curves and the cost figures of the resumed run are the uninterrupted run's."""
+    finals: list[dict] = []
+    real = train_mod.measured
+
+    def keep(p, *a, **k):
+        finals.append({n: q.detach().clone() for n, q in p.model.named_parameters()
+                       if q.requires_grad or n in p.method.retired})
+        return real(p, *a, **k)
+
+    monkeypatch.setattr(train_mod, "measured", keep)
+    cfg = _config(tiny_bert, "increlora", method_args={"rank": 2, "top_h": 2, "init_warmup": 1,
+                                                         "incre_interval": 1})
+    straight = run(cfg, Store(tmp_path / "a" / "runs.sqlite"))
+    resumed, curves = _interrupted_then_resumed(monkeypatch, cfg, tmp_path / "b" / "runs.sqlite")
+    assert resumed["details"]["resumed_from_step"] == 4
+    a, b = finals
+    assert a.keys() == b.keys() and sum(".A." in n for n in a) == 4 * 3  # 2 active and 1 retired P, 4 modules
+    assert all(torch.equal(a[n], b[n]) for n in a)
+    assert curves == Store(tmp_path / "a" / "runs.sqlite").curves(straight["run_key"])
+    for figure in ("trainable_params", "total_params", "model_flops"):
+        assert resumed["cost"][figure] == straight["cost"][figure], figure

@@ -247,3 +247,41 @@ def test_light_peft_refuses_lambda_when_the_early_pruning_removed_every_w_v_modu
     assert str(e.value) == ("method 'light_peft': a learning-rate ratio of 4 for role 'v' cannot apply: the early "
                             "pruning removed every LoRA module of that role (module_ratio 0.75, rank_ratio 0.5); "
                             "lower module_ratio, or drop the ratio.")
+
+
+def test_light_peft_records_its_estimation_as_training_cost(tiny_bert, tmp_path, monkeypatch):
+    """The estimation trains on the run's data before the run's steps (up to 800 of them): compute other methods
+    do not get. The record keeps its steps, tokens, seconds and model FLOPs (the adapted, not yet pruned, model's
+    shape over the batches it trained on), and a run resumed from a checkpoint records the same."""
+    from efficientft.flops import flop_shape
+    from efficientft.store import Store
+    from efficientft.train import run
+    from tests.test_checkpoint import _config, _interrupted_then_resumed
+
+    cls = METHODS.get("light_peft")
+    real = cls.init_from_data
+    seen: dict = {"tokens": 0, "pairs": 0}
+
+    def counting(self, model, batches):
+        seen["shape"] = flop_shape(model)
+
+        def counted():
+            for b in batches:
+                seen["tokens"] += int(b["attention_mask"].sum())
+                seen["pairs"] += int((b["attention_mask"].sum(1) ** 2).sum())
+                yield b
+
+        real(self, model, counted())
+
+    monkeypatch.setattr(cls, "init_from_data", counting)
+    cfg = _config(tiny_bert, "light_peft", method_args={**cls.test_args(), "estimate_steps": 3})
+    straight = run(cfg, Store(tmp_path / "a" / "runs.sqlite"))
+    cost = straight["cost"]
+    assert cost["estimate_steps"] == 3 and cost["estimate_tokens"] == seen["tokens"] > 0
+    assert cost["estimate_flops"] == pytest.approx(seen["shape"].flops(seen["tokens"], seen["pairs"]), rel=1e-12)
+    assert 0 < cost["estimate_s"] <= cost["setup_s"]
+    monkeypatch.setattr(cls, "init_from_data", real)
+    resumed, _ = _interrupted_then_resumed(monkeypatch, cfg, tmp_path / "b" / "runs.sqlite")
+    assert resumed["details"]["resumed_from_step"] == 4
+    for figure in ("estimate_steps", "estimate_tokens", "estimate_flops"):
+        assert resumed["cost"][figure] == cost[figure], figure

@@ -184,14 +184,8 @@ def test_the_orthogonality_regulariser_is_the_references(tiny_bert):
         torch.testing.assert_close(g, f.A[0].grad)
 
 
-def test_bad_arguments_and_a_multi_process_run_are_one_line_each(tiny_bert, monkeypatch):
+def test_bad_arguments_are_one_line():
     with pytest.raises(ConfigError) as e:
         METHODS.get(NAME).from_config({"init_rank": 9})
     assert str(e.value) == ("method 'triadaptlora': init_rank 9 is larger than rank 8 (the target average rank it "
                             "grows to); give init_rank <= rank.")
-    # DDP averages only the gradients of parameters that existed when it wrapped the model: refused before training
-    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
-    monkeypatch.setattr(torch.distributed, "get_world_size", lambda *a: 2)
-    with pytest.raises(ConfigError, match=r"^method 'triadaptlora' adds parameters while it trains, .* run it in one "
-                                          r"process\.$"):
-        _prepared(tiny_bert)

@@ -76,7 +76,8 @@ def _embedding_weights(model: nn.Module) -> set[int]:
 
 @dataclass(frozen=True)
 class FlopShape:
-    """What model FLOPs depend on: frozen and trainable matmul parameters, layers and attention width."""
+    """What model FLOPs depend on: frozen and trainable matmul parameters, layers and attention width (for a method
+    that grows, the parameter counts are the run's token-weighted means over its steps)."""
 
     frozen: int
     trainable: int

@@ -140,7 +140,9 @@ class StepTimer:
     steps. An fp16 step the GradScaler skipped is timed and counted too: its forward and backward were computed.
     ``tokens`` counts non-padding tokens only (``padded_tokens`` all), so ``tokens_per_s`` is real text per second.
     ``token_pairs`` sums each example's non-padding length squared (the attention term of the model FLOPs,
-    :mod:`efficientft.flops`); ``longest_batch`` is the most tokens, padding included, of one micro-batch."""
+    :mod:`efficientft.flops`); ``longest_batch`` is the most tokens, padding included, of one micro-batch.
+    ``frozen_param_tokens`` and ``trainable_param_tokens`` sum each step's tokens times its frozen and trainable
+    matmul parameters, where the loop counts them step by step (a method that grows: its FLOPs)."""
 
     device: torch.device
     warmup: int = 3
@@ -150,6 +152,8 @@ class StepTimer:
     examples: int = 0
     token_pairs: int = 0
     longest_batch: int = 0
+    frozen_param_tokens: float = 0.0
+    trainable_param_tokens: float = 0.0
     _t0: float = 0.0
 
     def start(self) -> None:

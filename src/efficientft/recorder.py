@@ -29,6 +29,11 @@ from .strategy import describe_groups
 from .trackers import Trackers
 
 
+def total_params(model: Any) -> int:
+    """Every parameter of ``model``, each shared tensor once (the cost record's ``total_params``)."""
+    return sum(q.numel() for q in {id(q): q for q in model.parameters()}.values())
+
+
 class EvaluationFailed(RuntimeError):
     """Training ended, the final evaluation raised. ``checkpoint``: the trained state, saved (None: checkpoints
     are off); ``curve``: the curve rows not yet in the store."""
@@ -115,9 +120,9 @@ class Recorder:
         cost = self.cost
         cost.update({
             "trainable_params": p.method.trainable_parameters(p.model), "base_params": p.base_params,
-            "total_params": sum(q.numel() for q in {id(q): q for q in p.model.parameters()}.values()),
+            "total_params": total_params(p.model),
             "setup_s": p.info["setup_s"], "total_steps": p.total_steps, "epochs": p.info["epochs"],
-            "processes": self.runtime.num_processes,
+            "processes": self.runtime.num_processes, **p.estimate_cost,
         })
         cost["trainable_fraction"] = cost["trainable_params"] / max(1, p.base_params)
         self.details.update({"groups": describe_groups(p.groups), "info": p.info, "method_args": p.method.args_dict(),

@@ -117,17 +117,20 @@ def optimizer_step(p: StepRun, micro: list[tuple[Any, dict[str, torch.Tensor]]],
     Under fp16 a step whose gradients overflow is skipped by the GradScaler, and then it is not a step: no method
     hook sees its inf gradients (AdaLoRA's importance scores would turn NaN and it would never prune again), and
     the schedule does not advance. The gradients are unscaled before the hooks, so hooks and clipping see their
-    true size; the scaler's verdict (its scale fell) decides what happened.
+    true size (a gradient a method keeps itself, through a tensor hook, is not a parameter's: the method divides it
+    by ``method.loss_scale``); the scaler's verdict (its scale fell) decides what happened.
     """
     cfg, model, method = p.cfg, p.model, p.method
     if method.capabilities.owns_update:
         return owned_step(p, micro, step, runner, accel)
     loss = accumulate(p, micro, step, scaler, runner, accel)
     params = [q for g in p.groups for q in g["params"]]
-    skipped = False
+    skipped, scale = False, 1.0
     if scaler:
         scaler.unscale_(p.optimizer)
         skipped = not _grads_finite(params)
+        scale = scaler.get_scale()
+    method.loss_scale = scale  # what a gradient the method kept itself (not a parameter's) is still multiplied by
     if not skipped:
         method.after_backward(model, step)
     grad_norm = None
@@ -136,7 +139,6 @@ def optimizer_step(p: StepRun, micro: list[tuple[Any, dict[str, torch.Tensor]]],
     first = p.optimizer.param_groups[0]  # groups are sorted by rate factor: with λ < 1 the first is W_v's
     lr = float(first["lr"]) / float(first.get("lr_scale", 1.0))
     if scaler:
-        scale = scaler.get_scale()
         scaler.step(p.optimizer)
         scaler.update()
         skipped = scaler.get_scale() < scale

@@ -44,7 +44,7 @@ from .models.heads import CONFIG_KEY as HEAD_KEY
 from .models.large import enable_gradient_checkpointing
 from .models.loading import LoadOptions
 from .models.loading import check_max_length as check_positions
-from .recorder import EvaluationFailed, Recorder
+from .recorder import EvaluationFailed, Recorder, total_params
 from .resolve import check_method, checked, resolve, run_key
 from .runtime import Runtime, build_runtime, check_runtime, check_shards
 from .step import MAX_SKIPPED_IN_A_ROW, Diverged, forward, optimizer_step  # noqa: F401 - forward: re-exported
@@ -147,6 +147,9 @@ class Prepared:
     # checkpoints, the export, evaluation and the method's hooks keep using ``model`` itself, so every saved name is
     # the module's own (a compiled module's state dict would prefix each with ``_orig_mod.``)
     compiled: nn.Module | None = None
+    # what the method trained on the run's data before its steps (``Method.estimate_cost``: Light-PEFT's estimation),
+    # as cost figures recorded beside the run's own training: estimate_steps, _tokens, _s and _flops
+    estimate_cost: dict[str, float] = field(default_factory=dict)
 
     # ---------------------------------------------- what a task kind evaluates through (tasks.base.EvalContext)
     @property
@@ -245,6 +248,7 @@ def prepare(cfg: RunConfig, runtime: Runtime | None = None, resume: TrainState |
     if resume is not None and not_resumed(resume, inputs_changed(resume, inputs)):
         resume = None
     model = _adapt(cfg, method, model, targets, ctx, device)
+    adapted = flop_shape(model)  # what a method's training before the run's steps trains (Light-PEFT's estimation)
     pad_id = loaded.tokenizer.pad_token_id
     batches = TrainBatches(train, cfg.batch_size, pad_id, cfg.seed, cfg.bucket)
     if resume is not None:
@@ -253,6 +257,7 @@ def prepare(cfg: RunConfig, runtime: Runtime | None = None, resume: TrainState |
     else:
         method.init_from_data(model, ({k: v.to(device) for k, v in b.items()} for b in batches.forever()))
     shape = flop_shape(model)
+    estimate = method.estimate_cost()  # restored with the method's state on a resumed run
     if runtime.sharded:  # before the optimizer exists: it must hold the sharded parameters
         model = sharding.shard(model, runtime)
     compiled = _compile(model) if cfg.compile else None  # the method's modules in place, no optimizer state yet
@@ -284,6 +289,10 @@ def prepare(cfg: RunConfig, runtime: Runtime | None = None, resume: TrainState |
     prepared = Prepared(cfg, task, method, model, loaded.tokenizer, runtime, train, evals, total, groups, optimizer,
                         scheduler, base_params, info, features, resume, inputs=inputs, flop_shape=shape,
                         compiled=compiled)
+    if estimate:  # training on the run's data before its steps (setup_s includes its time)
+        prepared.estimate_cost = {"estimate_steps": estimate["steps"], "estimate_tokens": estimate["tokens"],
+                                  "estimate_s": estimate["s"],
+                                  "estimate_flops": adapted.flops(estimate["tokens"], estimate["token_pairs"])}
     baseline = kind.before_training(prepared)  # e.g. the LM loss on held-out text before any step (forgetting)
     if baseline is not None:
         info.update(baseline.info)
@@ -317,6 +326,10 @@ def _check_settings(cfg: RunConfig, runtime: Runtime | None) -> tuple[Runtime, T
         raise ConfigError(f"method {cfg.method!r} adds parameters during training, which a {runtime.num_processes}-"
                           "process run cannot follow (its data-parallel wrapper holds the parameters it started "
                           "with); run one process.")
+    if method.capabilities.grows and cfg.compile:
+        raise ConfigError(f"method {cfg.method!r} adds parameters during training, which compile cannot follow (each "
+                          "growth changes the compiled graph's parameters: it recompiles or falls back to eager, so "
+                          "its step times would mislead); drop --compile.")
     if cfg.compile:
         check_compile(cfg, runtime)
     return runtime, task, method
@@ -575,6 +588,10 @@ class Trainer:
         timer.start()
         micro = [_shard_indexed(*next(self.batches), self.accel) for _ in range(cfg.grad_accum)]
         s.drawn += cfg.grad_accum
+        if self.p.method.capabilities.grows:  # this step's parameters, for its FLOPs (growth acts in its hooks)
+            shape, tokens = flop_shape(self.p.model), sum(int(b["attention_mask"].sum()) for _, b in micro)
+            timer.frozen_param_tokens += tokens * shape.frozen
+            timer.trainable_param_tokens += tokens * shape.trainable
         for _, batch in micro:
             timer.tokens += int(batch["attention_mask"].sum())
             timer.padded_tokens += batch["attention_mask"].numel()
@@ -649,7 +666,8 @@ class Trainer:
         """Checkpoint the whole training state (``rng``: the RNG as given, not as it is now)."""
         s = self.state
         s.counters = {n: getattr(self.timer, n) for n in ("tokens", "padded_tokens", "examples", "times",
-                                                          "token_pairs", "longest_batch")}
+                                                          "token_pairs", "longest_batch", "frozen_param_tokens",
+                                                          "trainable_param_tokens")}
         s.counters["train_s"] = self._train_s()
         s.capture(self.p, self.scaler)
         if rng is not None:
@@ -687,10 +705,14 @@ def measured(p: Prepared, out: dict[str, Any], sampled: dict[str, Any], rss_star
     scores = {**out["scores"], **best_dev(p.task, out["evals"])}
     timer, runtime = out["timer"], p.runtime
     cost = {**sampled, **timer.summary()}
-    # a method that grows (IncreLoRA, TriAdaptLoRA) trains its last shape, whatever step a resumed attempt began at;
+    # a method that grows (IncreLoRA, TriAdaptLoRA) trains more parameters as it goes: its FLOPs count each step's
+    # own (the timer's sums over every attempt, resumed or not, over its tokens: the token-weighted mean shape);
     # a sharded model's whole shape is the one taken before sharding split it
     grows = p.method.capabilities.grows
-    shape = flop_shape(p.model) if grows and not p.runtime.sharded else p.flop_shape
+    shape = p.flop_shape
+    if grows and shape is not None and timer.tokens:
+        shape = replace(shape, frozen=timer.frozen_param_tokens / timer.tokens,
+                        trainable=timer.trainable_param_tokens / timer.tokens)
     cost.update(speed_cost(shape, p.method.capabilities, timer.tokens, timer.token_pairs, sum(timer.times),
                            runtime.device, runtime.precision))
     cost.update(_predicted_memory(p, timer.longest_batch, rss_start))
@@ -701,8 +723,8 @@ def measured(p: Prepared, out: dict[str, Any], sampled: dict[str, Any], rss_star
     cost.update(optimizer_state_numel=sum(t.numel() for t in state),
                 optimizer_state_bytes=sum(t.numel() * t.element_size() for t in state))
     details: dict[str, Any] = {"skipped_steps": out["skipped_steps"]}
-    if grows:  # what the run ended with: IncreLoRA trains more at the end than at the start
-        cost.update(trainable_params=p.method.trainable_parameters(p.model))
+    if grows:  # what the run ended with: IncreLoRA trains (and holds) more at the end than at the start
+        cost.update(trainable_params=p.method.trainable_parameters(p.model), total_params=total_params(p.model))
         cost["trainable_fraction"] = cost["trainable_params"] / max(1, p.base_params)
         details["groups"] = describe_groups(p.groups)
     if p.baselines:  # what the run had to beat, and whether it answered one thing (the report's learned mark)

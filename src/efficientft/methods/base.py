@@ -76,6 +76,9 @@ class Method:
     # Where a tuned learning rate is searched (log-uniform, low..high) when a suite's ``search:`` block does not
     # say: each method ships the range its paper and practice use (adapters: 1e-5..1e-2 unless they say more).
     lr_prior: ClassVar[tuple[float, float]] = (1e-5, 1e-2)
+    # The factor the step's backward multiplied the loss by (fp16's GradScaler; 1 otherwise), set by the step before
+    # after_backward: the parameters' gradients are unscaled by then, a gradient the method kept itself is not.
+    loss_scale: float = 1.0
 
     def __init__(self, args: Any = None) -> None:
         self.args = args if args is not None else self.Args()
@@ -194,6 +197,13 @@ class Method:
     # ------------------------------------------------------------------ optional hooks
     def init_from_data(self, model: nn.Module, batches: typing.Iterable[dict]) -> None:
         """Data-driven initialisation (EVA), run once before the optimizer is built."""
+
+    def estimate_cost(self) -> dict[str, float] | None:
+        """The training :meth:`init_from_data` did on the run's data before the run's own steps (Light-PEFT's
+        estimation), or None where it trains none: ``steps``, ``tokens`` (non-padding), ``token_pairs`` (Σ of each
+        example's length squared, for the attention FLOPs) and ``s`` (seconds). Method state, so a resumed run
+        records it too; the loop records it beside the run's own training (``estimate_*`` cost figures)."""
+        return None
 
     def after_backward(self, model: nn.Module, step: int) -> None:
         """After gradients exist, before clipping and the optimizer step (SIFT masks gradients here)."""

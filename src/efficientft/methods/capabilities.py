@@ -64,8 +64,9 @@ class Capabilities:
     # (:func:`check_model`). A causal LM takes them as a keyword, under either name.
     classifier_inputs: tuple[str, ...] = ()
     # Does it add trainable parameters during training (IncreLoRA's rank growth)? Then the cost figures read the model
-    # at the end (trainable count, FLOPs), and a data-parallel run, whose wrapper holds the parameters it started
-    # with, is refused.
+    # at the end (trainable and total count), its FLOPs count each step's trainable parameters, and a data-parallel
+    # run (whose wrapper holds the parameters it started with) and compile (each growth changes the graph's
+    # parameters) are refused.
     grows: bool = False
     # What one training step computes, for its model FLOPs (efficientft.flops): forward passes per batch, and whether
     # a backward pass follows. Backpropagation: 1 and True; MeZO's SPSA: 2 forwards (θ ± εz) and no backward.

@@ -10,7 +10,8 @@ hold its abstract only; every rule below is read from the reference code, file a
 
 - every module starts at ``init_r`` components (1; λ = 0, P, Q ~ N(0, 0.02²)), the budget is ``rank`` per module on
   average (the total n · rank);
-- **importance** (``SVDLinear.backward_hook``, on ΔW): s_t = Σ |ΔW ⊙ ∂L/∂ΔW| / √(out · in), smoothed as AdaLoRA's
+- **importance** (``SVDLinear.backward_hook``, on ΔW; under fp16 the GradScaler's loss scale is divided out of the
+  kept ∂L/∂ΔW): s_t = Σ |ΔW ⊙ ∂L/∂ΔW| / √(out · in), smoothed as AdaLoRA's
   Ī_t = β₁ Ī_{t−1} + (1 − β₁) s_t, Ū_t = β₂ Ū_{t−1} + (1 − β₂) |s_t − Ī_t|, score S = Ī_t · Ū_t, updated every step
   until the budget is reached;
 - **allocation** (``RankAllocator.update_and_increase``, ``increase_to_target_rank``): after ``init_warmup``
@@ -19,7 +20,8 @@ hold its abstract only; every rule below is read from the reference code, file a
 - **advance learning** (``add_reserve_param``): every module holds ``incre_rank`` reserve components with
   λ = 10⁻⁵ frozen and P, Q training from the start; a module that gains ranks turns its reserve λ trainable and
   gets new reserves. When the budget is reached the reserves leave the update (λ = 0, as the reference zeroes
-  them; their P, Q no longer count);
+  them) and are frozen (the reference goes on training their P, Q through the orthogonality term alone; here they
+  no longer train or count, and the term reads them as they were);
 - **restart warm-up**: the parameters a growth adds join the optimizer as new groups (W_v's at λ × the rate, by the
   strategy) that warm up again and decay over the steps left (:class:`efficientft.train.Schedule`, the reference's
   ``Multi_LambdaLR``); they are clipped with the rest;
@@ -151,12 +153,17 @@ class IncreLinear(nn.Module):
         self.active += n
         return joined
 
-    def retire_reserve(self) -> None:
-        """The budget is reached: the reserve components leave the update (λ = 0, frozen)."""
+    def retire_reserve(self) -> list[nn.Parameter]:
+        """The budget is reached: the reserve components leave the update (λ = 0) and stop training (λ, P, Q
+        frozen: they act nowhere, so they are not trained, counted or given FLOPs); returns their P, Q."""
+        retired = []
         with torch.no_grad():
             for i in range(self.active, len(self.E)):
                 self.E[i].zero_()
-                self.E[i].requires_grad = False
+                for q in (self.E[i], self.A[i], self.B[i]):
+                    q.requires_grad = False
+                retired += [self.A[i], self.B[i]]
+        return retired
 
     def delta(self) -> torch.Tensor:
         """ΔW (out × in) over every component (the reserves' λ is 10⁻⁵ while they learn in advance, then 0)."""
@@ -177,11 +184,13 @@ class IncreLinear(nn.Module):
         return self.base(x) + F.linear(self.dropout(x), delta.to(x.dtype))
 
     @torch.no_grad()
-    def sensitivity(self) -> float:
-        """s = Σ |ΔW ⊙ ∂L/∂ΔW| / √(out · in) for the step's gradient (summed over its micro-batches), then cleared."""
+    def sensitivity(self, loss_scale: float = 1.0) -> float:
+        """s = Σ |ΔW ⊙ ∂L/∂ΔW| / √(out · in) for the step's gradient (summed over its micro-batches), then cleared.
+        The kept gradient is the backward's, ``loss_scale`` times the true one under fp16 (the GradScaler unscales
+        the parameters' gradients only): divided out, so the score does not jump when the scale changes."""
         if self.grad is None:
             return 0.0
-        s = float((self.delta() * self.grad).abs().sum() / math.sqrt(self.out_f * self.in_f))
+        s = float((self.delta() * (self.grad / loss_scale)).abs().sum() / math.sqrt(self.out_f * self.in_f))
         self.grad = None
         return s
 
@@ -218,7 +227,7 @@ class IncreLoRA(WrapsTargets):
         self.unc: dict[str, float] = {}
         self.joined: list[tuple[int, list[str]]] = []  # (step, names of the parameters that joined the optimizer)
         self.done = False
-        self.retired: set[str] = set()  # the reserves' P, Q once the budget is reached
+        self.retired: set[str] = set()  # the reserves' P, Q once the budget is reached (frozen)
         self._plan: tuple[Strategy, float, float] | None = None
         self._groups: list[dict] = []
         self._optimizer: torch.optim.Optimizer | None = None
@@ -309,7 +318,7 @@ class IncreLoRA(WrapsTargets):
         b1, b2 = float(self.args.beta1), float(self.args.beta2)
         sites = _sites(model)
         for name, m in sites:
-            s = m.sensitivity()
+            s = m.sensitivity(self.loss_scale)
             self.ipt[name] = s
             self.avg[name] = b1 * self.avg.get(name, 0.0) + (1 - b1) * s
             self.unc[name] = b2 * self.unc.get(name, 0.0) + (1 - b2) * abs(s - self.avg[name])
@@ -344,28 +353,42 @@ class IncreLoRA(WrapsTargets):
             new += m.activate(add)
             new += [p for p in m.add_components(add, reserve=True) if p.requires_grad]
             left -= add
-        names = {id(p): n for n, p in model.named_parameters()}
-        joined = [names[id(p)] for p in new]
-        self.joined.append((step, joined))
         if left == 0:
             self.finish(model)
+        names = {id(p): n for n, p in model.named_parameters()}
+        joined = [names[id(p)] for p in new if p.requires_grad]  # not the last round's reserves: retired at once
+        self.joined.append((step, joined))
         if self._optimizer is not None and self._plan is not None:
             for g in self._grouped(model, set(joined).__contains__, step):
                 self._optimizer.add_param_group(g)  # the same dict: torch keeps it
                 self._groups.append(g)  # the run's groups (clipped with the rest)
 
     def finish(self, model: nn.Module) -> None:
-        """The budget is reached: the reserves leave the update, the scores stop."""
+        """The budget is reached: the reserves leave the update and the optimizer, the scores stop."""
         self.done = True
+        retired: list[nn.Parameter] = []
         for name, m in _sites(model):
-            m.retire_reserve()
+            self.retired |= {f"{name}.{k}.{i}" for k in ("A", "B") for i in range(m.active, len(m.E))}
+            retired += m.retire_reserve()
             m.scoring = False
             m.grad = None
-            self.retired |= {f"{name}.{k}.{i}" for k in ("A", "B") for i in range(m.active, len(m.E))}
+        self._drop(retired)
 
-    def free_values(self, name: str, param: torch.Tensor) -> torch.Tensor:
-        """After the budget is reached the reserves' P, Q act nowhere (their λ is 0): they count for nothing."""
-        return param.reshape(-1)[:0] if name in self.retired else param
+    def _drop(self, params: list[nn.Parameter]) -> None:
+        """Frozen parameters leave the optimizer's groups (and their state) and the run's, so the optimizer has the
+        layout a resumed run builds from the trainable parameters (a group left empty goes)."""
+        gone = {id(q) for q in params}
+        groups = {id(g): g for g in [*self._groups, *(self._optimizer.param_groups if self._optimizer else [])]}
+        for g in groups.values():
+            kept = [i for i, q in enumerate(g["params"]) if id(q) not in gone]
+            for key in ("params", "names"):
+                if key in g:
+                    g[key] = [g[key][i] for i in kept]
+        self._groups[:] = [g for g in self._groups if g["params"]]
+        if self._optimizer is not None:
+            self._optimizer.param_groups[:] = [g for g in self._optimizer.param_groups if g["params"]]
+            for q in params:
+                self._optimizer.state.pop(q, None)
 
     # ------------------------------------------------------------------ state (exact resume) and export
     def _structure(self, model: nn.Module) -> dict[str, list[int]]:
@@ -389,11 +412,19 @@ class IncreLoRA(WrapsTargets):
             self.finish(model)
 
     def state_dict(self, model: nn.Module) -> dict[str, Any]:
+        # the retired reserves are frozen (not in the checkpoint's trainable weights), but the orthogonality term
+        # still reads their P, Q: kept here, so a resumed run is exact
+        params = dict(model.named_parameters())
         return {"structure": self._structure(model), "done": self.done, "ipt": dict(self.ipt), "avg": dict(self.avg),
-                "unc": dict(self.unc), "joined": [[s, list(n)] for s, n in self.joined]}
+                "unc": dict(self.unc), "joined": [[s, list(n)] for s, n in self.joined],
+                "retired": {n: params[n].detach() for n in sorted(self.retired)}}
 
     def load_state_dict(self, model: nn.Module, state: dict[str, Any]) -> None:
         self._rebuild(model, {n: list(v) for n, v in state["structure"].items()}, bool(state["done"]))
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for n, t in state.get("retired", {}).items():
+                params[n].copy_(t)
         for key in ("ipt", "avg", "unc"):
             setattr(self, key, {n: float(v) for n, v in state[key].items()})
         self.joined = [(int(s), list(n)) for s, n in state["joined"]]

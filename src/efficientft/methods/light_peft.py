@@ -36,7 +36,9 @@ the task head; as the reference's second run loads the estimation's adapter file
 surviving LoRA factors and the head are kept, and the run trains them at its own rate. λ then applies to W_v's
 remaining A and B (where the pruning removed every W_v module, λ ≠ 1 is refused in one line naming it). The
 reference adapts query, key, value, both output projections and the intermediate projection (``--targets
-all-linear`` here); the run's targets decide. The structure is method state (checkpoints) and export metadata;
+all-linear`` here); the run's targets decide. The estimation's cost (its steps, tokens, seconds) is method state
+too, recorded beside the run's training (``estimate_*`` cost figures: compute other methods do not get). The
+structure is method state (checkpoints) and export metadata;
 reload prunes a fresh base the same way. Merge folds s·BA into the pruned weights: the merged model is the pruned
 one (a plain model whose attention modules hold fewer heads than its config says, so it is used in memory or
 re-exported through this method, not by ``from_pretrained``).
@@ -49,6 +51,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -223,6 +226,7 @@ class LightPeft(WrapsTargets):
                                 "columns), which packed 4/8-bit weights do not allow here")
 
     wrapper = LightLoRA
+    estimate: dict[str, float] | None = None  # the estimation's steps, tokens, token pairs and seconds
 
     @classmethod
     def test_args(cls, arch: str = "bert") -> dict[str, Any] | None:
@@ -266,6 +270,7 @@ class LightPeft(WrapsTargets):
 
     # ------------------------------------------------------------------ stage 1: estimation
     def init_from_data(self, model: nn.Module, batches: typing.Iterable[dict]) -> None:
+        t0 = time.perf_counter()
         like = float_like(model)
         loras = self._modules(model)  # named before the masks wrap W_o and the down projection
         for roles in self.layout.values():
@@ -283,7 +288,7 @@ class LightPeft(WrapsTargets):
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1 - s / steps))
         module_imp = {n: 0.0 for n in loras}
         rank_imp = {n: torch.zeros(m.A.shape[0]) for n, m in loras.items()}
-        recorded = 0
+        recorded, trained_tokens, trained_pairs = 0, 0, 0
         was_training = model.training
         model.train()
         it = iter(batches)
@@ -293,6 +298,9 @@ class LightPeft(WrapsTargets):
                 for m in loras.values():
                     m.recording = record
                 batch = next(it)
+                if "attention_mask" in batch:
+                    trained_tokens += int(batch["attention_mask"].sum())
+                    trained_pairs += int((batch["attention_mask"].sum(1) ** 2).sum())
                 loss = model(**batch).loss + self.args.l1 * sum(m.abs().sum() for m in attn + ffn)
                 loss.backward()
                 if record:
@@ -323,6 +331,12 @@ class LightPeft(WrapsTargets):
                 replace_module(model, roles[r], _strip(_get(model, roles[r])))
         self.structure = self.choose(self.scores)
         self.apply(model, self.structure)
+        self.estimate = {"steps": steps, "tokens": trained_tokens, "token_pairs": trained_pairs,
+                         "s": time.perf_counter() - t0}
+
+    def estimate_cost(self) -> dict[str, float] | None:
+        """The estimation's steps are training on the run's data that other methods do not get: its cost."""
+        return self.estimate
 
     def choose(self, scores: dict[str, Any]) -> dict[str, Any]:
         """What survives, from the estimation's scores (the reference's rules; see the module docstring)."""
@@ -402,10 +416,11 @@ class LightPeft(WrapsTargets):
 
     # ------------------------------------------------------------------ state, merge, export
     def state_dict(self, model: nn.Module) -> dict[str, Any]:
-        return {"structure": json.dumps(self.structure)}
+        return {"structure": json.dumps(self.structure), "estimate": json.dumps(self.estimate)}
 
     def load_state_dict(self, model: nn.Module, state: dict[str, Any]) -> None:
         self.structure = json.loads(state["structure"])
+        self.estimate = json.loads(state.get("estimate", "null"))
         self.apply(model, self.structure)
 
     def merge(self, model: nn.Module) -> nn.Module:

@@ -32,8 +32,9 @@ count. New parameters join the optimizer group of their weight's first block: W_
 the run's schedule and weight decay (the reference adds them as new groups at the optimizer's base rate, outside the
 scheduler, with weight decay 0: an artefact of ``add_param_group``, not a rule of the method). The blocks and the
 order in which they joined the optimizer are method state, so a resumed run rebuilds them before its optimizer is
-built and restores the optimizer exactly; exports carry the ranks. A multi-process run is refused (DDP averages
-the gradients of the parameters that existed when it wrapped the model, not of blocks added later).
+built and restores the optimizer exactly; exports carry the ranks. A multi-process run is refused, as for every method that declares
+``grows`` (DDP averages the gradients of the parameters that existed when it wrapped the model, not of blocks added
+later).
 
 Capabilities: linear targets and row slices of a fused projection (each role's slice is a weight of its own,
 ``c_attn.tri.v``); λ reaches W_v's factors; merge; our export format. The trainable count is every stored scalar
@@ -218,10 +219,6 @@ class TriAdaptLoRA(WrapsTargets):
         return {"rank": 4}
 
     def prepare(self, model: nn.Module, targets: list[Target], ctx: Context) -> nn.Module:
-        dist = torch.distributed
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            raise ConfigError("method 'triadaptlora' adds parameters while it trains, and a data-parallel wrapper "
-                              "built before them would not average their gradients; run it in one process.")
         self._like = float_like(model)
         self.order = []
         return super().prepare(model, targets, ctx)
