@@ -215,3 +215,29 @@ def test_compile_refuses_what_it_does_not_support_in_one_line(tiny_bert, tmp_pat
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.startswith("eft run: error: compile needs a C++ compiler on a CPU"), err
+
+
+def test_pilot_table_reads_the_curve_and_sets_the_budget_by_its_rule():
+    """benchmarks/pilot_table.py: "clearly above from" needs the margin to hold from there on; the budget is 1.2 x the
+    step from which 90 % of the run's gain holds, rounded up to 100; a run that never clears the margin gets none."""
+    import pilot_table
+
+    curves = {"a": [0.70, 0.86, 0.86, 0.88], "b": [0.0, 0.25, 0.1, 0.15]}  # sst2 at steps 100..400; cola
+
+    class Store:
+        def runs(self, status):
+            return [{"run_key": "a", "config": {"task": "sst2", "lr": 2e-3, "steps": 400},
+                     "scores": {"dev/accuracy": 0.87, "selection/accuracy": 0.88}, "details": {}},
+                    {"run_key": "b", "config": {"task": "cola", "lr": 2e-3, "steps": 400},
+                     "scores": {"dev/mcc": 0.2, "selection/mcc": 0.15}, "details": {"baselines": {"dev/mcc": 0.0}}}]
+
+        def curves(self, key):
+            return [("eval", 100 * (i + 1), f"selection/{'accuracy' if key == 'a' else 'mcc'}", v)
+                    for i, v in enumerate(curves[key][:-1])] + [("train", 100, "loss", 1.0)]
+
+    sst2, cola = sorted(pilot_table.rows(Store()), key=lambda x: x["task"] != "sst2")
+    assert sst2["baseline"] == 0.5092  # the record holds none: the dev majority share
+    assert (sst2["clear"], sst2["near"], sst2["budget"]) == (100, 200, 300)  # gain 0.371: 90 % is 0.843
+    assert (cola["clear"], cola["budget"]) == (None, None)  # 0.25 at 200 falls back to 0.1: never clearly above
+    table = pilot_table.markdown([sst2, cola]).splitlines()
+    assert table[0].count("|") == table[1].count("|") and "| 300 |" in table[2] and "| never |" in table[3]
