@@ -219,25 +219,32 @@ def test_compile_refuses_what_it_does_not_support_in_one_line(tiny_bert, tmp_pat
 
 def test_pilot_table_reads_the_curve_and_sets_the_budget_by_its_rule():
     """benchmarks/pilot_table.py: "clearly above from" needs the margin to hold from there on; the budget is 1.2 x the
-    step from which 90 % of the run's gain holds, rounded up to 100; a run that never clears the margin gets none."""
+    step from which 90 % of the run's gain holds, rounded up to 100; a run that never clears the margin gets none, nor
+    does one whose selection score clears it while its dev score stays at the baseline (RTE in the pilot)."""
     import pilot_table
 
-    curves = {"a": [0.70, 0.86, 0.86, 0.88], "b": [0.0, 0.25, 0.1, 0.15]}  # sst2 at steps 100..400; cola
+    curves = {"a": [0.70, 0.86, 0.86, 0.88], "b": [0.0, 0.25, 0.1, 0.15], "c": [0.56, 0.58, 0.59, 0.59]}  # sst2; cola; rte
 
     class Store:
         def runs(self, status):
             return [{"run_key": "a", "config": {"task": "sst2", "lr": 2e-3, "steps": 400},
                      "scores": {"dev/accuracy": 0.87, "selection/accuracy": 0.88}, "details": {}},
                     {"run_key": "b", "config": {"task": "cola", "lr": 2e-3, "steps": 400},
-                     "scores": {"dev/mcc": 0.2, "selection/mcc": 0.15}, "details": {"baselines": {"dev/mcc": 0.0}}}]
+                     "scores": {"dev/mcc": 0.2, "selection/mcc": 0.15}, "details": {"baselines": {"dev/mcc": 0.0}}},
+                    {"run_key": "c", "config": {"task": "rte", "lr": 2e-3, "steps": 400}, "cost": {"mean_step_s": 0.9},
+                     "scores": {"dev/accuracy": 0.52, "selection/accuracy": 0.59},
+                     "details": {"baselines": {"dev/accuracy": 0.5271}}}]
 
         def curves(self, key):
-            return [("eval", 100 * (i + 1), f"selection/{'accuracy' if key == 'a' else 'mcc'}", v)
+            return [("eval", 100 * (i + 1), f"selection/{'mcc' if key == 'b' else 'accuracy'}", v)
                     for i, v in enumerate(curves[key][:-1])] + [("train", 100, "loss", 1.0)]
 
-    sst2, cola = sorted(pilot_table.rows(Store()), key=lambda x: x["task"] != "sst2")
+    cola, rte, sst2 = pilot_table.rows(Store())
     assert sst2["baseline"] == 0.5092  # the record holds none: the dev majority share
     assert (sst2["clear"], sst2["near"], sst2["budget"]) == (100, 200, 300)  # gain 0.371: 90 % is 0.843
     assert (cola["clear"], cola["budget"]) == (None, None)  # 0.25 at 200 falls back to 0.1: never clearly above
-    table = pilot_table.markdown([sst2, cola]).splitlines()
-    assert table[0].count("|") == table[1].count("|") and "| 300 |" in table[2] and "| never |" in table[3]
+    assert rte["clear"] == 200 and (rte["dev_learned"], rte["budget"]) == (False, None)  # selection 58 > 52.7 + 5; dev 52
+    table = pilot_table.markdown([sst2, cola, rte]).splitlines()
+    assert table[0].count("|") == table[1].count("|") == table[4].count("|")
+    assert table[2].endswith("| 87.0 | – | 300 |") and "| never |" in table[3]
+    assert table[4].endswith("| 52.0 (not above the margin) | 0.90 | – |")
