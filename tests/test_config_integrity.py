@@ -15,12 +15,17 @@ from efficientft.resolve import resolve, run_key
 
 # ---------------------------------------------------------------------------------------------- canonical forms
 def test_keys_of_canonical_configs_are_pinned():
-    # Stored runs keep their keys: these are the keys these configs had before canonical forms existed.
-    assert run_key(RunConfig()) == "952b6ddcd9e0ad6c"
-    assert run_key(RunConfig(task="rte")) == "42cc1a40811c004f"
-    assert run_key(RunConfig(task="rte", targets="qv")) == "42cc1a40811c004f"
-    assert run_key(RunConfig(task="rte", targets="qkv", lr_ratio=4)) == "3daf8402bb6ad0a0"
-    assert run_key(RunConfig(task="sst2", targets="all-linear", lr=1e-3, seed=2)) == "a099c0ef36d250fd"
+    # Stored runs keep their keys: these are the keys these configs had before canonical forms existed; since the
+    # head setting (issue 25) they are the keys of runs that read MiniLM through BERT's frozen pooler, as all did.
+    old = {"head": "cls-pooler"}
+    assert run_key(RunConfig(**old)) == "952b6ddcd9e0ad6c"
+    assert run_key(RunConfig(task="rte", **old)) == "42cc1a40811c004f"
+    assert run_key(RunConfig(task="rte", targets="qv", **old)) == "42cc1a40811c004f"
+    assert run_key(RunConfig(task="rte", targets="qkv", lr_ratio=4, **old)) == "3daf8402bb6ad0a0"
+    assert run_key(RunConfig(task="sst2", targets="all-linear", lr=1e-3, seed=2, **old)) == "a099c0ef36d250fd"
+    # the default head of the bundled MiniLM is mean pooling (pilot.md), a new experiment with keys of its own
+    assert run_key(RunConfig()) == "42dffdc840c53280"
+    assert run_key(RunConfig(task="rte", targets="qkv", lr_ratio=4)) == "7ac9e1ec80a67aed"
 
 
 @pytest.mark.parametrize("kw", [

@@ -262,8 +262,8 @@ def prepare(cfg: RunConfig, runtime: Runtime | None = None, resume: TrainState |
         model = sharding.shard(model, runtime)
     compiled = _compile(model) if cfg.compile else None  # the method's modules in place, no optimizer state yet
     groups, optimizer, scheduler, warmup = _optimizer(cfg, method, model, total)
-    chosen = getattr(loaded.model.config, HEAD_KEY, cfg.head)
-    if cfg.head == "auto" and chosen not in HEADS_KEYED_AS_BEFORE:  # one key, one computation: never two
+    chosen = getattr(loaded.model.config, HEAD_KEY, None)  # None: no head was built (a generative run)
+    if cfg.head == "auto" and chosen is not None and chosen not in HEADS_KEYED_AS_BEFORE:  # one key, one computation
         raise ConfigError(f"model {cfg.model!r}: head auto chose {chosen!r} when the model loaded, but the run was "
                           f"planned (and keyed) before its files were on this machine; give --head {chosen} (or "
                           f"another head) so that the run's key says what it computes.", field="head")
