@@ -30,6 +30,7 @@ from ..vocab import DATA_LABEL_HASH as LABEL_HASH  # the label resolve gives use
 from ..vocab import higher_is_better
 from .learned import baseline_of, cell_learned
 from .rows import (
+    TUNED,
     flat_config,
     freeze,
     replicate,
@@ -114,6 +115,16 @@ def is_trial(r: dict) -> bool:
     re-runs (tag ``search_final``) are the results."""
     t = r.get("tags") or {}
     return t.get("search") is not None and t.get("search_final") is None
+
+
+def tuned_fields(r: dict) -> set[str]:
+    """The settings a search chose for this run's configuration (the re-run of a chosen configuration carries them in
+    its ``params`` tag, ``method_args.rank`` as ``rank``): per-task choices, not what the entry is. An entry tuned by
+    one search on several tasks is one row across them (its value per task is in the cell and the Tuned column)."""
+    t = r.get("tags") or {}
+    if t.get("search_final") is None:
+        return set()
+    return {str(p).rsplit(".", 1)[-1] for p in (t.get("params") or {})}
 
 
 def _metric(rec: dict, key: str, overrides: dict[str, str]) -> str:
@@ -218,7 +229,8 @@ def collect(store: Store, split: str = "dev", tasks: Iterable[str] | None = None
         task_order = list(dict.fromkeys(c for t in task_list for c in task_order
                                         if t in (c, name_of[c], LABEL_HASH.sub("", c))))
 
-    flats = {r["run_key"]: flat_config(r["config"]) for r in scored}
+    flats = {r["run_key"]: {k: TUNED if k in tuned_fields(r) else v for k, v in flat_config(r["config"]).items()}
+             for r in scored}
     names = sorted({k for f in flats.values() for k in f})
     per_task, common, method_settings, row_names = split_settings(scored, flats, names, tid, choose_lr)
 

@@ -1,8 +1,9 @@
 """``eft report --leaderboard``: who is best on each task, who is tied with the best, and at what cost.
 
 Built on the report's collection (:mod:`.collect`): an *entry* is a report row (method × targets × λ × method
-arguments, and the learning rate unless it was chosen per cell), scored per task by the mean over seeds with its 95 %
-Student-t interval.
+arguments, and the learning rate unless it was chosen per cell; a setting a search chose per task is ``tuned`` in
+the entry's name and its value is the cell's, :func:`.collect.tuned_fields`), scored per task by the mean over seeds
+with its 95 % Student-t interval.
 
 - **Tied with the best.** On each task the best entry is the one with the best mean in the metric's direction
   (:func:`efficientft.vocab.higher_is_better`). Every other entry is tested against it — paired t-test over the seeds

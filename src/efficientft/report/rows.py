@@ -83,6 +83,10 @@ def task_title(task: str) -> str:
     return task
 
 
+TUNED = "tuned"  # a row's value for a setting its search chose per task (each cell's value is in its runs)
+_SHORT = {"lr_ratio": "λ", "rank": "r"}  # how a row's label names these settings
+
+
 def flat_config(cfg: dict) -> dict[str, Any]:
     """A run's identity as one flat mapping: method arguments inline, replicate and environment fields out, and an
     option added after runs were stored left out at its default, as the run key leaves it (older records lack it:
@@ -108,7 +112,9 @@ def row_label(fields: dict[str, Any], shown: Sequence[str]) -> str:
         v = fields.get(k)
         if k in ("method", "targets") or v is None:
             continue
-        if k == "lr_ratio":
+        if v == TUNED:
+            parts.append(f"{_SHORT.get(k, k)}={TUNED}")
+        elif k == "lr_ratio":
             parts.append(f"λ={number(v):g}")
         elif k == "rank":
             parts.append(f"r={v}")
