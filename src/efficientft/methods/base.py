@@ -288,18 +288,23 @@ class Method:
 
     def reload(self, base: nn.Module, out_dir: Path, targets: list[Target], ctx: Context) -> nn.Module:
         """Rebuild the trained model from :meth:`export`'s files on top of a freshly loaded base model."""
-        from safetensors.torch import load_file
+        return load_trainable(self.prepare(base, targets, ctx), out_dir)
 
-        model = self.prepare(base, targets, ctx)
-        tensors = load_file(str(out_dir / TRAINABLE_FILE))
-        params = dict(model.named_parameters())
-        missing = [n for n in tensors if n not in params]
-        if missing:
-            raise ConfigError(f"{out_dir}: the export has tensors this model lacks: {missing[:3]}.")
-        with torch.no_grad():
-            for n, t in tensors.items():
-                params[n].copy_(t)
-        return model
+
+def load_trainable(model: nn.Module, out_dir: Path) -> nn.Module:
+    """Copy :meth:`Method.export`'s tensors into ``model``, prepared (and rebuilt to the exported shape) to hold
+    them; a tensor the model lacks is a :class:`ConfigError`."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(out_dir / TRAINABLE_FILE))
+    params = dict(model.named_parameters())
+    missing = [n for n in tensors if n not in params]
+    if missing:
+        raise ConfigError(f"{out_dir}: the export has tensors this model lacks: {missing[:3]}.")
+    with torch.no_grad():
+        for n, t in tensors.items():
+            params[n].copy_(t)
+    return model
 
 
 def check_export_dir(out_dir: str | Path, overwrite: bool = False) -> None:

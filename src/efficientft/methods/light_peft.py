@@ -72,7 +72,7 @@ from ._adapters import float_like, layer_of
 from ._decomp import frozen, set_out_major
 from ._inject import WrapsTargets
 from .args import FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, MethodArgs, arg
-from .base import TRAINABLE_FILE, Context
+from .base import TRAINABLE_FILE, Context, load_trainable
 from .capabilities import Capabilities
 
 REFERENCE_STEPS = 800  # scripts/estimate.sh: max_steps
@@ -439,7 +439,6 @@ class LightPeft(WrapsTargets):
 
     def reload(self, base: nn.Module, out_dir: Path, targets: list[Target], ctx: Context) -> nn.Module:
         from safetensors import safe_open
-        from safetensors.torch import load_file
 
         with safe_open(str(out_dir / TRAINABLE_FILE), "pt") as f:
             structure = (f.metadata() or {}).get("structure")
@@ -447,13 +446,5 @@ class LightPeft(WrapsTargets):
             raise ConfigError(f"{out_dir}: not a Light-PEFT export (no pruned structure in its metadata).")
         model = self.prepare(base, targets, ctx)
         self.load_state_dict(model, {"structure": structure})
-        params = dict(model.named_parameters())
-        tensors = load_file(str(out_dir / TRAINABLE_FILE))
-        missing = [n for n in tensors if n not in params]
-        if missing:
-            raise ConfigError(f"{out_dir}: the export has tensors this model lacks: {missing[:3]}.")
-        with torch.no_grad():
-            for n, t in tensors.items():
-                params[n].copy_(t)
-        return model
+        return load_trainable(model, out_dir)
 

@@ -62,7 +62,7 @@ from ._adapters import float_like
 from ._decomp import frozen, set_out_major
 from ._inject import WrapsTargets
 from .args import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, MethodArgs, arg, choice
-from .base import TRAINABLE_FILE, Context
+from .base import TRAINABLE_FILE, Context, load_trainable
 from .capabilities import Capabilities
 
 INIT_STD = 0.02  # the reference's std of a new block of A
@@ -331,7 +331,6 @@ class TriAdaptLoRA(WrapsTargets):
 
     def reload(self, base: nn.Module, out_dir: Path, targets: list[Target], ctx: Context) -> nn.Module:
         from safetensors import safe_open
-        from safetensors.torch import load_file
 
         with safe_open(str(out_dir / TRAINABLE_FILE), "pt") as f:
             ranks = json.loads((f.metadata() or {}).get("ranks", "null"))
@@ -339,12 +338,4 @@ class TriAdaptLoRA(WrapsTargets):
             raise ConfigError(f"{out_dir}: not a TriAdaptLoRA export (no ranks in its metadata).")
         model = self.prepare(base, targets, ctx)
         self._rebuild(model, ranks)
-        params = dict(model.named_parameters())
-        tensors = load_file(str(out_dir / TRAINABLE_FILE))
-        missing = [n for n in tensors if n not in params]
-        if missing:
-            raise ConfigError(f"{out_dir}: the export has tensors this model lacks: {missing[:3]}.")
-        with torch.no_grad():
-            for n, t in tensors.items():
-                params[n].copy_(t)
-        return model
+        return load_trainable(model, out_dir)
