@@ -169,26 +169,27 @@ class ReversibleEncoder(nn.Module):
         dy1, dy2 = dy.chunk(2, dim=-1)
         if self.swap:
             (y1, y2), (dy1, dy2) = (y2, y1), (dy2, dy1)
-        with torch.enable_grad():
-            u = y1.to(dtype).detach().requires_grad_(True)
-            with _replay(rng[1], autocast, y):
-                g = self.G(i, u, mask)
-            d = torch.autograd.grad(g, [u, *params], dy2.to(g.dtype), allow_unused=True)
-        _accumulate(grads, d[1:])
+        def recompute(fn: Any, x: torch.Tensor, state: Any, dout: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            """fn(x) recomputed under the forward's RNG state, its parameters' gradients for ``dout`` added into
+            ``grads``; returns fn(x) and the gradient with respect to x (both no longer part of a graph)."""
+            with torch.enable_grad():
+                u = x.to(dtype).detach().requires_grad_(True)
+                with _replay(state, autocast, y):
+                    out = fn(i, u, mask)
+                d = torch.autograd.grad(out, [u, *params], dout.to(out.dtype), allow_unused=True)
+            _accumulate(grads, d[1:])
+            return out.detach(), d[0]
+
+        g, dg = recompute(self.G, y1, rng[1], dy2)
         with torch.no_grad():
             x2 = (y2 - g.to(y.dtype)) / self.beta
-            dy1 = dy1 + d[0].to(dy.dtype)
-        del g, u
-        with torch.enable_grad():
-            v = x2.to(dtype).detach().requires_grad_(True)
-            with _replay(rng[0], autocast, y):
-                f = self.F(i, v, mask)
-            d = torch.autograd.grad(f, [v, *params], dy1.to(f.dtype), allow_unused=True)
-        _accumulate(grads, d[1:])
+            dy1 = dy1 + dg.to(dy.dtype)
+        del g, dg
+        f, df = recompute(self.F, x2, rng[0], dy1)
         with torch.no_grad():
             x1 = (y1 - f.to(y.dtype)) / self.lam
             dx1 = self.lam * dy1
-            dx2 = self.beta * dy2 + d[0].to(dy.dtype)
+            dx2 = self.beta * dy2 + df.to(dy.dtype)
         return torch.cat([x1, x2], dim=-1), torch.cat([dx1, dx2], dim=-1)
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: Any = None, *args: Any, **kwargs: Any) -> Any:
