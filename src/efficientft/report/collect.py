@@ -49,8 +49,6 @@ from .values import number, order_key
 SPLITS = ("dev", "selection", "best_dev")
 SPLIT_TITLES = {"dev": "dev split", "selection": "selection split (carved from train)",
                 "best_dev": 'best dev score over evaluation points (the "best dev score" convention; optimistic)'}
-COST_FIELDS = ("trainable_params", "base_params", "trainable_fraction", "peak_memory_mb", "wall_s", "train_s",
-               "median_step_s", "tokens_per_s", "mfu")
 
 
 @dataclass
