@@ -163,6 +163,12 @@ def test_learned_and_tuning(lb):
     assert (t.search, t.trials, t.steps, t.tuned) == (SEARCH, 4, 180, {"lr": 3e-3, "rank": 8})
     assert t.text() == "lr=0.003, rank=8 (4 trials, 180 steps)"
     assert rte["lora"].tuning.text() == "lr=0.003 (no search)"
+    # ranked across tasks as scored, but the cells that did not learn are named beside the ranks, never silently
+    assert [c for c in lb.ranks.not_learned if c[1] == "rte"] == [(rte["bitfit"].row.label, "rte")]
+    from efficientft.report.board_output import ranks_text
+
+    assert any(line.startswith("⚠ Ranked as scored, but did not learn") and f"{rte['bitfit'].row.label} on RTE" in line
+               for line in ranks_text(lb))
 
 
 def test_lower_is_better_ranks_the_minimum_first(tmp_path):

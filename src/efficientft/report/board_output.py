@@ -73,6 +73,10 @@ def ranks_text(lb: Leaderboard) -> list[str]:
            + "; ".join(f"{lab} {r.mean_rank[lab]:.2f}" for lab in r.labels) + "."]
     if r.unranked:
         out.append(f"Not ranked (not scored on every task): {'; '.join(r.unranked)}.")
+    if r.not_learned:  # ranked as scored, but named: a rank among cells that did not learn is no claim
+        cells = "; ".join(f"{lab} on {task_title(t)}" for lab, t in r.not_learned)
+        out.append(f"⚠ Ranked as scored, but did not learn (no better than the trivial baseline beyond their "
+                   f"noise): {cells}.")
     if math.isfinite(r.friedman_p):
         out.append(f"Friedman test: χ² = {r.friedman_stat:.3f}, p = {p_text(r.friedman_p)} "
                    f"({'the entries differ' if r.friedman_p <= lb.alpha else 'no difference shown'} at "

@@ -117,6 +117,7 @@ class Ranks:
     why: str = ""  # no ranks at all
     why_no_test: str = ""  # ranks, but no Friedman test / diagram
     unranked: list[str] = field(default_factory=list)  # entries missing a task: not ranked
+    not_learned: list[tuple[str, str]] = field(default_factory=list)  # ranked (entry, task) cells that did not learn
 
 
 @dataclass
@@ -283,7 +284,9 @@ def _ranks(col: Collection, boards: list[TaskBoard]) -> Ranks:
     mean_rank = ranks.mean(axis=0)
     order = sorted(labels, key=lambda lab: (mean_rank[lab], labels.index(lab)))
     out = Ranks(order, {lab: float(mean_rank[lab]) for lab in order}, list(col.tasks),
-                unranked=[r.label for r in col.rows if r not in full])
+                unranked=[r.label for r in col.rows if r not in full],
+                not_learned=[(e.row.label, b.task) for b in boards for e in b.entries
+                             if e.learned is False and e.row in full])
     if len(full) < 3:
         out.why_no_test = "The Friedman test needs at least 3 entries scored on every task; there are 2."
         return out
