@@ -145,6 +145,8 @@ def test_layers_to_transform_takes_effect_on_the_trainable_set(layers, want, tin
     adapted = {n.split(".layer.")[1].split(".")[0] for n, q in p.model.named_parameters()
                if q.requires_grad and "lora_" in n}
     assert adapted == want
+    # the run records the targets it adapted, not every one the run named
+    assert {t["module"].split(".layer.")[1].split(".")[0] for t in p.info["targets"]} == want
     per_module = 2 * (32 + 32)  # A: r × 32, B: 32 × r
     head = sum(q.numel() for n, q in p.model.named_parameters() if q.requires_grad and "classifier" in n)
     assert p.method.trainable_parameters(p.model) == 2 * len(want) * per_module + head

@@ -270,7 +270,7 @@ def prepare(cfg: RunConfig, runtime: Runtime | None = None, resume: TrainState |
     info = {
         "model_path": loaded.path, "is_decoder": loaded.is_decoder,
         "pad_id": pad_id, "warmup_steps": warmup, "epochs": total * cfg.grad_accum / per_epoch,
-        "targets": [{"module": t.name, "role": t.role, "rows": t.out_slice} for t in targets],
+        "targets": [{"module": t.name, "role": t.role, "rows": t.out_slice} for t in method.adapted_targets(targets)],
         "train_examples": len(train), "eval_examples": {k: len(v) for k, v in evals.items()},
         **({"eval_examples_during": {k: min(len(v), cfg.eval_every_max) for k, v in evals.items()}}
            if cfg.eval_every_max else {}),

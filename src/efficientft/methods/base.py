@@ -168,6 +168,11 @@ class Method:
     def prepare(self, model: nn.Module, targets: list[Target], ctx: Context) -> nn.Module:
         raise NotImplementedError
 
+    def adapted_targets(self, targets: list[Target]) -> list[Target]:
+        """The targets :meth:`prepare` adapts, of those the run names (a method's argument may narrow them: the
+        generic PEFT method's ``layers_to_transform``); what a run records as its targets."""
+        return targets
+
     def param_roles(self, model: nn.Module) -> dict[str, str | None]:
         """Role of every trainable parameter (``"v"`` for W_v's, ``"head"`` for the head, None otherwise). Biases
         have none, unless the capabilities declare ``v_bias`` (BitFit): then a targeted module's bias carries that

@@ -205,12 +205,17 @@ class GenericPeft(PeftMethod):
         has no targets, and PEFT applies them to the modules it names."""
         return NARROWING if self.capabilities.targets != "none" else ()
 
-    def prepare(self, model: nn.Module, targets: list[Target], ctx: Context) -> nn.Module:
+    def adapted_targets(self, targets: list[Target]) -> list[Target]:
         if self._narrowing():
             if "layers_to_transform" in self.args.options:
                 targets = in_layers(targets, self.args.options["layers_to_transform"])
             if self.args.options.get("exclude_modules"):
                 targets = excluding(targets, self.args.options["exclude_modules"])
+        return targets
+
+    def prepare(self, model: nn.Module, targets: list[Target], ctx: Context) -> nn.Module:
+        targets = self.adapted_targets(targets)
+        if self._narrowing():
             for k in PATTERNS:
                 _check_pattern(self.args.tuner, k, self.args.options.get(k) or {}, targets)
         self.check_memory(model, targets, ctx)
