@@ -308,3 +308,79 @@ def test_a_bad_entry_search_is_one_line_before_any_training(tmp_path, tiny_bert,
         p.write_text(p.read_text().replace("search: {trials: 2}\n", ""))
     with pytest.raises(ConfigError, match=message):
         load_suite(p).expand()
+
+
+TWO_METHODS = ("  - {label: LoRA, method: lora, targets: qv, method_args: {rank: 4}}\n"
+               "  - {label: IA3, method: ia3, targets: qv}\n")
+
+
+def test_workers_search_configurations_side_by_side_and_choose_what_one_at_a_time_chooses(tmp_path, tiny_bert,
+                                                                                          glue_dir):
+    """--workers 2: two configurations' studies run at once (their runs overlap in time), each on a lane of its own,
+    and every study's trials, pruning and choice equal a one-at-a-time search's; the final runs are the same keys."""
+    def search(where: str, workers: int) -> tuple[list[tuple], dict, list[dict], list[str]]:
+        d = tmp_path / where
+        d.mkdir()
+        p = suite_file(d, tiny_bert, "{trials: 3, seed: 0, min_steps: 3, final_seeds: 1}", methods=TWO_METHODS)
+        lines: list[str] = []
+        summary = sweep(load_suite(p), Store(d / "runs.sqlite"), SweepOptions(env=environment(), workers=workers),
+                        log=lines.append)
+        trials = [(study, n, state, sorted(pr.items()), None if v is None else round(v, 4))
+                  for study, n, state, pr, v in trials_of(d / "runs.sqlite")]
+        done = [(" ia3 " in x and "ia3") or (" lora " in x and "lora") for x in lines if "] done " in x]
+        return trials, summary, Store(d / "runs.sqlite").runs(), done
+
+    one, s1, runs1, done1 = search("one", 1)
+    two, s2, runs2, done2 = search("two", 2)
+    assert len({t[0] for t in one}) == 2 and len(one) == 6
+    assert two == one
+    assert [(c["label"], c["chosen"], c["final"][0]["key"]) for c in s2["search"]["configurations"]] == \
+        [(c["label"], c["chosen"], c["final"][0]["key"]) for c in s1["search"]["configurations"]]
+    assert sorted(r["run_key"] for r in runs2) == sorted(r["run_key"] for r in runs1)
+    assert s2["executor"] == "local-pool" and s2["outcomes"] == s1["outcomes"]
+    # one at a time: every LoRA run finishes before the first IA3 run; side by side they finish interleaved, each
+    # configuration on a worker process of its own
+    assert done1 == sorted(done1, key=["lora", "ia3"].index) and set(done1) == {"lora", "ia3"}
+    assert sorted(done2) == sorted(done1) and done2 != done1, done2
+    workers = {m: {r["worker"] for r in runs2 if r["method"] == m} for m in ("lora", "ia3")}
+    assert len(workers["lora"]) == len(workers["ia3"]) == 1 and workers["lora"] != workers["ia3"], workers
+
+
+def test_a_side_by_side_search_stopped_with_sigterm_fails_no_trial_and_resumes_every_configuration(
+        tmp_path, tiny_bert, glue_dir):
+    """SIGTERM to `eft sweep --workers 2` while both configurations train: the lanes' runs stop, no trial is told
+    as failed (each study's trial in flight is left running, marked interrupted by
+    the next search), and the next search finishes each study with its full count of trials."""
+    p = suite_file(tmp_path, tiny_bert, "{trials: 4, min_steps: 3, final_seeds: 1}", methods=TWO_METHODS, steps=27)
+    store = tmp_path / "runs.sqlite"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "EFT_DATA_DIR": str(glue_dir),
+           "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    cmd = [sys.executable, "-m", "efficientft.cli", "sweep", str(p), "--store", str(store), "--workers", "2"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+        try:
+            trials = trials_of(store)
+        except sqlite3.Error:
+            continue
+        running = {t[0] for t in trials if t[2] == "RUNNING" and t[3]}
+        if len({t[0] for t in trials if t[2] in ("COMPLETE", "PRUNED")}) == 2 and len(running) == 2:
+            os.kill(proc.pid, signal.SIGTERM)
+            break
+    proc.wait(timeout=120)
+    assert proc.returncode not in (0, None, -signal.SIGKILL), "the search ended before it was stopped"
+    stopped = trials_of(store)
+    assert not [t for t in stopped if t[2] == "FAIL"], stopped  # nothing scored a stopped run as a failed trial
+    assert len({t[0] for t in stopped if t[2] == "RUNNING"}) == 2
+    # (a run stopped before its training loop began dies with SIGTERM's default: left `running` under a dead
+    # worker, it is taken over by the next sweep like any run of a killed worker)
+
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("was interrupted; it is replaced") == len([t for t in stopped if t[2] == "RUNNING"])
+    after = trials_of(store)
+    for study in {t[0] for t in after}:
+        mine = [t for t in after if t[0] == study]
+        assert len([t for t in mine if t[2] in ("COMPLETE", "PRUNED")]) == 4, mine
+    assert {r["status"] for r in Store(store).runs()} == {"done"}

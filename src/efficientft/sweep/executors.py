@@ -160,20 +160,32 @@ def gpu_count() -> int:
         return 0
 
 
+STOP_WAIT_S = 60.0  # how long a stopped pool waits for its workers to store their runs ``cancelled``
+
+
 class LocalPool:
     """``workers`` spawned processes sharing the CPU (threads split evenly) or one GPU each."""
 
     name = "local-pool"
 
     def __init__(self, store_path: str, workers: int, retry_failed: bool = False, reclaim: bool = False,
-                 fresh_process: bool = False) -> None:
+                 fresh_process: bool = False, slots: int | None = None) -> None:
         self.store_path, self.workers, self.retry_failed, self.reclaim = store_path, workers, retry_failed, reclaim
+        self.slots = slots or workers  # processes in this pool; the CPU's threads are split over ``workers``
         # one run per worker process: a long-lived process keeps what earlier runs allocated (caches, heap it cannot
         # return), so a later run's peak RSS measures the process's history, not the run (in a 44-run in-process
         # sweep the starting RSS rose from 432 to 632 MB, and small methods' peaks read above full fine-tuning's)
         self.fresh_process = fresh_process
         self._pool = None
         self._spawn = SpawnRecorder()  # the pools' worker processes
+        self._aborted = False
+
+    def lanes(self) -> list[LocalPool]:
+        """One single-process pool per worker, the CPU's threads split as in this pool: independent drivers (a
+        search's configurations, side by side) each train one run at a time on a lane of their own, and a lane's
+        dead worker is recovered without touching the others (:meth:`run`'s rule, per lane)."""
+        return [LocalPool(self.store_path, self.workers, self.retry_failed, self.reclaim, self.fresh_process, slots=1)
+                for _ in range(self.workers)]
 
     def _new_pool(self, workers: int):
         from concurrent.futures import ProcessPoolExecutor
@@ -190,7 +202,7 @@ class LocalPool:
                                    initargs=(threads, devices), max_tasks_per_child=1 if self.fresh_process else None)
 
     def _start(self):
-        self._pool = self._new_pool(self.workers)
+        self._pool = self._new_pool(self.slots)
         return self._pool
 
     def _discard(self) -> None:
@@ -213,6 +225,7 @@ class LocalPool:
         outs: list[Outcome] = []
         pending = list(items)
         while pending:
+            self._check_aborted()
             pool = self._pool or self._start()
             futures = {pool.submit(_pool_execute, item, self.store_path, self.retry_failed, self.reclaim): item
                        for item in pending}
@@ -228,6 +241,7 @@ class LocalPool:
                 outs.append(out)
             if not broken:
                 break
+            self._check_aborted()  # its workers were stopped on purpose: nothing to recover
             self._discard()
             suspects = [item for item in broken if _in_flight(item, self.store_path)]
             pending = [item for item in broken if item not in suspects]
@@ -246,20 +260,33 @@ class LocalPool:
                     self._discard()
                 on_result(out)
                 outs.append(out)
+        self._check_aborted()  # a run stopped by the abort is no result to build on (a search would score it)
         return outs
+
+    def _check_aborted(self) -> None:
+        """After :meth:`close` with ``abort`` (called from another thread), a caller of :meth:`run` stops as if it
+        had been interrupted itself: its runs were stopped and stored ``cancelled``, for the next sweep."""
+        if self._aborted:
+            raise KeyboardInterrupt("the sweep was stopped")
 
     def close(self, abort: bool = False) -> None:
         """Wait for the workers to exit; on ``abort`` (Ctrl-C, SIGTERM) do not wait for their runs: queued runs
         are dropped and each worker is sent SIGTERM, so its run saves a checkpoint at the end of the step under
-        way and is stored ``cancelled`` (the next sweep continues it). The signal is sent, not assumed: a SIGINT
+        way and is stored ``cancelled`` (the next sweep continues it); the workers are given up to
+        :data:`STOP_WAIT_S` to do so before this returns (the sweep's exit would otherwise race their writes and
+        leave the run ``running`` under a dead worker, to be reclaimed). The signal is sent, not assumed: a SIGINT
         or SIGTERM sent to this process alone (``kill PID``, a scheduler) never reaches the workers, and the
         pool's exit handler would wait for their whole runs."""
+        self._aborted = self._aborted or abort
         if self._pool is not None:
             workers = list(self._spawn.processes) if abort else []
             self._pool.shutdown(wait=not abort, cancel_futures=True)
             for p in workers:
                 if p.is_alive():
                     p.terminate()
+            deadline = time.monotonic() + STOP_WAIT_S  # until each has stored its run (a step, then the write)
+            for p in workers:
+                p.join(timeout=max(0.0, deadline - time.monotonic()))
             self._pool = None
 
 

@@ -22,6 +22,11 @@ samples the same values again and finds its finished rung runs done in the store
 halving stays where it is: it halves a fixed grid synchronously, which Optuna's pruner (asynchronous, over sampled
 trials) does not express more simply.
 
+With ``--workers N`` the configurations are searched side by side, N at a time (:func:`side_by_side`): each
+drives its own study on a single-process lane of the pool, so N cores train N trials at once. A configuration's
+trials stay sequential (TPE samples each from the ones before it), and every configuration samples, prunes and
+chooses exactly what a one-at-a-time search would.
+
 With ``--executor ray`` the same search runs through Ray Tune (:mod:`.search_ray`): the same space, trials,
 rungs, metric and runs (:func:`trial_run` builds a rung's run for both), the same choice and final re-runs
 (:func:`_final` reads the :class:`Trial` records either engine returns).
@@ -204,30 +209,88 @@ def run_search(suite: Suite, runs: list[PlannedRun], store: Store, executor, on_
                            "trials": se.trials, "seed": se.seed, "reduction_factor": se.reduction_factor,
                            "configurations": []}
 
-    def train(run: PlannedRun) -> dict | None:
-        executor.run([item(run)], on_result)
-        return store.get(run.key)
+    def trainer(lane) -> Callable[[PlannedRun], dict | None]:
+        def train(run: PlannedRun) -> dict | None:
+            lane.run([item(run)], on_result)
+            return store.get(run.key)
+        return train
 
     if on_ray:
-        def trials_of(base: PlannedRun, metric: str, maximise: bool) -> list[Trial]:
+        def trials_of(base: PlannedRun, metric: str, maximise: bool, train: Callable) -> list[Trial]:
             return tune(suite, base, metric, maximise, store, executor, on_result, log)
     else:
         optuna = optuna_or_error()
         storage = optuna.storages.RDBStorage(f"sqlite:///{storage_path(store)}")
 
-        def trials_of(base: PlannedRun, metric: str, maximise: bool) -> list[Trial]:
+        def trials_of(base: PlannedRun, metric: str, maximise: bool, train: Callable) -> list[Trial]:
             return _optuna_trials(optuna, storage, suite, base, metric, maximise, train, log)
-    for base in groups.values():
+
+    def configuration(base: PlannedRun, lane) -> dict[str, Any]:
         metric = metric_of(suite, base.cfg)
         maximise = higher_is_better(metric)
-        trials = trials_of(base, metric, maximise)
-        out["configurations"].append(_final(suite, base, trials, metric, maximise, train, log))
+        train = trainer(lane)
+        return _final(suite, base, trials_of(base, metric, maximise, train), metric, maximise, train, log)
+
+    lanes = executor.lanes() if not on_ray and hasattr(executor, "lanes") and executor.workers > 1 else None
+    if lanes is not None:  # the lanes' threads report through one lock (the closures above read these names)
+        on_result, log = serialised(on_result), serialised(log)
+    if lanes is None:
+        out["configurations"] = [configuration(base, executor) for base in groups.values()]
+    else:
+        out["configurations"] = side_by_side(list(groups.values()), lanes, configuration)
     from ..report.search_plot import tuning_budget
 
     stem = Path(store.path).stem
     out["plot"] = [str(p) for p in tuning_budget([r for r in store.runs() if (r.get("tags") or {}).get("search")
                                                    == suite.name], Path(store.path).parent, f"{stem}.{suite.name}")]
     return out
+
+
+def serialised(fn: Callable) -> Callable:
+    import threading
+
+    lock = threading.Lock()
+
+    def one_at_a_time(*args: Any) -> Any:
+        with lock:
+            return fn(*args)
+    return one_at_a_time
+
+
+def side_by_side(bases: list[PlannedRun], lanes: list, configuration: Callable) -> list[dict[str, Any]]:
+    """Search the configurations ``bases`` side by side, one per lane (``--workers N``: N lanes), each driving its
+    own Optuna study and training on its own single-process lane; returns their rows in ``bases``' order. The
+    studies are independent (each its own seeded sampler, pruner and trials), so every configuration samples,
+    prunes and chooses what a one-at-a-time search would. Stopped (Ctrl-C, SIGTERM): every lane's runs are stopped
+    and stored ``cancelled``, and each study's trial in flight is left running, replaced by the next search."""
+    import queue
+    from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+
+    free: queue.SimpleQueue = queue.SimpleQueue()
+    for lane in lanes:
+        free.put(lane)
+
+    def job(base: PlannedRun) -> dict[str, Any]:
+        lane = free.get()
+        try:
+            return configuration(base, lane)
+        finally:
+            free.put(lane)
+
+    pool = ThreadPoolExecutor(max_workers=len(lanes), thread_name_prefix="search-lane")
+    try:
+        futures = [pool.submit(job, base) for base in bases]
+        wait(futures, return_when=FIRST_EXCEPTION)  # one configuration's error stops the others now
+        rows = [f.result() for f in futures]
+    except BaseException:
+        for lane in lanes:
+            lane.close(abort=True)
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown()
+    for lane in lanes:
+        lane.close()
+    return rows
 
 
 def _optuna_trials(optuna, storage, suite: Suite, base: PlannedRun, metric: str, maximise: bool, train: Callable,
