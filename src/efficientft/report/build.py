@@ -15,6 +15,8 @@ from .collect import SPLIT_TITLES, Collection, collect
 from .compare import Comparison, compare
 from .cost import CostRow, Spent, cost_rows, spent
 from .stats import TESTS
+from .strategy import Analysis, analyse
+from .strategy import markdown as strategy_markdown
 from .values import order_key, show
 
 FORMATS = ("md", "html", "latex", "csv")
@@ -29,6 +31,7 @@ class Report:
     spent: Spent | None = None
     plots: list[Path] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)
+    strategy: Analysis | None = None  # methods with a qkv λ = 1 arm and others: the two-factor analysis
 
     def markdown_table(self) -> str:
         return tables.markdown(self.table)
@@ -55,7 +58,7 @@ def build(store: Store, split: str = "dev", tasks: Sequence[str] | None = None,
         raise ConfigError(f"digits must be between 0 and 4, got {digits}.")
     col = collect(store, split, tasks, methods, tags, metrics, select_lr)
     return Report(col, tables.build_table(col, digits, ci), compare(col, pairs, test), cost_rows(col),
-                  spent(store.runs()))
+                  spent(store.runs()), strategy=analyse(col))
 
 
 def markdown_document(rep: Report, plot_dir: Path | None = None) -> str:
@@ -66,6 +69,9 @@ def markdown_document(rep: Report, plot_dir: Path | None = None) -> str:
              rep.markdown_table(), ""]
     lines += [md(n) + "  " for n in t.notes] + [""]
     lines += ["## Paired comparisons (A − B over matched seeds)", "", tables.md_comparisons(rep.comparisons), ""]
+    if rep.strategy is not None:
+        lines += ["## The strategy per method (two factors: method × strategy)", ""]
+        lines += strategy_markdown(rep.strategy)
     lines += ["## Cost", "", tables.md_costs(rep.costs), "", tables.spent_text(rep.spent), ""]  # our own words
     if col.select_lr:
         lines += ["## Selected learning rates", "", "| Configuration | Task | lr | selected on | candidates (mean) |",
