@@ -408,10 +408,21 @@ def _report(store: Store | str | Path | None, split: str, tasks: Sequence[str] |
         formats = parse_formats(formats)
     if out is not None:
         check_output_dir(out, "--out")  # before the store is read: a bad folder must not wait for a report
-    db = open_store(store, create=False)
+    db = _results(store)
     rep = build(db, split, _names(tasks, "tasks"), _names(methods, "methods"), select_lr=select_lr, **options)
     files = write(rep, db, Path(out), formats, plots=plots) if out is not None else []
     return rep, files
+
+
+def _results(store: Store | str | Path | None) -> Store:
+    """The store to report on: a store, or an export of one (``eft export``'s ``.parquet`` / ``.csv`` / ``.jsonl``,
+    rebuilt by :func:`efficientft.export.load_export`)."""
+    if isinstance(store, (str, os.PathLike)):
+        from .export import is_export, load_export
+
+        if is_export(store):
+            return load_export(store)
+    return open_store(store, create=False)
 
 
 def leaderboard(store: Store | str | Path | None = None, split: str = "dev", tasks: Sequence[str] | None = None,
@@ -440,7 +451,7 @@ def leaderboard(store: Store | str | Path | None = None, split: str = "dev", tas
         from .outputs import check_output_dir
 
         check_output_dir(out, "--out")
-    db = open_store(store, create=False)
+    db = _results(store)
     lb = build_leaderboard(db, split, _names(tasks, "tasks"), _names(methods, "methods"), tags, metrics, select_lr,
                            reference)
     if out is not None:

@@ -7,6 +7,11 @@ Values that stay lists or mappings (``config.method_args`` when empty, curves of
 mix types are written as JSON text, so every format gets one type per column. CSV and Parquet are written by
 pandas and pyarrow; JSON lines by :mod:`json`, whose floats round-trip exactly (pandas' ``to_json`` keeps at most 15
 significant digits, so ``0.1 + 0.2`` came back as ``0.3``).
+
+The column ``record.json`` holds each run's record whole, as JSON (flattening cannot be undone in general: a key
+may hold a dot, a text column may hold JSON), so an export is also a store in a file: :func:`load_export` rebuilds
+the store from it, and ``eft report --store runs.parquet`` (and ``--leaderboard``) reads an export as it reads a
+store — published results are rebuilt by their commands without re-running anything.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ if TYPE_CHECKING:
 FORMATS = ("csv", "parquet", "jsonl")
 _SUFFIX = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 NESTED = ("config", "scores", "cost", "provenance", "details", "tags")
+RECORD = "record.json"  # the whole record, for load_export
 
 
 def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
@@ -65,7 +71,7 @@ def runs_frame(store: Store | str | Path, status: str | Iterable[str] | None = N
     import pandas as pd
 
     store = open_store(store, create=False)
-    rows = [flat_record(r) for r in store.runs(status)]
+    rows = [{**flat_record(r), RECORD: json.dumps(r, sort_keys=True, default=str)} for r in store.runs(status)]
     df = pd.DataFrame.from_records(rows)
     if not rows:
         return df
@@ -157,3 +163,41 @@ def export_store(store: Store | str | Path, out: str | Path, fmt: str | None = N
         write_frame(df, path, fmt)
         written[path] = len(df)
     return written
+
+
+def is_export(path: str | Path) -> bool:
+    """A path named like an export (``.parquet``, ``.csv``, ``.jsonl``...), not a store."""
+    return Path(path).suffix.lower() in _SUFFIX
+
+
+def load_export(path: str | Path, fmt: str | None = None) -> Store:
+    """The store an export was written from, rebuilt in a temporary file (removed when this process exits): every
+    record as it was stored (from ``record.json``) and its curves (from ``NAME.curves.SUFFIX`` beside it)."""
+    import atexit
+    import shutil
+    import tempfile
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"no export at {str(path)!r} (an export is the --out file of `eft export`).")
+    fmt = format_of(path, fmt)
+    runs = read_frame(path, fmt)
+    if RECORD not in runs.columns:
+        raise ConfigError(f"{str(path)!r} has no {RECORD!r} column (written by an older `eft export`): export the "
+                          f"store again to rebuild reports from it.")
+    curves_path = side_path(path, "curves")
+    curves: dict[str, list[tuple[str, int, str, float]]] = {}
+    if curves_path.is_file():
+        for key, kind, step, name, value in read_frame(curves_path, fmt)[["run_key", "kind", "step", "name",
+                                                                           "value"]].itertuples(index=False):
+            curves.setdefault(str(key), []).append((str(kind), int(step), str(name), float(value)))
+    where = Path(tempfile.mkdtemp(prefix="eft-export-"))
+    atexit.register(shutil.rmtree, where, True)
+    store = Store(where / f"{path.stem}.sqlite")
+    store.shown_as = f"{path} (an export, rebuilt)"
+    for text in runs[RECORD]:
+        rec = json.loads(text)
+        key = rec["run_key"]
+        store.claim(key, rec.get("config") or {}, rec.get("tags") or {})
+        store.import_run(rec, curves.get(key, ()))
+    return store

@@ -260,7 +260,7 @@ def collect(store: Store, split: str = "dev", tasks: Iterable[str] | None = None
     comparable = {t: all((r.get("provenance") or {}).get("comparable", True) for r in scored
                          if tid[r["run_key"]] == t) for t in task_order}
     superseded = [x for row in rows for c in row.cells.values() for x in c.superseded]
-    return Collection(str(store.path), split, task_order, {t: metric_of[t] for t in task_order}, rows, shown,
+    return Collection(store.shown_as, split, task_order, {t: metric_of[t] for t in task_order}, rows, shown,
                       common, per_task, not_done, unscored, comparable, choose_lr,
                       {m: dict(sorted(v.items())) for m, v in sorted(method_settings.items())}, superseded,
                       searches, trials)

@@ -139,6 +139,7 @@ class Connection:
 
     def __init__(self, path: str | os.PathLike | None = None, timeout: float = 60.0, readonly: bool = False) -> None:
         self.path = self.default_path(path)
+        self.shown_as = str(self.path)  # how reports name it (a store rebuilt from an export: the export's path)
         self.timeout = timeout
         self.readonly = readonly
         self._held: dict[str, str] = {}  # run key -> token of the claim this instance holds
