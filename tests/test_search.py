@@ -46,6 +46,13 @@ def suite_file(tmp_path: Path, model: Path, search: str, methods: str | None = N
     return p
 
 
+def sweep_command(suite: Path, store: Path, glue_dir, *flags: str) -> tuple[list[str], dict[str, str]]:
+    """`eft sweep SUITE --store STORE FLAGS` as a subprocess's command and environment (one thread, this checkout)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "EFT_DATA_DIR": str(glue_dir),
+           "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return [sys.executable, "-m", "efficientft.cli", "sweep", str(suite), "--store", str(store), *flags], env
+
+
 def trials_of(store_path: Path) -> list[tuple]:
     """(study, number, state, params, value) of every trial in the search's Optuna storage, read with sqlite3."""
     db = sqlite3.connect(storage_path(Store(store_path)))
@@ -196,9 +203,7 @@ def test_the_same_seed_gives_the_same_trials(tmp_path, tiny_bert, glue_dir):
 def test_a_search_killed_with_sigkill_resumes_and_loses_no_finished_trial(tmp_path, tiny_bert, glue_dir):
     p = suite_file(tmp_path, tiny_bert, "{trials: 6, min_steps: 3, final_seeds: 1}")
     store = tmp_path / "runs.sqlite"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "EFT_DATA_DIR": str(glue_dir),
-           "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    cmd = [sys.executable, "-m", "efficientft.cli", "sweep", str(p), "--store", str(store)]
+    cmd, env = sweep_command(p, store, glue_dir)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     finished: list[tuple] = []
     deadline = time.time() + 240
@@ -353,9 +358,7 @@ def test_a_side_by_side_search_stopped_with_sigterm_fails_no_trial_and_resumes_e
     the next search), and the next search finishes each study with its full count of trials."""
     p = suite_file(tmp_path, tiny_bert, "{trials: 4, min_steps: 3, final_seeds: 1}", methods=TWO_METHODS, steps=27)
     store = tmp_path / "runs.sqlite"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "EFT_DATA_DIR": str(glue_dir),
-           "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    cmd = [sys.executable, "-m", "efficientft.cli", "sweep", str(p), "--store", str(store), "--workers", "2"]
+    cmd, env = sweep_command(p, store, glue_dir, "--workers", "2")
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
