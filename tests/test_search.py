@@ -53,6 +53,23 @@ def sweep_command(suite: Path, store: Path, glue_dir, *flags: str) -> tuple[list
     return [sys.executable, "-m", "efficientft.cli", "sweep", str(suite), "--store", str(store), *flags], env
 
 
+def signal_when(cmd: list[str], env: dict[str, str], store: Path, sig: int, ready) -> subprocess.Popen:
+    """Start the sweep; send it ``sig`` as soon as ``ready(trials)`` holds of its Optuna trials (polled); give up
+    after 240 s (the caller's assertions then say it ended first)."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+        try:
+            trials = trials_of(store)
+        except sqlite3.Error:
+            continue
+        if ready(trials):
+            os.kill(proc.pid, sig)
+            break
+    return proc
+
+
 def trials_of(store_path: Path) -> list[tuple]:
     """(study, number, state, params, value) of every trial in the search's Optuna storage, read with sqlite3."""
     db = sqlite3.connect(storage_path(Store(store_path)))
@@ -204,19 +221,8 @@ def test_a_search_killed_with_sigkill_resumes_and_loses_no_finished_trial(tmp_pa
     p = suite_file(tmp_path, tiny_bert, "{trials: 6, min_steps: 3, final_seeds: 1}")
     store = tmp_path / "runs.sqlite"
     cmd, env = sweep_command(p, store, glue_dir)
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    finished: list[tuple] = []
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-        try:
-            trials = trials_of(store)
-        except sqlite3.Error:
-            continue
-        finished = [t for t in trials if t[2] in ("COMPLETE", "PRUNED")]
-        if len(finished) >= 2 and any(t[2] == "RUNNING" and t[3] for t in trials):  # sampled, training
-            os.kill(proc.pid, signal.SIGKILL)
-            break
+    proc = signal_when(cmd, env, store, signal.SIGKILL, lambda trials: len(
+        [t for t in trials if t[2] in ("COMPLETE", "PRUNED")]) >= 2 and any(t[2] == "RUNNING" and t[3] for t in trials))
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, f"the search ended before it was killed: {proc.stderr.read()}"
     finished = [t for t in trials_of(store) if t[2] in ("COMPLETE", "PRUNED")]
@@ -359,18 +365,9 @@ def test_a_side_by_side_search_stopped_with_sigterm_fails_no_trial_and_resumes_e
     p = suite_file(tmp_path, tiny_bert, "{trials: 4, min_steps: 3, final_seeds: 1}", methods=TWO_METHODS, steps=27)
     store = tmp_path / "runs.sqlite"
     cmd, env = sweep_command(p, store, glue_dir, "--workers", "2")
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-        try:
-            trials = trials_of(store)
-        except sqlite3.Error:
-            continue
-        running = {t[0] for t in trials if t[2] == "RUNNING" and t[3]}
-        if len({t[0] for t in trials if t[2] in ("COMPLETE", "PRUNED")}) == 2 and len(running) == 2:
-            os.kill(proc.pid, signal.SIGTERM)
-            break
+    proc = signal_when(cmd, env, store, signal.SIGTERM, lambda trials: len(
+        {t[0] for t in trials if t[2] in ("COMPLETE", "PRUNED")}) == 2 and len(
+        {t[0] for t in trials if t[2] == "RUNNING" and t[3]}) == 2)  # both studies have finished one and train one
     proc.wait(timeout=120)
     assert proc.returncode not in (0, None, -signal.SIGKILL), "the search ended before it was stopped"
     stopped = trials_of(store)
