@@ -384,3 +384,83 @@ def test_a_side_by_side_search_stopped_with_sigterm_fails_no_trial_and_resumes_e
         mine = [t for t in after if t[0] == study]
         assert len([t for t in mine if t[2] in ("COMPLETE", "PRUNED")]) == 4, mine
     assert {r["status"] for r in Store(store).runs()} == {"done"}
+
+
+# ---------------------------------------------------------------------------------------------- synchronous halving
+def test_synchronous_promotion_keeps_the_best_n_over_eta_of_every_value_at_the_rung():
+    from efficientft.sweep.search import promoted
+
+    assert promoted({0: 0.5, 1: 0.7, 2: 0.6, 3: 0.4, 4: 0.9, 5: 0.1}, {}, 3, True) == {4, 1}
+    assert promoted({0: 0.5, 1: 0.7, 2: 0.6, 3: 0.4, 4: 0.9, 5: 0.1}, {}, 3, False) == {5, 3}  # a loss: lowest
+    assert promoted({7: 0.5, 8: 0.5}, {}, 3, True) == {7}  # max(1, 2 // 3) = 1; a tie: the lower number
+    # earlier trials (a resumed search) take places without being this batch's: 8 values, 2 places, one taken
+    assert promoted({6: 0.8, 7: 0.3}, {0: 0.9, 1: 0.1, 2: 0.2, 3: 0.2, 4: 0.3, 5: 0.4}, 3, True) == {6}
+    assert promoted({6: 0.1, 7: 0.3}, {0: 0.9, 1: 0.8, 2: 0.2, 3: 0.2, 4: 0.3, 5: 0.4}, 3, True) == set()
+
+
+def _rung_scores(store_path: Path, rung: int) -> dict[float, float]:
+    """lr -> selection accuracy of the stored rung runs (a trial's lr identifies it: one lr per trial)."""
+    return {r["config"]["lr"]: r["scores"]["selection/accuracy"] for r in Store(store_path).runs()
+            if (r.get("tags") or {}).get("rung") == rung}
+
+
+def test_synchronous_halving_trains_every_trials_rung_before_promoting_the_best_third(tmp_path, tiny_bert,
+                                                                                       glue_dir):
+    """search: {halving: synchronous}, 6 trials, η = 3, rungs 1 and 3 of 9 steps: 6 first-rung runs, then exactly
+    the best 2 by selection score (ties: the lower trial number) at 3 steps, then the better of those 2 at the full
+    budget — 1 complete, 5 pruned; the choice is that trial's, re-run on a new seed. (Asynchronous halving sends
+    the first trials on before the others are scored.)"""
+    p = suite_file(tmp_path, tiny_bert, "{trials: 6, seed: 3, min_steps: 1, final_seeds: 1, halving: synchronous}")
+    store = tmp_path / "runs.sqlite"
+    summary = sweep(load_suite(p), Store(store), SweepOptions(env=environment()), log=lambda line: None)
+    trials = trials_of(store)
+    assert sorted(t[2] for t in trials) == ["COMPLETE"] + ["PRUNED"] * 5
+    lr_of = {r["tags"]["trial"]: r["config"]["lr"] for r in Store(store).runs() if r["tags"].get("rung") == 0}
+    first, second, full = (_rung_scores(store, k) for k in (0, 1, 2))
+    assert len(first) == 6 and len(second) == 2 and len(full) == 1
+    best_two = sorted(lr_of, key=lambda n: (-first[lr_of[n]], n))[:2]
+    assert set(second) == {lr_of[n] for n in best_two}
+    winner = sorted(best_two, key=lambda n: (-second[lr_of[n]], n))[0]
+    assert set(full) == {lr_of[winner]}
+    conf = summary["search"]["configurations"][0]
+    assert conf["chosen"]["lr"] == pytest.approx(lr_of[winner]) and conf["trials"]["COMPLETE"] == 1
+    assert conf["steps_spent"] == 6 * 1 + 2 * 3 + 9  # exactly successive halving's count
+
+
+def test_a_synchronous_search_killed_in_its_first_rung_resamples_the_same_trials_and_retrains_nothing_done(
+        tmp_path, tiny_bert, glue_dir):
+    p = suite_file(tmp_path, tiny_bert, "{trials: 6, min_steps: 3, final_seeds: 1, halving: synchronous}",
+                   steps=27)
+    store = tmp_path / "runs.sqlite"
+    cmd, env = sweep_command(p, store, glue_dir)
+    proc = signal_when(cmd, env, store, signal.SIGKILL, lambda trials: len(Store(store).runs("done")) >= 2
+                       if store.exists() else False)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, f"the search ended before it was killed: {proc.stderr.read()}"
+    before = trials_of(store)
+    done_before = {r["run_key"] for r in Store(store).runs("done")}
+    assert len(before) == 6 and {t[2] for t in before} == {"RUNNING"} and len(done_before) >= 2
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("was interrupted; it is replaced") == 6
+    after = [t for t in trials_of(store) if t[1] >= 6]
+    assert sorted(t[3]["lr"] for t in after) == sorted(t[3]["lr"] for t in before)  # the same values again
+    assert out.stdout.count("] skipped (done)") == len(done_before), out.stdout  # their first rungs: found done
+    assert sorted(t[2] for t in after) == ["COMPLETE"] + ["PRUNED"] * 5
+
+
+def test_synchronous_halving_is_refused_on_ray_and_a_bad_value_in_one_line(tmp_path, tiny_bert, glue_dir, capsys):
+    from efficientft.cli import main
+
+    pytest.importorskip("ray")
+    p = suite_file(tmp_path, tiny_bert, "{trials: 2, halving: synchronous}")
+    assert main(["sweep", str(p), "--executor", "ray", "--store", str(tmp_path / "a.sqlite")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["eft sweep: error: search.halving: synchronous runs on the local executors (Optuna); on Ray, "
+                   "Tune's ASHA halves asynchronously: drop --executor ray, or the halving line."]
+    p = suite_file(tmp_path, tiny_bert, "{trials: 2, halving: sync}")
+    assert main(["sweep", str(p), "--store", str(tmp_path / "b.sqlite")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].endswith("line 13: search.halving must be asynchronous or synchronous, got "
+                                             "'sync'."), err
+    assert not (tmp_path / "a.sqlite").exists() and not (tmp_path / "b.sqlite").exists()

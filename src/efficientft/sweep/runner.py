@@ -58,6 +58,9 @@ def check_options(suite: Suite, opts: SweepOptions) -> None:
         from .ray_executor import ray_or_error
 
         ray_or_error(tune=suite.search is not None)  # a search runs on Ray Tune (sweep/search_ray.py)
+        if suite.search is not None and suite.search.halving == "synchronous":
+            raise ConfigError("search.halving: synchronous runs on the local executors (Optuna); on Ray, Tune's "
+                              "ASHA halves asynchronously: drop --executor ray, or the halving line.")
 
 
 # ---------------------------------------------------------------------------------------------- plan and cost

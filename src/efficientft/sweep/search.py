@@ -22,6 +22,11 @@ samples the same values again and finds its finished rung runs done in the store
 halving stays where it is: it halves a fixed grid synchronously, which Optuna's pruner (asynchronous, over sampled
 trials) does not express more simply.
 
+``halving: synchronous`` (the study suites') trains every trial's rung before any goes on, and promotes the best
+``max(1, ⌊n/η⌋)`` (:func:`_synchronous`): exactly successive halving's cost, where the asynchronous pruner lets the
+early trials of a rung through with nothing to compare them to (in a search of 8 trials, 3 reached the full budget
+where 1 is expected). Below TPE's 10 start-up trials the samples are random either way, so nothing is lost there.
+
 With ``--workers N`` the configurations are searched side by side, N at a time (:func:`side_by_side`): each
 drives its own study on a single-process lane of the pool, so N cores train N trials at once. A configuration's
 trials stay sequential (TPE samples each from the ones before it), and every configuration samples, prunes and
@@ -88,7 +93,8 @@ def search_cost(suite: Suite, runs: list[PlannedRun], timing: Callable[[PlannedR
                 | None = None) -> dict[str, Any]:
     """Optimizer steps of the search before running: at most (every trial through every rung), as successive
     halving expects (1/η of the trials go on at each rung; Optuna's asynchronous pruner lets a few more through:
-    the early trials of a rung have nothing to lose to), and the final re-runs. ``timing``: a configuration's
+    the early trials of a rung have nothing to lose to; ``halving: synchronous``: exactly ``max(1, ⌊n/η⌋)``), and
+    the final re-runs. ``timing``: a configuration's
     (seconds per step, seconds per run besides its steps), to give the same in CPU-seconds (None where unknown)."""
     se = suite.search
     groups = {r.tags["group"]: r for r in runs}
@@ -99,6 +105,10 @@ def search_cost(suite: Suite, runs: list[PlannedRun], timing: Callable[[PlannedR
     for r in groups.values():
         budgets = [*rungs_of(se, r.cfg.steps), r.cfg.steps]
         going = [se.trials / se.reduction_factor ** k for k in range(len(budgets))]  # trials reaching each rung
+        if se.halving == "synchronous":  # exactly: max(1, ⌊n / η⌋) go on from each rung
+            going = [float(se.trials)]
+            for _ in budgets[1:]:
+                going.append(float(max(1, int(going[-1]) // se.reduction_factor)))
         at_most = (se.trials * sum(budgets), se.trials * len(budgets))  # (steps, runs)
         expected = (sum(n * b for n, b in zip(going, budgets, strict=True)), sum(going))
         final = (se.final_seeds * r.cfg.steps, se.final_seeds)
@@ -293,17 +303,15 @@ def side_by_side(bases: list[PlannedRun], lanes: list, configuration: Callable) 
     return rows
 
 
-def _optuna_trials(optuna, storage, suite: Suite, base: PlannedRun, metric: str, maximise: bool, train: Callable,
-                   log: Callable[[str], None]) -> list[Trial]:
-    """One configuration's study: ask, train its rungs, tell, until ``trials`` are counted."""
+def _open_study(optuna, storage, suite: Suite, base: PlannedRun, maximise: bool, rungs: list[int],
+                log: Callable[[str], None]):
+    """The configuration's study (created, or loaded to resume), its trials left running by a killed search marked
+    failed (``interrupted``: not counted, replaced)."""
     se = suite.search
-    full = base.cfg.steps
-    rungs = rungs_of(se, full)
-    space = space_of(suite, base.cfg, base.tags.get("entry"))
     study = optuna.create_study(
         study_name=f"{suite.name}/{base.tags['group']}", storage=storage, load_if_exists=True,
         direction="maximize" if maximise else "minimize",
-        pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=rungs[0] if rungs else full,
+        pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=rungs[0] if rungs else base.cfg.steps,
                                                       reduction_factor=se.reduction_factor,
                                                       min_early_stopping_rate=0))
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
@@ -311,7 +319,26 @@ def _optuna_trials(optuna, storage, suite: Suite, base: PlannedRun, metric: str,
         storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
         log(f"search {suite.name}: trial {t.number} of {base.tags['label']} ({base.cfg.task}) was interrupted; "
             f"it is replaced")
+    return study
 
+
+def _trials(study, full: int) -> list[Trial]:
+    return [Trial(t.number, t.state.name, dict(t.params), t.value,
+                  sum(t.intermediate_values) + (full if t.state.name == "COMPLETE" else 0))
+            for t in study.get_trials(deepcopy=False) if not t.user_attrs.get(INTERRUPTED)]
+
+
+def _optuna_trials(optuna, storage, suite: Suite, base: PlannedRun, metric: str, maximise: bool, train: Callable,
+                   log: Callable[[str], None]) -> list[Trial]:
+    """One configuration's study: ask, train its rungs, tell, until ``trials`` are counted."""
+    se = suite.search
+    full = base.cfg.steps
+    rungs = rungs_of(se, full)
+    if se.halving == "synchronous":
+        return _synchronous(optuna, suite, base, metric, maximise, train, log, rungs,
+                            _open_study(optuna, storage, suite, base, maximise, rungs, log))
+    space = space_of(suite, base.cfg, base.tags.get("entry"))
+    study = _open_study(optuna, storage, suite, base, maximise, rungs, log)
     while len(done := _counted(study)) < se.trials:
         study.sampler = optuna.samplers.TPESampler(seed=sampler_seed(se, len(done)))
         trial = study.ask(distributions(optuna, space))
@@ -335,9 +362,72 @@ def _optuna_trials(optuna, storage, suite: Suite, base: PlannedRun, metric: str,
                 state, value, note = optuna.trial.TrialState.COMPLETE, v, f"{metric} {v:.4f}"
         study.tell(trial, value if state == optuna.trial.TrialState.COMPLETE else None, state=state)
         log(trial_line(suite, base, trial.number, params, note))
-    return [Trial(t.number, t.state.name, dict(t.params), t.value,
-                  sum(t.intermediate_values) + (full if t.state.name == "COMPLETE" else 0))
-            for t in study.get_trials(deepcopy=False) if not t.user_attrs.get(INTERRUPTED)]
+    return _trials(study, full)
+
+
+def promoted(values: dict[int, float], others: dict[int, float], eta: int, maximise: bool) -> set[int]:
+    """Synchronous successive halving's promotion at one rung: of every value scored there (``values``: this batch's
+    trials, by number; ``others``: earlier trials'), the best ``max(1, ⌊n / η⌋)`` go on — the count Optuna's
+    ``SuccessiveHalvingPruner`` keeps — where they are this batch's (ties: the lower trial number)."""
+    every = {**others, **values}
+    keep = max(1, len(every) // eta)
+    ranked = sorted(every, key=lambda num: (-every[num] if maximise else every[num], num))
+    return {num for num in ranked[:keep] if num in values}
+
+
+def _synchronous(optuna, suite: Suite, base: PlannedRun, metric: str, maximise: bool, train: Callable,
+                 log: Callable[[str], None], rungs: list[int], study) -> list[Trial]:
+    """Synchronous successive halving (``search: {halving: synchronous}``): the trials still to count are asked at
+    once (one TPE sampler, seeded by the search's seed and the trials already counted, so a search resumed before
+    any of them was told samples them again and finds their rung runs done), every one trains the first rung, the
+    best ``max(1, ⌊n/η⌋)`` go on to the next (:func:`promoted`; the others are told pruned), and so on to the full
+    budget. Optuna's asynchronous pruner instead decides each trial alone when it reaches a rung, so the early trials,
+    with nothing to lose to, go on: in a search of 8 trials three reached the full budget where one is expected.
+    With TPE's default 10 start-up trials, a search of 10 trials or fewer samples every trial at random either way,
+    so the synchronous schedule loses nothing of TPE's guidance there."""
+    se = suite.search
+    full = base.cfg.steps
+    space = space_of(suite, base.cfg, base.tags.get("entry"))
+    pruned, complete, failed = (optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.COMPLETE,
+                                optuna.trial.TrialState.FAIL)
+    need = se.trials - len(_counted(study))
+    if need <= 0:
+        return _trials(study, full)
+    earlier = _counted(study)
+    study.sampler = optuna.samplers.TPESampler(seed=sampler_seed(se, len(earlier)))
+    alive = {}
+    for _ in range(need):
+        t = study.ask(distributions(optuna, space))
+        alive[t.number] = (t, dict(t.params))
+    for k, budget in enumerate([*rungs, full]):
+        scores: dict[int, float] = {}
+        for num, (trial, params) in list(alive.items()):
+            try:
+                v = score_of(train(trial_run(suite, base, params, num, k, budget, metric)), metric)
+                note = "failed"
+            except ConfigError as e:  # a sampled value no rule accepts: the trial fails, the search goes on
+                v, note = None, f"failed: {e}"
+            if v is None:
+                study.tell(trial, None, state=failed)
+                log(trial_line(suite, base, num, params, note))
+                del alive[num]
+            else:
+                scores[num] = v
+        if budget == full:
+            for num, v in scores.items():
+                study.tell(alive[num][0], v, state=complete)
+                log(trial_line(suite, base, num, alive[num][1], f"{metric} {v:.4f}"))
+            break
+        for num, v in scores.items():
+            alive[num][0].report(v, budget)
+        others = {t.number: t.intermediate_values[budget] for t in earlier if budget in t.intermediate_values}
+        going = promoted(scores, others, se.reduction_factor, maximise)
+        for num, v in scores.items():
+            if num not in going:
+                study.tell(alive[num][0], None, state=pruned)
+                log(trial_line(suite, base, num, alive[num][1], pruned_note(budget, metric, v)))
+                del alive[num]
+    return _trials(study, full)
 
 
 def _final(suite: Suite, base: PlannedRun, trials: list[Trial], metric: str, maximise: bool, train: Callable,
