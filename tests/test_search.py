@@ -349,12 +349,34 @@ def test_workers_search_configurations_side_by_side_and_choose_what_one_at_a_tim
         [(c["label"], c["chosen"], c["final"][0]["key"]) for c in s1["search"]["configurations"]]
     assert sorted(r["run_key"] for r in runs2) == sorted(r["run_key"] for r in runs1)
     assert s2["executor"] == "local-pool" and s2["outcomes"] == s1["outcomes"]
-    # one at a time: every LoRA run finishes before the first IA3 run; side by side they finish interleaved, each
-    # configuration on a worker process of its own
+    # one at a time: every LoRA run finishes before the first IA3 run; side by side they finish interleaved, on
+    # both worker processes
     assert done1 == sorted(done1, key=["lora", "ia3"].index) and set(done1) == {"lora", "ia3"}
     assert sorted(done2) == sorted(done1) and done2 != done1, done2
-    workers = {m: {r["worker"] for r in runs2 if r["method"] == m} for m in ("lora", "ia3")}
-    assert len(workers["lora"]) == len(workers["ia3"]) == 1 and workers["lora"] != workers["ia3"], workers
+    assert len({r["worker"] for r in runs2}) == 2 and len({r["worker"] for r in runs1}) == 1
+
+
+def test_one_synchronous_configuration_trains_its_rung_and_its_final_seeds_on_every_lane(tmp_path, tiny_bert,
+                                                                                         glue_dir):
+    """A single configuration on --workers 2: its first rung's 6 trials and its 2 final seeds each train at once on
+    both lanes (two worker processes), and the search is the one-at-a-time search's."""
+    def search(where: str, workers: int) -> tuple[list[tuple], list[dict]]:
+        d = tmp_path / where
+        d.mkdir()
+        p = suite_file(d, tiny_bert, "{trials: 6, seed: 0, min_steps: 1, final_seeds: 2, halving: synchronous}")
+        sweep(load_suite(p), Store(d / "runs.sqlite"), SweepOptions(env=environment(), workers=workers),
+              log=lambda line: None)
+        trials = [(n, state, sorted(pr.items()), None if v is None else round(v, 4))
+                  for _, n, state, pr, v in trials_of(d / "runs.sqlite")]
+        return trials, Store(d / "runs.sqlite").runs()
+
+    one, _ = search("one", 1)
+    two, runs = search("two", 2)
+    assert two == one
+    first = [r for r in runs if (r.get("tags") or {}).get("rung") == 0]
+    finals = [r for r in runs if (r.get("tags") or {}).get("search_final")]
+    assert len(first) == 6 and len({r["worker"] for r in first}) == 2
+    assert len(finals) == 2 and len({r["worker"] for r in finals}) == 2
 
 
 def test_a_side_by_side_search_stopped_with_sigterm_fails_no_trial_and_resumes_every_configuration(

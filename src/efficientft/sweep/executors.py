@@ -181,9 +181,9 @@ class LocalPool:
         self._aborted = False
 
     def lanes(self) -> list[LocalPool]:
-        """One single-process pool per worker, the CPU's threads split as in this pool: independent drivers (a
-        search's configurations, side by side) each train one run at a time on a lane of their own, and a lane's
-        dead worker is recovered without touching the others (:meth:`run`'s rule, per lane)."""
+        """One single-process pool per worker, the CPU's threads split as in this pool: a search's runs each take a
+        free lane (:class:`~efficientft.sweep.search.Trainer`), and a lane's dead worker is recovered without
+        touching the others (:meth:`run`'s rule, per lane)."""
         return [LocalPool(self.store_path, self.workers, self.retry_failed, self.reclaim, self.fresh_process, slots=1)
                 for _ in range(self.workers)]
 

@@ -27,10 +27,12 @@ trials) does not express more simply.
 early trials of a rung through with nothing to compare them to (in a search of 8 trials, 3 reached the full budget
 where 1 is expected). Below TPE's 10 start-up trials the samples are random either way, so nothing is lost there.
 
-With ``--workers N`` the configurations are searched side by side, N at a time (:func:`side_by_side`): each
-drives its own study on a single-process lane of the pool, so N cores train N trials at once. A configuration's
-trials stay sequential (TPE samples each from the ones before it), and every configuration samples, prunes and
-chooses exactly what a one-at-a-time search would.
+With ``--workers N`` the configurations are searched side by side, N at a time (:func:`side_by_side`), each
+driving its own study, on N one-process lanes shared by all (:class:`Trainer`): a run takes any free lane, and the
+runs that do not wait on each other — a synchronous rung's trials, a choice's final seeds — train at once, so the
+lanes stay busy when fewer configurations than lanes are left. An asynchronous configuration's trials stay
+sequential (TPE samples each from the ones before it). Every configuration samples, prunes and chooses exactly what
+a one-at-a-time search would.
 
 With ``--executor ray`` the same search runs through Ray Tune (:mod:`.search_ray`): the same space, trials,
 rungs, metric and runs (:func:`trial_run` builds a rung's run for both), the same choice and final re-runs
@@ -219,35 +221,29 @@ def run_search(suite: Suite, runs: list[PlannedRun], store: Store, executor, on_
                            "trials": se.trials, "seed": se.seed, "reduction_factor": se.reduction_factor,
                            "configurations": []}
 
-    def trainer(lane) -> Callable[[PlannedRun], dict | None]:
-        def train(run: PlannedRun) -> dict | None:
-            lane.run([item(run)], on_result)
-            return store.get(run.key)
-        return train
-
+    lanes = executor.lanes() if not on_ray and hasattr(executor, "lanes") and executor.workers > 1 else None
+    if lanes is not None:  # the drivers' and lanes' threads report through one lock
+        on_result, log = serialised(on_result), serialised(log)
+    trainer = Trainer(store, on_result, executor, lanes)
     if on_ray:
-        def trials_of(base: PlannedRun, metric: str, maximise: bool, train: Callable) -> list[Trial]:
+        def trials_of(base: PlannedRun, metric: str, maximise: bool) -> list[Trial]:
             return tune(suite, base, metric, maximise, store, executor, on_result, log)
     else:
         optuna = optuna_or_error()
         storage = optuna.storages.RDBStorage(f"sqlite:///{storage_path(store)}")
 
-        def trials_of(base: PlannedRun, metric: str, maximise: bool, train: Callable) -> list[Trial]:
-            return _optuna_trials(optuna, storage, suite, base, metric, maximise, train, log)
+        def trials_of(base: PlannedRun, metric: str, maximise: bool) -> list[Trial]:
+            return _optuna_trials(optuna, storage, suite, base, metric, maximise, trainer, log)
 
-    def configuration(base: PlannedRun, lane) -> dict[str, Any]:
+    def configuration(base: PlannedRun) -> dict[str, Any]:
         metric = metric_of(suite, base.cfg)
         maximise = higher_is_better(metric)
-        train = trainer(lane)
-        return _final(suite, base, trials_of(base, metric, maximise, train), metric, maximise, train, log)
+        return _final(suite, base, trials_of(base, metric, maximise), metric, maximise, trainer, log)
 
-    lanes = executor.lanes() if not on_ray and hasattr(executor, "lanes") and executor.workers > 1 else None
-    if lanes is not None:  # the lanes' threads report through one lock (the closures above read these names)
-        on_result, log = serialised(on_result), serialised(log)
     if lanes is None:
-        out["configurations"] = [configuration(base, executor) for base in groups.values()]
+        out["configurations"] = [configuration(base) for base in groups.values()]
     else:
-        out["configurations"] = side_by_side(list(groups.values()), lanes, configuration)
+        out["configurations"] = side_by_side(list(groups.values()), trainer, configuration)
     from ..report.search_plot import tuning_budget
 
     stem = Path(store.path).stem
@@ -267,39 +263,66 @@ def serialised(fn: Callable) -> Callable:
     return one_at_a_time
 
 
-def side_by_side(bases: list[PlannedRun], lanes: list, configuration: Callable) -> list[dict[str, Any]]:
-    """Search the configurations ``bases`` side by side, one per lane (``--workers N``: N lanes), each driving its
-    own Optuna study and training on its own single-process lane; returns their rows in ``bases``' order. The
-    studies are independent (each its own seeded sampler, pruner and trials), so every configuration samples,
-    prunes and chooses what a one-at-a-time search would. Stopped (Ctrl-C, SIGTERM): every lane's runs are stopped
-    and stored ``cancelled``, and each study's trial in flight is left running, replaced by the next search."""
-    import queue
+class Trainer:
+    """Trains a search's runs and returns their records: one at a time on the sweep's executor, or on lanes
+    (``--workers N``: :meth:`LocalPool.lanes <.executors.LocalPool.lanes>`), where the next run takes any free lane
+    and :meth:`many` trains independent runs at once (a synchronous rung's trials, a choice's final seeds), so no
+    lane waits while another configuration has runs to give it."""
+
+    def __init__(self, store: Store, on_result: Callable, executor, lanes: list | None = None) -> None:
+        import queue
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.store, self.on_result, self.executor, self.lanes = store, on_result, executor, lanes
+        self._free: queue.SimpleQueue = queue.SimpleQueue()
+        for lane in lanes or []:
+            self._free.put(lane)
+        # threads that live as long as the lanes: a lane's worker process dies with the thread that started it
+        # (executors.py: PR_SET_PDEATHSIG is the parent *thread's* death), so no short-lived thread may start one
+        self._threads = ThreadPoolExecutor(max_workers=len(lanes), thread_name_prefix="search-run") if lanes else None
+
+    def one(self, run: PlannedRun) -> dict | None:
+        if self.lanes is None:
+            self.executor.run([item(run)], self.on_result)
+        else:
+            lane = self._free.get()
+            try:
+                lane.run([item(run)], self.on_result)
+            finally:
+                self._free.put(lane)
+        return self.store.get(run.key)
+
+    def many(self, runs: list[PlannedRun]) -> list[dict | None]:
+        if self._threads is None or len(runs) < 2:
+            return [self.one(r) for r in runs]
+        return list(self._threads.map(self.one, runs))
+
+    def close(self, abort: bool = False) -> None:
+        for lane in self.lanes or []:
+            lane.close(abort=abort)
+        if self._threads is not None:
+            self._threads.shutdown(wait=True, cancel_futures=True)
+
+
+def side_by_side(bases: list[PlannedRun], trainer: Trainer, configuration: Callable) -> list[dict[str, Any]]:
+    """Search the configurations ``bases`` side by side, as many at a time as there are lanes, each driving its own
+    Optuna study and training on whichever lane is free; returns their rows in ``bases``' order. The studies are
+    independent (each its own seeded sampler, pruner and trials), so every configuration samples, prunes and
+    chooses what a one-at-a-time search would. Stopped (Ctrl-C, SIGTERM): every lane's runs are stopped and stored
+    ``cancelled``, and each study's trials in flight are left running, replaced by the next search."""
     from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
-    free: queue.SimpleQueue = queue.SimpleQueue()
-    for lane in lanes:
-        free.put(lane)
-
-    def job(base: PlannedRun) -> dict[str, Any]:
-        lane = free.get()
-        try:
-            return configuration(base, lane)
-        finally:
-            free.put(lane)
-
-    pool = ThreadPoolExecutor(max_workers=len(lanes), thread_name_prefix="search-lane")
+    pool = ThreadPoolExecutor(max_workers=len(trainer.lanes or [1]), thread_name_prefix="search-configuration")
     try:
-        futures = [pool.submit(job, base) for base in bases]
+        futures = [pool.submit(configuration, base) for base in bases]
         wait(futures, return_when=FIRST_EXCEPTION)  # one configuration's error stops the others now
         rows = [f.result() for f in futures]
     except BaseException:
-        for lane in lanes:
-            lane.close(abort=True)
+        trainer.close(abort=True)
         pool.shutdown(wait=True, cancel_futures=True)
         raise
+    trainer.close()  # before the threads end: a lane's worker started by one of them would die with it
     pool.shutdown()
-    for lane in lanes:
-        lane.close()
     return rows
 
 
@@ -328,14 +351,14 @@ def _trials(study, full: int) -> list[Trial]:
             for t in study.get_trials(deepcopy=False) if not t.user_attrs.get(INTERRUPTED)]
 
 
-def _optuna_trials(optuna, storage, suite: Suite, base: PlannedRun, metric: str, maximise: bool, train: Callable,
+def _optuna_trials(optuna, storage, suite: Suite, base: PlannedRun, metric: str, maximise: bool, trainer: Trainer,
                    log: Callable[[str], None]) -> list[Trial]:
     """One configuration's study: ask, train its rungs, tell, until ``trials`` are counted."""
     se = suite.search
     full = base.cfg.steps
     rungs = rungs_of(se, full)
     if se.halving == "synchronous":
-        return _synchronous(optuna, suite, base, metric, maximise, train, log, rungs,
+        return _synchronous(optuna, suite, base, metric, maximise, trainer, log, rungs,
                             _open_study(optuna, storage, suite, base, maximise, rungs, log))
     space = space_of(suite, base.cfg, base.tags.get("entry"))
     study = _open_study(optuna, storage, suite, base, maximise, rungs, log)
@@ -350,7 +373,7 @@ def _optuna_trials(optuna, storage, suite: Suite, base: PlannedRun, metric: str,
             except ConfigError as e:  # a sampled value no rule accepts: the trial fails, the search goes on
                 note = f"failed: {e}"
                 break
-            v = score_of(train(run), metric)
+            v = score_of(trainer.one(run), metric)
             if v is None:
                 break
             if budget < full:
@@ -375,7 +398,7 @@ def promoted(values: dict[int, float], others: dict[int, float], eta: int, maxim
     return {num for num in ranked[:keep] if num in values}
 
 
-def _synchronous(optuna, suite: Suite, base: PlannedRun, metric: str, maximise: bool, train: Callable,
+def _synchronous(optuna, suite: Suite, base: PlannedRun, metric: str, maximise: bool, trainer: Trainer,
                  log: Callable[[str], None], rungs: list[int], study) -> list[Trial]:
     """Synchronous successive halving (``search: {halving: synchronous}``): the trials still to count are asked at
     once (one TPE sampler, seeded by the search's seed and the trials already counted, so a search resumed before
@@ -401,15 +424,18 @@ def _synchronous(optuna, suite: Suite, base: PlannedRun, metric: str, maximise: 
         alive[t.number] = (t, dict(t.params))
     for k, budget in enumerate([*rungs, full]):
         scores: dict[int, float] = {}
-        for num, (trial, params) in list(alive.items()):
+        runs, notes = {}, {}
+        for num, (_, params) in alive.items():
             try:
-                v = score_of(train(trial_run(suite, base, params, num, k, budget, metric)), metric)
-                note = "failed"
+                runs[num] = trial_run(suite, base, params, num, k, budget, metric)
             except ConfigError as e:  # a sampled value no rule accepts: the trial fails, the search goes on
-                v, note = None, f"failed: {e}"
+                notes[num] = f"failed: {e}"
+        records = dict(zip(runs, trainer.many(list(runs.values())), strict=True))  # the rung's runs, at once
+        for num, (trial, params) in list(alive.items()):
+            v = score_of(records.get(num), metric)
             if v is None:
                 study.tell(trial, None, state=failed)
-                log(trial_line(suite, base, num, params, note))
+                log(trial_line(suite, base, num, params, notes.get(num, "failed")))
                 del alive[num]
             else:
                 scores[num] = v
@@ -430,7 +456,7 @@ def _synchronous(optuna, suite: Suite, base: PlannedRun, metric: str, maximise: 
     return _trials(study, full)
 
 
-def _final(suite: Suite, base: PlannedRun, trials: list[Trial], metric: str, maximise: bool, train: Callable,
+def _final(suite: Suite, base: PlannedRun, trials: list[Trial], metric: str, maximise: bool, trainer: Trainer,
            log: Callable[[str], None]) -> dict[str, Any]:
     """The chosen set (best full-budget selection score) re-run with ``final_seeds`` new seeds, scored on dev."""
     se = suite.search
@@ -447,14 +473,15 @@ def _final(suite: Suite, base: PlannedRun, trials: list[Trial], metric: str, max
     best = (max if maximise else min)(complete, key=lambda t: t.value)
     row["chosen"], row["selection_score"], row["trial"] = dict(best.params), best.value, best.number
     main = f"dev/{metric.split('/', 1)[1]}"
-    scores = []
+    scores, finals = [], []
     for i in range(se.final_seeds):  # new seeds: the final runs are independent of the seed the trials used
         cfg = apply_params(base.cfg, best.params, seed=base.cfg.seed + 1 + i)
         tags = {**base.tags, "search_final": suite.name, "trial": best.number, "params": dict(best.params),
                 "chosen_by": metric}
-        rec = train(PlannedRun(cfg, run_key(cfg), tags, base.where))
+        finals.append(PlannedRun(cfg, run_key(cfg), tags, base.where))
+    for run, rec in zip(finals, trainer.many(finals), strict=True):  # the seeds at once, on lanes
         v = score_of(rec, main)
-        row["final"].append({"key": run_key(cfg), "seed": cfg.seed, main: v})
+        row["final"].append({"key": run.key, "seed": run.cfg.seed, main: v})
         if v is not None:
             scores.append(v)
     row["reported_on"] = main
