@@ -449,10 +449,11 @@ def test_synchronous_halving_trains_every_trials_rung_before_promoting_the_best_
     assert conf["steps_spent"] == 6 * 1 + 2 * 3 + 9  # exactly successive halving's count
 
 
+@pytest.mark.parametrize("sampler", ["tpe", "halton"])
 def test_a_synchronous_search_killed_in_its_first_rung_resamples_the_same_trials_and_retrains_nothing_done(
-        tmp_path, tiny_bert, glue_dir):
-    p = suite_file(tmp_path, tiny_bert, "{trials: 6, min_steps: 3, final_seeds: 1, halving: synchronous}",
-                   steps=27)
+        tmp_path, tiny_bert, glue_dir, sampler):
+    p = suite_file(tmp_path, tiny_bert, f"{{trials: 6, min_steps: 3, final_seeds: 1, halving: synchronous, "
+                                        f"sampler: {sampler}}}", steps=27)
     store = tmp_path / "runs.sqlite"
     cmd, env = sweep_command(p, store, glue_dir)
     proc = signal_when(cmd, env, store, signal.SIGKILL, lambda trials: len(Store(store).runs("done")) >= 2
@@ -486,3 +487,58 @@ def test_synchronous_halving_is_refused_on_ray_and_a_bad_value_in_one_line(tmp_p
     assert len(err) == 1 and err[0].endswith("line 13: search.halving must be asynchronous or synchronous, got "
                                              "'sync'."), err
     assert not (tmp_path / "a.sqlite").exists() and not (tmp_path / "b.sqlite").exists()
+
+
+def test_a_halton_design_puts_one_point_in_each_stratum_where_random_draws_bunch():
+    """sampler: halton — 8 learning rates over LoRA's prior fall one in each eighth of its log-range (the same
+    seed's 8 random draws, what TPE gives below its 10 start-up trials, put 7 in one third of it); an int and a
+    choice dimension take their whole range and every choice; the same seed gives the same design."""
+    import math
+
+    optuna = pytest.importorskip("optuna")
+    from efficientft.sweep.search import design, unused
+
+    lr = {"float": [1e-4, 3e-3], "log": True}
+    points = design({"lr": lr}, 8, 0)
+    strata = sorted(int(8 * (math.log(p["lr"]) - math.log(1e-4)) / (math.log(3e-3) - math.log(1e-4)))
+                    for p in points)
+    assert strata == list(range(8))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    drawn = [study.ask({"lr": optuna.distributions.FloatDistribution(1e-4, 3e-3, log=True)}).params["lr"]
+             for _ in range(8)]
+    assert sum(4.2e-4 <= x <= 1.15e-3 for x in drawn) == 7  # the bunching the design avoids
+    space = {"lr": lr, "method_args.rank": {"int": [2, 16], "log": False}, "tuner": {"choice": ["a", "b", "c"]}}
+    many = design(space, 32, 5)
+    assert design(space, 32, 5) == many and design(space, 32, 6) != many
+    assert {p["tuner"] for p in many} == {"a", "b", "c"}
+    ranks = [p["method_args.rank"] for p in many]
+    assert min(ranks) == 2 and max(ranks) == 16 and all(isinstance(r, int) for r in ranks)
+    assert all(1e-4 <= p["lr"] < 3e-3 for p in many)
+    assert unused(points, [points[3], points[0]]) == [points[i] for i in (1, 2, 4, 5, 6, 7)]
+
+
+def test_a_halton_search_trains_the_designs_points(tmp_path, tiny_bert, glue_dir):
+    from efficientft.methods import METHODS
+    from efficientft.sweep.search import design
+
+    p = suite_file(tmp_path, tiny_bert, "{trials: 4, seed: 2, min_steps: 3, final_seeds: 1, sampler: halton}")
+    sweep(load_suite(p), Store(tmp_path / "runs.sqlite"), SweepOptions(env=environment()), log=lambda line: None)
+    low, high = METHODS.get("lora").lr_prior
+    want = sorted(x["lr"] for x in design({"lr": {"float": [low, high], "log": True}}, 4, 2))
+    assert sorted(t[3]["lr"] for t in trials_of(tmp_path / "runs.sqlite")) == pytest.approx(want, rel=1e-12)
+
+
+def test_a_sampler_other_than_tpe_is_refused_on_ray_and_a_bad_one_in_one_line(tmp_path, tiny_bert, glue_dir,
+                                                                            capsys):
+    from efficientft.cli import main
+
+    pytest.importorskip("ray")
+    p = suite_file(tmp_path, tiny_bert, "{trials: 2, sampler: halton}")
+    assert main(["sweep", str(p), "--executor", "ray", "--store", str(tmp_path / "a.sqlite")]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "eft sweep: error: search.sampler: halton runs on the local executors (Optuna); on Ray, the trials are "
+        "sampled by TPE: drop --executor ray, or the sampler line."]
+    p = suite_file(tmp_path, tiny_bert, "{trials: 2, sampler: sobol}")
+    assert main(["sweep", str(p), "--store", str(tmp_path / "b.sqlite")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].endswith("line 13: search.sampler must be tpe or halton, got 'sobol'."), err

@@ -61,6 +61,9 @@ def check_options(suite: Suite, opts: SweepOptions) -> None:
         if suite.search is not None and suite.search.halving == "synchronous":
             raise ConfigError("search.halving: synchronous runs on the local executors (Optuna); on Ray, Tune's "
                               "ASHA halves asynchronously: drop --executor ray, or the halving line.")
+        if suite.search is not None and suite.search.sampler != "tpe":
+            raise ConfigError(f"search.sampler: {suite.search.sampler} runs on the local executors (Optuna); on Ray, "
+                              f"the trials are sampled by TPE: drop --executor ray, or the sampler line.")
 
 
 # ---------------------------------------------------------------------------------------------- plan and cost

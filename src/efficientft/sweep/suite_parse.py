@@ -166,13 +166,15 @@ class Search:
     reduction_factor: int = 3
     final_seeds: int = 3
     halving: str = "asynchronous"  # or "synchronous": every trial's rung before any promotion (:mod:`.search`)
+    sampler: str = "tpe"  # or "halton": the trials are the points of a scrambled Halton sequence (:func:`.search.design`)
     space: dict[str, dict[str, Any]] = field(default_factory=dict)  # "method_args.rank" -> {"int": [4, 16], ...}
     line: int = 0
     space_lines: dict[str, int] = field(default_factory=dict)
 
 
-SEARCH_KEYS = ("trials", "seed", "min_steps", "reduction_factor", "final_seeds", "halving", "space")
+SEARCH_KEYS = ("trials", "seed", "min_steps", "reduction_factor", "final_seeds", "halving", "sampler", "space")
 HALVING = ("asynchronous", "synchronous")
+SAMPLERS = ("tpe", "halton")
 DISTRIBUTIONS = ("float", "int", "choice")
 # what a configuration is (method x targets x lambda x task) and what the search itself decides stay out of a space
 NOT_SEARCHED = ("seed", "task", "method", "targets", "steps", "epochs", "selection_size", "model", "custom")
@@ -256,10 +258,13 @@ def parse_space(space: Any, line: int, f: str, where: str) -> tuple[dict[str, di
 
 
 def _halving(s: dict, f: str) -> str:
-    v = s.get("halving", HALVING[0])
-    if v not in HALVING:
-        raise ConfigError(f"{f}, line {_line(s, 'halving')}: search.halving must be {' or '.join(HALVING)}, got "
-                          f"{v!r}.")
+    return _one_of(s, "halving", HALVING, f)
+
+
+def _one_of(s: dict, key: str, accepted: tuple[str, ...], f: str) -> str:
+    v = s.get(key, accepted[0])
+    if v not in accepted:
+        raise ConfigError(f"{f}, line {_line(s, key)}: search.{key} must be {' or '.join(accepted)}, got {v!r}.")
     return v
 
 
@@ -276,7 +281,7 @@ def _parse_search(raw: dict, f: str) -> Search | None:
                  min_steps=_count_value(s, "min_steps", None, 1, f, "the first rung's optimizer steps"),
                  reduction_factor=_count_value(s, "reduction_factor", 3, 2, f, "eta: 1/eta of the trials go on"),
                  final_seeds=_count_value(s, "final_seeds", 3, 0, f, "seeds of the chosen configuration's re-runs"),
-                 halving=_halving(s, f), line=line)
+                 halving=_halving(s, f), sampler=_one_of(s, "sampler", SAMPLERS, f), line=line)
     out.space, out.space_lines = parse_space(s.get("space") or {}, _line(s, "space"), f, "search.space")
     return out
 
