@@ -542,3 +542,18 @@ def test_a_sampler_other_than_tpe_is_refused_on_ray_and_a_bad_one_in_one_line(tm
     assert main(["sweep", str(p), "--store", str(tmp_path / "b.sqlite")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].endswith("line 13: search.sampler must be tpe or halton, got 'sobol'."), err
+
+
+def test_the_studies_executor_fresh_processes_on_shared_lanes_trains_each_run_in_a_process_of_its_own(
+        tmp_path, tiny_bert, glue_dir):
+    """The study suites' settings (`--workers 2 --fresh-process`, synchronous halving, Halton trials): every run is
+    done, each in a worker process of its own (its cost is its own), and both configurations count their trials."""
+    p = suite_file(tmp_path, tiny_bert, "{trials: 4, seed: 0, min_steps: 1, final_seeds: 2, halving: synchronous, "
+                                        "sampler: halton}", methods=TWO_METHODS)
+    summary = sweep(load_suite(p), Store(tmp_path / "runs.sqlite"),
+                    SweepOptions(env=environment(), workers=2, fresh_process=True), log=lambda line: None)
+    runs = Store(tmp_path / "runs.sqlite").runs()
+    assert {r["status"] for r in runs} == {"done"} and summary["outcomes"] == {"done": len(runs)}
+    assert len({r["worker"] for r in runs}) == len(runs)
+    trials = trials_of(tmp_path / "runs.sqlite")
+    assert len(trials) == 8 and sorted(t[2] for t in trials) == ["COMPLETE"] * 2 + ["PRUNED"] * 6
