@@ -11,11 +11,11 @@ from pathlib import Path
 from ..outputs import check_output_dir
 from ..tasks.metrics import METRIC_TITLES
 from . import html as h
-from .board_plots import score_scale
 from .collect import SPLIT_TITLES
 from .leaderboard import BOARD_COSTS, Entry, Leaderboard, TaskBoard
 from .rows import task_title
 from .tables import _csv, fmt_params, md_escape, p_text
+from .values import score_scale
 
 BOARD_FORMATS = ("md", "html", "csv")
 ENTRY_HEADERS = ("#", "Entry", "Score", "95 % CI", "n", "Tied with the best", "p vs best (Holm)", "vs reference",

@@ -13,11 +13,7 @@ from ..tasks.metrics import METRIC_TITLES
 from .leaderboard import BOARD_COSTS, Leaderboard
 from .plots import _literal, _panels, _style
 from .rows import task_title
-
-
-def score_scale(metric: str, higher: bool) -> float:
-    """Scores are shown ×100 (as in the report's table); a lower-is-better metric (a loss) as it is."""
-    return 100.0 if higher else 1.0
+from .values import score_scale
 
 
 def pareto_plot(lb: Leaderboard, cost: str, out: Path) -> Path | None:

@@ -134,13 +134,13 @@ def compare(col: Collection, specs: Sequence[tuple[str, str]] | None = None, tes
     for a, b in pairs:
         tasks = [task for task in col.tasks if task in a.cells and task in b.cells]
         for task in tasks:
-            out.append(Comparison(a, b, task, paired(*_pairing(a.cells[task], b.cells[task]), test),
+            out.append(Comparison(a, b, task, paired(*pairing(a.cells[task], b.cells[task]), test),
                                   _not_learned(task, a, b)))
         if len(tasks) > 1:
             out.append(_pooled_comparison(a, b, {t: (a, b) for t in tasks}, test))
     for one, chosen, qkv in ([] if specs else best_ratio(col)):
         for task, row in chosen.items():
-            out.append(Comparison(row, qkv, task, paired(*_pairing(row.cells[task], qkv.cells[task]), test),
+            out.append(Comparison(row, qkv, task, paired(*pairing(row.cells[task], qkv.cells[task]), test),
                                   _not_learned(task, row, qkv)))
         if len(chosen) > 1:
             bases = " / ".join(sorted({row.fields["basis"] for row in chosen.values()}))
@@ -159,7 +159,7 @@ def _pooled_comparison(a: Row, b: Row, by_task: dict[str, tuple[Row, Row]], test
     learned; the others are named in :attr:`Comparison.excluded`, never averaged in."""
     learned = {t: rows for t, rows in by_task.items() if not _not_learned(t, *rows)}
     excluded = tuple(t for t in by_task if t not in learned)
-    pairings = [_pairing(ra.cells[t], rb.cells[t]) for t, (ra, rb) in learned.items()]
+    pairings = [pairing(ra.cells[t], rb.cells[t]) for t, (ra, rb) in learned.items()]
     result = paired(*_pooled(pairings), test) if pairings else paired({}, {}, test)
     return Comparison(a, b, POOLED, result, excluded=excluded)
 
@@ -171,7 +171,7 @@ def _pooled(pairings: list[tuple[dict, dict]]) -> tuple[dict, dict]:
             {rep: sum(xb[rep] for _, xb in pairings) / len(pairings) for rep in common})
 
 
-def _pairing(a: Cell, b: Cell) -> tuple[dict, dict]:
+def pairing(a: Cell, b: Cell) -> tuple[dict, dict]:
     """Both cells' scores keyed by replicate: runs pair when seed *and* data seed are equal (the same head init and
     data order). When both cells used one and the same data seed, the key is the seed alone (what tables show)."""
     if len({rep[1:] for rep in [*a.scores, *b.scores]}) == 1:

@@ -33,9 +33,11 @@ import scipy.stats as sps
 
 from ..vocab import higher_is_better
 from .collect import Collection, Row
+from .compare import pairing
 from .rows import TUNED
 from .stats import holm
 from .tables import md_escape
+from .values import number, score_scale
 
 REFERENCE = "QKV λ=1"
 ALPHA = 0.05
@@ -88,10 +90,7 @@ def arm_name(row: Row) -> str:
 
 
 def _finite(v: Any) -> bool:
-    try:
-        return math.isfinite(float(v))
-    except (TypeError, ValueError):
-        return False
+    return math.isfinite(number(v))
 
 
 def _family(row: Row) -> tuple:
@@ -115,15 +114,17 @@ def families(col: Collection) -> list[tuple[str, Row, list[Row]]]:
     return [(m if methods.count(m) == 1 else ref.label, ref, others) for m, ref, others in out]
 
 
-def _scale(col: Collection, task: str) -> float:
-    """×100 for a fraction-valued metric (accuracy, F1, correlation), as the tables show it."""
-    return 1.0 if col.metrics[task] in ("loss", "perplexity") else 100.0
+def _points(col: Collection, task: str) -> float:
+    """A score's factor into points where + is better: ×100 as the tables show it (:func:`score_scale`), the sign
+    flipped for a lower-is-better metric."""
+    higher = higher_is_better(col.metrics[task])
+    return score_scale(col.metrics[task], higher) * (1.0 if higher else -1.0)
 
 
 def _pairs(a: Row, b: Row, task: str) -> list[float]:
-    ca, cb = a.cells[task], b.cells[task]
-    common = sorted(set(ca.scores) & set(cb.scores))
-    return [ca.scores[k] - cb.scores[k] for k in common]
+    """A − B per replicate both have, paired as every comparison pairs them (:func:`.compare.pairing`)."""
+    xa, xb = pairing(a.cells[task], b.cells[task])
+    return [xa[k] - xb[k] for k in sorted(set(xa) & set(xb))]
 
 
 def effect(col: Collection, method: str, ref: Row, arm: Row) -> Effect:
@@ -132,8 +133,7 @@ def effect(col: Collection, method: str, ref: Row, arm: Row) -> Effect:
     excluded = tuple(t for t in tasks if t not in learned)
     d: dict[str, list[float]] = {}
     for t in learned:
-        sign = 1.0 if higher_is_better(col.metrics[t]) else -1.0  # a positive difference is always "better"
-        xs = [sign * _scale(col, t) * x for x in _pairs(arm, ref, t)]
+        xs = [_points(col, t) * x for x in _pairs(arm, ref, t)]  # a positive difference is always "better"
         if xs:
             d[t] = xs
     n = sum(len(xs) for xs in d.values())
@@ -188,9 +188,8 @@ def _anova(col: Collection, fams: list[tuple[str, Row, list[Row]]]) -> tuple[lis
             for t, c in row.cells.items():
                 if any(r.cells.get(t) is None or r.cells[t].learned is False for r in (ref, *arms)):
                     continue  # a task where one of the method's arms did not learn: left out, as in the effects
-                sign = 1.0 if higher_is_better(col.metrics[t]) else -1.0
                 for v in c.scores.values():
-                    data["score"].append(sign * _scale(col, t) * v)
+                    data["score"].append(_points(col, t) * v)
                     data["method"].append(m)
                     data["strategy"].append(arm_name(row))
                     data["task"].append(t)
@@ -281,11 +280,3 @@ def markdown(a: Analysis) -> list[str]:
                       f"p = {_p(inter['p'])})."]
     lines.append("")
     return lines
-
-
-def as_dict(a: Analysis) -> dict[str, Any]:
-    return {"effects": [{**{k: getattr(e, k) for k in ("method", "arm", "n", "diff", "ci_low", "ci_high", "p_value",
-                                                       "p_holm", "params_ratio", "step_ratio")},
-                         "tasks": list(e.tasks), "excluded": list(e.excluded), "per_task": e.per_task,
-                         "lambdas": e.lambdas, "verdict": e.verdict} for e in a.effects],
-            "anova": a.anova, "anova_note": a.anova_note, "runs": a.n_runs}

@@ -15,6 +15,11 @@ MISSING = "–"
 NOT_A_NUMBER = "n/a"
 
 
+def score_scale(metric: str, higher: bool) -> float:
+    """Scores are shown ×100 (as in the report's table); a lower-is-better metric (a loss) as it is."""
+    return 100.0 if higher else 1.0
+
+
 def number(v: Any) -> float:
     """``v`` as a finite float (numbers and numeric text), else NaN. Booleans are flags, not numbers."""
     if isinstance(v, bool) or v is None:
