@@ -111,10 +111,10 @@ def search_cost(suite: Suite, runs: list[PlannedRun], timing: Callable[[PlannedR
     for r in groups.values():
         budgets = [*rungs_of(se, r.cfg.steps), r.cfg.steps]
         going = [se.trials / se.reduction_factor ** k for k in range(len(budgets))]  # trials reaching each rung
-        if se.halving == "synchronous":  # exactly: max(1, ⌊n / η⌋) go on from each rung
+        if se.halving == "synchronous":  # exactly: :func:`survivors` go on from each rung
             going = [float(se.trials)]
             for _ in budgets[1:]:
-                going.append(float(max(1, int(going[-1]) // se.reduction_factor)))
+                going.append(float(survivors(int(going[-1]), se.reduction_factor)))
         at_most = (se.trials * sum(budgets), se.trials * len(budgets))  # (steps, runs)
         expected = (sum(n * b for n, b in zip(going, budgets, strict=True)), sum(going))
         final = (se.final_seeds * r.cfg.steps, se.final_seeds)
@@ -416,11 +416,10 @@ def _optuna_trials(optuna, storage, suite: Suite, base: PlannedRun, metric: str,
     se = suite.search
     full = base.cfg.steps
     rungs = rungs_of(se, full)
-    if se.halving == "synchronous":
-        return _synchronous(optuna, suite, base, metric, maximise, trainer, log, rungs,
-                            _open_study(optuna, storage, suite, base, maximise, rungs, log))
     space = space_of(suite, base.cfg, base.tags.get("entry"))
     study = _open_study(optuna, storage, suite, base, maximise, rungs, log)
+    if se.halving == "synchronous":
+        return _synchronous(optuna, suite, base, metric, maximise, trainer, log, rungs, space, study)
     while len(done := _counted(study)) < se.trials:
         trial = _ask(optuna, study, suite, space, done, 1)[0]
         params = dict(trial.params)
@@ -446,36 +445,39 @@ def _optuna_trials(optuna, storage, suite: Suite, base: PlannedRun, metric: str,
     return _trials(study, full)
 
 
+def survivors(n: int, eta: int) -> int:
+    """How many of ``n`` trials scored at a rung go on under synchronous halving: ``max(1, ⌊n / η⌋)``, the count
+    Optuna's ``SuccessiveHalvingPruner`` keeps."""
+    return max(1, n // eta)
+
+
 def promoted(values: dict[int, float], others: dict[int, float], eta: int, maximise: bool) -> set[int]:
     """Synchronous successive halving's promotion at one rung: of every value scored there (``values``: this batch's
     trials, by number; ``others``: earlier trials'), the best ``max(1, ⌊n / η⌋)`` go on — the count Optuna's
     ``SuccessiveHalvingPruner`` keeps — where they are this batch's (ties: the lower trial number)."""
     every = {**others, **values}
-    keep = max(1, len(every) // eta)
     ranked = sorted(every, key=lambda num: (-every[num] if maximise else every[num], num))
-    return {num for num in ranked[:keep] if num in values}
+    return {num for num in ranked[:survivors(len(every), eta)] if num in values}
 
 
 def _synchronous(optuna, suite: Suite, base: PlannedRun, metric: str, maximise: bool, trainer: Trainer,
-                 log: Callable[[str], None], rungs: list[int], study) -> list[Trial]:
+                 log: Callable[[str], None], rungs: list[int], space: dict[str, dict[str, Any]], study) -> list[Trial]:
     """Synchronous successive halving (``search: {halving: synchronous}``): the trials still to count are asked at
     once (:func:`_ask`: the design's unused points, or one TPE sampler seeded by the search's seed and the trials
     already counted; either way a search resumed before any of them was told asks them again and finds their rung
-    runs done), every one trains the first rung, the
-    best ``max(1, ⌊n/η⌋)`` go on to the next (:func:`promoted`; the others are told pruned), and so on to the full
-    budget. Optuna's asynchronous pruner instead decides each trial alone when it reaches a rung, so the early trials,
+    runs done), every one trains the first rung, the best ``max(1, ⌊n/η⌋)`` go on to the next (:func:`promoted`;
+    the others are told pruned), and so on to the full budget. Optuna's asynchronous pruner instead decides each trial alone when it reaches a rung, so the early trials,
     with nothing to lose to, go on: in a search of 8 trials three reached the full budget where one is expected.
     With TPE's default 10 start-up trials, a search of 10 trials or fewer samples every trial at random either way,
     so the synchronous schedule loses nothing of TPE's guidance there."""
     se = suite.search
     full = base.cfg.steps
-    space = space_of(suite, base.cfg, base.tags.get("entry"))
     pruned, complete, failed = (optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.COMPLETE,
                                 optuna.trial.TrialState.FAIL)
-    need = se.trials - len(_counted(study))
+    earlier = _counted(study)
+    need = se.trials - len(earlier)
     if need <= 0:
         return _trials(study, full)
-    earlier = _counted(study)
     alive = {t.number: (t, dict(t.params)) for t in _ask(optuna, study, suite, space, earlier, need)}
     for k, budget in enumerate([*rungs, full]):
         scores: dict[int, float] = {}

@@ -257,10 +257,6 @@ def parse_space(space: Any, line: int, f: str, where: str) -> tuple[dict[str, di
     return out, lines
 
 
-def _halving(s: dict, f: str) -> str:
-    return _one_of(s, "halving", HALVING, f)
-
-
 def _one_of(s: dict, key: str, accepted: tuple[str, ...], f: str) -> str:
     v = s.get(key, accepted[0])
     if v not in accepted:
@@ -281,7 +277,7 @@ def _parse_search(raw: dict, f: str) -> Search | None:
                  min_steps=_count_value(s, "min_steps", None, 1, f, "the first rung's optimizer steps"),
                  reduction_factor=_count_value(s, "reduction_factor", 3, 2, f, "eta: 1/eta of the trials go on"),
                  final_seeds=_count_value(s, "final_seeds", 3, 0, f, "seeds of the chosen configuration's re-runs"),
-                 halving=_halving(s, f), sampler=_one_of(s, "sampler", SAMPLERS, f), line=line)
+                 halving=_one_of(s, "halving", HALVING, f), sampler=_one_of(s, "sampler", SAMPLERS, f), line=line)
     out.space, out.space_lines = parse_space(s.get("space") or {}, _line(s, "space"), f, "search.space")
     return out
 
