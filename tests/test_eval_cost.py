@@ -105,17 +105,37 @@ def test_a_generation_splits_subsample_keeps_its_protocol():
     assert (sub.filter, sub.max_new_tokens, sub.stop, sub.stats) == ("number", 8, ("\n",), {"truncated": 2})
 
 
+def test_a_run_that_does_not_score_the_official_splits_never_reads_or_evaluates_them(tiny_bert, glue_dir, tmp_path,
+                                                                                      scored):
+    """A search's trial runs (``score_official: false``) are judged on the selection split: dev is not read, not
+    encoded, not evaluated (between steps or at the end), and the run's main score is its selection score."""
+    cfg = tiny_config(tiny_bert, data_dir=str(glue_dir), steps=3, eval_every=2, max_eval=20, selection_size=40,
+                      score_official=False)
+    rec = run(cfg, Store(tmp_path / "s.sqlite"))
+    assert rec["status"] == "done"
+    assert [(sp, n) for sp, n, _ in scored] == [("selection", 20), ("selection", 20)]  # step 2 and the end (max_eval)
+    assert rec["scores"] and all(k.startswith("selection/") for k in rec["scores"])
+    assert rec["main_metric"] == "selection/accuracy" and rec["main_score"] == rec["scores"]["selection/accuracy"]
+    assert rec["details"]["info"]["eval_examples"] == {"selection": 20}
+    _, evals = load_data(get_task("rte"), RunConfig(task="rte", data_dir=str(glue_dir), selection_size=40,
+                                                    score_official=False))
+    assert list(evals) == ["selection"]
+
+
 def test_keys_move_only_when_the_settings_are_set():
     plain = RunConfig(selection_size=0.1, eval_every=10)
-    assert "selection_max" not in plain.identity() and "eval_every_max" not in plain.identity()
-    keys = {run_key(resolve(c)) for c in (plain, plain.replace(selection_max=100), plain.replace(eval_every_max=50))}
-    assert len(keys) == 3
+    assert {"selection_max", "eval_every_max", "score_official"}.isdisjoint(plain.identity())
+    keys = {run_key(resolve(c)) for c in (plain, plain.replace(selection_max=100), plain.replace(eval_every_max=50),
+                                          plain.replace(score_official=False), plain.replace(score_official=True))}
+    assert len(keys) == 4  # score_official=True is the default: the key every run had before the setting
 
 
 @pytest.mark.parametrize("kw,msg", [
     ({"selection_max": 10}, "selection_max=10 caps the selection split, but there is none; give selection_size"),
     ({"eval_every_max": 10}, "eval_every_max=10 subsamples the evaluations between steps, but there are none"),
     ({"selection_size": 0.1, "selection_max": 0}, "selection_max must be a positive integer"),
+    ({"score_official": False}, "score_official=false leaves the selection split as the only one scored, but there "
+                                "is none; give selection_size too"),
 ])
 def test_settings_without_their_partner_are_refused(kw, msg):
     with pytest.raises(ConfigError, match=msg):
@@ -126,6 +146,12 @@ def test_cli_flags_are_derived_and_checked(tmp_path, capsys):
     rc = main(["run", "--task", "rte", "--store", str(tmp_path / "s.sqlite"), "--selection-max", "5"])
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "give selection_size too" in err, err
+
+
+def test_the_official_splits_are_left_unscored_by_a_no_switch(tmp_path, capsys):
+    rc = main(["run", "--task", "rte", "--store", str(tmp_path / "s.sqlite"), "--no-score-official"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "score_official=false" in err and "give selection_size too" in err
 
 
 def test_a_suites_selection_block_takes_the_cap(tmp_path):

@@ -119,6 +119,11 @@ class RunConfig:
     # evaluation cost (issue 25; in the key when set: they change the data a run trains on or the curves it records)
     selection_max: int | None = setting(None, _OPT_COUNT, key="when_set", group=DATA,
                                         help="cap the selection split at N examples (the rest stays in train)")
+    # whether the official splits are scored at all (issue 27): a search's trial runs are judged on the selection
+    # split alone, and scoring STS-B's 1,500 dev pairs cost more than a first rung's training; in the key when off
+    score_official: bool = setting(True, _BOOL, key="when_set", group=DATA, flag="--no-score-official",
+                                   help="score only the selection split, not the task's official evaluation "
+                                        "splits (dev): a search's trial runs do (needs --selection-size)")
     eval_every_max: int | None = setting(None, _OPT_COUNT, key="when_set", group=DATA,
                                          help="score a seeded subsample of N examples per split at each "
                                               "--eval-every evaluation (the final evaluation scores every example)")
@@ -211,6 +216,9 @@ class RunConfig:
         if self.selection_max is not None and not self.selection_size:
             raise ConfigError(f"selection_max={self.selection_max} caps the selection split, but there is none; give "
                               f"selection_size too (a count or a fraction of train).")
+        if not self.score_official and not self.selection_size:
+            raise ConfigError("score_official=false leaves the selection split as the only one scored, but there is "
+                              "none; give selection_size too (a count or a fraction of train).")
         if self.eval_every_max is not None and not self.eval_every:
             raise ConfigError(f"eval_every_max={self.eval_every_max} subsamples the evaluations between steps, but "
                               f"there are none; give eval_every too (evaluate every N steps).")

@@ -95,7 +95,8 @@ class Recorder:
             "model": {"name": cfg.model, "path": p.info["model_path"], "sha256": fingerprint(p.info["model_path"])},
             "comparable": p.task.comparable,
         }
-        self.main_metric = f"dev/{p.task.main_metric}"
+        # the split a run is judged on: dev, or the selection split where the official ones are not scored
+        self.main_metric = f"{'dev' if cfg.score_official else 'selection'}/{p.task.main_metric}"
         if store is not None:
             try:
                 store.start(self.key, cfg.to_dict(), self.prov, tags, self.main_metric, redo_done=force)

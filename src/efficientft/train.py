@@ -179,7 +179,7 @@ def load_data(task: Task, cfg: RunConfig) -> tuple[Examples, dict[str, Examples]
         train, selection = train.split_off(cfg.selection_size, cfg.data_seed, cfg.selection_max)
         evals["selection"] = selection.sample(cfg.max_eval, cfg.data_seed)
     train = train.sample(cfg.max_train, cfg.data_seed)
-    for split in task.eval_splits:
+    for split in task.eval_splits if cfg.score_official else ():
         evals[split] = task.load(split, opts).sample(cfg.max_eval, cfg.data_seed)
     for name, ex in [("train", train), *evals.items()]:
         if len(ex) == 0:
