@@ -17,6 +17,7 @@ import pytest
 
 pytest.importorskip("optuna")
 
+from efficientft.errors import ConfigError  # noqa: E402
 from efficientft.methods import METHODS  # noqa: E402
 from efficientft.store import Store  # noqa: E402
 from efficientft.sweep.options import SweepOptions, environment  # noqa: E402
@@ -87,16 +88,40 @@ def trials_of(store_path: Path) -> list[tuple]:
 
 def test_rungs_are_optunas_successive_halving_rungs():
     search = load_suite("search-check").search
-    assert rungs_of(search, 12) == [4]
-    assert rungs_of(search, 40) == [4, 12, 36]
+    assert rungs_of(search, 12, "rte") == [4]
+    assert rungs_of(search, 40, "rte") == [4, 12, 36]
 
 
 def test_default_rungs_are_budget_over_eta_squared_and_over_eta_with_nothing_just_below_the_budget():
     from efficientft.sweep.suite_parse import Search
 
-    assert rungs_of(Search(), 1000) == [112, 336]  # floor division gave 111, 333 and 999: a rung as dear as the run
-    assert rungs_of(Search(), 600) == [67, 201] and rungs_of(Search(), 300) == [34, 102]
-    assert all(len(rungs_of(Search(), n)) == 2 and rungs_of(Search(), n)[-1] < n / 2 for n in range(9, 3000, 7))
+    assert rungs_of(Search(), 1000, "sst2") == [112, 336]  # floor division gave 111, 333 and 999: a rung as dear as the run
+    assert rungs_of(Search(), 600, "mrpc") == [67, 201] and rungs_of(Search(), 300, "sst2") == [34, 102]
+    assert all(len(rungs_of(Search(), n, "sst2")) == 2 and rungs_of(Search(), n, "sst2")[-1] < n / 2
+               for n in range(9, 3000, 7))
+
+
+def test_the_first_rung_may_be_given_per_task_and_names_only_the_suites_tasks(tmp_path):
+    """MRPC sits at its majority class for ~100 steps (pilot.md): its first rung at 600/9 = 67 steps would rank
+    trials by noise, so a suite gives it a later one; the other tasks keep the default."""
+    from efficientft.sweep.suite_parse import Search
+
+    se = Search(min_steps={"mrpc": 200})
+    assert rungs_of(se, 600, "mrpc") == [200] and rungs_of(se, 300, "sst2") == [34, 102]
+    assert rungs_of(Search(min_steps=50), 500, "stsb") == [50, 150, 450]
+    head = "defaults: {steps: 12, lr: 0.001}\ngrid: {task: [rte, mrpc]}\nmethods:\n  - {method: lora}\n" \
+           "selection: {selection_size: 0.1}\n"
+    p = tmp_path / "s.yaml"
+    p.write_text(head + "search: {trials: 2, min_steps: {mrpc: 6}}\n")
+    suite = load_suite(p)
+    assert suite.search.min_steps == {"mrpc": 6} and suite.expand()
+    p.write_text(head + "search: {trials: 2, min_steps: {sst2: 6}}\n")
+    with pytest.raises(ConfigError, match="search.min_steps names task 'sst2', which the suite does not run "
+                                          r"\(its tasks: mrpc, rte\)"):
+        load_suite(p).expand()
+    p.write_text(head + "search: {trials: 2, min_steps: {mrpc: 0}}\n")
+    with pytest.raises(ConfigError, match="search.min_steps.mrpc must be a whole number >= 1"):
+        load_suite(p)
 
 
 def test_a_dry_run_sizes_a_search_in_cpu_hours_from_the_suite_estimate(glue_dir, tmp_path):
@@ -109,8 +134,9 @@ def test_a_dry_run_sizes_a_search_in_cpu_hours_from_the_suite_estimate(glue_dir,
     assert se["configurations"] == len(groups) == 15 and se["unknown_time"] == 0  # 5 configurations x 3 tasks
     final = sum(5 * (c.steps * est["step_s"][c.task] + est["overhead_s"]) for c in groups.values())
     assert se["seconds_final"] == pytest.approx(final)
-    at_most = sum(8 * (sum([*rungs_of(suite.search, c.steps), c.steps]) * est["step_s"][c.task]
-                       + 3 * est["overhead_s"]) for c in groups.values())
+    budgets = {c.task: [*rungs_of(suite.search, c.steps, c.task), c.steps] for c in groups.values()}
+    at_most = sum(8 * (sum(budgets[c.task]) * est["step_s"][c.task] + len(budgets[c.task]) * est["overhead_s"])
+                  for c in groups.values())
     assert se["seconds_trials_at_most"] == pytest.approx(at_most)
     assert se["seconds_trials_expected"] < at_most / 2
     assert "CPU-hours" in plan_text(suite, plan).splitlines()[-1]
@@ -129,6 +155,13 @@ def test_the_shipped_search_runs_tags_its_trials_and_reports_the_choice_on_dev(t
         assert sum(c["trials"].values()) == 3
         trial_runs = [r for r in runs if r["tags"].get("search") == "search-check" and r["tags"]["group"] == c["group"]]
         assert {r["tags"]["rung"] for r in trial_runs} <= {0, 1} and {r["config"]["steps"] for r in trial_runs} <= {4, 12}
+        # a trial is judged on the selection split alone: dev is neither scored nor read (it cost more than a
+        # first rung's training on STS-B), its main score is the selection one, and its key says so
+        for r in trial_runs:
+            assert r["scores"] and all(k.startswith("selection/") for k in r["scores"]), r["scores"]
+            assert r["config"]["score_official"] is False and r["main_metric"].startswith("selection/")
+            assert r["main_score"] == r["scores"][r["main_metric"]]
+            assert r["details"]["info"]["eval_examples"].keys() == {"selection"}
         low, high = METHODS.get(c["method"]).lr_prior  # the learning rate from the method's prior
         assert all(low <= r["config"]["lr"] <= high for r in trial_runs)
         if c["method"] == "lora":
@@ -144,6 +177,7 @@ def test_the_shipped_search_runs_tags_its_trials_and_reports_the_choice_on_dev(t
         finals = [r for r in runs if r["tags"].get("search_final") == "search-check" and r["tags"]["group"] == c["group"]]
         assert sorted(r["config"]["seed"] for r in finals) == [1, 2]
         assert all(r["config"]["steps"] == 12 and r["config"]["lr"] == pytest.approx(c["chosen"]["lr"]) for r in finals)
+        assert all(r["config"]["score_official"] is True and r["main_metric"].startswith("dev/") for r in finals)
         dev = c["reported_on"]
         assert dev == "dev/" + metric.split("/", 1)[1]
         assert c["mean"] == pytest.approx(statistics.fmean(r["scores"][dev] for r in finals))

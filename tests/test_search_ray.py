@@ -42,7 +42,7 @@ search: {{trials: 3, seed: 0, min_steps: 3, reduction_factor: 3, final_seeds: 1,
 
 def test_a_search_runs_on_ray_tune_stores_its_trials_and_a_rerun_trains_nothing(tmp_path, tiny_bert, glue_dir):
     suite = load_suite(suite_file(tmp_path, tiny_bert))
-    assert rungs_of(suite.search, 9) == [3]
+    assert rungs_of(suite.search, 9, "stsb") == [3]
     store = Store(tmp_path / "runs.sqlite")
     opts = SweepOptions(executor="ray", env=environment())
     lines: list[str] = []

@@ -83,11 +83,12 @@ def tune_path(store: Store) -> Path:
     return p.with_name(p.stem + ".raytune")
 
 
-def rungs_of(search, steps: int) -> list[int]:
-    """The rung budgets below the full ``steps``: ``min_steps · η^k`` (Optuna's successive-halving rungs). The
-    default first rung is ⌈steps / η²⌉, so that the rungs are steps/η², steps/η and nothing just below the full
-    budget (⌊1000 / 9⌋ = 111 would give 111, 333 and 999: a third rung that costs as much as the full one)."""
-    first = search.min_steps or max(1, math.ceil(steps / search.reduction_factor ** 2))
+def rungs_of(search, steps: int, task: str) -> list[int]:
+    """The rung budgets below the full ``steps`` of ``task``: ``min_steps · η^k`` (Optuna's successive-halving
+    rungs; ``min_steps`` may be given per task). The default first rung is ⌈steps / η²⌉, so that the rungs are
+    steps/η², steps/η and nothing just below the full budget (⌊1000 / 9⌋ = 111 would give 111, 333 and 999: a third
+    rung that costs as much as the full one)."""
+    first = search.first_rung(task) or max(1, math.ceil(steps / search.reduction_factor ** 2))
     out, b = [], first
     while b < steps:
         out.append(b)
@@ -109,7 +110,7 @@ def search_cost(suite: Suite, runs: list[PlannedRun], timing: Callable[[PlannedR
                            "seconds_trials_at_most": 0.0, "seconds_trials_expected": 0.0, "seconds_final": 0.0,
                            "unknown_time": 0}
     for r in groups.values():
-        budgets = [*rungs_of(se, r.cfg.steps), r.cfg.steps]
+        budgets = [*rungs_of(se, r.cfg.steps, r.cfg.task), r.cfg.steps]
         going = [se.trials / se.reduction_factor ** k for k in range(len(budgets))]  # trials reaching each rung
         if se.halving == "synchronous":  # exactly: :func:`survivors` go on from each rung
             going = [float(se.trials)]
@@ -249,7 +250,7 @@ def trial_run(suite: Suite, base: PlannedRun, params: dict[str, Any], number: in
     """Rung ``rung`` of a trial: ``base`` with the sampled ``params`` and ``budget`` steps, tagged ``search``,
     ``trial``, ``rung`` (its key is the config's alone: both engines build the same runs from the same values).
     A value no rule accepts raises :class:`ConfigError`."""
-    cfg = apply_params(base.cfg, params, steps=budget)
+    cfg = apply_params(base.cfg, params, steps=budget, score_official=False)  # judged on selection: dev unscored
     tags = {**base.tags, "search": suite.name, "trial": number, "rung": rung, "budget": budget,
             "full_steps": base.cfg.steps, "params": params, "metric": metric}
     return PlannedRun(cfg, run_key(cfg), tags, base.where)
@@ -415,7 +416,7 @@ def _optuna_trials(optuna, storage, suite: Suite, base: PlannedRun, metric: str,
     """One configuration's study: ask, train its rungs, tell, until ``trials`` are counted."""
     se = suite.search
     full = base.cfg.steps
-    rungs = rungs_of(se, full)
+    rungs = rungs_of(se, full, base.cfg.task)
     space = space_of(suite, base.cfg, base.tags.get("entry"))
     study = _open_study(optuna, storage, suite, base, maximise, rungs, log)
     if se.halving == "synchronous":

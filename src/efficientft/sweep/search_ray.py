@@ -114,7 +114,7 @@ def tune_trials(suite: Suite, base: PlannedRun, metric: str, maximise: bool, sto
 
     se, group = suite.search, base.tags["group"]
     full = base.cfg.steps
-    rungs = rungs_of(se, full)
+    rungs = rungs_of(se, full, base.cfg.task)
     space = space_of(suite, base.cfg, base.tags.get("entry"))
     where = tune_path(store) / suite.name
     where.mkdir(parents=True, exist_ok=True)
@@ -222,5 +222,5 @@ def _writer(store: Store, executor, on_result: Callable, log: Callable[[str], No
             self._finish(trials, trial, failed=True)
 
     space_names = list(space_of(suite, base.cfg, base.tags.get("entry")))
-    rung_budgets = [*rungs_of(suite.search, full), full]
+    rung_budgets = [*rungs_of(suite.search, full, base.cfg.task), full]
     return Writer()

@@ -219,6 +219,12 @@ class Suite:
                     raise ConfigError(f"{self.path}, line {lines[name]}: methods[{index}].search: unknown key "
                                       f"{name!r}: method {mine[0].cfg.method!r} takes no argument "
                                       f"{name.partition('.')[2]!r}.")
+        if isinstance(se.min_steps, dict):
+            tasks = {r.cfg.task for r in runs}
+            for task in se.min_steps:
+                if task not in tasks:
+                    raise ConfigError(f"{self.path}, line {se.line}: search.min_steps names task {task!r}, which the "
+                                      f"suite does not run (its tasks: {', '.join(sorted(tasks))}).")
         seen: set[str] = set()
         for r in runs:
             if r.cfg.steps is None:
