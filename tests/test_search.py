@@ -578,16 +578,30 @@ def test_a_sampler_other_than_tpe_is_refused_on_ray_and_a_bad_one_in_one_line(tm
     assert len(err) == 1 and err[0].endswith("line 13: search.sampler must be tpe or halton, got 'sobol'."), err
 
 
-def test_the_studies_executor_fresh_processes_on_shared_lanes_trains_each_run_in_a_process_of_its_own(
-        tmp_path, tiny_bert, glue_dir):
+@pytest.mark.parametrize("workers", [2, 1])
+def test_the_studies_executor_gives_each_final_seed_a_fresh_process_and_the_trials_a_reused_one(
+        tmp_path, tiny_bert, glue_dir, workers):
     """The study suites' settings (`--workers 2 --fresh-process`, synchronous halving, Halton trials): every run is
-    done, each in a worker process of its own (its cost is its own), and both configurations count their trials."""
+    done; each final seed — whose cost the report compares — in a worker process of its own, first in it; the
+    trials, whose costs nobody compares, one after another in a reused worker (no process start per trial), one
+    worker process per lane at a time; both configurations count their trials. `--workers 1` alike."""
     p = suite_file(tmp_path, tiny_bert, "{trials: 4, seed: 0, min_steps: 1, final_seeds: 2, halving: synchronous, "
                                         "sampler: halton}", methods=TWO_METHODS)
     summary = sweep(load_suite(p), Store(tmp_path / "runs.sqlite"),
-                    SweepOptions(env=environment(), workers=2, fresh_process=True), log=lambda line: None)
+                    SweepOptions(env=environment(), workers=workers, fresh_process=True), log=lambda line: None)
     runs = Store(tmp_path / "runs.sqlite").runs()
     assert {r["status"] for r in runs} == {"done"} and summary["outcomes"] == {"done": len(runs)}
-    assert len({r["worker"] for r in runs}) == len(runs)
+    finals = [r for r in runs if r["tags"].get("search_final")]
+    trial_runs = [r for r in runs if not r["tags"].get("search_final")]
+    assert len(finals) == 4 and len(trial_runs) == 2 * (4 + 1 + 1)  # per configuration: 4 at 1 step, 1 at 3, 1 at 9
+    assert all(r["details"]["fresh_process"] for r in finals)
+    workers_of_finals = {r["worker"] for r in finals}
+    assert len(workers_of_finals) == len(finals)  # one process each
+    assert workers_of_finals.isdisjoint(r["worker"] for r in trial_runs)
+    # a lane's reused worker starts once, and again after a configuration's final seeds took the lane
+    assert sum(r["details"]["fresh_process"] for r in trial_runs) <= workers * (1 + 2)
+    for w in {r["worker"] for r in trial_runs}:  # a reused worker ran trials, its first one fresh
+        mine = sorted((r for r in trial_runs if r["worker"] == w), key=lambda r: r["started_at"])
+        assert mine[0]["details"]["fresh_process"] and not any(r["details"]["fresh_process"] for r in mine[1:])
     trials = trials_of(tmp_path / "runs.sqlite")
     assert len(trials) == 8 and sorted(t[2] for t in trials) == ["COMPLETE"] * 2 + ["PRUNED"] * 6

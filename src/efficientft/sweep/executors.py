@@ -187,6 +187,14 @@ class LocalPool:
         return [LocalPool(self.store_path, self.workers, self.retry_failed, self.reclaim, self.fresh_process, slots=1)
                 for _ in range(self.workers)]
 
+    def reusing(self) -> LocalPool:
+        """This pool for runs whose cost is not compared (a search's trials): with ``--fresh-process``, the same
+        pool whose worker runs one run after another (no interpreter start and imports per run, some 5-10 s on a
+        CPU core); otherwise this pool itself. The run records which it was (``details.fresh_process``)."""
+        if not self.fresh_process:
+            return self
+        return LocalPool(self.store_path, self.workers, self.retry_failed, self.reclaim, False, slots=self.slots)
+
     def _new_pool(self, workers: int):
         from concurrent.futures import ProcessPoolExecutor
 

@@ -30,7 +30,8 @@ class SweepOptions:
     fresh_process: bool = setting(False, Rule("bool"),
                                   help="each run in a new process (a local pool, --workers 1 too): its peak memory is "
                                        "then its own, not raised by what earlier runs left in the process; costs an "
-                                       "interpreter start per run")
+                                       "interpreter start per run (a search's trials, whose costs are not "
+                                       "compared, reuse one per lane)")
     reclaim: bool = setting(False, Rule("bool"),
                             help="take over runs marked running by another host (a sweep that died elsewhere)")
     early_stopping: bool = setting(True, Rule("bool"), flag="--no-early-stopping",

@@ -280,7 +280,8 @@ def run_search(suite: Suite, runs: list[PlannedRun], store: Store, executor, on_
                            "trials": se.trials, "seed": se.seed, "reduction_factor": se.reduction_factor,
                            "configurations": []}
 
-    lanes = executor.lanes() if not on_ray and hasattr(executor, "lanes") and executor.workers > 1 else None
+    lanes = (executor.lanes() if not on_ray and hasattr(executor, "lanes")
+             and (executor.workers > 1 or executor.fresh_process) else None)
     if lanes is not None:  # the drivers' and lanes' threads report through one lock
         on_result, log = serialised(on_result), serialised(log)
     trainer = Trainer(store, on_result, executor, lanes)
@@ -324,9 +325,15 @@ def serialised(fn: Callable) -> Callable:
 
 class Trainer:
     """Trains a search's runs and returns their records: one at a time on the sweep's executor, or on lanes
-    (``--workers N``: :meth:`LocalPool.lanes <.executors.LocalPool.lanes>`), where the next run takes any free lane
-    and :meth:`many` trains independent runs at once (a synchronous rung's trials, a choice's final seeds), so no
-    lane waits while another configuration has runs to give it."""
+    (``--workers N`` or ``--fresh-process``: :meth:`LocalPool.lanes <.executors.LocalPool.lanes>`), where the next
+    run takes any free lane and :meth:`many` trains independent runs at once (a synchronous rung's trials, a
+    choice's final seeds), so no lane waits while another configuration has runs to give it.
+
+    A run whose cost is not compared (``measured=False``: a trial, scored on the selection split and never a row of
+    a table) takes its lane's :meth:`reusing <.executors.LocalPool.reusing>` pool: with ``--fresh-process`` its
+    worker runs the configuration's trials one after another, and the final seeds, whose costs the report and the
+    leaderboard compare, each get a fresh process. A lane runs one worker process at a time: the pool it does not
+    use is closed first (on a GPU an idle worker would hold device memory the measured run then lacks)."""
 
     def __init__(self, store: Store, on_result: Callable, executor, lanes: list | None = None) -> None:
         import queue
@@ -334,31 +341,35 @@ class Trainer:
 
         self.store, self.on_result, self.executor, self.lanes = store, on_result, executor, lanes
         self._free: queue.SimpleQueue = queue.SimpleQueue()
-        for lane in lanes or []:
-            self._free.put(lane)
+        self._pairs = [(lane, lane.reusing()) for lane in lanes or []]  # (measured runs, trials)
+        for pair in self._pairs:
+            self._free.put(pair)
         # threads that live as long as the lanes: a lane's worker process dies with the thread that started it
         # (executors.py: PR_SET_PDEATHSIG is the parent *thread's* death), so no short-lived thread may start one
         self._threads = ThreadPoolExecutor(max_workers=len(lanes), thread_name_prefix="search-run") if lanes else None
 
-    def one(self, run: PlannedRun) -> dict | None:
+    def one(self, run: PlannedRun, measured: bool = True) -> dict | None:
         if self.lanes is None:
             self.executor.run([item(run)], self.on_result)
         else:
-            lane = self._free.get()
+            pair = self._free.get()
+            use, other = pair if measured else pair[::-1]
             try:
-                lane.run([item(run)], self.on_result)
+                if other is not use:
+                    other.close()
+                use.run([item(run)], self.on_result)
             finally:
-                self._free.put(lane)
+                self._free.put(pair)
         return self.store.get(run.key)
 
-    def many(self, runs: list[PlannedRun]) -> list[dict | None]:
+    def many(self, runs: list[PlannedRun], measured: bool = True) -> list[dict | None]:
         if self._threads is None or len(runs) < 2:
-            return [self.one(r) for r in runs]
-        return list(self._threads.map(self.one, runs))
+            return [self.one(r, measured) for r in runs]
+        return list(self._threads.map(lambda r: self.one(r, measured), runs))
 
     def close(self, abort: bool = False) -> None:
-        for lane in self.lanes or []:
-            lane.close(abort=abort)
+        for pool in {id(p): p for pair in self._pairs for p in pair}.values():
+            pool.close(abort=abort)
         if self._threads is not None:
             self._threads.shutdown(wait=True, cancel_futures=True)
 
@@ -431,7 +442,7 @@ def _optuna_trials(optuna, storage, suite: Suite, base: PlannedRun, metric: str,
             except ConfigError as e:  # a sampled value no rule accepts: the trial fails, the search goes on
                 note = f"failed: {e}"
                 break
-            v = score_of(trainer.one(run), metric)
+            v = score_of(trainer.one(run, measured=False), metric)
             if v is None:
                 break
             if budget < full:
@@ -488,7 +499,7 @@ def _synchronous(optuna, suite: Suite, base: PlannedRun, metric: str, maximise: 
                 runs[num] = trial_run(suite, base, params, num, k, budget, metric)
             except ConfigError as e:  # a sampled value no rule accepts: the trial fails, the search goes on
                 notes[num] = f"failed: {e}"
-        records = dict(zip(runs, trainer.many(list(runs.values())), strict=True))  # the rung's runs, at once
+        records = dict(zip(runs, trainer.many(list(runs.values()), measured=False), strict=True))  # at once
         for num, (trial, params) in list(alive.items()):
             v = score_of(records.get(num), metric)
             if v is None:
