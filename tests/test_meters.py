@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from efficientft.meters import PeakMemory, release_freed_memory, rss_bytes
+from efficientft.meters import CpuShare, PeakMemory, release_freed_memory, rss_bytes
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmHWM and clear_refs are Linux features")
@@ -57,6 +57,31 @@ def test_a_run_records_memory_mean_and_p99_beside_the_peak(tiny_bert):
     assert cost["memory_samples"] >= 2 and cost["memory_source"] == "rss"
     assert 0 < cost["memory_mean_mb"] <= cost["memory_p99_mb"] <= cost["memory_max_sampled_mb"]
     assert cost["memory_max_sampled_mb"] <= cost["peak_rss_mb"] + 1  # samples never exceed the high-water mark
+
+
+def test_the_cpu_share_is_the_cpu_seconds_over_wall_time_times_threads():
+    """Busy: about all of one thread; asleep: about none; on a GPU: nothing recorded (the host's share says little)."""
+    threads = torch.get_num_threads()
+    busy = CpuShare(torch.device("cpu"))
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < 0.3:
+        pass
+    got = busy.read(time.perf_counter() - t0)
+    assert got["cpu_threads"] == threads and 0.25 <= got["cpu_s"] <= 0.4
+    assert got["cpu_share"] == pytest.approx(got["cpu_s"] / ((time.perf_counter() - t0) * threads), rel=0.05)
+    idle = CpuShare(torch.device("cpu"))
+    time.sleep(0.3)
+    assert idle.read(0.3)["cpu_share"] < 0.2 / threads
+    assert CpuShare(torch.device("cuda")).read(1.0) == {}
+
+
+def test_a_run_records_its_cpu_share(tiny_bert):
+    from efficientft.train import run
+    from tests.conftest import tiny_config
+
+    cost = run(tiny_config(tiny_bert, steps=2, max_train=8, max_eval=8))["cost"]
+    assert cost["cpu_threads"] == torch.get_num_threads() and 0 < cost["cpu_s"] <= cost["wall_s"] * cost["cpu_threads"] * 1.2
+    assert cost["cpu_share"] == pytest.approx(cost["cpu_s"] / (cost["wall_s"] * cost["cpu_threads"]))
 
 
 _HEAP_PROBE = """

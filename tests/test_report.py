@@ -564,6 +564,36 @@ def test_csv_with_a_named_selection_split_and_an_empty_cell(report_store):
         assert len({len(line.split(",")) for line in lines}) == 1 and len(lines) == len(r.table.rows) + 1
 
 
+def test_step_times_measured_while_sharing_the_cpu_are_marked_with_the_share(tmp_path):
+    """A run that had half its core (a study beside a test suite) steps about twice as slowly: the cost table
+    shows each configuration's median CPU share and marks its step time under 80 %; the strategy analysis names
+    it beside the step-time saving. Records from before the field existed say nothing."""
+    from efficientft.config import RunConfig
+    from efficientft.report.strategy import analyse
+
+    store = Store(tmp_path / "s.sqlite")
+    for method, targets, shares in (("lora", "qkv", (0.97, 0.99, 0.5)), ("lora", "qv", (0.45, 0.5, 0.98)),
+                                    ("full", "qkv", (None, None, None))):
+        for seed, share in enumerate(shares):
+            cfg = resolve(RunConfig(task="sst2", method=method, targets=targets, lr=1e-3, steps=10, seed=seed))
+            store.start(run_key(cfg), cfg.to_dict(), {}, {"suite": "s"}, "dev/accuracy")
+            cost = {"median_step_s": 0.2 / (share or 1.0)} | ({} if share is None else {"cpu_share": share})
+            store.finish(run_key(cfg), "done", {"dev/accuracy": 0.8 + seed / 100}, cost, {}, main_score=0.8)
+    rep = build(store)
+    by = {c.label: c for c in rep.costs}
+    share = {" ".join(label.split()[:2]): (round(c.cpu_share, 2) if c.cpu_share == c.cpu_share else None,
+                                           c.shared_cpu) for label, c in by.items()}
+    assert share == {"lora qkv": (0.97, False), "lora qv": (0.5, True), "full qkv": (None, False)}, share
+    doc = markdown_document(rep)
+    rows = {" ".join(line.split("|")[1].split()[:2]): line for line in doc.splitlines()
+            if line.startswith(("| lora", "| full")) and " MB" not in line and "⚠ mixed" not in line}
+    qv = [x for x in rows if x.startswith("lora qv")]
+    assert qv and tables.SHARED_CPU in rows[qv[0]] and rows[qv[0]].rstrip(" |").endswith("50")
+    assert all(tables.SHARED_CPU not in rows[x] for x in rows if not x.startswith("lora qv"))
+    (effect,) = analyse(rep.collection).effects
+    assert effect.shared_cpu and effect.step_text.endswith("(CPU shared)")
+
+
 def test_a_configuration_whose_runs_mix_fresh_and_reused_processes_is_flagged(tmp_path):
     """Peak memory of a run that was not the first in its process may be an earlier run's: the cost table marks a
     configuration whose runs mix the two modes (records that predate ``fresh_process`` say nothing)."""

@@ -29,6 +29,25 @@ import torch
 from .allocator import release_freed_memory
 
 
+class CpuShare:
+    """How much of its cores a run had: the process's CPU seconds (every thread, user and system) over its wall
+    time times its torch threads. Near 1 when the run had its cores to itself; 0.5 when its one thread shared a core
+    with another busy one (a study beside a test suite, three workers on two cores). Step times and wall times are
+    comparable between runs only at like shares: the report marks configurations measured while sharing the CPU.
+    On a GPU the host's share says little about the run's speed: nothing is recorded there."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.on_cpu = device.type == "cpu"
+        self.cpu0 = time.process_time()
+
+    def read(self, wall_s: float) -> dict[str, float]:
+        if not self.on_cpu or wall_s <= 0:
+            return {}
+        cpu_s = time.process_time() - self.cpu0
+        threads = torch.get_num_threads()
+        return {"cpu_s": cpu_s, "cpu_threads": threads, "cpu_share": cpu_s / (wall_s * threads)}
+
+
 def read_status(key: str) -> int | None:
     """A size field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``) in bytes; None where it cannot be read."""
     try:

@@ -20,7 +20,7 @@ from . import checkpoint, memory_model, provenance
 from .checkpoint import TrainState
 from .config import RunConfig
 from .errors import AlreadyDone
-from .meters import PeakMemory
+from .meters import CpuShare, PeakMemory
 from .models import fingerprint
 from .runtime import Runtime
 from .step import Diverged
@@ -59,6 +59,7 @@ class Recorder:
         self.memory = PeakMemory(runtime.device)
         self.memory.reset()
         self.t0 = time.perf_counter()
+        self.cpu = CpuShare(runtime.device)
         self.folder = None  # data-parallel runs are not checkpointed
         if store is not None and runtime.accelerator is None:
             self.folder = checkpoint.folder_for(store.path, key)
@@ -175,6 +176,7 @@ class Recorder:
         if "predicted_peak_mb" in cost:
             cost.update(memory_model.compare(cost["predicted_peak_mb"], cost.get("peak_memory_mb")))
         cost["wall_s"] = time.perf_counter() - self.t0
+        cost.update(self.cpu.read(cost["wall_s"]))
         main = self.scores.get(self.main_metric)
         try:
             if self.store is not None:

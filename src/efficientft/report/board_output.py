@@ -14,7 +14,7 @@ from . import html as h
 from .collect import SPLIT_TITLES
 from .leaderboard import BOARD_COSTS, Entry, Leaderboard, TaskBoard
 from .rows import task_title
-from .tables import _csv, fmt_params, md_escape, p_text
+from .tables import SHARED_CPU, _csv, fmt_params, md_escape, p_text
 from .values import score_scale
 
 BOARD_FORMATS = ("md", "html", "csv")
@@ -61,7 +61,7 @@ def cost_cells(lb: Leaderboard, label: str) -> list[str]:
     if c is None:
         return [label, _f(rank, 1), "–", "–", "–", "–"]
     return [label, _f(rank, 1), fmt_params(c.params_min, c.params_max), _f(c.peak_memory_mb, 1, 0),
-            _f(c.median_step_s, 1, 4), _f(c.tokens_per_s, 1, 0)]
+            _f(c.median_step_s, 1, 4) + (SHARED_CPU if c.shared_cpu else ""), _f(c.tokens_per_s, 1, 0)]
 
 
 def ranks_text(lb: Leaderboard) -> list[str]:

@@ -3,7 +3,9 @@
 Per configuration (a table row): its runs in the table (under ``--select-lr``, the selected learning rate's), their
 trainable parameters, the median over runs of each run's median optimizer step, the largest peak memory, the
 median wall time per run and the wall time summed, the median tokens per second and the median model FLOPs
-utilisation (MFU, :mod:`efficientft.flops`; NaN where no run knows its device's peak). For the store: every run it holds, whatever its status and
+utilisation (MFU, :mod:`efficientft.flops`; NaN where no run knows its device's peak), and the median share of
+their cores the runs had (:class:`efficientft.meters.CpuShare`: times measured while sharing the CPU are marked).
+For the store: every run it holds, whatever its status and
 whether or not a table shows it (the learning rates not selected, failed and cancelled runs), so the compute a
 study spent is never under-reported.
 """
@@ -32,6 +34,15 @@ class CostRow:
     tokens_per_s: float = math.nan
     mfu: float = math.nan
     mixed_processes: bool = False  # some runs ran first in a fresh process, others after earlier runs in theirs
+    cpu_share: float = math.nan  # median over runs of the share of their cores they had (meters.CpuShare)
+
+    @property
+    def shared_cpu(self) -> bool:
+        """Its runs had under :data:`SHARED_BELOW` of their cores (median): its times are not an idle machine's."""
+        return self.cpu_share < SHARED_BELOW
+
+
+SHARED_BELOW = 0.8  # a one-thread run beside one other busy thread per core has about 0.5
 
 
 @dataclass
@@ -64,7 +75,7 @@ def cost_rows(col: Collection) -> list[CostRow]:
                            _median(_values(runs, "median_step_s")), max(_values(runs, "peak_memory_mb"),
                                                                          default=math.nan),
                            _median(wall), sum(wall), _median(_values(runs, "tokens_per_s")),
-                           _median(_values(runs, "mfu")), _mixes_processes(runs)))
+                           _median(_values(runs, "mfu")), _mixes_processes(runs), _median(_values(runs, "cpu_share"))))
     return out
 
 

@@ -261,7 +261,7 @@ def costs_table(costs: Sequence) -> Markup:
     rows = []
     for c in costs:
         raw = [c.runs, c.params_min, c.median_step_s, c.peak_memory_mb, c.wall_per_run_s, c.wall_s, c.tokens_per_s,
-               c.mfu]
+               c.mfu, c.cpu_share]
         text = cost_cells(c)
         rows.append(tag("tr", tag("td", text[0], class_="l"),
                         *[tag("td", v, data_sort=sort_key(x)) for v, x in zip(text[1:], raw, strict=True)]))

@@ -34,6 +34,7 @@ import scipy.stats as sps
 from ..vocab import higher_is_better
 from .collect import Collection, Row
 from .compare import pairing
+from .cost import SHARED_BELOW
 from .rows import TUNED
 from .stats import holm
 from .tables import md_escape
@@ -62,6 +63,11 @@ class Effect:
     step_ratio: float  # median step time, arm / qkv
     lambdas: dict[str, float] = field(default_factory=dict)  # task -> λ the arm used (a tuned arm: the chosen one)
     p_holm: float = math.nan
+    shared_cpu: bool = False  # either arm's runs had under 80 % of their cores (median): the step times are noisy
+
+    @property
+    def step_text(self) -> str:
+        return _pct(self.step_ratio) + (" (CPU shared)" if self.shared_cpu and math.isfinite(self.step_ratio) else "")
 
     @property
     def verdict(self) -> str:
@@ -154,7 +160,15 @@ def effect(col: Collection, method: str, ref: Row, arm: Row) -> Effect:
     return Effect(method, arm_name(arm), tuple(d), excluded, n, diff, lo, hi, p,
                   {t: statistics.fmean(xs) for t, xs in d.items()},
                   _ratio(arm, ref, "trainable_params", tasks), _ratio(arm, ref, "median_step_s", tasks),
-                  {t: _lambda(arm, t) for t in tasks})
+                  {t: _lambda(arm, t) for t in tasks},
+                  shared_cpu=any(_shared(row, tasks) for row in (arm, ref)))
+
+
+def _shared(row: Row, tasks: Sequence[str]) -> bool:
+    shares = [number((r.get("cost") or {}).get("cpu_share")) for t in tasks if t in row.cells
+              for r in row.cells[t].runs]
+    shares = [x for x in shares if math.isfinite(x)]
+    return bool(shares) and statistics.median(shares) < SHARED_BELOW
 
 
 def _ratio(a: Row, b: Row, cost: str, tasks: Sequence[str]) -> float:
@@ -259,12 +273,12 @@ def markdown(a: Analysis) -> list[str]:
         extra = f" (excludes {md_escape(', '.join(e.excluded))}: did not learn)" if e.excluded else ""
         lines.append(f"| {md_escape(e.method)} | {md_escape(e.arm)} | {_num(e.diff)} | {_num(e.ci_low)} to {_num(e.ci_high)} | {e.n} | "
                      f"{_p(e.p_value)} | {_p(e.p_holm)} | {per} | {lam} | {_pct(e.params_ratio)} | "
-                     f"{_pct(e.step_ratio)} | {e.verdict}{extra} |")
+                     f"{e.step_text} | {e.verdict}{extra} |")
     lines += ["", "In plain words:", ""]
     for e in a.effects:
         lines.append(f"- **{md_escape(e.method)}, {md_escape(e.arm)}**: {e.verdict} ({_num(e.diff)} points, 95% CI {_num(e.ci_low)} to "
                      f"{_num(e.ci_high)}); trainable parameters {_pct(e.params_ratio)}, step time "
-                     f"{_pct(e.step_ratio)}.")
+                     f"{e.step_text}.")
     lines.append("")
     if a.anova is None:
         lines += [f"Two-factor table: none — {a.anova_note}.", ""]

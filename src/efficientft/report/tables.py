@@ -219,18 +219,22 @@ def md_comparisons(comps: Sequence[Comparison], digits: int = 2) -> str:
 
 
 COST_HEADERS = ("Configuration", "Runs", "Params", "Median step (s)", "Peak memory (MB)", "Wall per run (s)",
-                "Wall, all runs (h)", "Tokens/s", "MFU (%)")
+                "Wall, all runs (h)", "Tokens/s", "MFU (%)", "CPU share (%)")
 
 
 # A peak-memory cell whose runs mix fresh processes with processes that had run earlier runs (their peak included).
 MIXED_PROCESSES = " ⚠ mixed: fresh and reused processes"
+# A step-time cell whose runs had under 80 % of their cores (median): measured beside other work.
+SHARED_CPU = " ⚠ CPU shared"
 
 
 def cost_cells(c) -> list[str]:
     """A cost row's cells as text, in :data:`COST_HEADERS` order."""
     return [str(c.label), str(c.runs), fmt_params(c.params_min, c.params_max) if math.isfinite(c.params_min) else "–",
-            _g3(c.median_step_s), _g3(c.peak_memory_mb, 0) + (MIXED_PROCESSES if c.mixed_processes else ""),
-            _g3(c.wall_per_run_s, 1), _g3(c.wall_s / 3600, 2), _g3(c.tokens_per_s, 0), _g3(100 * c.mfu, 1)]
+            _g3(c.median_step_s) + (SHARED_CPU if c.shared_cpu else ""),
+            _g3(c.peak_memory_mb, 0) + (MIXED_PROCESSES if c.mixed_processes else ""),
+            _g3(c.wall_per_run_s, 1), _g3(c.wall_s / 3600, 2), _g3(c.tokens_per_s, 0), _g3(100 * c.mfu, 1),
+            _g3(100 * c.cpu_share, 0)]
 
 
 def _g3(v: float, digits: int = 3) -> str:
