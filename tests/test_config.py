@@ -87,7 +87,7 @@ def test_speed_options_enter_the_key_only_when_set():
     # the key of a default run is what it was before these options existed
     added = ("bucket", "feature_cache", "gradient_checkpointing", "quantize", "quant_compute_dtype",
              "template", "train_on_inputs", "max_new_tokens", "train_data", "forgetting_file", "selection_max",
-             "eval_every_max", "head")
+             "eval_every_max", "head", "score_official")
     legacy = {k: v for k, v in resolve(base).to_dict().items() if k not in added}
     for name in ("data_dir", "device", "progress", "export_dir", "overwrite", "trust_remote_code",
                  "checkpoint_every", "keep_checkpoints", "tracker", "compile"):

@@ -49,7 +49,8 @@ def test_key_policy_is_read_from_the_schema():
     assert KEY_WHEN_SET == {"bucket": False, "feature_cache": False, "gradient_checkpointing": False,
                             "quantize": None, "quant_compute_dtype": None, "template": None,
                             "train_on_inputs": False, "max_new_tokens": None, "train_data": None,
-                            "forgetting_file": None, "selection_max": None, "eval_every_max": None, "head": "auto"}
+                            "forgetting_file": None, "selection_max": None, "eval_every_max": None, "head": "auto",
+                            "score_official": True}
     base = RunConfig(task="rte")
     q4 = base.replace(quantize="4bit", quant_compute_dtype="fp32")
     for other in (base.replace(gradient_checkpointing=True), q4, q4.replace(quant_compute_dtype="bf16")):
@@ -79,7 +80,8 @@ NEEDS = {"quant_compute_dtype": {"quantize": "4bit"},  # a setting that is only 
          **{n: {"task": "synthetic-reverse"} for n in ("template", "train_on_inputs", "max_new_tokens",
                                                       "forgetting_file")},
          "train_data": {"task": "gsm8k"},
-         "selection_max": {"selection_size": "0.1"}, "eval_every_max": {"eval_every": "10"}}
+         "selection_max": {"selection_size": "0.1"}, "eval_every_max": {"eval_every": "10"},
+         "score_official": {"selection_size": "0.1"}}
 
 
 def test_every_setting_with_a_flag_is_in_eft_run_help(capsys):
@@ -99,7 +101,7 @@ def test_every_flag_reaches_its_field(name):
     flag, value = SETTINGS[name].flag_name(name), _sample(name)
     needs = [a for k, v in NEEDS.get(name, {}).items() for a in (SETTINGS[k].flag_name(k), v)]
     cfg = config_from_args(build_parser().parse_args(["run", *needs, flag, *([] if value is None else [value])]))
-    expected = True if value is None else SETTINGS[name].rule.check(name, value)
+    expected = not flag.startswith("--no-") if value is None else SETTINGS[name].rule.check(name, value)
     assert getattr(cfg, name) == expected
     if name == "tracker":
         assert cfg.tracker == ["wandb", "mlflow"]
