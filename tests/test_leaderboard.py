@@ -111,6 +111,27 @@ def test_average_ranks_friedman_and_cd_diagram(lb):
                                                 "pareto_trainable_params.png"]
 
 
+def test_the_critical_difference_is_demsars_and_the_board_says_when_it_tells_no_two_entries_apart(lb):
+    """Nemenyi's CD = q_α √(k(k+1)/6N): q_0.05 for k = 2, 3, 4, 5, 10 is 1.960, 2.344, 2.569, 2.728, 3.164 (Demšar
+    2006, Table 5a), and his worked example (4 classifiers, 14 data sets) gives CD = 1.25. Study 3's shape (51
+    entries, 2 tasks) gives a CD wider than any spread of average ranks: the board says that no pair is told apart."""
+    import math
+
+    from efficientft.report.board_output import ranks_text
+    from efficientft.report.leaderboard import critical_difference
+
+    q = [critical_difference(k, 1) / math.sqrt(k * (k + 1) / 6) for k in (2, 3, 4, 5, 10)]
+    assert q == pytest.approx([1.960, 2.344, 2.569, 2.728, 3.164], abs=6e-4)
+    assert critical_difference(4, 14) == pytest.approx(1.25, abs=0.005)
+    assert critical_difference(51, 2) > 50  # more than the largest possible spread of 51 average ranks
+    k, n = len(lb.ranks.labels), len(lb.ranks.tasks)
+    assert lb.ranks.critical_difference == pytest.approx(critical_difference(k, n))
+    line = next(x for x in ranks_text(lb) if x.startswith("Nemenyi critical difference"))
+    spread = max(lb.ranks.mean_rank.values()) - min(lb.ranks.mean_rank.values())
+    assert f"{critical_difference(k, n):.2f} ranks ({k} entries, {n} tasks)" in line
+    assert ("no two entries are told apart" in line) == (critical_difference(k, n) > spread)
+
+
 def test_fewer_than_two_tasks_or_entries_say_why_no_ranks(board_store):
     one = api.leaderboard(board_store, tasks=["rte"])
     assert one.ranks.why == "Ranks across tasks need at least 2 tasks; this leaderboard has 1."

@@ -81,6 +81,14 @@ def ranks_text(lb: Leaderboard) -> list[str]:
         out.append(f"Friedman test: χ² = {r.friedman_stat:.3f}, p = {p_text(r.friedman_p)} "
                    f"({'the entries differ' if r.friedman_p <= lb.alpha else 'no difference shown'} at "
                    f"α = {lb.alpha:g}).")
+    cd = r.critical_difference
+    if math.isfinite(cd):
+        ranks = list(r.mean_rank.values())
+        spread = max(ranks) - min(ranks)
+        out.append(f"Nemenyi critical difference at α = {lb.alpha:g}: {cd:.2f} ranks ({len(r.labels)} entries, "
+                   f"{len(r.tasks)} tasks): average ranks closer than that are not distinguished"
+                   + (f" — here it exceeds the whole spread of the average ranks ({spread:.2f}), so no two entries "
+                      f"are told apart; it shrinks as 1/√tasks." if cd > spread else "."))
     if r.why_no_test:
         out.append(r.why_no_test)
     return out

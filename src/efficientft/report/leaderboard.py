@@ -114,6 +114,7 @@ class Ranks:
     friedman_stat: float = math.nan
     friedman_p: float = math.nan
     nemenyi: Any = None  # a DataFrame of pairwise p-values (labels × labels), for the CD diagram
+    critical_difference: float = math.nan  # Nemenyi's CD at alpha, in average ranks (:func:`critical_difference`)
     why: str = ""  # no ranks at all
     why_no_test: str = ""  # ranks, but no Friedman test / diagram
     unranked: list[str] = field(default_factory=list)  # entries missing a task: not ranked
@@ -268,6 +269,15 @@ def _tuning(c: Cell, trials: list[dict]) -> Tuning:
     return Tuning(search, tuned, len(numbers) if numbers else len(mine), steps)
 
 
+def critical_difference(k: int, n: int, alpha: float = ALPHA) -> float:
+    """Nemenyi's critical difference for ``k`` entries ranked on ``n`` tasks: q_α √(k(k+1) / 6n), q_α the
+    studentized range's 1 − α quantile for k groups over √2 (Demšar 2006, JMLR 7, eq. 7 and Table 5a). Two average
+    ranks closer than this are not distinguished; it shrinks as 1/√n, so a leaderboard of many entries on few tasks
+    distinguishes few pairs, or none."""
+    q = float(sps.studentized_range.ppf(1 - alpha, k, math.inf)) / math.sqrt(2)
+    return q * math.sqrt(k * (k + 1) / (6 * n))
+
+
 def _ranks(col: Collection, boards: list[TaskBoard]) -> Ranks:
     if len(boards) < 2:
         return Ranks(why=f"Ranks across tasks need at least 2 tasks; this leaderboard has {len(boards)}.")
@@ -292,6 +302,7 @@ def _ranks(col: Collection, boards: list[TaskBoard]) -> Ranks:
         return out
     res = sps.friedmanchisquare(*[ranks[lab].to_numpy() for lab in labels])
     out.friedman_stat, out.friedman_p = float(res.statistic), float(res.pvalue)
+    out.critical_difference = critical_difference(len(labels), len(col.tasks))
     try:
         import scikit_posthocs as sp
     except ImportError:
