@@ -164,6 +164,30 @@ def test_paired_comparisons_equal_scipy(rep, report_store):
          ("λ=4", "qkv", "stsb"), ("λ=4", "qkv", "rte")])
 
 
+def test_the_detectable_difference_is_statsmodels_power_solution_and_is_shown_beside_each_comparison(rep):
+    """A "no difference" at n seeds rules out only differences above what n detects: at the spread of the paired
+    differences, the true difference a two-sided t-test at 0.05 finds 80 % of the time — statsmodels' TTestPower
+    (Cohen's d at nobs, times the sd), and the seeds a given difference needs; shown in every comparisons table."""
+    from efficientft.report.stats import detectable, seeds_for
+
+    TTestPower = pytest.importorskip("statsmodels.stats.power").TTestPower  # noqa: N806 - the class, by its name
+
+    for n, sd in ((3, 0.013), (5, 0.013), (10, 0.02), (25, 0.004)):
+        want = TTestPower().solve_power(effect_size=None, nobs=n, alpha=0.05, power=0.8) * sd
+        assert detectable(sd / np.sqrt(n), n - 1) == pytest.approx(want, rel=1e-6)
+    for delta, sd in ((0.01, 0.013), (0.005, 0.013), (0.02, 0.01)):
+        need = TTestPower().solve_power(effect_size=delta / sd, nobs=None, alpha=0.05, power=0.8)
+        assert seeds_for(delta, sd) == int(np.ceil(need))
+    assert math.isnan(detectable(0.0, 4)) and math.isnan(detectable(0.01, 1))  # no spread; two seeds: none usable
+    r = next(c.result for c in rep.comparisons if c.result.n >= 3 and c.result.std_diff > 0)
+    assert r.detectable == pytest.approx(detectable(r.std_diff / np.sqrt(r.n), r.n - 1))
+    md = tables.md_comparisons(rep.comparisons)
+    assert "| detectable (80 % power) |" in md.splitlines()[0] and f"±{100 * r.detectable:.2f}" in md
+    rows = list(csv.DictReader(io.StringIO(tables.csv_comparisons(rep.comparisons))))
+    assert any(x["detectable_x100"] and float(x["detectable_x100"]) == pytest.approx(100 * r.detectable)
+               for x in rows)
+
+
 def test_best_lambda_is_chosen_per_task_on_the_selection_split_and_compared_with_qkv(report_store, monkeypatch):
     """The paper's "best λ vs QKV": per task, the λ (of the lr=3e-3 QV family: λ 1, 2, 4 on STS-B; 1, 4 on RTE)
     with the best mean selection score, never the reported dev score; paired with QKV λ=1 by seed, and pooled

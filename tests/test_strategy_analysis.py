@@ -15,6 +15,7 @@ from efficientft.report.build import build
 from efficientft.store import Store
 
 smf = pytest.importorskip("statsmodels.formula.api")
+sps = pytest.importorskip("scipy.stats")
 pd = pytest.importorskip("pandas")
 
 SEEDS = (1, 2, 3)
@@ -81,6 +82,12 @@ def test_each_arms_effect_matches_an_independent_ols_fit_and_gets_its_verdict(tm
         assert (e.ci_low, e.ci_high) == pytest.approx((lo, hi), abs=1e-9)
         assert e.p_value == pytest.approx(fit.pvalues["Intercept"], rel=1e-6)
         assert e.params_ratio == pytest.approx(74_000 / 110_000) and e.step_ratio == pytest.approx(0.05 / 0.06)
+        # the smallest effect this design detects with 80 % power: at the fit's standard error and residual df,
+        # the effect at which a two-sided t-test rejects 80 % of the time (noncentral t, by hand)
+        se, df = fit.bse["Intercept"], fit.df_resid
+        crit = sps.t.ppf(0.975, df)
+        power = sps.nct.sf(crit, df, e.detectable / se) + sps.nct.cdf(-crit, df, e.detectable / se)
+        assert power == pytest.approx(0.8, abs=1e-6)
     # Holm over the three methods, per arm
     for arm in ("QV λ=1", "QV λ=tuned"):
         ps = sorted((eff[(m, arm)].p_value, m) for m in ("lora", "dora", "ia3"))
@@ -136,6 +143,13 @@ def test_the_report_has_the_section_with_a_line_per_method(tmp_path, capsys):
     assert "- **ia3, QV λ=1**: hurts (-2.97 points" in text
     assert "trainable parameters -33 %, step time -17 %" in text
     assert "| method × strategy | 2 |" in text  # (2 methods − 1) × (3 arms − 1)
+    assert not any("detects ±" in line for line in text.splitlines() if line.startswith("- **"))  # all found one
+    # a "no detectable effect" says what the design could have detected
+    _fill(tmp_path / "none.sqlite", {"dora": 0.0})
+    assert main(["report", "--store", str(tmp_path / "none.sqlite"), "--out", str(out), "--format", "md",
+                 "--no-plots"]) == 0
+    (line,) = [x for x in (out / "report.md").read_text().splitlines() if x.startswith("- **dora, QV λ=1**")]
+    assert "no detectable effect at n = 6" in line and "; this design detects ±" in line, line
     assert "The strategy's effect depends on the method (method × strategy: F =" in text
 
 

@@ -68,7 +68,10 @@ def markdown_document(rep: Report, plot_dir: Path | None = None) -> str:
              f"Store {_code(col.store)}; split: {SPLIT_TITLES[col.split]}.", "", md(t.caption), "",
              rep.markdown_table(), ""]
     lines += [md(n) + "  " for n in t.notes] + [""]
-    lines += ["## Paired comparisons (A − B over matched seeds)", "", tables.md_comparisons(rep.comparisons), ""]
+    lines += ["## Paired comparisons (A − B over matched seeds)", "", tables.md_comparisons(rep.comparisons), "",
+              "Detectable: the smallest true difference the comparison's seeds detect with 80 % power at α = 0.05 "
+              "(two-sided t-test at the measured spread of the differences): a \"no difference\" rules out only "
+              "larger ones.", ""]
     if rep.strategy is not None:
         lines += ["## The strategy per method (two factors: method × strategy)", ""]
         lines += strategy_markdown(rep.strategy)

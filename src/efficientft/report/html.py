@@ -26,7 +26,19 @@ from .compare import NO_PAIRS, Comparison
 from .learned import NOT_LEARNED
 from .rows import task_title
 from .stats import FEW_SEEDS
-from .tables import COST_HEADERS, FEW, Score, Table, ci_text, cost_cells, fmt_params, p_text, spent_text
+from .tables import (
+    COST_HEADERS,
+    DETECTABLE,
+    FEW,
+    Score,
+    Table,
+    ci_text,
+    cost_cells,
+    detectable_text,
+    fmt_params,
+    p_text,
+    spent_text,
+)
 from .values import number, show, sort_key
 
 
@@ -157,12 +169,14 @@ def comparisons_table(comps: Sequence[Comparison]) -> Markup:
             tag("td", ci_text(r)),
             tag("td", p_text(r.p_value), data_sort=sort_key(r.p_value)),
             tag("td", p_text(r.p_holm), data_sort=sort_key(r.p_holm)), tag("td", show(r.d_z, 2)),
+            tag("td", detectable_text(r), data_sort=sort_key(r.detectable)),
             tag("td", " ".join(map(str, r.seeds)), class_="l"),
             tag("td", tag("span", f"⚠ n < {FEW_SEEDS}", class_="warn") if r.few else "",
                 " " if r.few and c.caveat else "",
                 tag("span", f"{NOT_LEARNED} {c.caveat}", class_="warn") if c.caveat else "", class_="l")))
     headers = [("A", True), ("B", True), ("Task", True), ("n", False), ("mean A−B (×100)", False),
-               ("95% CI", False), (f"p ({test})", False), ("p (Holm)", False), ("d_z", False), ("seeds", True), ("", True)]
+               ("95% CI", False), (f"p ({test})", False), ("p (Holm)", False), ("d_z", False),
+               (f"detectable ({DETECTABLE})", False), ("seeds", True), ("", True)]
     return _table("comparisons", headers, rows)
 
 
@@ -306,7 +320,9 @@ def page(t: Table, col: Collection, comps: Sequence[Comparison], plots: Sequence
 <h2 id="comparisons-h">Paired comparisons</h2>
 <p class="note">A − B over the seeds both configurations ran (paired by seed), scores ×100; p from the test named in
 the header, and adjusted (Holm–Bonferroni) over all {len(comps)} comparisons on this page; d_z = mean difference /
-standard deviation of the differences (Cohen's d for paired data).</p>
+standard deviation of the differences (Cohen's d for paired data); detectable = the smallest true difference this
+comparison's seeds detect with 80 % power at α = 0.05 (two-sided t-test at the measured spread): a "no difference"
+rules out only differences larger than that.</p>
 {comparisons_table(comps)}
 <h2 id="cost-h">Cost</h2>
 <p class="note">Per configuration, over its runs in the table: median of each run's median optimizer step, largest

@@ -12,6 +12,11 @@
   order, ``p̃_(i) = max_{j ≤ i} min(1, (m − j + 1) · p_(j))``). It controls the family-wise error rate under any
   dependence between the tests, which the pooled and per-task tests of one pair have.
 
+- "No difference shown" is half an answer: each comparison also gives the smallest true difference its design
+  detects with 80 % power at α = 0.05 (:func:`detectable`: two-sided t-test, from the noncentral t distribution,
+  as statsmodels' ``TTestPower`` solves it) and the paired seeds a given difference would need (:func:`seeds_for`),
+  both at the spread of the differences measured.
+
 Fewer than 3 seeds gives no usable spread; callers flag such cells (``FEW_SEEDS``).
 """
 
@@ -79,6 +84,54 @@ class Paired:
     @property
     def few(self) -> bool:
         return self.n < FEW_SEEDS
+
+    @property
+    def detectable(self) -> float:
+        """The smallest true mean difference this comparison detects with 80 % power (:func:`detectable`)."""
+        if self.few or not math.isfinite(self.std_diff):
+            return float("nan")
+        return detectable(self.std_diff / math.sqrt(self.n), self.n - 1)
+
+
+POWER = 0.8
+
+
+def _power(delta: float, se: float, df: int, alpha: float) -> float:
+    """Power of the two-sided t-test (``df`` degrees of freedom) of a mean whose standard error is ``se``, when the
+    true mean is ``delta``: P(|T| > t_crit) with T noncentral t, noncentrality delta / se."""
+    crit = float(sps.t.ppf(1 - alpha / 2, df))
+    nc = delta / se
+    return float(sps.nct.sf(crit, df, nc) + sps.nct.cdf(-crit, df, nc))
+
+
+def detectable(se: float, df: int, alpha: float = 0.05, power: float = POWER) -> float:
+    """The true mean difference a two-sided t-test at ``alpha`` detects with ``power``, given the standard error
+    ``se`` of the estimated difference and its degrees of freedom: a paired comparison of n seeds has se = sd/√n,
+    df = n − 1 (statsmodels' ``TTestPower.solve_power(nobs=n)`` times sd; tested equal). NaN where no spread is
+    known."""
+    if not (math.isfinite(se) and se > 0 and df >= FEW_SEEDS - 1):  # two seeds give no usable spread
+        return float("nan")
+    from scipy.optimize import brentq
+
+    hi = se
+    while (p := _power(hi, se, df, alpha)) < power:
+        hi *= 2
+    if not math.isfinite(p):
+        return float("nan")
+    return float(brentq(lambda d: _power(d, se, df, alpha) - power, 0.0, hi, xtol=se * 1e-9))
+
+
+def seeds_for(delta: float, sd: float, alpha: float = 0.05, power: float = POWER, most: int = 10_000) -> int | None:
+    """The paired seeds a paired t-test needs to detect a true difference ``delta`` with ``power``, when the
+    differences spread with standard deviation ``sd`` (None: more than ``most``, or no spread known)."""
+    if not (math.isfinite(sd) and sd > 0 and delta > 0):
+        return None
+    n = 2
+    while n <= most:
+        if _power(delta, sd / math.sqrt(n), n - 1, alpha) >= power:
+            return n
+        n = n + 1 if n < 100 else int(n * 1.05) + 1
+    return None
 
 
 def holm(p_values: Sequence[float]) -> list[float]:

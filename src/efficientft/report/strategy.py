@@ -36,7 +36,7 @@ from .collect import Collection, Row
 from .compare import pairing
 from .cost import SHARED_BELOW
 from .rows import TUNED
-from .stats import holm
+from .stats import detectable, holm
 from .tables import md_escape
 from .values import number, score_scale
 
@@ -64,6 +64,7 @@ class Effect:
     lambdas: dict[str, float] = field(default_factory=dict)  # task -> λ the arm used (a tuned arm: the chosen one)
     p_holm: float = math.nan
     shared_cpu: bool = False  # either arm's runs had under 80 % of their cores (median): the step times are noisy
+    detectable: float = math.nan  # the smallest true effect this design detects with 80 % power (stats.detectable)
 
     @property
     def step_text(self) -> str:
@@ -155,13 +156,14 @@ def effect(col: Collection, method: str, ref: Row, arm: Row) -> Effect:
         else:
             p = 0.0 if diff != 0 else 1.0
         lo, hi = diff - half, diff + half
+        can_detect = detectable(se, df)
     else:
-        lo = hi = p = nan
+        lo = hi = p = can_detect = nan
     return Effect(method, arm_name(arm), tuple(d), excluded, n, diff, lo, hi, p,
                   {t: statistics.fmean(xs) for t, xs in d.items()},
                   _ratio(arm, ref, "trainable_params", tasks), _ratio(arm, ref, "median_step_s", tasks),
                   {t: _lambda(arm, t) for t in tasks},
-                  shared_cpu=any(_shared(row, tasks) for row in (arm, ref)))
+                  shared_cpu=any(_shared(row, tasks) for row in (arm, ref)), detectable=can_detect)
 
 
 def _shared(row: Row, tasks: Sequence[str]) -> bool:
@@ -276,8 +278,10 @@ def markdown(a: Analysis) -> list[str]:
                      f"{e.step_text} | {e.verdict}{extra} |")
     lines += ["", "In plain words:", ""]
     for e in a.effects:
+        power = (f"; this design detects ±{e.detectable:.2f} points with 80 % power"
+                 if e.verdict.startswith("no detectable") and math.isfinite(e.detectable) else "")
         lines.append(f"- **{md_escape(e.method)}, {md_escape(e.arm)}**: {e.verdict} ({_num(e.diff)} points, 95% CI {_num(e.ci_low)} to "
-                     f"{_num(e.ci_high)}); trainable parameters {_pct(e.params_ratio)}, step time "
+                     f"{_num(e.ci_high)}{power}); trainable parameters {_pct(e.params_ratio)}, step time "
                      f"{e.step_text}.")
     lines.append("")
     if a.anova is None:

@@ -206,16 +206,26 @@ def md_comparisons(comps: Sequence[Comparison], digits: int = 2) -> str:
     if not comps:
         return f"_{NO_PAIRS}--compare A B)._"
     test = "paired t-test" if comps[0].result.test == "t" else "Wilcoxon signed-rank"
-    lines = [f"| A | B | Task | n | mean A−B (×100) | 95% CI | p ({test}) | p (Holm, {len(comps)} tests) | d_z | |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    lines = [f"| A | B | Task | n | mean A−B (×100) | 95% CI | p ({test}) | p (Holm, {len(comps)} tests) | d_z | "
+             f"detectable ({DETECTABLE}) | |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for c in comps:
         r = c.result
         warn = " ".join(x for x in (f"⚠ n < {FEW_SEEDS}" if r.few else "", f"{NOT_LEARNED} {c.caveat}" if c.caveat
                                     else "") if x)
         lines.append(f"| {md_escape(c.a.label)} | {md_escape(c.b.label)} | {md_escape(task_title(c.task))} | {r.n} | "
                      f"{_num(100 * r.mean_diff, digits)} | {ci_text(r, digits)} | {p_text(r.p_value)} | "
-                     f"{p_text(r.p_holm)} | {_num(r.d_z, 2)} | {warn} |")
+                     f"{p_text(r.p_holm)} | {_num(r.d_z, 2)} | {detectable_text(r, digits)} | {warn} |")
     return "\n".join(lines)
+
+
+# the smallest true difference a comparison's design detects (stats.detectable): what "no difference" can rule out
+DETECTABLE = "80 % power"
+
+
+def detectable_text(r, digits: int = 2) -> str:
+    v = r.detectable
+    return f"±{_num(100 * v, digits)}" if math.isfinite(v) else "–"
 
 
 COST_HEADERS = ("Configuration", "Runs", "Params", "Median step (s)", "Peak memory (MB)", "Wall per run (s)",
@@ -376,12 +386,13 @@ def csv_table(t: Table, col: Collection) -> str:
 
 def csv_comparisons(comps: Sequence[Comparison]) -> str:
     lines: list[list[object]] = [["a", "b", "task", "n", "seeds", "mean_diff_x100", "std_diff_x100", "ci_low_x100",
-                                  "ci_high_x100", "p_value", "p_holm", "test", "d_z", "warning"]]
+                                  "ci_high_x100", "p_value", "p_holm", "test", "d_z", "detectable_x100", "warning"]]
     for c in comps:
         r = c.result
         lines.append([c.a.label, c.b.label, c.task, r.n, " ".join(map(str, r.seeds)), _g(100 * r.mean_diff),
                       _g(100 * r.std_diff), _g(100 * r.ci_low), _g(100 * r.ci_high), _g(r.p_value), _g(r.p_holm), r.test,
-                      _g(r.d_z), "; ".join(x for x in (f"n < {FEW_SEEDS}" if r.few else "", c.caveat) if x)])
+                      _g(r.d_z), _g(100 * r.detectable),
+                      "; ".join(x for x in (f"n < {FEW_SEEDS}" if r.few else "", c.caveat) if x)])
     return _csv(lines)
 
 
