@@ -38,11 +38,22 @@ class CostRow:
 
     @property
     def shared_cpu(self) -> bool:
-        """Its runs had under :data:`SHARED_BELOW` of their cores (median): its times are not an idle machine's."""
-        return self.cpu_share < SHARED_BELOW
+        return shared(self.cpu_share)
 
 
 SHARED_BELOW = 0.8  # a one-thread run beside one other busy thread per core has about 0.5
+
+
+def cpu_share(runs: Iterable[dict]) -> float:
+    """The median over ``runs`` of the share of their cores they had (:class:`efficientft.meters.CpuShare`); NaN
+    where no run recorded one."""
+    return _median(_values(runs, "cpu_share"))
+
+
+def shared(share: float) -> bool:
+    """Runs with this median CPU share had under :data:`SHARED_BELOW` of their cores: their times are not an idle
+    machine's (NaN, nothing recorded: not marked)."""
+    return share < SHARED_BELOW
 
 
 @dataclass
@@ -75,7 +86,7 @@ def cost_rows(col: Collection) -> list[CostRow]:
                            _median(_values(runs, "median_step_s")), max(_values(runs, "peak_memory_mb"),
                                                                          default=math.nan),
                            _median(wall), sum(wall), _median(_values(runs, "tokens_per_s")),
-                           _median(_values(runs, "mfu")), _mixes_processes(runs), _median(_values(runs, "cpu_share"))))
+                           _median(_values(runs, "mfu")), _mixes_processes(runs), cpu_share(runs)))
     return out
 
 

@@ -34,7 +34,7 @@ import scipy.stats as sps
 from ..vocab import higher_is_better
 from .collect import Collection, Row
 from .compare import pairing
-from .cost import SHARED_BELOW
+from .cost import cpu_share, shared
 from .rows import TUNED
 from .stats import detectable, holm
 from .tables import md_escape
@@ -167,10 +167,7 @@ def effect(col: Collection, method: str, ref: Row, arm: Row) -> Effect:
 
 
 def _shared(row: Row, tasks: Sequence[str]) -> bool:
-    shares = [number((r.get("cost") or {}).get("cpu_share")) for t in tasks if t in row.cells
-              for r in row.cells[t].runs]
-    shares = [x for x in shares if math.isfinite(x)]
-    return bool(shares) and statistics.median(shares) < SHARED_BELOW
+    return shared(cpu_share(r for t in tasks if t in row.cells for r in row.cells[t].runs))
 
 
 def _ratio(a: Row, b: Row, cost: str, tasks: Sequence[str]) -> float:
